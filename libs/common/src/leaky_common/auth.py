@@ -1,0 +1,62 @@
+"""The authenticated principal, as the gateway hands it to internal services.
+
+The gateway authenticates every public request once (through quota) and forwards the principal in
+`X-LT-Principal` together with the shared `X-LT-Internal-Token`. Internal services trust the principal only
+when the token matches (compared in constant time).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from leaky_common.errors import Forbidden, Unauthorized
+
+__all__ = ["INTERNAL_TOKEN_HEADER", "PRINCIPAL_HEADER", "Principal", "principal_from_headers"]
+
+PRINCIPAL_HEADER = "x-lt-principal"
+INTERNAL_TOKEN_HEADER = "x-lt-internal-token"
+
+
+class Principal(BaseModel):
+    """Who is calling: a user (through one of their API keys) or an admin."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_id: str
+    org_id: str
+    key_id: str | None = None
+    team_id: str | None = None
+    role: Literal["admin", "user"] = "user"
+    email: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        """True for admin keys."""
+        return self.role == "admin"
+
+    def header_value(self) -> str:
+        """The value to send in `X-LT-Principal`."""
+        return self.model_dump_json()
+
+
+def token_matches(given: str | None, expected: str) -> bool:
+    """Constant-time comparison of the internal token."""
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def principal_from_headers(
+    principal_header: str | None, token_header: str | None, internal_token: str, *, admin: bool = False
+) -> Principal:
+    """Validate internal headers and return the principal; raise 401/403 otherwise."""
+    if not token_matches(token_header, internal_token) or not principal_header:
+        raise Unauthorized("missing or invalid credentials")
+    try:
+        principal = Principal.model_validate_json(principal_header)
+    except ValidationError as exc:
+        raise Unauthorized("malformed principal") from exc
+    if admin and not principal.is_admin:
+        raise Forbidden("this endpoint needs an admin key", code="admin_required")
+    return principal

@@ -1,0 +1,213 @@
+"""Kafka produce/consume glue: envelope serialisation, keys, trace headers, manual commits and a DLQ.
+
+Consumers commit an offset only after its message was handled (at-least-once); handlers must be idempotent
+(record the event id in an inbox in the same transaction as the state change) to make it effectively-once.
+A message that cannot be parsed, or whose handler keeps failing, goes to `<topic>.dlq` and is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from pydantic import BaseModel, ValidationError
+
+from leaky_common.events import AnyMessage, Message, Topics, parse_message
+from leaky_common.settings import ServiceSettings
+
+__all__ = ["EventConsumer", "EventPublisher", "Handler", "ensure_topics"]
+
+logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("leaky_common.kafka")
+
+Handler = Callable[[AnyMessage, ConsumerRecord[bytes, bytes]], Awaitable[None]]
+
+
+def _headers_from_context(extra: dict[str, str] | None = None) -> list[tuple[str, bytes]]:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if extra:
+        carrier.update(extra)
+    return [(k, v.encode()) for k, v in carrier.items()]
+
+
+def _context_from_headers(headers: Sequence[tuple[str, bytes]] | None) -> otel_context.Context:
+    carrier = {k: v.decode(errors="replace") for k, v in headers or ()}
+    return propagate.extract(carrier)
+
+
+async def ensure_topics(settings: ServiceSettings, topics: Iterable[str], partitions: int = 1) -> None:
+    """Create topics (and their DLQs) if missing; safe to call from every service at start-up."""
+    names = sorted({t for topic in topics for t in (topic, Topics.dlq(topic))})
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names if name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+class EventPublisher:
+    """Publishes contract messages; `publish` returns once the broker acknowledged (acks=all)."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._settings = settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=settings.kafka_idempotence,
+            linger_ms=2,
+            client_id=settings.service_name,
+            request_timeout_ms=10_000,
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        """Connect to the broker."""
+        await self._producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        """Flush and disconnect."""
+        if self._started:
+            await self._producer.stop()
+            self._started = False
+
+    async def publish(self, topic: str, message: Message, key: str | None = None) -> None:
+        """Send one message and wait for the broker's acknowledgement."""
+        value = message.model_dump_json().encode()
+        headers = _headers_from_context({"type": str(getattr(message, "type", ""))})
+        with tracer.start_as_current_span(f"publish {topic}", kind=trace.SpanKind.PRODUCER):
+            await self._producer.send_and_wait(topic, value, key=key.encode() if key else None, headers=headers)
+
+    async def publish_raw(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        """Send pre-serialised bytes (used for the DLQ and outbox relays)."""
+        await self._producer.send_and_wait(topic, value, key=key, headers=headers)
+
+
+class EventConsumer:
+    """A consumer-group loop: parse, handle (with retries), commit; poison messages go to the DLQ."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        handler: Handler,
+        publisher: EventPublisher,
+        max_attempts: int = 5,
+        retry_backoff_s: float = 0.2,
+    ) -> None:
+        self._settings = settings
+        self._topics = list(topics)
+        self._handler = handler
+        self._publisher = publisher
+        self._max_attempts = max_attempts
+        self._retry_backoff_s = retry_backoff_s
+        self._consumer = AIOKafkaConsumer(
+            *self._topics,
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=group_id,
+            client_id=f"{settings.service_name}-{group_id}",
+            enable_auto_commit=False,
+            # tansu answers ListOffsets(latest) wrongly; committed offsets + earliest is reliable everywhere.
+            auto_offset_reset="earliest",
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+            metadata_max_age_ms=5_000,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.processed = 0
+
+    async def start(self) -> None:
+        """Join the group and start consuming in a background task."""
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{','.join(self._topics)}")
+
+    async def stop(self) -> None:
+        """Stop after the message in hand, commit, leave the group."""
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._consumer.stop()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
+            except KafkaError:
+                logger.exception("kafka fetch failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            for tp, records in batches.items():
+                for record in records:
+                    await self._process(record)
+                await self._commit(tp, records[-1].offset + 1)
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        for attempt in range(5):
+            try:
+                await self._consumer.commit({tp: offset})
+                return
+            except KafkaError:
+                if attempt == 4:
+                    # Not committing means a redelivery, which idempotent handlers absorb.
+                    logger.exception("commit failed for %s at %d", tp, offset)
+                    return
+                await asyncio.sleep(0.2 * (attempt + 1))
+
+    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            message = parse_message(record.value or b"")
+        except ValidationError as exc:
+            await self._dead_letter(record, f"unparseable: {exc.error_count()} errors")
+            return
+        ctx = _context_from_headers(record.headers)
+        token = otel_context.attach(ctx)
+        try:
+            with tracer.start_as_current_span(f"consume {record.topic}", kind=trace.SpanKind.CONSUMER) as span:
+                span.set_attribute("messaging.message.id", message.event_id)
+                for attempt in range(1, self._max_attempts + 1):
+                    try:
+                        await self._handler(message, record)
+                        self.processed += 1
+                        return
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        if attempt == self._max_attempts:
+                            logger.exception("handler failed %d times; dead-lettering %s", attempt, message.event_id)
+                            await self._dead_letter(record, f"handler failed: {type(exc).__name__}")
+                            return
+                        logger.warning("handler attempt %d failed for %s: %r", attempt, message.event_id, exc)
+                        await asyncio.sleep(self._retry_backoff_s * attempt)
+        finally:
+            otel_context.detach(token)
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        headers = [*(record.headers or ()), ("dlq-reason", reason.encode()), ("dlq-source", record.topic.encode())]
+        await self._publisher.publish_raw(Topics.dlq(record.topic), record.value or b"", record.key, list(headers))
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """JSON-compatible dict of a model (for outbox rows)."""
+    return model.model_dump(mode="json")

@@ -1,0 +1,141 @@
+"""JSON logs, OpenTelemetry tracing, Prometheus metrics and the /health, /ready, /metrics routes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from leaky_common.settings import ServiceSettings
+
+__all__ = ["JsonFormatter", "MetricsMiddleware", "add_ops_routes", "setup_logging", "setup_tracing"]
+
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra=` fields are included; trace ids when a span is active."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "service": self._service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            out["trace_id"] = f"{span.trace_id:032x}"
+            out["span_id"] = f"{span.span_id:016x}"
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def setup_logging(settings: ServiceSettings) -> None:
+    """Route all logging to stdout, as JSON unless `log_json` is off."""
+    handler = logging.StreamHandler(sys.stdout)
+    if settings.log_json:
+        handler.setFormatter(JsonFormatter(settings.service_name))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    for noisy in ("aiokafka", "kafka", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def setup_tracing(settings: ServiceSettings) -> TracerProvider:
+    """Install a tracer provider; export over OTLP/HTTP when `otlp_endpoint` is set."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": settings.service_name}),
+        sampler=ParentBasedTraceIdRatio(settings.trace_sample_ratio),
+    )
+    if settings.otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = settings.otlp_endpoint.rstrip("/")
+        if not endpoint.endswith("/v1/traces"):
+            endpoint += "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+HTTP_REQUESTS = Counter("lt_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "lt_http_request_duration_seconds",
+    "HTTP request duration",
+    ["service", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no per-request Request object) recording count and latency per route template."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            HTTP_REQUESTS.labels(self.service, scope["method"], path, str(status)).inc()
+            HTTP_LATENCY.labels(self.service, path).observe(time.perf_counter() - start)
+
+
+def add_ops_routes(app: FastAPI, service: str, ready: Callable[[], Awaitable[dict[str, bool]]]) -> None:
+    """`/health` (process alive), `/ready` (dependencies reachable, 503 if not) and `/metrics`."""
+
+    @app.get("/health", include_in_schema=True, tags=["ops"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/ready", tags=["ops"])
+    async def ready_route() -> Response:
+        checks = await ready()
+        ok = all(checks.values())
+        body = {"status": "ready" if ok else "not_ready", "service": service, "checks": checks}
+        return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

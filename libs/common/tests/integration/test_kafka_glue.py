@@ -1,0 +1,81 @@
+import asyncio
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from leaky_common.events import AnyMessage, Topics, UsageRecorded
+from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
+from leaky_common.settings import ServiceSettings
+
+pytestmark = pytest.mark.integration
+
+
+async def wait_until(predicate, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met before deadline")
+        await asyncio.sleep(0.02)
+
+
+async def test_publish_consume_commit_and_dlq(kafka_bootstrap: str) -> None:
+    topic = f"test.{uuid.uuid4().hex[:8]}"
+    settings = ServiceSettings(service_name="t", kafka_bootstrap=kafka_bootstrap)
+    await ensure_topics(settings, [topic])
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    seen: list[str] = []
+
+    async def handler(message: AnyMessage, _record: object) -> None:
+        assert isinstance(message, UsageRecorded)
+        if message.model == "poison":
+            raise ValueError("boom")
+        seen.append(message.request_id)
+
+    consumer = EventConsumer(
+        settings, group_id=f"g-{topic}", topics=[topic], handler=handler, publisher=publisher, max_attempts=2,
+        retry_backoff_s=0.01,
+    )
+    await consumer.start()
+    try:
+        for i in range(5):
+            await publisher.publish(topic, UsageRecorded(request_id=f"r{i}", model="m", provider="p"), key="k")
+        await publisher.publish(topic, UsageRecorded(request_id="bad", model="poison", provider="p"))
+        await publisher.publish_raw(topic, b"not json", None, [])
+        await wait_until(lambda: len(seen) == 5)
+        assert seen == [f"r{i}" for i in range(5)]
+
+        dlq = AIOKafkaConsumer(
+            Topics.dlq(topic), bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        await dlq.start()
+        try:
+            got: list[bytes] = []
+            deadline = asyncio.get_running_loop().time() + 20
+            while len(got) < 2 and asyncio.get_running_loop().time() < deadline:
+                batch = await dlq.getmany(timeout_ms=500)
+                got.extend(r.value or b"" for rs in batch.values() for r in rs)
+            assert len(got) == 2
+            assert b"not json" in got
+        finally:
+            await dlq.stop()
+    finally:
+        await consumer.stop()
+
+    # A second consumer in the same group resumes after the committed offsets: nothing is redelivered.
+    again: list[str] = []
+
+    async def handler2(message: AnyMessage, _record: object) -> None:
+        assert isinstance(message, UsageRecorded)
+        again.append(message.request_id)
+
+    consumer2 = EventConsumer(settings, group_id=f"g-{topic}", topics=[topic], handler=handler2, publisher=publisher)
+    await consumer2.start()
+    try:
+        await publisher.publish(topic, UsageRecorded(request_id="after", model="m", provider="p"))
+        await wait_until(lambda: "after" in again)
+        assert again == ["after"]
+    finally:
+        await consumer2.stop()
+        await publisher.stop()
