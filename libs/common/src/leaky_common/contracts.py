@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from leaky_common.auth import Principal
 
@@ -24,8 +24,18 @@ class AdmitRequest(BaseModel):
     request_id: str
     model: str
     provider: str
-    estimated_tokens: int
-    estimated_cost_usd_micros: int
+    # Estimated prompt tokens (offline tokenizer); always reserved in full.
+    prompt_tokens: int = Field(ge=0)
+    # The client's max_tokens, if any. Quota grants up to this (or the model's maximum) as far as the
+    # remaining budget allows, and the gateway caps the upstream request at the grant: spend never
+    # exceeds what was reserved.
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    model_max_output_tokens: int = Field(default=4096, ge=1)
+    # Fewer output tokens than this left in budget -> deny instead of admitting a uselessly short answer.
+    min_output_tokens: int = Field(default=16, ge=1)
+    # Prices in micro-dollars per million tokens, for usd pools and session budgets.
+    input_usd_micros_per_mtok: int = Field(default=0, ge=0)
+    output_usd_micros_per_mtok: int = Field(default=0, ge=0)
     session_id: str | None = None
     priority: str | None = None
     privacy: str | None = None
@@ -50,6 +60,7 @@ class AdmitResponse(BaseModel):
     pool_id: str | None = None
     quota_source: str
     reserved_tokens: int
+    granted_output_tokens: int
     reserved_usd_micros: int = 0
     privacy_strict: bool = False
     ratelimit: RateLimitState
