@@ -1,0 +1,371 @@
+"""Run the whole Leaky Tokens stack on one machine without Docker.
+
+    python deploy/local/stack.py up   [--run-dir .run] [--ports default|auto]
+    python deploy/local/stack.py down [--run-dir .run]
+    python deploy/local/stack.py status [--run-dir .run]
+
+`up` starts the broker (tansu), PostgreSQL and Redis from pip-installed packages (or uses
+LT_EXTERNAL_KAFKA_BOOTSTRAP / LT_EXTERNAL_POSTGRES_URL / LT_EXTERNAL_REDIS_URL), creates each service's
+database, starts every service, waits until all are ready and a first completion succeeds, then writes
+`<run-dir>/stack.env` with LT_GATEWAY_URL and LT_ADMIN_KEY. Logs go to `<run-dir>/logs/`. `down` stops
+exactly the processes `up` started, by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from leaky_common.db import create_database, database_url_for
+from leaky_common.testing.infra import (
+    free_port,
+    pid_alive,
+    start_broker,
+    start_postgres,
+    start_redis,
+    stop_pid,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DATABASES = {"quota": "lt_quota", "saga": "lt_saga", "analytics": "lt_analytics", "notifier": "lt_notifier"}
+DEFAULT_PORTS = {
+    "gateway": 8080,
+    "quota": 8082,
+    "analytics": 8083,
+    "saga": 8084,
+    "notifier": 8085,
+    "fakepay": 8086,
+}
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _choose_ports(mode: str) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    for name, default in DEFAULT_PORTS.items():
+        env = os.environ.get(f"LT_{name.upper()}_PORT")
+        if env:
+            ports[name] = int(env)
+        elif mode == "default" and _port_free(default):
+            ports[name] = default
+        else:
+            ports[name] = free_port()
+    return ports
+
+
+def _log(msg: str) -> None:
+    sys.stdout.write(f"[stack] {msg}\n")
+    sys.stdout.flush()
+
+
+def _http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - local URL we built
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait_http(url: str, deadline: float, procs: dict[str, subprocess.Popen[bytes]], name: str) -> None:
+    while not _http_ok(url):
+        proc = procs.get(name)
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}; see its log")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not ready at {url}")
+        time.sleep(0.1)
+
+
+def _first_completion(gateway: str, admin_key: str, deadline: float) -> None:
+    body = json.dumps(
+        {"model": "mock-gpt", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 16}
+    )
+    while True:
+        req = urllib.request.Request(  # noqa: S310
+            f"{gateway}/v1/chat/completions",
+            data=body.encode(),
+            headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("no successful completion through the gateway")
+        time.sleep(0.2)
+
+
+def _read_state(run_dir: Path) -> dict[str, object] | None:
+    path = run_dir / "stack.json"
+    if not path.exists():
+        return None
+    state: dict[str, object] = json.loads(path.read_text())
+    return state
+
+
+def _alive_pids(state: dict[str, object]) -> list[int]:
+    pids = state.get("pids", {})
+    assert isinstance(pids, dict)
+    return [int(p) for p in pids.values() if pid_alive(int(p))]
+
+
+def up(run_dir: Path, port_mode: str, timeout: float) -> int:
+    """Start everything; returns a process exit code."""
+    started = time.monotonic()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    state = _read_state(run_dir)
+    if state is not None and _alive_pids(state):
+        _log(f"the stack is already running (gateway {state.get('gateway_url')}); `make down` stops it")
+        env_file = run_dir / "stack.env"
+        if env_file.exists():
+            sys.stdout.write(env_file.read_text())
+        return 0
+
+    pids: dict[str, int] = {}
+    state = {"pids": pids}
+
+    def save() -> None:
+        (run_dir / "stack.json").write_text(json.dumps(state, indent=2))
+
+    try:
+        kafka = os.environ.get("LT_EXTERNAL_KAFKA_BOOTSTRAP")
+        flavour = os.environ.get("LT_KAFKA_FLAVOUR", "kafka" if kafka else "tansu")
+        if not kafka:
+            broker = start_broker(log_path=logs / "broker.log")
+            pids["broker"] = broker.pid
+            kafka = broker.url
+            save()
+        pg_server = os.environ.get("LT_EXTERNAL_POSTGRES_URL")
+        if not pg_server:
+            pg = start_postgres(run_dir / "pgdata", log_path=logs / "postgres.log")
+            pids["postgres"] = pg.pid
+            pg_server = pg.url
+            save()
+        redis_url = os.environ.get("LT_EXTERNAL_REDIS_URL")
+        if not redis_url:
+            redis = start_redis(log_path=logs / "redis.log")
+            pids["redis"] = redis.pid
+            redis_url = redis.url
+            save()
+        for db in DATABASES.values():
+            asyncio.run(create_database(pg_server, db))
+        _log(f"infrastructure up in {time.monotonic() - started:.1f}s (kafka {kafka}, postgres, redis)")
+
+        key_file = run_dir / "admin_key"
+        if not key_file.exists():
+            key_file.write_text("lt-admin-" + secrets.token_urlsafe(32))
+            key_file.chmod(0o600)
+        admin_key = key_file.read_text().strip()
+        token_file = run_dir / "internal_token"
+        if not token_file.exists():
+            token_file.write_text(secrets.token_urlsafe(32))
+            token_file.chmod(0o600)
+        internal_token = token_file.read_text().strip()
+
+        ports = _choose_ports(port_mode)
+        url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        common = {
+            **os.environ,
+            "LT_KAFKA_BOOTSTRAP": kafka,
+            "LT_KAFKA_FLAVOUR": flavour,
+            "LT_REDIS_URL": redis_url,
+            "LT_INTERNAL_TOKEN": internal_token,
+            "LT_ENVIRONMENT": os.environ.get("LT_ENVIRONMENT", "development"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        processes: list[tuple[str, list[str], dict[str, str]]] = [
+            (
+                "quota",
+                ["-m", "lt_quota"],
+                {
+                    "LT_PORT": str(ports["quota"]),
+                    "LT_SERVICE_NAME": "quota",
+                    "LT_DATABASE_URL": database_url_for(pg_server, DATABASES["quota"]),
+                    "LT_BOOTSTRAP_ADMIN_KEY": admin_key,
+                },
+            ),
+            (
+                "fakepay",
+                ["-m", "lt_saga.fakepay"],
+                {"LT_PORT": str(ports["fakepay"]), "LT_SERVICE_NAME": "fakepay"},
+            ),
+            (
+                "saga",
+                ["-m", "lt_saga"],
+                {
+                    "LT_PORT": str(ports["saga"]),
+                    "LT_SERVICE_NAME": "purchase-saga",
+                    "LT_DATABASE_URL": database_url_for(pg_server, DATABASES["saga"]),
+                    "LT_PAYMENT_PROVIDER_URL": url["fakepay"],
+                },
+            ),
+            (
+                "analytics",
+                ["-m", "lt_analytics"],
+                {
+                    "LT_PORT": str(ports["analytics"]),
+                    "LT_SERVICE_NAME": "analytics",
+                    "LT_DATABASE_URL": database_url_for(pg_server, DATABASES["analytics"]),
+                },
+            ),
+            (
+                "analytics-worker",
+                ["-m", "lt_analytics.worker"],
+                {
+                    "LT_SERVICE_NAME": "analytics-worker",
+                    "LT_DATABASE_URL": database_url_for(pg_server, DATABASES["analytics"]),
+                },
+            ),
+            (
+                "notifier",
+                ["-m", "lt_notifier"],
+                {
+                    "LT_PORT": str(ports["notifier"]),
+                    "LT_SERVICE_NAME": "notifier",
+                    "LT_DATABASE_URL": database_url_for(pg_server, DATABASES["notifier"]),
+                },
+            ),
+            (
+                "gateway",
+                ["-m", "lt_gateway"],
+                {
+                    "LT_PORT": str(ports["gateway"]),
+                    "LT_SERVICE_NAME": "gateway",
+                    "LT_QUOTA_URL": url["quota"],
+                    "LT_SAGA_URL": url["saga"],
+                    "LT_ANALYTICS_URL": url["analytics"],
+                    "LT_NOTIFIER_URL": url["notifier"],
+                },
+            ),
+        ]
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        for name, args, env in processes:
+            log = (logs / f"{name}.log").open("ab")
+            procs[name] = subprocess.Popen(
+                [sys.executable, *args],
+                env={**common, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+            pids[name] = procs[name].pid
+        state.update(
+            {
+                "ports": ports,
+                "gateway_url": url["gateway"],
+                "kafka": kafka,
+                "postgres": pg_server,
+                "redis": redis_url,
+            }
+        )
+        save()
+
+        deadline = time.monotonic() + timeout
+        for name in ("quota", "fakepay", "saga", "analytics", "notifier", "gateway"):
+            _wait_http(
+                f"{url[name]}/ready" if name != "fakepay" else f"{url[name]}/health", deadline, procs, name
+            )
+        _first_completion(url["gateway"], admin_key, deadline)
+    except BaseException as exc:
+        _log(f"start-up failed: {exc!r}; stopping what was started (logs in {logs})")
+        down(run_dir)
+        return 1
+
+    env_text = f"LT_GATEWAY_URL={url['gateway']}\nLT_ADMIN_KEY={admin_key}\n"
+    (run_dir / "stack.env").write_text(env_text)
+    _log(f"stack ready in {time.monotonic() - started:.1f}s; logs in {logs}")
+    sys.stdout.write(env_text)
+    _log(f"metrics: {url['gateway']}/metrics (each service serves /metrics); API docs: {url['gateway']}/docs")
+    return 0
+
+
+def down(run_dir: Path) -> int:
+    """Stop every process `up` started, services first, infrastructure last."""
+    state = _read_state(run_dir)
+    if state is None:
+        _log("nothing to stop")
+        return 0
+    pids = state.get("pids", {})
+    assert isinstance(pids, dict)
+    order = [n for n in pids if n not in ("broker", "postgres", "redis")] + [
+        n for n in ("redis", "broker", "postgres") if n in pids
+    ]
+    for name in order:
+        pid = int(pids[name])
+        if not pid_alive(pid):
+            continue
+        if name == "postgres":
+            # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for clients.
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                continue
+        stop_pid(pid, timeout=15)
+        _log(f"stopped {name} (pid {pid})")
+    (run_dir / "stack.json").unlink(missing_ok=True)
+    (run_dir / "stack.env").unlink(missing_ok=True)
+    return 0
+
+
+def status(run_dir: Path) -> int:
+    """Print which processes are alive."""
+    state = _read_state(run_dir)
+    if state is None:
+        _log("not running")
+        return 1
+    pids = state.get("pids", {})
+    assert isinstance(pids, dict)
+    for name, pid in pids.items():
+        _log(f"{name:18} pid {pid:>7}  {'running' if pid_alive(int(pid)) else 'DEAD'}")
+    return 0 if _alive_pids(state) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run")
+    parser.add_argument(
+        "--ports",
+        choices=["default", "auto"],
+        default="default",
+        help="default: 8080.. when free; auto: free ports",
+    )
+    parser.add_argument("--timeout", type=float, default=90.0)
+    args = parser.parse_args()
+    run_dir = args.run_dir.resolve()
+    if args.command == "up":
+        return up(run_dir, args.ports, args.timeout)
+    if args.command == "down":
+        return down(run_dir)
+    return status(run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Gateway app factory: the public OpenAI-compatible API and the management proxy."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from leaky_common.errors import ServiceError, install_error_handlers
+from leaky_common.kafka import EventPublisher
+from leaky_common.observability import MetricsMiddleware, add_ops_routes, setup_logging, setup_tracing
+from starlette.responses import Response
+
+from lt_gateway.chat import ChatHandler, api_key_from
+from lt_gateway.models import ModelTable
+from lt_gateway.providers import Provider
+from lt_gateway.providers.mock import MockProvider
+from lt_gateway.proxy import ManagementProxy
+from lt_gateway.quota_client import Denial, QuotaClient
+from lt_gateway.settings import GatewaySettings
+from lt_gateway.usage import UsageSink
+
+_CHAT_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["model", "messages"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "messages": {"type": "array", "items": {"type": "object"}},
+                        "stream": {"type": "boolean"},
+                        "max_tokens": {"type": "integer", "minimum": 1},
+                        "max_completion_tokens": {"type": "integer", "minimum": 1},
+                    },
+                }
+            }
+        },
+    }
+}
+
+_MANAGEMENT_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None = None) -> FastAPI:
+    """Build the gateway app; resources are created in the lifespan."""
+    setup_logging(settings)
+    setup_tracing(settings)
+    models = ModelTable.load(settings.models_file)
+    quota = QuotaClient(settings.quota_url, settings.internal_token, settings.internal_timeout_s)
+    usage = UsageSink(EventPublisher(settings), settings.usage_queue_max)
+    chat = ChatHandler(
+        models=models,
+        providers=providers or {"mock": MockProvider()},
+        quota=quota,
+        usage=usage,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    proxy = ManagementProxy(settings, quota)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await quota.start()
+        await proxy.start()
+        await usage.start()
+        app.state.usage = usage
+        try:
+            yield
+        finally:
+            await usage.stop()
+            await proxy.close()
+            await quota.close()
+
+    app = FastAPI(
+        title="Leaky Tokens gateway",
+        version="0.1.0",
+        description="OpenAI-compatible, governed LLM gateway. Management paths are forwarded to their owners.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, service="gateway")
+
+    async def ready() -> dict[str, bool]:
+        return {"usage_backlog_ok": usage.pending < settings.usage_queue_max // 2}
+
+    add_ops_routes(app, "gateway", ready)
+
+    @app.post("/v1/chat/completions", tags=["openai"], openapi_extra=_CHAT_SCHEMA)
+    async def chat_completions(request: Request) -> Response:
+        return await chat.handle(request)
+
+    @app.get("/v1/models", tags=["openai"])
+    async def list_models(request: Request) -> Response:
+        principal = await quota.authenticate(api_key_from(request))
+        if isinstance(principal, Denial):
+            return Response(principal.body, status_code=principal.status, media_type="application/json")
+        data = [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider} for m in models.all()]
+        return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+    @app.get("/v1/models/{model_id}", tags=["openai"])
+    async def get_model(model_id: str, request: Request) -> Response:
+        principal = await quota.authenticate(api_key_from(request))
+        if isinstance(principal, Denial):
+            return Response(principal.body, status_code=principal.status, media_type="application/json")
+        spec = models.get(model_id)
+        if spec is None:
+            raise _model_not_found(model_id)
+        body = {"id": spec.name, "object": "model", "created": 0, "owned_by": spec.provider}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    @app.api_route("/v1/{rest:path}", methods=_MANAGEMENT_METHODS, include_in_schema=False)
+    async def management_v1(rest: str, request: Request) -> Response:
+        return await proxy.handle(request)
+
+    @app.api_route("/api/v1/{rest:path}", methods=_MANAGEMENT_METHODS, include_in_schema=False)
+    async def management_api_v1(rest: str, request: Request) -> Response:
+        return await proxy.handle(request)
+
+    return app
+
+
+def _model_not_found(model: str) -> ServiceError:
+    from leaky_common.errors import NotFound
+
+    return NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")

@@ -1,0 +1,113 @@
+"""The built-in `mock` provider: offline, deterministic, OpenAI wire format (streaming and usage included)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import uuid4
+
+from lt_gateway.models import ModelSpec
+from lt_gateway.providers.base import Completion, StreamChunk, Usage
+from lt_gateway.tokens import estimate_prompt_tokens, last_user_text, text_tokens
+
+_PREFIX = "This is mock-gpt, a deterministic offline model. You said:"
+_MAX_ECHO_WORDS = 24
+
+
+def reply_words(messages: list[dict[str, Any]], max_tokens: int) -> tuple[list[str], int, str]:
+    """The reply's words (each with its leading space), their token count and the finish reason."""
+    echo = last_user_text(messages).split()[:_MAX_ECHO_WORDS]
+    words = [*_PREFIX.split(), *(echo or ["nothing"])]
+    out: list[str] = []
+    used = 0
+    for i, word in enumerate(words):
+        cost = text_tokens(word)
+        if used + cost > max_tokens:
+            return out, used, "length"
+        out.append(word if i == 0 else " " + word)
+        used += cost
+    return out, used, "stop"
+
+
+class MockProvider:
+    """Answers every request from the prompt alone; `latency_s` simulates upstream time."""
+
+    def __init__(self, latency_s: float = 0.0) -> None:
+        self._latency_s = latency_s
+
+    async def complete(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
+        """A full `chat.completion`."""
+        if self._latency_s:
+            await asyncio.sleep(self._latency_s)
+        messages = body["messages"]
+        words, completion_tokens, finish = reply_words(
+            messages, int(body.get("max_tokens") or spec.max_output_tokens)
+        )
+        usage = Usage(estimate_prompt_tokens(messages), completion_tokens)
+        return Completion(
+            {
+                "id": f"chatcmpl-{uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": spec.upstream_model,
+                "system_fingerprint": "fp_mock",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(words), "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+            },
+            usage,
+        )
+
+    async def stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        """Role chunk, one chunk per word, a finish chunk, then a usage chunk with empty choices."""
+        messages = body["messages"]
+        words, completion_tokens, finish = reply_words(
+            messages, int(body.get("max_tokens") or spec.max_output_tokens)
+        )
+        base = {
+            "id": f"chatcmpl-{uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": spec.upstream_model,
+            "system_fingerprint": "fp_mock",
+        }
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            return {
+                **base,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            }
+
+        yield StreamChunk(chunk({"role": "assistant", "content": ""}))
+        for word in words:
+            if self._latency_s:
+                await asyncio.sleep(self._latency_s / max(len(words), 1))
+            else:
+                await asyncio.sleep(0)
+            yield StreamChunk(chunk({"content": word}), completion_tokens=text_tokens(word))
+        yield StreamChunk(chunk({}, finish))
+        usage = Usage(estimate_prompt_tokens(messages), completion_tokens)
+        yield StreamChunk(
+            {
+                **base,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+            },
+            usage=usage,
+        )

@@ -1,0 +1,82 @@
+"""The gateway's client for quota: one pooled keep-alive HTTP call per governed request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from leaky_common.auth import INTERNAL_TOKEN_HEADER, Principal
+from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest
+from leaky_common.errors import ServiceUnavailable
+
+_FORWARDED_DENIAL_HEADERS = ("retry-after",)
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A refusal from quota, passed to the client as is (OpenAI-shaped body)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def code(self) -> str | None:
+        """The `error.code` of the body, if it has one."""
+        try:
+            return str(orjson.loads(self.body)["error"]["code"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+
+
+class QuotaClient:
+    """Calls quota's internal API; fails closed (503) when quota cannot be reached."""
+
+    def __init__(self, base_url: str, internal_token: str, timeout_s: float) -> None:
+        self._base = base_url.rstrip("/")
+        self._headers = {INTERNAL_TOKEN_HEADER: internal_token, "content-type": "application/json"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the connection pool."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60, ttl_dns_cache=300),
+            timeout=self._timeout,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._session is not None:
+            await self._session.close()
+
+    async def _post(self, path: str, payload: bytes) -> tuple[int, bytes, dict[str, str]]:
+        assert self._session is not None, "QuotaClient.start() was not called"
+        try:
+            async with self._session.post(self._base + path, data=payload, headers=self._headers) as resp:
+                body = await resp.read()
+                headers = {h: resp.headers[h] for h in _FORWARDED_DENIAL_HEADERS if h in resp.headers}
+                return resp.status, body, headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ServiceUnavailable("quota service unavailable", code="quota_unavailable") from exc
+
+    async def admit(self, request: AdmitRequest) -> AdmitResponse | Denial:
+        """Authenticate, rate-limit and reserve in one call."""
+        status, body, headers = await self._post("/internal/admit", request.model_dump_json().encode())
+        if status == 200:
+            return AdmitResponse.model_validate_json(body)
+        if status >= 500:
+            raise ServiceUnavailable("quota service error", code="quota_unavailable")
+        return Denial(status, body, headers)
+
+    async def authenticate(self, api_key: str) -> Principal | Denial:
+        """Resolve an API key to its principal."""
+        status, body, headers = await self._post(
+            "/internal/authenticate", AuthenticateRequest(api_key=api_key).model_dump_json().encode()
+        )
+        if status == 200:
+            return Principal.model_validate_json(body)
+        if status >= 500:
+            raise ServiceUnavailable("quota service error", code="quota_unavailable")
+        return Denial(status, body, headers)

@@ -1,0 +1,46 @@
+import pytest
+
+from leaky_common.contracts import RateLimitState
+from lt_gateway.headers import ratelimit_headers
+from lt_gateway.proxy import owner_of
+
+
+@pytest.mark.parametrize(
+    ("path", "owner"),
+    [
+        ("/v1/admin/users", "quota"),
+        ("/v1/admin/teams/t1/members/u1", "quota"),
+        ("/v1/admin/notifications/webhooks", "notifier"),
+        ("/v1/admin/purchases", "saga"),
+        ("/v1/users/me/quota", "quota"),
+        ("/v1/approvals", "quota"),
+        ("/v1/purchases", "saga"),
+        ("/v1/purchases/abc", "saga"),
+        ("/api/v1/tokens/purchase", "saga"),
+        ("/api/v1/tokens/status", "quota"),
+        ("/v1/analytics/usage", "analytics"),
+        ("/api/v1/analytics/usage", "analytics"),
+        ("/v1/nothing", None),
+        ("/v1/purchasesx", None),
+    ],
+)
+def test_owner_of(path: str, owner: str | None) -> None:
+    assert owner_of(path) == owner
+
+
+def test_ratelimit_headers_cover_openai_and_ietf_forms() -> None:
+    h = ratelimit_headers(
+        RateLimitState(
+            limit_requests=600,
+            remaining_requests=599,
+            reset_requests_s=0.1,
+            limit_tokens=200_000,
+            remaining_tokens=199_000,
+            reset_tokens_s=0.3,
+        )
+    )
+    assert h["x-ratelimit-limit-requests"] == "600"
+    assert h["x-ratelimit-remaining-tokens"] == "199000"
+    assert h["x-ratelimit-reset-requests"] == "0.100s"
+    assert h["ratelimit-policy"] == '"requests";q=600;w=60, "tokens";q=200000;w=60'
+    assert h["ratelimit"] == '"requests";r=599;t=1, "tokens";r=199000;t=1'
