@@ -154,7 +154,9 @@ _STATUS_TYPES = {
 }
 
 
-def error_body(message: str, type_: str, code: str | None, param: str | None = None, **extra: Any) -> dict[str, Any]:
+def error_body(
+    message: str, type_: str, code: str | None, param: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """Build `{"error": {"message", "type", "param", "code", ...extra}}`."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code, **extra}}
 
@@ -177,13 +179,17 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
         param = ".".join(loc) or None
-        message = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
+        message = (
+            f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
+        )
         return error_response(400, error_body(message, "invalid_request_error", "invalid_request", param))
 
     async def on_http(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         type_, code = _STATUS_TYPES.get(exc.status_code, ("api_error", "error"))
-        return error_response(exc.status_code, error_body(str(exc.detail), type_, code), dict(exc.headers or {}))
+        return error_response(
+            exc.status_code, error_body(str(exc.detail), type_, code), dict(exc.headers or {})
+        )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)

@@ -25,9 +25,9 @@ __all__ = [
     "PurchaseFailed",
     "QuotaThresholdReached",
     "RequestFreeze",
-    "Topics",
     "TokensCredited",
     "TokensDebited",
+    "Topics",
     "UsageRecorded",
     "parse_message",
 ]

@@ -8,6 +8,7 @@ A message that cannot be parsed, or whose handler keeps failing, goes to `<topic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -50,12 +51,14 @@ async def ensure_topics(settings: ServiceSettings, topics: Iterable[str], partit
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names if name not in existing]
+        missing = [
+            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            for name in names
+            if name not in existing
+        ]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 
@@ -91,9 +94,13 @@ class EventPublisher:
         value = message.model_dump_json().encode()
         headers = _headers_from_context({"type": str(getattr(message, "type", ""))})
         with tracer.start_as_current_span(f"publish {topic}", kind=trace.SpanKind.PRODUCER):
-            await self._producer.send_and_wait(topic, value, key=key.encode() if key else None, headers=headers)
+            await self._producer.send_and_wait(
+                topic, value, key=key.encode() if key else None, headers=headers
+            )
 
-    async def publish_raw(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+    async def publish_raw(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
         """Send pre-serialised bytes (used for the DLQ and outbox relays)."""
         await self._producer.send_and_wait(topic, value, key=key, headers=headers)
 
@@ -144,10 +151,8 @@ class EventConsumer:
         self._stopping.set()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         await self._consumer.stop()
 
     async def _run(self) -> None:
@@ -184,7 +189,9 @@ class EventConsumer:
         ctx = _context_from_headers(record.headers)
         token = otel_context.attach(ctx)
         try:
-            with tracer.start_as_current_span(f"consume {record.topic}", kind=trace.SpanKind.CONSUMER) as span:
+            with tracer.start_as_current_span(
+                f"consume {record.topic}", kind=trace.SpanKind.CONSUMER
+            ) as span:
                 span.set_attribute("messaging.message.id", message.event_id)
                 for attempt in range(1, self._max_attempts + 1):
                     try:
@@ -195,7 +202,9 @@ class EventConsumer:
                         raise
                     except Exception as exc:
                         if attempt == self._max_attempts:
-                            logger.exception("handler failed %d times; dead-lettering %s", attempt, message.event_id)
+                            logger.exception(
+                                "handler failed %d times; dead-lettering %s", attempt, message.event_id
+                            )
                             await self._dead_letter(record, f"handler failed: {type(exc).__name__}")
                             return
                         logger.warning("handler attempt %d failed for %s: %r", attempt, message.event_id, exc)
@@ -204,8 +213,14 @@ class EventConsumer:
             otel_context.detach(token)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        headers = [*(record.headers or ()), ("dlq-reason", reason.encode()), ("dlq-source", record.topic.encode())]
-        await self._publisher.publish_raw(Topics.dlq(record.topic), record.value or b"", record.key, list(headers))
+        headers = [
+            *(record.headers or ()),
+            ("dlq-reason", reason.encode()),
+            ("dlq-source", record.topic.encode()),
+        ]
+        await self._publisher.publish_raw(
+            Topics.dlq(record.topic), record.value or b"", record.key, list(headers)
+        )
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

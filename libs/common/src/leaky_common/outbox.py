@@ -6,6 +6,7 @@ Each service that uses it creates the table with `OUTBOX_DDL` in one of its migr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import asyncpg
@@ -32,7 +33,9 @@ CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (id) WHERE published_at 
 """
 
 
-async def write_outbox(conn: asyncpg.Connection, topic: str, message: Message, key: str | None = None) -> None:
+async def write_outbox(
+    conn: asyncpg.Connection, topic: str, message: Message, key: str | None = None
+) -> None:
     """Queue `message` for `topic`; call inside the transaction that makes the change it announces."""
     headers = {k: v.decode() for k, v in _headers_from_context({"type": str(getattr(message, "type", ""))})}
     await conn.execute(
@@ -48,7 +51,9 @@ async def write_outbox(conn: asyncpg.Connection, topic: str, message: Message, k
 class OutboxRelay:
     """Publishes unpublished outbox rows in id order; wakes on NOTIFY or every `interval_s`."""
 
-    def __init__(self, pool: asyncpg.Pool, publisher: EventPublisher, *, interval_s: float = 0.5, batch: int = 200) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, publisher: EventPublisher, *, interval_s: float = 0.5, batch: int = 200
+    ) -> None:
         self._pool = pool
         self._publisher = publisher
         self._interval_s = interval_s
@@ -67,10 +72,8 @@ class OutboxRelay:
         """Stop relaying; unpublished rows stay for the next start."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._listen_conn is not None:
             await self._pool.release(self._listen_conn)
             self._listen_conn = None
@@ -100,7 +103,5 @@ class OutboxRelay:
             except Exception:
                 logger.exception("outbox relay failed; will retry")
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
-            except TimeoutError:
-                pass

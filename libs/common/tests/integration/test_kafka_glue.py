@@ -3,7 +3,6 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-
 from leaky_common.events import AnyMessage, Topics, UsageRecorded
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.settings import ServiceSettings
@@ -34,13 +33,20 @@ async def test_publish_consume_commit_and_dlq(kafka_bootstrap: str) -> None:
         seen.append(message.request_id)
 
     consumer = EventConsumer(
-        settings, group_id=f"g-{topic}", topics=[topic], handler=handler, publisher=publisher, max_attempts=2,
+        settings,
+        group_id=f"g-{topic}",
+        topics=[topic],
+        handler=handler,
+        publisher=publisher,
+        max_attempts=2,
         retry_backoff_s=0.01,
     )
     await consumer.start()
     try:
         for i in range(5):
-            await publisher.publish(topic, UsageRecorded(request_id=f"r{i}", model="m", provider="p"), key="k")
+            await publisher.publish(
+                topic, UsageRecorded(request_id=f"r{i}", model="m", provider="p"), key="k"
+            )
         await publisher.publish(topic, UsageRecorded(request_id="bad", model="poison", provider="p"))
         await publisher.publish_raw(topic, b"not json", None, [])
         await wait_until(lambda: len(seen) == 5)
@@ -70,7 +76,9 @@ async def test_publish_consume_commit_and_dlq(kafka_bootstrap: str) -> None:
         assert isinstance(message, UsageRecorded)
         again.append(message.request_id)
 
-    consumer2 = EventConsumer(settings, group_id=f"g-{topic}", topics=[topic], handler=handler2, publisher=publisher)
+    consumer2 = EventConsumer(
+        settings, group_id=f"g-{topic}", topics=[topic], handler=handler2, publisher=publisher
+    )
     await consumer2.start()
     try:
         await publisher.publish(topic, UsageRecorded(request_id="after", model="m", provider="p"))

