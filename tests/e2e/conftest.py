@@ -1,0 +1,71 @@
+"""End-to-end fixtures: a running stack (the one from `make up` if LT_GATEWAY_URL is set, else a fresh one
+started here on free ports and stopped afterwards) and an admin HTTP client."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Stack:
+    gateway_url: str
+    admin_key: str
+    run_dir: Path | None
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    url, key = os.environ.get("LT_GATEWAY_URL"), os.environ.get("LT_ADMIN_KEY")
+    if url and key:
+        yield Stack(url.rstrip("/"), key, None)
+        return
+    run_dir = Path(tempfile.mkdtemp(prefix="lt-e2e-"))
+    script = ROOT / "deploy" / "local" / "stack.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "up", "--run-dir", str(run_dir), "--ports", "auto"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    if result.returncode != 0:
+        logs = "\n".join(
+            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((run_dir / "logs").glob("*.log"))
+        )
+        subprocess.run([sys.executable, str(script), "down", "--run-dir", str(run_dir)], check=False)
+        pytest.fail(f"stack did not start:\n{result.stdout}\n{result.stderr}\n{logs}")
+    env = _read_env(run_dir / "stack.env")
+    try:
+        yield Stack(env["LT_GATEWAY_URL"], env["LT_ADMIN_KEY"], run_dir)
+    finally:
+        subprocess.run(
+            [sys.executable, str(script), "down", "--run-dir", str(run_dir)], check=False, capture_output=True
+        )
+
+
+@pytest.fixture
+async def admin(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {stack.admin_key}"}, timeout=30
+    ) as client:
+        yield client
