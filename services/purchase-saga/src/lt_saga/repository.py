@@ -1,0 +1,193 @@
+"""All SQL of the purchase saga. Functions take a connection; the caller owns the transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from lt_saga.domain import TERMINAL, PurchaseRequest, SagaState, Status
+
+__all__ = ["Purchase", "StaleState", "Step"]
+
+_TERMINAL = [s.value for s in TERMINAL]
+
+
+class StaleState(Exception):
+    """The purchase changed since it was read (optimistic lock lost): reload and decide again."""
+
+
+@dataclass(frozen=True)
+class Purchase:
+    id: str
+    user_id: str
+    org_id: str | None
+    amount: int
+    unit: str
+    pool_id: str | None
+    price_usd_micros: int
+    payment_amount_minor: int
+    currency: str
+    status: Status
+    compensations: tuple[str, ...]
+    deadline_at: datetime | None
+    reason: str | None
+    idempotency_key: str
+    request_hash: str
+    payment_method: str
+    payment_intent_id: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def state(self) -> SagaState:
+        """The saga position of this purchase."""
+        return SagaState(self.status, self.compensations, self.deadline_at)
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> Purchase:
+        data = dict(r)
+        data["status"] = Status(data["status"])
+        data["compensations"] = tuple(data["compensations"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Step:
+    step: str
+    status: str
+    detail: str | None
+    at: datetime
+
+
+_COLUMNS = (
+    "id, user_id, org_id, amount, unit, pool_id, price_usd_micros, payment_amount_minor, currency, status, "
+    "compensations, deadline_at, reason, idempotency_key, request_hash, payment_method, payment_intent_id, "
+    "version, created_at, updated_at"
+)
+
+
+async def insert_purchase(
+    conn: asyncpg.Connection,
+    *,
+    purchase_id: str,
+    user_id: str,
+    org_id: str | None,
+    request: PurchaseRequest,
+    price_usd_micros: int,
+    payment_amount_minor: int,
+    currency: str,
+    idempotency_key: str,
+    request_hash: str,
+) -> tuple[Purchase, bool]:
+    """Insert a PENDING purchase; on an idempotency-key clash return the existing one and False."""
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO purchases (id, user_id, org_id, amount, unit, pool_id, price_usd_micros, payment_amount_minor,
+                               currency, status, idempotency_key, request_hash, payment_method)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+        ON CONFLICT (user_id, idempotency_key) DO NOTHING
+        RETURNING {_COLUMNS}
+        """,
+        purchase_id,
+        user_id,
+        org_id,
+        request.amount,
+        request.unit,
+        request.pool_id,
+        price_usd_micros,
+        payment_amount_minor,
+        currency,
+        Status.PENDING.value,
+        idempotency_key,
+        request_hash,
+        request.payment_method,
+    )
+    if row is not None:
+        return Purchase.from_record(row), True
+    existing = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM purchases WHERE user_id = $1 AND idempotency_key = $2",
+        user_id,
+        idempotency_key,
+    )
+    assert existing is not None
+    return Purchase.from_record(existing), False
+
+
+async def get_purchase(conn: asyncpg.Connection, purchase_id: str) -> Purchase | None:
+    """One purchase by id."""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM purchases WHERE id = $1", purchase_id)
+    return Purchase.from_record(row) if row else None
+
+
+async def list_purchases(conn: asyncpg.Connection, *, user_id: str | None, limit: int) -> list[Purchase]:
+    """Newest first; all users when `user_id` is None."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM purchases WHERE ($1::text IS NULL OR user_id = $1) "
+        "ORDER BY created_at DESC, id LIMIT $2",
+        user_id,
+        limit,
+    )
+    return [Purchase.from_record(r) for r in rows]
+
+
+async def unfinished_ids(conn: asyncpg.Connection) -> list[str]:
+    """Ids of purchases whose saga has not reached a terminal status, oldest first."""
+    rows = await conn.fetch(
+        "SELECT id FROM purchases WHERE status <> ALL($1::text[]) ORDER BY created_at", _TERMINAL
+    )
+    return [r["id"] for r in rows]
+
+
+async def update_purchase(conn: asyncpg.Connection, purchase: Purchase, **changes: Any) -> Purchase:
+    """Apply `changes` if the row is still at `purchase.version`; raise StaleState otherwise."""
+    allowed = {"status", "compensations", "deadline_at", "reason", "payment_intent_id"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"cannot update {sorted(unknown)}")
+    values = [
+        v.value if isinstance(v, Status) else list(v) if isinstance(v, tuple) else v for v in changes.values()
+    ]
+    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=3))
+    row = await conn.fetchrow(
+        f"UPDATE purchases SET {sets}{', ' if sets else ''}version = version + 1, updated_at = now() "
+        f"WHERE id = $1 AND version = $2 RETURNING {_COLUMNS}",
+        purchase.id,
+        purchase.version,
+        *values,
+    )
+    if row is None:
+        raise StaleState(purchase.id)
+    return Purchase.from_record(row)
+
+
+async def add_step(
+    conn: asyncpg.Connection, purchase_id: str, step: str, status: str, detail: str | None = None
+) -> None:
+    """Append one entry to the saga's step log."""
+    await conn.execute(
+        "INSERT INTO saga_steps (purchase_id, step, status, detail) VALUES ($1, $2, $3, $4)",
+        purchase_id,
+        step,
+        status,
+        detail,
+    )
+
+
+async def list_steps(conn: asyncpg.Connection, purchase_id: str) -> list[Step]:
+    """The step log of one purchase, in order."""
+    rows = await conn.fetch(
+        "SELECT step, status, detail, at FROM saga_steps WHERE purchase_id = $1 ORDER BY id", purchase_id
+    )
+    return [Step(r["step"], r["status"], r["detail"], r["at"]) for r in rows]
+
+
+async def claim_event(conn: asyncpg.Connection, event_id: str) -> bool:
+    """Record `event_id` in the inbox; False if it was already handled."""
+    inserted = await conn.fetchval(
+        "INSERT INTO inbox (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", event_id
+    )
+    return bool(inserted)
