@@ -1,0 +1,21 @@
+"""Analytics settings (env prefix LT_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from leaky_common.events import Topics
+from leaky_common.settings import ServiceSettings
+
+
+class AnalyticsSettings(ServiceSettings):
+    """The API and the faust worker share these; the worker's consumer group is the faust app id."""
+
+    service_name: str = "analytics"
+    port: int = 8083
+
+    consumer_group: str = "analytics"
+    usage_topic: str = Topics.USAGE
+    # faust wants a data directory even with the in-memory store; None -> a folder under the system temp dir.
+    faust_datadir: Path | None = None
+    db_pool_max: int = 5

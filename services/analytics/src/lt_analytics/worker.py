@@ -1,0 +1,99 @@
+"""`python -m lt_analytics.worker`: the faust-streaming app that aggregates UsageRecorded into Postgres.
+
+Durable state lives in Postgres, not in faust tables: the local broker (tansu) cannot reliably serve the
+changelog recovery faust tables need. faust commits offsets after events are acked (at-least-once); the
+request log keyed by event id makes redelivery a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import faust
+from leaky_common.db import apply_migrations, create_pool
+from leaky_common.events import Topics
+from leaky_common.kafka import ensure_topics
+from leaky_common.observability import setup_logging, setup_tracing
+
+from lt_analytics.handlers import Outcome, UsageHandler
+from lt_analytics.repository import MIGRATIONS
+from lt_analytics.settings import AnalyticsSettings
+
+__all__ = ["build_faust_app", "main", "prepare"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_faust_app(settings: AnalyticsSettings, handler: UsageHandler) -> faust.App:
+    """A faust app (id = consumer group) whose one agent feeds the usage topic to `handler`."""
+    datadir = settings.faust_datadir or Path(tempfile.gettempdir()) / "lt-analytics-faust"
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{address.strip()}" for address in settings.kafka_bootstrap.split(",")],
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        datadir=str(datadir),
+        # tansu: no idempotent producer or transactions, and ListOffsets(latest) is unreliable.
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=6,
+        broker_rebalance_timeout=6,
+        broker_heartbeat_interval=1,
+        broker_commit_interval=1.0,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+    )
+    usage_topic = app.topic(settings.usage_topic, value_serializer="raw", key_serializer="raw")
+    dlq_topic = app.topic(Topics.dlq(settings.usage_topic), value_serializer="raw", key_serializer="raw")
+
+    async def aggregate_usage(stream: Any) -> None:
+        async for event in stream.events():
+            raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+            outcome = await handler.handle(raw)
+            if outcome is Outcome.INVALID:
+                await dlq_topic.send(
+                    key=event.message.key,
+                    value=raw,
+                    headers={"dlq-reason": b"unparseable", "dlq-source": settings.usage_topic.encode()},
+                )
+
+    app.agent(usage_topic, name="aggregate_usage", concurrency=1)(aggregate_usage)
+    return app
+
+
+async def prepare(settings: AnalyticsSettings) -> asyncpg.Pool:
+    """Pool, migrations (advisory-locked, shared with the API) and topics, before faust starts."""
+    pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
+    await apply_migrations(pool, MIGRATIONS)
+    await ensure_topics(settings, [settings.usage_topic])
+    return pool
+
+
+def main() -> None:
+    """Build settings from the environment and run the faust worker until signalled."""
+    settings = AnalyticsSettings()
+    setup_logging(settings)
+    setup_tracing(settings)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    pool = loop.run_until_complete(prepare(settings))
+    app = build_faust_app(settings, UsageHandler(pool))
+    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if not loop.is_closed():
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(pool.close())
+
+
+if __name__ == "__main__":
+    main()

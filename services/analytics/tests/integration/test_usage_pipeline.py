@@ -1,0 +1,263 @@
+"""The real worker process (faust) on the real broker feeding real Postgres, read back through the API."""
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from leaky_common.auth import Principal
+from leaky_common.db import create_database
+from leaky_common.events import UsageRecorded
+from leaky_common.kafka import EventPublisher, ensure_topics
+from lt_analytics.main import create_app
+from lt_analytics.settings import AnalyticsSettings
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "integration-internal-token"
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 45.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met before deadline")
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def worker_process(
+    settings: AnalyticsSettings, group: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m lt_analytics.worker` with its own consumer group; stopped by the PID started here."""
+    datadir = Path(tempfile.mkdtemp(prefix="lt-analytics-test-"))
+    log_path = datadir / "worker.log"
+    env = {
+        **os.environ,
+        "LT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "LT_DATABASE_URL": settings.database_url,
+        "LT_USAGE_TOPIC": settings.usage_topic,
+        "LT_CONSUMER_GROUP": group,
+        "LT_FAUST_DATADIR": str(datadir),
+        "LT_SERVICE_NAME": "analytics-worker",
+        "LT_LOG_JSON": "false",
+    }
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lt_analytics.worker", env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if os.environ.get("LT_TEST_SHOW_WORKER_LOG"):
+            print(log_path.read_text())
+
+
+def principal(user_id: str, role: str = "user") -> dict[str, str]:
+    p = Principal(user_id=user_id, org_id="org-test", role=role)  # type: ignore[arg-type]
+    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+
+
+@pytest.fixture(scope="module")
+async def settings(postgres_url: str, kafka_bootstrap: str) -> AnalyticsSettings:
+    url = await create_database(postgres_url, f"analytics_{uuid.uuid4().hex[:10]}")
+    s = AnalyticsSettings(
+        database_url=url,
+        kafka_bootstrap=kafka_bootstrap,
+        usage_topic=f"usage.test.{uuid.uuid4().hex[:8]}",
+        internal_token=TOKEN,
+        environment="test",
+        log_json=False,
+    )
+    await ensure_topics(s, [s.usage_topic])
+    return s
+
+
+@pytest.fixture(scope="module")
+async def api(settings: AnalyticsSettings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://analytics") as client,
+    ):
+        yield client
+
+
+def usage(
+    user: str, org: str, model: str, prompt: int, completion: int, cost: int, **kw: Any
+) -> UsageRecorded:
+    return UsageRecorded(
+        request_id=uuid.uuid4().hex,
+        user_id=user,
+        org_id=org,
+        key_id=f"key-{user}",
+        model=model,
+        provider="mock",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        cost_usd_micros=cost,
+        latency_ms=12,
+        **kw,
+    )
+
+
+async def aggregates(settings: AnalyticsSettings) -> dict[str, list[tuple[Any, ...]]]:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        daily = await conn.fetch("SELECT * FROM usage_daily ORDER BY user_id, day, model")
+        minute = await conn.fetch("SELECT * FROM org_usage_minute ORDER BY org_id, minute")
+        log = await conn.fetch("SELECT event_id FROM request_log WHERE user_id IS NOT NULL ORDER BY event_id")
+        return {
+            "daily": [tuple(r) for r in daily],
+            "minute": [tuple(r) for r in minute],
+            "log": [tuple(r) for r in log],
+        }
+    finally:
+        await conn.close()
+
+
+async def logged(settings: AnalyticsSettings, event_id: str) -> bool:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return bool(await conn.fetchval("SELECT 1 FROM request_log WHERE event_id = $1", event_id))
+    finally:
+        await conn.close()
+
+
+async def test_totals_exact_with_duplicates_replay_and_isolation(
+    settings: AnalyticsSettings, api: httpx.AsyncClient
+) -> None:
+    alice, bob, org = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}", "org-a"
+    now = datetime.now(UTC)
+    yesterday = now - timedelta(days=1)
+    long_ago = now - timedelta(days=20)
+    alice_events = [
+        usage(alice, org, "mock-gpt", 10, 20, 30),
+        usage(alice, org, "mock-gpt", 5, 7, 11, stream=True),
+        usage(alice, org, "big-model", 100, 50, 1_500, occurred_at=yesterday),
+        usage(alice, org, "mock-gpt", 3, 0, 1, status="error", http_status=502),
+        usage(alice, org, "mock-gpt", 1_000, 1_000, 9_999, occurred_at=long_ago),
+    ]
+    bob_events = [usage(bob, "org-b", "mock-gpt", 40, 2, 5), usage(bob, "org-b", "mock-gpt", 1, 1, 1)]
+
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    try:
+        for event in alice_events + bob_events:
+            await publisher.publish(settings.usage_topic, event, key=event.user_id)
+        # Redeliveries: the same event ids again, and a message nobody can parse (goes to the DLQ).
+        for event in (alice_events[0], alice_events[2], bob_events[1]):
+            await publisher.publish(settings.usage_topic, event, key=event.user_id)
+        await publisher.publish_raw(settings.usage_topic, b'{"type": "nonsense"}', None, [])
+
+        async with worker_process(settings, group=f"analytics-{uuid.uuid4().hex[:6]}"):
+
+            async def alice_week() -> dict[str, Any] | None:
+                body = (await api.get("/v1/analytics/usage", headers=principal(alice))).json()
+                return body if body.get("total_requests") == 4 else None
+
+            week = await wait_for(alice_week)
+            await wait_for(lambda: logged(settings, bob_events[1].event_id))
+
+        recent = alice_events[:4]
+        assert week["user_id"] == alice
+        assert week["days"] == 7
+        assert week["prompt_tokens"] == sum(e.prompt_tokens for e in recent) == 118
+        assert week["completion_tokens"] == sum(e.completion_tokens for e in recent) == 77
+        assert week["total_tokens"] == 195
+        assert week["cost_usd_micros"] == 30 + 11 + 1_500 + 1
+        assert week["by_model"] == [
+            {"model": "big-model", "requests": 1, "total_tokens": 150, "cost_usd_micros": 1_500},
+            {"model": "mock-gpt", "requests": 3, "total_tokens": 45, "cost_usd_micros": 42},
+        ]
+        assert [d["date"] for d in week["by_day"]] == [yesterday.date().isoformat(), now.date().isoformat()]
+        assert [d["requests"] for d in week["by_day"]] == [1, 3]
+
+        month = (await api.get("/api/v1/analytics/usage?days=30", headers=principal(alice))).json()
+        assert month["total_requests"] == 5
+        assert month["total_tokens"] == 195 + 2_000
+        assert month["cost_usd_micros"] == 1_542 + 9_999
+
+        # Each user sees only their own usage; admins may ask for anyone's.
+        bob_view = (await api.get("/v1/analytics/usage", headers=principal(bob))).json()
+        assert (bob_view["user_id"], bob_view["total_requests"], bob_view["total_tokens"]) == (bob, 2, 44)
+        denied = await api.get(f"/v1/analytics/usage?user_id={alice}", headers=principal(bob))
+        assert denied.status_code == 403
+        assert denied.json()["error"]["type"] == "permission_error"
+        as_admin = await api.get(f"/v1/analytics/usage?user_id={bob}", headers=principal("root", "admin"))
+        assert as_admin.status_code == 200
+        assert as_admin.json()["total_tokens"] == 44
+
+        before = await aggregates(settings)
+        assert len(before["log"]) == 7
+        assert sum(r[2] for r in before["minute"]) == 7
+        assert sum(r[3] for r in before["daily"]) == 7
+
+        # Replay the whole topic with a fresh consumer group: nothing may change.
+        sentinel = UsageRecorded(request_id="sentinel", model="m", provider="p")  # no user/org: no aggregate
+        async with worker_process(settings, group=f"analytics-replay-{uuid.uuid4().hex[:6]}"):
+            await publisher.publish(settings.usage_topic, sentinel)
+            await wait_for(lambda: logged(settings, sentinel.event_id))
+        assert await aggregates(settings) == before
+        again = (await api.get("/v1/analytics/usage", headers=principal(alice))).json()
+        assert again == week
+
+        # The unparseable message went to the dead-letter topic (once per consumer group that saw it).
+        dlq = AIOKafkaConsumer(
+            f"{settings.usage_topic}.dlq",
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            group_id=None,
+        )
+        await dlq.start()
+        try:
+            dead: list[bytes] = []
+            deadline = asyncio.get_running_loop().time() + 20
+            while len(dead) < 2 and asyncio.get_running_loop().time() < deadline:
+                batch = await dlq.getmany(timeout_ms=500)
+                dead.extend(r.value or b"" for rs in batch.values() for r in rs)
+            assert dead == [b'{"type": "nonsense"}'] * 2
+        finally:
+            await dlq.stop()
+    finally:
+        await publisher.stop()
+
+
+async def test_bad_input_and_credentials_are_4xx(api: httpx.AsyncClient) -> None:
+    for days in ("0", "367", "x"):
+        resp = await api.get(f"/v1/analytics/usage?days={days}", headers=principal("u"))
+        assert resp.status_code == 400, days
+        assert resp.json()["error"]["param"] == "days"
+    assert (await api.get("/v1/analytics/usage")).status_code == 401
+    wrong = {**principal("u"), "X-LT-Internal-Token": "not-the-token-at-all"}
+    assert (await api.get("/v1/analytics/usage", headers=wrong)).status_code == 401
+    empty = (await api.get("/v1/analytics/usage?days=366", headers=principal("never-used"))).json()
+    assert (empty["days"], empty["total_requests"], empty["by_model"]) == (366, 0, [])
+
+
+async def test_ready_checks_postgres(api: httpx.AsyncClient) -> None:
+    resp = await api.get("/ready")
+    assert resp.status_code == 200
+    assert resp.json()["checks"] == {"postgres": True}
