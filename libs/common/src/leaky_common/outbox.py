@@ -65,7 +65,7 @@ class OutboxRelay:
     async def start(self) -> None:
         """Listen for NOTIFY and start relaying in the background."""
         self._listen_conn = await self._pool.acquire()
-        await self._listen_conn.add_listener("outbox", lambda *_: self._wake.set())
+        await self._listen_conn.add_listener("outbox", self._on_notify)
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
@@ -75,8 +75,13 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._listen_conn is not None:
+            # Releasing with a listener attached warns (an error under pytest -W error) and leaks the connection.
+            await self._listen_conn.remove_listener("outbox", self._on_notify)
             await self._pool.release(self._listen_conn)
             self._listen_conn = None
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
 
     async def relay_once(self) -> int:
         """Publish one batch; returns how many rows were published."""
