@@ -1,0 +1,40 @@
+"""Quota service settings (env prefix `LT_`), built at start-up."""
+
+from __future__ import annotations
+
+from leaky_common.settings import ServiceSettings
+from pydantic import Field
+
+__all__ = ["QuotaSettings"]
+
+
+class QuotaSettings(ServiceSettings):
+    """Settings of the quota service."""
+
+    service_name: str = "quota"
+    port: int = 8082
+
+    # When set, start-up ensures a default org, an admin user holding this key, and a large personal pool.
+    bootstrap_admin_key: str | None = None
+    bootstrap_admin_quota: int = Field(default=10**12, ge=0)
+
+    default_personal_quota: int = Field(default=100_000, ge=0)
+
+    # Leaky buckets: capacity per period; each bucket leaks continuously at capacity / period.
+    bucket_period_s: float = Field(default=60.0, gt=0)
+    key_requests_per_period: int = Field(default=600, ge=1)
+    key_tokens_per_period: int = Field(default=200_000, ge=1)
+    user_requests_per_period: int = Field(default=600, ge=1)
+    user_tokens_per_period: int = Field(default=200_000, ge=1)
+
+    # A reservation never settled is charged at its reserved amount after this long.
+    reservation_ttl_s: int = Field(default=600, ge=1)
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+
+    # How long an API-key lookup is trusted from process memory.
+    key_cache_ttl_s: float = Field(default=5.0, ge=0)
+
+    redis_prefix: str = "lt:"
+    redis_max_connections: int = Field(default=64, ge=1)
+    consumer_group: str = "quota"
+    db_pool_size: int = Field(default=10, ge=2)

@@ -1,0 +1,519 @@
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx2 as httpx  # the HTTPX client installed in this workspace (imported as httpx2)
+import pytest
+from aiokafka import AIOKafkaConsumer
+from leaky_common.db import create_database
+from leaky_common.events import (
+    CreditTokens,
+    RequestFreeze,
+    TokensCredited,
+    Topics,
+    UsageRecorded,
+    parse_message,
+)
+from leaky_common.kafka import EventPublisher
+from lt_quota.main import create_app
+from lt_quota.settings import QuotaSettings
+from redis.asyncio import Redis
+
+pytestmark = pytest.mark.integration
+
+ADMIN_KEY = "lt-test-admin-" + uuid.uuid4().hex
+TOKEN = "integration-internal-token"
+INTERNAL = {"X-LT-Internal-Token": TOKEN}
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met before deadline")
+        await asyncio.sleep(0.05)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_ms = int(time.time() * 1000)
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+@dataclass
+class Harness:
+    client: httpx.AsyncClient
+    settings: QuotaSettings
+    service: Any
+
+    async def principal_header(self, api_key: str) -> str:
+        r = await self.client.post("/internal/authenticate", json={"api_key": api_key}, headers=INTERNAL)
+        assert r.status_code == 200, r.text
+        return r.text
+
+    async def as_key(self, api_key: str) -> dict[str, str]:
+        return {**INTERNAL, "X-LT-Principal": await self.principal_header(api_key)}
+
+    async def create_user(self, quota: int | None = None, **extra: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"email": f"{uuid.uuid4().hex[:8]}@example.com", "name": "Someone", **extra}
+        if quota is not None:
+            body["personal_quota"] = quota
+        r = await self.client.post("/v1/admin/users", json=body, headers=await self.as_key(ADMIN_KEY))
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def admit(self, api_key: str, **fields: Any) -> httpx.Response:
+        body = {
+            "api_key": api_key,
+            "request_id": uuid.uuid4().hex,
+            "model": "mock-gpt",
+            "provider": "mock",
+            **fields,
+        }
+        body.setdefault("prompt_tokens", 10)
+        return await self.client.post("/internal/admit", json=body, headers=INTERNAL)
+
+    async def quota(self, api_key: str) -> dict[str, Any]:
+        r = await self.client.get("/v1/users/me/quota", headers=await self.as_key(api_key))
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+@pytest.fixture(scope="module")
+async def database_url(postgres_url: str) -> str:
+    return await create_database(postgres_url, f"quota_{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(scope="module")
+def group() -> str:
+    return f"quota-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, kafka_bootstrap: str, group: str) -> QuotaSettings:
+    return QuotaSettings(
+        _env_file=None,
+        environment="test",
+        database_url=database_url,
+        redis_url=redis_url,
+        kafka_bootstrap=kafka_bootstrap,
+        internal_token=TOKEN,
+        bootstrap_admin_key=ADMIN_KEY,
+        redis_prefix=f"lt:{uuid.uuid4().hex[:8]}:",
+        consumer_group=group,
+        sweep_interval_s=3600,
+        log_json=False,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(settings: QuotaSettings, clock: FakeClock | None = None) -> AsyncIterator[Harness]:
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
+            yield Harness(client, settings, app.state.service)
+
+
+@pytest.fixture
+async def publisher(settings: QuotaSettings) -> AsyncIterator[EventPublisher]:
+    pub = EventPublisher(settings)
+    await pub.start()
+    yield pub
+    await pub.stop()
+
+
+async def test_internal_token_and_principal_are_required(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        body = {"api_key": ADMIN_KEY}
+        r = await h.client.post("/internal/authenticate", json=body)
+        assert r.status_code == 401
+        r = await h.client.post(
+            "/internal/authenticate", json=body, headers={"X-LT-Internal-Token": "wrong-token-123"}
+        )
+        assert r.status_code == 401
+        assert r.json()["error"]["type"] == "authentication_error"
+        r = await h.client.get("/v1/users/me", headers=INTERNAL)
+        assert r.status_code == 401
+        admin_principal = await h.principal_header(ADMIN_KEY)
+        r = await h.client.get("/v1/users/me", headers={"X-LT-Principal": admin_principal})
+        assert r.status_code == 401
+        r = await h.client.get("/ready")
+        assert r.status_code == 200, r.text
+        assert r.json()["checks"] == {"postgres": True, "redis": True, "consumer": True}
+
+
+async def test_admin_creates_user_whose_key_authenticates(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=5000)
+        assert user["api_key"].startswith("lt-") and user["key_prefix"] == user["api_key"][:11]
+        principal = (
+            await h.client.post("/internal/authenticate", json={"api_key": user["api_key"]}, headers=INTERNAL)
+        ).json()
+        assert principal["user_id"] == user["id"] and principal["role"] == "user"
+
+        r = await h.client.post("/internal/authenticate", json={"api_key": "lt-nope"}, headers=INTERNAL)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+        admin = await h.as_key(ADMIN_KEY)
+        dup = await h.client.post(
+            "/v1/admin/users", json={"email": user["email"].upper(), "name": "x"}, headers=admin
+        )
+        assert dup.status_code == 409
+        bad = await h.client.post("/v1/admin/users", json={"email": "nope", "name": "x"}, headers=admin)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "email"
+
+        quota = await h.quota(user["api_key"])
+        assert quota["personal_quota"] == 5000 and quota["available_quota"] == 5000
+        assert quota["pools"][0]["id"] == user["pool_id"] and quota["pools"][0]["resets_at"] is None
+
+        listed = (await h.client.get("/v1/admin/users", headers=admin)).json()["data"]
+        assert user["id"] in {u["id"] for u in listed}
+
+        default_user = await h.create_user()
+        assert (await h.quota(default_user["api_key"]))["personal_quota"] == 100_000
+
+
+async def test_non_admin_forbidden_and_users_see_only_their_own_data(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        alice = await h.create_user(quota=100)
+        bob = await h.create_user(quota=200)
+        as_alice = await h.as_key(alice["api_key"])
+
+        r = await h.client.post("/v1/admin/users", json={"email": "x@y.z", "name": "x"}, headers=as_alice)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "admin_required"
+        assert (
+            await h.client.post("/v1/admin/teams", json={"name": "t"}, headers=as_alice)
+        ).status_code == 403
+
+        me = (await h.client.get("/v1/users/me", headers=as_alice)).json()
+        assert me["id"] == alice["id"] and me["email"] == alice["email"] and me["status"] == "active"
+        assert (await h.quota(alice["api_key"]))["personal_quota"] == 100
+        assert (await h.quota(bob["api_key"]))["personal_quota"] == 200
+
+        bob_keys = (await h.client.get("/v1/users/me/keys", headers=await h.as_key(bob["api_key"]))).json()[
+            "data"
+        ]
+        r = await h.client.delete(f"/v1/users/me/keys/{bob_keys[0]['id']}", headers=as_alice)
+        assert r.status_code == 404
+        assert (await h.admit(bob["api_key"], max_output_tokens=16)).status_code == 200
+
+        created = await h.client.post("/v1/users/me/keys", json={"name": "ci"}, headers=as_alice)
+        assert created.status_code == 201
+        second = created.json()
+        assert (await h.admit(second["api_key"], max_output_tokens=16)).status_code == 200
+        r = await h.client.delete(f"/v1/users/me/keys/{second['id']}", headers=as_alice)
+        assert r.status_code == 200
+        r = await h.admit(second["api_key"], max_output_tokens=16)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_teams_and_members(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        admin = await h.as_key(ADMIN_KEY)
+        r = await h.client.post(
+            "/v1/admin/teams", json={"name": f"team-{uuid.uuid4().hex[:6]}", "pool": 1000}, headers=admin
+        )
+        assert r.status_code == 201 and r.json()["pool_id"]
+        team = r.json()
+        user = await h.create_user(quota=10)
+        url = f"/v1/admin/teams/{team['id']}/members/{user['id']}"
+        assert (await h.client.post(url, headers=admin)).status_code == 201
+        again = await h.client.post(url, json={"role": "manager"}, headers=admin)
+        assert again.status_code == 200 and again.json()["role"] == "manager"
+        me = (await h.client.get("/v1/users/me", headers=await h.as_key(user["api_key"]))).json()
+        assert me["team_id"] == team["id"]
+        assert (
+            await h.client.post(f"/v1/admin/teams/{team['id']}/members/nobody", headers=admin)
+        ).status_code == 404
+        assert (
+            await h.client.post(f"/v1/admin/teams/none/members/{user['id']}", headers=admin)
+        ).status_code == 404
+        r = await h.client.post(
+            "/v1/admin/users", json={"email": "t@x.y", "name": "t", "team_id": "none"}, headers=admin
+        )
+        assert r.status_code == 404
+        member = await h.create_user(team_id=team["id"])
+        assert member["team_id"] == team["id"]
+
+
+async def test_admit_then_settlement_over_the_broker_charges_once(
+    settings: QuotaSettings, publisher: EventPublisher
+) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=10_000)
+        r = await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=200)
+        assert r.status_code == 200, r.text
+        admitted = r.json()
+        assert admitted["reserved_tokens"] == 300 and admitted["granted_output_tokens"] == 200
+        assert admitted["quota_source"] == "personal" and admitted["pool_id"] == user["pool_id"]
+        assert (
+            admitted["ratelimit"]["limit_requests"] == 600
+            and admitted["ratelimit"]["remaining_requests"] == 599
+        )
+        q = await h.quota(user["api_key"])
+        assert (q["pools"][0]["reserved"], q["used_tokens"], q["available_quota"]) == (300, 0, 9700)
+
+        event = UsageRecorded(
+            request_id="req-1",
+            reservation_id=admitted["reservation_id"],
+            user_id=user["id"],
+            model="mock-gpt",
+            provider="mock",
+            prompt_tokens=100,
+            completion_tokens=150,
+            total_tokens=250,
+        )
+        await publisher.publish(Topics.USAGE, event, key=user["id"])
+        await publisher.publish(Topics.USAGE, event, key=user["id"])  # redelivery: same event id
+        await publisher.publish(
+            Topics.USAGE, event.model_copy(update={"event_id": uuid.uuid4().hex}), key=user["id"]
+        )
+
+        # A marker settled after the duplicates proves they were consumed before we look.
+        marker = (await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=16)).json()
+        marker_event = UsageRecorded(
+            request_id="req-2",
+            reservation_id=marker["reservation_id"],
+            user_id=user["id"],
+            model="mock-gpt",
+            provider="mock",
+            total_tokens=20,
+        )
+        await publisher.publish(Topics.USAGE, marker_event, key=user["id"])
+
+        async def settled() -> dict[str, Any] | None:
+            q = await h.quota(user["api_key"])
+            return q if q["pools"][0]["reserved"] == 0 else None
+
+        q = await wait_until(settled, what="both reservations settled")
+        assert q["used_tokens"] == 250 + 20
+        assert q["available_quota"] == 10_000 - 270
+        async with h.service.db.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT amount, kind FROM ledger WHERE pool_id = $1 ORDER BY id", user["pool_id"]
+            )
+        assert [(r["amount"], r["kind"]) for r in rows] == [(250, "usage"), (20, "usage")]
+
+
+async def test_concurrent_admissions_never_overspend(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=20 * 50)  # exactly 20 requests of 10 prompt + 40 output tokens
+        results = await asyncio.gather(
+            *(
+                h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=40, min_output_tokens=40)
+                for _ in range(200)
+            )
+        )
+        codes = [r.status_code for r in results]
+        assert codes.count(200) == 20
+        assert codes.count(402) == 180
+        denial = next(r for r in results if r.status_code == 402).json()["error"]
+        assert denial["type"] == "insufficient_quota" and denial["code"] == "personal_pool_exhausted"
+        assert denial["approval"]["endpoint"] == "POST /v1/approvals" and denial["approval"]["message"]
+        assert {r.json()["reserved_tokens"] for r in results if r.status_code == 200} == {50}
+        q = await h.quota(user["api_key"])
+        assert q["pools"][0]["reserved"] == 1000 and q["available_quota"] == 0
+
+
+async def test_partial_grant_fits_remaining_budget(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=500)
+        r = await h.admit(user["api_key"], prompt_tokens=100)  # no max_tokens: the model's 4096 is capped
+        assert r.status_code == 200
+        assert (r.json()["reserved_tokens"], r.json()["granted_output_tokens"]) == (500, 400)
+        assert (await h.admit(user["api_key"], prompt_tokens=0)).status_code == 402
+
+
+async def test_leaky_bucket_denies_with_retry_after_and_leaks(settings: QuotaSettings) -> None:
+    clock = FakeClock()
+    tight = settings.model_copy(update={"key_requests_per_period": 3, "bucket_period_s": 60.0})
+    async with running(tight, clock) as h:
+        user = await h.create_user(quota=100_000)
+        for _ in range(3):
+            assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 200
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 429
+        assert r.json()["error"]["code"] == "rate_limited" and r.json()["error"]["type"] == "rate_limit_error"
+        assert int(r.headers["retry-after"]) == 20  # one request leaks every 60/3 s
+        clock.now_ms += 10_000
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) == 10
+        clock.now_ms += 10_000
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 200
+        assert r.json()["ratelimit"]["remaining_requests"] == 0
+
+
+async def test_token_bucket_limits_grant_then_denies(settings: QuotaSettings) -> None:
+    clock = FakeClock()
+    tight = settings.model_copy(update={"key_tokens_per_period": 1000})
+    async with running(tight, clock) as h:
+        user = await h.create_user(quota=100_000)
+        r = await h.admit(user["api_key"], prompt_tokens=100)
+        assert r.status_code == 200 and r.json()["reserved_tokens"] == 1000
+        r = await h.admit(user["api_key"], prompt_tokens=100)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+
+
+async def test_unsettled_reservation_is_charged_at_ttl_and_late_settlement_is_noop(
+    settings: QuotaSettings,
+) -> None:
+    clock = FakeClock()
+    async with running(settings, clock) as h:
+        user = await h.create_user(quota=1000)
+        admitted = (await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=90)).json()
+        assert await h.service.sweep_expired() == 0
+        clock.now_ms += settings.reservation_ttl_s * 1000
+        assert await h.service.sweep_expired() == 1
+        late = UsageRecorded(
+            request_id="late",
+            reservation_id=admitted["reservation_id"],
+            user_id=user["id"],
+            model="m",
+            provider="p",
+            total_tokens=30,
+        )
+        await h.service.settle_usage(late)
+        q = await h.quota(user["api_key"])
+        assert (q["used_tokens"], q["pools"][0]["reserved"]) == (100, 0)
+
+
+async def test_freeze_command_blocks_admission(settings: QuotaSettings, publisher: EventPublisher) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=1000)
+        await publisher.publish(
+            Topics.QUOTA_COMMANDS,
+            RequestFreeze(target_type="user", target_id=user["id"], reason="loop", duration_s=300),
+        )
+
+        async def frozen() -> httpx.Response | None:
+            r = await h.admit(user["api_key"], max_output_tokens=16)
+            return r if r.status_code == 403 else None
+
+        r = await wait_until(frozen, what="freeze applied")
+        assert r.json()["error"]["code"] == "frozen"
+        r = await h.admit(user["api_key"], max_output_tokens=16, session_id="s1")
+        assert r.status_code == 403
+
+
+async def read_replies(bootstrap: str, saga_id: str, count: int) -> list[TokensCredited]:
+    consumer = AIOKafkaConsumer(
+        Topics.SAGA_REPLIES, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    found: list[TokensCredited] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(found) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    message = parse_message(record.value or b"")
+                    if isinstance(message, TokensCredited) and message.saga_id == saga_id:
+                        found.append(message)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_credit_command_raises_limit_once_and_replies_through_outbox(
+    settings: QuotaSettings, publisher: EventPublisher, kafka_bootstrap: str
+) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=1000)
+        saga_id = uuid.uuid4().hex
+        cmd = CreditTokens(
+            saga_id=saga_id, step="credit", purchase_id="p-" + saga_id, user_id=user["id"], amount=500
+        )
+        await publisher.publish(Topics.QUOTA_COMMANDS, cmd, key=cmd.purchase_id)
+        replies = await read_replies(kafka_bootstrap, saga_id, 1)
+        assert len(replies) == 1
+        assert replies[0].success and replies[0].new_limit == 1500 and replies[0].pool_id == user["pool_id"]
+        assert (await h.quota(user["api_key"]))["personal_quota"] == 1500
+
+        # A retried command (new event id) and a redelivery (same event id): limit raised once, same reply.
+        await publisher.publish(Topics.QUOTA_COMMANDS, cmd.model_copy(update={"event_id": uuid.uuid4().hex}))
+        await publisher.publish(Topics.QUOTA_COMMANDS, cmd)
+        replies = await read_replies(kafka_bootstrap, saga_id, 3)
+        assert len(replies) == 3
+        assert {r.event_id for r in replies} == {replies[0].event_id}
+        assert all(r.new_limit == 1500 for r in replies)
+        assert (await h.quota(user["api_key"]))["personal_quota"] == 1500
+        async with h.service.db.acquire() as conn:
+            assert await conn.fetchval('SELECT "limit" FROM pools WHERE id = $1', user["pool_id"]) == 1500
+
+        unknown = CreditTokens(
+            saga_id=uuid.uuid4().hex, step="credit", purchase_id="p", user_id="ghost", amount=5
+        )
+        await publisher.publish(Topics.QUOTA_COMMANDS, unknown)
+        failed = await read_replies(kafka_bootstrap, unknown.saga_id, 1)
+        assert len(failed) == 1 and not failed[0].success and "unknown user" in (failed[0].reason or "")
+
+
+async def test_flushed_redis_is_rebuilt_from_the_ledger_on_restart(
+    settings: QuotaSettings, publisher: EventPublisher, redis_url: str
+) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=10_000)
+        admitted = (await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=400)).json()
+        await publisher.publish(
+            Topics.USAGE,
+            UsageRecorded(
+                request_id="r",
+                reservation_id=admitted["reservation_id"],
+                user_id=user["id"],
+                model="m",
+                provider="p",
+                total_tokens=321,
+            ),
+        )
+
+        async def used() -> bool:
+            return (await h.quota(user["api_key"]))["used_tokens"] == 321
+
+        await wait_until(used, what="settled")
+
+    redis: Redis = Redis.from_url(redis_url)
+    try:
+        await redis.flushall()
+        assert await redis.dbsize() == 0
+    finally:
+        await redis.aclose()
+
+    async with running(settings) as h:
+        state = await h.service.state.pool_states([user["pool_id"]])
+        assert state[user["pool_id"]].used == 321  # loaded at start-up, before any request
+        q = await h.quota(user["api_key"])
+        assert (q["used_tokens"], q["personal_quota"], q["available_quota"]) == (321, 10_000, 10_000 - 321)
+        assert (
+            await h.admit(ADMIN_KEY, max_output_tokens=16)
+        ).status_code == 200  # bootstrap admin still works
+
+
+async def test_bootstrap_is_idempotent(settings: QuotaSettings, database_url: str) -> None:
+    async with running(settings):
+        pass
+    async with running(settings):
+        pass
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM users WHERE email = 'admin@localhost'") == 1
+        assert await conn.fetchval("SELECT count(*) FROM orgs WHERE name = 'default'") == 1
+        assert await conn.fetchval("SELECT count(*) FROM api_keys WHERE name = 'bootstrap'") == 1
+        limit = await conn.fetchval(
+            "SELECT p.\"limit\" FROM pools p JOIN users u ON u.id = p.owner_id WHERE u.email = 'admin@localhost'"
+        )
+        assert limit == 10**12
+    finally:
+        await conn.close()
