@@ -1,0 +1,75 @@
+"""Notification rules: which events notify, the webhook wire format, signatures, retry timing (no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from leaky_common.events import (
+    AnomalyDetected,
+    Message,
+    PurchaseCompensated,
+    PurchaseCompleted,
+    PurchaseFailed,
+    QuotaThresholdReached,
+)
+
+__all__ = [
+    "NOTIFIABLE_TYPES",
+    "backoff_s",
+    "check_webhook_url",
+    "event_type",
+    "sign",
+    "webhook_payload",
+]
+
+NOTIFIABLE_TYPES: frozenset[str] = frozenset(
+    str(cls.model_fields["type"].default)
+    for cls in (
+        PurchaseCompleted,
+        PurchaseFailed,
+        PurchaseCompensated,
+        QuotaThresholdReached,
+        AnomalyDetected,
+    )
+)
+
+_ENVELOPE = {"event_id", "occurred_at", "type"}
+
+
+def event_type(message: Message) -> str:
+    """The contract type name of a message (`PurchaseCompleted.v1`)."""
+    return str(getattr(message, "type", ""))
+
+
+def webhook_payload(message: Message) -> bytes:
+    """`{id, type, occurred_at, data}`: the body POSTed to every subscriber of this event."""
+    fields = message.model_dump(mode="json")
+    body: dict[str, Any] = {
+        "id": message.event_id,
+        "type": event_type(message),
+        "occurred_at": fields["occurred_at"],
+        "data": {k: v for k, v in fields.items() if k not in _ENVELOPE},
+    }
+    return orjson.dumps(body)
+
+
+def sign(secret: str, body: bytes) -> str:
+    """`X-LT-Signature` value: `sha256=` + hex HMAC-SHA256 of the raw body."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
+    """Wait before the next try after `attempts` failed tries: base, 2*base, 4*base, ... capped at max."""
+    return float(min(base_s * 2 ** max(attempts - 1, 0), max_s))
+
+
+def check_webhook_url(url: str) -> str:
+    """Accept absolute http(s) URLs with a host; raise ValueError otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("url must be an absolute http or https URL")
+    return url

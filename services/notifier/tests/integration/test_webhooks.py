@@ -1,0 +1,299 @@
+"""Real Postgres and broker; a local aiohttp server stands in for the customers' webhook receivers."""
+
+import asyncio
+import hashlib
+import hmac
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiohttp import web
+from leaky_common.auth import Principal
+from leaky_common.db import create_database
+from leaky_common.events import Message, PurchaseCompleted, PurchaseFailed, QuotaThresholdReached
+from leaky_common.kafka import EventPublisher
+from leaky_common.testing.infra import free_port
+from lt_notifier.main import create_app
+from lt_notifier.settings import NotifierSettings
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "integration-internal-token"
+MAX_ATTEMPTS = 3
+DEFAULT_SECRET = "default-hook-secret"
+
+
+@dataclass
+class Hit:
+    name: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """Answers POST /hook/{name}: the next status from `script[name]`, then 200 once the script runs out."""
+
+    port: int
+    script: dict[str, list[int]] = field(default_factory=dict)
+    hits: list[Hit] = field(default_factory=list)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/hook/{name}"
+
+    def to(self, name: str) -> list[Hit]:
+        return [h for h in self.hits if h.name == name]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.hits.append(Hit(name, dict(request.headers), await request.read()))
+        statuses = self.script.get(name)
+        status = statuses.pop(0) if statuses else 200
+        return web.Response(status=status)
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met before deadline")
+        await asyncio.sleep(0.05)
+
+
+def headers(role: str = "admin") -> dict[str, str]:
+    p = Principal(user_id=f"{role}-1", org_id="org-1", role=role)  # type: ignore[arg-type]
+    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+
+
+@pytest.fixture(scope="module")
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver(port=free_port())
+    app = web.Application()
+    app.router.add_post("/hook/{name}", rec.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", rec.port).start()
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+async def settings(postgres_url: str, kafka_bootstrap: str, receiver: Receiver) -> NotifierSettings:
+    suffix = uuid.uuid4().hex[:8]
+    return NotifierSettings(
+        database_url=await create_database(postgres_url, f"notifier_{suffix}"),
+        kafka_bootstrap=kafka_bootstrap,
+        topics=[f"purchase.test.{suffix}", f"alerts.test.{suffix}", f"quota.test.{suffix}"],
+        consumer_group=f"notifier-{suffix}",
+        internal_token=TOKEN,
+        environment="test",
+        log_json=False,
+        notifier_webhook_url=receiver.url("default"),
+        notifier_webhook_secret=DEFAULT_SECRET,
+        delivery_max_attempts=MAX_ATTEMPTS,
+        delivery_backoff_base_s=0.05,
+        delivery_backoff_max_s=0.2,
+        delivery_poll_interval_s=0.05,
+        delivery_timeout_s=2.0,
+    )
+
+
+@pytest.fixture(scope="module")
+async def api(settings: NotifierSettings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier") as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def publish(settings: NotifierSettings) -> AsyncIterator[Callable[[str, Message], Awaitable[None]]]:
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    topics = {"purchase": settings.topics[0], "alerts": settings.topics[1], "quota": settings.topics[2]}
+
+    async def send(kind: str, message: Message) -> None:
+        await publisher.publish(topics[kind], message)
+
+    try:
+        yield send
+    finally:
+        await publisher.stop()
+
+
+async def subscribe(api: httpx.AsyncClient, url: str, **body: Any) -> str:
+    resp = await api.post("/v1/admin/notifications/webhooks", json={"url": url, **body}, headers=headers())
+    assert resp.status_code == 201, resp.text
+    created = resp.json()
+    assert created["url"] == url
+    assert created["event_types"] == body.get("event_types")
+    return str(created["id"])
+
+
+async def deliveries(api: httpx.AsyncClient, **params: str) -> list[dict[str, Any]]:
+    resp = await api.get("/v1/admin/notifications/deliveries", params=params, headers=headers())
+    assert resp.status_code == 200, resp.text
+    return list(resp.json()["data"])
+
+
+async def of_event(api: httpx.AsyncClient, event_id: str) -> list[dict[str, Any]]:
+    return [d for d in await deliveries(api) if d["event_id"] == event_id]
+
+
+def purchase(amount: int = 1000) -> PurchaseCompleted:
+    return PurchaseCompleted(purchase_id=uuid.uuid4().hex, user_id="u1", amount=amount)
+
+
+async def test_purchase_delivered_once_signed_even_when_duplicated(api, publish, receiver) -> None:
+    name = f"ok-{uuid.uuid4().hex[:6]}"
+    sub = await subscribe(api, receiver.url(name), event_types=["PurchaseCompleted.v1"], secret="s3cret")
+    event = purchase(1000)
+    await publish("purchase", event)
+    await publish("purchase", event)  # redelivery: same event id
+    # Events of one topic are handled in order: once the marker is delivered, the duplicate was handled.
+    marker = purchase(1)
+    await publish("purchase", marker)
+
+    async def marker_delivered() -> bool:
+        return any(orjson.loads(h.body)["id"] == marker.event_id for h in receiver.to(name))
+
+    await wait_for(marker_delivered)
+    hits = [h for h in receiver.to(name) if orjson.loads(h.body)["id"] == event.event_id]
+    assert len(hits) == 1
+    hit = hits[0]
+    expected = "sha256=" + hmac.new(b"s3cret", hit.body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(hit.headers["X-LT-Signature"], expected)
+    assert hit.headers["X-LT-Event-Type"] == "PurchaseCompleted.v1"
+    assert hit.headers["Content-Type"] == "application/json"
+    body = orjson.loads(hit.body)
+    assert body["type"] == "PurchaseCompleted.v1"
+    assert body["data"]["purchase_id"] == event.purchase_id
+    assert body["data"]["amount"] == 1000
+
+    rows = [d for d in await of_event(api, event.event_id) if d["subscription_id"] == sub]
+    assert len(rows) == 1
+    assert rows[0]["status"] == "delivered"
+    assert rows[0]["attempts"] == 1
+    assert rows[0]["id"] == hit.headers["X-LT-Delivery-Id"]
+
+    # The env-configured default webhook gets every event too, signed with its own secret.
+    async def default_got_it() -> list[Hit]:
+        return [h for h in receiver.to("default") if orjson.loads(h.body)["id"] == event.event_id]
+
+    (default_hit,) = await wait_for(default_got_it)
+    assert default_hit.headers["X-LT-Signature"] == (
+        "sha256=" + hmac.new(DEFAULT_SECRET.encode(), default_hit.body, hashlib.sha256).hexdigest()
+    )
+    assert (await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())).status_code == 204
+
+
+async def test_retries_until_the_receiver_recovers(api, publish, receiver) -> None:
+    name = f"flaky-{uuid.uuid4().hex[:6]}"
+    receiver.script[name] = [500, 503]
+    sub = await subscribe(api, receiver.url(name), event_types=["PurchaseCompleted.v1"])
+    event = purchase()
+    await publish("purchase", event)
+
+    async def delivered() -> dict[str, Any] | None:
+        rows = [d for d in await of_event(api, event.event_id) if d["subscription_id"] == sub]
+        return rows[0] if rows and rows[0]["status"] == "delivered" else None
+
+    row = await wait_for(delivered)
+    assert row["attempts"] == 3
+    assert row["last_error"] is None
+    hits = receiver.to(name)
+    assert len(hits) == 3
+    assert {h.headers["X-LT-Delivery-Id"] for h in hits} == {row["id"]}
+    assert "X-LT-Signature" not in hits[0].headers  # no secret, no signature
+    await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())
+
+
+async def test_gives_up_after_max_attempts(api, publish, receiver) -> None:
+    name = f"down-{uuid.uuid4().hex[:6]}"
+    receiver.script[name] = [500] * 100
+    sub = await subscribe(api, receiver.url(name), event_types=["PurchaseCompleted.v1"])
+    event = purchase()
+    await publish("purchase", event)
+
+    async def dead() -> dict[str, Any] | None:
+        rows = [d for d in await deliveries(api, status="dead") if d["subscription_id"] == sub]
+        return rows[0] if rows else None
+
+    row = await wait_for(dead)
+    assert row["event_id"] == event.event_id
+    assert row["attempts"] == MAX_ATTEMPTS
+    assert row["last_error"] == "HTTP 500"
+    assert len(receiver.to(name)) == MAX_ATTEMPTS
+    await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())
+
+
+async def test_event_type_filter(api, publish, receiver) -> None:
+    quota_only = await subscribe(
+        api, receiver.url(f"q-{uuid.uuid4().hex[:6]}"), event_types=["QuotaThresholdReached.v1"]
+    )
+    failures = await subscribe(
+        api, receiver.url(f"f-{uuid.uuid4().hex[:6]}"), event_types=["PurchaseFailed.v1"]
+    )
+    failed = PurchaseFailed(purchase_id="p-f", user_id="u1", amount=5, reason="card declined")
+    threshold = QuotaThresholdReached(
+        pool_id="pool-1", owner_type="user", owner_id="u1", percent=90, limit=100, used=90
+    )
+    await publish("purchase", failed)
+    await publish("quota", threshold)
+
+    async def queued(event_id: str, count: int) -> list[dict[str, Any]] | None:
+        # The default webhook matches everything; deliveries of one event are created in one transaction.
+        rows = await of_event(api, event_id)
+        return rows if len(rows) == count else None
+
+    failed_rows = await wait_for(lambda: queued(failed.event_id, 2))
+    threshold_rows = await wait_for(lambda: queued(threshold.event_id, 2))
+    assert {r["subscription_id"] for r in failed_rows} == {failures, "default"}
+    assert {r["subscription_id"] for r in threshold_rows} == {quota_only, "default"}
+    only_failed = await deliveries(api, event_type="PurchaseFailed.v1")
+    assert only_failed and {d["event_type"] for d in only_failed} == {"PurchaseFailed.v1"}
+    for sub in (quota_only, failures):
+        await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())
+
+
+async def test_admin_only_and_bad_input(api, receiver) -> None:
+    routes = [
+        ("POST", "/v1/admin/notifications/webhooks", {"url": receiver.url("x")}),
+        ("GET", "/v1/admin/notifications/webhooks", None),
+        ("DELETE", "/v1/admin/notifications/webhooks/default", None),
+        ("GET", "/v1/admin/notifications/deliveries", None),
+    ]
+    for method, path, body in routes:
+        resp = await api.request(method, path, json=body, headers=headers("user"))
+        assert resp.status_code == 403, (method, path)
+        assert resp.json()["error"]["type"] == "permission_error"
+        assert (await api.request(method, path, json=body)).status_code == 401
+
+    for bad in ({"url": "ftp://x"}, {"url": "http://x.test", "event_types": ["Nope.v1"]}, {}):
+        resp = await api.post("/v1/admin/notifications/webhooks", json=bad, headers=headers())
+        assert resp.status_code == 400, bad
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+    bad_status = await api.get("/v1/admin/notifications/deliveries?status=lost", headers=headers())
+    assert bad_status.status_code == 400
+    missing = await api.delete("/v1/admin/notifications/webhooks/wh_nope", headers=headers())
+    assert missing.status_code == 404
+
+    sub = await subscribe(api, receiver.url("listed"))
+    listed = (await api.get("/v1/admin/notifications/webhooks", headers=headers())).json()["data"]
+    assert {w["id"] for w in listed} >= {sub, "default"}
+    assert all("secret" not in w for w in listed)
+    assert (await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())).status_code == 204
+    assert (await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())).status_code == 404
+    listed = (await api.get("/v1/admin/notifications/webhooks", headers=headers())).json()["data"]
+    assert sub not in {w["id"] for w in listed}

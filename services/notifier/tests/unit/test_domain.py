@@ -1,0 +1,71 @@
+import hashlib
+import hmac
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from leaky_common.events import PurchaseCompleted, UsageRecorded
+from lt_notifier.api import WebhookCreate
+from lt_notifier.domain import NOTIFIABLE_TYPES, backoff_s, check_webhook_url, sign, webhook_payload
+from pydantic import ValidationError
+
+
+def test_notifiable_types_are_the_announced_events() -> None:
+    assert {
+        "PurchaseCompleted.v1",
+        "PurchaseFailed.v1",
+        "PurchaseCompensated.v1",
+        "QuotaThresholdReached.v1",
+        "AnomalyDetected.v1",
+    } == NOTIFIABLE_TYPES
+    assert UsageRecorded(request_id="r", model="m", provider="p").type not in NOTIFIABLE_TYPES
+
+
+def test_payload_shape() -> None:
+    at = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    event = PurchaseCompleted(event_id="e1", occurred_at=at, purchase_id="p1", user_id="u1", amount=1000)
+    body = orjson.loads(webhook_payload(event))
+    assert body["id"] == "e1"
+    assert body["type"] == "PurchaseCompleted.v1"
+    assert body["occurred_at"] == "2026-05-01T12:00:00Z"
+    assert body["data"]["purchase_id"] == "p1"
+    assert body["data"]["amount"] == 1000
+    assert not {"event_id", "type", "occurred_at"} & set(body["data"])
+
+
+def test_signature_is_hmac_sha256_of_raw_body() -> None:
+    body = b'{"id":"e1"}'
+    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert sign("s3cret", body) == f"sha256={expected}"
+    assert sign("other", body) != sign("s3cret", body)
+
+
+def test_backoff_doubles_and_caps() -> None:
+    assert [backoff_s(n, 1.0, 5.0) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert backoff_s(0, 1.0, 5.0) == 1.0
+
+
+@pytest.mark.parametrize("url", ["http://example.com/hook", "https://h:8443/x?y=1"])
+def test_accepts_http_urls(url: str) -> None:
+    assert check_webhook_url(url) == url
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com", "example.com/hook", "http://", "javascript:alert(1)"])
+def test_rejects_other_urls(url: str) -> None:
+    with pytest.raises(ValueError):
+        check_webhook_url(url)
+
+
+def test_webhook_create_validation() -> None:
+    ok = WebhookCreate(url="https://x.test/h", event_types=["PurchaseFailed.v1", "PurchaseCompleted.v1"])
+    assert ok.event_types == ["PurchaseCompleted.v1", "PurchaseFailed.v1"]
+    assert WebhookCreate(url="https://x.test/h").event_types is None
+    for bad in (
+        {"url": "https://x.test/h", "event_types": ["NoSuchEvent.v1"]},
+        {"url": "https://x.test/h", "event_types": []},
+        {"url": "mailto:a@b.c"},
+        {"url": "https://x.test/h", "secret": ""},
+        {"url": "https://x.test/h", "surprise": 1},
+    ):
+        with pytest.raises(ValidationError):
+            WebhookCreate.model_validate(bad)
