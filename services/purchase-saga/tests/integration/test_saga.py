@@ -1,0 +1,398 @@
+"""Purchase saga against real Postgres and broker, the fake provider over HTTP, and a stand-in for quota."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from leaky_common.auth import Principal
+from leaky_common.events import (
+    AnyMessage,
+    CreditTokens,
+    DebitTokens,
+    Message,
+    PurchaseCompensated,
+    PurchaseCompleted,
+    PurchaseFailed,
+    TokensCredited,
+    TokensDebited,
+    parse_message,
+)
+from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
+from leaky_common.settings import DEV_INTERNAL_TOKEN
+from leaky_common.testing.infra import free_port
+from lt_saga.fakepay import create_fakepay_app
+from lt_saga.main import create_app
+from lt_saga.settings import SagaSettings
+
+pytestmark = pytest.mark.integration
+
+FAKEPAY_HANG_S = 1.5
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met before deadline: {what}")
+        await asyncio.sleep(0.05)
+
+
+def principal_headers(user_id: str = "user_1", role: str = "user") -> dict[str, str]:
+    principal = Principal(user_id=user_id, org_id="org_1", role=role)  # type: ignore[arg-type]
+    return {"X-LT-Principal": principal.header_value(), "X-LT-Internal-Token": DEV_INTERNAL_TOKEN}
+
+
+@pytest.fixture(scope="session")
+async def fakepay_url() -> AsyncIterator[str]:
+    """The fake payment provider served over real HTTP on a free port, in this event loop."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_fakepay_app(hang_s=FAKEPAY_HANG_S),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        ws="none",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + 10
+    while not server.started:
+        assert asyncio.get_running_loop().time() < deadline, "fakepay did not start"
+        assert not task.done(), "fakepay exited"
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def settings(
+    make_database: Callable[[str], Awaitable[str]], kafka_bootstrap: str, fakepay_url: str
+) -> SagaSettings:
+    """Fresh database, topics and consumer group for each test."""
+    suffix = uuid.uuid4().hex[:8]
+    return SagaSettings(
+        database_url=await make_database("saga"),
+        kafka_bootstrap=kafka_bootstrap,
+        payment_provider_url=fakepay_url,
+        payment_timeout_s=0.5,
+        retry_backoff_s=0.2,
+        step_deadline_s=20,
+        consumer_group=f"saga-{suffix}",
+        quota_commands_topic=f"quota.commands.{suffix}",
+        saga_replies_topic=f"saga.replies.{suffix}",
+        purchase_events_topic=f"purchase.events.{suffix}",
+        environment="test",
+    )
+
+
+@asynccontextmanager
+async def running_saga(settings: SagaSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the saga app's lifespan and give an HTTP client for it."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://saga") as client:
+            yield client
+
+
+class QuotaStandIn:
+    """Plays quota's part of the contract: consumes Credit/DebitTokens, replies TokensCredited/Debited.
+
+    Like quota, it applies a command once per (purchase_id, step) and answers re-sent commands again.
+    """
+
+    def __init__(self, settings: SagaSettings, *, credit_success: bool = True) -> None:
+        self.settings = settings
+        self.credit_success = credit_success
+        self.commands: list[CreditTokens | DebitTokens] = []
+        self.applied: dict[tuple[str, str], int] = {}
+        self._publisher = EventPublisher(settings)
+        self._consumer = EventConsumer(
+            settings,
+            group_id=f"quota-{uuid.uuid4().hex[:8]}",
+            topics=[settings.quota_commands_topic],
+            handler=self._handle,
+            publisher=self._publisher,
+        )
+
+    async def _handle(self, message: AnyMessage, _record: ConsumerRecord[bytes, bytes]) -> None:
+        if not isinstance(message, CreditTokens | DebitTokens):
+            return
+        self.commands.append(message)
+        key = (message.purchase_id, message.step)
+        reply: Message
+        if isinstance(message, CreditTokens):
+            if self.credit_success:
+                self.applied.setdefault(key, message.amount)
+            reply = TokensCredited(
+                saga_id=message.saga_id,
+                step=message.step,
+                purchase_id=message.purchase_id,
+                success=self.credit_success,
+                reason=None if self.credit_success else "pool_not_found",
+                new_limit=message.amount if self.credit_success else None,
+                causation_id=message.event_id,
+            )
+        else:
+            self.applied.setdefault(key, -message.amount)
+            reply = TokensDebited(
+                saga_id=message.saga_id, step=message.step, purchase_id=message.purchase_id, success=True
+            )
+        await self._publisher.publish(self.settings.saga_replies_topic, reply, key=message.saga_id)
+
+    async def __aenter__(self) -> QuotaStandIn:
+        await ensure_topics(
+            self.settings, [self.settings.quota_commands_topic, self.settings.saga_replies_topic]
+        )
+        await self._publisher.start()
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._consumer.stop()
+        await self._publisher.stop()
+
+
+async def read_events(
+    settings: SagaSettings, topic: str, predicate: Callable[[Any], bool], timeout: float = 20.0
+) -> Any:
+    """The first message on `topic` matching `predicate` (read from the beginning)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                for record in records:
+                    message = parse_message(record.value or b"")
+                    if predicate(message):
+                        return message
+        raise AssertionError(f"no matching message on {topic}")
+    finally:
+        await consumer.stop()
+
+
+TERMINAL = {"COMPLETED", "COMPENSATED", "FAILED"}
+
+
+async def purchase(
+    client: httpx.AsyncClient, key: str, body: dict[str, Any], user: str = "user_1"
+) -> httpx.Response:
+    return await client.post(
+        "/v1/purchases", json=body, headers={**principal_headers(user), "Idempotency-Key": key}
+    )
+
+
+async def finished(client: httpx.AsyncClient, purchase_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+
+    async def done() -> bool:
+        r = await client.get(f"/v1/purchases/{purchase_id}", headers=principal_headers())
+        result.update(r.json())
+        return r.json()["status"] in TERMINAL
+
+    await wait_until(done, timeout, f"purchase {purchase_id} to finish")
+    return result
+
+
+def step_log(body: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(s["step"], s["status"]) for s in body["steps"]]
+
+
+async def test_happy_path_completes_and_announces(settings: SagaSettings) -> None:
+    async with QuotaStandIn(settings) as quota, running_saga(settings) as client:
+        r = await purchase(client, "k-happy", {"tokens": 10_000})
+        assert r.status_code == 202
+        created = r.json()
+        assert created["status"] == "PENDING"
+        assert created["price_usd_micros"] == 1_500_000
+        body = await finished(client, created["id"])
+        assert body["status"] == "COMPLETED"
+        assert (body["amount"], body["unit"], body["price_usd_micros"]) == (10_000, "tokens", 1_500_000)
+        assert body["payment_intent_id"].startswith("pi_")
+        steps = step_log(body)
+        for expected in [
+            ("authorize_payment", "succeeded"),
+            ("credit_tokens", "started"),
+            ("credit_tokens", "succeeded"),
+            ("capture_payment", "succeeded"),
+            ("saga", "completed"),
+        ]:
+            assert expected in steps
+        assert steps.index(("credit_tokens", "succeeded")) < steps.index(("capture_payment", "started"))
+        assert next(c for c in quota.commands if isinstance(c, CreditTokens)).amount == 10_000
+        assert quota.applied == {(created["id"], "credit_tokens"): 10_000}
+
+        event = await read_events(
+            settings,
+            settings.purchase_events_topic,
+            lambda m: getattr(m, "purchase_id", None) == created["id"],
+        )
+        assert isinstance(event, PurchaseCompleted)
+        assert (event.user_id, event.amount, event.price_usd_micros) == ("user_1", 10_000, 1_500_000)
+
+        # Reads are private: another user sees 404, an admin sees everything.
+        r = await client.get(f"/v1/purchases/{created['id']}", headers=principal_headers("user_2"))
+        assert r.status_code == 404
+        assert r.json()["error"]["type"] == "not_found_error"
+        r = await client.get("/v1/purchases", headers=principal_headers("user_2"))
+        assert r.json()["data"] == []
+        r = await client.get("/v1/purchases", headers=principal_headers())
+        assert [p["id"] for p in r.json()["data"]] == [created["id"]]
+        r = await client.get("/v1/admin/purchases", headers=principal_headers("user_2"))
+        assert r.status_code == 403
+        r = await client.get("/v1/admin/purchases", headers=principal_headers("admin_1", role="admin"))
+        assert [p["id"] for p in r.json()["data"]] == [created["id"]]
+        r = await client.get(
+            f"/v1/purchases/{created['id']}", headers=principal_headers("admin_1", role="admin")
+        )
+        assert r.status_code == 200
+
+        metrics = (await client.get("/metrics")).text
+        assert 'lt_saga_purchases_total{status="COMPLETED"}' in metrics
+        ready = await client.get("/ready")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"postgres": True, "broker": True}
+
+
+async def test_decline_fails_without_crediting(settings: SagaSettings) -> None:
+    async with QuotaStandIn(settings) as quota, running_saga(settings) as client:
+        r = await purchase(client, "k-decline", {"tokens": 500, "payment_method": "pm_card_chargeDeclined"})
+        assert r.status_code == 202
+        body = await finished(client, r.json()["id"])
+        assert body["status"] == "FAILED"
+        assert "declined" in body["reason"]
+        assert ("authorize_payment", "failed") in step_log(body)
+        assert not any(step == "credit_tokens" for step, _ in step_log(body))
+        event = await read_events(
+            settings, settings.purchase_events_topic, lambda m: getattr(m, "purchase_id", None) == body["id"]
+        )
+        assert isinstance(event, PurchaseFailed)
+        assert quota.commands == []
+
+
+async def test_capture_failure_is_compensated(settings: SagaSettings) -> None:
+    async with QuotaStandIn(settings) as quota, running_saga(settings) as client:
+        r = await purchase(
+            client,
+            "k-capture",
+            {"amount": 2_000_000, "unit": "usd", "payment_method": "pm_card_captureFails"},
+        )
+        purchase_id = r.json()["id"]
+        body = await finished(client, purchase_id)
+        assert body["status"] == "COMPENSATED"
+        steps = step_log(body)
+        # Compensations are recorded before they run, and run in reverse order.
+        assert steps.index(("debit_tokens", "scheduled")) < steps.index(("debit_tokens", "started"))
+        assert steps.index(("debit_tokens", "succeeded")) < steps.index(("void_payment", "started"))
+        assert ("void_payment", "succeeded") in steps
+        debits = [c for c in quota.commands if isinstance(c, DebitTokens)]
+        assert [(d.purchase_id, d.amount, d.unit) for d in debits] == [(purchase_id, 2_000_000, "usd")]
+        assert sum(quota.applied.values()) == 0
+        event = await read_events(
+            settings, settings.purchase_events_topic, lambda m: getattr(m, "purchase_id", None) == purchase_id
+        )
+        assert isinstance(event, PurchaseCompensated)
+
+
+async def test_credit_refused_voids_and_fails(settings: SagaSettings) -> None:
+    async with QuotaStandIn(settings, credit_success=False), running_saga(settings) as client:
+        r = await purchase(client, "k-refused", {"tokens": 100, "pool_id": "pool_missing"})
+        body = await finished(client, r.json()["id"])
+        assert body["status"] == "FAILED"
+        assert "pool_not_found" in body["reason"]
+        steps = step_log(body)
+        assert ("credit_tokens", "failed") in steps
+        assert ("void_payment", "succeeded") in steps
+        assert not any(step == "debit_tokens" for step, _ in steps)
+
+
+async def test_authorization_timeout_fails_and_releases_the_hold(settings: SagaSettings) -> None:
+    async with QuotaStandIn(settings) as quota, running_saga(settings) as client:
+        r = await purchase(client, "k-timeout", {"tokens": 100, "payment_method": "pm_card_timeout"})
+        body = await finished(client, r.json()["id"])
+        assert body["status"] == "FAILED"
+        assert "timed out" in body["reason"]
+        steps = step_log(body)
+        assert ("authorize_payment", "failed") in steps
+        # The hold the provider made after our timeout is found through the idempotency key and canceled.
+        assert ("void_payment", "succeeded") in steps
+        assert "canceled" in [s for s in body["steps"] if s["step"] == "void_payment"][-1]["detail"]
+        assert quota.commands == []
+
+
+async def test_idempotent_create(settings: SagaSettings) -> None:
+    async with QuotaStandIn(settings), running_saga(settings) as client:
+        first = await purchase(client, "k-same", {"tokens": 1000})
+        second = await purchase(client, "k-same", {"tokens": 1000})
+        assert first.status_code == 202
+        assert second.status_code == 200
+        assert first.json()["id"] == second.json()["id"]
+        # Idempotency keys are per user.
+        other_user = await purchase(client, "k-same", {"tokens": 1000}, user="user_2")
+        assert other_user.status_code == 202
+        assert other_user.json()["id"] != first.json()["id"]
+        conflict = await purchase(client, "k-same", {"tokens": 2000})
+        assert conflict.status_code == 409
+        assert conflict.json()["error"]["code"] == "idempotency_key_reused"
+        listed = await client.get("/v1/purchases", headers=principal_headers())
+        assert [p["id"] for p in listed.json()["data"]] == [first.json()["id"]]
+        alias = await client.post(
+            "/api/v1/tokens/purchase",
+            json={"tokens": 1000},
+            headers={**principal_headers(), "Idempotency-Key": "k-same"},
+        )
+        assert alias.json()["id"] == first.json()["id"]
+        await finished(client, first.json()["id"])
+
+
+async def test_bad_requests_are_4xx(settings: SagaSettings) -> None:
+    async with running_saga(settings) as client:
+        r = await client.post("/v1/purchases", json={"tokens": 10}, headers=principal_headers())
+        assert r.status_code == 400
+        assert r.json()["error"]["code"] == "missing_idempotency_key"
+        r = await purchase(client, "x" * 101, {"tokens": 10})
+        assert r.status_code == 400
+        r = await purchase(client, "k-bad", {"tokens": -1})
+        assert r.status_code == 400
+        assert r.json()["error"]["type"] == "invalid_request_error"
+        r = await purchase(client, "k-bad", {"tokens": 1, "amount": 1})
+        assert r.status_code == 400
+        r = await client.post("/v1/purchases", json={"tokens": 10}, headers={"Idempotency-Key": "k"})
+        assert r.status_code == 401
+        r = await client.get("/v1/purchases/pur_nope", headers=principal_headers())
+        assert r.status_code == 404
+
+
+async def test_recovery_after_restart_mid_saga(settings: SagaSettings) -> None:
+    # Nobody answers for quota yet: the saga stops at CREDITING, waiting for the reply.
+    async with running_saga(settings) as client:
+        r = await purchase(client, "k-recover", {"tokens": 3000})
+        purchase_id = r.json()["id"]
+
+        async def crediting() -> bool:
+            got = await client.get(f"/v1/purchases/{purchase_id}", headers=principal_headers())
+            return got.json()["status"] == "CREDITING"
+
+        await wait_until(crediting, 20, "CREDITING")
+    # The first instance is gone; quota comes up and a new instance resumes from the persisted state.
+    async with QuotaStandIn(settings) as quota, running_saga(settings) as client:
+        body = await finished(client, purchase_id)
+        assert body["status"] == "COMPLETED"
+        assert quota.applied == {(purchase_id, "credit_tokens"): 3000}
+        steps = step_log(body)
+        assert steps.count(("authorize_payment", "succeeded")) == 1
+        assert ("capture_payment", "succeeded") in steps
