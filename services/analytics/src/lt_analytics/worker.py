@@ -86,7 +86,8 @@ def main() -> None:
     asyncio.set_event_loop(loop)
     pool = loop.run_until_complete(prepare(settings))
     app = build_faust_app(settings, UsageHandler(pool))
-    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, override_logging=False)
+    # quiet: no banner or spinner in the JSON log stream.
+    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, override_logging=False, quiet=True)
     try:
         worker.execute_from_commandline()
     finally:
