@@ -87,9 +87,9 @@ def _http_ok(url: str, timeout: float = 1.0) -> bool:
 
 def _wait_http(url: str, deadline: float, procs: dict[str, subprocess.Popen[bytes]], name: str) -> None:
     while not _http_ok(url):
-        proc = procs.get(name)
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}; see its log")
+        for other, proc in procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{other} exited with {proc.returncode}; see its log")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{name} not ready at {url}")
         time.sleep(0.1)

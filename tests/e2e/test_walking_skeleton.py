@@ -64,6 +64,7 @@ async def test_full_flow_chat_usage_exhaust_purchase_and_webhook(stack, admin: h
     app.router.add_post("/hook", hook)
     runner = web.AppRunner(app)
     await runner.setup()
+    runner_cleanup: list[Callable[[], Awaitable[None]]] = [runner.cleanup]
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
@@ -75,6 +76,7 @@ async def test_full_flow_chat_usage_exhaust_purchase_and_webhook(stack, admin: h
 
         user = await create_user(admin, quota=300)
         client = AsyncOpenAI(base_url=f"{stack.gateway_url}/v1", api_key=user["api_key"], max_retries=0)
+        runner_cleanup.append(client.close)
 
         # Plain chat.
         completion = await client.chat.completions.create(
@@ -167,7 +169,8 @@ async def test_full_flow_chat_usage_exhaust_purchase_and_webhook(stack, admin: h
         assert delivered[0]["type"] == "PurchaseCompleted.v1"
         assert delivered[0]["data"]["amount"] == 1000
     finally:
-        await runner.cleanup()
+        for close in reversed(runner_cleanup):
+            await close()
 
 
 async def _async_value(value: Any) -> Any:
@@ -185,11 +188,17 @@ async def _limit_at_least(me: httpx.AsyncClient, limit: int) -> dict[str, Any] |
 
 
 def test_sync_sdk_models_and_errors(stack) -> None:
-    admin = OpenAI(base_url=f"{stack.gateway_url}/v1", api_key=stack.admin_key, max_retries=0)
+    with (
+        OpenAI(base_url=f"{stack.gateway_url}/v1", api_key=stack.admin_key, max_retries=0) as admin,
+        OpenAI(base_url=f"{stack.gateway_url}/v1", api_key="lt-not-a-real-key", max_retries=0) as bad,
+    ):
+        _sync_sdk_checks(admin, bad)
+
+
+def _sync_sdk_checks(admin: OpenAI, bad: OpenAI) -> None:
     models = [m.id for m in admin.models.list()]
     assert "mock-gpt" in models
 
-    bad = OpenAI(base_url=f"{stack.gateway_url}/v1", api_key="lt-not-a-real-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.chat.completions.create(model="mock-gpt", messages=[{"role": "user", "content": "hi"}])
 

@@ -68,33 +68,45 @@ class EventPublisher:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self._settings = settings
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            acks="all",
-            enable_idempotence=settings.kafka_idempotence,
-            linger_ms=2,
-            client_id=settings.service_name,
-            request_timeout_ms=10_000,
-        )
-        self._started = False
+        # aiokafka binds to the running loop, so the producer is made in start().
+        self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
         """Connect to the broker."""
-        await self._producer.start()
-        self._started = True
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=self._settings.kafka_idempotence,
+            linger_ms=2,
+            client_id=self._settings.service_name,
+            request_timeout_ms=10_000,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
 
     async def stop(self) -> None:
         """Flush and disconnect."""
-        if self._started:
-            await self._producer.stop()
-            self._started = False
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    def _ready_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("EventPublisher.start() was not called")
+        return self._producer
 
     async def publish(self, topic: str, message: Message, key: str | None = None) -> None:
         """Send one message and wait for the broker's acknowledgement."""
         value = message.model_dump_json().encode()
         headers = _headers_from_context({"type": str(getattr(message, "type", ""))})
         with tracer.start_as_current_span(f"publish {topic}", kind=trace.SpanKind.PRODUCER):
-            await self._producer.send_and_wait(
+            await self._ready_producer().send_and_wait(
                 topic, value, key=key.encode() if key else None, headers=headers
             )
 
@@ -102,7 +114,7 @@ class EventPublisher:
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
         """Send pre-serialised bytes (used for the DLQ and outbox relays)."""
-        await self._producer.send_and_wait(topic, value, key=key, headers=headers)
+        await self._ready_producer().send_and_wait(topic, value, key=key, headers=headers)
 
 
 class EventConsumer:
@@ -125,11 +137,26 @@ class EventConsumer:
         self._publisher = publisher
         self._max_attempts = max_attempts
         self._retry_backoff_s = retry_backoff_s
+        self._group_id = group_id
+        # aiokafka binds to the running loop, so the consumer is made in start().
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.processed = 0
+
+    @property
+    def running(self) -> bool:
+        """True while the consume loop is alive."""
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Join the group and start consuming in a background task."""
+        settings = self._settings
         self._consumer = AIOKafkaConsumer(
             *self._topics,
             bootstrap_servers=settings.kafka_bootstrap,
-            group_id=group_id,
-            client_id=f"{settings.service_name}-{group_id}",
+            group_id=self._group_id,
+            client_id=f"{settings.service_name}-{self._group_id}",
             enable_auto_commit=False,
             # tansu answers ListOffsets(latest) wrongly; committed offsets + earliest is reliable everywhere.
             auto_offset_reset="earliest",
@@ -137,12 +164,6 @@ class EventConsumer:
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             metadata_max_age_ms=5_000,
         )
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-        self.processed = 0
-
-    async def start(self) -> None:
-        """Join the group and start consuming in a background task."""
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name=f"consumer:{','.join(self._topics)}")
 
@@ -153,11 +174,14 @@ class EventConsumer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._consumer.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
+                assert self._consumer is not None
                 batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
             except KafkaError:
                 logger.exception("kafka fetch failed; retrying")
@@ -171,6 +195,7 @@ class EventConsumer:
     async def _commit(self, tp: TopicPartition, offset: int) -> None:
         for attempt in range(5):
             try:
+                assert self._consumer is not None
                 await self._consumer.commit({tp: offset})
                 return
             except KafkaError:

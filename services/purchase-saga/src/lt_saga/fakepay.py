@@ -150,6 +150,10 @@ def create_fakepay_app(*, hang_s: float = 30.0) -> FastAPI:
             payment_intent=dict(intent),
         )
 
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": "fakepay"}
+
     @app.post("/v1/payment_intents")
     async def create_intent(request: Request) -> Response:
         params = await form_of(request)

@@ -128,9 +128,8 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
                 checks["postgres"] = await conn.fetchval("SELECT 1") == 1
         with contextlib.suppress(Exception):
             checks["redis"] = bool(await service.state.redis.ping())
-        # EventConsumer exposes no status; its background task being alive is what "running" means.
-        task = getattr(getattr(app.state, "consumer", None), "_task", None)
-        checks["consumer"] = task is not None and not task.done()
+        consumer = getattr(app.state, "consumer", None)
+        checks["consumer"] = consumer is not None and consumer.running
         return checks
 
     add_ops_routes(app, settings.service_name, ready)
