@@ -12,8 +12,9 @@ import httpx
 import openai
 import pytest
 from aiohttp import web
-from leaky_common.testing.infra import free_port
 from openai import AsyncOpenAI, OpenAI
+
+from leaky_common.testing.infra import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -3,6 +3,7 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+
 from leaky_common.events import AnyMessage, Topics, UsageRecorded
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.settings import ServiceSettings

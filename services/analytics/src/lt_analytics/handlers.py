@@ -7,9 +7,9 @@ import logging
 from enum import StrEnum
 
 import asyncpg
-from leaky_common.events import UsageRecorded, parse_message
 from pydantic import ValidationError
 
+from leaky_common.events import UsageRecorded, parse_message
 from lt_analytics.repository import record_usage
 
 __all__ = ["Outcome", "UsageHandler"]

@@ -9,11 +9,11 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Query, Request
+
 from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER, principal_from_headers
 from leaky_common.db import apply_migrations, create_pool
 from leaky_common.errors import Forbidden, install_error_handlers
 from leaky_common.observability import MetricsMiddleware, add_ops_routes, setup_logging, setup_tracing
-
 from lt_analytics.domain import UsageSummary, summarise, window_start
 from lt_analytics.repository import MIGRATIONS, daily_usage
 from lt_analytics.settings import AnalyticsSettings

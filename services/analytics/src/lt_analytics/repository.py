@@ -6,8 +6,8 @@ from datetime import date
 from pathlib import Path
 
 import asyncpg
-from leaky_common.events import UsageRecorded
 
+from leaky_common.events import UsageRecorded
 from lt_analytics.domain import DailyUsage, day_bucket, minute_bucket
 
 __all__ = ["MIGRATIONS", "daily_usage", "record_usage"]

@@ -16,11 +16,11 @@ from typing import Any
 
 import asyncpg
 import faust
+
 from leaky_common.db import apply_migrations, create_pool
 from leaky_common.events import Topics
 from leaky_common.kafka import ensure_topics
 from leaky_common.observability import setup_logging, setup_tracing
-
 from lt_analytics.handlers import Outcome, UsageHandler
 from lt_analytics.repository import MIGRATIONS
 from lt_analytics.settings import AnalyticsSettings

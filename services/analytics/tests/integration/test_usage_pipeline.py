@@ -16,6 +16,7 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
+
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import UsageRecorded

@@ -1,6 +1,7 @@
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
+
 from lt_analytics.domain import DailyUsage, day_bucket, minute_bucket, summarise, window_start
 
 

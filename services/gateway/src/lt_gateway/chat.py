@@ -16,6 +16,9 @@ from typing import Any
 from uuid import uuid4
 
 import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
 from leaky_common.contracts import AdmitRequest, AdmitResponse
 from leaky_common.errors import (
     InvalidRequest,
@@ -27,9 +30,6 @@ from leaky_common.errors import (
     error_body,
 )
 from leaky_common.events import UsageRecorded
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-
 from lt_gateway.headers import ratelimit_headers
 from lt_gateway.metrics import COST_MICROS, TOKENS
 from lt_gateway.models import ModelSpec, ModelTable, format_usd

@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from starlette.responses import Response
+
 from leaky_common.errors import ServiceError, install_error_handlers
 from leaky_common.kafka import EventPublisher
 from leaky_common.observability import MetricsMiddleware, add_ops_routes, setup_logging, setup_tracing
-from starlette.responses import Response
-
 from lt_gateway.chat import ChatHandler, api_key_from
 from lt_gateway.models import ModelTable
 from lt_gateway.providers import Provider

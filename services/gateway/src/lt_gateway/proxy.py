@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import aiohttp
 import orjson
-from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER
-from leaky_common.errors import NotFound, ServiceError, ServiceUnavailable, error_body
 from starlette.requests import Request
 from starlette.responses import Response
 
+from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER
+from leaky_common.errors import NotFound, ServiceError, ServiceUnavailable, error_body
 from lt_gateway.chat import api_key_from, request_id_from
 from lt_gateway.quota_client import Denial, QuotaClient
 from lt_gateway.settings import GatewaySettings

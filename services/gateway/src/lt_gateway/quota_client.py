@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import orjson
+
 from leaky_common.auth import INTERNAL_TOKEN_HEADER, Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest
 from leaky_common.errors import ServiceUnavailable

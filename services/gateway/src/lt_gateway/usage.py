@@ -11,9 +11,10 @@ import contextlib
 import logging
 from collections import deque
 
+from prometheus_client import Counter, Gauge
+
 from leaky_common.events import Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
-from prometheus_client import Counter, Gauge
 
 logger = logging.getLogger(__name__)
 

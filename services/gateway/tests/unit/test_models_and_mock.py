@@ -46,7 +46,11 @@ async def test_stream_and_non_stream_agree_on_usage() -> None:
     spec = ModelTable.load(None).get("mock-gpt")
     assert spec is not None
     provider = MockProvider()
-    body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "same answer please"}], "max_tokens": 50}
+    body = {
+        "model": "mock-gpt",
+        "messages": [{"role": "user", "content": "same answer please"}],
+        "max_tokens": 50,
+    }
     full = await provider.complete(spec, body)
     chunks = [c async for c in provider.stream(spec, body)]
     text = "".join(c.body["choices"][0]["delta"].get("content", "") for c in chunks if c.body["choices"])
@@ -60,6 +64,10 @@ async def test_stream_and_non_stream_agree_on_usage() -> None:
 async def test_mock_never_exceeds_granted_tokens(max_tokens: int) -> None:
     spec = ModelTable.load(None).get("mock-gpt")
     assert spec is not None
-    body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "a b c d e f g h"}], "max_tokens": max_tokens}
+    body = {
+        "model": "mock-gpt",
+        "messages": [{"role": "user", "content": "a b c d e f g h"}],
+        "max_tokens": max_tokens,
+    }
     result = await MockProvider().complete(spec, body)
     assert result.usage.completion_tokens <= max_tokens

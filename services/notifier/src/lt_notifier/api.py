@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
-from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER, Principal, principal_from_headers
-from leaky_common.errors import NotFound
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER, Principal, principal_from_headers
+from leaky_common.errors import NotFound
 from lt_notifier import repository
 from lt_notifier.domain import NOTIFIABLE_TYPES, check_webhook_url
 from lt_notifier.settings import NotifierSettings

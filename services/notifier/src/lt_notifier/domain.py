@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+
 from leaky_common.events import (
     AnomalyDetected,
     Message,

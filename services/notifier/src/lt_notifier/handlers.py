@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 from aiokafka import ConsumerRecord
-from leaky_common.events import AnyMessage
 
+from leaky_common.events import AnyMessage
 from lt_notifier.delivery import Deliverer
 from lt_notifier.domain import NOTIFIABLE_TYPES, event_type, webhook_payload
 from lt_notifier.repository import record_event

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 from fastapi import FastAPI
+
 from leaky_common.db import apply_migrations, create_pool
 from leaky_common.errors import install_error_handlers
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.observability import MetricsMiddleware, add_ops_routes, setup_logging, setup_tracing
-
 from lt_notifier.api import router
 from lt_notifier.delivery import Deliverer
 from lt_notifier.handlers import NotificationHandler

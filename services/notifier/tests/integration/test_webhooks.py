@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest
 from aiohttp import web
+
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import Message, PurchaseCompleted, PurchaseFailed, QuotaThresholdReached

@@ -4,10 +4,11 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from pydantic import ValidationError
+
 from leaky_common.events import PurchaseCompleted, UsageRecorded
 from lt_notifier.api import WebhookCreate
 from lt_notifier.domain import NOTIFIABLE_TYPES, backoff_s, check_webhook_url, sign, webhook_payload
-from pydantic import ValidationError
 
 
 def test_notifiable_types_are_the_announced_events() -> None:

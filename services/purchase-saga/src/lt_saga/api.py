@@ -8,10 +8,10 @@ from uuid import uuid4
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from leaky_common.auth import Principal, principal_from_headers
-from leaky_common.errors import Conflict, InvalidRequest, NotFound
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from leaky_common.auth import Principal, principal_from_headers
+from leaky_common.errors import Conflict, InvalidRequest, NotFound
 from lt_saga import repository as repo
 from lt_saga.domain import PurchaseRequest, payment_amount_minor, price_usd_micros, request_hash
 from lt_saga.repository import Purchase, Step

@@ -10,12 +10,12 @@ from urllib.parse import urlsplit
 
 import asyncpg
 from fastapi import FastAPI
+
 from leaky_common.db import apply_migrations, create_pool
 from leaky_common.errors import install_error_handlers
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from leaky_common.outbox import OutboxRelay
-
 from lt_saga.api import router
 from lt_saga.payments import PaymentClient
 from lt_saga.saga import ReplyHandler, SagaRunner

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from aiokafka import ConsumerRecord
+from prometheus_client import Counter
+
 from leaky_common.events import (
     AnyMessage,
     CreditTokens,
@@ -25,8 +27,6 @@ from leaky_common.events import (
     TokensDebited,
 )
 from leaky_common.outbox import write_outbox
-from prometheus_client import Counter
-
 from lt_saga import repository as repo
 from lt_saga.domain import (
     Action,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from leaky_common.events import Topics
 from leaky_common.settings import ServiceSettings
-from pydantic import Field
 
 __all__ = ["SagaSettings"]
 

@@ -12,6 +12,7 @@ import httpx2 as httpx
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
 from leaky_common.auth import Principal
 from leaky_common.events import (
     AnyMessage,

@@ -2,6 +2,7 @@ import itertools
 from datetime import UTC, datetime
 
 import pytest
+
 from lt_saga.domain import (
     SAGA,
     TERMINAL,

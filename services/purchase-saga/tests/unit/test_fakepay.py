@@ -2,6 +2,7 @@ import asyncio
 
 import httpx2 as httpx
 import pytest
+
 from lt_saga.fakepay import create_fakepay_app
 
 AUTH = {"Authorization": "Bearer sk_test_unit"}

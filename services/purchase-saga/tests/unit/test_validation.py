@@ -1,7 +1,8 @@
 import pytest
+from pydantic import ValidationError
+
 from lt_saga.api import MAX_AMOUNT, PurchaseBody
 from lt_saga.domain import PurchaseRequest
-from pydantic import ValidationError
 
 
 def test_tokens_body() -> None:

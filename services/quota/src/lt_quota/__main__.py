@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uvicorn
-from leaky_common.observability import setup_logging, setup_tracing
 
+from leaky_common.observability import setup_logging, setup_tracing
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 

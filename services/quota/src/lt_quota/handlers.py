@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from aiokafka import ConsumerRecord
+
 from leaky_common.events import AnyMessage, CreditTokens, DebitTokens, RequestFreeze, UsageRecorded
 from leaky_common.kafka import Handler
-
 from lt_quota.service import QuotaService
 
 __all__ = ["make_handler"]

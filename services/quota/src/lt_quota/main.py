@@ -12,14 +12,14 @@ from urllib.parse import urlsplit
 
 import asyncpg
 from fastapi import FastAPI
+from redis.asyncio import BlockingConnectionPool, Redis
+
 from leaky_common.db import apply_migrations, create_database, create_pool, database_url_for
 from leaky_common.errors import install_error_handlers
 from leaky_common.events import Topics
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from leaky_common.outbox import OutboxRelay
-from redis.asyncio import BlockingConnectionPool, Redis
-
 from lt_quota.adapters.redis_state import RedisState
 from lt_quota.api.routes import internal_router, public_router
 from lt_quota.handlers import make_handler

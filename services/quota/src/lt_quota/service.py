@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
+
 from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
 from leaky_common.errors import Conflict, Forbidden, NotFound, QuotaExceeded, RateLimited, Unauthorized
@@ -24,8 +26,6 @@ from leaky_common.events import (
     UsageRecorded,
 )
 from leaky_common.outbox import write_outbox
-from prometheus_client import Counter
-
 from lt_quota.adapters import repository as repo
 from lt_quota.adapters.redis_state import AdmitArgs, PoolState, RedisState
 from lt_quota.domain import (

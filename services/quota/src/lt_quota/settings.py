@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from leaky_common.settings import ServiceSettings
 from pydantic import Field
+
+from leaky_common.settings import ServiceSettings
 
 __all__ = ["QuotaSettings"]
 

@@ -10,6 +10,8 @@ import asyncpg
 import httpx2 as httpx  # the HTTPX client installed in this workspace (imported as httpx2)
 import pytest
 from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
+
 from leaky_common.db import create_database
 from leaky_common.events import (
     CreditTokens,
@@ -22,7 +24,6 @@ from leaky_common.events import (
 from leaky_common.kafka import EventPublisher
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
-from redis.asyncio import Redis
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,8 @@
 import hashlib
 
 import pytest
+from pydantic import ValidationError
+
 from leaky_common.contracts import AdmitRequest
 from lt_quota.api.schemas import AddMemberBody, CreateTeamBody, CreateUserBody
 from lt_quota.domain import (
@@ -13,7 +15,6 @@ from lt_quota.domain import (
     retry_after_seconds,
 )
 from lt_quota.settings import QuotaSettings
-from pydantic import ValidationError
 
 
 def test_generated_keys_are_prefixed_long_and_unique() -> None:

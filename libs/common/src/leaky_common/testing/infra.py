@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 __all__ = [
     "Server",
@@ -163,6 +163,13 @@ def _pg_user() -> str | None:
     return _PG_SYSTEM_USER
 
 
+def _as_user(user: str | None) -> dict[str, Any]:
+    """Popen arguments that drop to `user` entirely: uid, gid and no inherited supplementary groups."""
+    if user is None:
+        return {}
+    return {"user": user, "group": user, "extra_groups": []}
+
+
 def _make_traversable(path: Path) -> None:
     for parent in [path, *path.parents]:
         mode = parent.stat().st_mode
@@ -201,7 +208,7 @@ def start_postgres(
             ],
             check=True,
             capture_output=True,
-            user=user,
+            **_as_user(user),
         )
     port = port or free_port()
     log = _open_log(log_path)
@@ -230,7 +237,7 @@ def start_postgres(
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        user=user,
+        **_as_user(user),
         start_new_session=True,
     )
     wait_for_port(port, popen=popen)

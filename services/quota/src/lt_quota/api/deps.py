@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+
 from leaky_common.auth import Principal, principal_from_headers, token_matches
 from leaky_common.errors import Unauthorized
-
 from lt_quota.service import QuotaService
 
 __all__ = ["AdminDep", "InternalDep", "PrincipalDep", "ServiceDep"]

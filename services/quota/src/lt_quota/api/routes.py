@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Response, status
+
 from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest
-
 from lt_quota.api.deps import AdminDep, InternalDep, PrincipalDep, ServiceDep
 from lt_quota.api.schemas import AddMemberBody, CreateKeyBody, CreateTeamBody, CreateUserBody, UserView
 
