@@ -2,8 +2,8 @@
 
     python bench/hotpath.py [--requests 2000] [--concurrency 32]
 
-Uses the stack from `.run/stack.env` when it is running (`make up`), else starts one on free ports and stops
-it afterwards. Prints, for each path: p50/p99 latency at concurrency 1, req/s at the given concurrency, and
+Starts its own stack on free ports (with per-key buckets raised so the run measures governance rather than
+429s) and stops it afterwards. Prints, for each path: p50/p99 latency at concurrency 1, req/s at the given concurrency, and
 for the gateway the CPU milliseconds per request summed over every gateway-side process (gateway, quota,
 Redis, broker) and each one's RSS. Governance is fully on: auth, leaky buckets, reservation, pricing, usage
 event and its settlement.
@@ -101,14 +101,16 @@ def rss_mb(pid: int) -> float:
         return 0.0
 
 
-def ensure_stack() -> tuple[str, str, dict[str, int], Path | None]:
-    env_file = ROOT / ".run" / "stack.env"
-    state_file = ROOT / ".run" / "stack.json"
-    if env_file.exists() and state_file.exists():
-        env = dict(line.split("=", 1) for line in env_file.read_text().split())
-        state = json.loads(state_file.read_text())
-        if all(psutil.pid_exists(int(p)) for p in state["pids"].values()):
-            return env["LT_GATEWAY_URL"], env["LT_ADMIN_KEY"], state["pids"], None
+# The benchmark measures governance, not the default per-key bucket (600 requests/min) it would hit.
+BENCH_LIMITS = {
+    "LT_KEY_REQUESTS_PER_PERIOD": "1000000000",
+    "LT_KEY_TOKENS_PER_PERIOD": "1000000000000",
+    "LT_USER_REQUESTS_PER_PERIOD": "1000000000",
+    "LT_USER_TOKENS_PER_PERIOD": "1000000000000",
+}
+
+
+def start_stack() -> tuple[str, str, dict[str, int], Path]:
     run_dir = Path(tempfile.mkdtemp(prefix="lt-bench-"))
     subprocess.run(
         [
@@ -121,6 +123,8 @@ def ensure_stack() -> tuple[str, str, dict[str, int], Path | None]:
             "auto",
         ],
         check=True,
+        env={**os.environ, **BENCH_LIMITS},
+        stdout=subprocess.DEVNULL,
     )
     env = dict(line.split("=", 1) for line in (run_dir / "stack.env").read_text().split())
     state = json.loads((run_dir / "stack.json").read_text())
@@ -151,7 +155,7 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=500)
     args = parser.parse_args()
 
-    gateway, admin_key, pids, own_run_dir = ensure_stack()
+    gateway, admin_key, pids, own_run_dir = start_stack()
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "direct_app.py").write_text(_DIRECT_APP)
         port = free_port()
@@ -214,17 +218,16 @@ def main() -> None:
             print("RSS (MB): " + ", ".join(f"{k} {rss_mb(v):.0f}" for k, v in pids.items()))
         finally:
             stop_pid(direct.pid, popen=direct)
-            if own_run_dir is not None:
-                subprocess.run(
-                    [
-                        sys.executable,
-                        str(ROOT / "deploy/local/stack.py"),
-                        "down",
-                        "--run-dir",
-                        str(own_run_dir),
-                    ],
-                    check=False,
-                )
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "deploy/local/stack.py"),
+                    "down",
+                    "--run-dir",
+                    str(own_run_dir),
+                ],
+                check=False,
+            )
 
 
 if __name__ == "__main__":

@@ -67,19 +67,25 @@ def setup_logging(settings: ServiceSettings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def setup_tracing(settings: ServiceSettings) -> TracerProvider:
-    """Install a tracer provider; export over OTLP/HTTP when `otlp_endpoint` is set."""
+def setup_tracing(settings: ServiceSettings) -> TracerProvider | None:
+    """Install an SDK tracer provider exporting over OTLP/HTTP, only when `otlp_endpoint` is set.
+
+    Without an endpoint nothing is installed: spans stay no-ops and FastAPI's native request telemetry stays
+    off, which matters on the hot path (an SDK provider with nowhere to send spans still costs ~0.7 ms of CPU
+    per request for the four spans FastAPI opens).
+    """
+    if not settings.otlp_endpoint:
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
     provider = TracerProvider(
         resource=Resource.create({"service.name": settings.service_name}),
         sampler=ParentBasedTraceIdRatio(settings.trace_sample_ratio),
     )
-    if settings.otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        endpoint = settings.otlp_endpoint.rstrip("/")
-        if not endpoint.endswith("/v1/traces"):
-            endpoint += "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    endpoint = settings.otlp_endpoint.rstrip("/")
+    if not endpoint.endswith("/v1/traces"):
+        endpoint += "/v1/traces"
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
     return provider
 

@@ -19,7 +19,7 @@ from lt_notifier.settings import NotifierSettings
 __all__ = ["router"]
 
 
-def _admin(request: Request) -> Principal:
+async def _admin(request: Request) -> Principal:
     settings: NotifierSettings = request.app.state.settings
     return principal_from_headers(
         request.headers.get(PRINCIPAL_HEADER),
@@ -29,7 +29,7 @@ def _admin(request: Request) -> Principal:
     )
 
 
-def _pool(request: Request) -> asyncpg.Pool:
+async def _pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
 

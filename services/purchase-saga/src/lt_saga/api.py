@@ -61,7 +61,7 @@ def _settings(request: Request) -> SagaSettings:
     return settings
 
 
-def _pool(request: Request) -> asyncpg.Pool:
+async def _pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
 
@@ -71,7 +71,7 @@ def _runner(request: Request) -> SagaRunner:
     return runner
 
 
-def current_principal(
+async def current_principal(
     request: Request,
     x_lt_principal: Annotated[str | None, Header()] = None,
     x_lt_internal_token: Annotated[str | None, Header()] = None,
@@ -80,7 +80,7 @@ def current_principal(
     return principal_from_headers(x_lt_principal, x_lt_internal_token, _settings(request).internal_token)
 
 
-def admin_principal(
+async def admin_principal(
     request: Request,
     x_lt_principal: Annotated[str | None, Header()] = None,
     x_lt_internal_token: Annotated[str | None, Header()] = None,

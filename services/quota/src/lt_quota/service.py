@@ -165,7 +165,10 @@ class QuotaService:
             expires_ms=now + s.reservation_ttl_s * 1000,
             prompt_tokens=req.prompt_tokens,
             max_output_tokens=req.max_output_tokens or req.model_max_output_tokens,
-            min_output_tokens=req.min_output_tokens,
+            # A client asking for fewer tokens than the minimum gets what it asked for, not a denial.
+            min_output_tokens=min(
+                req.min_output_tokens, req.max_output_tokens or req.model_max_output_tokens
+            ),
             key_requests=s.key_requests_per_period,
             key_tokens=s.key_tokens_per_period,
             user_requests=s.user_requests_per_period,

@@ -336,6 +336,15 @@ async def test_partial_grant_fits_remaining_budget(settings: QuotaSettings) -> N
         assert (await h.admit(user["api_key"], prompt_tokens=0)).status_code == 402
 
 
+async def test_small_max_tokens_is_granted_not_denied(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=1000)
+        # max_output_tokens below the default minimum (16) is what the client wants: grant it.
+        r = await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=5)
+        assert r.status_code == 200, r.text
+        assert (r.json()["reserved_tokens"], r.json()["granted_output_tokens"]) == (15, 5)
+
+
 async def test_leaky_bucket_denies_with_retry_after_and_leaks(settings: QuotaSettings) -> None:
     clock = FakeClock()
     tight = settings.model_copy(update={"key_requests_per_period": 3, "bucket_period_s": 60.0})

@@ -13,7 +13,7 @@ from lt_quota.service import QuotaService
 __all__ = ["AdminDep", "InternalDep", "PrincipalDep", "ServiceDep"]
 
 
-def get_service(request: Request) -> QuotaService:
+async def get_service(request: Request) -> QuotaService:
     service: QuotaService = request.app.state.service
     return service
 
@@ -21,14 +21,14 @@ def get_service(request: Request) -> QuotaService:
 ServiceDep = Annotated[QuotaService, Depends(get_service)]
 
 
-def require_internal(
+async def require_internal(
     service: ServiceDep, token: Annotated[str | None, Header(alias="X-LT-Internal-Token")] = None
 ) -> None:
     if not token_matches(token, service.settings.internal_token):
         raise Unauthorized("missing or invalid internal token", code="invalid_internal_token")
 
 
-def get_principal(
+async def get_principal(
     service: ServiceDep,
     principal: Annotated[str | None, Header(alias="X-LT-Principal")] = None,
     token: Annotated[str | None, Header(alias="X-LT-Internal-Token")] = None,
@@ -36,7 +36,7 @@ def get_principal(
     return principal_from_headers(principal, token, service.settings.internal_token)
 
 
-def get_admin(
+async def get_admin(
     service: ServiceDep,
     principal: Annotated[str | None, Header(alias="X-LT-Principal")] = None,
     token: Annotated[str | None, Header(alias="X-LT-Internal-Token")] = None,
