@@ -3,6 +3,7 @@ started here on free ports and stopped afterwards) and an admin HTTP client."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from leaky_common.testing.infra import pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,12 +58,15 @@ def stack() -> Iterator[Stack]:
         subprocess.run([sys.executable, str(script), "down", "--run-dir", str(run_dir)], check=False)
         pytest.fail(f"stack did not start:\n{result.stdout}\n{result.stderr}\n{logs}")
     env = _read_env(run_dir / "stack.env")
+    pids = json.loads((run_dir / "stack.json").read_text())["pids"]
     try:
         yield Stack(env["LT_GATEWAY_URL"], env["LT_ADMIN_KEY"], run_dir)
     finally:
         subprocess.run(
             [sys.executable, str(script), "down", "--run-dir", str(run_dir)], check=False, capture_output=True
         )
+        left = {name: pid for name, pid in pids.items() if pid_alive(int(pid))}
+        assert not left, f"`stack.py down` left processes running: {left}"
 
 
 @pytest.fixture

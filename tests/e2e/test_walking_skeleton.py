@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -14,24 +13,10 @@ import pytest
 from aiohttp import web
 from openai import AsyncOpenAI, OpenAI
 
+from leaky_common.testing import eventually
 from leaky_common.testing.infra import free_port
 
 pytestmark = pytest.mark.e2e
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float = 30.0, interval: float = 0.1
-) -> Any:
-    """Poll `check` until it returns a truthy value; fail at the deadline with the last value seen."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while loop.time() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
 
 
 async def create_user(admin: httpx.AsyncClient, quota: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-__all__ = ["apply_migrations", "create_database", "create_pool", "database_url_for"]
+__all__ = ["apply_migrations", "create_database", "create_pool", "database_url_for", "ping"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,16 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asy
     pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=30)
     assert pool is not None
     return pool
+
+
+async def ping(pool: asyncpg.Pool | None, timeout: float = 2.0) -> bool:
+    """True when the pool can run a query (for /ready)."""
+    if pool is None:
+        return False
+    try:
+        return bool(await pool.fetchval("SELECT 1", timeout=timeout) == 1)
+    except (asyncpg.PostgresError, OSError, TimeoutError):
+        return False
 
 
 async def apply_migrations(pool: asyncpg.Pool, directory: Path) -> list[str]:

@@ -7,16 +7,9 @@ from aiokafka import AIOKafkaConsumer
 from leaky_common.events import AnyMessage, Topics, UsageRecorded
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.settings import ServiceSettings
+from leaky_common.testing import eventually as wait_until
 
 pytestmark = pytest.mark.integration
-
-
-async def wait_until(predicate, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met before deadline")
-        await asyncio.sleep(0.02)
 
 
 async def test_publish_consume_commit_and_dlq(kafka_bootstrap: str) -> None:

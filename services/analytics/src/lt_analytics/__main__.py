@@ -1,24 +1,13 @@
-"""`python -m lt_analytics`: serve the analytics API with uvicorn."""
+"""`python -m lt_analytics`: serve the analytics API with settings from the environment."""
 
-import uvicorn
-
+from leaky_common.serve import serve
 from lt_analytics.main import create_app
 from lt_analytics.settings import AnalyticsSettings
 
 
 def main() -> None:
     """Build settings from the environment and serve."""
-    settings = AnalyticsSettings()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    serve(AnalyticsSettings(), create_app)
 
 
 if __name__ == "__main__":

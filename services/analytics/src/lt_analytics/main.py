@@ -7,13 +7,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
 
-import asyncpg
 from fastapi import APIRouter, FastAPI, Query, Request
 
 from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER, principal_from_headers
-from leaky_common.db import apply_migrations, create_pool
+from leaky_common.db import apply_migrations, create_pool, ping
 from leaky_common.errors import Forbidden, install_error_handlers
-from leaky_common.observability import MetricsMiddleware, add_ops_routes, setup_logging, setup_tracing
+from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from lt_analytics.domain import UsageSummary, summarise, window_start
 from lt_analytics.repository import MIGRATIONS, daily_usage
 from lt_analytics.settings import AnalyticsSettings
@@ -23,8 +22,6 @@ __all__ = ["create_app"]
 
 def create_app(settings: AnalyticsSettings) -> FastAPI:
     """The analytics HTTP app; the pool and migrations live in its lifespan."""
-    setup_logging(settings)
-    setup_tracing(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,14 +38,7 @@ def create_app(settings: AnalyticsSettings) -> FastAPI:
     app.add_middleware(MetricsMiddleware, service=settings.service_name)
 
     async def ready() -> dict[str, bool]:
-        pool: asyncpg.Pool | None = getattr(app.state, "pool", None)
-        if pool is None:
-            return {"postgres": False}
-        try:
-            await pool.fetchval("SELECT 1", timeout=2)
-        except (asyncpg.PostgresError, OSError, TimeoutError):
-            return {"postgres": False}
-        return {"postgres": True}
+        return {"postgres": await ping(getattr(app.state, "pool", None))}
 
     add_ops_routes(app, settings.service_name, ready)
 

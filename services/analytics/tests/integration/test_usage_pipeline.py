@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,23 +21,13 @@ from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import UsageRecorded
 from leaky_common.kafka import EventPublisher, ensure_topics
+from leaky_common.testing import eventually as wait_for
 from lt_analytics.main import create_app
 from lt_analytics.settings import AnalyticsSettings
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "integration-internal-token"
-
-
-async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 45.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met before deadline")
-        await asyncio.sleep(0.1)
 
 
 @contextlib.asynccontextmanager

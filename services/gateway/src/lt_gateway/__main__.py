@@ -1,24 +1,13 @@
-"""`python -m lt_gateway`: serve the gateway with uvicorn."""
+"""`python -m lt_gateway`: serve the gateway with settings from the environment."""
 
-import uvicorn
-
+from leaky_common.serve import serve
 from lt_gateway.main import create_app
 from lt_gateway.settings import GatewaySettings
 
 
 def main() -> None:
     """Build settings from the environment and serve."""
-    settings = GatewaySettings()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    serve(GatewaySettings(), create_app)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from leaky_common.errors import ServiceError, install_error_handlers
 from leaky_common.kafka import EventPublisher
-from leaky_common.observability import MetricsMiddleware, add_ops_routes, setup_logging, setup_tracing
+from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from lt_gateway.chat import ChatHandler, api_key_from
 from lt_gateway.models import ModelTable
 from lt_gateway.providers import Provider
@@ -48,8 +48,6 @@ _MANAGEMENT_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None = None) -> FastAPI:
     """Build the gateway app; resources are created in the lifespan."""
-    setup_logging(settings)
-    setup_tracing(settings)
     models = ModelTable.load(settings.models_file)
     quota = QuotaClient(settings.quota_url, settings.internal_token, settings.internal_timeout_s)
     usage = UsageSink(EventPublisher(settings), settings.usage_queue_max)

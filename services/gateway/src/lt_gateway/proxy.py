@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 import orjson
+from opentelemetry import propagate
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -83,6 +84,7 @@ class ManagementProxy:
             headers[PRINCIPAL_HEADER] = principal.header_value()
             headers[INTERNAL_TOKEN_HEADER] = self._internal_token
             headers["x-request-id"] = request_id
+            propagate.inject(headers)
             url = self._upstreams[owner] + path
             assert self._session is not None
             try:

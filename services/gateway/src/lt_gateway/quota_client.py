@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import orjson
+from opentelemetry import propagate
 
 from leaky_common.auth import INTERNAL_TOKEN_HEADER, Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest
@@ -55,7 +56,9 @@ class QuotaClient:
     async def _post(self, path: str, payload: bytes) -> tuple[int, bytes, dict[str, str]]:
         assert self._session is not None, "QuotaClient.start() was not called"
         try:
-            async with self._session.post(self._base + path, data=payload, headers=self._headers) as resp:
+            headers = dict(self._headers)
+            propagate.inject(headers)  # traceparent when tracing is on; nothing otherwise
+            async with self._session.post(self._base + path, data=payload, headers=headers) as resp:
                 body = await resp.read()
                 headers = {h: resp.headers[h] for h in _FORWARDED_DENIAL_HEADERS if h in resp.headers}
                 return resp.status, body, headers

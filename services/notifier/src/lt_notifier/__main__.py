@@ -1,24 +1,13 @@
-"""`python -m lt_notifier`: serve the notifier with uvicorn."""
+"""`python -m lt_notifier`: serve the notifier with settings from the environment."""
 
-import uvicorn
-
+from leaky_common.serve import serve
 from lt_notifier.main import create_app
 from lt_notifier.settings import NotifierSettings
 
 
 def main() -> None:
     """Build settings from the environment and serve."""
-    settings = NotifierSettings()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    serve(NotifierSettings(), create_app)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-import asyncpg
 from fastapi import FastAPI
 
-from leaky_common.db import apply_migrations, create_pool
+from leaky_common.db import apply_migrations, create_pool, ping
 from leaky_common.errors import install_error_handlers
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
-from leaky_common.observability import MetricsMiddleware, add_ops_routes, setup_logging, setup_tracing
+from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from lt_notifier.api import router
 from lt_notifier.delivery import Deliverer
 from lt_notifier.handlers import NotificationHandler
@@ -23,8 +22,6 @@ __all__ = ["create_app"]
 
 def create_app(settings: NotifierSettings) -> FastAPI:
     """The notifier HTTP app; resources live in its lifespan."""
-    setup_logging(settings)
-    setup_tracing(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,14 +60,7 @@ def create_app(settings: NotifierSettings) -> FastAPI:
     app.add_middleware(MetricsMiddleware, service=settings.service_name)
 
     async def ready() -> dict[str, bool]:
-        pool: asyncpg.Pool | None = getattr(app.state, "pool", None)
-        if pool is None:
-            return {"postgres": False}
-        try:
-            await pool.fetchval("SELECT 1", timeout=2)
-        except (asyncpg.PostgresError, OSError, TimeoutError):
-            return {"postgres": False}
-        return {"postgres": True}
+        return {"postgres": await ping(getattr(app.state, "pool", None))}
 
     add_ops_routes(app, settings.service_name, ready)
     app.include_router(router)

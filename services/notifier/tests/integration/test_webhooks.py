@@ -1,6 +1,5 @@
 """Real Postgres and broker; a local aiohttp server stands in for the customers' webhook receivers."""
 
-import asyncio
 import hashlib
 import hmac
 import uuid
@@ -17,6 +16,7 @@ from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import Message, PurchaseCompleted, PurchaseFailed, QuotaThresholdReached
 from leaky_common.kafka import EventPublisher
+from leaky_common.testing import eventually as wait_for
 from leaky_common.testing.infra import free_port
 from lt_notifier.main import create_app
 from lt_notifier.settings import NotifierSettings
@@ -55,17 +55,6 @@ class Receiver:
         statuses = self.script.get(name)
         status = statuses.pop(0) if statuses else 200
         return web.Response(status=status)
-
-
-async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met before deadline")
-        await asyncio.sleep(0.05)
 
 
 def headers(role: str = "admin") -> dict[str, str]:

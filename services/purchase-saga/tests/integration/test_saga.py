@@ -28,6 +28,7 @@ from leaky_common.events import (
 )
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.settings import DEV_INTERNAL_TOKEN
+from leaky_common.testing import eventually as wait_until
 from leaky_common.testing.infra import free_port
 from lt_saga.fakepay import create_fakepay_app
 from lt_saga.main import create_app
@@ -36,14 +37,6 @@ from lt_saga.settings import SagaSettings
 pytestmark = pytest.mark.integration
 
 FAKEPAY_HANG_S = 1.5
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met before deadline: {what}")
-        await asyncio.sleep(0.05)
 
 
 def principal_headers(user_id: str = "user_1", role: str = "user") -> dict[str, str]:

@@ -2,7 +2,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from leaky_common.events import (
     parse_message,
 )
 from leaky_common.kafka import EventPublisher
+from leaky_common.testing import eventually as wait_until
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 
@@ -30,17 +31,6 @@ pytestmark = pytest.mark.integration
 ADMIN_KEY = "lt-test-admin-" + uuid.uuid4().hex
 TOKEN = "integration-internal-token"
 INTERNAL = {"X-LT-Internal-Token": TOKEN}
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met before deadline")
-        await asyncio.sleep(0.05)
 
 
 class FakeClock:

@@ -1,0 +1,32 @@
+"""Test support: real infrastructure (see `plugin`) and waiting on conditions with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["eventually"]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any] | Any],
+    timeout: float = 30.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.05,
+) -> Any:
+    """Poll `check` (sync or async) until it returns a truthy value and return it; fail at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s (last value: {last!r})")
+        await asyncio.sleep(interval)

@@ -1,0 +1,65 @@
+"""QuotaClient over real HTTP: trace context goes out, denials come back as they are, outages are 503."""
+
+import orjson
+import pytest
+from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+
+from leaky_common.contracts import AdmitRequest
+from leaky_common.errors import ServiceUnavailable
+from leaky_common.testing.infra import free_port
+from lt_gateway.quota_client import Denial, QuotaClient
+
+pytestmark = pytest.mark.integration
+
+
+async def test_admit_sends_traceparent_and_passes_denials_through() -> None:
+    seen: list[dict[str, str]] = []
+
+    async def admit(request: web.Request) -> web.Response:
+        seen.append({k.lower(): v for k, v in request.headers.items()})
+        body = {
+            "error": {
+                "message": "slow down",
+                "type": "rate_limit_error",
+                "param": None,
+                "code": "rate_limited",
+            }
+        }
+        return web.Response(body=orjson.dumps(body), status=429, headers={"Retry-After": "3"})
+
+    app = web.Application()
+    app.router.add_post("/internal/admit", admit)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    client = QuotaClient(f"http://127.0.0.1:{port}", "internal-token-0123456789", 5)
+    await client.start()
+    try:
+        tracer = TracerProvider().get_tracer("test")
+        with tracer.start_as_current_span("chat") as span:
+            result = await client.admit(
+                AdmitRequest(api_key="k", request_id="r", model="m", provider="mock", prompt_tokens=1)
+            )
+        assert isinstance(result, Denial)
+        assert result.status == 429
+        assert result.code() == "rate_limited"
+        assert result.headers == {"retry-after": "3"}
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+        assert seen[0]["traceparent"].split("-")[1] == trace_id
+        assert seen[0]["x-lt-internal-token"] == "internal-token-0123456789"
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_unreachable_quota_fails_closed_with_503() -> None:
+    client = QuotaClient(f"http://127.0.0.1:{free_port()}", "internal-token-0123456789", 2)
+    await client.start()
+    try:
+        with pytest.raises(ServiceUnavailable) as err:
+            await client.authenticate("lt-anything")
+        assert err.value.status == 503
+    finally:
+        await client.close()
