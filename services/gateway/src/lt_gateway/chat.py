@@ -2,7 +2,8 @@
 
 validate -> one call to quota (auth, freezes, buckets, reservation) -> provider (capped at the granted output
 budget) -> respond with usage and cost -> queue a UsageRecorded event, which quota settles the reservation from.
-Every request, allowed, blocked or failed, produces exactly one usage event.
+Every request that reaches quota, allowed, blocked or failed, produces exactly one usage event (requests
+rejected before that, as malformed or without a key, produce none yet).
 """
 
 from __future__ import annotations
@@ -222,38 +223,20 @@ class ChatHandler:
             )
         try:
             completion = await provider.complete(spec, upstream_body)
-        except ServiceError as exc:
-            self._record(
-                admitted,
-                spec,
-                request_id,
-                session_id,
-                Usage(0, 0),
-                started,
-                "error",
-                exc.status,
-                False,
-                fingerprint,
-                exc.code,
-            )
-            return _error(exc.status, exc.body(), request_id, {**headers, **exc.headers})
         except Exception as exc:
-            logger.exception("provider failure", extra={"request_id": request_id, "provider": spec.provider})
-            err = UpstreamError(f"upstream provider error: {type(exc).__name__}")
+            if isinstance(exc, ServiceError):
+                err: ServiceError = exc
+            else:
+                logger.exception(
+                    "provider failure", extra={"request_id": request_id, "provider": spec.provider}
+                )
+                err = UpstreamError(f"upstream provider error: {type(exc).__name__}")
+            # Nothing was generated: the event settles the reservation at zero.
             self._record(
-                admitted,
-                spec,
-                request_id,
-                session_id,
-                Usage(0, 0),
-                started,
-                "error",
-                502,
-                False,
-                fingerprint,
-                err.code,
-            )
-            return _error(err.status, err.body(), request_id, headers)
+                admitted, spec, request_id, session_id, Usage(0, 0), started, "error", err.status, False,
+                fingerprint, err.code,
+            )  # fmt: skip
+            return _error(err.status, err.body(), request_id, {**headers, **err.headers})
         cost = self._record(
             admitted,
             spec,

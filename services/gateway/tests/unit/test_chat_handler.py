@@ -1,0 +1,150 @@
+"""ChatHandler with small fakes for its adapters: every request that reaches quota leaves one usage event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from leaky_common.auth import Principal
+from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
+from leaky_common.events import UsageRecorded
+from lt_gateway.chat import ChatHandler
+from lt_gateway.models import ModelSpec, ModelTable
+from lt_gateway.providers import Completion
+from lt_gateway.providers.mock import MockProvider
+from lt_gateway.quota_client import Denial
+
+
+class FakeQuota:
+    def __init__(self, denial: Denial | None = None) -> None:
+        self.denial = denial
+        self.requests: list[AdmitRequest] = []
+
+    async def admit(self, request: AdmitRequest) -> AdmitResponse | Denial:
+        self.requests.append(request)
+        if self.denial is not None:
+            return self.denial
+        grant = min(request.max_output_tokens or request.model_max_output_tokens, 50)
+        return AdmitResponse(
+            reservation_id="res_1",
+            principal=Principal(user_id="u1", org_id="o1", key_id="k1"),
+            pool_id="p1",
+            quota_source="personal",
+            reserved_tokens=request.prompt_tokens + grant,
+            granted_output_tokens=grant,
+            ratelimit=RateLimitState(
+                limit_requests=600,
+                remaining_requests=599,
+                reset_requests_s=0.1,
+                limit_tokens=1000,
+                remaining_tokens=900,
+                reset_tokens_s=1.0,
+            ),
+        )
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.events: list[UsageRecorded] = []
+
+    def record(self, event: UsageRecorded) -> None:
+        self.events.append(event)
+
+
+class FailingProvider:
+    async def complete(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
+        raise ConnectionResetError("upstream went away")
+
+    def stream(self, spec: ModelSpec, body: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+def make_request(body: dict[str, Any], headers: dict[str, str] | None = None) -> Request:
+    raw = orjson.dumps(body)
+    hdrs = [
+        (b"authorization", b"Bearer lt-test"),
+        *((k.encode(), v.encode()) for k, v in (headers or {}).items()),
+    ]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": hdrs,
+        "query_string": b"",
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    return Request(scope, receive)
+
+
+def handler(quota: FakeQuota, sink: RecordingSink, provider: Any = None) -> ChatHandler:
+    return ChatHandler(
+        models=ModelTable.load(None),
+        providers={"mock": provider or MockProvider()},
+        quota=quota,  # type: ignore[arg-type]
+        usage=sink,  # type: ignore[arg-type]
+        max_body_bytes=100_000,
+    )
+
+
+CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 500}
+
+
+async def test_success_caps_upstream_at_grant_and_records_provider_usage() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    resp = await handler(quota, sink).handle(make_request(CHAT, {"x-session-id": "s1"}))
+    assert resp.status_code == 200
+    body = orjson.loads(resp.body)
+    assert body["usage"]["completion_tokens"] <= 50  # capped at the grant, not the 500 asked for
+    (event,) = sink.events
+    assert event.status == "ok"
+    assert event.reservation_id == "res_1"
+    assert event.session_id == "s1"
+    assert event.total_tokens == body["usage"]["total_tokens"]
+    assert event.cost_usd_micros == body["leaky_tokens"]["cost_usd_micros"]
+    assert resp.headers["x-leaky-tokens-cost-usd"] == body["leaky_tokens"]["cost_usd"]
+    assert quota.requests[0].max_output_tokens == 500
+
+
+async def test_provider_failure_is_502_and_releases_the_reservation() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    resp = await handler(quota, sink, FailingProvider()).handle(make_request(CHAT))
+    assert resp.status_code == 502
+    error = orjson.loads(resp.body)["error"]
+    assert error["type"] == "upstream_error"
+    assert "went away" not in error["message"]  # no upstream internals leak
+    (event,) = sink.events
+    assert (event.status, event.total_tokens, event.reservation_id) == ("error", 0, "res_1")
+
+
+async def test_denial_is_passed_through_and_recorded_as_blocked() -> None:
+    body = {
+        "error": {
+            "message": "no",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "personal_pool_exhausted",
+        }
+    }
+    quota, sink = FakeQuota(Denial(402, orjson.dumps(body), {})), RecordingSink()
+    resp = await handler(quota, sink).handle(make_request(CHAT))
+    assert resp.status_code == 402
+    assert orjson.loads(resp.body) == body
+    (event,) = sink.events
+    assert (event.status, event.error_code, event.reservation_id) == (
+        "blocked",
+        "personal_pool_exhausted",
+        None,
+    )
+
+
+async def test_invalid_request_never_reaches_quota() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    resp = await handler(quota, sink).handle(make_request({"model": "mock-gpt", "messages": []}))
+    assert resp.status_code == 400
+    assert quota.requests == []
+    assert sink.events == []
