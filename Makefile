@@ -1,7 +1,7 @@
 # Leaky Tokens — developer entry points. Needs only Python >= 3.11 and make; uv is installed if missing.
 SHELL := /bin/bash
 PYTHON ?= python3
-UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+UV := $(or $(shell command -v uv 2>/dev/null),$(wildcard $(HOME)/.local/bin/uv),$(CURDIR)/.tools/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 RUN := $(UV) run --frozen --no-sync
@@ -16,9 +16,14 @@ help:
 	@echo "make check     lint, types, contracts and the fast unit tests"
 	@echo "make bench     hot-path benchmark"
 
+# uv into a private venv; where Python has no venv module (Debian without python3-venv), pip --user.
 $(CURDIR)/.tools/bin/uv:
-	$(PYTHON) -m venv $(CURDIR)/.tools
-	$(CURDIR)/.tools/bin/pip install --quiet uv
+	@if $(PYTHON) -m venv $(CURDIR)/.tools 2>/dev/null; then \
+		$(CURDIR)/.tools/bin/pip install --quiet uv; \
+	else \
+		$(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet --user --break-system-packages uv; \
+		mkdir -p $(CURDIR)/.tools/bin && ln -sf $(HOME)/.local/bin/uv $(CURDIR)/.tools/bin/uv; \
+	fi
 
 .venv/.synced: uv.lock pyproject.toml libs/common/pyproject.toml $(wildcard services/*/pyproject.toml) | $(UV)
 	$(UV) sync --frozen
