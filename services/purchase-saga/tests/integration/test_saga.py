@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx2 as httpx
+import httpx
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRecord

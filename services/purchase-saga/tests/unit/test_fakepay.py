@@ -1,6 +1,6 @@
 import asyncio
 
-import httpx2 as httpx
+import httpx
 import pytest
 
 from lt_saga.fakepay import create_fakepay_app

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import httpx2 as httpx  # the HTTPX client installed in this workspace (imported as httpx2)
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
