@@ -87,8 +87,10 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     out = {}
     for name, pid in pids.items():
         try:
-            t = psutil.Process(pid).cpu_times()
-            out[name] = t.user + t.system
+            proc = psutil.Process(pid)
+            # PostgreSQL works in its backend children; count them with the postmaster.
+            procs = [proc, *proc.children(recursive=True)] if name == "postgres" else [proc]
+            out[name] = sum(t.user + t.system for t in (p.cpu_times() for p in procs))
         except psutil.NoSuchProcess:
             out[name] = 0.0
     return out
@@ -183,6 +185,9 @@ def main() -> None:
             user_key = asyncio.run(create_bench_user(gateway, admin_key))
             rows = []
             gw_side = {k: v for k, v in pids.items() if k in ("gateway", "quota", "redis", "broker")}
+            # Settlement and aggregation run off the request path; shown separately.
+            off_path = {k: v for k, v in pids.items() if k in ("postgres", "analytics-worker")}
+            breakdown: dict[str, float] = {}
             for name, url, headers in (
                 ("direct mock upstream", f"http://127.0.0.1:{port}/v1/chat/completions", {}),
                 (
@@ -193,10 +198,13 @@ def main() -> None:
             ):
                 asyncio.run(measure(url, headers, 200, 8))  # warm-up
                 seq, _ = asyncio.run(measure(url, headers, args.sequential, 1))
-                cpu0 = cpu_seconds(gw_side)
+                watched = {**gw_side, **off_path}
+                cpu0 = cpu_seconds(watched)
                 _, rps = asyncio.run(measure(url, headers, args.requests, args.concurrency))
-                cpu1 = cpu_seconds(gw_side)
+                cpu1 = cpu_seconds(watched)
                 cpu_ms = sum(cpu1[k] - cpu0[k] for k in gw_side) * 1000 / args.requests
+                if name.startswith("gateway"):
+                    breakdown = {k: (cpu1[k] - cpu0[k]) * 1000 / args.requests for k in watched}
                 rows.append(
                     (
                         name,
@@ -215,6 +223,7 @@ def main() -> None:
             added50 = rows[1][1] - rows[0][1]
             added99 = rows[1][2] - rows[0][2]
             print(f"\nadded latency vs direct: p50 {added50:.2f} ms, p99 {added99:.2f} ms")
+            print("CPU ms/request by process: " + ", ".join(f"{k} {v:.2f}" for k, v in breakdown.items()))
             print("RSS (MB): " + ", ".join(f"{k} {rss_mb(v):.0f}" for k, v in pids.items()))
         finally:
             stop_pid(direct.pid, popen=direct)
