@@ -1,17 +1,21 @@
-"""Process entrypoint glue: configure logs and tracing, then serve an app with uvicorn."""
+"""Serving glue: the process entrypoint (logs, tracing, uvicorn) and a fast path for hot endpoints."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from leaky_common.observability import setup_logging, setup_tracing
 from leaky_common.settings import ServiceSettings
 
-__all__ = ["serve"]
+__all__ = ["HotRoute", "serve"]
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -30,3 +34,29 @@ def serve(settings: S, create_app: Callable[[S], FastAPI]) -> None:
         log_config=None,
         timeout_graceful_shutdown=10,
     )
+
+
+class HotRoute:
+    """ASGI middleware serving one exact endpoint without FastAPI's per-request layers.
+
+    Routing, dependency solving and request/response model validation cost more CPU than a hot endpoint's
+    own work. Requests for `method path` go straight to `endpoint` (a plain Starlette endpoint that parses
+    and renders its own JSON); everything else goes on to the app. Add it before MetricsMiddleware so it is
+    still measured; unexpected exceptions still reach the app's error handler through ServerErrorMiddleware.
+    A FastAPI route with the same path can stay for the OpenAPI docs.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, method: str, path: str, endpoint: Callable[[Request], Awaitable[Response]]
+    ) -> None:
+        self.app = app
+        self.method = method
+        self.path = path
+        self.route = Route(path, endpoint, methods=[method])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] == self.method:
+            scope["route"] = self.route
+            await self.route.handle(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

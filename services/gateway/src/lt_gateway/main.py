@@ -13,6 +13,7 @@ from starlette.responses import Response
 from leaky_common.errors import ServiceError, install_error_handlers
 from leaky_common.kafka import EventPublisher
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
+from leaky_common.serve import HotRoute
 from lt_gateway.chat import ChatHandler, api_key_from
 from lt_gateway.models import ModelTable
 from lt_gateway.providers import Provider
@@ -80,6 +81,8 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # The chat endpoint skips FastAPI's routing layers (the route below stays for the docs).
+    app.add_middleware(HotRoute, method="POST", path="/v1/chat/completions", endpoint=chat.handle)
     app.add_middleware(MetricsMiddleware, service="gateway")
 
     async def ready() -> dict[str, bool]:

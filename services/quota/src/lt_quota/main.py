@@ -20,7 +20,9 @@ from leaky_common.events import Topics
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from leaky_common.outbox import OutboxRelay
+from leaky_common.serve import HotRoute
 from lt_quota.adapters.redis_state import RedisState
+from lt_quota.api import hot
 from lt_quota.api.routes import internal_router, public_router
 from lt_quota.handlers import make_handler
 from lt_quota.service import Clock, QuotaService, system_clock
@@ -113,6 +115,7 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
             yield
 
     app = FastAPI(title="Leaky Tokens quota", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(HotRoute, method="POST", path="/internal/admit", endpoint=hot.admit)
     app.add_middleware(MetricsMiddleware, service=settings.service_name)
     install_error_handlers(app)
     app.include_router(internal_router)
