@@ -8,6 +8,7 @@ rejected before that, as malformed or without a key, produce none yet).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -294,13 +295,18 @@ class ChatHandler:
                 chunk.body["model"] = spec.name
                 yield b"data: " + orjson.dumps(chunk.body) + b"\n\n"
             yield b"data: [DONE]\n\n"
-        except ServiceError as exc:
-            status, http_status, error_code = "error", exc.status, exc.code
-            yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
-        except BaseException:
-            # Client went away (cancellation) or the upstream broke: charge what was generated, never free.
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away: charge what was generated, never free.
             status, http_status, error_code = "error", 499, "client_disconnected"
             raise
+        except Exception as exc:
+            if isinstance(exc, ServiceError):
+                err: ServiceError = exc
+            else:
+                logger.exception("provider stream failure", extra={"request_id": request_id})
+                err = UpstreamError(f"upstream provider error: {type(exc).__name__}")
+            status, http_status, error_code = "error", err.status, err.code
+            yield b"data: " + orjson.dumps(err.body()) + b"\n\n"
         finally:
             if usage is None:
                 usage = Usage(prompt_estimate, counted)

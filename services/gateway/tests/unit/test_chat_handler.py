@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
 from leaky_common.events import UsageRecorded
 from lt_gateway.chat import ChatHandler
 from lt_gateway.models import ModelSpec, ModelTable
-from lt_gateway.providers import Completion
+from lt_gateway.providers import Completion, StreamChunk
 from lt_gateway.providers.mock import MockProvider
 from lt_gateway.quota_client import Denial
 
@@ -57,8 +58,9 @@ class FailingProvider:
     async def complete(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
         raise ConnectionResetError("upstream went away")
 
-    def stream(self, spec: ModelSpec, body: dict[str, Any]) -> Any:
-        raise NotImplementedError
+    async def stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        raise ConnectionResetError("upstream went away")
+        yield  # makes this an async generator
 
 
 def make_request(body: dict[str, Any], headers: dict[str, str] | None = None) -> Request:
@@ -148,3 +150,30 @@ async def test_invalid_request_never_reaches_quota() -> None:
     assert resp.status_code == 400
     assert quota.requests == []
     assert sink.events == []
+
+
+async def test_stream_failure_sends_an_error_event_and_settles_what_was_counted() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    resp = await handler(quota, sink, FailingProvider()).handle(make_request({**CHAT, "stream": True}))
+    assert resp.status_code == 200  # headers were already committed to a stream
+    chunks = [c async for c in resp.body_iterator]  # type: ignore[attr-defined]
+    payload = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks)
+    assert b'"type":"upstream_error"' in payload
+    assert b"went away" not in payload
+    (event,) = sink.events
+    assert (event.status, event.http_status, event.error_code) == ("error", 502, "bad_gateway")
+    assert event.reservation_id == "res_1" and event.stream is True
+    assert event.completion_tokens == 0
+
+
+async def test_streamed_usage_matches_provider_and_is_recorded_once() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    req = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    resp = await handler(quota, sink).handle(make_request(req))
+    chunks = [c async for c in resp.body_iterator]  # type: ignore[attr-defined]
+    events = [orjson.loads(c[6:]) for c in chunks if c.startswith(b"data: {")]
+    usage = events[-1]["usage"]
+    assert chunks[-1] == b"data: [DONE]\n\n"
+    (event,) = sink.events
+    assert event.status == "ok" and event.total_tokens == usage["total_tokens"]
+    assert events[-1]["leaky_tokens"]["cost_usd_micros"] == event.cost_usd_micros
