@@ -289,11 +289,12 @@ class QuotaService:
                     saga_id=cmd.saga_id,
                     step=cmd.step,
                     purchase_id=cmd.purchase_id,
-                    success=True,
+                    success=existing["applied"],
                     pool_id=existing["pool_id"],
-                    new_limit=existing["new_limit"],
+                    new_limit=existing["new_limit"] if existing["applied"] else None,
+                    reason=existing["reason"],
                 )
-                changed_pool = existing["pool_id"]
+                changed_pool = existing["pool_id"] if existing["applied"] else None
             else:
                 pool = await (
                     repo.pool_by_id(conn, cmd.pool_id, for_update=True)
@@ -301,6 +302,8 @@ class QuotaService:
                     else repo.personal_pool(conn, cmd.user_id, for_update=True)
                 )
                 reason: str | None = None
+                # A refusal that must stick for this purchase (recorded, unlike a malformed command).
+                tombstone = False
                 new_limit = 0
                 if pool is None:
                     reason = f"unknown pool {cmd.pool_id}" if cmd.pool_id else f"unknown user {cmd.user_id}"
@@ -308,6 +311,15 @@ class QuotaService:
                     reason = f"pool unit is {pool.unit}, command unit is {cmd.unit}"
                 elif cmd.amount <= 0:
                     reason = "amount must be positive"
+                # Checked under the pool's row lock, which credit and debit both take: a compensation
+                # undoes only a credit that was applied, and a credit arriving after its purchase was
+                # compensated is refused, so tokens are never lost nor given away.
+                elif kind == "credit" and await repo.adjustment_for_purchase(conn, cmd.purchase_id, "debit"):
+                    reason, tombstone = "purchase already compensated; credit refused", True
+                elif kind == "debit" and not await repo.adjustment_for_purchase(
+                    conn, cmd.purchase_id, "credit", applied_only=True
+                ):
+                    reason, tombstone = "no applied credit for this purchase; nothing taken back", True
                 else:
                     new_limit = pool.limit + cmd.amount if kind == "credit" else pool.limit - cmd.amount
                     if new_limit < 0:
@@ -324,6 +336,21 @@ class QuotaService:
                     reply = reply_cls(
                         **common, success=False, pool_id=pool.id if pool else None, reason=reason
                     )
+                    if tombstone and pool is not None:
+                        await repo.insert_adjustment(
+                            conn,
+                            adjustment_id=new_id(),
+                            pool_id=pool.id,
+                            kind=kind,
+                            amount=cmd.amount,
+                            purchase_id=cmd.purchase_id,
+                            step=cmd.step,
+                            saga_id=cmd.saga_id,
+                            new_limit=pool.limit,
+                            reply_event_id=reply.event_id,
+                            applied=False,
+                            reason=reason,
+                        )
                 else:
                     reply = reply_cls(**common, success=True, pool_id=pool.id, new_limit=new_limit)
                     await repo.set_pool_limit(conn, pool.id, new_limit)

@@ -15,8 +15,10 @@ from redis.asyncio import Redis
 from leaky_common.db import create_database
 from leaky_common.events import (
     CreditTokens,
+    DebitTokens,
     RequestFreeze,
     TokensCredited,
+    TokensDebited,
     Topics,
     UsageRecorded,
     parse_message,
@@ -407,12 +409,12 @@ async def test_freeze_command_blocks_admission(settings: QuotaSettings, publishe
         assert r.status_code == 403
 
 
-async def read_replies(bootstrap: str, saga_id: str, count: int) -> list[TokensCredited]:
+async def read_replies(bootstrap: str, saga_id: str, count: int) -> list[TokensCredited | TokensDebited]:
     consumer = AIOKafkaConsumer(
         Topics.SAGA_REPLIES, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
     )
     await consumer.start()
-    found: list[TokensCredited] = []
+    found: list[TokensCredited | TokensDebited] = []
     try:
         deadline = time.monotonic() + 30
         while len(found) < count and time.monotonic() < deadline:
@@ -420,7 +422,7 @@ async def read_replies(bootstrap: str, saga_id: str, count: int) -> list[TokensC
             for records in batch.values():
                 for record in records:
                     message = parse_message(record.value or b"")
-                    if isinstance(message, TokensCredited) and message.saga_id == saga_id:
+                    if isinstance(message, TokensCredited | TokensDebited) and message.saga_id == saga_id:
                         found.append(message)
     finally:
         await consumer.stop()
@@ -459,6 +461,52 @@ async def test_credit_command_raises_limit_once_and_replies_through_outbox(
         await publisher.publish(Topics.QUOTA_COMMANDS, unknown)
         failed = await read_replies(kafka_bootstrap, unknown.saga_id, 1)
         assert len(failed) == 1 and not failed[0].success and "unknown user" in (failed[0].reason or "")
+
+
+async def test_debit_undoes_only_an_applied_credit_and_blocks_a_late_one(
+    settings: QuotaSettings, publisher: EventPublisher, kafka_bootstrap: str
+) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=1000)
+
+        async def limit() -> int:
+            return int((await h.quota(user["api_key"]))["personal_quota"])
+
+        # Credit then compensate: the limit goes up and back down exactly.
+        paid = uuid.uuid4().hex
+        credit = CreditTokens(
+            saga_id=paid, step="credit_tokens", purchase_id=paid, user_id=user["id"], amount=300
+        )
+        await publisher.publish(Topics.QUOTA_COMMANDS, credit, key=paid)
+        assert (await read_replies(kafka_bootstrap, paid, 1))[0].success
+        debit = DebitTokens(
+            saga_id=paid, step="debit_tokens", purchase_id=paid, user_id=user["id"], amount=300
+        )
+        await publisher.publish(Topics.QUOTA_COMMANDS, debit, key=paid)
+        replies = await read_replies(kafka_bootstrap, paid, 2)
+        assert isinstance(replies[1], TokensDebited) and replies[1].success and replies[1].new_limit == 1000
+        assert await limit() == 1000
+
+        # The credit was lost or is late: the compensation takes nothing the user had...
+        lost = uuid.uuid4().hex
+        debit = DebitTokens(
+            saga_id=lost, step="debit_tokens", purchase_id=lost, user_id=user["id"], amount=300
+        )
+        await publisher.publish(Topics.QUOTA_COMMANDS, debit, key=lost)
+        (refused,) = await read_replies(kafka_bootstrap, lost, 1)
+        assert isinstance(refused, TokensDebited) and not refused.success
+        assert await limit() == 1000
+        # ...and the late credit is refused, so nothing is given away either; a retry gets the same answer.
+        late = CreditTokens(
+            saga_id=lost, step="credit_tokens", purchase_id=lost, user_id=user["id"], amount=300
+        )
+        await publisher.publish(Topics.QUOTA_COMMANDS, late, key=lost)
+        await publisher.publish(Topics.QUOTA_COMMANDS, late.model_copy(update={"event_id": uuid.uuid4().hex}))
+        replies = await read_replies(kafka_bootstrap, lost, 3)
+        assert [type(r).__name__ for r in replies] == ["TokensDebited", "TokensCredited", "TokensCredited"]
+        assert not replies[1].success and "compensated" in (replies[1].reason or "")
+        assert replies[2].event_id == replies[1].event_id
+        assert await limit() == 1000
 
 
 async def test_flushed_redis_is_rebuilt_from_the_ledger_on_restart(

@@ -314,6 +314,19 @@ async def find_adjustment(conn: Conn, purchase_id: str, step: str, kind: str) ->
     return row
 
 
+async def adjustment_for_purchase(
+    conn: Conn, purchase_id: str, kind: str, *, applied_only: bool = False
+) -> asyncpg.Record | None:
+    """Any recorded adjustment of `kind` for a purchase, whatever its step."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT * FROM adjustments WHERE purchase_id = $1 AND kind = $2 AND (applied OR NOT $3) LIMIT 1",
+        purchase_id,
+        kind,
+        applied_only,
+    )
+    return row
+
+
 async def insert_adjustment(
     conn: Conn,
     *,
@@ -326,10 +339,13 @@ async def insert_adjustment(
     saga_id: str,
     new_limit: int,
     reply_event_id: str,
+    applied: bool = True,
+    reason: str | None = None,
 ) -> None:
     await conn.execute(
-        """INSERT INTO adjustments (id, pool_id, kind, amount, purchase_id, step, saga_id, new_limit, reply_event_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+        """INSERT INTO adjustments
+               (id, pool_id, kind, amount, purchase_id, step, saga_id, new_limit, reply_event_id, applied, reason)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
         adjustment_id,
         pool_id,
         kind,
@@ -339,6 +355,8 @@ async def insert_adjustment(
         saga_id,
         new_limit,
         reply_event_id,
+        applied,
+        reason,
     )
 
 
