@@ -2,7 +2,8 @@
 
 Consumers commit an offset only after its message was handled (at-least-once); handlers must be idempotent
 (record the event id in an inbox in the same transaction as the state change) to make it effectively-once.
-A message that cannot be parsed, or whose handler keeps failing, goes to `<topic>.dlq` and is committed.
+A message that cannot be parsed, or whose handler keeps failing on it, goes to `<topic>.dlq` and is committed;
+infrastructure errors (`TRANSIENT_ERRORS`) are retried until they clear instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+import asyncpg
+import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -23,10 +26,23 @@ from pydantic import BaseModel, ValidationError
 from leaky_common.events import AnyMessage, Message, Topics, parse_message
 from leaky_common.settings import ServiceSettings
 
-__all__ = ["EventConsumer", "EventPublisher", "Handler", "ensure_topics"]
+__all__ = ["TRANSIENT_ERRORS", "EventConsumer", "EventPublisher", "Handler", "ensure_topics"]
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("leaky_common.kafka")
+
+# Failures of the infrastructure rather than of the message: retried, never dead-lettered.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    KafkaError,
+)
 
 Handler = Callable[[AnyMessage, ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
@@ -218,24 +234,35 @@ class EventConsumer:
                 f"consume {record.topic}", kind=trace.SpanKind.CONSUMER
             ) as span:
                 span.set_attribute("messaging.message.id", message.event_id)
-                for attempt in range(1, self._max_attempts + 1):
-                    try:
-                        await self._handler(message, record)
-                        self.processed += 1
-                        return
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        if attempt == self._max_attempts:
-                            logger.exception(
-                                "handler failed %d times; dead-lettering %s", attempt, message.event_id
-                            )
-                            await self._dead_letter(record, f"handler failed: {type(exc).__name__}")
-                            return
-                        logger.warning("handler attempt %d failed for %s: %r", attempt, message.event_id, exc)
-                        await asyncio.sleep(self._retry_backoff_s * attempt)
+                await self._handle_with_retries(message, record)
         finally:
             otel_context.detach(token)
+
+    async def _handle_with_retries(self, message: AnyMessage, record: ConsumerRecord[bytes, bytes]) -> None:
+        # Infrastructure trouble (database, cache or network down) is retried until it clears, holding
+        # the partition: dead-lettering a settlement during an outage would lose it. Anything else is a
+        # message this code cannot handle; after `max_attempts` it goes to the DLQ so the rest flows on.
+        attempt = 0
+        delay = self._retry_backoff_s
+        while True:
+            attempt += 1
+            try:
+                await self._handler(message, record)
+                self.processed += 1
+                return
+            except asyncio.CancelledError:
+                raise
+            except TRANSIENT_ERRORS as exc:
+                logger.warning("handler hit %r for %s; retrying in %.1fs", exc, message.event_id, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception as exc:
+                if attempt >= self._max_attempts:
+                    logger.exception("handler failed %d times; dead-lettering %s", attempt, message.event_id)
+                    await self._dead_letter(record, f"handler failed: {type(exc).__name__}")
+                    return
+                logger.warning("handler attempt %d failed for %s: %r", attempt, message.event_id, exc)
+                await asyncio.sleep(self._retry_backoff_s * attempt)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         headers = [

@@ -81,3 +81,45 @@ async def test_publish_consume_commit_and_dlq(kafka_bootstrap: str) -> None:
     finally:
         await consumer2.stop()
         await publisher.stop()
+
+
+async def test_infrastructure_errors_are_retried_not_dead_lettered(kafka_bootstrap: str) -> None:
+    topic = f"test.{uuid.uuid4().hex[:8]}"
+    settings = ServiceSettings(service_name="t", kafka_bootstrap=kafka_bootstrap)
+    await ensure_topics(settings, [topic])
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    calls: list[str] = []
+
+    async def flaky(message: AnyMessage, _record: object) -> None:
+        assert isinstance(message, UsageRecorded)
+        calls.append(message.request_id)
+        if len(calls) <= 4:  # more failures than max_attempts: a database outage, say
+            raise ConnectionRefusedError("postgres is down")
+
+    consumer = EventConsumer(
+        settings,
+        group_id=f"g-{topic}",
+        topics=[topic],
+        handler=flaky,
+        publisher=publisher,
+        max_attempts=2,
+        retry_backoff_s=0.01,
+    )
+    await consumer.start()
+    try:
+        await publisher.publish(topic, UsageRecorded(request_id="settle-me", model="m", provider="p"))
+        await wait_until(lambda: consumer.processed == 1)
+        assert calls == ["settle-me"] * 5
+        dlq = AIOKafkaConsumer(
+            Topics.dlq(topic), bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        await dlq.start()
+        try:
+            batch = await dlq.getmany(timeout_ms=1000)
+            assert not any(batch.values())
+        finally:
+            await dlq.stop()
+    finally:
+        await consumer.stop()
+        await publisher.stop()
