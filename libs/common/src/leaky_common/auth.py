@@ -31,6 +31,8 @@ class Principal(BaseModel):
     team_id: str | None = None
     role: Literal["admin", "user"] = "user"
     email: str | None = None
+    # Models this key may call (None: every model). The gateway filters `/v1/models` with it; quota enforces it.
+    allowed_models: tuple[str, ...] | None = None
 
     @property
     def is_admin(self) -> bool:

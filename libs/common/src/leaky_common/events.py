@@ -17,8 +17,11 @@ __all__ = [
     "ALL_TOPICS",
     "AnomalyDetected",
     "AnyMessage",
+    "ApprovalDecided",
+    "ApprovalRequested",
     "CreditTokens",
     "DebitTokens",
+    "FreezeChanged",
     "Message",
     "PurchaseCompensated",
     "PurchaseCompleted",
@@ -29,6 +32,7 @@ __all__ = [
     "TokensDebited",
     "Topics",
     "UsageRecorded",
+    "VacationChanged",
     "parse_message",
 ]
 
@@ -230,6 +234,60 @@ class AnomalyDetected(Message):
     frozen: bool = False
 
 
+class ApprovalRequested(Message):
+    """A user asked their team's managers for more tokens (published on `quota.events`)."""
+
+    type: Literal["ApprovalRequested.v1"] = "ApprovalRequested.v1"
+    approval_id: str
+    requester_user_id: str
+    org_id: str | None = None
+    team_id: str | None = None
+    pool_id: str | None = None
+    amount: int
+    unit: Literal["tokens", "usd"] = "tokens"
+    reason: str = ""
+
+
+class ApprovalDecided(Message):
+    """A manager or admin approved (with the amount granted) or rejected (with a reason) a request."""
+
+    type: Literal["ApprovalDecided.v1"] = "ApprovalDecided.v1"
+    approval_id: str
+    requester_user_id: str
+    approver_user_id: str
+    org_id: str | None = None
+    team_id: str | None = None
+    pool_id: str | None = None
+    decision: Literal["approved", "rejected"]
+    amount: int = 0
+    unit: Literal["tokens", "usd"] = "tokens"
+    reason: str = ""
+
+
+class VacationChanged(Message):
+    """A user went on vacation (their unused personal pool becomes shareable) or came back."""
+
+    type: Literal["VacationChanged.v1"] = "VacationChanged.v1"
+    user_id: str
+    org_id: str | None = None
+    team_id: str | None = None
+    on_vacation: bool
+
+
+class FreezeChanged(Message):
+    """Quota froze or unfroze a session, key or user (by admin API or by an analytics command)."""
+
+    type: Literal["FreezeChanged.v1"] = "FreezeChanged.v1"
+    target_type: Literal["session", "key", "user"]
+    target_id: str
+    org_id: str | None = None
+    user_id: str | None = None
+    frozen: bool
+    reason: str = ""
+    expires_at: datetime | None = None
+    source: Literal["admin", "anomaly", "system"] = "admin"
+
+
 AnyMessage = Annotated[
     UsageRecorded
     | CreditTokens
@@ -241,7 +299,11 @@ AnyMessage = Annotated[
     | PurchaseCompensated
     | QuotaThresholdReached
     | RequestFreeze
-    | AnomalyDetected,
+    | AnomalyDetected
+    | ApprovalRequested
+    | ApprovalDecided
+    | VacationChanged
+    | FreezeChanged,
     Field(discriminator="type"),
 ]
 
