@@ -24,6 +24,7 @@ from leaky_common.serve import HotRoute
 from lt_quota.adapters.redis_state import RedisState
 from lt_quota.api import hot
 from lt_quota.api.routes import internal_router, public_router
+from lt_quota.governance import Governance
 from lt_quota.handlers import make_handler
 from lt_quota.service import Clock, QuotaService, system_clock
 from lt_quota.settings import QuotaSettings
@@ -114,6 +115,7 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
             stack.push_async_callback(stop_sweeper)
 
             app.state.service = service
+            app.state.governance = Governance(service)
             app.state.consumer = consumer
             yield
 

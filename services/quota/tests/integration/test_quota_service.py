@@ -358,15 +358,40 @@ async def test_leaky_bucket_denies_with_retry_after_and_leaks(settings: QuotaSet
         assert r.json()["ratelimit"]["remaining_requests"] == 0
 
 
-async def test_token_bucket_limits_grant_then_denies(settings: QuotaSettings) -> None:
+async def test_token_bucket_denies_instead_of_shrinking_and_is_refunded_at_settlement(
+    settings: QuotaSettings,
+) -> None:
     clock = FakeClock()
-    tight = settings.model_copy(update={"key_tokens_per_period": 1000})
+    tight = settings.model_copy(update={"key_tokens_per_period": 2000, "bucket_output_estimate_tokens": 1024})
     async with running(tight, clock) as h:
         user = await h.create_user(quota=100_000)
+        # No max_tokens: the pool reserves the model's maximum, the bucket is charged prompt + 1024 expected.
         r = await h.admit(user["api_key"], prompt_tokens=100)
-        assert r.status_code == 200 and r.json()["reserved_tokens"] == 1000
+        assert r.status_code == 200, r.text
+        first = r.json()
+        assert (first["reserved_tokens"], first["granted_output_tokens"]) == (100 + 4096, 4096)
+        assert first["ratelimit"]["remaining_tokens"] == 2000 - 1124
+        # The next one does not fit the bucket: 429 with Retry-After, not a silently tiny grant.
         r = await h.admit(user["api_key"], prompt_tokens=100)
-        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert r.status_code == 429 and r.json()["error"]["limit"] == "key_tokens"
+        assert int(r.headers["retry-after"]) >= 1
+        # Settled at 124 tokens: the unused 1000 go back to the bucket at once.
+        await h.service.settle_usage(
+            UsageRecorded(
+                request_id="r1",
+                reservation_id=first["reservation_id"],
+                user_id=user["id"],
+                model="mock-gpt",
+                provider="mock",
+                total_tokens=124,
+            )
+        )
+        r = await h.admit(user["api_key"], prompt_tokens=100)
+        assert r.status_code == 200, r.text
+        assert r.json()["ratelimit"]["remaining_tokens"] == 2000 - 124 - 1124
+        # With max_tokens the bucket is charged the grant.
+        r = await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=700)
+        assert r.status_code == 429
 
 
 async def test_unsettled_reservation_is_charged_at_ttl_and_late_settlement_is_noop(
