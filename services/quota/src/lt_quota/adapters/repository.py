@@ -417,22 +417,15 @@ async def lock_pools(conn: Conn, pool_ids: list[str], *, share: bool = False) ->
 
 
 async def ledger_sum(conn: Conn, pool_id: str, period_key: str, source: str | None = None) -> int:
-    """What the ledger holds for a pool in one period (only rows of `source`, if given)."""
+    """What the ledger holds for a pool in one period (only rows of `source`, if given), from the running
+    totals kept with every ledger row."""
     value = await conn.fetchval(
-        """SELECT COALESCE(SUM(amount), 0)::bigint FROM ledger
-            WHERE pool_id = $1 AND period_key = $2 AND ($3::text IS NULL OR source = $3)""",
+        "SELECT used FROM pool_usage WHERE pool_id = $1 AND period_key = $2 AND source = $3",
         pool_id,
         period_key,
-        source,
+        source or "",
     )
-    return int(value)
-
-
-async def ledger_total(conn: Conn, pool_id: str) -> int:
-    value = await conn.fetchval(
-        "SELECT COALESCE(SUM(amount), 0)::bigint FROM ledger WHERE pool_id = $1", pool_id
-    )
-    return int(value)
+    return int(value or 0)
 
 
 async def governing_pools(
@@ -490,6 +483,15 @@ async def insert_ledger(
         source,
     )
     if inserted is not None:
+        for total in ("", source) if source == "vacation_share" else ("",):
+            await conn.execute(
+                """INSERT INTO pool_usage (pool_id, period_key, source, used) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (pool_id, period_key, source) DO UPDATE SET used = pool_usage.used + $4""",
+                pool_id,
+                period_key,
+                total,
+                amount,
+            )
         return int(inserted), True
     return int(
         await conn.fetchval("SELECT amount FROM ledger WHERE idempotency_key = $1", idempotency_key)

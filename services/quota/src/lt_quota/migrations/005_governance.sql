@@ -67,3 +67,15 @@ CREATE TABLE approvals (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX approvals_pending ON approvals (team_id) WHERE status = 'pending';
+
+-- Running totals of the ledger per pool, period and source ('' = every source), kept in the transaction
+-- that appends each ledger row: rebuilding a counter or checking a threshold reads one row, not a sum.
+CREATE TABLE pool_usage (
+    pool_id TEXT NOT NULL REFERENCES pools (id),
+    period_key TEXT NOT NULL,
+    source TEXT NOT NULL,
+    used BIGINT NOT NULL,
+    PRIMARY KEY (pool_id, period_key, source)
+);
+INSERT INTO pool_usage (pool_id, period_key, source, used)
+    SELECT pool_id, period_key, '', SUM(amount) FROM ledger GROUP BY pool_id, period_key;
