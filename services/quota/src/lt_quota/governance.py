@@ -5,7 +5,7 @@ caches; announced changes go through the outbox in the same transaction."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -423,7 +423,7 @@ class Governance:
         key_id = new_id()
         expires_at = None
         if fields.get("expires_in_days"):
-            expires_at = datetime.fromtimestamp(self.core.clock() / 1000).astimezone() + timedelta(
+            expires_at = datetime.fromtimestamp(self.core.clock() / 1000, UTC) + timedelta(
                 days=fields["expires_in_days"]
             )
         async with self.db.acquire() as conn, conn.transaction():
@@ -471,25 +471,32 @@ class Governance:
         return {"id": key_id, "revoked": True}
 
     async def rotate_key(self, principal: Principal, key_id: str) -> dict[str, Any]:
-        """Revoke a key and issue a new one with the same name, expiry and allowed models/priorities."""
-        async with self.db.acquire() as conn:
+        """Replace a key by a new secret with the same name, expiry, allowed models and priorities; its own
+        caps (and what they have used) move to the new key; the old key stops at once."""
+        api_key = generate_api_key()
+        new_key_id = new_id()
+        async with self.db.acquire() as conn, conn.transaction():
             old = await repo.get_key(conn, key_id, principal.user_id)
-        if old is None or old["revoked_at"] is not None:
-            raise NotFound(f"key {key_id} not found", code="key_not_found")
-        new = await self.create_key(
-            principal,
-            {
-                "name": old["name"],
-                "allowed_models": old["allowed_models"],
-                "allowed_priorities": old["allowed_priorities"],
-            },
-        )
-        async with self.db.acquire() as conn:
-            await conn.execute(
-                "UPDATE api_keys SET expires_at = $2 WHERE id = $1", new["id"], old["expires_at"]
+            if old is None or old["revoked_at"] is not None:
+                raise NotFound(f"key {key_id} not found", code="key_not_found")
+            await repo.insert_key(
+                conn,
+                new_key_id,
+                principal.user_id,
+                principal.org_id,
+                key_prefix(api_key),
+                hash_api_key(api_key),
+                old["name"],
+                expires_at=old["expires_at"],
+                allowed_models=old["allowed_models"],
+                allowed_priorities=old["allowed_priorities"],
             )
-        await self.revoke_key(principal, key_id)
-        return {**new, "expires_at": _iso(old["expires_at"]), "rotated_from": key_id}
+            await repo.move_key_pools(conn, key_id, new_key_id)
+            await repo.revoke_key(conn, key_id, principal.user_id)
+            row = await repo.get_key(conn, new_key_id, principal.user_id)
+        assert row is not None
+        self.core.invalidate()
+        return {**_key_view(row), "api_key": api_key, "rotated_from": key_id}
 
     # --- approvals ------------------------------------------------------------------------------------------
 

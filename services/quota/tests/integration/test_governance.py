@@ -405,6 +405,12 @@ async def test_org_pool_key_cap_and_session_budget_bound_every_charge(settings: 
         assert (await h.admit(key["api_key"], prompt_tokens=10, max_output_tokens=60)).status_code == 200
         r = await h.admit(key["api_key"], prompt_tokens=10, max_output_tokens=60, min_output_tokens=60)
         assert r.status_code == 402 and r.json()["error"]["code"] == "key_cap_exhausted"
+        # Rotation hands the cap (and what it used) to the new key; the old secret stops.
+        rotated = (await h.call("POST", f"/v1/users/me/keys/{key['id']}/rotate", user["api_key"])).json()
+        assert rotated["allowed_models"] == ["mock-*"] and rotated["expires_at"] == key["expires_at"]
+        r = await h.admit(rotated["api_key"], prompt_tokens=10, max_output_tokens=60, min_output_tokens=60)
+        assert r.status_code == 402 and r.json()["error"]["code"] == "key_cap_exhausted"
+        assert (await h.admit(key["api_key"], max_output_tokens=16)).status_code == 401
 
         # A session budget in micro-dollars: set, exhausted, reset.
         session = "s-" + uuid.uuid4().hex

@@ -303,6 +303,13 @@ async def _key_where(conn: Conn, clause: str, value: str) -> KeyRecord | None:
     )
 
 
+async def move_key_pools(conn: Conn, old_key_id: str, new_key_id: str) -> None:
+    """Hand a key's own caps to its replacement (rotation)."""
+    await conn.execute(
+        "UPDATE pools SET owner_id = $2 WHERE owner_type = 'key' AND owner_id = $1", old_key_id, new_key_id
+    )
+
+
 async def list_keys(conn: Conn, user_id: str) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
