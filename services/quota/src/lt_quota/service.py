@@ -437,6 +437,7 @@ class QuotaService:
             user_tokens=max(1, int(s.user_tokens_per_period * mult)),
             period_ms=int(s.bucket_period_s * 1000),
             strategy=s.bucket_strategy,
+            burst=s.bucket_burst,
             sources=tuple(sources),
             counters=tuple(counters),
         )

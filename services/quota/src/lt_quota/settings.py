@@ -29,8 +29,10 @@ class QuotaSettings(ServiceSettings):
     key_tokens_per_period: int = Field(default=200_000, ge=1)
     user_requests_per_period: int = Field(default=600, ge=1)
     user_tokens_per_period: int = Field(default=200_000, ge=1)
-    # leaky_bucket (drains continuously) or fixed_window (counts per period window).
-    bucket_strategy: Literal["leaky_bucket", "fixed_window"] = "leaky_bucket"
+    # leaky_bucket (drains continuously), token_bucket (refills continuously and may hold `bucket_burst`
+    # periods' worth) or fixed_window (counts per period window).
+    bucket_strategy: Literal["leaky_bucket", "token_bucket", "fixed_window"] = "leaky_bucket"
+    bucket_burst: float = Field(default=2.0, ge=1.0)
     # Tiers scale capacity (and so the leak rate) of a user's buckets; admins get a further multiplier.
     bucket_tiers: dict[str, float] = Field(
         default_factory=lambda: {"standard": 1.0, "pro": 2.0, "enterprise": 5.0}

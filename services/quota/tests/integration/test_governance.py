@@ -601,3 +601,20 @@ async def test_fixed_window_strategy_and_tier_multiplier(settings: QuotaSettings
         await h.call("PATCH", f"/v1/admin/users/{user['id']}", json={"tier": "pro"})  # 2x capacity
         r = await h.admit(user["api_key"], max_output_tokens=16)
         assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 4
+
+
+async def test_token_bucket_strategy_allows_a_burst_then_refills(settings: QuotaSettings) -> None:
+    clock = FakeClock()
+    tb = settings.model_copy(
+        update={"bucket_strategy": "token_bucket", "bucket_burst": 2.0, "key_requests_per_period": 2}
+    )
+    async with running(tb, clock) as h:
+        user = await h.user()
+        for _ in range(4):  # a burst of two periods' worth
+            assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 200
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 429 and r.headers["retry-after"] == "30"  # refills 2 per 60 s
+        clock.now_ms += 30_000
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 4
+        assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 429

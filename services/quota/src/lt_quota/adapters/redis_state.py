@@ -6,7 +6,7 @@ Layout (every key starts with the configured prefix, `lt:` by default):
     res:<reservation_id>                hash  n, k<i>/a<i>/u<i>/d<i> per leg, pool, amount, src, btok, bk1, bk2,
                                               user, request, expires
     res:by_expiry                       zset  reservation_id scored by expiry (ms)
-    bucket:<key|user>:<id>:<req|tok>    hash  level (float), ts (ms) [, win for fixed windows]
+    bucket:<key|user>:<id>:<req|tok>    hash  level (float: what is used), ts (ms), win (fixed windows)
     freeze:<user|key|session>:<id>      string reason, with the freeze's TTL (none: until lifted)
 
 Postgres is the truth: every counter can be rebuilt from the ledger (`used`), reservations are charged from
@@ -38,7 +38,15 @@ end
 local period = tonumber(ARGV[11])
 local strategy = ARGV[12]
 local names = {'key_requests', 'key_tokens', 'user_requests', 'user_tokens'}
-local caps = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])}
+-- ARGV[7..10] are the amounts per period: the leak (or refill) rate. A token bucket may hold a burst of
+-- more than one period's worth (ARGV[21] times); a leaky bucket and a fixed window hold exactly that.
+local caps, rates = {}, {}
+local burst = 1
+if strategy == 'token_bucket' then burst = tonumber(ARGV[21]) end
+for i = 1, 4 do
+  rates[i] = tonumber(ARGV[6 + i]) / period
+  caps[i] = math.floor(tonumber(ARGV[6 + i]) * burst)
+end
 local lv, ts, win = {}, {}, {}
 local window = math.floor(now / period)
 for i = 1, 4 do
@@ -48,11 +56,11 @@ for i = 1, 4 do
     if tonumber(v[3]) ~= window then level = 0 end
     ts[i] = now
   else
-    -- leaky bucket: the level drains at capacity / period
+    -- leaky bucket (level drains) or token bucket (tokens = capacity - level refill): same rate either way
     local last = tonumber(v[2]) or now
     local elapsed = now - last
     if elapsed < 0 then elapsed = 0 end
-    level = level - elapsed * caps[i] / period
+    level = level - elapsed * rates[i]
     if level < 0 then level = 0 end
     ts[i] = math.max(last, now)
   end
@@ -64,7 +72,7 @@ local function wait_ms(i, cost)
   local over = lv[i] + cost - caps[i]
   if over <= 0 then return 0 end
   if strategy == 'fixed_window' then return (window + 1) * period - now end
-  return math.ceil(over * period / caps[i])
+  return math.ceil(over / rates[i])
 end
 
 local function rate_denial(i1, i2, cost)
@@ -87,7 +95,7 @@ local pin = tonumber(ARGV[5])
 local pout = tonumber(ARGV[6])
 local nc = tonumber(ARGV[19])
 local na = tonumber(ARGV[20])
-local base = 20 + na
+local base = 21 + na
 local lim, rem, unit, grp, label, leg = {}, {}, {}, {}, {}, {}
 for i = 1, nc do
   local o = base + 5 * (i - 1)
@@ -172,9 +180,9 @@ for i = 1, 4 do
   lv[i] = lv[i] + c
   redis.call('HSET', KEYS[3 + i], 'level', string.format('%.6f', lv[i]), 'ts', string.format('%d', ts[i]),
     'win', window)
-  redis.call('PEXPIRE', KEYS[3 + i], math.ceil(period) * 2 + 1000)
+  redis.call('PEXPIRE', KEYS[3 + i], math.ceil(period * (burst + 1)) + 1000)
 end
-local src = ARGV[20 + chosen]
+local src = ARGV[21 + chosen]
 redis.call('HSET', KEYS[8], 'n', n, 'pool', pool, 'amount', reserved, 'src', src, 'btok', btok,
   'bk1', KEYS[5], 'bk2', KEYS[7], 'user', ARGV[16], 'request', ARGV[17], 'expires', ARGV[14])
 redis.call('ZADD', KEYS[9], ARGV[14], ARGV[13])
@@ -186,7 +194,7 @@ local function view(i1, i2)
   if r2 < r1 then i = i2 end
   local rest = math.max(math.floor(caps[i] - lv[i]), 0)
   if strategy == 'fixed_window' then return caps[i], rest, (window + 1) * period - now end
-  return caps[i], rest, math.ceil(lv[i] * period / caps[i])
+  return caps[i], rest, math.ceil(lv[i] / rates[i])
 end
 local lr, rr, tr = view(1, 3)
 local lt, rt, tt = view(2, 4)
@@ -283,6 +291,7 @@ class AdmitArgs:
     user_tokens: int
     period_ms: int
     strategy: str
+    burst: float
     sources: tuple[str, ...]
     counters: tuple[Counter, ...] = field(default_factory=tuple)
 
@@ -341,7 +350,7 @@ class RedisState:
             self.expiry_key,
             *(c.key for c in a.counters),
         ]
-        args: list[str | int] = [
+        args: list[str | int | float] = [
             a.now_ms,
             a.prompt_tokens,
             a.max_output_tokens,
@@ -362,6 +371,7 @@ class RedisState:
             a.bucket_output_tokens,
             len(a.counters),
             len(a.sources),
+            a.burst,
             *a.sources,
         ]
         for c in a.counters:
