@@ -461,6 +461,14 @@ class Governance:
             rows = await repo.list_keys(conn, principal.user_id)
         return [_key_view(r) for r in rows]
 
+    async def user_principal(self, admin: Principal, user_id: str) -> Principal:
+        """A principal for a user of the admin's org, so an admin can act on that user's keys and quota."""
+        async with self.db.acquire() as conn:
+            user = await repo.get_user(conn, user_id, admin.org_id)
+        if user is None:
+            raise NotFound(f"user {user_id} not found", code="user_not_found")
+        return Principal(user_id=user.id, org_id=user.org_id, team_id=user.team_id, email=user.email)
+
     async def revoke_key(self, principal: Principal, key_id: str) -> dict[str, Any]:
         """Revoke one of the caller's keys; takes effect at once in this process."""
         async with self.db.acquire() as conn:

@@ -560,6 +560,22 @@ async def test_users_see_only_their_own_data_and_managers_their_teams(settings: 
         assert {m["id"] for m in teams[0]["members"]} == {alice["id"], boss["id"]}
         assert teams[0]["pools"][0]["limit"] == 777
 
+        # An admin acts on others: reads a user's quota and keys, revokes one; a user cannot.
+        r = await h.call("GET", f"/v1/admin/users/{bob['id']}/quota")
+        assert r.status_code == 200 and r.json()["personal_quota"] == 222
+        assert (
+            await h.call("GET", f"/v1/admin/users/{bob['id']}/quota", alice["api_key"])
+        ).status_code == 403
+        assert (await h.call("GET", "/v1/admin/users/nobody/keys")).status_code == 404
+        r = await h.call("PATCH", "/v1/admin/org", json={"timezone": "Mars/Olympus"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "timezone"
+        spare = (await h.call("POST", "/v1/users/me/keys", alice["api_key"], json={"name": "spare"})).json()
+        listed = (await h.call("GET", f"/v1/admin/users/{alice['id']}/keys")).json()["data"]
+        assert spare["id"] in {k["id"] for k in listed} and all("api_key" not in k for k in listed)
+        r = await h.call("DELETE", f"/v1/admin/users/{alice['id']}/keys/{spare['id']}")
+        assert r.status_code == 200
+        assert (await h.admit(spare["api_key"], max_output_tokens=16)).status_code == 401
+
         # Rotation: the old key stops, the new one works.
         rotated = (await h.call("POST", f"/v1/users/me/keys/{bob_key}/rotate", bob["api_key"])).json()
         assert rotated["rotated_from"] == bob_key and rotated["api_key"] != bob["api_key"]

@@ -83,6 +83,21 @@ async def update_user(user_id: str, body: UpdateUserBody, admin: AdminDep, gov: 
     return UserView.model_validate(user, from_attributes=True)
 
 
+@public_router.get("/v1/admin/users/{user_id}/quota")
+async def user_quota(user_id: str, admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
+    return await gov.my_quota(await gov.user_principal(admin, user_id))
+
+
+@public_router.get("/v1/admin/users/{user_id}/keys")
+async def user_keys(user_id: str, admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
+    return {"object": "list", "data": await gov.list_keys(await gov.user_principal(admin, user_id))}
+
+
+@public_router.delete("/v1/admin/users/{user_id}/keys/{key_id}")
+async def revoke_user_key(user_id: str, key_id: str, admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
+    return await gov.revoke_key(await gov.user_principal(admin, user_id), key_id)
+
+
 @public_router.post("/v1/admin/teams", status_code=status.HTTP_201_CREATED)
 async def create_team(body: CreateTeamBody, admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
     return await gov.create_team(admin, name=body.name, pool=body.pool)

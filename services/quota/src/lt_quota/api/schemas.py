@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 __all__ = [
     "AddMemberBody",
@@ -126,6 +127,18 @@ class OrgBody(BaseModel):
     default_session_budget_usd_micros: Amount | None = None
     strict_sessions: bool | None = None
     privacy_strict: bool | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(
+                    f"unknown time zone {value!r} (use an IANA name like Europe/Berlin)"
+                ) from exc
+        return value
 
 
 class CreatePoolBody(BaseModel):
