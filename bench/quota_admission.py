@@ -168,9 +168,8 @@ async def bench(url: str, kafka: str, args: argparse.Namespace) -> None:
         )
         await publisher.start()
         try:
-            t0 = time.perf_counter()
-            for a in reservations:
-                event = UsageRecorded(
+            events = [
+                UsageRecorded(
                     request_id=uuid.uuid4().hex,
                     reservation_id=a["reservation_id"],
                     user_id=target["id"],
@@ -181,7 +180,16 @@ async def bench(url: str, kafka: str, args: argparse.Namespace) -> None:
                     provider="mock",
                     total_tokens=50,
                 )
-                await publisher.publish(Topics.USAGE, event, key=target["id"])
+                for a in reservations
+            ]
+            t0 = time.perf_counter()
+            for chunk in range(0, len(events), 500):  # concurrent sends batch in the producer
+                await asyncio.gather(
+                    *(
+                        publisher.publish(Topics.USAGE, e, key=target["id"])
+                        for e in events[chunk : chunk + 500]
+                    )
+                )
             published = time.perf_counter() - t0
             while True:
                 quota = await q.call("GET", "/v1/users/me/quota", target["api_key"])

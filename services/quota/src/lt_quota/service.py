@@ -634,18 +634,18 @@ class QuotaService:
     ) -> int:
         """Write one ledger row per pool leg and apply the settlement to Redis, under the pools' row locks;
         then announce the thresholds the charge made a pool reach. Returns 1 if Redis was settled."""
-        pool_ids = sorted({leg.pool_id for leg in legs})
         settled = 0
         async with self.db.acquire() as conn, conn.transaction():
             if inbox_event_id is not None and not await repo.claim_inbox(conn, inbox_event_id):
                 return 0
-            await repo.lock_pools(conn, pool_ids)
+            pools = await repo.lock_pools(conn, [leg.pool_id for leg in legs])
             recorded: list[int] = []
+            charged: list[tuple[repo.PoolRecord, str, int, int]] = []  # pool, period, total, this charge
             for leg, amount in zip(legs, actual, strict=True):
                 if leg.vacation:  # the team pool's row (the leg before) is the truth of the vacation share
                     recorded.append(recorded[-1] if recorded else amount)
                     continue
-                value, _ = await repo.insert_ledger(
+                value, used = await repo.insert_ledger(
                     conn,
                     leg.pool_id,
                     amount,
@@ -656,6 +656,8 @@ class QuotaService:
                     source=source,
                 )
                 recorded.append(value)
+                if used is not None and leg.pool_id in pools:
+                    charged.append((pools[leg.pool_id], leg.period_key, used, value))
             if from_redis:
                 settled = int(await self.state.settle(reservation_id, actual_tokens, recorded))
             if not settled:
@@ -665,33 +667,37 @@ class QuotaService:
                         conn, leg.pool_id, leg.period_key, "vacation_share" if leg.vacation else None
                     )
                     await self.state.resync_used(leg.key, used)
-            await self._announce_thresholds(conn, [leg for leg in legs if not leg.vacation])
+            for pool, period_key, used, amount in charged:
+                await self._announce_thresholds(conn, pool, period_key, used, amount)
         return settled
 
-    async def _announce_thresholds(self, conn: asyncpg.Connection, legs: list[Leg]) -> None:
-        """QuotaThresholdReached once per pool, period and percentage (80/90/100)."""
-        for leg in legs:
-            pool = await repo.pool_by_id(conn, leg.pool_id)
-            if pool is None or pool.owner_type not in ("user", "team", "org"):
+    async def _announce_thresholds(
+        self, conn: asyncpg.Connection, pool: repo.PoolRecord, period_key: str, used: int, amount: int
+    ) -> None:
+        """QuotaThresholdReached once per user/team/org pool, period and percentage (80/90/100) that this
+        charge reached."""
+        if pool.owner_type not in ("user", "team", "org"):
+            return
+        before = set(thresholds_crossed(used - amount, pool.limit))
+        for percent in thresholds_crossed(used, pool.limit):
+            if percent in before:
                 continue
-            used = await repo.ledger_sum(conn, pool.id, leg.period_key)
-            for percent in thresholds_crossed(used, pool.limit):
-                if not await repo.claim_threshold(conn, pool.id, leg.period_key, percent):
-                    continue
-                per = period_of(pool.period, self.clock(), await self._timezone(conn, pool.org_id))
-                event = QuotaThresholdReached(
-                    producer="quota",
-                    pool_id=pool.id,
-                    owner_type=pool.owner_type,
-                    owner_id=pool.owner_id,
-                    org_id=pool.org_id,
-                    percent=percent,
-                    limit=pool.limit,
-                    used=used,
-                    unit=pool.unit,
-                    period_start=per.start if per.key == leg.period_key else None,
-                )
-                await write_outbox(conn, Topics.QUOTA_EVENTS, event, key=pool.id)
+            if not await repo.claim_threshold(conn, pool.id, period_key, percent):
+                continue
+            per = period_of(pool.period, self.clock(), await self._timezone(conn, pool.org_id))
+            event = QuotaThresholdReached(
+                producer="quota",
+                pool_id=pool.id,
+                owner_type=pool.owner_type,
+                owner_id=pool.owner_id,
+                org_id=pool.org_id,
+                percent=percent,
+                limit=pool.limit,
+                used=used,
+                unit=pool.unit,
+                period_start=per.start if per.key == period_key else None,
+            )
+            await write_outbox(conn, Topics.QUOTA_EVENTS, event, key=pool.id)
 
     # --- commands -------------------------------------------------------------------------------------------
 

@@ -415,12 +415,15 @@ async def pools_by_ids(conn: Conn, pool_ids: list[str]) -> list[PoolRecord]:
     return [_pool(r) for r in rows]
 
 
-async def lock_pools(conn: Conn, pool_ids: list[str], *, share: bool = False) -> None:
-    """Row-lock pools in id order (no deadlocks): serialises ledger writes with counter rebuilds."""
+async def lock_pools(conn: Conn, pool_ids: list[str], *, share: bool = False) -> dict[str, PoolRecord]:
+    """Row-lock pools in id order (no deadlocks) and return them: serialises ledger writes with counter
+    rebuilds."""
     mode = "SHARE" if share else "UPDATE"
-    await conn.execute(
-        f"SELECT 1 FROM pools WHERE id = ANY($1::text[]) ORDER BY id FOR {mode}", sorted(set(pool_ids))
+    rows = await conn.fetch(
+        f"SELECT {_POOL_COLUMNS} FROM pools WHERE id = ANY($1::text[]) ORDER BY id FOR {mode}",
+        sorted(set(pool_ids)),
     )
+    return {r["id"]: _pool(r) for r in rows}
 
 
 async def ledger_sum(conn: Conn, pool_id: str, period_key: str, source: str | None = None) -> int:
@@ -475,12 +478,23 @@ async def insert_ledger(
     *,
     period_key: str = "",
     source: str | None = None,
-) -> tuple[int, bool]:
-    """Append a ledger row unless its idempotency key exists; (amount recorded under that key, inserted)."""
-    inserted = await conn.fetchval(
-        """INSERT INTO ledger (pool_id, amount, kind, idempotency_key, request_id, period_key, source)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (idempotency_key) DO NOTHING RETURNING amount""",
+) -> tuple[int, int | None]:
+    """Append a ledger row unless its idempotency key exists, and add it to the running totals, in one
+    statement. Returns (amount recorded under that key, the period's running total if this call inserted
+    it, else None)."""
+    totals = ["", source] if source == "vacation_share" else [""]
+    row = await conn.fetchrow(
+        """WITH ins AS (
+               INSERT INTO ledger (pool_id, amount, kind, idempotency_key, request_id, period_key, source)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (idempotency_key) DO NOTHING RETURNING amount
+           ), tot AS (
+               INSERT INTO pool_usage (pool_id, period_key, source, used)
+               SELECT $1, $6, t, ins.amount FROM ins, unnest($8::text[]) AS t
+               ON CONFLICT (pool_id, period_key, source) DO UPDATE SET used = pool_usage.used + EXCLUDED.used
+               RETURNING source, used
+           )
+           SELECT (SELECT amount FROM ins) AS inserted, (SELECT used FROM tot WHERE source = '') AS used""",
         pool_id,
         amount,
         kind,
@@ -488,21 +502,12 @@ async def insert_ledger(
         request_id,
         period_key,
         source,
+        totals,
     )
-    if inserted is not None:
-        for total in ("", source) if source == "vacation_share" else ("",):
-            await conn.execute(
-                """INSERT INTO pool_usage (pool_id, period_key, source, used) VALUES ($1, $2, $3, $4)
-                   ON CONFLICT (pool_id, period_key, source) DO UPDATE SET used = pool_usage.used + $4""",
-                pool_id,
-                period_key,
-                total,
-                amount,
-            )
-        return int(inserted), True
-    return int(
-        await conn.fetchval("SELECT amount FROM ledger WHERE idempotency_key = $1", idempotency_key)
-    ), False
+    if row["inserted"] is not None:
+        return int(row["inserted"]), int(row["used"])
+    value = await conn.fetchval("SELECT amount FROM ledger WHERE idempotency_key = $1", idempotency_key)
+    return int(value), None
 
 
 async def claim_threshold(conn: Conn, pool_id: str, period_key: str, percent: int) -> bool:
