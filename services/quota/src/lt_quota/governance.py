@@ -402,7 +402,7 @@ class Governance:
             await self._admin_pool(conn, admin, pool_id)
             await repo.lock_pools(conn, [pool_id])
             await repo.update_pool(conn, pool_id, limit, period)
-        await self.core.sync_limit(pool_id)
+        await self.core._sync_limit(pool_id)
         return await self.get_pool(admin, pool_id)
 
     async def delete_pool(self, admin: Principal, pool_id: str) -> dict[str, Any]:
@@ -591,7 +591,7 @@ class Governance:
             )
             await write_outbox(conn, Topics.QUOTA_EVENTS, event, key=approval_id)
         if changed_pool is not None:
-            await self.core.sync_limit(changed_pool)
+            await self.core._sync_limit(changed_pool)
         return _approval_view(decided)
 
     # --- session budgets ------------------------------------------------------------------------------------
@@ -627,7 +627,7 @@ class Governance:
             await repo.lock_pools(conn, [pool.id])
             await repo.set_pool_limit(conn, pool.id, budget)
         self.core.forget_session(admin.org_id, session_id)
-        await self.core.sync_limit(pool.id)
+        await self.core._sync_limit(pool.id)
         return await self.get_session(admin, session_id)
 
     async def reset_session(self, admin: Principal, session_id: str) -> dict[str, Any]:
@@ -643,7 +643,7 @@ class Governance:
             await repo.set_pool_limit(conn, pool.id, org.default_session_budget_usd_micros)
             await self.state.resync_used(self.state.pool_key(pool.id), 0)
         self.core.forget_session(admin.org_id, session_id)
-        await self.core.sync_limit(pool.id)
+        await self.core._sync_limit(pool.id)
         return await self.get_session(admin, session_id)
 
     # --- Leaky Tokens aliases -------------------------------------------------------------------------------

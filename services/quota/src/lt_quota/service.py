@@ -800,9 +800,9 @@ class QuotaService:
                     changed_pool = pool.id
             await write_outbox(conn, Topics.SAGA_REPLIES, reply, key=cmd.saga_id)
         if changed_pool is not None:
-            await self.sync_limit(changed_pool)
+            await self._sync_limit(changed_pool)
 
-    async def sync_limit(self, pool_id: str) -> None:
+    async def _sync_limit(self, pool_id: str) -> None:
         """Make Redis hold a pool's limit from Postgres (after a credit, debit, approval or admin change)."""
         async with self.db.acquire() as conn:
             pool = await repo.pool_by_id(conn, pool_id)
