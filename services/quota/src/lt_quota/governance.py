@@ -608,9 +608,20 @@ class Governance:
         }
 
     async def get_session(self, admin: Principal, session_id: str) -> dict[str, Any]:
+        """A session's budget; a session never seen shows the org's default budget, untouched."""
         async with self.db.acquire() as conn:
             org = await self._org(conn, admin.org_id)
-        pool = await self.core.session_pool(org, session_id)
+            pool = await repo.session_pool(conn, org.id, session_id)
+        if pool is None:
+            budget = org.default_session_budget_usd_micros
+            return {
+                "session_id": session_id,
+                "pool_id": None,
+                "budget_usd_micros": budget,
+                "spent_usd_micros": 0,
+                "reserved_usd_micros": 0,
+                "remaining_usd_micros": budget,
+            }
         return await self._session_view(pool, session_id)
 
     async def list_sessions(self, admin: Principal) -> list[dict[str, Any]]:

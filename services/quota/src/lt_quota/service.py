@@ -85,6 +85,7 @@ _EXHAUSTED = {
     "session": ("session_budget_exhausted", "session budget exhausted"),
 }
 _CACHE_MAX = 10_000
+_SESSION_ID_MAX = 200
 _PRIORITIES = ("low", "normal", "high", "critical")
 
 
@@ -385,6 +386,12 @@ class QuotaService:
             raise
         org = record.org
         session_id = req.session_id
+        if session_id is not None and not 0 < len(session_id) <= _SESSION_ID_MAX:
+            raise InvalidRequest(
+                f"a session id has 1 to {_SESSION_ID_MAX} characters",
+                code="invalid_session_id",
+                param="session_id",
+            )
         if org is not None and org.strict_sessions and not session_id:
             raise InvalidRequest(
                 "this organisation requires a session id (X-Session-ID header or ?session_id=)",

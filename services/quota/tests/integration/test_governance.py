@@ -414,6 +414,16 @@ async def test_org_pool_key_cap_and_session_budget_bound_every_charge(settings: 
 
         # A session budget in micro-dollars: set, exhausted, reset.
         session = "s-" + uuid.uuid4().hex
+        unseen = (await h.call("GET", f"/v1/admin/sessions/{session}")).json()
+        assert (
+            unseen["pool_id"] is None
+            and unseen["budget_usd_micros"] == org["default_session_budget_usd_micros"]
+        )
+        assert session not in {
+            s["session_id"] for s in (await h.call("GET", "/v1/admin/sessions")).json()["data"]
+        }
+        r = await h.admit(user["api_key"], session_id="x" * 201, max_output_tokens=16)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_session_id"
         r = await h.call("PUT", f"/v1/admin/sessions/{session}/budget", json={"budget_usd_micros": 1000})
         assert r.status_code == 200 and r.json()["budget_usd_micros"] == 1000
         prices = {"input_usd_micros_per_mtok": 1_000_000, "output_usd_micros_per_mtok": 1_000_000}
