@@ -480,14 +480,12 @@ class QuotaService:
 
     async def _ensure_counters(self, counters: list[Counter]) -> None:
         states = await self.state.counter_states([c.key for c in counters])
-        lost = False
         for c in counters:
             if states[c.key] is None:
                 leg = Leg.parse(c.key, c.leg, c.unit)
                 await self.load_counter(c.key, leg.pool_id, leg.period_key, leg.vacation)
-                lost = lost or (not leg.period_key and c.label != "session")
-        if lost:
-            # A pool without a period was missing: Redis lost its state, freezes included.
+        if await self.state.was_lost():
+            # Redis lost its data (flushed or restarted empty): the freezes went with it.
             await self.restore_freezes()
 
     @staticmethod
@@ -888,6 +886,7 @@ class QuotaService:
         targets = {(r.target_type, r.target_id) for r in records}
         for target_type, target_id in targets:
             await self._sync_freeze(target_type, target_id)
+        await self.state.mark_restored()
         return len(targets)
 
     async def _freeze_owner(

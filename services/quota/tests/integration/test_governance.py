@@ -226,6 +226,12 @@ async def test_redis_flushed_mid_run_loses_no_charge(settings: QuotaSettings, re
         ]
         for a in before[:5]:
             await h.settle(a, 50)
+        r = await h.call(
+            "POST",
+            "/v1/admin/freezes",
+            json={"target_type": "session", "target_id": "held", "reason": "audit"},
+        )
+        assert r.status_code == 201
         redis: Redis = Redis.from_url(redis_url)
         try:
             await redis.flushall()
@@ -235,6 +241,9 @@ async def test_redis_flushed_mid_run_loses_no_charge(settings: QuotaSettings, re
         for a in before[5:]:
             await h.settle(a, 70)
         after = (await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=100)).json()
+        # The first admission after the loss restored the freezes from Postgres as well.
+        r = await h.admit(user["api_key"], session_id="held", max_output_tokens=16)
+        assert r.status_code == 403 and r.json()["error"]["reason"] == "audit"
         await h.settle(after, 30)
         await h.settle(after, 30)  # duplicate: once
         assert await h.ledger(user["pool_id"]) == 5 * 50 + 5 * 70 + 30

@@ -8,6 +8,7 @@ Layout (every key starts with the configured prefix, `lt:` by default):
     res:by_expiry                       zset  reservation_id scored by expiry (ms)
     bucket:<key|user>:<id>:<req|tok>    hash  level (float: what is used), ts (ms), win (fixed windows)
     freeze:<user|key|session>:<id>      string reason, with the freeze's TTL (none: until lifted)
+    restored                            string set once freezes are restored; gone = Redis lost its data
 
 Postgres is the truth: every counter can be rebuilt from the ledger (`used`), reservations are charged from
 the ledger's idempotent rows, and the scripts only keep the hot copy exact between rebuilds.
@@ -424,6 +425,14 @@ class RedisState:
         """Live numbers of pools without a period, by pool id."""
         states = await self.counter_states([self.pool_key(p) for p in pool_ids])
         return {p: states[self.pool_key(p)] for p in pool_ids}
+
+    async def mark_restored(self) -> None:
+        """Note that freezes were written from Postgres; the marker vanishes when Redis loses its data."""
+        await self.redis.set(f"{self._p}restored", "1")
+
+    async def was_lost(self) -> bool:
+        """True if Redis lost its data since the last `mark_restored`."""
+        return not await self.redis.exists(f"{self._p}restored")
 
     async def freeze(self, target_type: str, target_id: str, reason: str, ttl_ms: int | None) -> None:
         """Freeze a user, key or session for `ttl_ms` (None: until unfrozen)."""
