@@ -511,6 +511,8 @@ class QuotaService:
         code, what = _EXHAUSTED.get(outcome.detail, _EXHAUSTED["personal"])
         unit = "micro-dollars" if outcome.detail == "session" else "left"
         extra: dict[str, Any] = {"approval": APPROVAL_GUIDE}
+        if outcome.detail == "personal":
+            extra["approval"] = {**APPROVAL_GUIDE, "personal_quota_remaining": outcome.remaining}
         if outcome.detail == "session" and session is not None:
             extra["budget"] = {
                 "budget_usd_micros": session.limit,

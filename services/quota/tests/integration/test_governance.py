@@ -307,6 +307,7 @@ async def test_personal_pool_first_then_denial_with_approval_guide(settings: Quo
         assert error["type"] == "insufficient_quota" and error["code"] == "personal_pool_exhausted"
         assert error["approval"]["endpoint"] == "POST /v1/approvals"
         assert "requested_credits" in error["approval"]["required_fields"]
+        assert error["approval"]["personal_quota_remaining"] == 50
 
 
 async def test_critical_priority_draws_on_the_team_pool_only_when_allowed(settings: QuotaSettings) -> None:
