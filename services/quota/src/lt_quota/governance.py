@@ -692,14 +692,21 @@ class Governance:
         record = await self.core.record_for(principal)
         admitted = await self.core.admit_record(
             record,
-            AdmitRequest(
+            # No output: the reservation is exactly `tokens` (bypassing the contract's minimum of 1).
+            AdmitRequest.model_construct(
                 api_key="",
                 request_id=request_id,
                 model="*",
                 provider=provider,
                 prompt_tokens=tokens,
-                max_output_tokens=1,
-                min_output_tokens=1,
+                max_output_tokens=None,
+                model_max_output_tokens=0,
+                min_output_tokens=0,
+                input_usd_micros_per_mtok=0,
+                output_usd_micros_per_mtok=0,
+                session_id=None,
+                priority=None,
+                privacy=None,
             ),
         )
         event = UsageRecorded(

@@ -614,10 +614,12 @@ async def test_leaky_tokens_aliases(settings: QuotaSettings) -> None:
         assert r.status_code == 200, r.text
         assert r.json()["allowed"] and r.json()["remaining"] == 700
         assert await h.ledger(user["pool_id"]) == 300
-        r = await h.call("POST", "/api/v1/tokens/consume", user["api_key"], json={"tokens": 800})
+        r = await h.call("POST", "/api/v1/tokens/consume", user["api_key"], json={"tokens": 701})
         assert r.status_code == 402
+        r = await h.call("POST", "/api/v1/tokens/consume", user["api_key"], json={"tokens": 700})
+        assert r.status_code == 200 and r.json()["remaining"] == 0  # exactly what is left
         quota = (await h.call("GET", "/api/v1/tokens/quota", user["api_key"])).json()
-        assert quota["pools"][0]["used"] == 300
+        assert quota["pools"][0]["used"] == 1000
         assert (
             await h.call("GET", "/api/v1/tokens/quota?provider=openai", user["api_key"])
         ).status_code == 200
