@@ -160,15 +160,32 @@ class QuotaService:
             )
 
     async def load_pools(self, pool_ids: list[str] | None = None) -> int:
-        """Load the current-period counters of pools missing from Redis (used = ledger); returns how many."""
-        async with self.db.acquire() as conn:
-            pools = await (repo.pools_by_ids(conn, pool_ids) if pool_ids else repo.pools_to_load(conn))
-            zones = {o: await self._timezone(conn, o) for o in {p.org_id for p in pools}}
+        """Load the current-period counters of pools missing from Redis (used = ledger); returns how many.
+        One transaction holds the pools' share locks, so no settlement is between its ledger write and its
+        counter update while the totals are read."""
+        now = self.clock()
         loaded = 0
-        for pool in pools:
-            per = period_of(pool.period, self.clock(), zones[pool.org_id])
-            loaded += await self.load_counter(self.state.pool_key(pool.id, per.key), pool.id, per.key, False)
+        async with self.db.acquire() as conn, conn.transaction():
+            pools = await (repo.pools_by_ids(conn, pool_ids) if pool_ids else repo.pools_to_load(conn))
+            await repo.lock_pools(conn, [p.id for p in pools], share=True)
+            zones = {o: await self._timezone(conn, o) for o in {p.org_id for p in pools}}
+            periods = {p.id: period_of(p.period, now, zones[p.org_id]) for p in pools}
+            used = await repo.period_totals(conn, [(p.id, periods[p.id].key) for p in pools])
+            for pool in pools:
+                per = periods[pool.id]
+                loaded += await self.state.load_counter(
+                    self.state.pool_key(pool.id, per.key),
+                    pool.limit,
+                    used.get(pool.id, 0),
+                    self._counter_ttl_ms(per.end),
+                )
         return loaded
+
+    def _counter_ttl_ms(self, period_end: datetime | None) -> int:
+        """Periodic counters expire a day after their period ends; others never."""
+        if period_end is None:
+            return 0
+        return max(int(period_end.timestamp() * 1000) - self.clock() + 86_400_000, 0)
 
     async def _timezone(self, conn: asyncpg.Connection, org_id: str) -> str:
         org = await repo.org_settings(conn, org_id)
@@ -178,16 +195,13 @@ class QuotaService:
         """Create a counter from the ledger if Redis lacks it (under the pool's share lock, so no settlement
         is between its ledger write and its counter update)."""
         async with self.db.acquire() as conn, conn.transaction():
-            await repo.lock_pools(conn, [pool_id], share=True)
-            pool = await repo.pool_by_id(conn, pool_id)
+            pool = (await repo.lock_pools(conn, [pool_id], share=True)).get(pool_id)
             if pool is None:
                 return False
             used = await repo.ledger_sum(conn, pool_id, period_key, "vacation_share" if vacation else None)
-            ttl_ms = 0
-            if period_key:
-                per = period_of(pool.period, self.clock(), await self._timezone(conn, pool.org_id))
-                ttl_ms = int(per.end.timestamp() * 1000) - self.clock() + 86_400_000 if per.end else 0
-            return await self.state.load_counter(key, 0 if vacation else pool.limit, used, max(ttl_ms, 0))
+            per = period_of(pool.period, self.clock(), await self._timezone(conn, pool.org_id))
+            ttl_ms = self._counter_ttl_ms(per.end) if period_key else 0
+            return await self.state.load_counter(key, 0 if vacation else pool.limit, used, ttl_ms)
 
     # --- authentication and admission (hot path) ------------------------------------------------------------
 

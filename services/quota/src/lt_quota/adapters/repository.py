@@ -426,6 +426,19 @@ async def lock_pools(conn: Conn, pool_ids: list[str], *, share: bool = False) ->
     return {r["id"]: _pool(r) for r in rows}
 
 
+async def period_totals(conn: Conn, pairs: list[tuple[str, str]]) -> dict[str, int]:
+    """Running totals (every source) of many pools, each for its own period: pool id -> used."""
+    rows = await conn.fetch(
+        """SELECT u.pool_id, u.used FROM pool_usage u
+             JOIN unnest($1::text[], $2::text[]) AS w (pool_id, period_key)
+               ON u.pool_id = w.pool_id AND u.period_key = w.period_key
+            WHERE u.source = ''""",
+        [p for p, _ in pairs],
+        [k for _, k in pairs],
+    )
+    return {r["pool_id"]: int(r["used"]) for r in rows}
+
+
 async def ledger_sum(conn: Conn, pool_id: str, period_key: str, source: str | None = None) -> int:
     """What the ledger holds for a pool in one period (only rows of `source`, if given), from the running
     totals kept with every ledger row."""
