@@ -310,6 +310,8 @@ class Governance:
                     per = period_of(v["period"], self.core.clock(), org.timezone)
                     key = self.state.vacation_key(v["id"], per.key or "-")
                     st = (await self.state.counter_states([key]))[key]
+                    if st is None and await self.core.load_counter(key, v["id"], per.key, True):
+                        st = (await self.state.counter_states([key]))[key]
                     borrowed = (st.used + st.reserved) if st else 0
                     allowance = v["limit"] * org.vacation_share_percent // 100 - borrowed
                     share += max(0, min(allowance, v["remaining"]))

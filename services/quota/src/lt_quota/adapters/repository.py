@@ -391,15 +391,6 @@ async def pool_by_id(conn: Conn, pool_id: str, *, for_update: bool = False) -> P
     return None if row is None else _pool(row)
 
 
-async def user_pools(conn: Conn, user_id: str) -> list[PoolRecord]:
-    rows = await conn.fetch(
-        f"""SELECT {_POOL_COLUMNS} FROM pools
-            WHERE owner_type = 'user' AND owner_id = $1 ORDER BY created_at""",
-        user_id,
-    )
-    return [_pool(r) for r in rows]
-
-
 async def set_pool_limit(conn: Conn, pool_id: str, limit: int) -> None:
     await conn.execute('UPDATE pools SET "limit" = $2 WHERE id = $1', pool_id, limit)
 
@@ -735,14 +726,6 @@ async def update_user(conn: Conn, user_id: str, org_id: str, fields: dict[str, o
         *(fields[c] for c in cols),
     )
     return value is not None
-
-
-async def user_policy(conn: Conn, user_id: str) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT default_priority, allow_priority_bypass, privacy_default, tier FROM users WHERE id = $1",
-        user_id,
-    )
-    return row
 
 
 async def update_org(conn: Conn, org_id: str, fields: dict[str, object]) -> None:
