@@ -587,6 +587,8 @@ async def test_users_see_only_their_own_data_and_managers_their_teams(settings: 
             await h.call("GET", f"/v1/admin/users/{bob['id']}/quota", alice["api_key"])
         ).status_code == 403
         assert (await h.call("GET", "/v1/admin/users/nobody/keys")).status_code == 404
+        r = await h.call("PATCH", f"/v1/admin/users/{bob['id']}", json={"status": None, "tier": None})
+        assert r.status_code == 200 and r.json()["status"] == "active"  # null means "leave as is"
         r = await h.call("PATCH", "/v1/admin/org", json={"timezone": "Mars/Olympus"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "timezone"
         spare = (await h.call("POST", "/v1/users/me/keys", alice["api_key"], json={"name": "spare"})).json()

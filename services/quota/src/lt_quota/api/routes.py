@@ -40,7 +40,7 @@ public_router = APIRouter(tags=["quota"])
 
 
 def _set(body: Any) -> dict[str, Any]:
-    return dict(body.model_dump(exclude_unset=True))
+    return dict(body.model_dump(exclude_unset=True, exclude_none=True))
 
 
 @internal_router.post("/authenticate")
