@@ -658,3 +658,35 @@ async def test_token_bucket_strategy_allows_a_burst_then_refills(settings: Quota
         r = await h.admit(user["api_key"], max_output_tokens=16)
         assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 4
         assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 429
+
+
+async def test_no_route_answers_500_to_junk(settings: QuotaSettings) -> None:
+    """Every route in the OpenAPI document, as admin and as a user, with junk bodies and path values."""
+    async with running(settings) as h:
+        user = await h.user()
+        spec = (await h.client.get("/openapi.json")).json()
+        assert len(spec["paths"]) >= 30
+        bodies: list[Any] = [None, {}, {"x": 1}, [], "junk", {"limit": -1, "owner_type": "moon", "tokens": 0}]
+        for path, methods in spec["paths"].items():
+            for method in methods:
+                if method not in ("get", "post", "put", "patch", "delete"):
+                    continue
+                url = path
+                for name in (
+                    "user_id",
+                    "team_id",
+                    "pool_id",
+                    "key_id",
+                    "approval_id",
+                    "session_id",
+                    "target_id",
+                ):
+                    url = url.replace("{" + name + "}", "n%27o%20pe")
+                url = url.replace("{target_type}", "session")
+                for key in (ADMIN_KEY, user["api_key"]):
+                    headers = await h.headers(key)
+                    for body in bodies:
+                        r = await h.client.request(method.upper(), url, headers=headers, json=body)
+                        assert r.status_code < 500, (method, url, body, r.text)
+                        if r.status_code >= 400:
+                            assert set(r.json()["error"]) >= {"message", "type", "code"}
