@@ -136,7 +136,7 @@ class QuotaService:
         self.clock = clock
         self._keys: dict[str, _Cached] = {}
         self._contexts: dict[str, _Context] = {}
-        self._sessions: dict[tuple[str, str], repo.PoolRecord] = {}
+        self._sessions: dict[tuple[str, str], repo.PoolRecord | None] = {}
 
     def invalidate(self) -> None:
         """Forget cached keys and contexts (after a management change that affects admission)."""
@@ -260,6 +260,21 @@ class QuotaService:
         if len(self._sessions) >= _CACHE_MAX:
             self._sessions.clear()
         self._sessions[(org.id, session_id)] = pool
+        return pool
+
+    async def session_budget(self, org: repo.OrgSettings, session_id: str) -> repo.PoolRecord | None:
+        """The budget a session's requests must fit: created at the org's default on first use, or, when the
+        org's default is 0 (no session budgets), only a budget an admin set for this session."""
+        key = (org.id, session_id)
+        if key in self._sessions:
+            return self._sessions[key]
+        if org.default_session_budget_usd_micros > 0:
+            return await self.session_pool(org, session_id)
+        async with self.db.acquire() as conn:
+            pool = await repo.session_pool(conn, org.id, session_id)
+        if len(self._sessions) >= _CACHE_MAX:
+            self._sessions.clear()
+        self._sessions[key] = pool
         return pool
 
     def forget_session(self, org_id: str, session_id: str) -> None:
@@ -413,7 +428,7 @@ class QuotaService:
                 param="session_id",
             )
         ctx = await self._context(record)
-        session = await self.session_pool(org, session_id) if org is not None and session_id else None
+        session = await self.session_budget(org, session_id) if org is not None and session_id else None
         counters, sources = self.counters(
             record,
             ctx.pools,
@@ -560,7 +575,7 @@ class QuotaService:
             pools = await repo.governing_pools(
                 conn, org.id, user.id, event.team_id or user.team_id, event.key_id or ""
             )
-        session = await self.session_pool(org, event.session_id) if event.session_id else None
+        session = await self.session_budget(org, event.session_id) if event.session_id else None
         record = repo.KeyRecord(
             key_id=event.key_id or "",
             user_id=user.id,

@@ -466,16 +466,36 @@ async def test_org_pool_key_cap_and_session_budget_bound_every_charge(settings: 
         assert session in {s["session_id"] for s in listed}
 
 
-async def test_strict_sessions_require_a_session_id(settings: QuotaSettings) -> None:
+async def test_strict_sessions_and_orgs_without_default_session_budgets(settings: QuotaSettings) -> None:
     async with running(settings) as h:
         user = await h.user()
-        await h.call("PATCH", "/v1/admin/org", json={"strict_sessions": True})
+        default = (await h.call("GET", "/v1/admin/org")).json()["default_session_budget_usd_micros"]
+        await h.call(
+            "PATCH", "/v1/admin/org", json={"strict_sessions": True, "default_session_budget_usd_micros": 0}
+        )
         try:
             r = await h.admit(user["api_key"], max_output_tokens=16)
             assert r.status_code == 400 and r.json()["error"]["code"] == "session_required"
-            assert (await h.admit(user["api_key"], max_output_tokens=16, session_id="x1")).status_code == 200
+            # A default of 0 means no session budgets, unless an admin sets one for a session.
+            free, capped = "free-" + uuid.uuid4().hex, "capped-" + uuid.uuid4().hex
+            prices = {"input_usd_micros_per_mtok": 1_000_000, "output_usd_micros_per_mtok": 1_000_000}
+            r = await h.admit(user["api_key"], max_output_tokens=16, session_id=free, **prices)
+            assert r.status_code == 200 and r.json()["reserved_usd_micros"] == 0
+            await h.call("PUT", f"/v1/admin/sessions/{capped}/budget", json={"budget_usd_micros": 30})
+            r = await h.admit(
+                user["api_key"], max_output_tokens=16, min_output_tokens=16, session_id=capped, **prices
+            )
+            assert r.status_code == 200 and r.json()["reserved_usd_micros"] == 10 + 16
+            r = await h.admit(
+                user["api_key"], max_output_tokens=16, min_output_tokens=16, session_id=capped, **prices
+            )
+            assert r.status_code == 402 and r.json()["error"]["code"] == "session_budget_exhausted"
         finally:
-            await h.call("PATCH", "/v1/admin/org", json={"strict_sessions": False})
+            await h.call(
+                "PATCH",
+                "/v1/admin/org",
+                json={"strict_sessions": False, "default_session_budget_usd_micros": default},
+            )
 
 
 # --- approvals and isolation ------------------------------------------------------------------------------
