@@ -249,7 +249,8 @@ class Governance:
         ]
 
     async def my_teams(self, principal: Principal) -> list[dict[str, Any]]:
-        """The caller's teams; for teams they manage, the members and the team's pools too."""
+        """The caller's teams; for teams they manage, the team's pools and each member with their personal
+        token pool."""
         async with self.db.acquire() as conn:
             teams = await repo.user_teams(conn, principal.user_id)
             org = await self._org(conn, principal.org_id)
@@ -262,8 +263,10 @@ class Governance:
                     "member_count": t["member_count"],
                 }
                 if t["role"] == "manager":
-                    members = await repo.team_members(conn, t["id"])
-                    view["members"] = [dict(m) for m in members]
+                    members = [dict(m) for m in await repo.team_members(conn, t["id"])]
+                    for m in members:
+                        m["personal_pool"] = await repo.personal_pool(conn, m["id"])
+                    view["members"] = members
                     pools = [
                         p
                         for p in await repo.list_pools(conn, principal.org_id, "team")
@@ -274,6 +277,9 @@ class Governance:
         for view in out:
             if "pools" in view:
                 view["pools"] = await self.pool_views(view["pools"], org.timezone)
+                for m in view["members"]:
+                    pool = m.pop("personal_pool")
+                    m["personal_pool"] = (await self.pool_views([pool], org.timezone))[0] if pool else None
         return out
 
     async def me(self, principal: Principal) -> repo.UserRecord:

@@ -598,6 +598,8 @@ async def test_users_see_only_their_own_data_and_managers_their_teams(settings: 
         assert teams[0]["role"] == "member" and "members" not in teams[0] and teams[0]["member_count"] == 2
         teams = (await h.call("GET", "/v1/users/me/teams", boss["api_key"])).json()["data"]
         assert {m["id"] for m in teams[0]["members"]} == {alice["id"], boss["id"]}
+        by_id = {m["id"]: m for m in teams[0]["members"]}
+        assert by_id[alice["id"]]["personal_pool"]["limit"] == 111
         assert teams[0]["pools"][0]["limit"] == 777
 
         # An admin acts on others: reads a user's quota and keys, revokes one; a user cannot.
