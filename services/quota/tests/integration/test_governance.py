@@ -712,3 +712,36 @@ async def test_no_route_answers_500_to_junk(settings: QuotaSettings) -> None:
                         assert r.status_code < 500, (method, url, body, r.text)
                         if r.status_code >= 400:
                             assert set(r.json()["error"]) >= {"message", "type", "code"}
+
+
+async def test_a_reservation_made_before_legs_existed_is_settled_after_an_upgrade(
+    settings: QuotaSettings, redis_url: str
+) -> None:
+    async with running(settings) as h:
+        user = await h.user(quota=1000)
+        await h.pool(user["api_key"], user["pool_id"])  # counter loaded
+        state = h.service.state
+        # What the walking skeleton's admission script left in Redis for a reservation of 300 tokens.
+        await state.redis.hincrby(state.pool_key(user["pool_id"]), "reserved", 300)
+        await state.redis.hset(
+            state.reservation_key("old-1"),
+            mapping={
+                "pool": user["pool_id"],
+                "amount": 300,
+                "user": user["id"],
+                "request": "r",
+                "expires": 1,
+            },
+        )
+        await state.redis.zadd(state.expiry_key, {"old-1": 1})
+        admitted = {
+            "reservation_id": "old-1",
+            "pool_id": user["pool_id"],
+            "quota_source": "personal",
+            "principal": {"user_id": user["id"], "key_id": None},
+        }
+        await h.settle(admitted, 120)
+        assert await h.ledger(user["pool_id"]) == 120
+        pool = await h.pool(user["api_key"], user["pool_id"])
+        assert (pool["used"], pool["reserved"]) == (120, 0)
+        assert await h.service.sweep_expired() == 0

@@ -385,8 +385,20 @@ class RedisState:
         return bool(await self._settle(keys=keys, args=[reservation_id, actual_tokens, *leg_amounts]))
 
     async def reservation(self, reservation_id: str) -> dict[str, str] | None:
-        """The reservation's fields, or None once settled."""
-        data = await self.redis.hgetall(self.reservation_key(reservation_id))
+        """The reservation's fields, or None once settled. A reservation made before legs existed (one
+        personal pool, no period) is given its one leg, so an upgrade settles it like the others."""
+        key = self.reservation_key(reservation_id)
+        data = await self.redis.hgetall(key)
+        if data and "n" not in data and "pool" in data:
+            legacy: dict[str | bytes, str] = {
+                "n": "1",
+                "k1": self.pool_key(data["pool"]),
+                "a1": data.get("amount", "0"),
+                "u1": "t",
+                "d1": f"{data['pool']}||p",
+            }
+            await self.redis.hset(key, mapping=legacy)
+            data.update({str(k): v for k, v in legacy.items()})
         return data or None
 
     async def expired_reservations(self, now_ms: int, limit: int = 100) -> list[str]:
