@@ -24,6 +24,7 @@ from leaky_common.serve import HotRoute
 from lt_quota.adapters.redis_state import RedisState
 from lt_quota.api import hot
 from lt_quota.api.routes import internal_router, public_router
+from lt_quota.governance import Governance
 from lt_quota.handlers import make_handler
 from lt_quota.service import Clock, QuotaService, system_clock
 from lt_quota.settings import QuotaSettings
@@ -83,9 +84,12 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
             if settings.bootstrap_admin_key:
                 await service.bootstrap_admin(settings.bootstrap_admin_key)
             loaded = await service.load_pools()
-            logger.info("loaded %d pools into redis", loaded)
+            frozen = await service.restore_freezes()
+            logger.info("loaded %d pools and %d frozen targets into redis", loaded, frozen)
 
-            await ensure_topics(settings, [Topics.USAGE, Topics.QUOTA_COMMANDS, Topics.SAGA_REPLIES])
+            await ensure_topics(
+                settings, [Topics.USAGE, Topics.QUOTA_COMMANDS, Topics.SAGA_REPLIES, Topics.QUOTA_EVENTS]
+            )
             publisher = EventPublisher(settings)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
@@ -111,6 +115,7 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
             stack.push_async_callback(stop_sweeper)
 
             app.state.service = service
+            app.state.governance = Governance(service)
             app.state.consumer = consumer
             yield
 

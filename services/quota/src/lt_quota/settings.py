@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from leaky_common.settings import ServiceSettings
@@ -27,6 +29,18 @@ class QuotaSettings(ServiceSettings):
     key_tokens_per_period: int = Field(default=200_000, ge=1)
     user_requests_per_period: int = Field(default=600, ge=1)
     user_tokens_per_period: int = Field(default=200_000, ge=1)
+    # leaky_bucket (drains continuously), token_bucket (refills continuously and may hold `bucket_burst`
+    # periods' worth) or fixed_window (counts per period window).
+    bucket_strategy: Literal["leaky_bucket", "token_bucket", "fixed_window"] = "leaky_bucket"
+    bucket_burst: float = Field(default=2.0, ge=1.0)
+    # Tiers scale capacity (and so the leak rate) of a user's buckets; admins get a further multiplier.
+    bucket_tiers: dict[str, float] = Field(
+        default_factory=lambda: {"standard": 1.0, "pro": 2.0, "enterprise": 5.0}
+    )
+    admin_bucket_multiplier: float = Field(default=2.0, gt=0)
+    # Without max_tokens a request reserves up to the model's maximum on its pools, but the token buckets are
+    # charged this expected answer length (corrected to the actual usage at settlement).
+    bucket_output_estimate_tokens: int = Field(default=1024, ge=1)
 
     # A reservation never settled is charged at its reserved amount after this long.
     reservation_ttl_s: int = Field(default=600, ge=1)

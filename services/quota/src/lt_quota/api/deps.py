@@ -8,9 +8,10 @@ from fastapi import Depends, Header, Request
 
 from leaky_common.auth import Principal, principal_from_headers, token_matches
 from leaky_common.errors import Unauthorized
+from lt_quota.governance import Governance
 from lt_quota.service import QuotaService
 
-__all__ = ["AdminDep", "InternalDep", "PrincipalDep", "ServiceDep"]
+__all__ = ["AdminDep", "GovernanceDep", "InternalDep", "PrincipalDep", "ServiceDep"]
 
 
 async def get_service(request: Request) -> QuotaService:
@@ -19,6 +20,14 @@ async def get_service(request: Request) -> QuotaService:
 
 
 ServiceDep = Annotated[QuotaService, Depends(get_service)]
+
+
+async def get_governance(request: Request) -> Governance:
+    governance: Governance = request.app.state.governance
+    return governance
+
+
+GovernanceDep = Annotated[Governance, Depends(get_governance)]
 
 
 async def require_internal(

@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-__all__ = ["AddMemberBody", "CreateKeyBody", "CreateTeamBody", "CreateUserBody", "UserView"]
+__all__ = [
+    "AddMemberBody",
+    "ApprovalBody",
+    "ApproveBody",
+    "ConsumeBody",
+    "CreateKeyBody",
+    "CreatePoolBody",
+    "CreateTeamBody",
+    "CreateUserBody",
+    "FreezeBody",
+    "FreezeTarget",
+    "OrgBody",
+    "PrivacyBody",
+    "RejectBody",
+    "SessionBudgetBody",
+    "StatusBody",
+    "UpdatePoolBody",
+    "UpdateUserBody",
+    "UserView",
+]
 
 Email = Annotated[
     str, StringConstraints(strip_whitespace=True, to_lower=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
 ]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Unit = Literal["tokens", "usd"]
+PeriodName = Literal["none", "daily", "weekly", "monthly"]
+Priority = Literal["low", "normal", "high", "critical"]
+Amount = Annotated[int, Field(ge=0, le=10**15)]
+Pattern = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)]
 
 
 class CreateUserBody(BaseModel):
@@ -22,8 +48,8 @@ class CreateUserBody(BaseModel):
     email: Email
     name: Name
     personal_quota: int | None = Field(default=None, ge=0, le=10**15)
-    unit: Literal["tokens"] = "tokens"
-    period: Literal["none"] = "none"
+    unit: Unit = "tokens"
+    period: PeriodName = "none"
     team_id: str | None = None
     role: Literal["admin", "user"] = "user"
 
@@ -46,11 +72,141 @@ class AddMemberBody(BaseModel):
 
 
 class CreateKeyBody(BaseModel):
-    """Optional body of `POST /v1/users/me/keys`."""
+    """Optional body of `POST /v1/users/me/keys`: name, expiry, allowed models (globs) and priorities, and
+    the key's own caps (a tokens and/or micro-dollar pool owned by the key, optionally per period)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = ""
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    allowed_models: list[Pattern] | None = Field(default=None, max_length=100)
+    allowed_priorities: list[Priority] | None = None
+    max_tokens: Amount | None = None
+    max_usd_micros: Amount | None = None
+    cap_period: PeriodName = "none"
+
+
+class UpdateUserBody(BaseModel):
+    """`PATCH /v1/admin/users/{user_id}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = None
+    status: Literal["active", "on_vacation", "suspended"] | None = None
+    role: Literal["admin", "user"] | None = None
+    default_priority: Priority | None = None
+    allow_priority_bypass: bool | None = None
+    privacy_default: Literal["standard", "strict"] | None = None
+    tier: Annotated[str, StringConstraints(min_length=1, max_length=50)] | None = None
+
+
+class StatusBody(BaseModel):
+    """`PUT /v1/users/me/status`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["active", "on_vacation"]
+
+
+class PrivacyBody(BaseModel):
+    """`PUT /v1/users/me/privacy`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    privacy: Literal["standard", "strict"]
+
+
+class OrgBody(BaseModel):
+    """`PATCH /v1/admin/org`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    vacation_share_percent: int | None = Field(default=None, ge=0, le=100)
+    allow_vacation_sharing: bool | None = None
+    default_session_budget_usd_micros: Amount | None = None
+    strict_sessions: bool | None = None
+    privacy_strict: bool | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(
+                    f"unknown time zone {value!r} (use an IANA name like Europe/Berlin)"
+                ) from exc
+        return value
+
+
+class CreatePoolBody(BaseModel):
+    """`POST /v1/admin/pools`: owner (org pools belong to the admin's org), unit, limit, period, scope."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    owner_type: Literal["user", "team", "org", "key"]
+    owner_id: str | None = None
+    unit: Unit = "tokens"
+    limit: Amount
+    period: PeriodName = "none"
+    provider: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] | None = None
+    model: Pattern | None = None
+
+
+class UpdatePoolBody(BaseModel):
+    """`PATCH /v1/admin/pools/{pool_id}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: Amount | None = None
+    period: PeriodName | None = None
+
+
+class ApprovalBody(BaseModel):
+    """`POST /v1/approvals` (`requested_credits` or `amount`: tokens for the personal pool)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    requested_credits: int = Field(
+        ge=1, le=10**15, validation_alias=AliasChoices("requested_credits", "amount")
+    )
+    reason: Text = ""
+    priority: Literal["low", "normal", "high", "critical"] = "high"
+
+
+class ApproveBody(BaseModel):
+    """Optional body of `POST /v1/approvals/{id}/approve`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approved_credits: int | None = Field(default=None, ge=1, le=10**15)
+
+
+class RejectBody(BaseModel):
+    """Optional body of `POST /v1/approvals/{id}/reject`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Text = ""
+
+
+class SessionBudgetBody(BaseModel):
+    """`PUT /v1/admin/sessions/{session_id}/budget`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget_usd_micros: Amount
+
+
+class ConsumeBody(BaseModel):
+    """`POST /api/v1/tokens/consume` (Leaky Tokens)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    provider: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] = "mock"
+    tokens: int = Field(ge=1, le=10**9)
 
 
 class UserView(BaseModel):
@@ -63,3 +219,22 @@ class UserView(BaseModel):
     team_id: str | None
     role: str
     status: str
+    default_priority: str = "normal"
+    allow_priority_bypass: bool = False
+    privacy_default: str = "standard"
+    tier: str = "standard"
+
+
+FreezeTarget = Literal["session", "key", "user"]
+
+
+class FreezeBody(BaseModel):
+    """`POST /v1/admin/freezes`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_type: FreezeTarget
+    target_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    # None: frozen until unfrozen. At most a year.
+    duration_s: int | None = Field(default=None, ge=1, le=366 * 86400)

@@ -1,0 +1,747 @@
+"""Governance against real PostgreSQL and Redis: exactness under concurrency, settlement, Redis loss,
+calendar periods and thresholds, the balancer's rules, caps, approvals and isolation."""
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from leaky_common.db import create_database
+from leaky_common.events import (
+    ApprovalDecided,
+    ApprovalRequested,
+    QuotaThresholdReached,
+    UsageRecorded,
+    VacationChanged,
+    parse_message,
+)
+from lt_quota.main import create_app
+from lt_quota.settings import QuotaSettings
+
+pytestmark = pytest.mark.integration
+
+ADMIN_KEY = "lt-test-admin-" + uuid.uuid4().hex
+TOKEN = "governance-internal-token"
+INTERNAL = {"X-LT-Internal-Token": TOKEN}
+
+
+class FakeClock:
+    def __init__(self, now_ms: int | None = None) -> None:
+        self.now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+@dataclass
+class Harness:
+    client: httpx.AsyncClient
+    service: Any
+
+    async def headers(self, api_key: str) -> dict[str, str]:
+        r = await self.client.post("/internal/authenticate", json={"api_key": api_key}, headers=INTERNAL)
+        assert r.status_code == 200, r.text
+        return {**INTERNAL, "X-LT-Principal": r.text}
+
+    async def call(self, method: str, path: str, api_key: str = ADMIN_KEY, **kw: Any) -> httpx.Response:
+        return await self.client.request(method, path, headers=await self.headers(api_key), **kw)
+
+    async def user(self, quota: int = 100_000, **extra: Any) -> dict[str, Any]:
+        body = {
+            "email": f"{uuid.uuid4().hex[:10]}@example.com",
+            "name": "U",
+            "personal_quota": quota,
+            **extra,
+        }
+        r = await self.call("POST", "/v1/admin/users", json=body)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def team(self, pool: int | None = None) -> dict[str, Any]:
+        r = await self.call("POST", "/v1/admin/teams", json={"name": uuid.uuid4().hex[:10], "pool": pool})
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def join(self, team: dict[str, Any], user: dict[str, Any], role: str = "member") -> None:
+        r = await self.call("POST", f"/v1/admin/teams/{team['id']}/members/{user['id']}", json={"role": role})
+        assert r.status_code in (200, 201), r.text
+
+    async def admit(self, api_key: str, **fields: Any) -> httpx.Response:
+        body = {"api_key": api_key, "request_id": uuid.uuid4().hex, "model": "mock-gpt", "provider": "mock"}
+        body.update(fields)
+        body.setdefault("prompt_tokens", 10)
+        return await self.client.post("/internal/admit", json=body, headers=INTERNAL)
+
+    async def settle(self, admitted: dict[str, Any], tokens: int, usd: int = 0, **extra: Any) -> None:
+        p = admitted["principal"]
+        await self.service.settle_usage(
+            UsageRecorded(
+                request_id=uuid.uuid4().hex,
+                reservation_id=admitted["reservation_id"],
+                user_id=p["user_id"],
+                key_id=p["key_id"],
+                pool_id=admitted["pool_id"],
+                quota_source=admitted["quota_source"],
+                model=extra.pop("model", "mock-gpt"),
+                provider="mock",
+                total_tokens=tokens,
+                cost_usd_micros=usd,
+                **extra,
+            )
+        )
+
+    async def quota(self, api_key: str) -> dict[str, Any]:
+        r = await self.call("GET", "/v1/users/me/quota", api_key)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    async def pool(self, api_key: str, pool_id: str) -> dict[str, Any]:
+        return next(p for p in (await self.quota(api_key))["pools"] if p["id"] == pool_id)
+
+    async def ledger(self, pool_id: str) -> int:
+        async with self.service.db.acquire() as conn:
+            return int(
+                await conn.fetchval("SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE pool_id = $1", pool_id)
+            )
+
+    async def events(self, cls: type, **match: Any) -> list[Any]:
+        """Messages of `cls` written to the outbox (what the relay publishes on quota.events)."""
+        async with self.service.db.acquire() as conn:
+            rows = await conn.fetch("SELECT value FROM outbox WHERE topic = 'quota.events' ORDER BY id")
+        found = [parse_message(bytes(r["value"])) for r in rows]
+        return [m for m in found if isinstance(m, cls) and all(getattr(m, k) == v for k, v in match.items())]
+
+
+@pytest.fixture(scope="module")
+async def database_url(postgres_url: str) -> str:
+    return await create_database(postgres_url, f"quota_gov_{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, kafka_bootstrap: str) -> QuotaSettings:
+    return QuotaSettings(
+        _env_file=None,
+        environment="test",
+        database_url=database_url,
+        redis_url=redis_url,
+        kafka_bootstrap=kafka_bootstrap,
+        internal_token=TOKEN,
+        bootstrap_admin_key=ADMIN_KEY,
+        redis_prefix=f"lt:{uuid.uuid4().hex[:8]}:",
+        consumer_group=f"quota-{uuid.uuid4().hex[:8]}",
+        sweep_interval_s=3600,
+        key_cache_ttl_s=0,
+        log_json=False,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(settings: QuotaSettings, clock: FakeClock | None = None) -> AsyncIterator[Harness]:
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
+            yield Harness(client, app.state.service)
+
+
+# --- exactness --------------------------------------------------------------------------------------------
+
+
+async def test_500_concurrent_admissions_against_a_pool_that_fits_50(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        user = await h.user(quota=50 * 50)  # 50 requests of 10 prompt + 40 output tokens
+        results = await asyncio.gather(
+            *(
+                h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=40, min_output_tokens=40)
+                for _ in range(500)
+            )
+        )
+        codes = [r.status_code for r in results]
+        assert (codes.count(200), codes.count(402)) == (50, 450)
+        admitted = [r.json() for r in results if r.status_code == 200]
+        assert {a["reserved_tokens"] for a in admitted} == {50}
+        # Every admitted request uses its whole reservation: the ledger then holds exactly the limit.
+        await asyncio.gather(*(h.settle(a, 50) for a in admitted))
+        assert await h.ledger(user["pool_id"]) == 2500
+        pool = await h.pool(user["api_key"], user["pool_id"])
+        assert (pool["used"], pool["reserved"], pool["remaining"]) == (2500, 0, 0)
+
+
+async def test_used_equals_settled_usage_after_a_mixed_run(settings: QuotaSettings) -> None:
+    clock = FakeClock()
+    rng = random.Random(7)
+    async with running(settings, clock) as h:
+        user = await h.user(quota=1_000_000)
+        session = "mixed-" + uuid.uuid4().hex
+        prices = {"input_usd_micros_per_mtok": 150_000, "output_usd_micros_per_mtok": 600_000}
+        expected_tokens = expected_usd = 0
+        unsettled: list[dict[str, Any]] = []
+        for i in range(60):
+            r = await h.admit(
+                user["api_key"],
+                prompt_tokens=rng.randint(1, 500),
+                max_output_tokens=rng.randint(16, 800),
+                session_id=session,
+                **prices,
+            )
+            assert r.status_code == 200, r.text
+            a = r.json()
+            if i % 10 == 9:  # never settled: charged its reservation at the TTL
+                unsettled.append(a)
+                expected_tokens += a["reserved_tokens"]
+                expected_usd += a["reserved_usd_micros"]
+                continue
+            tokens = rng.randint(1, a["reserved_tokens"])
+            usd = rng.randint(0, a["reserved_usd_micros"])
+            await h.settle(a, tokens, usd, session_id=session)
+            if i % 7 == 0:
+                await h.settle(a, tokens, usd, session_id=session)  # a retried event with a new id
+            expected_tokens += tokens
+            expected_usd += usd
+        clock.now_ms += settings.reservation_ttl_s * 1000
+        assert await h.service.sweep_expired() == len(unsettled)
+        assert await h.ledger(user["pool_id"]) == expected_tokens
+        pool = await h.pool(user["api_key"], user["pool_id"])
+        assert (pool["used"], pool["reserved"]) == (expected_tokens, 0)
+        s = (await h.call("GET", f"/v1/admin/sessions/{session}")).json()
+        assert (s["spent_usd_micros"], s["reserved_usd_micros"]) == (expected_usd, 0)
+        assert await h.ledger(s["pool_id"]) == expected_usd
+
+
+async def test_redis_flushed_mid_run_loses_no_charge(settings: QuotaSettings, redis_url: str) -> None:
+    async with running(settings) as h:
+        user = await h.user(quota=100_000)
+        before = [
+            (await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=100)).json()
+            for _ in range(10)
+        ]
+        for a in before[:5]:
+            await h.settle(a, 50)
+        r = await h.call(
+            "POST",
+            "/v1/admin/freezes",
+            json={"target_type": "session", "target_id": "held", "reason": "audit"},
+        )
+        assert r.status_code == 201
+        redis: Redis = Redis.from_url(redis_url)
+        try:
+            await redis.flushall()
+        finally:
+            await redis.aclose()
+        # Reservations in flight when Redis lost its state are still charged when their usage arrives.
+        for a in before[5:]:
+            await h.settle(a, 70)
+        after = (await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=100)).json()
+        # The first admission after the loss restored the freezes from Postgres as well.
+        r = await h.admit(user["api_key"], session_id="held", max_output_tokens=16)
+        assert r.status_code == 403 and r.json()["error"]["reason"] == "audit"
+        await h.settle(after, 30)
+        await h.settle(after, 30)  # duplicate: once
+        assert await h.ledger(user["pool_id"]) == 5 * 50 + 5 * 70 + 30
+        pool = await h.pool(user["api_key"], user["pool_id"])
+        assert (pool["used"], pool["reserved"]) == (5 * 50 + 5 * 70 + 30, 0)
+
+
+async def test_calendar_periods_reset_and_thresholds_fire_once_per_period(settings: QuotaSettings) -> None:
+    # 23:00 in New York on 2026-11-23 (04:00 UTC the next day).
+    clock = FakeClock(int(datetime(2026, 11, 24, 4, 0, tzinfo=UTC).timestamp() * 1000))
+    async with running(settings, clock) as h:
+        assert (
+            await h.call("PATCH", "/v1/admin/org", json={"timezone": "America/New_York"})
+        ).status_code == 200
+        try:
+            user = await h.user(quota=1000, period="daily")
+            pool = await h.pool(user["api_key"], user["pool_id"])
+            assert pool["period"] == "daily" and pool["resets_at"].startswith("2026-11-24T00:00:00-05:00")
+
+            async def spend(tokens: int, out: int = 1) -> None:
+                r = await h.admit(
+                    user["api_key"], prompt_tokens=tokens - out, max_output_tokens=out, min_output_tokens=out
+                )
+                assert r.status_code == 200, r.text
+                await h.settle(r.json(), tokens)
+
+            await spend(850)
+            await spend(60)  # 91%
+            await spend(10)
+            events = await h.events(QuotaThresholdReached, pool_id=user["pool_id"])
+            assert [(e.percent, e.used) for e in events] == [(80, 850), (90, 910)]
+            assert (await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=1)).status_code == 402
+
+            clock.now_ms += 3600 * 1000  # midnight in New York: a new day
+            pool = await h.pool(user["api_key"], user["pool_id"])
+            assert (pool["used"], pool["remaining"]) == (0, 1000)
+            assert pool["resets_at"].startswith("2026-11-25T00:00:00-05:00")
+            await spend(1000, out=500)
+            events = await h.events(QuotaThresholdReached, pool_id=user["pool_id"])
+            assert [e.percent for e in events] == [80, 90, 80, 90, 100]
+            assert events[-1].period_start is not None and events[-1].period_start.day == 24
+            assert await h.ledger(user["pool_id"]) == 1920
+        finally:
+            await h.call("PATCH", "/v1/admin/org", json={"timezone": "UTC"})
+
+
+# --- the balancer -----------------------------------------------------------------------------------------
+
+
+async def test_personal_pool_first_then_denial_with_approval_guide(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        team = await h.team(pool=10_000)
+        user = await h.user(quota=100)
+        await h.join(team, user)
+        r = await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=40)
+        assert r.status_code == 200 and r.json()["quota_source"] == "personal"
+        assert r.json()["pool_id"] == user["pool_id"]
+        r = await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=60, min_output_tokens=60)
+        assert r.status_code == 402
+        error = r.json()["error"]
+        assert error["type"] == "insufficient_quota" and error["code"] == "personal_pool_exhausted"
+        assert error["approval"]["endpoint"] == "POST /v1/approvals"
+        assert "requested_credits" in error["approval"]["required_fields"]
+        assert error["approval"]["personal_quota_remaining"] == 50
+
+
+async def test_critical_priority_draws_on_the_team_pool_only_when_allowed(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        team = await h.team(pool=1000)
+        user = await h.user(quota=10)
+        await h.join(team, user)
+        r = await h.admit(user["api_key"], priority="critical", max_output_tokens=50)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "priority_not_allowed"
+        r = await h.admit(user["api_key"], priority="high", max_output_tokens=50)
+        assert r.status_code == 402  # high does not bypass
+        r = await h.admit(user["api_key"], priority="urgent", max_output_tokens=50)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "priority"
+
+        patched = await h.call("PATCH", f"/v1/admin/users/{user['id']}", json={"allow_priority_bypass": True})
+        assert patched.status_code == 200 and patched.json()["allow_priority_bypass"] is True
+        r = await h.admit(user["api_key"], priority="critical", max_output_tokens=50)
+        assert r.status_code == 200, r.text
+        a = r.json()
+        assert a["quota_source"] == "priority_bypass" and a["pool_id"] == team["pool_id"]
+        await h.settle(a, 40)
+        # Charged to the team pool that provided the tokens, not to the personal pool.
+        assert await h.ledger(team["pool_id"]) == 40 and await h.ledger(user["pool_id"]) == 0
+        async with h.service.db.acquire() as conn:
+            assert await conn.fetchval("SELECT source FROM ledger WHERE pool_id = $1", team["pool_id"]) == (
+                "priority_bypass"
+            )
+
+
+async def test_vacation_share_borrows_up_to_ten_percent_of_the_team_pool(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        team = await h.team(pool=1000)
+        user = await h.user(quota=10)
+        mate = await h.user(quota=10)
+        await h.join(team, user)
+        await h.join(team, mate)
+        assert (await h.admit(user["api_key"], max_output_tokens=50)).status_code == 402  # nobody away
+
+        r = await h.call("PUT", "/v1/users/me/status", mate["api_key"], json={"status": "on_vacation"})
+        assert r.status_code == 200 and r.json()["status"] == "on_vacation"
+        assert [e.on_vacation for e in await h.events(VacationChanged, user_id=mate["id"])] == [True]
+        q = await h.quota(user["api_key"])
+        assert q["vacation_share_available"] == 100 and q["team_pool_available"] == 1000
+
+        r = await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=50, min_output_tokens=50)
+        assert r.status_code == 200, r.text
+        a = r.json()
+        assert a["quota_source"] == "vacation_share" and a["pool_id"] == team["pool_id"]
+        await h.settle(a, 60)
+        # 60 of the 100 borrowable tokens are used: 50 more do not fit the share (the team pool would).
+        r = await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=40, min_output_tokens=40)
+        assert r.status_code == 402
+        r = await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=30, min_output_tokens=30)
+        assert r.status_code == 200 and r.json()["quota_source"] == "vacation_share"
+        assert await h.ledger(team["pool_id"]) == 60
+
+        await h.call("PUT", "/v1/users/me/status", mate["api_key"], json={"status": "active"})
+        assert [e.on_vacation for e in await h.events(VacationChanged, user_id=mate["id"])] == [True, False]
+        assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 402
+        # A suspended user is refused; they cannot lift it themselves.
+        await h.call("PATCH", f"/v1/admin/users/{user['id']}", json={"status": "suspended"})
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "user_suspended"
+        r = await h.call("PUT", "/v1/users/me/status", user["api_key"], json={"status": "active"})
+        assert r.status_code == 403
+
+
+async def test_org_pool_key_cap_and_session_budget_bound_every_charge(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        org = (await h.call("GET", "/v1/admin/org")).json()
+        # An org pool scoped to one model family, so other tests of this org are unaffected.
+        r = await h.call(
+            "POST",
+            "/v1/admin/pools",
+            json={"owner_type": "org", "unit": "tokens", "limit": 120, "model": "capped-*"},
+        )
+        assert r.status_code == 201, r.text
+        org_pool = r.json()
+        assert org_pool["owner_id"] == org["id"] and org_pool["model"] == "capped-*"
+        user = await h.user(quota=100_000)
+        r = await h.admit(user["api_key"], model="capped-1", prompt_tokens=10, max_output_tokens=90)
+        assert r.status_code == 200 and r.json()["quota_source"] == "personal"
+        r = await h.admit(user["api_key"], model="capped-1", prompt_tokens=10, max_output_tokens=90)
+        assert r.status_code == 402 and r.json()["error"]["code"] == "org_pool_exhausted"
+        assert (await h.admit(user["api_key"], model="mock-gpt", max_output_tokens=90)).status_code == 200
+        tokens = await h.call("GET", "/api/v1/tokens/quota/org", user["api_key"])
+        assert tokens.status_code == 200 and tokens.json()["pools"][0]["reserved"] == 100
+
+        # A key with its own cap and allowed models.
+        r = await h.call(
+            "POST",
+            "/v1/users/me/keys",
+            user["api_key"],
+            json={"name": "ci", "max_tokens": 100, "allowed_models": ["mock-*"], "expires_in_days": 30},
+        )
+        assert r.status_code == 201, r.text
+        key = r.json()
+        assert key["allowed_models"] == ["mock-*"] and key["expires_at"]
+        principal = (
+            await h.client.post("/internal/authenticate", json={"api_key": key["api_key"]}, headers=INTERNAL)
+        ).json()
+        assert principal["allowed_models"] == ["mock-*"]
+        r = await h.admit(key["api_key"], model="gpt-4o", max_output_tokens=16)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
+        assert (await h.admit(key["api_key"], prompt_tokens=10, max_output_tokens=60)).status_code == 200
+        r = await h.admit(key["api_key"], prompt_tokens=10, max_output_tokens=60, min_output_tokens=60)
+        assert r.status_code == 402 and r.json()["error"]["code"] == "key_cap_exhausted"
+        # Rotation hands the cap (and what it used) to the new key; the old secret stops.
+        rotated = (await h.call("POST", f"/v1/users/me/keys/{key['id']}/rotate", user["api_key"])).json()
+        assert rotated["allowed_models"] == ["mock-*"] and rotated["expires_at"] == key["expires_at"]
+        r = await h.admit(rotated["api_key"], prompt_tokens=10, max_output_tokens=60, min_output_tokens=60)
+        assert r.status_code == 402 and r.json()["error"]["code"] == "key_cap_exhausted"
+        assert (await h.admit(key["api_key"], max_output_tokens=16)).status_code == 401
+
+        # A session budget in micro-dollars: set, exhausted, reset.
+        session = "s-" + uuid.uuid4().hex
+        unseen = (await h.call("GET", f"/v1/admin/sessions/{session}")).json()
+        assert (
+            unseen["pool_id"] is None
+            and unseen["budget_usd_micros"] == org["default_session_budget_usd_micros"]
+        )
+        assert session not in {
+            s["session_id"] for s in (await h.call("GET", "/v1/admin/sessions")).json()["data"]
+        }
+        r = await h.admit(user["api_key"], session_id="x" * 201, max_output_tokens=16)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_session_id"
+        r = await h.call("PUT", f"/v1/admin/sessions/{session}/budget", json={"budget_usd_micros": 1000})
+        assert r.status_code == 200 and r.json()["budget_usd_micros"] == 1000
+        prices = {"input_usd_micros_per_mtok": 1_000_000, "output_usd_micros_per_mtok": 1_000_000}
+        r = await h.admit(
+            user["api_key"], session_id=session, prompt_tokens=100, max_output_tokens=800, **prices
+        )
+        assert r.status_code == 200 and r.json()["reserved_usd_micros"] == 900
+        await h.settle(r.json(), 900, 900, session_id=session)
+        r = await h.admit(
+            user["api_key"],
+            session_id=session,
+            prompt_tokens=100,
+            max_output_tokens=100,
+            min_output_tokens=100,
+            **prices,
+        )
+        assert r.status_code == 402 and r.json()["error"]["code"] == "session_budget_exhausted"
+        assert r.json()["error"]["budget"]["remaining_usd_micros"] == 100
+        r = await h.call("POST", f"/v1/admin/sessions/{session}/reset")
+        assert r.status_code == 200
+        assert (r.json()["spent_usd_micros"], r.json()["budget_usd_micros"]) == (
+            0,
+            org["default_session_budget_usd_micros"],
+        )
+        r = await h.admit(
+            user["api_key"], session_id=session, prompt_tokens=100, max_output_tokens=100, **prices
+        )
+        assert r.status_code == 200
+        listed = (await h.call("GET", "/v1/admin/sessions")).json()["data"]
+        assert session in {s["session_id"] for s in listed}
+
+
+async def test_strict_sessions_and_orgs_without_default_session_budgets(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        user = await h.user()
+        default = (await h.call("GET", "/v1/admin/org")).json()["default_session_budget_usd_micros"]
+        await h.call(
+            "PATCH", "/v1/admin/org", json={"strict_sessions": True, "default_session_budget_usd_micros": 0}
+        )
+        try:
+            r = await h.admit(user["api_key"], max_output_tokens=16)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "session_required"
+            # A default of 0 means no session budgets, unless an admin sets one for a session.
+            free, capped = "free-" + uuid.uuid4().hex, "capped-" + uuid.uuid4().hex
+            prices = {"input_usd_micros_per_mtok": 1_000_000, "output_usd_micros_per_mtok": 1_000_000}
+            r = await h.admit(user["api_key"], max_output_tokens=16, session_id=free, **prices)
+            assert r.status_code == 200 and r.json()["reserved_usd_micros"] == 0
+            await h.call("PUT", f"/v1/admin/sessions/{capped}/budget", json={"budget_usd_micros": 30})
+            r = await h.admit(
+                user["api_key"], max_output_tokens=16, min_output_tokens=16, session_id=capped, **prices
+            )
+            assert r.status_code == 200 and r.json()["reserved_usd_micros"] == 10 + 16
+            r = await h.admit(
+                user["api_key"], max_output_tokens=16, min_output_tokens=16, session_id=capped, **prices
+            )
+            assert r.status_code == 402 and r.json()["error"]["code"] == "session_budget_exhausted"
+        finally:
+            await h.call(
+                "PATCH",
+                "/v1/admin/org",
+                json={"strict_sessions": False, "default_session_budget_usd_micros": default},
+            )
+
+
+# --- approvals and isolation ------------------------------------------------------------------------------
+
+
+async def test_approvals_by_a_team_manager_never_the_requester(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        team, other_team = await h.team(), await h.team()
+        requester, manager, member = await h.user(quota=10), await h.user(), await h.user()
+        outsider_manager = await h.user()
+        await h.join(team, requester)
+        await h.join(team, manager, "manager")
+        await h.join(team, member)
+        await h.join(other_team, outsider_manager, "manager")
+
+        lonely = await h.user()
+        r = await h.call(
+            "POST", "/v1/approvals", lonely["api_key"], json={"requested_credits": 5, "reason": "x"}
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "no_team"
+        r = await h.call("POST", "/v1/approvals", requester["api_key"], json={"requested_credits": 0})
+        assert r.status_code == 400
+
+        r = await h.call(
+            "POST", "/v1/approvals", requester["api_key"], json={"requested_credits": 500, "reason": "demo"}
+        )
+        assert r.status_code == 201, r.text
+        approval = r.json()
+        assert approval["status"] == "pending" and approval["team_id"] == team["id"]
+        assert [e.amount for e in await h.events(ApprovalRequested, approval_id=approval["id"])] == [500]
+
+        pending = (await h.call("GET", "/v1/approvals/pending", manager["api_key"])).json()["data"]
+        assert [p["id"] for p in pending] == [approval["id"]]
+        for who in (requester, member, outsider_manager):
+            assert (await h.call("GET", "/v1/approvals/pending", who["api_key"])).json()["data"] == []
+        url = f"/v1/approvals/{approval['id']}"
+        r = await h.call("POST", url + "/approve", requester["api_key"])
+        assert r.status_code == 403 and r.json()["error"]["code"] == "self_approval"
+        for who in (member, outsider_manager):
+            r = await h.call("POST", url + "/approve", who["api_key"])
+            assert r.status_code == 403 and r.json()["error"]["code"] == "not_team_manager"
+
+        r = await h.call("POST", url + "/approve", manager["api_key"], json={"approved_credits": 300})
+        assert (
+            r.status_code == 200 and r.json()["status"] == "approved" and r.json()["approved_credits"] == 300
+        )
+        assert (await h.quota(requester["api_key"]))["personal_quota"] == 310
+        assert (await h.call("POST", url + "/reject", manager["api_key"])).status_code == 409
+        (decided,) = await h.events(ApprovalDecided, approval_id=approval["id"])
+        assert (decided.decision, decided.amount, decided.approver_user_id) == (
+            "approved",
+            300,
+            manager["id"],
+        )
+        r = await h.admit(
+            requester["api_key"], prompt_tokens=10, max_output_tokens=200, min_output_tokens=200
+        )
+        assert r.status_code == 200
+
+        second = (await h.call("POST", "/v1/approvals", requester["api_key"], json={"amount": 50})).json()
+        r = await h.call(
+            "POST", f"/v1/approvals/{second['id']}/reject", manager["api_key"], json={"reason": "no"}
+        )
+        assert (
+            r.status_code == 200 and r.json()["status"] == "rejected" and r.json()["decision_reason"] == "no"
+        )
+        assert (await h.quota(requester["api_key"]))["personal_quota"] == 310
+        mine = (await h.call("GET", "/v1/approvals", requester["api_key"])).json()["data"]
+        assert [m["status"] for m in mine] == ["approved", "rejected"]
+        assert (await h.call("GET", "/v1/approvals", manager["api_key"])).json()["data"] == []
+
+
+async def test_users_see_only_their_own_data_and_managers_their_teams(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        team = await h.team(pool=777)
+        alice, bob, boss = await h.user(quota=111), await h.user(quota=222), await h.user()
+        await h.join(team, alice)
+        await h.join(team, boss, "manager")
+        for path, method in (
+            ("/v1/admin/users", "GET"),
+            ("/v1/admin/pools", "GET"),
+            ("/v1/admin/org", "GET"),
+            ("/v1/admin/sessions", "GET"),
+            ("/v1/admin/freezes", "GET"),
+            (f"/v1/admin/users/{bob['id']}", "PATCH"),
+        ):
+            r = await h.call(method, path, alice["api_key"], json={} if method == "PATCH" else None)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "admin_required", path
+        assert (await h.quota(alice["api_key"]))["personal_quota"] == 111
+        assert (await h.quota(bob["api_key"]))["personal_quota"] == 222
+        alice_pools = {p["id"] for p in (await h.quota(alice["api_key"]))["pools"]}
+        assert bob["pool_id"] not in alice_pools and team["pool_id"] in alice_pools
+        bob_key = (await h.call("GET", "/v1/users/me/keys", bob["api_key"])).json()["data"][0]["id"]
+        assert (await h.call("DELETE", f"/v1/users/me/keys/{bob_key}", alice["api_key"])).status_code == 404
+        assert (
+            await h.call("POST", f"/v1/users/me/keys/{bob_key}/rotate", alice["api_key"])
+        ).status_code == 404
+
+        teams = (await h.call("GET", "/v1/users/me/teams", alice["api_key"])).json()["data"]
+        assert teams[0]["role"] == "member" and "members" not in teams[0] and teams[0]["member_count"] == 2
+        teams = (await h.call("GET", "/v1/users/me/teams", boss["api_key"])).json()["data"]
+        assert {m["id"] for m in teams[0]["members"]} == {alice["id"], boss["id"]}
+        by_id = {m["id"]: m for m in teams[0]["members"]}
+        assert by_id[alice["id"]]["personal_pool"]["limit"] == 111
+        assert teams[0]["pools"][0]["limit"] == 777
+
+        # An admin acts on others: reads a user's quota and keys, revokes one; a user cannot.
+        r = await h.call("GET", f"/v1/admin/users/{bob['id']}/quota")
+        assert r.status_code == 200 and r.json()["personal_quota"] == 222
+        assert (
+            await h.call("GET", f"/v1/admin/users/{bob['id']}/quota", alice["api_key"])
+        ).status_code == 403
+        assert (await h.call("GET", "/v1/admin/users/nobody/keys")).status_code == 404
+        r = await h.call("PATCH", f"/v1/admin/users/{bob['id']}", json={"status": None, "tier": None})
+        assert r.status_code == 200 and r.json()["status"] == "active"  # null means "leave as is"
+        r = await h.call("PATCH", "/v1/admin/org", json={"timezone": "Mars/Olympus"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "timezone"
+        spare = (await h.call("POST", "/v1/users/me/keys", alice["api_key"], json={"name": "spare"})).json()
+        listed = (await h.call("GET", f"/v1/admin/users/{alice['id']}/keys")).json()["data"]
+        assert spare["id"] in {k["id"] for k in listed} and all("api_key" not in k for k in listed)
+        r = await h.call("DELETE", f"/v1/admin/users/{alice['id']}/keys/{spare['id']}")
+        assert r.status_code == 200
+        assert (await h.admit(spare["api_key"], max_output_tokens=16)).status_code == 401
+
+        # Rotation: the old key stops, the new one works.
+        rotated = (await h.call("POST", f"/v1/users/me/keys/{bob_key}/rotate", bob["api_key"])).json()
+        assert rotated["rotated_from"] == bob_key and rotated["api_key"] != bob["api_key"]
+        assert (await h.admit(bob["api_key"], max_output_tokens=16)).status_code == 401
+        assert (await h.admit(rotated["api_key"], max_output_tokens=16)).status_code == 200
+
+
+async def test_leaky_tokens_aliases(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        user = await h.user(quota=1000)
+        status = (await h.call("GET", "/api/v1/tokens/status", user["api_key"])).json()
+        assert (status["personal_quota"], status["available_quota"]) == (1000, 1000)
+        r = await h.call(
+            "POST", "/api/v1/tokens/consume", user["api_key"], json={"provider": "mock", "tokens": 300}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["allowed"] and r.json()["remaining"] == 700
+        assert await h.ledger(user["pool_id"]) == 300
+        r = await h.call("POST", "/api/v1/tokens/consume", user["api_key"], json={"tokens": 701})
+        assert r.status_code == 402
+        r = await h.call("POST", "/api/v1/tokens/consume", user["api_key"], json={"tokens": 700})
+        assert r.status_code == 200 and r.json()["remaining"] == 0  # exactly what is left
+        quota = (await h.call("GET", "/api/v1/tokens/quota", user["api_key"])).json()
+        assert quota["pools"][0]["used"] == 1000
+        assert (
+            await h.call("GET", "/api/v1/tokens/quota?provider=openai", user["api_key"])
+        ).status_code == 200
+
+
+async def test_fixed_window_strategy_and_tier_multiplier(settings: QuotaSettings) -> None:
+    clock = FakeClock(60_000 * 1_000_000 + 59_000)  # one second before a window boundary
+    fixed = settings.model_copy(update={"bucket_strategy": "fixed_window", "key_requests_per_period": 2})
+    async with running(fixed, clock) as h:
+        user = await h.user()
+        for _ in range(2):
+            assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 200
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        clock.now_ms += 1000  # the next window
+        assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 200
+        await h.call("PATCH", f"/v1/admin/users/{user['id']}", json={"tier": "pro"})  # 2x capacity
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 4
+
+
+async def test_token_bucket_strategy_allows_a_burst_then_refills(settings: QuotaSettings) -> None:
+    clock = FakeClock()
+    tb = settings.model_copy(
+        update={"bucket_strategy": "token_bucket", "bucket_burst": 2.0, "key_requests_per_period": 2}
+    )
+    async with running(tb, clock) as h:
+        user = await h.user()
+        for _ in range(4):  # a burst of two periods' worth
+            assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 200
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 429 and r.headers["retry-after"] == "30"  # refills 2 per 60 s
+        clock.now_ms += 30_000
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 4
+        assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 429
+
+
+async def test_no_route_answers_500_to_junk(settings: QuotaSettings) -> None:
+    """Every route in the OpenAPI document, as admin and as a user, with junk bodies and path values."""
+    async with running(settings) as h:
+        user = await h.user()
+        spec = (await h.client.get("/openapi.json")).json()
+        assert len(spec["paths"]) >= 30
+        bodies: list[Any] = [None, {}, {"x": 1}, [], "junk", {"limit": -1, "owner_type": "moon", "tokens": 0}]
+        for path, methods in spec["paths"].items():
+            for method in methods:
+                if method not in ("get", "post", "put", "patch", "delete"):
+                    continue
+                url = path
+                for name in (
+                    "user_id",
+                    "team_id",
+                    "pool_id",
+                    "key_id",
+                    "approval_id",
+                    "session_id",
+                    "target_id",
+                ):
+                    url = url.replace("{" + name + "}", "n%27o%20pe")
+                url = url.replace("{target_type}", "session")
+                for key in (ADMIN_KEY, user["api_key"]):
+                    headers = await h.headers(key)
+                    for body in bodies:
+                        r = await h.client.request(method.upper(), url, headers=headers, json=body)
+                        assert r.status_code < 500, (method, url, body, r.text)
+                        if r.status_code >= 400:
+                            assert set(r.json()["error"]) >= {"message", "type", "code"}
+
+
+async def test_a_reservation_made_before_legs_existed_is_settled_after_an_upgrade(
+    settings: QuotaSettings, redis_url: str
+) -> None:
+    async with running(settings) as h:
+        user = await h.user(quota=1000)
+        await h.pool(user["api_key"], user["pool_id"])  # counter loaded
+        state = h.service.state
+        # What the walking skeleton's admission script left in Redis for a reservation of 300 tokens.
+        await state.redis.hincrby(state.pool_key(user["pool_id"]), "reserved", 300)
+        await state.redis.hset(
+            state.reservation_key("old-1"),
+            mapping={
+                "pool": user["pool_id"],
+                "amount": 300,
+                "user": user["id"],
+                "request": "r",
+                "expires": 1,
+            },
+        )
+        await state.redis.zadd(state.expiry_key, {"old-1": 1})
+        admitted = {
+            "reservation_id": "old-1",
+            "pool_id": user["pool_id"],
+            "quota_source": "personal",
+            "principal": {"user_id": user["id"], "key_id": None},
+        }
+        await h.settle(admitted, 120)
+        assert await h.ledger(user["pool_id"]) == 120
+        pool = await h.pool(user["api_key"], user["pool_id"])
+        assert (pool["used"], pool["reserved"]) == (120, 0)
+        assert await h.service.sweep_expired() == 0

@@ -1,0 +1,123 @@
+"""The balancer's inputs to the admission script, and the key policy checks (no I/O)."""
+
+from datetime import UTC, datetime
+
+import pytest
+from redis.asyncio import Redis
+
+from leaky_common.contracts import AdmitRequest
+from leaky_common.errors import Forbidden, InvalidRequest
+from lt_quota.adapters.redis_state import RedisState
+from lt_quota.adapters.repository import KeyRecord, OrgSettings, PoolRecord
+from lt_quota.service import QuotaService
+from lt_quota.settings import QuotaSettings
+
+NOW = int(datetime(2026, 11, 23, 12, tzinfo=UTC).timestamp() * 1000)
+ORG = OrgSettings("o1", "default", "UTC", 10, True, 10_000_000, False, False)
+
+
+def service() -> QuotaService:
+    # Redis clients connect lazily: nothing here touches the network.
+    state = RedisState(Redis.from_url("redis://127.0.0.1:1/0"), "t:")
+    return QuotaService(QuotaSettings(_env_file=None), None, state, lambda: NOW)  # type: ignore[arg-type]
+
+
+def record(**kw: object) -> KeyRecord:
+    base: dict[str, object] = {
+        "key_id": "k1",
+        "user_id": "u1",
+        "org_id": "o1",
+        "team_id": "t1",
+        "role": "user",
+        "email": "u@x",
+        "status": "active",
+        "expires_at": None,
+        "revoked": False,
+        "pool_id": "p-user",
+        "org": ORG,
+    }
+    base.update(kw)
+    return KeyRecord(**base)  # type: ignore[arg-type]
+
+
+POOLS = [
+    PoolRecord("p-user", "user", "u1", "o1", "tokens", 100),
+    PoolRecord("p-user-usd", "user", "u1", "o1", "usd", 5_000_000, "daily"),
+    PoolRecord("p-user-gpt4", "user", "u1", "o1", "tokens", 10, model="gpt-4o*"),
+    PoolRecord("p-team", "team", "t1", "o1", "tokens", 1000, "monthly"),
+    PoolRecord("p-org", "org", "o1", "o1", "tokens", 10**6),
+    PoolRecord("p-org-openai", "org", "o1", "o1", "tokens", 10, provider="openai"),
+    PoolRecord("p-key", "key", "k1", "o1", "tokens", 500),
+]
+SESSION = PoolRecord("p-sess", "session", "o1/s1", "o1", "usd", 10_000_000)
+
+
+def test_caps_and_alternatives_in_balancer_order() -> None:
+    svc = service()
+    counters, sources = svc.counters(
+        record(), POOLS, provider="mock", model="mock-gpt", critical=True, vacation=True, session=SESSION
+    )
+    assert sources == ["personal", "priority_bypass", "vacation_share"]
+    by_group = [(c.group, c.label, c.leg.split("|")[0]) for c in counters]
+    assert by_group == [
+        (0, "org", "p-org"),  # the openai-only org pool and the gpt-4o personal pool do not apply
+        (0, "key_cap", "p-key"),
+        (0, "session", "p-sess"),
+        (1, "personal", "p-user"),
+        (1, "personal", "p-user-usd"),
+        (2, "team", "p-team"),
+        (3, "team", "p-team"),
+        (3, "vacation_share", "p-team"),
+    ]
+    vac = counters[-1]
+    assert vac.pct == 10 and vac.key == "t:vac:p-team:m:2026-11" and vac.leg == "p-team|m:2026-11|v"
+    assert counters[4].key == "t:pool:p-user-usd:d:2026-11-23" and counters[4].unit == "u"
+    assert counters[3].key == "t:pool:p-user" and counters[3].unit == "t"
+
+
+def test_no_bypass_without_critical_and_no_share_when_the_org_disallows_it() -> None:
+    svc = service()
+    _, sources = svc.counters(
+        record(), POOLS, provider="mock", model="mock-gpt", critical=False, vacation=False, session=None
+    )
+    assert sources == ["personal"]
+    no_sharing = OrgSettings("o1", "default", "UTC", 10, False, 10_000_000, False, False)
+    _, sources = svc.counters(
+        record(org=no_sharing),
+        POOLS,
+        provider="mock",
+        model="mock-gpt",
+        critical=False,
+        vacation=True,
+        session=None,
+    )
+    assert sources == ["personal"]
+    counters, sources = svc.counters(
+        record(), POOLS, provider="openai", model="gpt-4o-mini", critical=False, vacation=False, session=None
+    )
+    assert {c.leg.split("|")[0] for c in counters} >= {"p-org-openai", "p-user-gpt4"}
+
+
+def admit(**kw: object) -> AdmitRequest:
+    return AdmitRequest(api_key="k", request_id="r", model="mock-gpt", provider="mock", prompt_tokens=1, **kw)  # type: ignore[arg-type]
+
+
+def test_key_policy_models_and_priorities() -> None:
+    svc = service()
+    assert svc._policy(record(), admit()) is False
+    with pytest.raises(Forbidden) as exc:
+        svc._policy(record(allowed_models=("gpt-*",)), admit())
+    assert exc.value.code == "model_not_allowed"
+    assert svc._policy(record(allowed_models=("mock-*",)), admit()) is False
+    with pytest.raises(Forbidden) as exc:
+        svc._policy(record(), admit(priority="critical"))
+    assert exc.value.code == "priority_not_allowed"
+    assert svc._policy(record(allow_priority_bypass=True), admit(priority="critical")) is True
+    assert svc._policy(record(allowed_priorities=("normal", "critical")), admit(priority="critical")) is True
+    with pytest.raises(Forbidden):
+        svc._policy(record(allowed_priorities=("low",)), admit(priority="high"))
+    with pytest.raises(InvalidRequest):
+        svc._policy(record(), admit(priority="asap"))
+    # A default priority of critical without the right is simply normal, not an error.
+    assert svc._policy(record(default_priority="critical"), admit()) is False
+    assert svc._policy(record(default_priority="critical", allow_priority_bypass=True), admit()) is True
