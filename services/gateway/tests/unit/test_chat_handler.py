@@ -144,17 +144,67 @@ async def test_denial_is_passed_through_and_recorded_as_blocked() -> None:
     )
 
 
-async def test_invalid_request_never_reaches_quota() -> None:
+async def test_invalid_request_never_reaches_quota_but_is_recorded() -> None:
     quota, sink = FakeQuota(), RecordingSink()
     resp = await handler(quota, sink).handle(make_request({"model": "mock-gpt", "messages": []}))
     assert resp.status_code == 400
+    assert resp.headers["x-leaky-tokens-cost-usd"] == "0.000000"
     assert quota.requests == []
-    assert sink.events == []
+    (event,) = sink.events
+    assert (event.status, event.http_status, event.model, event.reservation_id) == (
+        "error",
+        400,
+        "mock-gpt",
+        None,
+    )
+
+
+async def test_keyless_request_is_401_and_recorded_as_blocked() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    req = make_request(CHAT)
+    req.scope["headers"] = [h for h in req.scope["headers"] if h[0] != b"authorization"]
+    resp = await handler(quota, sink).handle(req)
+    assert resp.status_code == 401
+    (event,) = sink.events
+    assert (event.status, event.http_status, event.error_code) == ("blocked", 401, "missing_api_key")
+
+
+async def test_unknown_model_is_404_and_wrong_endpoint_is_400() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    h = handler(quota, sink)
+    resp = await h.handle(make_request({**CHAT, "model": "nope"}))
+    assert resp.status_code == 404
+    assert orjson.loads(resp.body)["error"]["code"] == "model_not_found"
+    resp = await h.handle(make_request({**CHAT, "model": "mock-embedding"}))
+    assert resp.status_code == 400
+    assert orjson.loads(resp.body)["error"]["code"] == "unsupported_model"
+    assert [e.http_status for e in sink.events] == [404, 400]
+    assert quota.requests == []
+
+
+async def test_stream_failure_before_the_first_chunk_keeps_its_status() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    resp = await handler(quota, sink, FailingProvider()).handle(make_request({**CHAT, "stream": True}))
+    assert resp.status_code == 502
+    assert b"went away" not in resp.body
+    (event,) = sink.events
+    assert (event.status, event.http_status, event.stream) == ("error", 502, True)
+    assert event.completion_tokens == 0
+
+
+class MidStreamFailure(MockProvider):
+    async def stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        n = 0
+        async for chunk in super().stream(spec, body):
+            yield chunk
+            n += 1
+            if n == 3:
+                raise ConnectionResetError("upstream went away")
 
 
 async def test_stream_failure_sends_an_error_event_and_settles_what_was_counted() -> None:
     quota, sink = FakeQuota(), RecordingSink()
-    resp = await handler(quota, sink, FailingProvider()).handle(make_request({**CHAT, "stream": True}))
+    resp = await handler(quota, sink, MidStreamFailure()).handle(make_request({**CHAT, "stream": True}))
     assert resp.status_code == 200  # headers were already committed to a stream
     chunks = [c async for c in resp.body_iterator]  # type: ignore[attr-defined]
     payload = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks)
@@ -163,7 +213,21 @@ async def test_stream_failure_sends_an_error_event_and_settles_what_was_counted(
     (event,) = sink.events
     assert (event.status, event.http_status, event.error_code) == ("error", 502, "bad_gateway")
     assert event.reservation_id == "res_1" and event.stream is True
-    assert event.completion_tokens == 0
+    # role chunk + two content words were generated before the failure
+    assert event.completion_tokens == 2
+
+
+async def test_stream_without_include_usage_carries_usage_and_cost_on_the_finish_chunk() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    resp = await handler(quota, sink).handle(make_request({**CHAT, "stream": True}))
+    chunks = [c async for c in resp.body_iterator]  # type: ignore[attr-defined]
+    events = [orjson.loads(c[6:]) for c in chunks if c.startswith(b"data: {")]
+    assert all(e["choices"] for e in events)  # no usage-only chunk the client did not ask for
+    last = events[-1]
+    assert last["choices"][0]["finish_reason"] == "stop"
+    (event,) = sink.events
+    assert last["usage"]["total_tokens"] == event.total_tokens
+    assert last["leaky_tokens"]["cost_usd_micros"] == event.cost_usd_micros
 
 
 async def test_streamed_usage_matches_provider_and_is_recorded_once() -> None:
