@@ -44,6 +44,12 @@ logger = logging.getLogger("lt_gateway.requests")
 _JSON = "application/json"
 _ENDPOINT = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
 _ZERO_COST = format_usd(0)
+# Which model modes each endpoint serves (OpenAI-compatible servers answer legacy completions for chat models).
+_SERVES: dict[str, frozenset[str]] = {
+    "chat": frozenset({"chat"}),
+    "completion": frozenset({"chat", "completion"}),
+    "embedding": frozenset({"embedding"}),
+}
 
 
 @dataclass(slots=True)
@@ -166,7 +172,7 @@ class ChatHandler:
             raise NotFound(
                 f"The model '{parsed.model}' does not exist", param="model", code="model_not_found"
             )
-        if spec.mode != parsed.kind:
+        if spec.mode not in _SERVES[parsed.kind]:
             raise InvalidRequest(
                 f"'{spec.name}' is a {spec.mode} model; call {_ENDPOINT[spec.mode]}",
                 param="model",
