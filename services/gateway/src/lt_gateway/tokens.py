@@ -35,12 +35,15 @@ _REPLY_PRIMING = 3
 @lru_cache(maxsize=1)
 def encoding() -> tiktoken.Encoding:
     """The shipped `cl100k_base` encoding (loaded once, offline)."""
-    return tiktoken.Encoding(
+    enc = tiktoken.Encoding(
         name="cl100k_base",
         pat_str=_CL100K_PATTERN,
         mergeable_ranks=load_tiktoken_bpe(str(_BPE_FILE)),
         special_tokens=_CL100K_SPECIAL,
     )
+    # The Rust core holds its own copy of the ranks; the Python dict is only kept for pickling (~16 MB).
+    enc._mergeable_ranks = {}
+    return enc
 
 
 def text_tokens(text: str) -> int:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import pytest
 from starlette.requests import Request
 
 from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
 from leaky_common.events import UsageRecorded
 from lt_gateway.chat import ChatHandler
-from lt_gateway.models import ModelSpec, ModelTable
+from lt_gateway.models import ModelSpec, ModelTable, format_usd
 from lt_gateway.providers import Completion, StreamChunk
 from lt_gateway.providers.mock import MockProvider
 from lt_gateway.quota_client import Denial
@@ -241,3 +243,30 @@ async def test_streamed_usage_matches_provider_and_is_recorded_once() -> None:
     (event,) = sink.events
     assert event.status == "ok" and event.total_tokens == usage["total_tokens"]
     assert events[-1]["leaky_tokens"]["cost_usd_micros"] == event.cost_usd_micros
+
+
+async def test_one_log_line_per_request_with_tokengate_fields_and_no_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    secret = "my secret prompt words"
+    body = {**CHAT, "messages": [{"role": "user", "content": secret}]}
+    with caplog.at_level(logging.INFO, logger="lt_gateway.requests"):
+        await handler(quota, sink).handle(
+            make_request(body, {"x-privacy-mode": "strict", "x-session-id": "s9"})
+        )
+        await handler(quota, sink).handle(make_request({"model": "mock-gpt", "messages": "nope"}))
+    records = [r for r in caplog.records if r.name == "lt_gateway.requests"]
+    assert len(records) == 2
+    ok, bad = (r.__dict__ for r in records)
+    fields = ("timestamp", "session_id", "model", "estimated_cost", "actual_cost", "input_tokens",
+              "output_tokens", "decision", "error")  # fmt: skip
+    assert all(f in ok for f in fields) and all(f in bad for f in fields)
+    assert (ok["decision"], ok["session_id"], ok["model"], ok["error"]) == ("allowed", "s9", "mock-gpt", None)
+    assert ok["output_tokens"] == sink.events[0].completion_tokens
+    assert ok["actual_cost"] == format_usd(sink.events[0].cost_usd_micros)
+    assert (bad["decision"], bad["actual_cost"]) == ("rejected", "0.000000")
+    assert quota.requests[0].privacy == "strict"
+    for record in records:
+        assert "secret" not in record.getMessage()
+        assert all("secret" not in str(v) for v in record.__dict__.values())
