@@ -90,8 +90,12 @@ async def pstack() -> AsyncIterator[ProviderStack]:
     fakes["flaky"] = FakeProvider("openai", fail_next=[503] * 1000)
     fakes["broken"] = FakeProvider("openai", fail_next=[500] * 1000)
     fakes["slow"] = FakeProvider("openai", delay_s=5.0)
-    fakes["hold"] = FakeProvider(
-        "openai", words=tuple(f" w{i}" for i in range(40)), hold_after=HOLD_AFTER, stream_usage=True
+    fakes["hold"] = FakeProvider("openai", words=tuple(f" w{i}" for i in range(40)), hold_after=HOLD_AFTER)
+    fakes["hold-claude"] = FakeProvider(
+        "anthropic",
+        words=tuple(f" w{i}" for i in range(40)),
+        hold_after=HOLD_AFTER,
+        usage=FakeUsage(prompt=77),
     )
     for fake in fakes.values():
         await fake.start()
@@ -102,6 +106,7 @@ async def pstack() -> AsyncIterator[ProviderStack]:
         route("slow-gpt", "openai", fakes["slow"], max_retries=0, timeout_s=0.5),
         route("down-gpt", "openai", None, max_retries=0),
         route("hold-gpt", "openai", fakes["hold"]),
+        route("hold-claude", "anthropic", fakes["hold-claude"]),
     ]
     run_dir = Path(tempfile.mkdtemp(prefix="lt-e2e-providers-"))
     models_file = run_dir / "models.json"
@@ -345,11 +350,14 @@ async def test_failing_deployment_falls_back(pstack: ProviderStack) -> None:
     assert len(pstack.fakes["flaky"].requests) == before + 1
 
 
-async def test_client_disconnect_mid_stream_is_charged_for_what_was_generated(pstack: ProviderStack) -> None:
+@pytest.mark.parametrize(("model", "fake_name"), [("hold-gpt", "hold"), ("hold-claude", "hold-claude")])
+async def test_client_disconnect_mid_stream_is_charged_for_what_was_generated(
+    pstack: ProviderStack, model: str, fake_name: str
+) -> None:
     key = await new_user(pstack)
-    fake = pstack.fakes["hold"]
+    fake = pstack.fakes[fake_name]
     fake.stream_closed_early.clear()
-    body = {"model": "hold-gpt", "messages": MESSAGES, "stream": True, "max_tokens": 100}
+    body = {"model": model, "messages": MESSAGES, "stream": True, "max_tokens": 100}
     received: list[str] = []
     async with (
         httpx.AsyncClient(timeout=30) as http,
@@ -373,4 +381,6 @@ async def test_client_disconnect_mid_stream_is_charged_for_what_was_generated(ps
     await eventually(fake.stream_closed_early.is_set, 15, "upstream connection closed by the gateway")
     # ...and settled exactly the prompt plus the N chunks generated: never free, never the whole reservation.
     generated = sum(text_tokens(w) for w in fake.words[:HOLD_AFTER])
-    await settled_to(pstack, key, estimate_prompt_tokens(MESSAGES) + generated)
+    # Anthropic reports the prompt tokens up front (message_start); otherwise the gateway's estimate counts.
+    prompt = fake.usage.prompt if fake.kind == "anthropic" else estimate_prompt_tokens(MESSAGES)
+    await settled_to(pstack, key, prompt + generated)

@@ -274,6 +274,7 @@ class ChatHandler:
         client asked for `include_usage`, else the finish chunk (held back until usage is known)."""
         counted = 0
         usage: Usage | None = None
+        prompt = Usage(call.parsed.prompt_tokens, 0)
         held: dict[str, Any] | None = None
         sent_final = False
         status, http_status, error_code = "ok", 200, None
@@ -286,6 +287,8 @@ class ChatHandler:
                 counted += chunk.completion_tokens
                 if chunk.usage is not None:
                     usage = chunk.usage
+                if chunk.prompt_usage is not None:
+                    prompt = chunk.prompt_usage
                 choices = body.get("choices")
                 if not choices:
                     if usage is not None and include_usage:
@@ -307,7 +310,7 @@ class ChatHandler:
                 chunk = await anext(chunks, None)
             if not sent_final:
                 # The upstream reported no usage: count what was streamed.
-                final = usage or Usage(call.parsed.prompt_tokens, counted)
+                final = usage or _counted(prompt, counted)
                 template = held or {
                     "id": first.body.get("id"), "object": "chat.completion.chunk",
                     "created": first.body.get("created"), "choices": [],
@@ -326,7 +329,7 @@ class ChatHandler:
                 raise
         finally:
             if usage is None:
-                usage = Usage(call.parsed.prompt_tokens, counted)
+                usage = _counted(prompt, counted)
             self._record(call, usage, status, http_status, error_code)
             # Closing the provider's generator closes its upstream connection: generation stops there too.
             aclose = getattr(chunks, "aclose", None)
@@ -440,6 +443,12 @@ class ChatHandler:
             request_id, session_id, model, "blocked" if blocked else "rejected", exc.code or kind, exc.status,
             latency_ms, 0, 0, 0, 0,
         )  # fmt: skip
+
+
+def _counted(prompt: Usage, completion_tokens: int) -> Usage:
+    """Usage of a stream the upstream reported no final usage for: the prompt side as known, plus what was
+    streamed (counted with the tokenizer)."""
+    return Usage(prompt.prompt_tokens, completion_tokens, prompt.cached_tokens, prompt.cache_write_tokens)
 
 
 class ClosingStreamingResponse(StreamingResponse):

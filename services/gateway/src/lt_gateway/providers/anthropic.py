@@ -216,7 +216,9 @@ class AnthropicProvider:
                     message = msg.get("message") or {}
                     base["id"] = f"chatcmpl-{message.get('id', '')}"
                     start_usage = message.get("usage") or {}
-                    yield StreamChunk(chunk({"role": "assistant", "content": ""}))
+                    yield StreamChunk(
+                        chunk({"role": "assistant", "content": ""}), prompt_usage=parse_usage(start_usage, 0)
+                    )
                 elif kind == "content_block_start":
                     block = msg.get("content_block") or {}
                     if block.get("type") == "tool_use":

@@ -46,11 +46,16 @@ class Completion:
 
 @dataclass(slots=True)
 class StreamChunk:
-    """One `chat.completion.chunk`; `completion_tokens` counts its content for when no usage comes."""
+    """One `chat.completion.chunk`; `completion_tokens` counts its content for when no usage comes.
+
+    `usage` is the final usage (on the last chunk). `prompt_usage` is the prompt side when a provider reports
+    it up front (Anthropic's message_start), so a stream cut short is charged the exact prompt.
+    """
 
     body: dict[str, Any]
     completion_tokens: int = 0
     usage: Usage | None = None
+    prompt_usage: Usage | None = None
 
 
 class Provider(Protocol):
