@@ -57,6 +57,7 @@ class _Call:
     """One admitted request on its way through a provider."""
 
     parsed: ParsedRequest
+    # The deployment serving the request: the requested model's, or the fallback that answered.
     spec: ModelSpec
     admitted: AdmitResponse
     request_id: str
@@ -161,7 +162,7 @@ class ChatHandler:
             return _error(exc.status, exc.body(), request_id, {**headers, **exc.headers})
         cost = self._record(call, completion.usage, "ok", 200, None)
         body = completion.body
-        body["model"] = spec.name
+        body["model"] = parsed.model
         body["leaky_tokens"] = self._cost_field(cost, admitted)
         headers["x-leaky-tokens-cost-usd"] = format_usd(cost)
         return Response(orjson.dumps(body), media_type=_JSON, headers=headers)
@@ -205,10 +206,11 @@ class ChatHandler:
             provider = self.providers[spec.provider]
             try:
                 if call.parsed.kind == "chat":
-                    return await provider.complete(spec, body)
-                if call.parsed.kind == "completion":
-                    return await provider.text_complete(spec, body)
-                return await provider.embed(spec, body)
+                    result = await provider.complete(spec, body)
+                elif call.parsed.kind == "completion":
+                    result = await provider.text_complete(spec, body)
+                else:
+                    result = await provider.embed(spec, body)
             except Exception as exc:
                 err = self._upstream_error(exc, call, spec)
                 if err.status not in FALLBACK_STATUS or i == len(candidates) - 1:
@@ -217,6 +219,10 @@ class ChatHandler:
                     "deployment failed; falling back",
                     extra={"request_id": call.request_id, "model": spec.name, "error": err.code},
                 )
+            else:
+                # Priced and recorded as the deployment that answered.
+                call.spec = spec
+                return result
         raise AssertionError("unreachable")
 
     async def _start_stream(self, call: _Call, headers: dict[str, str]) -> Response:
@@ -233,7 +239,8 @@ class ChatHandler:
             except Exception as exc:
                 err = self._upstream_error(exc, call, spec)
             else:
-                max_cost = call.spec.cost_usd_micros(
+                call.spec = spec
+                max_cost = spec.cost_usd_micros(
                     call.parsed.prompt_tokens, call.admitted.granted_output_tokens
                 )
                 headers["x-leaky-tokens-cost-usd-max"] = format_usd(max_cost)
@@ -262,7 +269,7 @@ class ChatHandler:
         return {"cost_usd": format_usd(cost), "cost_usd_micros": cost, "quota_source": admitted.quota_source}
 
     def _final_usage_chunk(self, call: _Call, chunk: dict[str, Any], usage: Usage, cost: int) -> bytes:
-        chunk["model"] = call.spec.name
+        chunk["model"] = call.parsed.model
         chunk["usage"] = usage.openai()
         chunk["leaky_tokens"] = self._cost_field(cost, call.admitted)
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
@@ -278,7 +285,7 @@ class ChatHandler:
         held: dict[str, Any] | None = None
         sent_final = False
         status, http_status, error_code = "ok", 200, None
-        name = call.spec.name
+        name = call.parsed.model
         include_usage = call.parsed.include_usage
         try:
             chunk: StreamChunk | None = first

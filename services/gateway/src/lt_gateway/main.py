@@ -91,7 +91,12 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
     """Build the gateway app; resources are created in the lifespan."""
     models = ModelTable.load(settings.models_file)
     quota = QuotaClient(settings.quota_url, settings.internal_token, settings.internal_timeout_s)
-    usage = UsageSink(EventPublisher(settings), settings.usage_queue_max, spool_path=settings.spool_path())
+    usage = UsageSink(
+        EventPublisher(settings),
+        settings.usage_queue_max,
+        spool_path=settings.spool_path(),
+        linger_s=settings.usage_linger_s,
+    )
     upstream = UpstreamHTTP(settings.upstream_timeout_s, settings.upstream_retry_backoff_s)
     chat = ChatHandler(
         models=models,

@@ -24,6 +24,8 @@ class GatewaySettings(ServiceSettings):
     internal_timeout_s: float = 10.0
     # Usage events waiting in memory for the broker (beyond this they are dropped; the spool takes over first).
     usage_queue_max: int = 100_000
+    # Usage events gather this long before being published together (fewer produce requests).
+    usage_linger_s: float = 0.02
     # Largest request body accepted (bytes).
     max_body_bytes: int = 4 * 1024 * 1024
     # Durable spool for usage events the broker has not acknowledged (default: .run/gateway-<port>-usage-spool.sqlite).

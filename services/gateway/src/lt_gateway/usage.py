@@ -80,9 +80,18 @@ class UsageSink:
     """Memory queue + durable spool + background publisher for usage events."""
 
     def __init__(
-        self, publisher: EventPublisher, maxsize: int, *, spool_path: Path, batch: int = 256
+        self,
+        publisher: EventPublisher,
+        maxsize: int,
+        *,
+        spool_path: Path,
+        batch: int = 256,
+        linger_s: float = 0.02,
     ) -> None:
         self._publisher = publisher
+        # Events gather this long before a publish: one produce request per batch instead of per event
+        # (on loopback each send costs as much CPU as serving a request).
+        self._linger_s = linger_s
         self._queue: deque[UsageRecorded] = deque()
         self._maxsize = maxsize
         self._batch = batch
@@ -193,6 +202,8 @@ class UsageSink:
                 spool.remove([seq for (seq, _), sent in zip(rows, ok, strict=True) if sent])
                 failed = not all(ok)
             elif self._queue:
+                if len(self._queue) < self._batch and self._linger_s:
+                    await asyncio.sleep(self._linger_s)
                 batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
                 ok = await self._publish(batch)
                 unsent = [e for e, sent in zip(batch, ok, strict=True) if not sent]
