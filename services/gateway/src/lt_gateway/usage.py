@@ -87,11 +87,16 @@ class UsageSink:
         spool_path: Path,
         batch: int = 256,
         linger_s: float = 0.02,
+        publish_timeout_s: float = 2.0,
     ) -> None:
         self._publisher = publisher
         # Events gather this long before a publish: one produce request per batch instead of per event
         # (on loopback each send costs as much CPU as serving a request).
         self._linger_s = linger_s
+        # A publish not acknowledged this fast counts as failed and its events are spooled, which bounds how
+        # long an event lives in memory only while the broker is dying. (If it is delivered after all, the
+        # spooled copy is a duplicate with the same event_id, which consumers ignore.)
+        self._publish_timeout_s = publish_timeout_s
         self._queue: deque[UsageRecorded] = deque()
         self._maxsize = maxsize
         self._batch = batch
@@ -185,7 +190,13 @@ class UsageSink:
 
     async def _publish(self, events: list[UsageRecorded]) -> list[bool]:
         results = await asyncio.gather(
-            *(self._publisher.publish(Topics.USAGE, e, key=e.user_id or e.request_id) for e in events),
+            *(
+                asyncio.wait_for(
+                    self._publisher.publish(Topics.USAGE, e, key=e.user_id or e.request_id),
+                    self._publish_timeout_s,
+                )
+                for e in events
+            ),
             return_exceptions=True,
         )
         return [not isinstance(r, BaseException) for r in results]
