@@ -10,7 +10,7 @@ Starts one mock OpenAI upstream process (bench/mock_upstream.py), then:
 - litellm: LiteLLM proxy 1.106.2 (1 worker, master key, no database: governance off), installed on demand
   into .run/litellm-venv (never into the workspace); skipped with a message if it cannot be installed.
 
-Prints for each path: p50/p99 latency at concurrency 1 (non-streamed) and the added latency vs direct,
+Figures are medians of `--runs` interleaved runs. Prints for each path: p50/p99 latency at concurrency 1 (non-streamed) and the added latency vs direct,
 streamed time-to-first-token p50, req/s at the given concurrency, CPU milliseconds per request summed over
 the path's own processes (gateway: gateway, quota, Redis, broker; litellm: its proxy), and RSS.
 """
@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,16 @@ class BenchPath:
     cpu_ms: float | None = None
     breakdown: dict[str, float] = field(default_factory=dict)
     errors: int = 0
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+    def summarise(self) -> None:
+        """Each figure is the median over the runs (the machine is noisy; TARGETS.md asks for medians)."""
+        for name in ("p50", "p99", "ttft50", "rps", "cpu_ms"):
+            values = [r[name] for r in self.runs if name in r]
+            if values:
+                setattr(self, name, statistics.median(values))
+        keys = {k for r in self.runs for k in r if k.startswith("cpu:")}
+        self.breakdown = {k[4:]: statistics.median(r[k] for r in self.runs) for k in sorted(keys)}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -132,18 +143,21 @@ def rss_mb(pid: int) -> float:
 
 
 def run_path(path: BenchPath, args: argparse.Namespace) -> None:
+    """One run of every measurement on `path`, appended to `path.runs`."""
+    run: dict[str, float] = {}
     asyncio.run(measure(path, 200, 8))  # warm-up
     seq, _ = asyncio.run(measure(path, args.sequential, 1))
-    path.p50, path.p99 = percentile(seq, 0.5) * 1000, percentile(seq, 0.99) * 1000
+    run["p50"], run["p99"] = percentile(seq, 0.5) * 1000, percentile(seq, 0.99) * 1000
     ttft, _ = asyncio.run(measure(path, max(args.sequential // 2, 50), 1, stream=True))
-    path.ttft50 = percentile(ttft, 0.5) * 1000
+    run["ttft50"] = percentile(ttft, 0.5) * 1000
     watched = {**path.pids, **path.off_path}
     cpu0 = cpu_seconds(watched)
-    _, path.rps = asyncio.run(measure(path, args.requests, args.concurrency))
+    _, run["rps"] = asyncio.run(measure(path, args.requests, args.concurrency))
     cpu1 = cpu_seconds(watched)
     if path.pids:
-        path.cpu_ms = sum(cpu1[k] - cpu0[k] for k in path.pids) * 1000 / args.requests
-        path.breakdown = {k: (cpu1[k] - cpu0[k]) * 1000 / args.requests for k in watched}
+        run["cpu_ms"] = sum(cpu1[k] - cpu0[k] for k in path.pids) * 1000 / args.requests
+        run.update({f"cpu:{k}": (cpu1[k] - cpu0[k]) * 1000 / args.requests for k in watched})
+    path.runs.append(run)
 
 
 def start_upstream(port: int) -> subprocess.Popen[bytes]:
@@ -272,8 +286,9 @@ litellm_settings:
 def report(paths: list[BenchPath], args: argparse.Namespace, stack_pids: dict[str, int]) -> None:
     direct = paths[0]
     c = args.concurrency
+    print(f"\nmedians of {args.runs} runs; {args.sequential} sequential requests, {args.requests} at c={c}")
     print(
-        f"\n{'path':34} {'p50 c=1':>9} {'p99 c=1':>9} {'+p50':>8} {'+p99':>8} {'TTFT p50':>9} "
+        f"{'path':34} {'p50 c=1':>9} {'p99 c=1':>9} {'+p50':>8} {'+p99':>8} {'TTFT p50':>9} "
         f"{'req/s c=' + str(c):>11} {'CPU ms/req':>11} {'RSS MB':>8}"
     )
     for p in paths:
@@ -311,6 +326,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--sequential", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=3, help="figures are medians over this many runs")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
     parser.add_argument("--no-install", action="store_true", help="do not install LiteLLM if it is missing")
     args = parser.parse_args()
@@ -348,9 +364,13 @@ def main() -> None:
                     pids={"litellm": litellm.pid},
                 )
             )
+        # Runs interleave the paths so machine noise falls on all of them alike.
+        for i in range(args.runs):
+            for path in paths:
+                print(f"run {i + 1}/{args.runs}: measuring {path.name} ...", flush=True)
+                run_path(path, args)
         for path in paths:
-            print(f"measuring {path.name} ...", flush=True)
-            run_path(path, args)
+            path.summarise()
         report(paths, args, stack_pids)
     finally:
         if litellm is not None:
