@@ -49,6 +49,8 @@ class FakeProvider:
     delay_s: float = 0.0
     # After this many content chunks, keep the stream open until the client goes away.
     hold_after: int | None = None
+    # Anthropic and Gemini: answer requests that offer tools with this call (name, arguments) instead of text.
+    tool_call: tuple[str, dict[str, Any]] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     stream_closed_early: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
@@ -216,9 +218,13 @@ class FakeProvider:
             "output_tokens": u.completion,
         }
         mid = f"msg_{uuid4().hex[:24]}"
+        call = self.tool_call if body.get("tools") else None
         if not body.get("stream"):
+            content: list[dict[str, Any]] = [{"type": "text", "text": self.text}]
+            if call:
+                content = [{"type": "tool_use", "id": "toolu_1", "name": call[0], "input": call[1]}]
             return _json({"id": mid, "type": "message", "role": "assistant", "model": body["model"],
-                          "content": [{"type": "text", "text": self.text}], "stop_reason": "end_turn",
+                          "content": content, "stop_reason": "tool_use" if call else "end_turn",
                           "stop_sequence": None, "usage": usage})  # fmt: skip
         start = {"id": mid, "type": "message", "role": "assistant", "model": body["model"], "content": [],
                  "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}  # fmt: skip
@@ -233,10 +239,21 @@ class FakeProvider:
                                      "delta": {"type": "text_delta", "text": w}})
             for w in self.words
         ]  # fmt: skip
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        if call:
+            args = orjson.dumps(call[1]).decode()
+            events += [
+                ("content_block_start", {"type": "content_block_start", "index": 1, "content_block":
+                                         {"type": "tool_use", "id": "toolu_1", "name": call[0], "input": {}}}),
+                ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                         "delta": {"type": "input_json_delta", "partial_json": args[:5]}}),
+                ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                         "delta": {"type": "input_json_delta", "partial_json": args[5:]}}),
+                ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+            ]  # fmt: skip
         events += [
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                               "usage": {"output_tokens": u.completion}}),
+            ("message_delta", {"type": "message_delta", "usage": {"output_tokens": u.completion},
+                               "delta": {"stop_reason": "tool_use" if call else "end_turn", "stop_sequence": None}}),
             ("message_stop", {"type": "message_stop"}),
         ]  # fmt: skip
         return await self._sse(request, events)
@@ -244,7 +261,7 @@ class FakeProvider:
     # -- Gemini ---------------------------------------------------------------------------------------------------
 
     async def _gemini(self, request: web.Request) -> web.StreamResponse:
-        _body, error = await self._admit(request, request.headers.get("x-goog-api-key"))
+        body, error = await self._admit(request, request.headers.get("x-goog-api-key"))
         if error is not None:
             return error
         model, _, method = request.match_info["call"].partition(":")
@@ -254,21 +271,28 @@ class FakeProvider:
         if u.cached:
             final_usage["cachedContentTokenCount"] = u.cached
 
-        def part(text: str, finish: str | None, usage: dict[str, Any]) -> dict[str, Any]:
-            cand: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+        call = self.tool_call if body.get("tools") else None
+
+        def part(
+            text: str, finish: str | None, usage: dict[str, Any], with_call: bool = False
+        ) -> dict[str, Any]:
+            parts: list[dict[str, Any]] = [{"text": text}]
+            if with_call and call:
+                parts.append({"functionCall": {"name": call[0], "args": call[1]}})
+            cand: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
             if finish:
                 cand["finishReason"] = finish
             return {"candidates": [cand], "usageMetadata": usage, "modelVersion": model, "responseId": "r1"}
 
         if method == "generateContent":
-            return _json(part(self.text, "STOP", final_usage))
+            return _json(part(self.text, "STOP", final_usage, with_call=True))
         if method != "streamGenerateContent" or request.query.get("alt") != "sse":
             return self._error(404, f"unsupported method {method}")
         partial = {"promptTokenCount": u.prompt, "totalTokenCount": u.prompt}
         events: list[tuple[str | None, dict[str, Any] | str]] = [
             (None, part(w, None, partial)) for w in self.words[:-1]
         ]
-        events.append((None, part(self.words[-1], "STOP", final_usage)))
+        events.append((None, part(self.words[-1], "STOP", final_usage, with_call=True)))
         return await self._sse(request, events)
 
 

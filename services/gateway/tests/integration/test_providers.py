@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 
 from leaky_common.errors import InvalidRequest, ServiceUnavailable, UpstreamError, UpstreamTimeout
@@ -283,5 +284,76 @@ async def test_openai_shaped_completions_and_embeddings(
         emb = await providers[kind].embed(spec, {"model": "x", "input": ["a", "b"]})
         assert len(emb.body["data"]) == 2
         assert (emb.usage.prompt_tokens, emb.usage.completion_tokens) == (fake.usage.prompt, 0)
+    finally:
+        await fake.close()
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini"])
+async def test_tool_calls_are_translated_back_streamed_and_not(
+    kind: FakeKind, providers: dict[str, Provider]
+) -> None:
+    fake = await started(FakeProvider(kind, tool_call=("get_weather", {"city": "Oslo"})))
+    try:
+        spec = spec_for(fake)
+        body = {**CHAT, "tools": TOOLS}
+        done = await providers[kind].complete(spec, body)
+        choice = done.body["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        (call,) = choice["message"]["tool_calls"]
+        assert call["function"]["name"] == "get_weather"
+        assert orjson.loads(call["function"]["arguments"]) == {"city": "Oslo"}
+
+        chunks = [c async for c in providers[kind].stream(spec, {**body, "stream": True})]
+        deltas = [
+            d
+            for c in chunks
+            if c.body.get("choices")
+            for d in c.body["choices"][0]["delta"].get("tool_calls") or ()
+        ]
+        assert {d["function"].get("name") for d in deltas} >= {"get_weather"}
+        args = "".join(d["function"].get("arguments") or "" for d in deltas)
+        assert orjson.loads(args) == {"city": "Oslo"}
+        finishes = [c.body["choices"][0]["finish_reason"] for c in chunks if c.body.get("choices")]
+        assert finishes[-1] == "tool_calls"
+    finally:
+        await fake.close()
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini"])
+async def test_tool_results_are_sent_in_the_providers_shape(
+    kind: FakeKind, providers: dict[str, Provider]
+) -> None:
+    fake = await started(FakeProvider(kind))
+    try:
+        messages = [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+            {"role": "tool", "tool_call_id": "call_9", "content": "sunny"},
+        ]  # fmt: skip
+        await providers[kind].complete(spec_for(fake), {"model": "x", "messages": messages, "tools": TOOLS})
+        sent = fake.requests[0]["json"]
+        if kind == "anthropic":
+            assert sent["messages"][1]["content"] == [
+                {"type": "tool_use", "id": "call_9", "name": "get_weather", "input": {"city": "Oslo"}}
+            ]
+            assert sent["messages"][2] == {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "call_9", "content": "sunny"}],
+            }
+        else:
+            assert sent["contents"][1] == {
+                "role": "model",
+                "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}],
+            }
+            assert sent["contents"][2]["parts"] == [
+                {"functionResponse": {"name": "get_weather", "response": {"content": "sunny"}}}
+            ]
+            assert sent["tools"] == [
+                {"functionDeclarations": [{"name": "get_weather", "parameters": {"type": "object"}}]}
+            ]
     finally:
         await fake.close()

@@ -11,7 +11,7 @@ from uuid import uuid4
 
 import orjson
 
-from leaky_common.errors import UpstreamError
+from leaky_common.errors import InvalidRequest, UpstreamError
 from lt_gateway.models import ModelSpec
 from lt_gateway.providers.base import Completion, StreamChunk, Usage, unsupported
 from lt_gateway.providers.http import UpstreamHTTP, sse_events
@@ -32,13 +32,30 @@ def to_generate_request(body: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI chat request as a `generateContent` request."""
     system: list[str] = []
     contents: list[dict[str, Any]] = []
+    call_names: dict[str, str] = {}
     for m in body["messages"]:
         role = m.get("role")
         text = content_text(m.get("content"))
         if role in ("system", "developer"):
             system.append(text)
             continue
-        contents.append({"role": "model" if role == "assistant" else "user", "parts": [{"text": text}]})
+        if role == "tool":
+            name = call_names.get(str(m.get("tool_call_id")), "tool")
+            response = {"name": name, "response": {"content": text}}
+            contents.append({"role": "user", "parts": [{"functionResponse": response}]})
+            continue
+        parts: list[dict[str, Any]] = [{"text": text}] if text else []
+        for call in m.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            call_names[str(call.get("id"))] = str(fn.get("name"))
+            try:
+                args = orjson.loads(fn.get("arguments") or "{}")
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequest("tool call arguments must be JSON", param="messages") from exc
+            parts.append({"functionCall": {"name": fn.get("name"), "args": args}})
+        contents.append(
+            {"role": "model" if role == "assistant" else "user", "parts": parts or [{"text": ""}]}
+        )
     config: dict[str, Any] = {}
     max_out = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_out:
@@ -49,7 +66,29 @@ def to_generate_request(body: dict[str, Any]) -> dict[str, Any]:
     stop = body.get("stop")
     if stop:
         config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        config["responseMimeType"] = "application/json"
     out: dict[str, Any] = {"contents": contents}
+    tools = [
+        t["function"] for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"
+    ]
+    if tools:
+        out["tools"] = [
+            {
+                "functionDeclarations": [
+                    {k: v for k, v in fn.items() if k in ("name", "description", "parameters")}
+                    for fn in tools
+                ]
+            }
+        ]
+    choice = body.get("tool_choice")
+    if choice in ("none", "auto", "required"):
+        mode = {"none": "NONE", "auto": "AUTO", "required": "ANY"}[choice]
+        out["toolConfig"] = {"functionCallingConfig": {"mode": mode}}
+    elif isinstance(choice, dict) and choice.get("function"):
+        allowed = [choice["function"]["name"]]
+        out["toolConfig"] = {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": allowed}}
     if system:
         out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
     if config:
@@ -66,13 +105,29 @@ def parse_usage(meta: dict[str, Any]) -> Usage:
     )
 
 
-def _candidate(data: dict[str, Any]) -> tuple[str, str | None]:
+def _candidate(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]], str | None]:
+    """Text, function calls (as OpenAI tool calls) and finish reason of the first candidate."""
     candidates = data.get("candidates") or [{}]
     cand = candidates[0]
     parts = (cand.get("content") or {}).get("parts") or ()
     text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
+    calls = [
+        {
+            "id": f"call_{uuid4().hex[:24]}",
+            "type": "function",
+            "function": {
+                "name": p["functionCall"].get("name"),
+                "arguments": orjson.dumps(p["functionCall"].get("args") or {}).decode(),
+            },
+        }
+        for p in parts
+        if isinstance(p.get("functionCall"), dict)
+    ]
     reason = cand.get("finishReason")
-    return text, FINISH_REASONS.get(reason, "stop") if reason else None
+    finish = FINISH_REASONS.get(reason, "stop") if reason else None
+    if calls and finish == "stop":
+        finish = "tool_calls"
+    return text, calls, finish
 
 
 class GeminiProvider:
@@ -101,7 +156,10 @@ class GeminiProvider:
         if "usageMetadata" not in data:
             raise UpstreamError("gemini answered without usageMetadata", code="upstream_no_usage")
         usage = parse_usage(data["usageMetadata"])
-        text, finish = _candidate(data)
+        text, calls, finish = _candidate(data)
+        message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
+        if calls:
+            message["tool_calls"] = calls
         out = {
             "id": f"chatcmpl-{data.get('responseId') or uuid4().hex}",
             "object": "chat.completion",
@@ -110,7 +168,7 @@ class GeminiProvider:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": finish or "stop",
                 }
@@ -144,6 +202,7 @@ class GeminiProvider:
             }
 
         meta: dict[str, Any] | None = None
+        tool_index = 0
         async with self._http.request(
             spec, url, self._auth(spec), to_generate_request(body), stream=True
         ) as resp:
@@ -153,9 +212,14 @@ class GeminiProvider:
                 if "error" in part:
                     raise UpstreamError(f"gemini: {part['error']}", code="upstream_stream_error")
                 meta = part.get("usageMetadata") or meta
-                text, finish = _candidate(part)
+                text, calls, finish = _candidate(part)
                 if text:
                     yield StreamChunk(chunk({"content": text}), text_tokens(text))
+                if calls:
+                    delta = [{"index": tool_index + i, **c} for i, c in enumerate(calls)]
+                    tool_index += len(calls)
+                    counted = sum(text_tokens(c["function"]["arguments"]) for c in calls)
+                    yield StreamChunk(chunk({"tool_calls": delta}), counted)
                 if finish:
                     yield StreamChunk(chunk({}, finish))
         if meta is not None:
