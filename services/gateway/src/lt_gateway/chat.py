@@ -196,7 +196,11 @@ class ChatHandler:
             body["model"] = spec.upstream_model
             if call.parsed.kind != "embedding":
                 cap = min(call.admitted.granted_output_tokens, spec.max_output_tokens)
-                body[call.parsed.max_tokens_field] = cap
+                field = call.parsed.max_tokens_field
+                if call.parsed.max_output_tokens is None and call.parsed.kind == "chat":
+                    # The client set no limit; OpenAI's reasoning models refuse the legacy max_tokens.
+                    field = "max_completion_tokens" if spec.provider in ("openai", "azure") else "max_tokens"
+                body[field] = cap
             out.append((spec, body))
         return out
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -84,12 +86,22 @@ _EMBEDDING_SCHEMA: dict[str, Any] = {
     }
 }
 
+logger = logging.getLogger(__name__)
+
 _MANAGEMENT_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None = None) -> FastAPI:
     """Build the gateway app; resources are created in the lifespan."""
     models = ModelTable.load(settings.models_file)
+    for spec in models.all():
+        if spec.api_key_env and not os.environ.get(spec.api_key_env):
+            logger.warning(
+                "model %s: %s is not set; %s will refuse the calls",
+                spec.name,
+                spec.api_key_env,
+                spec.provider,
+            )
     quota = QuotaClient(settings.quota_url, settings.internal_token, settings.internal_timeout_s)
     usage = UsageSink(
         EventPublisher(settings),

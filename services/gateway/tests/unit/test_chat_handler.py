@@ -270,3 +270,36 @@ async def test_one_log_line_per_request_with_tokengate_fields_and_no_text(
     for record in records:
         assert "secret" not in record.getMessage()
         assert all("secret" not in str(v) for v in record.__dict__.values())
+
+
+class RecordingProvider(MockProvider):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[dict[str, Any]] = []
+
+    async def complete(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
+        self.bodies.append(body)
+        return await super().complete(spec, body)
+
+
+async def test_output_cap_uses_the_field_each_provider_understands() -> None:
+    openai_spec = ModelSpec(
+        name="o-model", provider="openai", upstream_model="o4-mini",
+        input_usd_micros_per_mtok=1, output_usd_micros_per_mtok=1,
+    )  # fmt: skip
+    recording = RecordingProvider()
+    h = ChatHandler(
+        models=ModelTable([*ModelTable.load(None).all(), openai_spec]),
+        providers={"mock": recording, "openai": recording},
+        quota=FakeQuota(),  # type: ignore[arg-type]
+        usage=RecordingSink(),  # type: ignore[arg-type]
+        max_body_bytes=100_000,
+    )
+    hi = [{"role": "user", "content": "hi"}]
+    await h.handle(make_request({"model": "o-model", "messages": hi}))
+    await h.handle(make_request({"model": "mock-gpt", "messages": hi}))
+    await h.handle(make_request({"model": "o-model", "messages": hi, "max_tokens": 7}))
+    first, second, third = recording.bodies
+    assert first["max_completion_tokens"] == 50 and "max_tokens" not in first
+    assert second["max_tokens"] == 50 and "max_completion_tokens" not in second
+    assert (third["max_tokens"], third["model"]) == (7, "o4-mini")
