@@ -39,7 +39,9 @@ from lt_gateway.requests import (
 )
 from lt_gateway.usage import UsageSink
 
-logger = logging.getLogger("lt_gateway.requests")
+# Exactly one line per request goes to `lt_gateway.requests`; everything else to this module's logger.
+request_log = logging.getLogger("lt_gateway.requests")
+logger = logging.getLogger(__name__)
 
 _JSON = "application/json"
 _ENDPOINT = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
@@ -492,7 +494,7 @@ def _log(
     user_id: str | None = None,
 ) -> None:
     """One JSON line per request with TokenGate's fields (costs in USD). Never any prompt or completion text."""
-    logger.info(
+    request_log.info(
         "request",
         extra={
             "timestamp": datetime.now(UTC).isoformat(),
