@@ -189,16 +189,15 @@ class UsageSink:
                 backoff = min(backoff * 2, 5.0)
 
     async def _publish(self, events: list[UsageRecorded]) -> list[bool]:
-        results = await asyncio.gather(
-            *(
-                asyncio.wait_for(
-                    self._publisher.publish(Topics.USAGE, e, key=e.user_id or e.request_id),
-                    self._publish_timeout_s,
-                )
-                for e in events
-            ),
+        sends = asyncio.gather(
+            *(self._publisher.publish(Topics.USAGE, e, key=e.user_id or e.request_id) for e in events),
             return_exceptions=True,
         )
+        try:
+            results = await asyncio.wait_for(sends, self._publish_timeout_s)
+        except TimeoutError:
+            # Unknown which ones made it: spool them all (a delivered one is then a harmless duplicate).
+            return [False] * len(events)
         return [not isinstance(r, BaseException) for r in results]
 
     async def _run(self) -> None:
