@@ -146,7 +146,11 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
     app.add_middleware(MetricsMiddleware, service="gateway")
 
     async def ready() -> dict[str, bool]:
-        return {"usage_backlog_ok": usage.in_memory < settings.usage_queue_max // 2}
+        # A broker outage does not make the gateway unready (usage events are spooled); quota being away does.
+        return {
+            "quota_reachable": await quota.reachable(),
+            "usage_backlog_ok": usage.in_memory < settings.usage_queue_max // 2,
+        }
 
     add_ops_routes(app, "gateway", ready)
 
