@@ -249,6 +249,13 @@ async def test_openai_sdk_sync_async_streaming_and_endpoints(pstack: ProviderSta
             assert text == pstack.fakes["fake-gemini"].text
             legacy = client.completions.create(model="fake-openai", prompt="hi", max_tokens=5)
             assert legacy.choices[0].text == pstack.fakes["fake-openai"].text
+            pieces = list(
+                client.completions.create(
+                    model="fake-openai", prompt="hi", stream=True, stream_options={"include_usage": True}
+                )
+            )
+            assert "".join(p.choices[0].text for p in pieces if p.choices) == pstack.fakes["fake-openai"].text
+            assert pieces[-1].usage is not None and pieces[-1].usage.completion_tokens == 6
             emb = client.embeddings.create(model="mock-embedding", input=["a", "b"])
             assert len(emb.data) == 2 and emb.usage.prompt_tokens == 2
 

@@ -235,7 +235,9 @@ class ChatHandler:
         """Open the upstream stream (with fallbacks) up to its first chunk, so failures keep their status."""
         candidates = self._candidates(call)
         for i, (spec, body) in enumerate(candidates):
-            chunks = self.providers[spec.provider].stream(spec, body)
+            provider = self.providers[spec.provider]
+            opener = provider.stream if call.parsed.kind == "chat" else provider.text_stream
+            chunks = opener(spec, body)
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
@@ -325,7 +327,7 @@ class ChatHandler:
                 # The upstream reported no usage: count what was streamed.
                 final = usage or _counted(prompt, counted)
                 template = held or {
-                    "id": first.body.get("id"), "object": "chat.completion.chunk",
+                    "id": first.body.get("id"), "object": first.body.get("object", "chat.completion.chunk"),
                     "created": first.body.get("created"), "choices": [],
                 }  # fmt: skip
                 usage = final

@@ -173,6 +173,20 @@ class FakeProvider:
             ]
             usage = {"prompt_tokens": self.usage.prompt, "total_tokens": self.usage.prompt}
             return _json({"object": "list", "data": data, "model": model, "usage": usage})
+        if path == "completions" and body.get("stream"):
+            cid = f"cmpl-{uuid4().hex}"
+
+            def text_chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+                return {"id": cid, "object": "text_completion", "created": created, "model": model,
+                        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
+
+            texts: list[tuple[str | None, dict[str, Any] | str]] = [(None, text_chunk(w)) for w in self.words]
+            texts.append((None, text_chunk("", "stop")))
+            if self.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
+                texts.append((None, {"id": cid, "object": "text_completion", "created": created, "model": model,
+                                      "choices": [], "usage": self._openai_usage()}))  # fmt: skip
+            texts.append((None, "[DONE]"))
+            return await self._sse(request, texts)
         if path == "completions":
             choice = {"index": 0, "text": self.text, "logprobs": None, "finish_reason": "stop"}
             return _json({"id": f"cmpl-{uuid4().hex}", "object": "text_completion", "created": created,
@@ -301,7 +315,7 @@ def _is_content(event: dict[str, Any]) -> bool:
     if event.get("type") == "content_block_delta":
         return True
     choices = event.get("choices") or ()
-    if choices and (choices[0].get("delta") or {}).get("content"):
+    if choices and ((choices[0].get("delta") or {}).get("content") or choices[0].get("text")):
         return True
     cands = event.get("candidates") or ()
     return bool(cands and cands[0].get("content", {}).get("parts", [{}])[0].get("text"))

@@ -175,22 +175,16 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
 
 
 def parse_completion(body: dict[str, Any]) -> ParsedRequest:
-    """`/v1/completions` (non-streamed)."""
+    """`/v1/completions`."""
     model = model_of(body)
     prompt = body.get("prompt")
     if not isinstance(prompt, str | list) or not prompt:
         raise InvalidRequest("prompt must be a non-empty string or array", param="prompt")
-    stream, _include_usage, max_out, field = _common(body)
-    if stream:
-        raise InvalidRequest(
-            "streaming is not supported on /v1/completions; use /v1/chat/completions",
-            param="stream",
-            code="unsupported_value",
-        )
+    stream, include_usage, max_out, field = _common(body)
     if field == "max_completion_tokens":
         field = "max_tokens"
     return ParsedRequest(
-        "completion", body, model, False, False, max_out, field,
+        "completion", body, model, stream, include_usage, max_out, field,
         estimate_input_tokens(prompt), _fingerprint(model, prompt),
     )  # fmt: skip
 

@@ -281,6 +281,12 @@ async def test_openai_shaped_completions_and_embeddings(
         done = await providers[kind].text_complete(spec, {"model": "x", "prompt": "hi", "max_tokens": 5})
         assert done.body["choices"][0]["text"] == fake.text
         assert done.usage.completion_tokens == fake.usage.completion
+        chunks = [
+            c async for c in providers[kind].text_stream(spec, {"model": "x", "prompt": "hi", "stream": True})
+        ]
+        assert "".join(c.body["choices"][0]["text"] for c in chunks if c.body["choices"]) == fake.text
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == fake.usage.completion
+        assert sum(c.completion_tokens for c in chunks) == sum(text_tokens(w) for w in fake.words)
         emb = await providers[kind].embed(spec, {"model": "x", "input": ["a", "b"]})
         assert len(emb.body["data"]) == 2
         assert (emb.usage.prompt_tokens, emb.usage.completion_tokens) == (fake.usage.prompt, 0)

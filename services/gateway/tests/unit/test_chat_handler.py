@@ -303,3 +303,17 @@ async def test_output_cap_uses_the_field_each_provider_understands() -> None:
     assert first["max_completion_tokens"] == 50 and "max_tokens" not in first
     assert second["max_tokens"] == 50 and "max_completion_tokens" not in second
     assert (third["max_tokens"], third["model"]) == (7, "o4-mini")
+
+
+async def test_streamed_text_completion_ends_with_usage_and_cost() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    req = make_request({"model": "mock-gpt", "prompt": "say something", "max_tokens": 20, "stream": True})
+    req.scope["path"] = "/v1/completions"
+    resp = await handler(quota, sink).handle_completion(req)
+    chunks = [c async for c in resp.body_iterator]  # type: ignore[attr-defined]
+    events = [orjson.loads(c[6:]) for c in chunks if c.startswith(b"data: {")]
+    assert all(e["object"] == "text_completion" for e in events)
+    assert "".join(e["choices"][0]["text"] for e in events).startswith("This is mock-gpt")
+    (event,) = sink.events
+    assert events[-1]["usage"]["completion_tokens"] == event.completion_tokens > 0
+    assert events[-1]["leaky_tokens"]["cost_usd_micros"] == event.cost_usd_micros

@@ -184,6 +184,11 @@ class AnthropicProvider:
         """Anthropic has no legacy completions endpoint."""
         raise unsupported(spec, "/v1/completions")
 
+    async def text_stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        """Anthropic has no legacy completions endpoint."""
+        raise unsupported(spec, "/v1/completions")
+        yield  # an async generator, so the error surfaces when the stream is opened
+
     async def embed(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
         """Anthropic has no embeddings endpoint."""
         raise unsupported(spec, "/v1/embeddings")

@@ -73,6 +73,10 @@ class Provider(Protocol):
         """Answer a non-streamed legacy `/v1/completions` request."""
         ...
 
+    def text_stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        """Answer a streamed legacy `/v1/completions` request (`text_completion` chunks)."""
+        ...
+
     async def embed(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
         """Answer `/v1/embeddings`."""
         ...

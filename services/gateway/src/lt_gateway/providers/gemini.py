@@ -181,6 +181,11 @@ class GeminiProvider:
         """Gemini has no legacy completions endpoint."""
         raise unsupported(spec, "/v1/completions")
 
+    async def text_stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        """Gemini has no legacy completions endpoint."""
+        raise unsupported(spec, "/v1/completions")
+        yield  # an async generator, so the error surfaces when the stream is opened
+
     async def embed(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
         """Gemini embeddings report no usage; not offered through the gateway."""
         raise unsupported(spec, "/v1/embeddings")

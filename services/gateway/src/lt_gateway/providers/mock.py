@@ -140,6 +140,25 @@ class MockProvider:
         }
         return Completion(out, usage)
 
+    async def text_stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        """The chat mock's stream as `text_completion` chunks."""
+        prompt = body.get("prompt")
+        text = prompt if isinstance(prompt, str) else " ".join(str(p) for p in prompt or ())
+        chat_body = {**body, "messages": [{"role": "user", "content": text}]}
+        base = {"id": f"cmpl-{uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": spec.upstream_model}  # fmt: skip
+        async for chunk in self.stream(spec, chat_body):
+            if chunk.usage is not None:
+                usage = Usage(estimate_input_tokens(prompt), chunk.usage.completion_tokens)
+                yield StreamChunk({**base, "choices": [], "usage": usage.openai()}, usage=usage)
+                continue
+            choice = chunk.body["choices"][0]
+            content = choice["delta"].get("content") or ""
+            if not content and not choice["finish_reason"]:
+                continue
+            out = {"index": 0, "text": content, "logprobs": None, "finish_reason": choice["finish_reason"]}
+            yield StreamChunk({**base, "choices": [out]}, chunk.completion_tokens)
+
     async def embed(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
         """Deterministic 8-dimensional embeddings derived from each input's hash."""
         raw = body.get("input")

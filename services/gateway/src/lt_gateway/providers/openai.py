@@ -32,6 +32,9 @@ def chunk_tokens(chunk: dict[str, Any]) -> int:
     total = 0
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}
+        text = choice.get("text")
+        if isinstance(text, str):
+            total += text_tokens(text)
         for key in ("content", "refusal", "reasoning_content"):
             value = delta.get(key)
             if isinstance(value, str):
@@ -89,10 +92,17 @@ class OpenAIProvider:
         """`POST /embeddings` (usage has prompt tokens only)."""
         return await self._call(spec, "embeddings", body)
 
-    async def stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
-        """Chunks as they arrive; the usage chunk (asked for with stream_options) carries usage."""
+    def stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        """Chat chunks as they arrive; the usage chunk (asked for with stream_options) carries usage."""
+        return self._stream(spec, "chat/completions", body)
+
+    def text_stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        """`text_completion` chunks as they arrive, usage chunk last."""
+        return self._stream(spec, "completions", body)
+
+    async def _stream(self, spec: ModelSpec, path: str, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        url = self._url(spec, "chat/completions")
+        url = self._url(spec, path)
         async with self._http.request(spec, url, self._auth(spec), body, stream=True) as resp:
             async for _event, data in sse_events(resp):
                 if data == b"[DONE]":
