@@ -339,6 +339,7 @@ def main() -> None:
     stack_pids: dict[str, int] = {}
     try:
         gateway, admin_key, stack_pids = start_stack(run_dir, upstream_url)
+        idle_rss = {k: rss_mb(v) for k, v in stack_pids.items()}
         user_key = asyncio.run(create_bench_user(gateway, admin_key))
         paths = [
             BenchPath("direct mock upstream", f"{upstream_url}/v1/chat/completions", {}),
@@ -372,6 +373,10 @@ def main() -> None:
         for path in paths:
             path.summarise()
         report(paths, args, stack_pids)
+        print(
+            "idle RSS (MB) after start-up (target < 120 each): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in idle_rss.items())
+        )
     finally:
         if litellm is not None:
             for child in psutil.Process(litellm.pid).children(recursive=True):

@@ -27,6 +27,7 @@ from lt_gateway.proxy import ManagementProxy
 from lt_gateway.quota_client import Denial, QuotaClient
 from lt_gateway.requests import api_key_from
 from lt_gateway.settings import GatewaySettings
+from lt_gateway.tokens import encoding
 from lt_gateway.usage import UsageSink
 
 _CHAT_SCHEMA: dict[str, Any] = {
@@ -121,6 +122,7 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        encoding()  # load the tokenizer now rather than on the first request
         await quota.start()
         await proxy.start()
         await upstream.start()

@@ -12,6 +12,8 @@ which reads `model_prices_and_context_window_backup.json` from a given file or f
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,11 +129,24 @@ def shipped_table() -> PricingTable:
     return PricingTable.load()
 
 
+def _pip_command() -> list[str]:
+    """A pip to download with: this interpreter's, one on PATH, or uv's `uvx pip` (uv venvs have no pip)."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    for name in ("pip3", "pip"):
+        found = shutil.which(name)
+        if found:
+            return [found]
+    uvx = shutil.which("uvx")
+    if uvx:
+        return [uvx, "pip"]
+    raise SystemExit("no pip found to download litellm with; pass --source FILE instead")
+
+
 def _litellm_map_from_wheel(version: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", f"litellm=={version}", "--no-deps", "-q", "-d", tmp],
-            check=True,
+            [*_pip_command(), "download", f"litellm=={version}", "--no-deps", "-q", "-d", tmp], check=True
         )
         wheel = next(Path(tmp).glob("litellm-*.whl"))
         with zipfile.ZipFile(wheel) as zf:
