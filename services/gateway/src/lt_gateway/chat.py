@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -391,9 +392,10 @@ class ChatHandler:
                 prompt_fingerprint=call.parsed.fingerprint,
             )
         )
-        TOKENS.labels(spec.name, "prompt").inc(usage.prompt_tokens)
-        TOKENS.labels(spec.name, "completion").inc(usage.completion_tokens)
-        COST_MICROS.labels(spec.name).inc(cost)
+        prompt_counter, completion_counter, cost_counter = _model_metrics(spec.name)
+        prompt_counter.inc(usage.prompt_tokens)
+        completion_counter.inc(usage.completion_tokens)
+        cost_counter.inc(cost)
         _log(
             call.request_id, call.session_id, spec.name, "allowed", error_code, http_status, latency_ms,
             call.estimated_cost, cost, usage.prompt_tokens, usage.completion_tokens, p.user_id,
@@ -458,6 +460,12 @@ class ChatHandler:
             request_id, session_id, model, "blocked" if blocked else "rejected", exc.code or kind, exc.status,
             latency_ms, 0, 0, 0, 0,
         )  # fmt: skip
+
+
+@lru_cache(maxsize=1024)
+def _model_metrics(model: str) -> tuple[Any, Any, Any]:
+    """The per-model counters (label lookups cached: they hash and lock on every call)."""
+    return TOKENS.labels(model, "prompt"), TOKENS.labels(model, "completion"), COST_MICROS.labels(model)
 
 
 def _counted(prompt: Usage, completion_tokens: int) -> Usage:

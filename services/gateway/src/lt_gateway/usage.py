@@ -23,6 +23,8 @@ from leaky_common.kafka import EventPublisher
 
 logger = logging.getLogger(__name__)
 
+_HEADERS = [("type", b"UsageRecorded.v1")]
+
 USAGE_QUEUED = Gauge("lt_gateway_usage_events_pending", "Usage events waiting for the broker (memory)")
 USAGE_SPOOLED = Gauge("lt_gateway_usage_events_spooled", "Usage events waiting in the durable spool")
 USAGE_DROPPED = Counter(
@@ -189,8 +191,15 @@ class UsageSink:
                 backoff = min(backoff * 2, 5.0)
 
     async def _publish(self, events: list[UsageRecorded]) -> list[bool]:
+        # publish_raw: these events are sent from this background task, which has no request span to
+        # propagate, so the per-message span and trace-header work of `publish` would be wasted.
         sends = asyncio.gather(
-            *(self._publisher.publish(Topics.USAGE, e, key=e.user_id or e.request_id) for e in events),
+            *(
+                self._publisher.publish_raw(
+                    Topics.USAGE, e.model_dump_json().encode(), (e.user_id or e.request_id).encode(), _HEADERS
+                )
+                for e in events
+            ),
             return_exceptions=True,
         )
         try:
