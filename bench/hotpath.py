@@ -1,15 +1,18 @@
-"""Hot-path benchmark: a direct mock OpenAI upstream vs the governed gateway, in one run.
+"""Hot-path benchmark: direct vs the governed gateway vs the LiteLLM proxy, against ONE mock upstream.
 
-    python bench/hotpath.py [--requests 2000] [--concurrency 32]
+    python bench/hotpath.py [--requests 2000] [--concurrency 32] [--sequential 500] [--no-litellm]
 
-Starts its own stack on free ports (with per-key buckets raised so the run measures governance rather than
-429s) and stops it afterwards. Prints, for each path: p50/p99 latency at concurrency 1, req/s at the given concurrency, and
-for the gateway the CPU milliseconds per request summed over every gateway-side process (gateway, quota,
-Redis, broker) and each one's RSS. Governance is fully on: auth, leaky buckets, reservation, pricing, usage
-event and its settlement.
+Starts one mock OpenAI upstream process (bench/mock_upstream.py), then:
+- direct: the client calls the upstream;
+- gateway: its own stack on free ports (buckets raised so the run measures governance rather than 429s),
+  model `bench-gpt` routed to the upstream as an OpenAI-compatible provider. Governance is fully on: auth,
+  leaky buckets, reservation, pricing, usage event and its settlement;
+- litellm: LiteLLM proxy 1.106.2 (1 worker, master key, no database: governance off), installed on demand
+  into .run/litellm-venv (never into the workspace); skipped with a message if it cannot be installed.
 
-Caveat (walking skeleton): the gateway answers `mock-gpt` with its in-process mock provider, while "direct"
-is a separate uvicorn server; the comparison through a shared upstream comes with the provider adapters.
+Figures are medians of `--runs` interleaved runs. Prints for each path: p50/p99 latency at concurrency 1 (non-streamed) and the added latency vs direct,
+streamed time-to-first-token p50, req/s at the given concurrency, CPU milliseconds per request summed over
+the path's own processes (gateway: gateway, quota, Redis, broker; litellm: its proxy), and RSS.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -33,76 +39,13 @@ sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
 from leaky_common.testing.infra import free_port, stop_pid, wait_for_port  # noqa: E402
 
-_DIRECT_APP = """
-import orjson, time
-from starlette.applications import Starlette
-from starlette.responses import Response
-from starlette.routing import Route
-BODY = orjson.dumps({"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "mock",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}})
-async def chat(request):
-    await request.body()
-    return Response(BODY, media_type="application/json")
-app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-"""
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def measure(
-    url: str, headers: dict[str, str], requests: int, concurrency: int
-) -> tuple[list[float], float]:
-    body = json.dumps(
-        {"model": "mock-gpt", "messages": [{"role": "user", "content": "benchmark"}], "max_tokens": 16}
-    )
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        queue = iter(range(requests))
-
-        async def worker() -> None:
-            nonlocal errors
-            for _ in queue:
-                t0 = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors += 1
-                latencies.append(time.perf_counter() - t0)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    if errors:
-        print(f"  !! {errors} non-200 responses")
-    return latencies, requests / elapsed
-
-
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    out = {}
-    for name, pid in pids.items():
-        try:
-            proc = psutil.Process(pid)
-            # PostgreSQL works in its backend children; count them with the postmaster.
-            procs = [proc, *proc.children(recursive=True)] if name == "postgres" else [proc]
-            out[name] = sum(t.user + t.system for t in (p.cpu_times() for p in procs))
-        except psutil.NoSuchProcess:
-            out[name] = 0.0
-    return out
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        return psutil.Process(pid).memory_info().rss / 1e6
-    except psutil.NoSuchProcess:
-        return 0.0
-
-
+LITELLM_VERSION = "1.106.2"
+LITELLM_VENV = ROOT / ".run" / "litellm-venv"
+MODEL = "bench-gpt"
+BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "benchmark"}], "max_tokens": 16})
+STREAM_BODY = json.dumps(
+    {"model": MODEL, "messages": [{"role": "user", "content": "benchmark"}], "max_tokens": 16, "stream": True}
+)
 # The benchmark measures governance, not the default per-key bucket (600 requests/min) it would hit.
 BENCH_LIMITS = {
     "LT_KEY_REQUESTS_PER_PERIOD": "1000000000",
@@ -112,8 +55,132 @@ BENCH_LIMITS = {
 }
 
 
-def start_stack() -> tuple[str, str, dict[str, int], Path]:
-    run_dir = Path(tempfile.mkdtemp(prefix="lt-bench-"))
+@dataclass
+class BenchPath:
+    """One measured path: where to send requests and which processes are its own."""
+
+    name: str
+    url: str
+    headers: dict[str, str]
+    pids: dict[str, int] = field(default_factory=dict)
+    off_path: dict[str, int] = field(default_factory=dict)
+    p50: float = 0.0
+    p99: float = 0.0
+    ttft50: float = 0.0
+    rps: float = 0.0
+    cpu_ms: float | None = None
+    breakdown: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+    def summarise(self) -> None:
+        """Each figure is the median over the runs (the machine is noisy; TARGETS.md asks for medians)."""
+        for name in ("p50", "p99", "ttft50", "rps", "cpu_ms"):
+            values = [r[name] for r in self.runs if name in r]
+            if values:
+                setattr(self, name, statistics.median(values))
+        keys = {k for r in self.runs for k in r if k.startswith("cpu:")}
+        self.breakdown = {k[4:]: statistics.median(r[k] for r in self.runs) for k in sorted(keys)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(
+    path: BenchPath, requests: int, concurrency: int, stream: bool = False
+) -> tuple[list[float], float]:
+    """Latencies (full response, or first content chunk when streaming) and req/s."""
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    body = STREAM_BODY if stream else BODY
+    headers = {"Content-Type": "application/json", **path.headers}
+    async with aiohttp.ClientSession(connector=connector) as session:
+        queue = iter(range(requests))
+
+        async def worker() -> None:
+            for _ in queue:
+                t0 = time.perf_counter()
+                async with session.post(path.url, data=body, headers=headers) as resp:
+                    if stream:
+                        first = None
+                        async for line in resp.content:
+                            if first is None and b'"content":"' in line and b'"content":""' not in line:
+                                first = time.perf_counter() - t0
+                        latencies.append(first if first is not None else time.perf_counter() - t0)
+                    else:
+                        await resp.read()
+                        latencies.append(time.perf_counter() - t0)
+                    if resp.status != 200:
+                        path.errors += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return latencies, requests / elapsed
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for name, pid in pids.items():
+        try:
+            proc = psutil.Process(pid)
+            # PostgreSQL and LiteLLM work in child processes; count them with their parent.
+            procs = [proc, *proc.children(recursive=True)]
+            out[name] = sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+        except psutil.NoSuchProcess:
+            out[name] = 0.0
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        proc = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 1e6
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def run_path(path: BenchPath, args: argparse.Namespace) -> None:
+    """One run of every measurement on `path`, appended to `path.runs`."""
+    run: dict[str, float] = {}
+    asyncio.run(measure(path, 200, 8))  # warm-up
+    seq, _ = asyncio.run(measure(path, args.sequential, 1))
+    run["p50"], run["p99"] = percentile(seq, 0.5) * 1000, percentile(seq, 0.99) * 1000
+    ttft, _ = asyncio.run(measure(path, max(args.sequential // 2, 50), 1, stream=True))
+    run["ttft50"] = percentile(ttft, 0.5) * 1000
+    watched = {**path.pids, **path.off_path}
+    cpu0 = cpu_seconds(watched)
+    _, run["rps"] = asyncio.run(measure(path, args.requests, args.concurrency))
+    cpu1 = cpu_seconds(watched)
+    if path.pids:
+        run["cpu_ms"] = sum(cpu1[k] - cpu0[k] for k in path.pids) * 1000 / args.requests
+        run.update({f"cpu:{k}": (cpu1[k] - cpu0[k]) * 1000 / args.requests for k in watched})
+    path.runs.append(run)
+
+
+def start_upstream(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "mock_upstream.py"), str(port)])
+    wait_for_port(port, popen=proc)
+    return proc
+
+
+def start_stack(run_dir: Path, upstream: str) -> tuple[str, str, dict[str, int]]:
+    models = run_dir / "bench-models.json"
+    models.write_text(
+        json.dumps(
+            [
+                {
+                    "name": MODEL,
+                    "provider": "openai_compatible",
+                    "upstream_model": MODEL,
+                    "base_url": f"{upstream}/v1",
+                    "pricing_model": "gpt-4o-mini",
+                }
+            ]
+        )
+    )
     subprocess.run(
         [
             sys.executable,
@@ -125,12 +192,12 @@ def start_stack() -> tuple[str, str, dict[str, int], Path]:
             "auto",
         ],
         check=True,
-        env={**os.environ, **BENCH_LIMITS},
+        env={**os.environ, **BENCH_LIMITS, "LT_MODELS_FILE": str(models)},
         stdout=subprocess.DEVNULL,
     )
     env = dict(line.split("=", 1) for line in (run_dir / "stack.env").read_text().split())
     state = json.loads((run_dir / "stack.json").read_text())
-    return env["LT_GATEWAY_URL"], env["LT_ADMIN_KEY"], state["pids"], run_dir
+    return env["LT_GATEWAY_URL"], env["LT_ADMIN_KEY"], state["pids"]
 
 
 async def create_bench_user(gateway: str, admin_key: str) -> str:
@@ -150,93 +217,176 @@ async def create_bench_user(gateway: str, admin_key: str) -> str:
         return str((await resp.json())["api_key"])
 
 
+def ensure_litellm(install: bool) -> Path | None:
+    """The litellm executable of the private venv, installing it on first use; None (with a message) if not."""
+    exe = LITELLM_VENV / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    if not install:
+        print(f"LiteLLM proxy skipped: {exe} not found (run without --no-litellm to install it)")
+        return None
+    print(
+        f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} (first run only) ...", flush=True
+    )
+    uv = shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
+    try:
+        if Path(uv).exists():
+            env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+            subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(LITELLM_VENV)], check=True, env=env)
+            subprocess.run(
+                [uv, "pip", "install", "-q", "--python", str(LITELLM_VENV / "bin" / "python"),
+                 f"litellm[proxy]=={LITELLM_VERSION}"],
+                check=True, env=env, timeout=900,
+            )  # fmt: skip
+        else:
+            subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+            subprocess.run(
+                [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"],
+                check=True, timeout=900,
+            )  # fmt: skip
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"LiteLLM proxy skipped: could not install litellm[proxy]=={LITELLM_VERSION} ({exc})")
+        shutil.rmtree(LITELLM_VENV, ignore_errors=True)
+        return None
+    return exe if exe.exists() else None
+
+
+def start_litellm(exe: Path, upstream: str, run_dir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    port, key = free_port(), "sk-litellm-bench"
+    config = run_dir / "litellm.yaml"
+    config.write_text(
+        f"""model_list:
+  - model_name: {MODEL}
+    litellm_params:
+      model: openai/{MODEL}
+      api_base: {upstream}/v1
+      api_key: sk-upstream
+general_settings:
+  master_key: {key}
+litellm_settings:
+  telemetry: false
+"""
+    )
+    log = (run_dir / "litellm.log").open("ab")
+    env = {
+        **os.environ,
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run_dir,
+    )  # fmt: skip
+    wait_for_port(port, timeout=180, popen=proc)
+    return proc, f"http://127.0.0.1:{port}", key
+
+
+def report(paths: list[BenchPath], args: argparse.Namespace, stack_pids: dict[str, int]) -> None:
+    direct = paths[0]
+    c = args.concurrency
+    print(f"\nmedians of {args.runs} runs; {args.sequential} sequential requests, {args.requests} at c={c}")
+    print(
+        f"{'path':34} {'p50 c=1':>9} {'p99 c=1':>9} {'+p50':>8} {'+p99':>8} {'TTFT p50':>9} "
+        f"{'req/s c=' + str(c):>11} {'CPU ms/req':>11} {'RSS MB':>8}"
+    )
+    for p in paths:
+        added50 = f"{p.p50 - direct.p50:7.2f}" if p is not direct else f"{'-':>7}"
+        added99 = f"{p.p99 - direct.p99:7.2f}" if p is not direct else f"{'-':>7}"
+        cpu = f"{p.cpu_ms:11.2f}" if p.cpu_ms is not None else f"{'-':>11}"
+        rss = f"{sum(rss_mb(pid) for pid in p.pids.values()):8.0f}" if p.pids else f"{'-':>8}"
+        print(
+            f"{p.name:34} {p.p50:7.2f}ms {p.p99:7.2f}ms {added50}ms {added99}ms {p.ttft50:7.2f}ms "
+            f"{p.rps:11.0f} {cpu} {rss}"
+        )
+        if p.errors:
+            print(f"  !! {p.errors} non-200 responses")
+    for p in paths[1:]:
+        if p.breakdown:
+            print(
+                f"{p.name} CPU ms/request by process: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in p.breakdown.items())
+            )
+    print(
+        "RSS (MB) of the gateway stack: " + ", ".join(f"{k} {rss_mb(v):.0f}" for k, v in stack_pids.items())
+    )
+    gw = paths[1]
+    print(
+        f"\nvs TARGETS.md: added p50 {gw.p50 - direct.p50:.2f} ms (target <= 1.5), added p99 {gw.p99 - direct.p99:.2f} ms (target <= 5), "
+        f"CPU {gw.cpu_ms or 0.0:.2f} ms/request (target <= 2)"
+    )
+    print(f"streamed TTFT added p50 {gw.ttft50 - direct.ttft50:.2f} ms (target <= 1.5)")
+    if len(paths) > 2 and paths[2].rps:
+        print(f"throughput gateway / LiteLLM proxy: {gw.rps / paths[2].rps:.1f}x (target >= 10x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--sequential", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=3, help="figures are medians over this many runs")
+    parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
+    parser.add_argument("--no-install", action="store_true", help="do not install LiteLLM if it is missing")
     args = parser.parse_args()
 
-    gateway, admin_key, pids, own_run_dir = start_stack()
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "direct_app.py").write_text(_DIRECT_APP)
-        port = free_port()
-        direct = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "direct_app:app",
-                "--port",
-                str(port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            cwd=tmp,
-            env={**os.environ, "PYTHONPATH": tmp},
-        )
-        try:
-            wait_for_port(port)
-            user_key = asyncio.run(create_bench_user(gateway, admin_key))
-            rows = []
-            gw_side = {k: v for k, v in pids.items() if k in ("gateway", "quota", "redis", "broker")}
-            # Settlement and aggregation run off the request path; shown separately.
-            off_path = {k: v for k, v in pids.items() if k in ("postgres", "analytics-worker")}
-            breakdown: dict[str, float] = {}
-            for name, url, headers in (
-                ("direct mock upstream", f"http://127.0.0.1:{port}/v1/chat/completions", {}),
-                (
-                    "gateway (governance on)",
-                    f"{gateway}/v1/chat/completions",
-                    {"Authorization": f"Bearer {user_key}", "Content-Type": "application/json"},
-                ),
-            ):
-                asyncio.run(measure(url, headers, 200, 8))  # warm-up
-                seq, _ = asyncio.run(measure(url, headers, args.sequential, 1))
-                watched = {**gw_side, **off_path}
-                cpu0 = cpu_seconds(watched)
-                _, rps = asyncio.run(measure(url, headers, args.requests, args.concurrency))
-                cpu1 = cpu_seconds(watched)
-                cpu_ms = sum(cpu1[k] - cpu0[k] for k in gw_side) * 1000 / args.requests
-                if name.startswith("gateway"):
-                    breakdown = {k: (cpu1[k] - cpu0[k]) * 1000 / args.requests for k in watched}
-                rows.append(
-                    (
-                        name,
-                        percentile(seq, 0.5) * 1000,
-                        percentile(seq, 0.99) * 1000,
-                        rps,
-                        cpu_ms if name.startswith("gateway") else None,
-                    )
+    run_dir = Path(tempfile.mkdtemp(prefix="lt-bench-"))
+    up_port = free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}"
+    upstream = start_upstream(up_port)
+    litellm: subprocess.Popen[bytes] | None = None
+    stack_pids: dict[str, int] = {}
+    try:
+        gateway, admin_key, stack_pids = start_stack(run_dir, upstream_url)
+        idle_rss = {k: rss_mb(v) for k, v in stack_pids.items()}
+        user_key = asyncio.run(create_bench_user(gateway, admin_key))
+        paths = [
+            BenchPath("direct mock upstream", f"{upstream_url}/v1/chat/completions", {}),
+            BenchPath(
+                "gateway (governance on)",
+                f"{gateway}/v1/chat/completions",
+                {"Authorization": f"Bearer {user_key}"},
+                pids={k: v for k, v in stack_pids.items() if k in ("gateway", "quota", "redis", "broker")},
+                # Settlement and aggregation run off the request path; shown separately.
+                off_path={k: v for k, v in stack_pids.items() if k in ("postgres", "analytics-worker")},
+            ),
+        ]
+        exe = None if args.no_litellm else ensure_litellm(not args.no_install)
+        if args.no_litellm:
+            print("LiteLLM proxy skipped (--no-litellm)")
+        if exe is not None:
+            litellm, url, key = start_litellm(exe, upstream_url, run_dir)
+            paths.append(
+                BenchPath(
+                    f"LiteLLM proxy {LITELLM_VERSION} (gov. off)",
+                    f"{url}/v1/chat/completions",
+                    {"Authorization": f"Bearer {key}"},
+                    pids={"litellm": litellm.pid},
                 )
-            print(
-                f"\n{'path':28} {'p50 c=1':>9} {'p99 c=1':>9} {'req/s c=' + str(args.concurrency):>12} {'CPU ms/req':>11}"
             )
-            for name, p50, p99, rps, cpu in rows:
-                cpu_s = f"{cpu:11.2f}" if cpu is not None else f"{'-':>11}"
-                print(f"{name:28} {p50:8.2f}ms {p99:8.2f}ms {rps:12.0f} {cpu_s}")
-            added50 = rows[1][1] - rows[0][1]
-            added99 = rows[1][2] - rows[0][2]
-            print(f"\nadded latency vs direct: p50 {added50:.2f} ms, p99 {added99:.2f} ms")
-            print("CPU ms/request by process: " + ", ".join(f"{k} {v:.2f}" for k, v in breakdown.items()))
-            print("RSS (MB): " + ", ".join(f"{k} {rss_mb(v):.0f}" for k, v in pids.items()))
-        finally:
-            stop_pid(direct.pid, popen=direct)
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "deploy/local/stack.py"),
-                    "down",
-                    "--run-dir",
-                    str(own_run_dir),
-                ],
-                check=False,
-            )
+        # Runs interleave the paths so machine noise falls on all of them alike.
+        for i in range(args.runs):
+            for path in paths:
+                print(f"run {i + 1}/{args.runs}: measuring {path.name} ...", flush=True)
+                run_path(path, args)
+        for path in paths:
+            path.summarise()
+        report(paths, args, stack_pids)
+        print(
+            "idle RSS (MB) after start-up (target < 120 each): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in idle_rss.items())
+        )
+    finally:
+        if litellm is not None:
+            for child in psutil.Process(litellm.pid).children(recursive=True):
+                child.terminate()
+            stop_pid(litellm.pid, popen=litellm)
+        stop_pid(upstream.pid, popen=upstream)
+        subprocess.run(
+            [sys.executable, str(ROOT / "deploy/local/stack.py"), "down", "--run-dir", str(run_dir)],
+            check=False,
+        )
 
 
 if __name__ == "__main__":

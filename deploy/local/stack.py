@@ -258,6 +258,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     "LT_SAGA_URL": url["saga"],
                     "LT_ANALYTICS_URL": url["analytics"],
                     "LT_NOTIFIER_URL": url["notifier"],
+                    "LT_USAGE_SPOOL_PATH": str(run_dir / "gateway-usage-spool.sqlite"),
                 },
             ),
         ]

@@ -1,14 +1,33 @@
 """Model routing table and prices.
 
+A routing file (`LT_MODELS_FILE`, JSON list) maps each public model name to a provider, the upstream model
+(or Azure deployment), a base URL, the env var holding the provider key, and optional price overrides and
+fallbacks. Prices default to the shipped pricing table (LiteLLM's model map, see `pricing.py`).
 Prices are integer micro-dollars per million tokens, so cost = ceil(tokens * price / 1e6) stays exact.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lt_gateway.pricing import PricingTable, shipped_table
+
+ProviderKind = Literal["mock", "openai", "azure", "anthropic", "gemini", "qwen", "openai_compatible"]
+Mode = Literal["chat", "completion", "embedding"]
+
+# Where each provider lives unless the routing file says otherwise.
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "qwen": "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+}
+# The LiteLLM provider prefix to try first in the pricing table.
+_PRICING_PROVIDER: dict[str, str] = {"gemini": "gemini", "qwen": "dashscope", "azure": "azure"}
 
 # mock-gpt is priced like gpt-4o-mini ($0.15 / $0.60 per million tokens).
 _BUILTIN: list[dict[str, object]] = [
@@ -22,37 +41,93 @@ _BUILTIN: list[dict[str, object]] = [
         "max_output_tokens": 16_384,
         "context_window": 128_000,
     },
+    {
+        "name": "mock-embedding",
+        "provider": "mock",
+        "mode": "embedding",
+        "upstream_model": "mock-embedding",
+        "input_usd_micros_per_mtok": 20_000,
+        "output_usd_micros_per_mtok": 0,
+        "max_output_tokens": 1,
+        "context_window": 8_191,
+    },
 ]
 
 
 class ModelSpec(BaseModel):
-    """One routable model."""
+    """One routable model (a deployment of it at one provider)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    provider: str
+    provider: ProviderKind
     upstream_model: str
+    mode: Mode = "chat"
     base_url: str | None = None
     api_key_env: str | None = None
+    # Azure OpenAI: the `api-version` query parameter (upstream_model is the deployment name).
+    api_version: str | None = None
     input_usd_micros_per_mtok: int = Field(ge=0)
     output_usd_micros_per_mtok: int = Field(ge=0)
     cached_input_usd_micros_per_mtok: int | None = Field(default=None, ge=0)
+    cache_write_usd_micros_per_mtok: int | None = Field(default=None, ge=0)
     max_output_tokens: int = Field(default=4096, ge=1)
     context_window: int = Field(default=128_000, ge=1)
+    # Other model names tried in order when this deployment fails with 429/5xx/timeout before answering.
+    fallbacks: tuple[str, ...] = ()
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
 
-    def cost_usd_micros(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> int:
-        """Exact integer cost, rounded up to the micro-dollar."""
+    def resolved_base_url(self) -> str:
+        """The base URL to call (the routing file's, else the provider's public one)."""
+        url = self.base_url or DEFAULT_BASE_URLS.get(self.provider)
+        if url is None:
+            raise ValueError(f"model {self.name}: provider {self.provider} needs a base_url")
+        return url.rstrip("/")
+
+    def cost_usd_micros(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> int:
+        """Exact integer cost, rounded up to the micro-dollar. `prompt_tokens` includes cached ones."""
         cached = min(cached_tokens, prompt_tokens)
+        written = min(cache_write_tokens, prompt_tokens - cached)
         cached_price = self.cached_input_usd_micros_per_mtok
         if cached_price is None:
             cached_price = self.input_usd_micros_per_mtok
+        write_price = self.cache_write_usd_micros_per_mtok
+        if write_price is None:
+            write_price = self.input_usd_micros_per_mtok
         numerator = (
-            (prompt_tokens - cached) * self.input_usd_micros_per_mtok
+            (prompt_tokens - cached - written) * self.input_usd_micros_per_mtok
             + cached * cached_price
+            + written * write_price
             + completion_tokens * self.output_usd_micros_per_mtok
         )
         return -(-numerator // 1_000_000)
+
+
+def resolve_entry(raw: dict[str, Any], pricing: PricingTable) -> ModelSpec:
+    """A routing-file entry with prices and limits filled from the pricing table where not given."""
+    entry = dict(raw)
+    lookup = entry.pop("pricing_model", None) or entry.get("upstream_model") or entry.get("name")
+    price = pricing.get(str(lookup), _PRICING_PROVIDER.get(str(entry.get("provider"))))
+    if price is not None:
+        entry.setdefault("input_usd_micros_per_mtok", price.input)
+        entry.setdefault("output_usd_micros_per_mtok", price.output)
+        entry.setdefault("cached_input_usd_micros_per_mtok", price.cache_read)
+        entry.setdefault("cache_write_usd_micros_per_mtok", price.cache_write)
+        if price.max_output_tokens:
+            entry.setdefault("max_output_tokens", price.max_output_tokens)
+        if price.max_input_tokens:
+            entry.setdefault("context_window", price.max_input_tokens)
+        if price.mode in ("completion", "embedding"):
+            entry.setdefault("mode", price.mode)
+    elif "input_usd_micros_per_mtok" not in entry:
+        raise ValueError(
+            f"model {entry.get('name')!r}: {lookup!r} is not in the pricing table; "
+            "set input_usd_micros_per_mtok and output_usd_micros_per_mtok (or pricing_model)"
+        )
+    return ModelSpec.model_validate(entry)
 
 
 class ModelTable:
@@ -60,14 +135,26 @@ class ModelTable:
 
     def __init__(self, specs: list[ModelSpec]) -> None:
         self._by_name = {s.name: s for s in specs}
+        self._sorted = sorted(self._by_name.values(), key=lambda s: s.name)
+        for spec in specs:
+            for fb in spec.fallbacks:
+                if fb not in self._by_name:
+                    raise ValueError(f"model {spec.name}: fallback {fb!r} is not in the routing table")
 
     @classmethod
-    def load(cls, path: Path | None) -> ModelTable:
+    def load(cls, path: Path | None, pricing: PricingTable | None = None) -> ModelTable:
         """The built-in table, plus (overriding by name) the models in `path` if given."""
-        specs = {s["name"]: ModelSpec.model_validate(s) for s in _BUILTIN}
+        table = pricing or shipped_table()
+        specs = {str(s["name"]): ModelSpec.model_validate(s) for s in _BUILTIN}
         if path is not None:
-            for raw in orjson.loads(path.read_bytes()):
-                spec = ModelSpec.model_validate(raw)
+            entries = orjson.loads(path.read_bytes())
+            if not isinstance(entries, list):
+                raise ValueError(f"{path}: the routing file must be a JSON list of models")
+            for raw in entries:
+                try:
+                    spec = resolve_entry(raw, table)
+                except ValidationError as exc:
+                    raise ValueError(f"{path}: bad model entry {raw.get('name')!r}: {exc}") from exc
                 specs[spec.name] = spec
         return cls(list(specs.values()))
 
@@ -77,7 +164,7 @@ class ModelTable:
 
     def all(self) -> list[ModelSpec]:
         """Every model, sorted by name."""
-        return sorted(self._by_name.values(), key=lambda s: s.name)
+        return self._sorted
 
 
 def format_usd(micros: int) -> str:

@@ -65,6 +65,17 @@ class QuotaClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServiceUnavailable("quota service unavailable", code="quota_unavailable") from exc
 
+    async def reachable(self, timeout_s: float = 2.0) -> bool:
+        """Whether quota answers its `/health` (for the gateway's readiness: it cannot serve without quota)."""
+        assert self._session is not None, "QuotaClient.start() was not called"
+        try:
+            async with self._session.get(
+                self._base + "/health", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     async def admit(self, request: AdmitRequest) -> AdmitResponse | Denial:
         """Authenticate, rate-limit and reserve in one call."""
         status, body, headers = await self._post("/internal/admit", request.model_dump_json().encode())

@@ -22,7 +22,17 @@ class GatewaySettings(ServiceSettings):
     models_file: Path | None = None
     upstream_timeout_s: float = 120.0
     internal_timeout_s: float = 10.0
-    # Usage events wait here while the broker is unreachable.
+    # Usage events waiting in memory for the broker (beyond this they are dropped; the spool takes over first).
     usage_queue_max: int = 100_000
+    # Usage events gather this long before being published together (fewer produce requests).
+    usage_linger_s: float = 0.02
     # Largest request body accepted (bytes).
     max_body_bytes: int = 4 * 1024 * 1024
+    # Durable spool for usage events the broker has not acknowledged (default: .run/gateway-<port>-usage-spool.sqlite).
+    usage_spool_path: Path | None = None
+    # First retry delay for upstream 429/5xx/connection failures (doubles per attempt, with jitter).
+    upstream_retry_backoff_s: float = 0.25
+
+    def spool_path(self) -> Path:
+        """Where this gateway spools usage events."""
+        return self.usage_spool_path or Path(".run") / f"gateway-{self.port}-usage-spool.sqlite"

@@ -1,7 +1,10 @@
-"""Delivers UsageRecorded events without putting the broker on the request path.
+"""Delivers UsageRecorded events without putting the broker on the request path, and without losing any.
 
-Events go into a bounded in-memory queue drained by one background task that publishes in batches and
-retries while the broker is unreachable. Publishing is at-least-once; consumers dedupe on event_id.
+While the broker acknowledges, events wait a few milliseconds in memory for the background publisher.
+When it does not (down at start-up, or a publish fails), events go to a durable local spool (SQLite, WAL)
+instead, synchronously in `record`, and are published from there once the broker is back, oldest first;
+a gateway restart meanwhile loses nothing. On shutdown, whatever is still in memory is spooled. Delivery is
+at-least-once (an event published just before a crash may be sent again); consumers dedupe on event_id.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections import deque
+from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
@@ -18,27 +23,105 @@ from leaky_common.kafka import EventPublisher
 
 logger = logging.getLogger(__name__)
 
-USAGE_QUEUED = Gauge("lt_gateway_usage_events_pending", "Usage events waiting for the broker")
+_HEADERS = [("type", b"UsageRecorded.v1")]
+
+USAGE_QUEUED = Gauge("lt_gateway_usage_events_pending", "Usage events waiting for the broker (memory)")
+USAGE_SPOOLED = Gauge("lt_gateway_usage_events_spooled", "Usage events waiting in the durable spool")
 USAGE_DROPPED = Counter(
-    "lt_gateway_usage_events_dropped_total", "Usage events dropped because the queue was full"
+    "lt_gateway_usage_events_dropped_total", "Usage events dropped because memory and spool were full"
 )
 
 
-class UsageSink:
-    """Queue + background publisher for usage events."""
+class UsageSpool:
+    """An append-only SQLite file of events the broker has not acknowledged yet."""
 
-    def __init__(self, publisher: EventPublisher, maxsize: int, batch: int = 256) -> None:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash (the case that matters here), not a power cut.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS usage_spool (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " event_id TEXT NOT NULL UNIQUE, body BLOB NOT NULL)"
+        )
+        self.count = int(self._db.execute("SELECT count(*) FROM usage_spool").fetchone()[0])
+        USAGE_SPOOLED.set(self.count)
+
+    def append(self, events: list[UsageRecorded]) -> None:
+        """Store events durably (an event already spooled is kept once)."""
+        with self._db:
+            cur = self._db.executemany(
+                "INSERT OR IGNORE INTO usage_spool (event_id, body) VALUES (?, ?)",
+                [(e.event_id, e.model_dump_json()) for e in events],
+            )
+        self.count += max(cur.rowcount, 0)
+        USAGE_SPOOLED.set(self.count)
+
+    def oldest(self, limit: int) -> list[tuple[int, UsageRecorded]]:
+        """Up to `limit` spooled events, oldest first, with their sequence numbers."""
+        rows = self._db.execute("SELECT seq, body FROM usage_spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [(int(seq), UsageRecorded.model_validate_json(body)) for seq, body in rows]
+
+    def remove(self, seqs: list[int]) -> None:
+        """Forget events the broker acknowledged."""
+        if not seqs:
+            return
+        with self._db:
+            cur = self._db.executemany("DELETE FROM usage_spool WHERE seq = ?", [(s,) for s in seqs])
+        self.count = max(self.count - max(cur.rowcount, 0), 0)
+        USAGE_SPOOLED.set(self.count)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._db.close()
+
+
+class UsageSink:
+    """Memory queue + durable spool + background publisher for usage events."""
+
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        maxsize: int,
+        *,
+        spool_path: Path,
+        batch: int = 256,
+        linger_s: float = 0.02,
+        publish_timeout_s: float = 2.0,
+    ) -> None:
         self._publisher = publisher
+        # Events gather this long before a publish: one produce request per batch instead of per event
+        # (on loopback each send costs as much CPU as serving a request).
+        self._linger_s = linger_s
+        # A publish not acknowledged this fast counts as failed and its events are spooled, which bounds how
+        # long an event lives in memory only while the broker is dying. (If it is delivered after all, the
+        # spooled copy is a duplicate with the same event_id, which consumers ignore.)
+        self._publish_timeout_s = publish_timeout_s
         self._queue: deque[UsageRecorded] = deque()
         self._maxsize = maxsize
         self._batch = batch
+        self._spool_path = spool_path
+        self._spool: UsageSpool | None = None
+        # True while the broker is not known to acknowledge: new events go straight to the spool.
+        self._degraded = True
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
     def record(self, event: UsageRecorded) -> None:
-        """Queue an event; never blocks the caller."""
+        """Queue an event; never waits for the broker."""
+        if self._degraded and self._spool is not None:
+            try:
+                self._spool.append([event])
+            except sqlite3.Error:
+                logger.exception("usage spool write failed; keeping the event in memory")
+            else:
+                self._idle.clear()
+                self._wake.set()
+                return
         if len(self._queue) >= self._maxsize:
             USAGE_DROPPED.inc()
             logger.error("usage queue full; dropping event", extra={"request_id": event.request_id})
@@ -50,15 +133,29 @@ class UsageSink:
 
     @property
     def pending(self) -> int:
-        """Events not yet acknowledged by the broker."""
+        """Events not yet acknowledged by the broker (memory and spool)."""
+        return len(self._queue) + (self._spool.count if self._spool is not None else 0)
+
+    @property
+    def in_memory(self) -> int:
+        """Events waiting in memory (the spool has no practical bound)."""
         return len(self._queue)
 
+    @property
+    def degraded(self) -> bool:
+        """True while events are being spooled because the broker is not acknowledging."""
+        return self._degraded
+
     async def start(self) -> None:
-        """Start the publishing task."""
+        """Open the spool (publishing what a previous run left in it) and start the publishing task."""
+        self._spool = UsageSpool(self._spool_path)
+        if self._spool.count:
+            logger.warning("%d usage events left in the spool; publishing them", self._spool.count)
+            self._idle.clear()
         self._task = asyncio.create_task(self._run(), name="usage-sink")
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until every queued event was published (or `timeout` passed)."""
+        """Wait until every event was published (or `timeout` passed)."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -66,17 +163,23 @@ class UsageSink:
         return True
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
-        """Publish what is queued (up to `drain_timeout`), then stop."""
-        if not await self.drain(drain_timeout) and self._queue:
-            logger.error("stopping with %d unpublished usage events", len(self._queue))
+        """Publish what is pending (up to `drain_timeout`), spool the rest, then stop."""
+        await self.drain(drain_timeout)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._spool is not None:
+            if self._queue:
+                self._spool.append(list(self._queue))
+                self._queue.clear()
+            if self._spool.count:
+                logger.warning("stopping with %d usage events in the spool", self._spool.count)
+            self._spool.close()
         await self._publisher.stop()
 
     async def _connect(self) -> None:
-        # The gateway serves requests while the broker is down; events wait until it is reachable.
+        # The gateway serves requests while the broker is down; events are spooled until it is reachable.
         backoff = 0.2
         while True:
             try:
@@ -87,28 +190,57 @@ class UsageSink:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    async def _publish(self, events: list[UsageRecorded]) -> list[bool]:
+        # publish_raw: these events are sent from this background task, which has no request span to
+        # propagate, so the per-message span and trace-header work of `publish` would be wasted.
+        sends = asyncio.gather(
+            *(
+                self._publisher.publish_raw(
+                    Topics.USAGE, e.model_dump_json().encode(), (e.user_id or e.request_id).encode(), _HEADERS
+                )
+                for e in events
+            ),
+            return_exceptions=True,
+        )
+        try:
+            results = await asyncio.wait_for(sends, self._publish_timeout_s)
+        except TimeoutError:
+            # Unknown which ones made it: spool them all (a delivered one is then a harmless duplicate).
+            return [False] * len(events)
+        return [not isinstance(r, BaseException) for r in results]
+
     async def _run(self) -> None:
+        assert self._spool is not None
+        spool = self._spool
         await self._connect()
         backoff = 0.1
         while True:
-            if not self._queue:
+            if spool.count:
+                rows = spool.oldest(self._batch)
+                ok = await self._publish([e for _, e in rows])
+                spool.remove([seq for (seq, _), sent in zip(rows, ok, strict=True) if sent])
+                failed = not all(ok)
+            elif self._queue:
+                if len(self._queue) < self._batch and self._linger_s:
+                    await asyncio.sleep(self._linger_s)
+                batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+                ok = await self._publish(batch)
+                unsent = [e for e, sent in zip(batch, ok, strict=True) if not sent]
+                failed = bool(unsent)
+                if unsent:
+                    self._degraded = True
+                    spool.append(unsent)
+                USAGE_QUEUED.set(len(self._queue))
+            else:
+                # Everything acknowledged: back to the in-memory fast path.
+                self._degraded = False
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = [self._queue[i] for i in range(min(self._batch, len(self._queue)))]
-            results = await asyncio.gather(
-                *(self._publisher.publish(Topics.USAGE, e, key=e.user_id or e.request_id) for e in batch),
-                return_exceptions=True,
-            )
-            failed = [e for e, r in zip(batch, results, strict=True) if isinstance(r, BaseException)]
-            for _ in batch:
-                self._queue.popleft()
-            # Failed events go back to the front in their original order.
-            self._queue.extendleft(reversed(failed))
-            USAGE_QUEUED.set(len(self._queue))
             if failed:
-                logger.warning("broker unavailable; %d usage events waiting", len(self._queue))
+                self._degraded = True
+                logger.warning("broker unavailable; %d usage events waiting", self.pending)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             else:

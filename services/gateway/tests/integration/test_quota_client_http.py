@@ -63,3 +63,26 @@ async def test_unreachable_quota_fails_closed_with_503() -> None:
         assert err.value.status == 503
     finally:
         await client.close()
+
+
+async def test_reachable_follows_quota_health() -> None:
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    up = QuotaClient(f"http://127.0.0.1:{port}", "internal-token-0123456789", 2)
+    down = QuotaClient(f"http://127.0.0.1:{free_port()}", "internal-token-0123456789", 2)
+    await up.start()
+    await down.start()
+    try:
+        assert await up.reachable() is True
+        assert await down.reachable() is False
+    finally:
+        await up.close()
+        await down.close()
+        await runner.cleanup()

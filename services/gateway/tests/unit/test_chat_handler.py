@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import pytest
 from starlette.requests import Request
 
 from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
 from leaky_common.events import UsageRecorded
 from lt_gateway.chat import ChatHandler
-from lt_gateway.models import ModelSpec, ModelTable
+from lt_gateway.models import ModelSpec, ModelTable, format_usd
 from lt_gateway.providers import Completion, StreamChunk
 from lt_gateway.providers.mock import MockProvider
 from lt_gateway.quota_client import Denial
@@ -144,17 +146,67 @@ async def test_denial_is_passed_through_and_recorded_as_blocked() -> None:
     )
 
 
-async def test_invalid_request_never_reaches_quota() -> None:
+async def test_invalid_request_never_reaches_quota_but_is_recorded() -> None:
     quota, sink = FakeQuota(), RecordingSink()
     resp = await handler(quota, sink).handle(make_request({"model": "mock-gpt", "messages": []}))
     assert resp.status_code == 400
+    assert resp.headers["x-leaky-tokens-cost-usd"] == "0.000000"
     assert quota.requests == []
-    assert sink.events == []
+    (event,) = sink.events
+    assert (event.status, event.http_status, event.model, event.reservation_id) == (
+        "error",
+        400,
+        "mock-gpt",
+        None,
+    )
+
+
+async def test_keyless_request_is_401_and_recorded_as_blocked() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    req = make_request(CHAT)
+    req.scope["headers"] = [h for h in req.scope["headers"] if h[0] != b"authorization"]
+    resp = await handler(quota, sink).handle(req)
+    assert resp.status_code == 401
+    (event,) = sink.events
+    assert (event.status, event.http_status, event.error_code) == ("blocked", 401, "missing_api_key")
+
+
+async def test_unknown_model_is_404_and_wrong_endpoint_is_400() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    h = handler(quota, sink)
+    resp = await h.handle(make_request({**CHAT, "model": "nope"}))
+    assert resp.status_code == 404
+    assert orjson.loads(resp.body)["error"]["code"] == "model_not_found"
+    resp = await h.handle(make_request({**CHAT, "model": "mock-embedding"}))
+    assert resp.status_code == 400
+    assert orjson.loads(resp.body)["error"]["code"] == "unsupported_model"
+    assert [e.http_status for e in sink.events] == [404, 400]
+    assert quota.requests == []
+
+
+async def test_stream_failure_before_the_first_chunk_keeps_its_status() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    resp = await handler(quota, sink, FailingProvider()).handle(make_request({**CHAT, "stream": True}))
+    assert resp.status_code == 502
+    assert b"went away" not in resp.body
+    (event,) = sink.events
+    assert (event.status, event.http_status, event.stream) == ("error", 502, True)
+    assert event.completion_tokens == 0
+
+
+class MidStreamFailure(MockProvider):
+    async def stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        n = 0
+        async for chunk in super().stream(spec, body):
+            yield chunk
+            n += 1
+            if n == 3:
+                raise ConnectionResetError("upstream went away")
 
 
 async def test_stream_failure_sends_an_error_event_and_settles_what_was_counted() -> None:
     quota, sink = FakeQuota(), RecordingSink()
-    resp = await handler(quota, sink, FailingProvider()).handle(make_request({**CHAT, "stream": True}))
+    resp = await handler(quota, sink, MidStreamFailure()).handle(make_request({**CHAT, "stream": True}))
     assert resp.status_code == 200  # headers were already committed to a stream
     chunks = [c async for c in resp.body_iterator]  # type: ignore[attr-defined]
     payload = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks)
@@ -163,7 +215,21 @@ async def test_stream_failure_sends_an_error_event_and_settles_what_was_counted(
     (event,) = sink.events
     assert (event.status, event.http_status, event.error_code) == ("error", 502, "bad_gateway")
     assert event.reservation_id == "res_1" and event.stream is True
-    assert event.completion_tokens == 0
+    # role chunk + two content words were generated before the failure
+    assert event.completion_tokens == 2
+
+
+async def test_stream_without_include_usage_carries_usage_and_cost_on_the_finish_chunk() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    resp = await handler(quota, sink).handle(make_request({**CHAT, "stream": True}))
+    chunks = [c async for c in resp.body_iterator]  # type: ignore[attr-defined]
+    events = [orjson.loads(c[6:]) for c in chunks if c.startswith(b"data: {")]
+    assert all(e["choices"] for e in events)  # no usage-only chunk the client did not ask for
+    last = events[-1]
+    assert last["choices"][0]["finish_reason"] == "stop"
+    (event,) = sink.events
+    assert last["usage"]["total_tokens"] == event.total_tokens
+    assert last["leaky_tokens"]["cost_usd_micros"] == event.cost_usd_micros
 
 
 async def test_streamed_usage_matches_provider_and_is_recorded_once() -> None:
@@ -176,4 +242,78 @@ async def test_streamed_usage_matches_provider_and_is_recorded_once() -> None:
     assert chunks[-1] == b"data: [DONE]\n\n"
     (event,) = sink.events
     assert event.status == "ok" and event.total_tokens == usage["total_tokens"]
+    assert events[-1]["leaky_tokens"]["cost_usd_micros"] == event.cost_usd_micros
+
+
+async def test_one_log_line_per_request_with_tokengate_fields_and_no_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    secret = "my secret prompt words"
+    body = {**CHAT, "messages": [{"role": "user", "content": secret}]}
+    with caplog.at_level(logging.INFO, logger="lt_gateway.requests"):
+        await handler(quota, sink).handle(
+            make_request(body, {"x-privacy-mode": "strict", "x-session-id": "s9"})
+        )
+        await handler(quota, sink).handle(make_request({"model": "mock-gpt", "messages": "nope"}))
+    records = [r for r in caplog.records if r.name == "lt_gateway.requests"]
+    assert len(records) == 2
+    ok, bad = (r.__dict__ for r in records)
+    fields = ("timestamp", "session_id", "model", "estimated_cost", "actual_cost", "input_tokens",
+              "output_tokens", "decision", "error")  # fmt: skip
+    assert all(f in ok for f in fields) and all(f in bad for f in fields)
+    assert (ok["decision"], ok["session_id"], ok["model"], ok["error"]) == ("allowed", "s9", "mock-gpt", None)
+    assert ok["output_tokens"] == sink.events[0].completion_tokens
+    assert ok["actual_cost"] == format_usd(sink.events[0].cost_usd_micros)
+    assert (bad["decision"], bad["actual_cost"]) == ("rejected", "0.000000")
+    assert quota.requests[0].privacy == "strict"
+    for record in records:
+        assert "secret" not in record.getMessage()
+        assert all("secret" not in str(v) for v in record.__dict__.values())
+
+
+class RecordingProvider(MockProvider):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[dict[str, Any]] = []
+
+    async def complete(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
+        self.bodies.append(body)
+        return await super().complete(spec, body)
+
+
+async def test_output_cap_uses_the_field_each_provider_understands() -> None:
+    openai_spec = ModelSpec(
+        name="o-model", provider="openai", upstream_model="o4-mini",
+        input_usd_micros_per_mtok=1, output_usd_micros_per_mtok=1,
+    )  # fmt: skip
+    recording = RecordingProvider()
+    h = ChatHandler(
+        models=ModelTable([*ModelTable.load(None).all(), openai_spec]),
+        providers={"mock": recording, "openai": recording},
+        quota=FakeQuota(),  # type: ignore[arg-type]
+        usage=RecordingSink(),  # type: ignore[arg-type]
+        max_body_bytes=100_000,
+    )
+    hi = [{"role": "user", "content": "hi"}]
+    await h.handle(make_request({"model": "o-model", "messages": hi}))
+    await h.handle(make_request({"model": "mock-gpt", "messages": hi}))
+    await h.handle(make_request({"model": "o-model", "messages": hi, "max_tokens": 7}))
+    first, second, third = recording.bodies
+    assert first["max_completion_tokens"] == 50 and "max_tokens" not in first
+    assert second["max_tokens"] == 50 and "max_completion_tokens" not in second
+    assert (third["max_tokens"], third["model"]) == (7, "o4-mini")
+
+
+async def test_streamed_text_completion_ends_with_usage_and_cost() -> None:
+    quota, sink = FakeQuota(), RecordingSink()
+    req = make_request({"model": "mock-gpt", "prompt": "say something", "max_tokens": 20, "stream": True})
+    req.scope["path"] = "/v1/completions"
+    resp = await handler(quota, sink).handle_completion(req)
+    chunks = [c async for c in resp.body_iterator]  # type: ignore[attr-defined]
+    events = [orjson.loads(c[6:]) for c in chunks if c.startswith(b"data: {")]
+    assert all(e["object"] == "text_completion" for e in events)
+    assert "".join(e["choices"][0]["text"] for e in events).startswith("This is mock-gpt")
+    (event,) = sink.events
+    assert events[-1]["usage"]["completion_tokens"] == event.completion_tokens > 0
     assert events[-1]["leaky_tokens"]["cost_usd_micros"] == event.cost_usd_micros

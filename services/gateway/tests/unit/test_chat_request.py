@@ -2,11 +2,19 @@ import orjson
 import pytest
 
 from leaky_common.errors import InvalidRequest, PayloadTooLarge
-from lt_gateway.chat import parse_chat_request, prompt_fingerprint
+from lt_gateway.requests import ParsedRequest, load_body, parse_chat
 
 
-def parse(body: object, max_bytes: int = 10_000):
+def parse_chat_request(raw: bytes, max_bytes: int) -> ParsedRequest:
+    return parse_chat(load_body(raw, max_bytes))
+
+
+def parse(body: object, max_bytes: int = 10_000) -> ParsedRequest:
     return parse_chat_request(orjson.dumps(body), max_bytes)
+
+
+def prompt_fingerprint(model: str, messages: list[dict[str, str]]) -> str:
+    return parse({"model": model, "messages": messages}).fingerprint
 
 
 def test_minimal_request_is_accepted_and_passes_unknown_fields_through() -> None:
@@ -27,6 +35,9 @@ def test_minimal_request_is_accepted_and_passes_unknown_fields_through() -> None
         ({"model": "m", "messages": [{"role": "user"}], "max_tokens": "10"}, "max_tokens"),
         ({"model": "m", "messages": [{"role": "user"}], "stream": "yes"}, "stream"),
         ({"model": "m", "messages": [{"role": "user"}], "n": 2}, "n"),
+        ({"model": "m", "messages": [{"role": "user", "content": 3}]}, "messages[0]"),
+        ({"model": "m", "messages": [{"role": "user"}], "temperature": 3}, "temperature"),
+        ({"model": "m", "messages": [{"role": "user"}], "stream_options": 1}, "stream_options"),
     ],
 )
 def test_invalid_requests_name_the_parameter(body: object, param: str) -> None:

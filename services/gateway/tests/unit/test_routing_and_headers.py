@@ -44,3 +44,19 @@ def test_ratelimit_headers_cover_openai_and_ietf_forms() -> None:
     assert h["x-ratelimit-reset-requests"] == "0.100s"
     assert h["ratelimit-policy"] == '"requests";q=600;w=60, "tokens";q=200000;w=60'
     assert h["ratelimit"] == '"requests";r=599;t=1, "tokens";r=199000;t=1'
+
+
+def test_models_are_filtered_by_the_keys_allowed_models() -> None:
+    from leaky_common.auth import Principal
+    from lt_gateway.main import _may_use
+    from lt_gateway.models import ModelTable
+
+    table = ModelTable.load(None)
+    gpt, emb = table.get("mock-gpt"), table.get("mock-embedding")
+    assert gpt is not None and emb is not None
+    everyone = Principal(user_id="u", org_id="o", allowed_models=None)
+    assert _may_use(everyone, gpt) and _may_use(everyone, emb)
+    only_chat = Principal(user_id="u", org_id="o", allowed_models=("mock-g*",))
+    assert _may_use(only_chat, gpt) and not _may_use(only_chat, emb)
+    nothing = Principal(user_id="u", org_id="o", allowed_models=())
+    assert not _may_use(nothing, gpt)

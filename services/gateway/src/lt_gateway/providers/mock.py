@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,7 +11,7 @@ from uuid import uuid4
 
 from lt_gateway.models import ModelSpec
 from lt_gateway.providers.base import Completion, StreamChunk, Usage
-from lt_gateway.tokens import estimate_prompt_tokens, last_user_text, text_tokens
+from lt_gateway.tokens import estimate_input_tokens, estimate_prompt_tokens, last_user_text, text_tokens
 
 _PREFIX = "This is mock-gpt, a deterministic offline model. You said:"
 _MAX_ECHO_WORDS = 24
@@ -23,10 +24,11 @@ def reply_words(messages: list[dict[str, Any]], max_tokens: int) -> tuple[list[s
     out: list[str] = []
     used = 0
     for i, word in enumerate(words):
-        cost = text_tokens(word)
+        piece = word if i == 0 else " " + word
+        cost = text_tokens(piece)
         if used + cost > max_tokens:
             return out, used, "length"
-        out.append(word if i == 0 else " " + word)
+        out.append(piece)
         used += cost
     return out, used, "stop"
 
@@ -43,7 +45,8 @@ class MockProvider:
             await asyncio.sleep(self._latency_s)
         messages = body["messages"]
         words, completion_tokens, finish = reply_words(
-            messages, int(body.get("max_tokens") or spec.max_output_tokens)
+            messages,
+            int(body.get("max_completion_tokens") or body.get("max_tokens") or spec.max_output_tokens),
         )
         usage = Usage(estimate_prompt_tokens(messages), completion_tokens)
         return Completion(
@@ -74,7 +77,8 @@ class MockProvider:
         """Role chunk, one chunk per word, a finish chunk, then a usage chunk with empty choices."""
         messages = body["messages"]
         words, completion_tokens, finish = reply_words(
-            messages, int(body.get("max_tokens") or spec.max_output_tokens)
+            messages,
+            int(body.get("max_completion_tokens") or body.get("max_tokens") or spec.max_output_tokens),
         )
         base = {
             "id": f"chatcmpl-{uuid4().hex}",
@@ -111,3 +115,68 @@ class MockProvider:
             },
             usage=usage,
         )
+
+    async def text_complete(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
+        """A `text_completion` answering the prompt like the chat mock does."""
+        prompt = body.get("prompt")
+        text = prompt if isinstance(prompt, str) else " ".join(str(p) for p in prompt or ())
+        chat = await self.complete(spec, {**body, "messages": [{"role": "user", "content": text}]})
+        choice = chat.body["choices"][0]
+        usage = Usage(estimate_input_tokens(prompt), chat.usage.completion_tokens)
+        out = {
+            "id": f"cmpl-{uuid4().hex}",
+            "object": "text_completion",
+            "created": chat.body["created"],
+            "model": spec.upstream_model,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": choice["message"]["content"],
+                    "logprobs": None,
+                    "finish_reason": choice["finish_reason"],
+                }
+            ],
+            "usage": usage.openai(),
+        }
+        return Completion(out, usage)
+
+    async def text_stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        """The chat mock's stream as `text_completion` chunks."""
+        prompt = body.get("prompt")
+        text = prompt if isinstance(prompt, str) else " ".join(str(p) for p in prompt or ())
+        chat_body = {**body, "messages": [{"role": "user", "content": text}]}
+        base = {"id": f"cmpl-{uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": spec.upstream_model}  # fmt: skip
+        async for chunk in self.stream(spec, chat_body):
+            if chunk.usage is not None:
+                usage = Usage(estimate_input_tokens(prompt), chunk.usage.completion_tokens)
+                yield StreamChunk({**base, "choices": [], "usage": usage.openai()}, usage=usage)
+                continue
+            choice = chunk.body["choices"][0]
+            content = choice["delta"].get("content") or ""
+            if not content and not choice["finish_reason"]:
+                continue
+            out = {"index": 0, "text": content, "logprobs": None, "finish_reason": choice["finish_reason"]}
+            yield StreamChunk({**base, "choices": [out]}, chunk.completion_tokens)
+
+    async def embed(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
+        """Deterministic 8-dimensional embeddings derived from each input's hash."""
+        raw = body.get("input")
+        inputs = (
+            [raw]
+            if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], int))
+            else raw
+        )
+        data = []
+        for i, item in enumerate(inputs or ()):
+            digest = hashlib.blake2b(str(item).encode(), digest_size=8).digest()
+            data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in digest]})
+        tokens = estimate_input_tokens(raw)
+        usage = Usage(tokens, 0)
+        out = {
+            "object": "list",
+            "data": data,
+            "model": spec.upstream_model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Completion(out, usage)
