@@ -10,6 +10,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from leaky_common.events import UsageRecorded, parse_message
+from lt_analytics.detectors import AnomalyDetector
 from lt_analytics.repository import record_usage
 
 __all__ = ["Outcome", "UsageHandler"]
@@ -25,12 +26,19 @@ class Outcome(StrEnum):
 
 
 class UsageHandler:
-    """Parses a raw message value and records it effectively-once (the request log is the inbox)."""
+    """Parses a raw message value, records it effectively-once (the request log is the inbox) and runs the
+    anomaly detectors on new events."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, retry_backoff_s: float = 0.5, max_backoff_s: float = 10.0
+        self,
+        pool: asyncpg.Pool,
+        detector: AnomalyDetector | None = None,
+        *,
+        retry_backoff_s: float = 0.5,
+        max_backoff_s: float = 10.0,
     ) -> None:
         self._pool = pool
+        self._detector = detector
         self._retry_backoff_s = retry_backoff_s
         self._max_backoff_s = max_backoff_s
 
@@ -46,7 +54,7 @@ class UsageHandler:
         delay = self._retry_backoff_s
         while True:
             try:
-                recorded = await record_usage(self._pool, message)
+                recorded = await record_usage(self._pool, message, self._detector)
             except (asyncpg.PostgresError, OSError, TimeoutError):
                 # Usage is money: block this partition and retry rather than skip an event.
                 logger.exception("recording usage %s failed; retrying in %.1fs", message.event_id, delay)

@@ -1,4 +1,4 @@
-"""Analytics API app factory: usage summaries read from the aggregates the worker maintains."""
+"""Analytics API app factory: usage, reports, leaderboard and anomalies read from what the worker maintains."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER, principal
 from leaky_common.db import apply_migrations, create_pool, ping
 from leaky_common.errors import Forbidden, install_error_handlers
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
+from lt_analytics.api import router as api_router
 from lt_analytics.domain import UsageSummary, summarise, window_start
 from lt_analytics.repository import MIGRATIONS, daily_usage
 from lt_analytics.settings import AnalyticsSettings
@@ -29,6 +30,7 @@ def create_app(settings: AnalyticsSettings) -> FastAPI:
         try:
             await apply_migrations(pool, MIGRATIONS)
             app.state.pool = pool
+            app.state.settings = settings
             yield
         finally:
             await pool.close()
@@ -73,4 +75,5 @@ def create_app(settings: AnalyticsSettings) -> FastAPI:
         include_in_schema=False,
     )
     app.include_router(router)
+    app.include_router(api_router)
     return app
