@@ -71,6 +71,7 @@ class AdmitDenied:
     detail: str = ""
     retry_ms: int = 0
     remaining: int = 0
+    reason_text: str = ""
 
 
 def parse_admit_result(raw: list[object]) -> AdmitGranted | AdmitDenied:
@@ -80,7 +81,7 @@ def parse_admit_result(raw: list[object]) -> AdmitGranted | AdmitDenied:
         n = [int(str(v)) for v in raw[1:9]]
         return AdmitGranted(*n)
     if tag == "frozen":
-        return AdmitDenied("frozen", detail=str(raw[1]))
+        return AdmitDenied("frozen", detail=str(raw[1]), reason_text=str(raw[2]) if len(raw) > 2 else "")
     if tag == "rate":
         return AdmitDenied("rate_limited", detail=str(raw[1]), retry_ms=int(str(raw[2])))
     if tag == "quota":

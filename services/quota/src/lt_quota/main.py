@@ -83,9 +83,12 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
             if settings.bootstrap_admin_key:
                 await service.bootstrap_admin(settings.bootstrap_admin_key)
             loaded = await service.load_pools()
-            logger.info("loaded %d pools into redis", loaded)
+            frozen = await service.restore_freezes()
+            logger.info("loaded %d pools and %d frozen targets into redis", loaded, frozen)
 
-            await ensure_topics(settings, [Topics.USAGE, Topics.QUOTA_COMMANDS, Topics.SAGA_REPLIES])
+            await ensure_topics(
+                settings, [Topics.USAGE, Topics.QUOTA_COMMANDS, Topics.SAGA_REPLIES, Topics.QUOTA_EVENTS]
+            )
             publisher = EventPublisher(settings)
             await publisher.start()
             stack.push_async_callback(publisher.stop)

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -19,6 +19,7 @@ from leaky_common.errors import Conflict, Forbidden, NotFound, QuotaExceeded, Ra
 from leaky_common.events import (
     CreditTokens,
     DebitTokens,
+    FreezeChanged,
     RequestFreeze,
     TokensCredited,
     TokensDebited,
@@ -177,8 +178,9 @@ class QuotaService:
         )
         outcome = parse_admit_result(await self.state.admit(args))
         if isinstance(outcome, AdmitDenied) and outcome.reason == "no_pool":
-            # Redis lost the pool (flushed): rebuild it from the ledger once, then retry.
+            # Redis lost the pool (flushed): rebuild it and the freezes from Postgres once, then retry.
             await self.load_pools([record.pool_id])
+            await self.restore_freezes()
             outcome = parse_admit_result(await self.state.admit(args))
         if isinstance(outcome, AdmitDenied):
             raise self._denial(outcome)
@@ -205,7 +207,12 @@ class QuotaService:
     def _denial(outcome: AdmitDenied) -> Exception:
         if outcome.reason == "frozen":
             ADMISSIONS.labels("frozen").inc()
-            return Forbidden(f"this {outcome.detail} is frozen", code="frozen", frozen=outcome.detail)
+            return Forbidden(
+                f"this {outcome.detail} is frozen: {outcome.reason_text}",
+                code="frozen",
+                frozen=outcome.detail,
+                reason=outcome.reason_text,
+            )
         if outcome.reason == "rate_limited":
             ADMISSIONS.labels("rate_limited").inc()
             seconds = retry_after_seconds(outcome.retry_ms)
@@ -377,23 +384,156 @@ class QuotaService:
         if pool is not None and not await self.state.set_limit(pool_id, pool.limit):
             await self.load_pools([pool_id])
 
+    # --- freezes -------------------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock() / 1000, UTC)
+
     async def freeze(self, cmd: RequestFreeze) -> None:
-        """Freeze a user, key or session for the command's duration."""
-        expires_ms = int(cmd.occurred_at.timestamp() * 1000) + cmd.duration_s * 1000
+        """Apply a `RequestFreeze` command once; a duration of 0 or less freezes until lifted."""
         async with self.db.acquire() as conn, conn.transaction():
             if not await repo.claim_inbox(conn, cmd.event_id):
                 return
-            await repo.insert_freeze(
+            await self._record_freeze(
                 conn,
-                new_id(),
                 cmd.target_type,
                 cmd.target_id,
                 cmd.reason,
-                datetime.fromtimestamp(expires_ms / 1000, UTC),
+                cmd.duration_s if cmd.duration_s > 0 else None,
+                source="anomaly",
+                org_id=cmd.org_id,
+                causation_id=cmd.event_id,
             )
-        ttl_ms = expires_ms - self.clock()
-        if ttl_ms > 0:
-            await self.state.freeze(cmd.target_type, cmd.target_id, cmd.reason, ttl_ms)
+        await self._sync_freeze(cmd.target_type, cmd.target_id)
+
+    async def admin_freeze(
+        self, admin: Principal, target_type: str, target_id: str, reason: str, duration_s: int | None
+    ) -> dict[str, Any]:
+        """Freeze a session, key or user of the admin's org (`duration_s` None: until unfrozen)."""
+        async with self.db.acquire() as conn, conn.transaction():
+            record = await self._record_freeze(
+                conn, target_type, target_id, reason, duration_s, source="admin", org_id=admin.org_id
+            )
+        await self._sync_freeze(target_type, target_id)
+        return _freeze_view(record)
+
+    async def list_freezes(self, admin: Principal) -> list[dict[str, Any]]:
+        """Live freezes of the admin's org."""
+        async with self.db.acquire() as conn:
+            records = await repo.live_freezes(conn, self._now(), org_id=admin.org_id)
+        return [_freeze_view(r) for r in records]
+
+    async def unfreeze(self, admin: Principal, target_type: str, target_id: str) -> dict[str, Any]:
+        """Lift every live freeze of a target (idempotent); announces the change if one was lifted."""
+        now = self._now()
+        async with self.db.acquire() as conn, conn.transaction():
+            user_id, org_id = await self._freeze_owner(conn, target_type, target_id, admin.org_id)
+            lifted = await repo.lift_freezes(conn, target_type, target_id, now, admin.org_id)
+            if lifted:
+                event = FreezeChanged(
+                    producer="quota",
+                    target_type=target_type,
+                    target_id=target_id,
+                    org_id=org_id,
+                    user_id=user_id,
+                    frozen=False,
+                    reason="unfrozen by an admin",
+                    source="admin",
+                )
+                await write_outbox(conn, Topics.QUOTA_EVENTS, event, key=target_id)
+        await self._sync_freeze(target_type, target_id)
+        return {"target_type": target_type, "target_id": target_id, "frozen": False, "lifted": len(lifted)}
+
+    async def restore_freezes(self) -> int:
+        """Write every live freeze from Postgres into Redis (start-up, or after Redis lost its state)."""
+        async with self.db.acquire() as conn:
+            records = await repo.live_freezes(conn, self._now())
+        targets = {(r.target_type, r.target_id) for r in records}
+        for target_type, target_id in targets:
+            await self._sync_freeze(target_type, target_id)
+        return len(targets)
+
+    async def _freeze_owner(
+        self, conn: asyncpg.Connection, target_type: str, target_id: str, org_id: str | None
+    ) -> tuple[str | None, str | None]:
+        """(user id, org id) behind a key or user target; 404 if it is not in `org_id` (when given)."""
+        owner: tuple[str, str] | None = None
+        if target_type == "key":
+            owner = await repo.key_owner(conn, target_id)
+        elif target_type == "user":
+            user = await repo.get_user(conn, target_id)
+            owner = (user.id, user.org_id) if user else None
+        else:
+            return None, org_id
+        if owner is None or (org_id is not None and owner[1] != org_id):
+            raise NotFound(f"{target_type} {target_id} not found", code=f"{target_type}_not_found")
+        return owner
+
+    async def _record_freeze(
+        self,
+        conn: asyncpg.Connection,
+        target_type: str,
+        target_id: str,
+        reason: str,
+        duration_s: int | None,
+        *,
+        source: str,
+        org_id: str | None,
+        causation_id: str | None = None,
+    ) -> repo.FreezeRecord:
+        """Insert a freeze and its `FreezeChanged` announcement in the caller's transaction."""
+        try:
+            user_id, owner_org = await self._freeze_owner(
+                conn, target_type, target_id, org_id if source == "admin" else None
+            )
+        except NotFound:
+            if source == "admin":
+                raise
+            user_id, owner_org = None, org_id  # a detector may name a key we do not know: freeze it anyway
+        now = self._now()
+        expires_at = None if duration_s is None else now + timedelta(seconds=duration_s)
+        freeze_id = new_id()
+        await repo.insert_freeze(
+            conn,
+            freeze_id,
+            target_type,
+            target_id,
+            reason,
+            expires_at,
+            source=source,
+            org_id=owner_org,
+            user_id=user_id,
+        )
+        event = FreezeChanged(
+            producer="quota",
+            causation_id=causation_id,
+            target_type=target_type,
+            target_id=target_id,
+            org_id=owner_org,
+            user_id=user_id,
+            frozen=True,
+            reason=reason,
+            expires_at=expires_at,
+            source="admin" if source == "admin" else "anomaly",
+        )
+        await write_outbox(conn, Topics.QUOTA_EVENTS, event, key=target_id)
+        return repo.FreezeRecord(
+            freeze_id, target_type, target_id, reason, expires_at, source, owner_org, user_id, now
+        )
+
+    async def _sync_freeze(self, target_type: str, target_id: str) -> None:
+        """Make Redis hold the target's longest live freeze (or none)."""
+        async with self.db.acquire() as conn:
+            live = await repo.live_freezes(conn, self._now(), target=(target_type, target_id))
+        if not live:
+            await self.state.unfreeze(target_type, target_id)
+            return
+        forever = [f for f in live if f.expires_at is None]
+        longest = forever[-1] if forever else max(live, key=lambda f: f.expires_at or datetime.max)
+        ttl_ms = (
+            None if longest.expires_at is None else int(longest.expires_at.timestamp() * 1000) - self.clock()
+        )
+        await self.state.freeze(target_type, target_id, longest.reason, ttl_ms)
 
     # --- management -----------------------------------------------------------------------------------------
 
@@ -555,3 +695,16 @@ class QuotaService:
             raise NotFound(f"key {key_id} not found", code="key_not_found")
         self._keys.pop(key_hash, None)
         return {"id": key_id, "revoked": True}
+
+
+def _freeze_view(f: repo.FreezeRecord) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "target_type": f.target_type,
+        "target_id": f.target_id,
+        "reason": f.reason,
+        "source": f.source,
+        "user_id": f.user_id,
+        "expires_at": f.expires_at.isoformat() if f.expires_at else None,
+        "created_at": f.created_at.isoformat(),
+    }

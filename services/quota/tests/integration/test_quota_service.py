@@ -16,6 +16,7 @@ from leaky_common.db import create_database
 from leaky_common.events import (
     CreditTokens,
     DebitTokens,
+    FreezeChanged,
     RequestFreeze,
     TokensCredited,
     TokensDebited,
@@ -565,3 +566,148 @@ async def test_bootstrap_is_idempotent(settings: QuotaSettings, database_url: st
         assert limit == 10**12
     finally:
         await conn.close()
+
+
+async def read_quota_events(bootstrap: str, target_id: str, count: int) -> list[FreezeChanged]:
+    """`FreezeChanged` events about `target_id` on quota.events, waiting for `count` of them."""
+    consumer = AIOKafkaConsumer(
+        Topics.QUOTA_EVENTS, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    found: list[FreezeChanged] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(found) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    message = parse_message(record.value or b"")
+                    if isinstance(message, FreezeChanged) and message.target_id == target_id:
+                        found.append(message)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_admin_freezes_and_unfreezes_a_key_with_events(
+    settings: QuotaSettings, kafka_bootstrap: str
+) -> None:
+    clock = FakeClock()
+    async with running(settings, clock) as h:
+        admin = await h.as_key(ADMIN_KEY)
+        user = await h.create_user(quota=10_000)
+        as_user = await h.as_key(user["api_key"])
+        second = (await h.client.post("/v1/users/me/keys", json={"name": "b"}, headers=as_user)).json()
+        key_id = (
+            await h.client.post("/internal/authenticate", json={"api_key": user["api_key"]}, headers=INTERNAL)
+        ).json()["key_id"]
+        body = {"target_type": "key", "target_id": key_id, "reason": "runaway loop", "duration_s": 300}
+        assert (await h.client.post("/v1/admin/freezes", json=body, headers=as_user)).status_code == 403
+        r = await h.client.post("/v1/admin/freezes", json=body, headers=admin)
+        assert r.status_code == 201, r.text
+        assert r.json()["expires_at"] is not None and r.json()["user_id"] == user["id"]
+
+        # Frozen now, and still frozen well inside the duration (the seed's freeze expired at once).
+        for _ in range(2):
+            r = await h.admit(user["api_key"], max_output_tokens=16)
+            assert r.status_code == 403, r.text
+            error = r.json()["error"]
+            assert (
+                error["code"] == "frozen" and "runaway loop" in error["message"] and error["frozen"] == "key"
+            )
+            clock.now_ms += 60_000
+        assert (await h.admit(second["api_key"], max_output_tokens=16)).status_code == 200  # other key
+
+        listed = (await h.client.get("/v1/admin/freezes", headers=admin)).json()["data"]
+        assert [(f["target_type"], f["reason"]) for f in listed if f["target_id"] == key_id] == [
+            ("key", "runaway loop")
+        ]
+        url = f"/v1/admin/freezes/key/{key_id}"
+        r = await h.client.delete(url, headers=admin)
+        assert r.status_code == 200 and r.json()["lifted"] == 1
+        assert (await h.client.delete(url, headers=admin)).json()["lifted"] == 0  # idempotent
+        assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 200
+        assert not [
+            f
+            for f in (await h.client.get("/v1/admin/freezes", headers=admin)).json()["data"]
+            if f["target_id"] == key_id
+        ]
+
+        events = await read_quota_events(kafka_bootstrap, key_id, 2)
+        assert [(e.frozen, e.source, e.user_id) for e in events] == [
+            (True, "admin", user["id"]),
+            (False, "admin", user["id"]),
+        ]
+        assert events[0].reason == "runaway loop" and events[0].expires_at is not None
+
+        # A freeze past its duration is no longer listed.
+        await h.client.post("/v1/admin/freezes", json=body, headers=admin)
+        clock.now_ms += 301_000
+        assert not [
+            f
+            for f in (await h.client.get("/v1/admin/freezes", headers=admin)).json()["data"]
+            if f["target_id"] == key_id
+        ]
+
+
+async def test_freeze_until_lifted_validation_and_rebuild_after_redis_loss(
+    settings: QuotaSettings, redis_url: str
+) -> None:
+    session = "sess-" + uuid.uuid4().hex
+    async with running(settings) as h:
+        admin = await h.as_key(ADMIN_KEY)
+        user = await h.create_user(quota=10_000)
+        bad = [
+            {"target_type": "team", "target_id": "x", "reason": "r"},
+            {"target_type": "session", "target_id": "x", "reason": ""},
+            {"target_type": "session", "target_id": "x", "reason": "r", "duration_s": 0},
+        ]
+        for body in bad:
+            r = await h.client.post("/v1/admin/freezes", json=body, headers=admin)
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+        r = await h.client.post(
+            "/v1/admin/freezes",
+            json={"target_type": "user", "target_id": "ghost", "reason": "r"},
+            headers=admin,
+        )
+        assert r.status_code == 404
+        r = await h.client.post(
+            "/v1/admin/freezes",
+            json={"target_type": "session", "target_id": session, "reason": "budget review"},
+            headers=admin,
+        )
+        assert r.status_code == 201 and r.json()["expires_at"] is None
+        r = await h.admit(user["api_key"], max_output_tokens=16, session_id=session)
+        assert r.status_code == 403 and r.json()["error"]["frozen"] == "session"
+        assert (await h.admit(user["api_key"], max_output_tokens=16, session_id="other")).status_code == 200
+
+    redis: Redis = Redis.from_url(redis_url)
+    try:
+        await redis.flushall()
+    finally:
+        await redis.aclose()
+
+    async with running(settings) as h:
+        r = await h.admit(user["api_key"], max_output_tokens=16, session_id=session)
+        assert r.status_code == 403 and "budget review" in r.json()["error"]["message"]
+        admin = await h.as_key(ADMIN_KEY)
+        assert (
+            await h.client.delete(f"/v1/admin/freezes/session/{session}", headers=admin)
+        ).status_code == 200
+        assert (await h.admit(user["api_key"], max_output_tokens=16, session_id=session)).status_code == 200
+
+
+async def test_freeze_command_announces_the_freeze(
+    settings: QuotaSettings, publisher: EventPublisher, kafka_bootstrap: str
+) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=1000)
+        cmd = RequestFreeze(target_type="user", target_id=user["id"], reason="spend velocity", duration_s=300)
+        await publisher.publish(Topics.QUOTA_COMMANDS, cmd)
+        await publisher.publish(Topics.QUOTA_COMMANDS, cmd)  # redelivery: one freeze, one event
+        (event,) = await read_quota_events(kafka_bootstrap, user["id"], 1)
+        assert event.frozen and event.source == "anomaly" and event.causation_id == cmd.event_id
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 403 and "spend velocity" in r.json()["error"]["message"]
+        listed = (await h.client.get("/v1/admin/freezes", headers=await h.as_key(ADMIN_KEY))).json()["data"]
+        assert len([f for f in listed if f["target_id"] == user["id"]]) == 1

@@ -5,7 +5,7 @@ Layout (every key starts with the configured prefix, `lt:` by default):
     res:<reservation_id>                hash  pool, amount, user, request, expires
     res:by_expiry                       zset  reservation_id scored by expiry (ms)
     bucket:<key|user>:<id>:<req|tok>    hash  level (float), ts (ms)
-    freeze:<user|key|session>:<id>      string reason, with a TTL
+    freeze:<user|key|session>:<id>      string reason, with the freeze's TTL (none: until lifted)
 """
 
 from __future__ import annotations
@@ -21,9 +21,14 @@ __all__ = ["AdmitArgs", "PoolState", "RedisState"]
 # Times come from ARGV (the caller's clock) so the script is deterministic and testable; works on Redis 6.2+.
 _ADMIT = """
 local now = tonumber(ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'frozen', 'user'} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'frozen', 'key'} end
-if ARGV[13] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return {'frozen', 'session'} end
+local why = redis.call('GET', KEYS[1])
+if why then return {'frozen', 'user', why} end
+why = redis.call('GET', KEYS[2])
+if why then return {'frozen', 'key', why} end
+if ARGV[13] == '1' then
+  why = redis.call('GET', KEYS[3])
+  if why then return {'frozen', 'session', why} end
+end
 
 local period = tonumber(ARGV[9])
 local names = {'key_requests', 'key_tokens', 'user_requests', 'user_tokens'}
@@ -260,6 +265,14 @@ class RedisState:
             )
         return out
 
-    async def freeze(self, target_type: str, target_id: str, reason: str, ttl_ms: int) -> None:
-        """Freeze a user, key or session for `ttl_ms`."""
-        await self.redis.set(self.freeze_key(target_type, target_id), reason, px=max(ttl_ms, 1))
+    async def freeze(self, target_type: str, target_id: str, reason: str, ttl_ms: int | None) -> None:
+        """Freeze a user, key or session for `ttl_ms` (None: until unfrozen)."""
+        key = self.freeze_key(target_type, target_id)
+        if ttl_ms is None:
+            await self.redis.set(key, reason)
+        else:
+            await self.redis.set(key, reason, px=max(ttl_ms, 1))
+
+    async def unfreeze(self, target_type: str, target_id: str) -> None:
+        """Lift a freeze."""
+        await self.redis.delete(self.freeze_key(target_type, target_id))

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Body, Response, status
 from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest
 from lt_quota.api.deps import AdminDep, InternalDep, PrincipalDep, ServiceDep
-from lt_quota.api.schemas import AddMemberBody, CreateKeyBody, CreateTeamBody, CreateUserBody, UserView
+from lt_quota.api.schemas import (
+    AddMemberBody,
+    CreateKeyBody,
+    CreateTeamBody,
+    CreateUserBody,
+    FreezeBody,
+    FreezeTarget,
+    UserView,
+)
 
 __all__ = ["internal_router", "public_router"]
 
@@ -64,6 +72,23 @@ async def add_member(
     membership, created = await service.add_member(admin, team_id, user_id, role)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return membership
+
+
+@public_router.post("/v1/admin/freezes", status_code=status.HTTP_201_CREATED)
+async def create_freeze(body: FreezeBody, admin: AdminDep, service: ServiceDep) -> dict[str, Any]:
+    return await service.admin_freeze(admin, body.target_type, body.target_id, body.reason, body.duration_s)
+
+
+@public_router.get("/v1/admin/freezes")
+async def list_freezes(admin: AdminDep, service: ServiceDep) -> dict[str, Any]:
+    return {"object": "list", "data": await service.list_freezes(admin)}
+
+
+@public_router.delete("/v1/admin/freezes/{target_type}/{target_id}")
+async def delete_freeze(
+    target_type: FreezeTarget, target_id: str, admin: AdminDep, service: ServiceDep
+) -> dict[str, Any]:
+    return await service.unfreeze(admin, target_type, target_id)
 
 
 @public_router.get("/v1/users/me")

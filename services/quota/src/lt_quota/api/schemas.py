@@ -6,7 +6,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-__all__ = ["AddMemberBody", "CreateKeyBody", "CreateTeamBody", "CreateUserBody", "UserView"]
+__all__ = [
+    "AddMemberBody",
+    "CreateKeyBody",
+    "CreateTeamBody",
+    "CreateUserBody",
+    "FreezeBody",
+    "FreezeTarget",
+    "UserView",
+]
 
 Email = Annotated[
     str, StringConstraints(strip_whitespace=True, to_lower=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
@@ -63,3 +71,18 @@ class UserView(BaseModel):
     team_id: str | None
     role: str
     status: str
+
+
+FreezeTarget = Literal["session", "key", "user"]
+
+
+class FreezeBody(BaseModel):
+    """`POST /v1/admin/freezes`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_type: FreezeTarget
+    target_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    # None: frozen until unfrozen. At most a year.
+    duration_s: int | None = Field(default=None, ge=1, le=366 * 86400)
