@@ -87,6 +87,8 @@ class Detection:
     value: float
     threshold: float
     detail: str
+    # False for detections that re-arm by themselves (a consecutive-loop run restarts after firing).
+    cools_down: bool = True
 
     @property
     def severity(self) -> Literal["warning", "error", "critical"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
@@ -59,153 +59,228 @@ class ThresholdStore:
 
 
 class AnomalyDetector:
-    """Loop, request-rate, spend-velocity and baseline-ratio checks for one recorded event."""
+    """Loop, request-rate, spend-velocity and baseline-ratio checks for a batch of newly recorded events.
+
+    Consecutive loops are followed event by event. Windowed checks (loop within a window, request rate,
+    spend velocity) are evaluated at the last event of each session/key in the batch, so a batch costs a
+    few queries rather than a few per event.
+    """
 
     def __init__(self, thresholds: ThresholdStore, *, baseline_check_interval_s: float = 10.0) -> None:
         self._thresholds = thresholds
         self._baseline_interval_s = baseline_check_interval_s
         self._baseline_checked: dict[str, float] = {}
 
-    async def check(self, conn: asyncpg.Connection, event: UsageRecorded) -> list[Detection]:
-        """Run every detector for `event` (already in the request log) and emit what they find."""
-        if event.status == "blocked":
-            # A refused request spent nothing; counting it would re-freeze a frozen agent forever.
+    async def check(self, conn: asyncpg.Connection, events: list[UsageRecorded]) -> list[Detection]:
+        """Run every detector for `events` (already in the request log, in order) and emit what they find."""
+        # A refused request spent nothing; counting it would re-freeze a frozen agent forever.
+        live = [e for e in events if e.status != "blocked"]
+        if not live:
             return []
-        limits = await self._thresholds.get(conn, event.org_id)
-        found: list[Detection] = []
-        target = _target(event)
-        if target is not None:
-            found += await self._loops(conn, event, limits, *target)
-            found += await self._rate_and_spend(conn, event, limits, *target)
-        if event.org_id is not None:
-            found += await self._baseline(conn, event.org_id, limits)
-        for detection in found:
-            await self._emit(conn, event, detection, limits)
-        return found
+        limits = {org: await self._thresholds.get(conn, org) for org in {e.org_id for e in live}}
+        found: list[tuple[UsageRecorded, Detection]] = []
+        found += await self._consecutive_loops(conn, live, limits)
+        last: dict[tuple[Literal["session", "key"], str], UsageRecorded] = {}
+        last_pair: dict[tuple[Literal["session", "key"], str, str], UsageRecorded] = {}
+        for e in live:
+            target = _target(e)
+            if target is not None:
+                last[target] = e
+                if e.prompt_fingerprint:
+                    last_pair[(*target, e.prompt_fingerprint)] = e
+        found += await self._window_loops(conn, last_pair, limits)
+        found += await self._rate_and_spend(conn, last, limits)
+        for org in sorted({e.org_id for e in live if e.org_id}):
+            trigger = next(e for e in reversed(live) if e.org_id == org)
+            found += [(trigger, d) for d in await self._baseline(conn, org, limits[org])]
+        emitted: list[Detection] = []
+        for event, detection in found:
+            if await self._cooled(conn, detection, limits[event.org_id]):
+                await self._emit(conn, event, detection, limits[event.org_id])
+                emitted.append(detection)
+        return emitted
 
-    async def _loops(
-        self,
-        conn: asyncpg.Connection,
-        event: UsageRecorded,
-        limits: Thresholds,
-        target_type: Literal["session", "key"],
-        target_id: str,
-    ) -> list[Detection]:
-        fingerprint = event.prompt_fingerprint
-        if not fingerprint:
+    async def _cooled(self, conn: asyncpg.Connection, d: Detection, limits: Thresholds) -> bool:
+        """Consecutive loops always fire (the run restarts after each); the others once per window."""
+        if not d.cools_down:
+            return True
+        window = {
+            "loop": limits.loop_window_s,
+            "request_rate": limits.rate_window_s,
+            "spend_velocity": 60,
+            "baseline_ratio": limits.baseline_window_minutes * 60,
+        }[d.kind]
+        return not await _cooling(conn, d.kind, d.target_type, d.target_id, window)
+
+    async def _consecutive_loops(
+        self, conn: asyncpg.Connection, events: list[UsageRecorded], limits: dict[str | None, Thresholds]
+    ) -> list[tuple[UsageRecorded, Detection]]:
+        runs = [(e, t) for e in events if e.prompt_fingerprint and (t := _target(e)) is not None]
+        if not runs:
             return []
-        streak: int = await conn.fetchval(
+        targets = sorted({t for _, t in runs})
+        rows = await conn.fetch(
+            "SELECT scope_type, scope_id, fingerprint, count FROM loop_streaks"
+            " WHERE (scope_type, scope_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [t for t, _ in targets],
+            [i for _, i in targets],
+        )
+        streaks: dict[tuple[str, str], list[Any]] = {
+            (r["scope_type"], r["scope_id"]): [r["fingerprint"], r["count"], None] for r in rows
+        }
+        found: list[tuple[UsageRecorded, Detection]] = []
+        for event, target in runs:
+            state = streaks.setdefault(target, [None, 0, None])
+            state[1] = state[1] + 1 if state[0] == event.prompt_fingerprint else 1
+            state[0], state[2] = event.prompt_fingerprint, event.occurred_at
+            need = limits[event.org_id].loop_consecutive
+            if state[1] >= need:
+                found.append(
+                    (
+                        event,
+                        Detection(
+                            "loop",
+                            target[0],
+                            target[1],
+                            state[1],
+                            need,
+                            f"Loop detected: the same prompt {state[1]} times in a row",
+                            cools_down=False,
+                        ),
+                    )
+                )
+                # Start counting afresh: after an unfreeze the agent gets a full run before the next freeze.
+                state[1] = 0
+        changed = [(t, v) for t, v in streaks.items() if v[2] is not None]
+        await conn.execute(
             """
             INSERT INTO loop_streaks AS s (scope_type, scope_id, fingerprint, count, last_at)
-            VALUES ($1, $2, $3, 1, $4)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[])
             ON CONFLICT (scope_type, scope_id) DO UPDATE SET
-                count = CASE WHEN s.fingerprint = EXCLUDED.fingerprint THEN s.count + 1 ELSE 1 END,
-                fingerprint = EXCLUDED.fingerprint, last_at = EXCLUDED.last_at
-            RETURNING count
+                fingerprint = EXCLUDED.fingerprint, count = EXCLUDED.count, last_at = EXCLUDED.last_at
             """,
-            target_type,
-            target_id,
-            fingerprint,
-            event.occurred_at,
+            [t[0] for t, _ in changed],
+            [t[1] for t, _ in changed],
+            [v[0] for _, v in changed],
+            [v[1] for _, v in changed],
+            [v[2] for _, v in changed],
         )
-        if streak >= limits.loop_consecutive:
-            # Start counting afresh: after an unfreeze the agent gets a full run before the next freeze.
-            await conn.execute(
-                "UPDATE loop_streaks SET count = 0 WHERE scope_type = $1 AND scope_id = $2",
-                target_type,
-                target_id,
+        return found
+
+    async def _window_loops(
+        self,
+        conn: asyncpg.Connection,
+        last_pair: dict[tuple[Literal["session", "key"], str, str], UsageRecorded],
+        limits: dict[str | None, Thresholds],
+    ) -> list[tuple[UsageRecorded, Detection]]:
+        found: list[tuple[UsageRecorded, Detection]] = []
+        for target_type in ("session", "key"):
+            pairs = [(k, e) for k, e in last_pair.items() if k[0] == target_type]
+            if not pairs:
+                continue
+            rows = await conn.fetch(
+                f"""
+                SELECT t.i, s.n FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::int[], $6::int[])
+                    AS t (id, fp, at, win, need, i)
+                CROSS JOIN LATERAL (
+                    SELECT count(*) AS n FROM request_log r
+                    WHERE r.{_COLUMN[target_type]} = t.id AND r.prompt_fingerprint = t.fp
+                      AND r.occurred_at > t.at - make_interval(secs => t.win) AND r.occurred_at <= t.at
+                      AND r.status <> 'blocked'
+                ) s
+                WHERE s.n >= t.need
+                """,
+                [k[1] for k, _ in pairs],
+                [k[2] for k, _ in pairs],
+                [e.occurred_at for _, e in pairs],
+                [float(limits[e.org_id].loop_window_s) for _, e in pairs],
+                [limits[e.org_id].loop_window_count for _, e in pairs],
+                list(range(len(pairs))),
             )
-            return [
-                Detection(
-                    "loop",
-                    target_type,
-                    target_id,
-                    streak,
-                    limits.loop_consecutive,
-                    f"Loop detected: the same prompt {streak} times in a row ({target_type} {target_id})",
+            for r in rows:
+                (_, target_id, _), event = pairs[r["i"]]
+                lim = limits[event.org_id]
+                found.append(
+                    (
+                        event,
+                        Detection(
+                            "loop",
+                            target_type,
+                            target_id,
+                            r["n"],
+                            lim.loop_window_count,
+                            f"Loop detected: the same prompt {r['n']} times within {lim.loop_window_s}s",
+                        ),
+                    )
                 )
-            ]
-        column = _COLUMN[target_type]
-        window = timedelta(seconds=limits.loop_window_s)
-        repeats: int = await conn.fetchval(
-            f"SELECT count(*) FROM request_log WHERE {column} = $1 AND prompt_fingerprint = $2"
-            " AND occurred_at > $3 AND occurred_at <= $4 AND status <> 'blocked'",
-            target_id,
-            fingerprint,
-            event.occurred_at - window,
-            event.occurred_at,
-        )
-        if repeats >= limits.loop_window_count and not await _cooling(
-            conn, "loop", target_type, target_id, limits.loop_window_s
-        ):
-            return [
-                Detection(
-                    "loop",
-                    target_type,
-                    target_id,
-                    repeats,
-                    limits.loop_window_count,
-                    f"Loop detected: the same prompt {repeats} times within {limits.loop_window_s}s"
-                    f" ({target_type} {target_id})",
-                )
-            ]
-        return []
+        return found
 
     async def _rate_and_spend(
         self,
         conn: asyncpg.Connection,
-        event: UsageRecorded,
-        limits: Thresholds,
-        target_type: Literal["session", "key"],
-        target_id: str,
-    ) -> list[Detection]:
-        column = _COLUMN[target_type]
-        at = event.occurred_at
-        rate_since = at - timedelta(seconds=limits.rate_window_s)
-        spend_since = at - timedelta(seconds=60)
-        row = await conn.fetchrow(
-            f"""
-            SELECT count(*) FILTER (WHERE occurred_at > $2) AS requests,
-                   coalesce(sum(cost_usd_micros) FILTER (WHERE occurred_at > $3), 0) AS spend
-            FROM request_log
-            WHERE {column} = $1 AND occurred_at > least($2, $3) AND occurred_at <= $4 AND status <> 'blocked'
-            """,
-            target_id,
-            rate_since,
-            spend_since,
-            at,
-        )
-        assert row is not None
-        found: list[Detection] = []
-        if row["requests"] > limits.rate_max_requests and not await _cooling(
-            conn, "request_rate", target_type, target_id, limits.rate_window_s
-        ):
-            found.append(
-                Detection(
-                    "request_rate",
-                    target_type,
-                    target_id,
-                    row["requests"],
-                    limits.rate_max_requests,
-                    f"{row['requests']} requests within {limits.rate_window_s}s"
-                    f" (limit {limits.rate_max_requests}; {target_type} {target_id})",
-                )
+        last: dict[tuple[Literal["session", "key"], str], UsageRecorded],
+        limits: dict[str | None, Thresholds],
+    ) -> list[tuple[UsageRecorded, Detection]]:
+        found: list[tuple[UsageRecorded, Detection]] = []
+        for target_type in ("session", "key"):
+            targets = [(k[1], e) for k, e in last.items() if k[0] == target_type]
+            if not targets:
+                continue
+            rows = await conn.fetch(
+                f"""
+                SELECT t.i, s.requests, s.spend, t.max_requests, t.max_spend
+                FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bigint[], $5::bigint[], $6::int[])
+                    AS t (id, at, rate_s, max_requests, max_spend, i)
+                CROSS JOIN LATERAL (
+                    SELECT count(*) FILTER (WHERE r.occurred_at > t.at - make_interval(secs => t.rate_s)) AS requests,
+                           coalesce(sum(r.cost_usd_micros)
+                               FILTER (WHERE r.occurred_at > t.at - interval '60 seconds'), 0) AS spend
+                    FROM request_log r
+                    WHERE r.{_COLUMN[target_type]} = t.id AND r.status <> 'blocked' AND r.occurred_at <= t.at
+                      AND r.occurred_at > t.at - make_interval(secs => greatest(t.rate_s, 60))
+                ) s
+                WHERE s.requests > t.max_requests OR s.spend > t.max_spend
+                """,
+                [i for i, _ in targets],
+                [e.occurred_at for _, e in targets],
+                [float(limits[e.org_id].rate_window_s) for _, e in targets],
+                [limits[e.org_id].rate_max_requests for _, e in targets],
+                [limits[e.org_id].spend_max_usd_micros_per_minute for _, e in targets],
+                list(range(len(targets))),
             )
-        spend = int(row["spend"])
-        if spend > limits.spend_max_usd_micros_per_minute and not await _cooling(
-            conn, "spend_velocity", target_type, target_id, 60
-        ):
-            found.append(
-                Detection(
-                    "spend_velocity",
-                    target_type,
-                    target_id,
-                    spend,
-                    limits.spend_max_usd_micros_per_minute,
-                    f"spent {spend} micro-USD within 60s (limit {limits.spend_max_usd_micros_per_minute};"
-                    f" {target_type} {target_id})",
-                )
-            )
+            for r in rows:
+                target_id, event = targets[r["i"]]
+                lim = limits[event.org_id]
+                if r["requests"] > r["max_requests"]:
+                    found.append(
+                        (
+                            event,
+                            Detection(
+                                "request_rate",
+                                target_type,
+                                target_id,
+                                r["requests"],
+                                lim.rate_max_requests,
+                                f"{r['requests']} requests within {lim.rate_window_s}s"
+                                f" (limit {lim.rate_max_requests})",
+                            ),
+                        )
+                    )
+                spend = int(r["spend"])
+                if spend > r["max_spend"]:
+                    found.append(
+                        (
+                            event,
+                            Detection(
+                                "spend_velocity",
+                                target_type,
+                                target_id,
+                                spend,
+                                lim.spend_max_usd_micros_per_minute,
+                                f"spent {spend} micro-USD within 60s (limit {lim.spend_max_usd_micros_per_minute})",
+                            ),
+                        )
+                    )
         return found
 
     async def _baseline(self, conn: asyncpg.Connection, org_id: str, limits: Thresholds) -> list[Detection]:
@@ -213,17 +288,11 @@ class AnomalyDetector:
         if now - self._baseline_checked.get(org_id, -1e9) < self._baseline_interval_s:
             return []
         self._baseline_checked[org_id] = now
-        window_s = limits.baseline_window_minutes * 60
         current, previous = await window_tokens(
             conn, org_id, datetime.now(UTC), limits.baseline_window_minutes, limits.baseline_windows
         )
         mean, ratio = baseline_ratio(current, previous)
-        if (
-            mean <= 0
-            or current < limits.baseline_min_tokens
-            or ratio < limits.baseline_multiplier
-            or await _cooling(conn, "baseline_ratio", "org", org_id, window_s)
-        ):
+        if mean <= 0 or current < limits.baseline_min_tokens or ratio < limits.baseline_multiplier:
             return []
         return [
             Detection(

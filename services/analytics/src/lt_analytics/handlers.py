@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from leaky_common.events import UsageRecorded, parse_message
 from lt_analytics.detectors import AnomalyDetector
-from lt_analytics.repository import record_usage
+from lt_analytics.repository import record_batch
 
 __all__ = ["Outcome", "UsageHandler"]
 
@@ -43,22 +43,45 @@ class UsageHandler:
         self._max_backoff_s = max_backoff_s
 
     async def handle(self, raw: bytes) -> Outcome:
-        """Record one message; invalid ones are reported (for the DLQ), database trouble is retried."""
-        try:
-            message = parse_message(raw)
-        except ValidationError as exc:
-            logger.warning("unparseable usage message: %d errors", exc.error_count())
-            return Outcome.INVALID
-        if not isinstance(message, UsageRecorded):
-            return Outcome.IGNORED
-        delay = self._retry_backoff_s
-        while True:
+        """Record one message (see `handle_batch`)."""
+        return (await self.handle_batch([raw]))[0]
+
+    async def handle_batch(self, raws: list[bytes]) -> list[Outcome]:
+        """Record messages in one transaction; invalid ones are reported (for the DLQ), database trouble is
+        retried until it clears (usage is money: block the partition rather than skip an event)."""
+        outcomes: list[Outcome | None] = []
+        events: list[UsageRecorded] = []
+        for raw in raws:
             try:
-                recorded = await record_usage(self._pool, message, self._detector)
+                message = parse_message(raw)
+            except ValidationError as exc:
+                logger.warning("unparseable usage message: %d errors", exc.error_count())
+                outcomes.append(Outcome.INVALID)
+                continue
+            if not isinstance(message, UsageRecorded):
+                outcomes.append(Outcome.IGNORED)
+                continue
+            outcomes.append(None)
+            events.append(message)
+        new_ids: set[str] = set()
+        delay = self._retry_backoff_s
+        while events:
+            try:
+                new_ids = await record_batch(self._pool, events, self._detector)
+                break
             except (asyncpg.PostgresError, OSError, TimeoutError):
-                # Usage is money: block this partition and retry rather than skip an event.
-                logger.exception("recording usage %s failed; retrying in %.1fs", message.event_id, delay)
+                logger.exception("recording %d usage events failed; retrying in %.1fs", len(events), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)
+        pending = iter(events)
+        seen: set[str] = set()
+        result: list[Outcome] = []
+        for outcome in outcomes:
+            if outcome is not None:
+                result.append(outcome)
                 continue
-            return Outcome.RECORDED if recorded else Outcome.DUPLICATE
+            event_id = next(pending).event_id
+            fresh = event_id in new_ids and event_id not in seen
+            seen.add(event_id)
+            result.append(Outcome.RECORDED if fresh else Outcome.DUPLICATE)
+        return result

@@ -18,7 +18,7 @@ __all__ = [
     "daily_usage",
     "efficiency_ranking",
     "list_anomalies",
-    "record_usage",
+    "record_batch",
     "scope_report",
     "set_threshold_overrides",
     "threshold_overrides",
@@ -26,22 +26,30 @@ __all__ = [
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
-_INSERT_LOG = """
-INSERT INTO request_log (
-    event_id, request_id, occurred_at, org_id, team_id, user_id, key_id, session_id, model, provider,
-    prompt_tokens, completion_tokens, total_tokens, cost_usd_micros, latency_ms, status, stream,
-    prompt_fingerprint
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+_LOG_COLUMNS = (
+    "event_id, request_id, occurred_at, org_id, team_id, user_id, key_id, session_id, model, provider,"
+    " prompt_tokens, completion_tokens, total_tokens, cost_usd_micros, latency_ms, status, stream,"
+    " prompt_fingerprint"
+)
+_LOG_TYPES = (
+    "text[], text[], timestamptz[], text[], text[], text[], text[], text[], text[], text[],"
+    " bigint[], bigint[], bigint[], bigint[], bigint[], text[], boolean[], text[]"
+)
+_INSERT_LOG = f"""
+INSERT INTO request_log ({_LOG_COLUMNS})
+SELECT * FROM unnest({", ".join(f"${i + 1}::{t.strip()}" for i, t in enumerate(_LOG_TYPES.split(",")))})
 ON CONFLICT (event_id) DO NOTHING
-RETURNING true
+RETURNING event_id
 """
 
 _UPSERT_DAILY = """
 INSERT INTO usage_daily AS u (
     user_id, model, day, requests, prompt_tokens, completion_tokens, total_tokens, cost_usd_micros
-) VALUES ($1, $2, $3, 1, $4, $5, $6, $7)
+)
+SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+    $8::bigint[])
 ON CONFLICT (user_id, day, model) DO UPDATE SET
-    requests = u.requests + 1,
+    requests = u.requests + EXCLUDED.requests,
     prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
     completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens,
     total_tokens = u.total_tokens + EXCLUDED.total_tokens,
@@ -50,24 +58,22 @@ ON CONFLICT (user_id, day, model) DO UPDATE SET
 
 _UPSERT_MINUTE = """
 INSERT INTO org_usage_minute AS o (org_id, minute, requests, total_tokens, cost_usd_micros)
-VALUES ($1, $2, 1, $3, $4)
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[])
 ON CONFLICT (org_id, minute) DO UPDATE SET
-    requests = o.requests + 1,
+    requests = o.requests + EXCLUDED.requests,
     total_tokens = o.total_tokens + EXCLUDED.total_tokens,
     cost_usd_micros = o.cost_usd_micros + EXCLUDED.cost_usd_micros
 """
 
-# One statement for every (scope, grain) pair of the event.
 _UPSERT_ROLLUP = """
 INSERT INTO usage_rollup AS r (
     scope_type, scope_id, grain, bucket, model, provider, org_id,
     requests, prompt_tokens, completion_tokens, total_tokens, cost_usd_micros, efficiency_sum
 )
-SELECT s.scope_type, s.scope_id, g.grain, g.bucket, $5, $6, $7, 1, $8, $9, $10, $11, $12
-FROM unnest($1::text[], $2::text[]) AS s (scope_type, scope_id),
-     unnest($3::text[], $4::timestamptz[]) AS g (grain, bucket)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
+    $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[])
 ON CONFLICT (scope_type, scope_id, grain, bucket, model, provider) DO UPDATE SET
-    requests = r.requests + 1,
+    requests = r.requests + EXCLUDED.requests,
     prompt_tokens = r.prompt_tokens + EXCLUDED.prompt_tokens,
     completion_tokens = r.completion_tokens + EXCLUDED.completion_tokens,
     total_tokens = r.total_tokens + EXCLUDED.total_tokens,
@@ -76,77 +82,68 @@ ON CONFLICT (scope_type, scope_id, grain, bucket, model, provider) DO UPDATE SET
 """
 
 
-async def record_usage(
-    pool: asyncpg.Pool, event: UsageRecorded, detector: AnomalyDetector | None = None
-) -> bool:
-    """Log the event, add it to the aggregates and run the detectors, once per event id.
+def _columns(rows: dict[tuple[Any, ...], list[int]]) -> list[list[Any]]:
+    """{key tuple: sums} -> one list per column (keys first), the shape `unnest` takes."""
+    if not rows:
+        return []
+    return [list(col) for col in zip(*(list(k) + v for k, v in rows.items()), strict=True)]
 
-    Returns False (and changes nothing) if the event was already recorded.
+
+async def record_batch(
+    pool: asyncpg.Pool, events: list[UsageRecorded], detector: AnomalyDetector | None = None
+) -> set[str]:
+    """Log events, add them to the aggregates and run the detectors, once per event id, in one transaction.
+
+    Returns the ids of the events that were new; already recorded ones change nothing.
     """
+    unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
     async with pool.acquire() as conn, conn.transaction():
-        inserted = await conn.fetchval(
-            _INSERT_LOG,
-            event.event_id,
-            event.request_id,
-            event.occurred_at,
-            event.org_id,
-            event.team_id,
-            event.user_id,
-            event.key_id,
-            event.session_id,
-            event.model,
-            event.provider,
-            event.prompt_tokens,
-            event.completion_tokens,
-            event.total_tokens,
-            event.cost_usd_micros,
-            event.latency_ms,
-            event.status,
-            event.stream,
-            event.prompt_fingerprint,
-        )
-        if not inserted:
-            return False
-        if event.user_id is not None:
-            await conn.execute(
-                _UPSERT_DAILY,
-                event.user_id,
-                event.model,
-                day_bucket(event.occurred_at),
-                event.prompt_tokens,
-                event.completion_tokens,
-                event.total_tokens,
-                event.cost_usd_micros,
-            )
-        if event.org_id is not None:
-            await conn.execute(
-                _UPSERT_MINUTE,
-                event.org_id,
-                minute_bucket(event.occurred_at),
-                event.total_tokens,
-                event.cost_usd_micros,
-            )
-        scopes = rollup_scopes(event)
-        if scopes:
-            grains = grain_buckets(event.occurred_at)
-            await conn.execute(
-                _UPSERT_ROLLUP,
-                [t for t, _ in scopes],
-                [i for _, i in scopes],
-                [g for g, _ in grains],
-                [b for _, b in grains],
-                event.model,
-                event.provider,
-                event.org_id,
-                event.prompt_tokens,
-                event.completion_tokens,
-                event.total_tokens,
-                event.cost_usd_micros,
-                efficiency(event.prompt_tokens, event.completion_tokens),
-            )
+        fields = [f.strip().split()[0] for f in _LOG_COLUMNS.split(",")]
+        inserted = await conn.fetch(_INSERT_LOG, *[[getattr(e, f) for e in unique] for f in fields])
+        new_ids = {r["event_id"] for r in inserted}
+        new = [e for e in unique if e.event_id in new_ids]
+        if not new:
+            return new_ids
+        daily: dict[tuple[Any, ...], list[int]] = {}
+        minute: dict[tuple[Any, ...], list[int]] = {}
+        rollup: dict[tuple[Any, ...], list[int]] = {}
+        rollup_org: dict[tuple[Any, ...], str | None] = {}
+        for e in new:
+            if e.user_id is not None:
+                _add(daily, (e.user_id, e.model, day_bucket(e.occurred_at)), e, "pctx")
+            if e.org_id is not None:
+                _add(minute, (e.org_id, minute_bucket(e.occurred_at)), e, "tx")
+            for scope_type, scope_id in rollup_scopes(e):
+                for grain, bucket in grain_buckets(e.occurred_at):
+                    key = (scope_type, scope_id, grain, bucket, e.model, e.provider)
+                    _add(rollup, key, e, "pctxe")
+                    rollup_org.setdefault(key, e.org_id)
+        if daily:
+            await conn.execute(_UPSERT_DAILY, *_columns(daily))
+        if minute:
+            await conn.execute(_UPSERT_MINUTE, *_columns(minute))
+        if rollup:
+            columns = _columns(rollup)
+            # The org is an attribute of the row, not part of its key.
+            await conn.execute(_UPSERT_ROLLUP, *columns[:6], [rollup_org[k] for k in rollup], *columns[6:])
         if detector is not None:
-            await detector.check(conn, event)
-        return True
+            await detector.check(conn, new)
+        return new_ids
+
+
+def _add(acc: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], e: UsageRecorded, what: str) -> None:
+    """Add one request and the listed measures (p/c/t/x/e) of `e` to the sums under `key`."""
+    values = {
+        "p": e.prompt_tokens,
+        "c": e.completion_tokens,
+        "t": e.total_tokens,
+        "x": e.cost_usd_micros,
+        "e": efficiency(e.prompt_tokens, e.completion_tokens),
+    }
+    sums = acc.setdefault(key, [0] * (len(what) + 1))
+    sums[0] += 1
+    for i, measure in enumerate(what, start=1):
+        sums[i] += values[measure]
 
 
 async def daily_usage(pool: asyncpg.Pool, user_id: str, since: date) -> list[DailyUsage]:

@@ -317,3 +317,33 @@ async def test_api_anomalies_thresholds_leaderboard_report(
 
     base = (await api.get("/v1/analytics/baseline?window_minutes=5", headers=principal("u1"))).json()
     assert (base["org_id"], base["current_tokens"], base["anomaly"]) == ("org-1", 4 * 15 + 60, False)
+
+
+async def test_a_batch_records_and_detects_like_single_events(pool: asyncpg.Pool) -> None:
+    h = handler(pool)
+    loop = [event(session="s-batch") for _ in range(4)]
+    # Same key in two orgs within one batch lands on one rollup row per key (no double-update conflict).
+    other_org = event(session=None, key_id="key-shared", org_id="org-x", fp="q")
+    same_key = event(session=None, key_id="key-shared", org_id="org-y", fp="r")
+    raws = [e.model_dump_json().encode() for e in (*loop[:2], loop[0], *loop[2:], other_org, same_key)]
+    outcomes = await h.handle_batch([*raws, b"not json"])
+    assert outcomes == [
+        Outcome.RECORDED,
+        Outcome.RECORDED,
+        Outcome.DUPLICATE,
+        Outcome.RECORDED,
+        Outcome.RECORDED,
+        Outcome.RECORDED,
+        Outcome.RECORDED,
+        Outcome.INVALID,
+    ]
+    sent = await outbox(pool)
+    assert [(t, m.get("kind"), m.get("target_id")) for t, m in sent] == [
+        ("alerts", "loop", None),
+        ("quota.commands", None, "s-batch"),
+    ]
+    key_rows = await pool.fetch(
+        "SELECT requests FROM usage_rollup WHERE scope_type = 'key' AND scope_id = 'key-shared' AND grain = 'day'"
+    )
+    assert [r["requests"] for r in key_rows] == [2]
+    assert await h.handle_batch(raws[:2]) == [Outcome.DUPLICATE, Outcome.DUPLICATE]
