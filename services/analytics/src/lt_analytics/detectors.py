@@ -61,9 +61,9 @@ class ThresholdStore:
 class AnomalyDetector:
     """Loop, request-rate, spend-velocity and baseline-ratio checks for a batch of newly recorded events.
 
-    Consecutive loops are followed event by event. Windowed checks (loop within a window, request rate,
-    spend velocity) are evaluated at the last event of each session/key in the batch, so a batch costs a
-    few queries rather than a few per event.
+    Consecutive loops are followed event by event. Windowed checks (the last event's prompt repeated within
+    a window, request rate, spend velocity) are evaluated at the last event of each session/key in the
+    batch, so a batch costs a few queries rather than a few per event.
     """
 
     def __init__(self, thresholds: ThresholdStore, *, baseline_check_interval_s: float = 10.0) -> None:
@@ -81,15 +81,11 @@ class AnomalyDetector:
         found: list[tuple[UsageRecorded, Detection]] = []
         found += await self._consecutive_loops(conn, live, limits)
         last: dict[tuple[Literal["session", "key"], str], UsageRecorded] = {}
-        last_pair: dict[tuple[Literal["session", "key"], str, str], UsageRecorded] = {}
         for e in live:
             target = _target(e)
             if target is not None:
                 last[target] = e
-                if e.prompt_fingerprint:
-                    last_pair[(*target, e.prompt_fingerprint)] = e
-        found += await self._window_loops(conn, last_pair, limits)
-        found += await self._rate_and_spend(conn, last, limits)
+        found += await self._windows(conn, last, limits)
         for org in sorted({e.org_id for e in live if e.org_id}):
             trigger = next(e for e in reversed(live) if e.org_id == org)
             found += [(trigger, d) for d in await self._baseline(conn, org, limits[org])]
@@ -167,120 +163,87 @@ class AnomalyDetector:
         )
         return found
 
-    async def _window_loops(
-        self,
-        conn: asyncpg.Connection,
-        last_pair: dict[tuple[Literal["session", "key"], str, str], UsageRecorded],
-        limits: dict[str | None, Thresholds],
-    ) -> list[tuple[UsageRecorded, Detection]]:
-        found: list[tuple[UsageRecorded, Detection]] = []
-        for target_type in ("session", "key"):
-            pairs = [(k, e) for k, e in last_pair.items() if k[0] == target_type]
-            if not pairs:
-                continue
-            rows = await conn.fetch(
-                f"""
-                SELECT t.i, s.n FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::int[], $6::int[])
-                    AS t (id, fp, at, win, need, i)
-                CROSS JOIN LATERAL (
-                    SELECT count(*) AS n FROM request_log r
-                    WHERE r.{_COLUMN[target_type]} = t.id AND r.prompt_fingerprint = t.fp
-                      AND r.occurred_at > t.at - make_interval(secs => t.win) AND r.occurred_at <= t.at
-                      AND r.status <> 'blocked'
-                ) s
-                WHERE s.n >= t.need
-                """,
-                [k[1] for k, _ in pairs],
-                [k[2] for k, _ in pairs],
-                [e.occurred_at for _, e in pairs],
-                [float(limits[e.org_id].loop_window_s) for _, e in pairs],
-                [limits[e.org_id].loop_window_count for _, e in pairs],
-                list(range(len(pairs))),
-            )
-            for r in rows:
-                (_, target_id, _), event = pairs[r["i"]]
-                lim = limits[event.org_id]
-                found.append(
-                    (
-                        event,
-                        Detection(
-                            "loop",
-                            target_type,
-                            target_id,
-                            r["n"],
-                            lim.loop_window_count,
-                            f"Loop detected: the same prompt {r['n']} times within {lim.loop_window_s}s",
-                        ),
-                    )
-                )
-        return found
-
-    async def _rate_and_spend(
+    async def _windows(
         self,
         conn: asyncpg.Connection,
         last: dict[tuple[Literal["session", "key"], str], UsageRecorded],
         limits: dict[str | None, Thresholds],
     ) -> list[tuple[UsageRecorded, Detection]]:
+        """Loop-in-a-window (for the fingerprint of each target's last event), request rate and spend
+        velocity, from one scan of each target's recent requests."""
         found: list[tuple[UsageRecorded, Detection]] = []
         for target_type in ("session", "key"):
             targets = [(k[1], e) for k, e in last.items() if k[0] == target_type]
             if not targets:
                 continue
+            lims = [limits[e.org_id] for _, e in targets]
             rows = await conn.fetch(
                 f"""
-                SELECT t.i, s.requests, s.spend, t.max_requests, t.max_spend
-                FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bigint[], $5::bigint[], $6::int[])
-                    AS t (id, at, rate_s, max_requests, max_spend, i)
+                SELECT t.i, s.requests, s.spend, s.repeats
+                FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::float8[], $5::float8[], $6::bigint[],
+                            $7::bigint[], $8::bigint[], $9::int[])
+                    AS t (id, at, fp, rate_s, loop_s, max_requests, max_spend, need, i)
                 CROSS JOIN LATERAL (
                     SELECT count(*) FILTER (WHERE r.occurred_at > t.at - make_interval(secs => t.rate_s)) AS requests,
                            coalesce(sum(r.cost_usd_micros)
-                               FILTER (WHERE r.occurred_at > t.at - interval '60 seconds'), 0) AS spend
+                               FILTER (WHERE r.occurred_at > t.at - interval '60 seconds'), 0) AS spend,
+                           count(*) FILTER (WHERE r.prompt_fingerprint = t.fp
+                               AND r.occurred_at > t.at - make_interval(secs => t.loop_s)) AS repeats
                     FROM request_log r
                     WHERE r.{_COLUMN[target_type]} = t.id AND r.status <> 'blocked' AND r.occurred_at <= t.at
-                      AND r.occurred_at > t.at - make_interval(secs => greatest(t.rate_s, 60))
+                      AND r.occurred_at > t.at - make_interval(secs => greatest(t.rate_s, t.loop_s, 60))
                 ) s
-                WHERE s.requests > t.max_requests OR s.spend > t.max_spend
+                WHERE s.requests > t.max_requests OR s.spend > t.max_spend OR s.repeats >= t.need
                 """,
                 [i for i, _ in targets],
                 [e.occurred_at for _, e in targets],
-                [float(limits[e.org_id].rate_window_s) for _, e in targets],
-                [limits[e.org_id].rate_max_requests for _, e in targets],
-                [limits[e.org_id].spend_max_usd_micros_per_minute for _, e in targets],
+                [e.prompt_fingerprint for _, e in targets],
+                [float(lim.rate_window_s) for lim in lims],
+                [float(lim.loop_window_s) for lim in lims],
+                [lim.rate_max_requests for lim in lims],
+                [lim.spend_max_usd_micros_per_minute for lim in lims],
+                [lim.loop_window_count for lim in lims],
                 list(range(len(targets))),
             )
             for r in rows:
                 target_id, event = targets[r["i"]]
-                lim = limits[event.org_id]
-                if r["requests"] > r["max_requests"]:
-                    found.append(
-                        (
-                            event,
-                            Detection(
-                                "request_rate",
-                                target_type,
-                                target_id,
-                                r["requests"],
-                                lim.rate_max_requests,
-                                f"{r['requests']} requests within {lim.rate_window_s}s"
-                                f" (limit {lim.rate_max_requests})",
-                            ),
+                lim = lims[r["i"]]
+                detections: list[Detection] = []
+                if event.prompt_fingerprint and r["repeats"] >= lim.loop_window_count:
+                    detections.append(
+                        Detection(
+                            "loop",
+                            target_type,
+                            target_id,
+                            r["repeats"],
+                            lim.loop_window_count,
+                            f"Loop detected: the same prompt {r['repeats']} times within {lim.loop_window_s}s",
+                        )
+                    )
+                if r["requests"] > lim.rate_max_requests:
+                    detections.append(
+                        Detection(
+                            "request_rate",
+                            target_type,
+                            target_id,
+                            r["requests"],
+                            lim.rate_max_requests,
+                            f"{r['requests']} requests within {lim.rate_window_s}s (limit {lim.rate_max_requests})",
                         )
                     )
                 spend = int(r["spend"])
-                if spend > r["max_spend"]:
-                    found.append(
-                        (
-                            event,
-                            Detection(
-                                "spend_velocity",
-                                target_type,
-                                target_id,
-                                spend,
-                                lim.spend_max_usd_micros_per_minute,
-                                f"spent {spend} micro-USD within 60s (limit {lim.spend_max_usd_micros_per_minute})",
-                            ),
+                if spend > lim.spend_max_usd_micros_per_minute:
+                    detections.append(
+                        Detection(
+                            "spend_velocity",
+                            target_type,
+                            target_id,
+                            spend,
+                            lim.spend_max_usd_micros_per_minute,
+                            f"spent {spend} micro-USD within 60s (limit {lim.spend_max_usd_micros_per_minute})",
                         )
                     )
+                found += [(event, d) for d in detections]
         return found
 
     async def _baseline(self, conn: asyncpg.Connection, org_id: str, limits: Thresholds) -> list[Detection]:
