@@ -104,6 +104,8 @@ class UsageSummary(BaseModel):
     cost_usd_micros: int
     by_model: list[ModelTotals]
     by_day: list[DayTotals]
+    # Mean of per-request completion/prompt ratios (4 decimal places).
+    average_efficiency: float = 0.0
 
 
 def summarise(user_id: str, days: int, rows: Iterable[DailyUsage]) -> UsageSummary:

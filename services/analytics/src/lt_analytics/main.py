@@ -15,7 +15,7 @@ from leaky_common.errors import Forbidden, install_error_handlers
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from lt_analytics.api import router as api_router
 from lt_analytics.domain import UsageSummary, summarise, window_start
-from lt_analytics.repository import MIGRATIONS, daily_usage
+from lt_analytics.repository import MIGRATIONS, average_efficiency, daily_usage
 from lt_analytics.settings import AnalyticsSettings
 
 __all__ = ["create_app"]
@@ -51,7 +51,8 @@ def create_app(settings: AnalyticsSettings) -> FastAPI:
         days: Annotated[int, Query(ge=1, le=366)] = 7,
         user_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     ) -> UsageSummary:
-        """Token use and cost of the caller (or, for admins, of `user_id`) over the last `days` UTC days."""
+        """Token use, cost and average efficiency of the caller (or, for admins, of `user_id`) over the last
+        `days` UTC days, with breakdowns by model and day."""
         principal = principal_from_headers(
             request.headers.get(PRINCIPAL_HEADER),
             request.headers.get(INTERNAL_TOKEN_HEADER),
@@ -63,8 +64,12 @@ def create_app(settings: AnalyticsSettings) -> FastAPI:
                 "only admins may read another user's usage", param="user_id", code="admin_required"
             )
         since = window_start(datetime.now(UTC).date(), days)
-        rows = await daily_usage(request.app.state.pool, target, since)
-        return summarise(target, days, rows)
+        pool = request.app.state.pool
+        summary = summarise(target, days, await daily_usage(pool, target, since))
+        midnight = datetime.combine(since, datetime.min.time(), UTC)
+        return summary.model_copy(
+            update={"average_efficiency": await average_efficiency(pool, target, midnight)}
+        )
 
     router.add_api_route("/v1/analytics/usage", usage, methods=["GET"], response_model=UsageSummary)
     router.add_api_route(

@@ -9,12 +9,13 @@ from typing import Any
 import asyncpg
 
 from leaky_common.events import UsageRecorded
-from lt_analytics.detection import ThresholdOverrides, efficiency
+from lt_analytics.detection import EFFICIENCY_SCALE, ThresholdOverrides, efficiency
 from lt_analytics.detectors import AnomalyDetector
 from lt_analytics.domain import DailyUsage, day_bucket, grain_buckets, minute_bucket, rollup_scopes
 
 __all__ = [
     "MIGRATIONS",
+    "average_efficiency",
     "daily_usage",
     "efficiency_ranking",
     "list_anomalies",
@@ -157,6 +158,19 @@ async def daily_usage(pool: asyncpg.Pool, user_id: str, since: date) -> list[Dai
         since,
     )
     return [DailyUsage(**dict(r)) for r in rows]
+
+
+async def average_efficiency(pool: asyncpg.Pool, user_id: str, since: datetime) -> float:
+    """Mean per-request efficiency of a user's requests since `since` (0 without requests)."""
+    row = await pool.fetchrow(
+        "SELECT sum(requests) AS n, sum(efficiency_sum) AS e FROM usage_rollup"
+        " WHERE scope_type = 'user' AND scope_id = $1 AND grain = 'day' AND bucket >= $2",
+        user_id,
+        since,
+    )
+    if row is None or not row["n"]:
+        return 0.0
+    return round(int(row["e"]) / int(row["n"]) / EFFICIENCY_SCALE, 4)
 
 
 async def scope_report(pool: asyncpg.Pool, scope: str, scope_id: str, since: datetime) -> dict[str, Any]:

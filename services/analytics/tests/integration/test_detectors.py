@@ -258,6 +258,9 @@ async def test_api_anomalies_thresholds_leaderboard_report(
         ),
     )
 
+    usage = (await api.get("/v1/analytics/usage?days=1", headers=principal("u2"))).json()
+    assert (usage["total_requests"], usage["average_efficiency"]) == (2, 2.0)
+    assert [m["model"] for m in usage["by_model"]] == ["mock-gpt", "big"]
     own = (await api.get("/v1/analytics/anomalies", headers=principal("u1"))).json()["data"]
     assert [(a["kind"], a["user_id"], a["frozen"]) for a in own] == [("loop", "u1", True)]
     assert (await api.get("/api/v1/analytics/anomalies", headers=principal("u2"))).json()["data"] == []
