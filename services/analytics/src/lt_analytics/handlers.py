@@ -7,6 +7,9 @@ import logging
 from enum import StrEnum
 
 import asyncpg
+
+# asyncpg's client-side "cannot encode this argument" error (not a PostgresError, unlike asyncpg.DataError).
+from asyncpg.exceptions._base import DataError as ClientDataError
 from pydantic import ValidationError
 
 from leaky_common.events import UsageRecorded, parse_message
@@ -63,16 +66,7 @@ class UsageHandler:
                 continue
             outcomes.append(None)
             events.append(message)
-        new_ids: set[str] = set()
-        delay = self._retry_backoff_s
-        while events:
-            try:
-                new_ids = await record_batch(self._pool, events, self._detector)
-                break
-            except (asyncpg.PostgresError, OSError, TimeoutError):
-                logger.exception("recording %d usage events failed; retrying in %.1fs", len(events), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_backoff_s)
+        status = await self._record(events) if events else {}
         pending = iter(events)
         seen: set[str] = set()
         result: list[Outcome] = []
@@ -81,7 +75,31 @@ class UsageHandler:
                 result.append(outcome)
                 continue
             event_id = next(pending).event_id
-            fresh = event_id in new_ids and event_id not in seen
+            first = event_id not in seen
             seen.add(event_id)
-            result.append(Outcome.RECORDED if fresh else Outcome.DUPLICATE)
+            result.append(status[event_id] if first else Outcome.DUPLICATE)
         return result
+
+    async def _record(self, events: list[UsageRecorded]) -> dict[str, Outcome]:
+        """Outcome per event id. Infrastructure errors are retried; an event the database refuses (say a
+        token count beyond 64 bits) is isolated from its batch and reported invalid instead of blocking it."""
+        delay = self._retry_backoff_s
+        while True:
+            try:
+                new_ids = await record_batch(self._pool, events, self._detector)
+            except (asyncpg.DataError, ClientDataError) as exc:
+                if len(events) == 1:
+                    logger.warning("usage event %s refused by the database: %s", events[0].event_id, exc)
+                    return {events[0].event_id: Outcome.INVALID}
+                status: dict[str, Outcome] = {}
+                for event in events:
+                    status.update(await self._record([event]))
+                return status
+            except (asyncpg.PostgresError, OSError, TimeoutError):
+                logger.exception("recording %d usage events failed; retrying in %.1fs", len(events), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff_s)
+                continue
+            return {
+                e.event_id: Outcome.RECORDED if e.event_id in new_ids else Outcome.DUPLICATE for e in events
+            }

@@ -70,7 +70,7 @@ def build_faust_app(settings: AnalyticsSettings, handler: UsageHandler) -> faust
                     await dlq_topic.send(
                         key=event.message.key,
                         value=raw,
-                        headers={"dlq-reason": b"unparseable", "dlq-source": settings.usage_topic.encode()},
+                        headers={"dlq-reason": b"invalid", "dlq-source": settings.usage_topic.encode()},
                     )
 
     app.agent(usage_topic, name="aggregate_usage", concurrency=1)(aggregate_usage)

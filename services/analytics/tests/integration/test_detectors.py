@@ -350,3 +350,12 @@ async def test_a_batch_records_and_detects_like_single_events(pool: asyncpg.Pool
     )
     assert [r["requests"] for r in key_rows] == [2]
     assert await h.handle_batch(raws[:2]) == [Outcome.DUPLICATE, Outcome.DUPLICATE]
+
+
+async def test_an_event_the_database_refuses_is_isolated_not_blocking(pool: asyncpg.Pool) -> None:
+    h = handler(pool)
+    good = [event(session="s-ok", fp=f"f{i}") for i in range(2)]
+    poison = event(session="s-ok", fp="big", prompt_tokens=2**70, total_tokens=2**70)
+    raws = [e.model_dump_json().encode() for e in (good[0], poison, good[1])]
+    assert await h.handle_batch(raws) == [Outcome.RECORDED, Outcome.INVALID, Outcome.RECORDED]
+    assert await pool.fetchval("SELECT count(*) FROM request_log") == 2
