@@ -1,6 +1,6 @@
-"""Anomaly detectors, run inside the transaction that records a usage event.
+"""Anomaly detectors, run inside the transaction that records a batch of usage events.
 
-Because they run only when the event is new (the request log is the inbox), a replayed topic detects
+Because they run only on events that are new (the request log is the inbox), a replayed topic detects
 nothing twice. Detections are written to `anomalies` and announced through the outbox: `AnomalyDetected` on
 `alerts` and, where configured, `RequestFreeze` on `quota.commands`.
 """
