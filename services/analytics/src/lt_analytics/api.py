@@ -1,8 +1,9 @@
-"""Analytics routes beyond personal usage: org/team reports, leaderboard, anomalies, baseline and thresholds."""
+"""Analytics routes beyond personal usage: org/team reports, time series, leaderboard, anomalies, baseline and
+thresholds."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
 from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER, Principal, principal_from_headers
+from leaky_common.errors import Forbidden, InvalidRequest
 from lt_analytics import repository
 from lt_analytics.detection import EFFICIENCY_SCALE, GLOBAL, ThresholdOverrides, Thresholds, baseline_ratio
 from lt_analytics.detectors import window_tokens
@@ -212,6 +214,55 @@ async def baseline(
         baseline_average_tokens=round(mean, 2),
         ratio=round(ratio, 4),
         anomaly=mean > 0 and ratio >= threshold_multiplier,
+    )
+
+
+class Point(BaseModel):
+    bucket: datetime
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd_micros: int
+
+
+class Timeseries(BaseModel):
+    """`GET /v1/analytics/timeseries`: one scope's usage per minute, hour or day."""
+
+    scope: Literal["user", "team", "org", "key", "session"]
+    id: str
+    grain: Literal["minute", "hour", "day"]
+    model: str | None
+    provider: str | None
+    data: list[Point]
+
+
+_GRAIN_DEFAULT_HOURS = {"minute": 1, "hour": 24, "day": 24 * 30}
+
+
+@router.get("/v1/analytics/timeseries", response_model=Timeseries)
+async def timeseries(
+    caller: Caller,
+    pool: Pool,
+    scope: Literal["user", "team", "org", "key", "session"] = "user",
+    id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    grain: Literal["minute", "hour", "day"] = "hour",
+    hours: Annotated[int | None, Query(ge=1, le=24 * 366)] = None,
+    model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    provider: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> Timeseries:
+    """Usage of a user, team, org, key or session per bucket (oldest first), optionally for one model or
+    provider. Users may read their own user and key; admins any scope."""
+    own = {"user": caller.user_id, "key": caller.key_id}
+    target = id or own.get(scope)
+    if target is None:
+        raise InvalidRequest(f"id is required for scope {scope!r}", param="id", code="missing_id")
+    if not caller.is_admin and own.get(scope) != target:
+        raise Forbidden("only admins may read another scope's usage", param="id", code="admin_required")
+    since = datetime.now(UTC) - timedelta(hours=hours or _GRAIN_DEFAULT_HOURS[grain])
+    rows = await repository.timeseries(pool, scope, target, grain, since, model, provider)
+    return Timeseries(
+        scope=scope, id=target, grain=grain, model=model, provider=provider, data=[Point(**r) for r in rows]
     )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "scope_report",
     "set_threshold_overrides",
     "threshold_overrides",
+    "timeseries",
 ]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -171,6 +172,36 @@ async def average_efficiency(pool: asyncpg.Pool, user_id: str, since: datetime) 
     if row is None or not row["n"]:
         return 0.0
     return round(int(row["e"]) / int(row["n"]) / EFFICIENCY_SCALE, 4)
+
+
+async def timeseries(
+    pool: asyncpg.Pool,
+    scope: str,
+    scope_id: str,
+    grain: str,
+    since: datetime,
+    model: str | None,
+    provider: str | None,
+) -> list[dict[str, Any]]:
+    """Per-bucket totals of one scope from `since`, oldest first, optionally for one model/provider."""
+    rows = await pool.fetch(
+        """
+        SELECT bucket, sum(requests)::bigint AS requests, sum(prompt_tokens)::bigint AS prompt_tokens,
+               sum(completion_tokens)::bigint AS completion_tokens, sum(total_tokens)::bigint AS total_tokens,
+               sum(cost_usd_micros)::bigint AS cost_usd_micros
+        FROM usage_rollup
+        WHERE scope_type = $1 AND scope_id = $2 AND grain = $3 AND bucket >= date_trunc($3, $4::timestamptz, 'UTC')
+          AND ($5::text IS NULL OR model = $5) AND ($6::text IS NULL OR provider = $6)
+        GROUP BY bucket ORDER BY bucket
+        """,
+        scope,
+        scope_id,
+        grain,
+        since,
+        model,
+        provider,
+    )
+    return [dict(r) for r in rows]
 
 
 async def scope_report(pool: asyncpg.Pool, scope: str, scope_id: str, since: datetime) -> dict[str, Any]:

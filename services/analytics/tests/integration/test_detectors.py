@@ -318,6 +318,26 @@ async def test_api_anomalies_thresholds_leaderboard_report(
     cleared = await api.put("/v1/analytics/thresholds?org_id=org-9", json={}, headers=principal("a", "admin"))
     assert cleared.json()["effective"]["loop_consecutive"] == 4
 
+    series = await api.get("/v1/analytics/timeseries?grain=minute", headers=principal("u2"))
+    assert series.status_code == 200, series.text
+    points = series.json()["data"]
+    assert sum(p["requests"] for p in points) == 2 and sum(p["total_tokens"] for p in points) == 60
+    only_big = await api.get("/v1/analytics/timeseries?grain=day&model=big", headers=principal("u2"))
+    assert [p["total_tokens"] for p in only_big.json()["data"]] == [20]
+    hourly_org = await api.get(
+        "/v1/analytics/timeseries?scope=org&id=org-1&grain=hour", headers=principal("a", "admin")
+    )
+    assert sum(p["requests"] for p in hourly_org.json()["data"]) == 6
+    assert (
+        await api.get("/v1/analytics/timeseries?scope=org&id=org-1", headers=principal("u2"))
+    ).status_code == 403
+    assert (
+        await api.get("/v1/analytics/timeseries?scope=user&id=u1", headers=principal("u2"))
+    ).status_code == 403
+    assert (
+        await api.get("/v1/analytics/timeseries?scope=team", headers=principal("a", "admin"))
+    ).status_code == 400
+    assert (await api.get("/v1/analytics/timeseries?grain=week", headers=principal("u2"))).status_code == 400
     base = (await api.get("/v1/analytics/baseline?window_minutes=5", headers=principal("u1"))).json()
     assert (base["org_id"], base["current_tokens"], base["anomaly"]) == ("org-1", 4 * 15 + 60, False)
 
