@@ -134,6 +134,20 @@ async def list_deliveries(
     )
 
 
+@router.post("/deliveries/{delivery_id}/retry", response_model=Delivery)
+async def retry_delivery(request: Request, delivery_id: str, _: Admin, pool: Pool) -> Delivery:
+    """Send a dead delivery again (with a fresh attempt budget), e.g. after fixing the receiver."""
+    row = await repository.retry_delivery(pool, delivery_id)
+    if row is None:
+        raise NotFound(
+            f"no dead delivery {delivery_id!r} of an active channel",
+            param="delivery_id",
+            code="delivery_not_found",
+        )
+    request.app.state.deliverer.wake()
+    return Delivery.model_validate({**row, "payload": orjson.loads(row["payload"])})
+
+
 def _check_event_types(value: list[str] | None) -> list[str] | None:
     if value is None:
         return None

@@ -35,6 +35,7 @@ def create_app(settings: NotifierSettings) -> FastAPI:
 
             deliverer = Deliverer(pool, settings)
             await deliverer.start()
+            app.state.deliverer = deliverer
             stack.push_async_callback(deliverer.stop)
 
             await ensure_topics(settings, settings.topics)

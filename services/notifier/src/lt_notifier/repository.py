@@ -25,6 +25,7 @@ __all__ = [
     "mark_delivered",
     "mark_failed",
     "record_event",
+    "retry_delivery",
     "sync_default_channels",
 ]
 
@@ -292,3 +293,15 @@ async def list_deliveries(
         channel,
     )
     return [dict(r) for r in rows]
+
+
+async def retry_delivery(pool: asyncpg.Pool, delivery_id: str) -> dict[str, Any] | None:
+    """Put a dead delivery back in the queue with a fresh attempt budget; None if there is no such dead one."""
+    row = await pool.fetchrow(
+        "UPDATE deliveries d SET status = 'pending', attempts = 0, next_attempt_at = now()"
+        " FROM webhook_subscriptions s"
+        " WHERE d.id = $1 AND d.status = 'dead' AND s.id = d.subscription_id AND s.active"
+        f" RETURNING {', '.join('d.' + c.strip() for c in _DELIVERY_COLUMNS.split(','))}",
+        delivery_id,
+    )
+    return dict(row) if row is not None else None

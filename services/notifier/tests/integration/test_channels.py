@@ -303,3 +303,24 @@ async def test_bad_channel_definitions_are_400(api: httpx.AsyncClient) -> None:
     user = Principal(user_id="u", org_id="org-1")
     as_user = {"X-LT-Principal": user.header_value(), "X-LT-Internal-Token": TOKEN}
     assert (await api.get("/v1/admin/notifications/channels", headers=as_user)).status_code == 403
+
+
+async def test_a_dead_delivery_can_be_retried(
+    api: httpx.AsyncClient, publish: Any, fakes: FakeChannels
+) -> None:
+    fakes.fail_next["teams"] = [502] * MAX_ATTEMPTS
+    event = anomaly(org_id="org-dead")
+    await publish("alerts", event)
+    rows = {r["subscription_id"]: r for r in await settled(api, event.event_id, len(ENV_CHANNELS))}
+    dead = rows["teams"]
+    assert (dead["status"], dead["attempts"], dead["last_error"]) == ("dead", MAX_ATTEMPTS, "HTTP 502")
+    retried = await api.post(f"/v1/admin/notifications/deliveries/{dead['id']}/retry", headers=admin())
+    assert retried.status_code == 200, retried.text
+    assert (retried.json()["status"], retried.json()["attempts"]) == ("pending", 0)
+    again = {r["subscription_id"]: r for r in await settled(api, event.event_id, len(ENV_CHANNELS))}
+    assert (again["teams"]["status"], again["teams"]["attempts"]) == ("delivered", 1)
+    delivered = rows["slack"]["id"]
+    for target in (delivered, "dlv_nope"):
+        resp = await api.post(f"/v1/admin/notifications/deliveries/{target}/retry", headers=admin())
+        assert resp.status_code == 404
+        assert resp.json()["error"]["code"] == "delivery_not_found"
