@@ -18,7 +18,7 @@ from lt_analytics.detectors import window_tokens
 from lt_analytics.domain import window_start
 from lt_analytics.settings import AnalyticsSettings
 
-__all__ = ["router"]
+__all__ = ["ID_PATTERN", "router"]
 
 
 async def _principal(request: Request) -> Principal:
@@ -48,7 +48,9 @@ async def _pool(request: Request) -> asyncpg.Pool:
 Caller = Annotated[Principal, Depends(_principal)]
 Admin = Annotated[Principal, Depends(_admin)]
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
-OrgParam = Annotated[str | None, Query(min_length=1, max_length=200)]
+# Identifiers: printable text only (a NUL byte cannot even be stored in PostgreSQL text).
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+OrgParam = Annotated[str | None, Query(min_length=1, max_length=200, pattern=ID_PATTERN)]
 
 router = APIRouter(tags=["analytics"])
 
@@ -81,7 +83,7 @@ class Report(BaseModel):
 async def report(
     _: Admin,
     pool: Pool,
-    id: Annotated[str, Query(min_length=1, max_length=200)],
+    id: Annotated[str, Query(min_length=1, max_length=200, pattern=ID_PATTERN)],
     scope: Literal["org", "team"] = "org",
     days: Annotated[int, Query(ge=1, le=366)] = 7,
 ) -> Report:
@@ -245,11 +247,11 @@ async def timeseries(
     caller: Caller,
     pool: Pool,
     scope: Literal["user", "team", "org", "key", "session"] = "user",
-    id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    id: Annotated[str | None, Query(min_length=1, max_length=200, pattern=ID_PATTERN)] = None,
     grain: Literal["minute", "hour", "day"] = "hour",
     hours: Annotated[int | None, Query(ge=1, le=24 * 366)] = None,
-    model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    provider: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    model: Annotated[str | None, Query(min_length=1, max_length=200, pattern=ID_PATTERN)] = None,
+    provider: Annotated[str | None, Query(min_length=1, max_length=200, pattern=ID_PATTERN)] = None,
 ) -> Timeseries:
     """Usage of a user, team, org, key or session per bucket (oldest first), optionally for one model or
     provider. Users may read their own user and key; admins any scope."""

@@ -13,6 +13,7 @@ from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER, principal
 from leaky_common.db import apply_migrations, create_pool, ping
 from leaky_common.errors import Forbidden, install_error_handlers
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
+from lt_analytics.api import ID_PATTERN
 from lt_analytics.api import router as api_router
 from lt_analytics.domain import UsageSummary, summarise, window_start
 from lt_analytics.repository import MIGRATIONS, average_efficiency, daily_usage
@@ -49,7 +50,7 @@ def create_app(settings: AnalyticsSettings) -> FastAPI:
     async def usage(
         request: Request,
         days: Annotated[int, Query(ge=1, le=366)] = 7,
-        user_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        user_id: Annotated[str | None, Query(min_length=1, max_length=200, pattern=ID_PATTERN)] = None,
     ) -> UsageSummary:
         """Token use, cost and average efficiency of the caller (or, for admins, of `user_id`) over the last
         `days` UTC days, with breakdowns by model and day."""

@@ -43,8 +43,20 @@ Pool = Annotated[asyncpg.Pool, Depends(_pool)]
 router = APIRouter(prefix="/v1/admin/notifications", tags=["notifications"])
 
 
+def _reject_nul(data: Any) -> Any:
+    """PostgreSQL cannot store a NUL character in text or JSON: refuse it up front (400, not 500)."""
+    if b"\\u0000" in orjson.dumps(data, default=str):  # JSON escapes NUL as \u0000
+        raise ValueError("values must not contain NUL characters")
+    return data
+
+
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return _reject_nul(data)
 
     url: str = Field(min_length=1, max_length=2048)
     # Contract type names such as "PurchaseCompleted.v1"; omitted or null = every type.
@@ -201,6 +213,11 @@ class ChannelCreate(BaseModel):
     @classmethod
     def _known_types(cls, value: list[str] | None) -> list[str] | None:
         return _check_event_types(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return _reject_nul(data)
 
     @model_validator(mode="after")
     def _complete_for_channel(self) -> ChannelCreate:

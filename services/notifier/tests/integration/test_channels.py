@@ -295,11 +295,17 @@ async def test_bad_channel_definitions_are_400(api: httpx.AsyncClient) -> None:
         {"channel": "slack", "url": "http://x", "min_severity": "fatal"},
         {"channel": "slack", "url": "http://x", "event_types": ["UsageRecorded.v1"]},
         {"channel": "teams", "url": "http://x", "secrets": {"secret": "s"}},
+        {"channel": "slack", "url": "http://x", "name": "nul\u0000"},
+        {"channel": "telegram", "config": {"chat_id": "1"}, "secrets": {"bot_token": "a\u0000b"}},
     ]
     for body in cases:
         resp = await api.post("/v1/admin/notifications/channels", json=body, headers=admin())
         assert resp.status_code == 400, (body, resp.text)
         assert resp.json()["error"]["type"] == "invalid_request_error"
+    nul_hook = await api.post(
+        "/v1/admin/notifications/webhooks", json={"url": "http://x/\u0000"}, headers=admin()
+    )
+    assert nul_hook.status_code == 400
     user = Principal(user_id="u", org_id="org-1")
     as_user = {"X-LT-Principal": user.header_value(), "X-LT-Internal-Token": TOKEN}
     assert (await api.get("/v1/admin/notifications/channels", headers=as_user)).status_code == 403
