@@ -338,6 +338,12 @@ async def test_api_anomalies_thresholds_leaderboard_report(
         await api.get("/v1/analytics/timeseries?scope=team", headers=principal("a", "admin"))
     ).status_code == 400
     assert (await api.get("/v1/analytics/timeseries?grain=week", headers=principal("u2"))).status_code == 400
+    for path in (
+        "/v1/analytics/report?id=%00",
+        "/v1/analytics/anomalies?org_id=a%00",
+        "/v1/analytics/usage?user_id=%01",
+    ):
+        assert (await api.get(path, headers=principal("a", "admin"))).status_code == 400, path
     base = (await api.get("/v1/analytics/baseline?window_minutes=5", headers=principal("u1"))).json()
     assert (base["org_id"], base["current_tokens"], base["anomaly"]) == ("org-1", 4 * 15 + 60, False)
 
