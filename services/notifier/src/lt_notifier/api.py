@@ -315,3 +315,20 @@ async def delete_channel(channel_id: str, _: Admin, pool: Pool) -> Response:
     if not await repository.deactivate_subscription(pool, channel_id):
         raise NotFound(f"no channel {channel_id!r}", param="channel_id", code="channel_not_found")
     return Response(status_code=204)
+
+
+class ChannelTest(BaseModel):
+    """Result of a test send: `ok`, or what the platform answered (secrets redacted)."""
+
+    ok: bool
+    error: str | None
+
+
+@router.post("/channels/{channel_id}/test", response_model=ChannelTest)
+async def test_channel(request: Request, channel_id: str, _: Admin, pool: Pool) -> ChannelTest:
+    """Send a test notification to a channel now and report the outcome (not queued, not retried)."""
+    subscription = await repository.get_subscription(pool, channel_id)
+    if subscription is None:
+        raise NotFound(f"no channel {channel_id!r}", param="channel_id", code="channel_not_found")
+    error = await request.app.state.deliverer.send_test(subscription)
+    return ChannelTest(ok=error is None, error=error)

@@ -12,16 +12,20 @@ import asyncio
 import contextlib
 import logging
 import smtplib
+import uuid
+from datetime import UTC, datetime
 from email.message import EmailMessage
+from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 from pydantic import ValidationError
 
 from lt_notifier.channels import EmailOut, HttpOut, render
 from lt_notifier.domain import backoff_s, message_from_payload
-from lt_notifier.notification import describe
-from lt_notifier.repository import DueDelivery, claim_due, mark_delivered, mark_failed
+from lt_notifier.notification import Notification, describe
+from lt_notifier.repository import DueDelivery, Subscription, claim_due, mark_delivered, mark_failed
 from lt_notifier.settings import NotifierSettings
 
 __all__ = ["Deliverer"]
@@ -104,22 +108,65 @@ class Deliverer:
         """Send once; None on success, else what went wrong (with every secret redacted)."""
         try:
             note = describe(message_from_payload(delivery.body))
-            if note is None:
-                return "event type is not notifiable"
-            out = render(
-                delivery.channel,
-                note,
-                delivery.body,
-                delivery.url,
-                delivery.config,
-                delivery.secrets,
-                self._settings.endpoints,
-            )
-        except (ValidationError, KeyError, ValueError) as exc:
+        except ValidationError as exc:
+            return f"cannot render: {type(exc).__name__}"
+        if note is None:
+            return "event type is not notifiable"
+        return await self._transmit(
+            delivery.channel,
+            note,
+            delivery.body,
+            delivery.url,
+            delivery.config,
+            delivery.secrets,
+            delivery.id,
+        )
+
+    async def send_test(self, subscription: Subscription) -> str | None:
+        """Send a test notification to a subscription right away (not queued, not retried)."""
+        note = Notification(
+            event_id=f"test_{uuid.uuid4().hex}",
+            event_type="Test",
+            severity="info",
+            title="Leaky Tokens test notification",
+            text="If you can read this, notifications reach this channel.",
+            facts=[("Channel", subscription.channel)],
+        )
+        body = orjson.dumps(
+            {
+                "id": note.event_id,
+                "type": note.event_type,
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "data": {},
+            }
+        )
+        return await self._transmit(
+            subscription.channel,
+            note,
+            body,
+            subscription.url,
+            subscription.config,
+            subscription.secrets,
+            note.event_id,
+        )
+
+    async def _transmit(
+        self,
+        channel: str,
+        note: Notification,
+        body: bytes,
+        url: str | None,
+        config: dict[str, Any],
+        secrets: dict[str, str],
+        delivery_id: str,
+    ) -> str | None:
+        try:
+            out = render(channel, note, body, url, config, secrets, self._settings.endpoints)
+        except (KeyError, ValueError) as exc:
             return f"cannot render: {type(exc).__name__}"
         if isinstance(out, EmailOut):
             return await self._mail(out.message)
-        return _redact(await self._post(out, delivery.id), out.redact)
+        return _redact(await self._post(out, delivery_id), out.redact)
 
     async def _post(self, out: HttpOut, delivery_id: str) -> str | None:
         assert self._session is not None

@@ -17,9 +17,11 @@ __all__ = [
     "MIGRATIONS",
     "DefaultChannel",
     "DueDelivery",
+    "Subscription",
     "claim_due",
     "create_subscription",
     "deactivate_subscription",
+    "get_subscription",
     "list_deliveries",
     "list_subscriptions",
     "mark_delivered",
@@ -60,6 +62,31 @@ class DueDelivery:
     url: str | None
     config: dict[str, Any]
     secrets: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """What it takes to send to one active subscription."""
+
+    id: str
+    channel: str
+    url: str | None
+    config: dict[str, Any]
+    secrets: dict[str, str]
+
+
+async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> Subscription | None:
+    """An active subscription with its secrets (for sending only; never returned by the API)."""
+    row = await pool.fetchrow(
+        "SELECT id, channel, url, config::text AS config, secrets::text AS secrets FROM webhook_subscriptions"
+        " WHERE id = $1 AND active",
+        subscription_id,
+    )
+    if row is None:
+        return None
+    return Subscription(
+        row["id"], row["channel"], row["url"], orjson.loads(row["config"]), orjson.loads(row["secrets"])
+    )
 
 
 @dataclass(frozen=True, slots=True)

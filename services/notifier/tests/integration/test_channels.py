@@ -330,3 +330,32 @@ async def test_a_dead_delivery_can_be_retried(
         resp = await api.post(f"/v1/admin/notifications/deliveries/{target}/retry", headers=admin())
         assert resp.status_code == 404
         assert resp.json()["error"]["code"] == "delivery_not_found"
+
+
+async def test_channel_test_send(
+    api: httpx.AsyncClient, fakes: FakeChannels, smtp: tuple[Mailbox, int]
+) -> None:
+    before = len(fakes.of("whatsapp"))
+    for channel in ("whatsapp", "telegram", "teams", "slack", "email"):
+        resp = await api.post(f"/v1/admin/notifications/channels/{channel}/test", headers=admin())
+        assert resp.json() == {"ok": True, "error": None}, channel
+    assert len(fakes.of("whatsapp")) == before + 1
+    assert "Leaky Tokens test notification" in fakes.of("telegram")[-1].body["text"]
+    assert smtp[0].messages[-1]["Subject"] == "[Leaky Tokens] info: Leaky Tokens test notification"
+    assert fakes.rejected == []
+    wrong = await api.post(
+        "/v1/admin/notifications/channels",
+        json={
+            "channel": "telegram",
+            "config": {"chat_id": "1"},
+            "secrets": {"bot_token": "31337:leaked-if-shown"},
+        },
+        headers=admin(),
+    )
+    result = (
+        await api.post(f"/v1/admin/notifications/channels/{wrong.json()['id']}/test", headers=admin())
+    ).json()
+    assert result["ok"] is False and result["error"].startswith("HTTP 401")
+    assert "leaked-if-shown" not in result["error"]
+    missing = await api.post("/v1/admin/notifications/channels/nope/test", headers=admin())
+    assert missing.status_code == 404
