@@ -95,6 +95,12 @@ async def test_loop_freezes_the_session_at_the_configured_count_and_rearms(pool:
         True,
     )
     assert (alert["value"], alert["threshold"]) == (4.0, 4.0)
+    assert (alert["org_id"], alert["team_id"], alert["user_id"], alert["key_id"]) == (
+        "org-1",
+        "team-1",
+        "u1",
+        "key-1",
+    )
     assert freeze["type"] == "RequestFreeze.v1"
     assert (freeze["target_type"], freeze["target_id"], freeze["duration_s"]) == ("session", "s1", 300)
     assert freeze["reason"].startswith("Loop detected")

@@ -85,6 +85,7 @@ def describe(message: Message) -> Notification | None:
                     ("Frozen", "yes" if message.frozen else "no"),
                 ],
                 org_id=message.org_id,
+                team_id=message.team_id,
                 user_id=message.user_id,
             )
         case FreezeChanged():

@@ -106,6 +106,12 @@ def test_severities_and_dedup_keys() -> None:
     again = describe(EVENTS[0].model_copy(update={"event_id": "other"}))
     assert again is not None and again.dedup_key == first.dedup_key
     assert severity_at_least("critical", "error") and not severity_at_least("warning", "error")
+    team_alert = describe(AnomalyDetected(kind="loop", org_id="o", team_id="t", user_id="u"))
+    assert team_alert is not None and (team_alert.org_id, team_alert.team_id, team_alert.user_id) == (
+        "o",
+        "t",
+        "u",
+    )
 
 
 def test_telegram_escapes_html_and_whatsapp_flattens_parameters() -> None:
