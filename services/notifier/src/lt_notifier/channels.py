@@ -23,7 +23,6 @@ from lt_notifier.domain import sign
 from lt_notifier.notification import Notification
 
 __all__ = [
-    "CHANNELS",
     "ChannelName",
     "EmailOut",
     "Endpoints",
@@ -37,7 +36,6 @@ __all__ = [
 ]
 
 ChannelName = Literal["webhook", "slack", "teams", "telegram", "whatsapp", "email"]
-CHANNELS: tuple[ChannelName, ...] = ("webhook", "slack", "teams", "telegram", "whatsapp", "email")
 
 _EMOJI = {
     "info": ":information_source:",

@@ -18,15 +18,9 @@ from leaky_common.events import (
     VacationChanged,
 )
 
-__all__ = ["SEVERITIES", "Notification", "Severity", "describe", "severity_at_least"]
+__all__ = ["Notification", "Severity", "describe"]
 
 Severity = Literal["info", "warning", "error", "critical"]
-SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error", "critical")
-
-
-def severity_at_least(severity: Severity, minimum: Severity) -> bool:
-    """True when `severity` is `minimum` or worse."""
-    return SEVERITIES.index(severity) >= SEVERITIES.index(minimum)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from lt_notifier.channels import (
 )
 from lt_notifier.domain import message_from_payload, webhook_payload
 from lt_notifier.fakes import slack_problems, teams_problems, telegram_problems, whatsapp_problems
-from lt_notifier.notification import describe, severity_at_least
+from lt_notifier.notification import describe
 
 PERIOD = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -105,7 +105,6 @@ def test_severities_and_dedup_keys() -> None:
     assert first.dedup_key == f"threshold:p1:80:{PERIOD.isoformat()}"
     again = describe(EVENTS[0].model_copy(update={"event_id": "other"}))
     assert again is not None and again.dedup_key == first.dedup_key
-    assert severity_at_least("critical", "error") and not severity_at_least("warning", "error")
     team_alert = describe(AnomalyDetected(kind="loop", org_id="o", team_id="t", user_id="u"))
     assert team_alert is not None and (team_alert.org_id, team_alert.team_id, team_alert.user_id) == (
         "o",
