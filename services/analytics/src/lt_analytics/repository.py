@@ -98,7 +98,12 @@ async def record_batch(
 
     Returns the ids of the events that were new; already recorded ones change nothing.
     """
-    unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
+    unique: list[UsageRecorded] = []
+    seen: set[str] = set()
+    for e in events:  # the first copy of a redelivered event, in stream order (loops depend on it)
+        if e.event_id not in seen:
+            seen.add(e.event_id)
+            unique.append(e)
     async with pool.acquire() as conn, conn.transaction():
         fields = [f.strip().split()[0] for f in _LOG_COLUMNS.split(",")]
         inserted = await conn.fetch(_INSERT_LOG, *[[getattr(e, f) for e in unique] for f in fields])

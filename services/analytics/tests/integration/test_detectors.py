@@ -391,3 +391,14 @@ async def test_an_event_the_database_refuses_is_isolated_not_blocking(pool: asyn
     raws = [e.model_dump_json().encode() for e in (good[0], poison, good[1])]
     assert await h.handle_batch(raws) == [Outcome.RECORDED, Outcome.INVALID, Outcome.RECORDED]
     assert await pool.fetchval("SELECT count(*) FROM request_log") == 2
+
+
+async def test_a_redelivered_event_in_a_batch_keeps_stream_order(pool: asyncpg.Pool) -> None:
+    h = handler(pool)
+    a = event(session="s-order", fp="x")
+    ys = [event(session="s-order", fp="y") for _ in range(4)]
+    batch = [a, ys[0], ys[1], a, ys[2], ys[3]]
+    outcomes = await h.handle_batch([e.model_dump_json().encode() for e in batch])
+    assert outcomes.count(Outcome.DUPLICATE) == 1
+    # x, then y four times in a row: a loop, however the duplicate of x sat in the batch.
+    assert [m.get("kind") for _, m in await outbox(pool)] == ["loop", None]
