@@ -66,7 +66,11 @@ class UsageHandler:
                 continue
             outcomes.append(None)
             events.append(message)
-        status = await self._record(events) if events else {}
+        # A message redelivered within the batch is handled once (its first copy, in stream order).
+        first_copies: dict[str, UsageRecorded] = {}
+        for e in events:
+            first_copies.setdefault(e.event_id, e)
+        status = await self._record(list(first_copies.values())) if first_copies else {}
         pending = iter(events)
         seen: set[str] = set()
         result: list[Outcome] = []
@@ -75,9 +79,8 @@ class UsageHandler:
                 result.append(outcome)
                 continue
             event_id = next(pending).event_id
-            first = event_id not in seen
+            result.append(Outcome.DUPLICATE if event_id in seen else status[event_id])
             seen.add(event_id)
-            result.append(status[event_id] if first else Outcome.DUPLICATE)
         return result
 
     async def _record(self, events: list[UsageRecorded]) -> dict[str, Outcome]:

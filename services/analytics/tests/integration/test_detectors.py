@@ -402,3 +402,11 @@ async def test_a_redelivered_event_in_a_batch_keeps_stream_order(pool: asyncpg.P
     assert outcomes.count(Outcome.DUPLICATE) == 1
     # x, then y four times in a row: a loop, however the duplicate of x sat in the batch.
     assert [m.get("kind") for _, m in await outbox(pool)] == ["loop", None]
+
+
+async def test_outcomes_when_a_refused_event_splits_a_batch_with_redeliveries(pool: asyncpg.Pool) -> None:
+    h = handler(pool)
+    good = event(session="s-split", fp="g")
+    poison = event(session="s-split", fp="p", cost_usd_micros=2**64)
+    raws = [e.model_dump_json().encode() for e in (good, poison, good)]
+    assert await h.handle_batch(raws) == [Outcome.RECORDED, Outcome.INVALID, Outcome.DUPLICATE]
