@@ -108,7 +108,15 @@ async def sync_default_channels(
     for channel in wanted:
         await _upsert_default(pool, channel)
     unwanted = sorted(set(known_ids) - {c.id for c in wanted})
-    await pool.execute("UPDATE webhook_subscriptions SET active = false WHERE id = ANY($1::text[])", unwanted)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE webhook_subscriptions SET active = false WHERE id = ANY($1::text[])", unwanted
+        )
+        await conn.execute(
+            "UPDATE deliveries SET status = 'dead', last_error = 'channel switched off'"
+            " WHERE subscription_id = ANY($1::text[]) AND status = 'pending'",
+            unwanted,
+        )
 
 
 async def _upsert_default(pool: asyncpg.Pool, c: DefaultChannel) -> None:
