@@ -225,6 +225,8 @@ class AnomalyDetected(Message):
     kind: Literal["loop", "request_rate", "spend_velocity", "baseline_ratio"]
     severity: Literal["info", "warning", "error", "critical"] = "warning"
     org_id: str | None = None
+    # Optional, added for team-scoped alert routing.
+    team_id: str | None = None
     user_id: str | None = None
     key_id: str | None = None
     session_id: str | None = None

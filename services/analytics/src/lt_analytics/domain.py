@@ -8,13 +8,17 @@ from datetime import UTC, date, datetime, timedelta
 
 from pydantic import BaseModel
 
+from leaky_common.events import UsageRecorded
+
 __all__ = [
     "DailyUsage",
     "DayTotals",
     "ModelTotals",
     "UsageSummary",
     "day_bucket",
+    "grain_buckets",
     "minute_bucket",
+    "rollup_scopes",
     "summarise",
     "window_start",
 ]
@@ -28,6 +32,25 @@ def day_bucket(at: datetime) -> date:
 def minute_bucket(at: datetime) -> datetime:
     """The UTC minute an event counts towards."""
     return _utc(at).replace(second=0, microsecond=0)
+
+
+def grain_buckets(at: datetime) -> list[tuple[str, datetime]]:
+    """The minute, hour and day buckets (UTC) an event counts towards."""
+    minute = minute_bucket(at)
+    hour = minute.replace(minute=0)
+    return [("minute", minute), ("hour", hour), ("day", hour.replace(hour=0))]
+
+
+def rollup_scopes(event: UsageRecorded) -> list[tuple[str, str]]:
+    """(scope type, id) pairs an event is aggregated under: user, team, org, key and session when known."""
+    pairs = (
+        ("user", event.user_id),
+        ("team", event.team_id),
+        ("org", event.org_id),
+        ("key", event.key_id),
+        ("session", event.session_id),
+    )
+    return [(kind, value) for kind, value in pairs if value]
 
 
 def window_start(today: date, days: int) -> date:
@@ -81,6 +104,8 @@ class UsageSummary(BaseModel):
     cost_usd_micros: int
     by_model: list[ModelTotals]
     by_day: list[DayTotals]
+    # Mean of per-request completion/prompt ratios (4 decimal places).
+    average_efficiency: float = 0.0
 
 
 def summarise(user_id: str, days: int, rows: Iterable[DailyUsage]) -> UsageSummary:

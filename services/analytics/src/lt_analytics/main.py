@@ -1,4 +1,4 @@
-"""Analytics API app factory: usage summaries read from the aggregates the worker maintains."""
+"""Analytics API app factory: usage, reports, leaderboard and anomalies read from what the worker maintains."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER, principal
 from leaky_common.db import apply_migrations, create_pool, ping
 from leaky_common.errors import Forbidden, install_error_handlers
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
+from lt_analytics.api import ID_PATTERN
+from lt_analytics.api import router as api_router
 from lt_analytics.domain import UsageSummary, summarise, window_start
-from lt_analytics.repository import MIGRATIONS, daily_usage
+from lt_analytics.repository import MIGRATIONS, average_efficiency, daily_usage
 from lt_analytics.settings import AnalyticsSettings
 
 __all__ = ["create_app"]
@@ -29,6 +31,7 @@ def create_app(settings: AnalyticsSettings) -> FastAPI:
         try:
             await apply_migrations(pool, MIGRATIONS)
             app.state.pool = pool
+            app.state.settings = settings
             yield
         finally:
             await pool.close()
@@ -47,9 +50,10 @@ def create_app(settings: AnalyticsSettings) -> FastAPI:
     async def usage(
         request: Request,
         days: Annotated[int, Query(ge=1, le=366)] = 7,
-        user_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        user_id: Annotated[str | None, Query(min_length=1, max_length=200, pattern=ID_PATTERN)] = None,
     ) -> UsageSummary:
-        """Token use and cost of the caller (or, for admins, of `user_id`) over the last `days` UTC days."""
+        """Token use, cost and average efficiency of the caller (or, for admins, of `user_id`) over the last
+        `days` UTC days, with breakdowns by model and day."""
         principal = principal_from_headers(
             request.headers.get(PRINCIPAL_HEADER),
             request.headers.get(INTERNAL_TOKEN_HEADER),
@@ -61,8 +65,12 @@ def create_app(settings: AnalyticsSettings) -> FastAPI:
                 "only admins may read another user's usage", param="user_id", code="admin_required"
             )
         since = window_start(datetime.now(UTC).date(), days)
-        rows = await daily_usage(request.app.state.pool, target, since)
-        return summarise(target, days, rows)
+        pool = request.app.state.pool
+        summary = summarise(target, days, await daily_usage(pool, target, since))
+        midnight = datetime.combine(since, datetime.min.time(), UTC)
+        return summary.model_copy(
+            update={"average_efficiency": await average_efficiency(pool, target, midnight)}
+        )
 
     router.add_api_route("/v1/analytics/usage", usage, methods=["GET"], response_model=UsageSummary)
     router.add_api_route(
@@ -73,4 +81,5 @@ def create_app(settings: AnalyticsSettings) -> FastAPI:
         include_in_schema=False,
     )
     app.include_router(router)
+    app.include_router(api_router)
     return app

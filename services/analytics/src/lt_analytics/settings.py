@@ -6,6 +6,7 @@ from pathlib import Path
 
 from leaky_common.events import Topics
 from leaky_common.settings import ServiceSettings
+from lt_analytics.detection import Thresholds
 
 
 class AnalyticsSettings(ServiceSettings):
@@ -19,3 +20,12 @@ class AnalyticsSettings(ServiceSettings):
     # faust wants a data directory even with the in-memory store; None -> a folder under the system temp dir.
     faust_datadir: Path | None = None
     db_pool_max: int = 5
+    # The worker records up to `batch_max` events per transaction, waiting at most `batch_within_s` to fill one.
+    batch_max: int = 500
+    batch_within_s: float = 0.05
+
+    # Global detector defaults, as JSON (LT_ANOMALY_THRESHOLDS='{"loop_consecutive": 3}'); unset fields keep
+    # their defaults. The thresholds API overrides them globally and per org at run time.
+    anomaly_thresholds: Thresholds = Thresholds()
+    # How long the worker caches threshold overrides read from the database.
+    thresholds_cache_s: float = 5.0

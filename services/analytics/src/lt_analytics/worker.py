@@ -1,5 +1,8 @@
 """`python -m lt_analytics.worker`: the faust-streaming app that aggregates UsageRecorded into Postgres.
 
+It also runs the anomaly detectors on each new event and relays their outbox (alerts, freeze commands) to
+the broker.
+
 Durable state lives in Postgres, not in faust tables: the local broker (tansu) cannot reliably serve the
 changelog recovery faust tables need. faust commits offsets after events are acked (at-least-once); the
 request log keyed by event id makes redelivery a no-op.
@@ -19,13 +22,15 @@ import faust
 
 from leaky_common.db import apply_migrations, create_pool
 from leaky_common.events import Topics
-from leaky_common.kafka import ensure_topics
+from leaky_common.kafka import EventPublisher, ensure_topics
 from leaky_common.observability import setup_logging, setup_tracing
+from leaky_common.outbox import OutboxRelay
+from lt_analytics.detectors import AnomalyDetector, ThresholdStore
 from lt_analytics.handlers import Outcome, UsageHandler
 from lt_analytics.repository import MIGRATIONS
 from lt_analytics.settings import AnalyticsSettings
 
-__all__ = ["build_faust_app", "main", "prepare"]
+__all__ = ["build_faust_app", "main", "prepare", "start_relay"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +60,18 @@ def build_faust_app(settings: AnalyticsSettings, handler: UsageHandler) -> faust
     dlq_topic = app.topic(Topics.dlq(settings.usage_topic), value_serializer="raw", key_serializer="raw")
 
     async def aggregate_usage(stream: Any) -> None:
-        async for event in stream.events():
-            raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
-            outcome = await handler.handle(raw)
-            if outcome is Outcome.INVALID:
-                await dlq_topic.send(
-                    key=event.message.key,
-                    value=raw,
-                    headers={"dlq-reason": b"unparseable", "dlq-source": settings.usage_topic.encode()},
-                )
+        # Batches (one transaction each) keep up with thousands of events per second; `within` bounds the
+        # wait a lone event has before it is recorded and checked.
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            raws = [e.value if isinstance(e.value, bytes) else str(e.value).encode() for e in events]
+            outcomes = await handler.handle_batch(raws)
+            for event, raw, outcome in zip(events, raws, outcomes, strict=True):
+                if outcome is Outcome.INVALID:
+                    await dlq_topic.send(
+                        key=event.message.key,
+                        value=raw,
+                        headers={"dlq-reason": b"invalid", "dlq-source": settings.usage_topic.encode()},
+                    )
 
     app.agent(usage_topic, name="aggregate_usage", concurrency=1)(aggregate_usage)
     return app
@@ -73,8 +81,17 @@ async def prepare(settings: AnalyticsSettings) -> asyncpg.Pool:
     """Pool, migrations (advisory-locked, shared with the API) and topics, before faust starts."""
     pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
     await apply_migrations(pool, MIGRATIONS)
-    await ensure_topics(settings, [settings.usage_topic])
+    await ensure_topics(settings, [settings.usage_topic, Topics.ALERTS, Topics.QUOTA_COMMANDS])
     return pool
+
+
+async def start_relay(settings: AnalyticsSettings, pool: asyncpg.Pool) -> tuple[EventPublisher, OutboxRelay]:
+    """Publisher and outbox relay for detections; they run on the worker's loop next to faust."""
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    relay = OutboxRelay(pool, publisher, interval_s=0.2)
+    await relay.start()
+    return publisher, relay
 
 
 def main() -> None:
@@ -85,7 +102,9 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     pool = loop.run_until_complete(prepare(settings))
-    app = build_faust_app(settings, UsageHandler(pool))
+    publisher, relay = loop.run_until_complete(start_relay(settings, pool))
+    detector = AnomalyDetector(ThresholdStore(settings.anomaly_thresholds, ttl_s=settings.thresholds_cache_s))
+    app = build_faust_app(settings, UsageHandler(pool, detector))
     # quiet: no banner or spinner in the JSON log stream.
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, override_logging=False, quiet=True)
     try:
@@ -93,6 +112,8 @@ def main() -> None:
     finally:
         if not loop.is_closed():
             with contextlib.suppress(Exception):
+                loop.run_until_complete(relay.stop())
+                loop.run_until_complete(publisher.stop())
                 loop.run_until_complete(pool.close())
 
 

@@ -120,10 +120,18 @@ async def aggregates(settings: AnalyticsSettings) -> dict[str, list[tuple[Any, .
         daily = await conn.fetch("SELECT * FROM usage_daily ORDER BY user_id, day, model")
         minute = await conn.fetch("SELECT * FROM org_usage_minute ORDER BY org_id, minute")
         log = await conn.fetch("SELECT event_id FROM request_log WHERE user_id IS NOT NULL ORDER BY event_id")
+        rollup = await conn.fetch("SELECT * FROM usage_rollup ORDER BY 1, 2, 3, 4, 5, 6")
+        streaks = await conn.fetch("SELECT * FROM loop_streaks ORDER BY 1, 2")
+        anomalies = await conn.fetch("SELECT * FROM anomalies ORDER BY id")
+        outbox = await conn.fetch("SELECT id, topic, key, value FROM outbox ORDER BY id")
         return {
             "daily": [tuple(r) for r in daily],
             "minute": [tuple(r) for r in minute],
             "log": [tuple(r) for r in log],
+            "rollup": [tuple(r) for r in rollup],
+            "streaks": [tuple(r) for r in streaks],
+            "anomalies": [tuple(r) for r in anomalies],
+            "outbox": [tuple(r) for r in outbox],
         }
     finally:
         await conn.close()
@@ -152,11 +160,17 @@ async def test_totals_exact_with_duplicates_replay_and_isolation(
         usage(alice, org, "mock-gpt", 1_000, 1_000, 9_999, occurred_at=long_ago),
     ]
     bob_events = [usage(bob, "org-b", "mock-gpt", 40, 2, 5), usage(bob, "org-b", "mock-gpt", 1, 1, 1)]
+    # An agent in a loop: four identical prompts in one session -> one detection (alert + freeze command).
+    carol = f"carol-{uuid.uuid4().hex[:6]}"
+    carol_events = [
+        usage(carol, "org-c", "mock-gpt", 5, 5, 2, session_id="loop-session", prompt_fingerprint="same")
+        for _ in range(4)
+    ]
 
     publisher = EventPublisher(settings)
     await publisher.start()
     try:
-        for event in alice_events + bob_events:
+        for event in alice_events + bob_events + carol_events:
             await publisher.publish(settings.usage_topic, event, key=event.user_id)
         # Redeliveries: the same event ids again, and a message nobody can parse (goes to the DLQ).
         for event in (alice_events[0], alice_events[2], bob_events[1]):
@@ -171,6 +185,7 @@ async def test_totals_exact_with_duplicates_replay_and_isolation(
 
             week = await wait_for(alice_week)
             await wait_for(lambda: logged(settings, bob_events[1].event_id))
+            await wait_for(lambda: logged(settings, carol_events[-1].event_id))
 
         recent = alice_events[:4]
         assert week["user_id"] == alice
@@ -202,9 +217,11 @@ async def test_totals_exact_with_duplicates_replay_and_isolation(
         assert as_admin.json()["total_tokens"] == 44
 
         before = await aggregates(settings)
-        assert len(before["log"]) == 7
-        assert sum(r[2] for r in before["minute"]) == 7
-        assert sum(r[3] for r in before["daily"]) == 7
+        assert len(before["log"]) == 11
+        assert sum(r[2] for r in before["minute"]) == 11
+        assert sum(r[3] for r in before["daily"]) == 11
+        assert [(a[1], a[4]) for a in before["anomalies"]] == [("loop", "loop-session")]
+        assert [o[1] for o in before["outbox"]] == ["alerts", "quota.commands"]
 
         # Replay the whole topic with a fresh consumer group: nothing may change.
         sentinel = UsageRecorded(request_id="sentinel", model="m", provider="p")  # no user/org: no aggregate

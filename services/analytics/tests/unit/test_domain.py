@@ -75,6 +75,7 @@ def test_summarise_empty() -> None:
         "cost_usd_micros": 0,
         "by_model": [],
         "by_day": [],
+        "average_efficiency": 0.0,
     }
 
 

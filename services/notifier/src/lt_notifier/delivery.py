@@ -1,4 +1,5 @@
-"""The delivery loop: POSTs queued webhook deliveries, retries with exponential backoff, gives up after N tries.
+"""The delivery loop: sends queued deliveries over their channel (HTTP or SMTP), retries with exponential
+backoff, and marks a delivery dead after N tries.
 
 It runs as its own background task, never on the consumer path: a slow or dead receiver cannot hold up
 Kafka consumption. Deliveries are claimed with a lease (next_attempt_at pushed out), so several notifier
@@ -10,12 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import smtplib
+import uuid
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
+from pydantic import ValidationError
 
-from lt_notifier.domain import backoff_s, sign
-from lt_notifier.repository import DueDelivery, claim_due, mark_delivered, mark_failed
+from lt_notifier.channels import EmailOut, HttpOut, render
+from lt_notifier.domain import backoff_s, message_from_payload
+from lt_notifier.notification import Notification, describe
+from lt_notifier.repository import DueDelivery, Subscription, claim_due, mark_delivered, mark_failed
 from lt_notifier.settings import NotifierSettings
 
 __all__ = ["Deliverer"]
@@ -77,12 +87,11 @@ class Deliverer:
 
     async def _attempt(self, delivery: DueDelivery) -> None:
         async with self._limit:
-            error = await self._post(delivery)
+            error = await self._send(delivery)
+        log = {"delivery_id": delivery.id, "event_type": delivery.event_type, "channel": delivery.channel}
         if error is None:
             await mark_delivered(self._pool, delivery.id)
-            logger.info(
-                "webhook delivered", extra={"delivery_id": delivery.id, "event_type": delivery.event_type}
-            )
+            logger.info("notification delivered", extra=log)
             return
         attempts = delivery.attempts + 1
         s = self._settings
@@ -93,27 +102,113 @@ class Deliverer:
             s.delivery_max_attempts,
             backoff_s(attempts, s.delivery_backoff_base_s, s.delivery_backoff_max_s),
         )
-        logger.warning(
-            "webhook attempt failed",
-            extra={"delivery_id": delivery.id, "attempts": attempts, "error": error},
+        logger.warning("delivery attempt failed", extra={**log, "attempts": attempts, "error": error})
+
+    async def _send(self, delivery: DueDelivery) -> str | None:
+        """Send once; None on success, else what went wrong (with every secret redacted)."""
+        try:
+            note = describe(message_from_payload(delivery.body))
+        except ValidationError as exc:
+            return f"cannot render: {type(exc).__name__}"
+        if note is None:
+            return "event type is not notifiable"
+        return await self._transmit(
+            delivery.channel,
+            note,
+            delivery.body,
+            delivery.url,
+            delivery.config,
+            delivery.secrets,
+            delivery.id,
         )
 
-    async def _post(self, delivery: DueDelivery) -> str | None:
-        """POST once; None on a 2xx, else what went wrong."""
+    async def send_test(self, subscription: Subscription) -> str | None:
+        """Send a test notification to a subscription right away (not queued, not retried)."""
+        note = Notification(
+            event_id=f"test_{uuid.uuid4().hex}",
+            event_type="Test",
+            severity="info",
+            title="Leaky Tokens test notification",
+            text="If you can read this, notifications reach this channel.",
+            facts=[("Channel", subscription.channel)],
+        )
+        body = orjson.dumps(
+            {
+                "id": note.event_id,
+                "type": note.event_type,
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "data": {},
+            }
+        )
+        return await self._transmit(
+            subscription.channel,
+            note,
+            body,
+            subscription.url,
+            subscription.config,
+            subscription.secrets,
+            note.event_id,
+        )
+
+    async def _transmit(
+        self,
+        channel: str,
+        note: Notification,
+        body: bytes,
+        url: str | None,
+        config: dict[str, Any],
+        secrets: dict[str, str],
+        delivery_id: str,
+    ) -> str | None:
+        try:
+            out = render(channel, note, body, url, config, secrets, self._settings.endpoints)
+        except (KeyError, ValueError) as exc:
+            return f"cannot render: {type(exc).__name__}"
+        if isinstance(out, EmailOut):
+            return await self._mail(out.message)
+        return _redact(await self._post(out, delivery_id), out.redact)
+
+    async def _post(self, out: HttpOut, delivery_id: str) -> str | None:
         assert self._session is not None
-        headers = {
-            "Content-Type": "application/json",
-            "X-LT-Event-Type": delivery.event_type,
-            "X-LT-Delivery-Id": delivery.id,
-        }
-        if delivery.secret:
-            headers["X-LT-Signature"] = sign(delivery.secret, delivery.body)
+        headers = {**out.headers, "X-LT-Delivery-Id": delivery_id}
         try:
             async with self._session.post(
-                delivery.url, data=delivery.body, headers=headers, allow_redirects=False
+                out.url, data=out.body, headers=headers, allow_redirects=False
             ) as resp:
                 if 200 <= resp.status < 300:
                     return None
-                return f"HTTP {resp.status}"
+                detail = (await resp.text())[:200]
+                return f"HTTP {resp.status}: {detail}" if detail else f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"[:500]
+
+    async def _mail(self, message: EmailMessage) -> str | None:
+        s = self._settings
+        host = s.smtp_host
+        if not host:
+            return "SMTP is not configured (LT_SMTP_HOST)"
+
+        def send() -> None:
+            with smtplib.SMTP(host, s.smtp_port, timeout=s.delivery_timeout_s) as smtp:
+                if s.smtp_starttls:
+                    smtp.starttls()
+                if s.smtp_username and s.smtp_password:
+                    smtp.login(s.smtp_username, s.smtp_password)
+                smtp.send_message(message)
+
+        try:
+            await asyncio.to_thread(send)
+        except (smtplib.SMTPException, OSError) as exc:
+            return _redact(
+                f"{type(exc).__name__}: {exc}"[:500], (s.smtp_password,) if s.smtp_password else ()
+            )
+        return None
+
+
+def _redact(error: str | None, secrets: tuple[str, ...]) -> str | None:
+    """Never let a token (in a URL or a header) reach the delivery log or the logs."""
+    if error is None:
+        return None
+    for secret in secrets:
+        error = error.replace(secret, "***")
+    return error

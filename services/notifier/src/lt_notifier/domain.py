@@ -11,11 +11,17 @@ import orjson
 
 from leaky_common.events import (
     AnomalyDetected,
+    AnyMessage,
+    ApprovalDecided,
+    ApprovalRequested,
+    FreezeChanged,
     Message,
     PurchaseCompensated,
     PurchaseCompleted,
     PurchaseFailed,
     QuotaThresholdReached,
+    VacationChanged,
+    parse_message,
 )
 
 __all__ = [
@@ -23,6 +29,7 @@ __all__ = [
     "backoff_s",
     "check_webhook_url",
     "event_type",
+    "message_from_payload",
     "sign",
     "webhook_payload",
 ]
@@ -35,6 +42,10 @@ NOTIFIABLE_TYPES: frozenset[str] = frozenset(
         PurchaseCompensated,
         QuotaThresholdReached,
         AnomalyDetected,
+        ApprovalRequested,
+        ApprovalDecided,
+        VacationChanged,
+        FreezeChanged,
     )
 )
 
@@ -56,6 +67,14 @@ def webhook_payload(message: Message) -> bytes:
         "data": {k: v for k, v in fields.items() if k not in _ENVELOPE},
     }
     return orjson.dumps(body)
+
+
+def message_from_payload(body: bytes) -> AnyMessage:
+    """The event back from its stored webhook payload (the inverse of `webhook_payload`)."""
+    envelope = orjson.loads(body)
+    fields = {**envelope["data"], "event_id": envelope["id"], "type": envelope["type"]}
+    fields["occurred_at"] = envelope["occurred_at"]
+    return parse_message(orjson.dumps(fields))
 
 
 def sign(secret: str, body: bytes) -> str:

@@ -14,8 +14,8 @@ from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from lt_notifier.api import router
 from lt_notifier.delivery import Deliverer
 from lt_notifier.handlers import NotificationHandler
-from lt_notifier.repository import MIGRATIONS, sync_default_subscription
-from lt_notifier.settings import NotifierSettings
+from lt_notifier.repository import MIGRATIONS, sync_default_channels
+from lt_notifier.settings import DEFAULT_CHANNEL_IDS, NotifierSettings
 
 __all__ = ["create_app"]
 
@@ -29,14 +29,13 @@ def create_app(settings: NotifierSettings) -> FastAPI:
             pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
             stack.push_async_callback(pool.close)
             await apply_migrations(pool, MIGRATIONS)
-            await sync_default_subscription(
-                pool, settings.notifier_webhook_url, settings.notifier_webhook_secret
-            )
+            await sync_default_channels(pool, settings.default_channels(), DEFAULT_CHANNEL_IDS)
             app.state.pool = pool
             app.state.settings = settings
 
             deliverer = Deliverer(pool, settings)
             await deliverer.start()
+            app.state.deliverer = deliverer
             stack.push_async_callback(deliverer.stop)
 
             await ensure_topics(settings, settings.topics)

@@ -1,4 +1,4 @@
-"""All SQL of the notifier: subscriptions, the inbox and deliveries."""
+"""All SQL of the notifier: channel subscriptions, the inbox, dedup keys and deliveries."""
 
 from __future__ import annotations
 
@@ -8,30 +8,42 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
+
+from lt_notifier.notification import Notification
 
 __all__ = [
     "DEFAULT_SUBSCRIPTION_ID",
     "MIGRATIONS",
+    "DefaultChannel",
     "DueDelivery",
+    "Subscription",
     "claim_due",
     "create_subscription",
     "deactivate_subscription",
+    "get_subscription",
     "list_deliveries",
     "list_subscriptions",
     "mark_delivered",
     "mark_failed",
     "record_event",
-    "sync_default_subscription",
+    "retry_delivery",
+    "sync_default_channels",
 ]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DEFAULT_SUBSCRIPTION_ID = "default"
 
-_SUBSCRIPTION_COLUMNS = "id, url, event_types, secret IS NOT NULL AS has_secret, created_at, active"
-_DELIVERY_COLUMNS = (
-    "id, event_id, event_type, subscription_id, status, attempts, last_error, next_attempt_at, delivered_at,"
-    " created_at, payload::text AS payload"
+_SUBSCRIPTION_COLUMNS = (
+    "id, channel, name, url, event_types, min_severity, org_id, team_id, user_id, config::text AS config,"
+    " secrets ? 'secret' AS has_secret, ARRAY(SELECT jsonb_object_keys(secrets) ORDER BY 1) AS secret_names,"
+    " created_at, active"
 )
+_DELIVERY_COLUMNS = (
+    "id, event_id, event_type, channel, severity, subscription_id, status, attempts, last_error, next_attempt_at,"
+    " delivered_at, created_at, payload::text AS payload"
+)
+_SEVERITY_RANK = "array_position(ARRAY['info', 'warning', 'error', 'critical'], {})"
 
 
 def _new_id(prefix: str) -> str:
@@ -44,53 +56,134 @@ class DueDelivery:
 
     id: str
     event_type: str
+    channel: str
     body: bytes
     attempts: int
-    url: str
-    secret: str | None
+    url: str | None
+    config: dict[str, Any]
+    secrets: dict[str, str]
 
 
-async def sync_default_subscription(pool: asyncpg.Pool, url: str | None, secret: str | None) -> None:
-    """Make the env-configured default webhook (all event types) match the settings; off when unset."""
-    if url is None:
-        await pool.execute(
-            "UPDATE webhook_subscriptions SET active = false WHERE id = $1", DEFAULT_SUBSCRIPTION_ID
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """What it takes to send to one active subscription."""
+
+    id: str
+    channel: str
+    url: str | None
+    config: dict[str, Any]
+    secrets: dict[str, str]
+
+
+async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> Subscription | None:
+    """An active subscription with its secrets (for sending only; never returned by the API)."""
+    row = await pool.fetchrow(
+        "SELECT id, channel, url, config::text AS config, secrets::text AS secrets FROM webhook_subscriptions"
+        " WHERE id = $1 AND active",
+        subscription_id,
+    )
+    if row is None:
+        return None
+    return Subscription(
+        row["id"], row["channel"], row["url"], orjson.loads(row["config"]), orjson.loads(row["secrets"])
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultChannel:
+    """A subscription configured by environment variables (kept in sync at start-up under a fixed id)."""
+
+    id: str
+    channel: str
+    url: str | None
+    config: dict[str, Any]
+    secrets: dict[str, str]
+    min_severity: str = "info"
+
+
+async def sync_default_channels(
+    pool: asyncpg.Pool, wanted: list[DefaultChannel], known_ids: list[str]
+) -> None:
+    """Activate the env-configured channels in `wanted`; deactivate the other ids of `known_ids`."""
+    for channel in wanted:
+        await _upsert_default(pool, channel)
+    unwanted = sorted(set(known_ids) - {c.id for c in wanted})
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE webhook_subscriptions SET active = false WHERE id = ANY($1::text[])", unwanted
         )
-        return
+        await conn.execute(
+            "UPDATE deliveries SET status = 'dead', last_error = 'channel switched off'"
+            " WHERE subscription_id = ANY($1::text[]) AND status = 'pending'",
+            unwanted,
+        )
+
+
+async def _upsert_default(pool: asyncpg.Pool, c: DefaultChannel) -> None:
     await pool.execute(
         """
-        INSERT INTO webhook_subscriptions (id, url, event_types, secret, active) VALUES ($1, $2, NULL, $3, true)
-        ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, event_types = NULL, secret = EXCLUDED.secret,
-            active = true
+        INSERT INTO webhook_subscriptions (id, channel, name, url, event_types, config, secrets, min_severity, active)
+        VALUES ($1, $2, $1, $3, NULL, $4::jsonb, $5::jsonb, $6, true)
+        ON CONFLICT (id) DO UPDATE SET channel = EXCLUDED.channel, url = EXCLUDED.url, event_types = NULL,
+            config = EXCLUDED.config, secrets = EXCLUDED.secrets, min_severity = EXCLUDED.min_severity,
+            org_id = NULL, team_id = NULL, user_id = NULL, active = true
         """,
-        DEFAULT_SUBSCRIPTION_ID,
-        url,
-        secret,
+        c.id,
+        c.channel,
+        c.url,
+        orjson.dumps(c.config).decode(),
+        orjson.dumps(c.secrets).decode(),
+        c.min_severity,
     )
 
 
 async def create_subscription(
-    pool: asyncpg.Pool, url: str, event_types: list[str] | None, secret: str | None
+    pool: asyncpg.Pool,
+    url: str | None,
+    event_types: list[str] | None,
+    secrets: dict[str, str],
+    *,
+    channel: str = "webhook",
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+    min_severity: str = "info",
+    org_id: str | None = None,
+    team_id: str | None = None,
+    user_id: str | None = None,
 ) -> dict[str, Any]:
-    """Insert an active subscription and return it (without its secret)."""
+    """Insert an active subscription and return it (without its secrets)."""
     row = await pool.fetchrow(
-        f"INSERT INTO webhook_subscriptions (id, url, event_types, secret) VALUES ($1, $2, $3, $4)"
+        "INSERT INTO webhook_subscriptions (id, channel, name, url, event_types, config, secrets, min_severity,"
+        " org_id, team_id, user_id) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11)"
         f" RETURNING {_SUBSCRIPTION_COLUMNS}",
-        _new_id("wh"),
+        _new_id("wh" if channel == "webhook" else "ch"),
+        channel,
+        name,
         url,
         event_types,
-        secret,
+        orjson.dumps(config or {}).decode(),
+        orjson.dumps(secrets).decode(),
+        min_severity,
+        org_id,
+        team_id,
+        user_id,
     )
     assert row is not None
-    return dict(row)
+    return _subscription(row)
 
 
-async def list_subscriptions(pool: asyncpg.Pool) -> list[dict[str, Any]]:
-    """Active subscriptions, oldest first."""
+def _subscription(row: asyncpg.Record) -> dict[str, Any]:
+    return {**dict(row), "config": orjson.loads(row["config"])}
+
+
+async def list_subscriptions(pool: asyncpg.Pool, channel: str | None = None) -> list[dict[str, Any]]:
+    """Active subscriptions (of one channel, or all), oldest first."""
     rows = await pool.fetch(
-        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions WHERE active ORDER BY created_at, id"
+        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions"
+        " WHERE active AND ($1::text IS NULL OR channel = $1) ORDER BY created_at, id",
+        channel,
     )
-    return [dict(r) for r in rows]
+    return [_subscription(r) for r in rows]
 
 
 async def deactivate_subscription(pool: asyncpg.Pool, subscription_id: str) -> bool:
@@ -110,27 +203,54 @@ async def deactivate_subscription(pool: asyncpg.Pool, subscription_id: str) -> b
         return True
 
 
-async def record_event(pool: asyncpg.Pool, event_id: str, event_type: str, payload: bytes) -> int | None:
+async def record_event(pool: asyncpg.Pool, note: Notification, payload: bytes) -> int | None:
     """Inbox the event and queue one delivery per matching subscription, atomically.
 
-    Returns how many deliveries were queued, or None when the event was already handled.
+    A subscription matches on event type, minimum severity and scope (org, team, user: unset = any).
+    Returns how many deliveries were queued (0 for a duplicate of an already notified dedup key), or None
+    when the event was already handled.
     """
     async with pool.acquire() as conn, conn.transaction():
         fresh = await conn.fetchval(
-            "INSERT INTO inbox (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", event_id
+            "INSERT INTO inbox (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", note.event_id
         )
         if not fresh:
             return None
+        if note.dedup_key is not None and not await conn.fetchval(
+            "INSERT INTO notification_dedup (dedup_key, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            " RETURNING true",
+            note.dedup_key,
+            note.event_id,
+        ):
+            return 0
         subscriptions = await conn.fetch(
-            "SELECT id FROM webhook_subscriptions"
-            " WHERE active AND (event_types IS NULL OR $1 = ANY (event_types)) ORDER BY id",
-            event_type,
+            "SELECT id, channel FROM webhook_subscriptions"
+            " WHERE active AND (event_types IS NULL OR $1 = ANY (event_types))"
+            f" AND {_SEVERITY_RANK.format('$2::text')} >= {_SEVERITY_RANK.format('min_severity')}"
+            " AND (org_id IS NULL OR org_id = $3) AND (team_id IS NULL OR team_id = $4)"
+            " AND (user_id IS NULL OR user_id = $5) ORDER BY id",
+            note.event_type,
+            note.severity,
+            note.org_id,
+            note.team_id,
+            note.user_id,
         )
         if subscriptions:
             await conn.executemany(
-                "INSERT INTO deliveries (id, event_id, event_type, subscription_id, payload)"
-                " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT (event_id, subscription_id) DO NOTHING",
-                [(_new_id("dlv"), event_id, event_type, s["id"], payload.decode()) for s in subscriptions],
+                "INSERT INTO deliveries (id, event_id, event_type, channel, severity, subscription_id, payload)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) ON CONFLICT (event_id, subscription_id) DO NOTHING",
+                [
+                    (
+                        _new_id("dlv"),
+                        note.event_id,
+                        note.event_type,
+                        s["channel"],
+                        note.severity,
+                        s["id"],
+                        payload.decode(),
+                    )
+                    for s in subscriptions
+                ],
             )
         return len(subscriptions)
 
@@ -145,7 +265,8 @@ async def claim_due(pool: asyncpg.Pool, limit: int, lease_s: float) -> list[DueD
             SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()
             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
         )
-        RETURNING d.id, d.event_type, d.payload::text AS payload, d.attempts, s.url, s.secret
+        RETURNING d.id, d.event_type, s.channel, d.payload::text AS payload, d.attempts, s.url,
+            s.config::text AS config, s.secrets::text AS secrets
         """,
         limit,
         lease_s,
@@ -154,10 +275,12 @@ async def claim_due(pool: asyncpg.Pool, limit: int, lease_s: float) -> list[DueD
         DueDelivery(
             id=r["id"],
             event_type=r["event_type"],
+            channel=r["channel"],
             body=r["payload"].encode(),
             attempts=r["attempts"],
             url=r["url"],
-            secret=r["secret"],
+            config=orjson.loads(r["config"]),
+            secrets=orjson.loads(r["secrets"]),
         )
         for r in rows
     ]
@@ -191,15 +314,29 @@ async def mark_failed(
 
 
 async def list_deliveries(
-    pool: asyncpg.Pool, event_type: str | None, status: str | None, limit: int
+    pool: asyncpg.Pool, event_type: str | None, status: str | None, limit: int, channel: str | None = None
 ) -> list[dict[str, Any]]:
     """Newest deliveries first, optionally filtered."""
     rows = await pool.fetch(
         f"SELECT {_DELIVERY_COLUMNS} FROM deliveries"
         " WHERE ($1::text IS NULL OR event_type = $1) AND ($2::text IS NULL OR status = $2)"
+        " AND ($4::text IS NULL OR channel = $4)"
         " ORDER BY created_at DESC, id LIMIT $3",
         event_type,
         status,
         limit,
+        channel,
     )
     return [dict(r) for r in rows]
+
+
+async def retry_delivery(pool: asyncpg.Pool, delivery_id: str) -> dict[str, Any] | None:
+    """Put a dead delivery back in the queue with a fresh attempt budget; None if there is no such dead one."""
+    row = await pool.fetchrow(
+        "UPDATE deliveries d SET status = 'pending', attempts = 0, next_attempt_at = now()"
+        " FROM webhook_subscriptions s"
+        " WHERE d.id = $1 AND d.status = 'dead' AND s.id = d.subscription_id AND s.active"
+        f" RETURNING {', '.join('d.' + c.strip() for c in _DELIVERY_COLUMNS.split(','))}",
+        delivery_id,
+    )
+    return dict(row) if row is not None else None

@@ -18,6 +18,10 @@ def test_notifiable_types_are_the_announced_events() -> None:
         "PurchaseCompensated.v1",
         "QuotaThresholdReached.v1",
         "AnomalyDetected.v1",
+        "ApprovalRequested.v1",
+        "ApprovalDecided.v1",
+        "VacationChanged.v1",
+        "FreezeChanged.v1",
     } == NOTIFIABLE_TYPES
     assert UsageRecorded(request_id="r", model="m", provider="p").type not in NOTIFIABLE_TYPES
 
