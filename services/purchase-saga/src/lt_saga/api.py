@@ -8,10 +8,11 @@ from uuid import uuid4
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from opentelemetry import propagate
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from leaky_common.auth import Principal, principal_from_headers
-from leaky_common.errors import Conflict, InvalidRequest, NotFound
+from leaky_common.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from lt_saga import repository as repo
 from lt_saga.domain import PurchaseRequest, payment_amount_minor, price_usd_micros, request_hash
 from lt_saga.repository import Purchase, Step
@@ -96,6 +97,16 @@ AdminPrincipal = Annotated[Principal, Depends(admin_principal)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 
 
+def _trace_context(request: Request) -> dict[str, str]:
+    """The W3C trace context to continue in every step: the current span's, else the caller's headers."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if "traceparent" not in carrier:
+        # Tracing is off in this process: keep the caller's context so the saga still joins its trace.
+        carrier = {k: v for k in ("traceparent", "tracestate") if (v := request.headers.get(k))}
+    return carrier
+
+
 def _iso(value: datetime) -> str:
     return value.isoformat()
 
@@ -135,13 +146,15 @@ async def create_purchase(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """Start a purchase saga; the same Idempotency-Key and body return the same purchase."""
+    settings = _settings(request)
+    if not settings.purchases_enabled:
+        raise ServiceUnavailable("purchases are switched off on this gateway", code="purchases_disabled")
     if not idempotency_key or not idempotency_key.strip():
         raise InvalidRequest("the Idempotency-Key header is required", code="missing_idempotency_key")
     if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(
             f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY} characters", code="invalid_idempotency_key"
         )
-    settings = _settings(request)
     purchase_request = body.to_request()
     price = price_usd_micros(
         purchase_request.amount, purchase_request.unit, settings.price_usd_micros_per_1k_tokens
@@ -159,6 +172,9 @@ async def create_purchase(
             currency=settings.payment_currency,
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
+            trace_context=_trace_context(request),
+            owner=_runner(request).owner,
+            lease_s=settings.lease_s,
         )
         if created:
             await repo.add_step(conn, purchase.id, "saga", "pending", None)
@@ -171,7 +187,7 @@ async def create_purchase(
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        _runner(request).start(purchase.id)
+        _runner(request).start(purchase.id, claimed=True)
     return {"id": purchase.id, "status": purchase.status.value, "price_usd_micros": purchase.price_usd_micros}
 
 

@@ -47,7 +47,7 @@ def create_app(settings: SagaSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(settings.database_url)
+        pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(pool.close)
             await apply_migrations(pool, MIGRATIONS)
@@ -81,7 +81,8 @@ def create_app(settings: SagaSettings) -> FastAPI:
             app.state.settings = settings
             app.state.pool = pool
             app.state.runner = runner
-            await runner.resume_all()
+            await runner.start_background()
+            await runner.recover_once()
             yield
 
     app = FastAPI(title="Leaky Tokens purchase saga", version="0.1.0", lifespan=lifespan)
