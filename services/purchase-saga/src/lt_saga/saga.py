@@ -186,14 +186,15 @@ class SagaRunner:
             asyncio.create_task(self._recovery_loop(), name="saga-recovery"),
         ]
 
-    def start(self, purchase_id: str, *, claimed: bool = False) -> None:
-        """Drive `purchase_id` unless this instance already does; `claimed`: its lease is already ours."""
+    def start(self, purchase_id: str, *, claimed: bool = False) -> bool:
+        """Drive `purchase_id` unless this instance already does (False); `claimed`: the lease is ours."""
         if purchase_id in self._tasks:
-            return
+            return False
         self._wakeups[purchase_id] = asyncio.Event()
         task = asyncio.create_task(self._drive(purchase_id, claimed), name=f"saga:{purchase_id}")
         self._tasks[purchase_id] = task
         task.add_done_callback(lambda _: self._forget(purchase_id))
+        return True
 
     def _forget(self, purchase_id: str) -> None:
         self._tasks.pop(purchase_id, None)
@@ -228,11 +229,10 @@ class SagaRunner:
             counts = await repo.count_by_status(conn)
         for status in Status:
             PURCHASES_BY_STATUS.labels(status.value).set(counts.get(status.value, 0))
-        for purchase_id in ids:
-            self.start(purchase_id, claimed=True)
-        if ids:
-            logger.info("resumed %d unfinished purchases", len(ids))
-        return len(ids)
+        resumed = sum(self.start(purchase_id, claimed=True) for purchase_id in ids)
+        if resumed:
+            logger.info("resumed %d unfinished purchases", resumed)
+        return resumed
 
     async def _recovery_loop(self) -> None:
         while True:
@@ -422,14 +422,12 @@ class SagaRunner:
                     await asyncio.wait_for(self._wakeups[purchase.id].wait(), (due - now).total_seconds())
                 return  # re-read the state: a reply may have moved it on
             # No reply yet: the command or its reply may be lost. Quota answers a repeat with the same reply.
+            # The gap doubles (resend_s, 2x, 4x... since the first send) so a slow quota is not flooded.
+            since_sent = now - (purchase.deadline_at - timedelta(seconds=self._settings.step_deadline_s))
+            gap = max(timedelta(seconds=self._settings.command_resend_s), since_sent)
             async with self._pool.acquire() as conn, conn.transaction():
                 await _log_step(conn, purchase.id, step, "resent", f"command {purchase.command_id}")
-                await _transition(
-                    conn,
-                    purchase,
-                    self._settings,
-                    resend_at=now + timedelta(seconds=self._settings.command_resend_s),
-                )
+                await _transition(conn, purchase, self._settings, resend_at=now + gap)
                 command = self._command(purchase, step, purchase.command_id or new_event_id())
                 await write_outbox(conn, self._settings.quota_commands_topic, command, key=purchase.id)
             return
