@@ -104,6 +104,7 @@ class FaultReport:
     chaos: Counter[str] = field(default_factory=Counter)
     client_retries: int = 0
     client_repeats: int = 0
+    steps: Counter[str] = field(default_factory=Counter)
     tokens_bought_completed: int = 0
     tokens_credited_net: int = 0
     cents_captured_net: int = 0
@@ -122,6 +123,7 @@ class FaultReport:
             f"repeated requests {self.client_repeats}",
         ]
         out += [f"  {card}: {dict(outcomes)}" for card, outcomes in sorted(self.by_card.items())]
+        out.append("step log: " + ", ".join(f"{k} {v}" for k, v in sorted(self.steps.items())))
         out += [
             f"tokens bought by COMPLETED purchases {self.tokens_bought_completed}; "
             f"tokens credited net (quota adjustments) {self.tokens_credited_net}",
@@ -523,6 +525,10 @@ async def _verify(
                 "extract(epoch FROM updated_at - created_at) AS seconds FROM purchases"
             )
         }
+        for r in await conn.fetch(
+            "SELECT step || ':' || status AS s, count(*) AS n FROM saga_steps GROUP BY 1"
+        ):
+            report.steps[r["s"]] = r["n"]
     finally:
         await conn.close()
     conn = await asyncpg.connect(quota_db)
