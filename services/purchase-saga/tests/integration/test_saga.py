@@ -291,8 +291,21 @@ async def test_happy_path_completes_and_announces(settings: SagaSettings) -> Non
         )
         assert r.status_code == 200
 
+        r = await client.get(
+            "/v1/admin/purchases?status=COMPLETED&user_id=user_1",
+            headers=principal_headers("a", role="admin"),
+        )
+        assert [p["id"] for p in r.json()["data"]] == [created["id"]]
+        r = await client.get("/v1/purchases?status=FAILED", headers=principal_headers())
+        assert r.json()["data"] == []
+        r = await client.get("/v1/purchases?status=NOPE", headers=principal_headers())
+        assert r.status_code == 400
+
         metrics = (await client.get("/metrics")).text
         assert 'lt_saga_purchases_total{status="COMPLETED"}' in metrics
+        assert 'lt_saga_steps_total{status="succeeded",step="credit_tokens"}' in metrics
+        assert 'lt_saga_purchases_by_status{status="CREDITING"}' in metrics
+        assert 'lt_saga_purchase_duration_seconds_count{status="COMPLETED"}' in metrics
         ready = await client.get("/ready")
         assert ready.status_code == 200
         assert ready.json()["checks"] == {"postgres": True, "broker": True}
@@ -385,7 +398,11 @@ async def test_idempotent_create(settings: SagaSettings) -> None:
             json={"tokens": 1000},
             headers={**principal_headers(), "Idempotency-Key": "k-same"},
         )
-        assert alias.json()["id"] == first.json()["id"]
+        assert alias.json()["id"] == alias.json()["sagaId"] == first.json()["id"]
+        assert alias.json()["createdAt"]
+        got = await client.get(f"/api/v1/tokens/purchase/{first.json()['id']}", headers=principal_headers())
+        assert got.status_code == 200
+        assert got.json()["id"] == first.json()["id"]
         await finished(client, first.json()["id"])
 
 
