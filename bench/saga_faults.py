@@ -78,6 +78,10 @@ class Infra:
 class FaultConfig:
     purchases: int = 1000
     concurrency: int = 24
+    # Purchases started per second (a sustained load rather than one burst); 0: as fast as possible.
+    rate_per_s: float = 20.0
+    # The saga's reply deadline per step (short, so that some credits time out and are compensated).
+    step_deadline_s: float = 8.0
     instances: int = 2
     kills: int = 2
     users: int = 4
@@ -98,6 +102,7 @@ class FaultReport:
     """What happened and what the checks found (`violations` empty means the run passed)."""
 
     purchases: int = 0
+    rate_per_s: float = 0.0
     by_status: Counter[str] = field(default_factory=Counter)
     by_card: dict[str, Counter[str]] = field(default_factory=dict)
     kills: int = 0
@@ -117,7 +122,8 @@ class FaultReport:
     def lines(self) -> list[str]:
         """Human-readable summary."""
         out = [
-            f"purchases: {self.purchases} in {self.elapsed_s:.1f}s; statuses {dict(self.by_status)}",
+            f"purchases: {self.purchases} ({self.rate_per_s:g}/s) in {self.elapsed_s:.1f}s; "
+            f"statuses {dict(self.by_status)}",
             f"saga instances killed with SIGKILL and restarted: {self.kills}",
             f"chaos on Kafka: {dict(self.chaos)}; client retries {self.client_retries}, "
             f"repeated requests {self.client_repeats}",
@@ -337,7 +343,7 @@ def _percentile(values: list[float], q: float) -> float:
 async def run_faults(infra: Infra, config: FaultConfig, log_dir: Path | None = None) -> FaultReport:
     """Run the whole scenario and return its report (raises only if the set-up itself fails)."""
     rng = random.Random(config.seed)
-    report = FaultReport()
+    report = FaultReport(rate_per_s=config.rate_per_s)
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="lt-saga-faults-"))
     suffix = uuid.uuid4().hex[:8]
     quota_db = await create_database(infra.postgres_url, f"faults_quota_{suffix}")
@@ -387,7 +393,7 @@ async def run_faults(infra: Infra, config: FaultConfig, log_dir: Path | None = N
                 "LT_PAYMENT_PROVIDER_URL": fakepay_url,
                 "LT_PAYMENT_TIMEOUT_S": "1.0",
                 "LT_RETRY_BACKOFF_S": "0.2",
-                "LT_STEP_DEADLINE_S": "8",
+                "LT_STEP_DEADLINE_S": str(config.step_deadline_s),
                 "LT_COMMAND_RESEND_S": "2",
                 "LT_LEASE_S": "5",
                 "LT_RECOVERY_INTERVAL_S": "1",
@@ -476,9 +482,13 @@ async def _drive_load(
                 report.client_retries += 1
                 await asyncio.sleep(0.1)
 
+    began = time.monotonic()
+
     async def worker(session: aiohttp.ClientSession) -> None:
         while not queue.empty():
             index = queue.get_nowait()
+            if config.rate_per_s:
+                await asyncio.sleep(max(0.0, began + index / config.rate_per_s - time.monotonic()))
             if index in kill_at:
                 victim = sagas[kill_at[index] % len(sagas)]
                 kills.append(asyncio.create_task(restart(victim)))
@@ -624,6 +634,8 @@ async def _main(args: argparse.Namespace) -> int:
             kills=args.kills,
             seed=args.seed,
             concurrency=args.concurrency,
+            rate_per_s=args.rate,
+            step_deadline_s=args.step_deadline,
         )
         report = await run_faults(Infra(broker.url, postgres.url, redis.url), config, log_dir)
     finally:
@@ -645,6 +657,8 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=24)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rate", type=float, default=20.0, help="purchases started per second (0: burst)")
+    parser.add_argument("--step-deadline", type=float, default=8.0, help="LT_STEP_DEADLINE_S of the sagas")
     sys.exit(asyncio.run(_main(parser.parse_args())))
 
 
