@@ -114,6 +114,7 @@ class FaultReport:
     tokens_credited_net: int = 0
     cents_captured_net: int = 0
     cents_expected: int = 0
+    slowest_stop_s: float = 0.0
     latency_p50_s: float = 0.0
     latency_p99_s: float = 0.0
     elapsed_s: float = 0.0
@@ -136,6 +137,7 @@ class FaultReport:
             f"cents captured net (provider) {self.cents_captured_net}; expected {self.cents_expected}",
             f"purchase latency under faults (request -> terminal): p50 {self.latency_p50_s * 1000:.0f} ms, "
             f"p99 {self.latency_p99_s * 1000:.0f} ms",
+            f"slowest graceful stop (SIGTERM -> exit): {self.slowest_stop_s:.1f}s",
             f"violations: {len(self.violations)}",
             *(f"  - {v}" for v in self.violations[:20]),
         ]
@@ -421,7 +423,7 @@ async def run_faults(infra: Infra, config: FaultConfig, log_dir: Path | None = N
             await chaos.stop()
             for process in [*sagas, quota]:
                 try:
-                    process.stop()
+                    report.slowest_stop_s = max(report.slowest_stop_s, process.stop())
                 except RuntimeError as exc:  # a shutdown hang is a finding, not a crash of the harness
                     report.violations.append(str(exc))
     return report

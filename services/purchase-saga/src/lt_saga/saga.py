@@ -553,8 +553,9 @@ class ReplyHandler:
                 async with self._pool.acquire() as conn, conn.transaction():
                     if not await repo.claim_event(conn, message.event_id):
                         return
-                    purchase = await repo.get_purchase(conn, message.purchase_id)
-                    if purchase is None:
+                    # Correlated by saga id (and, in _apply, by step and the saga's current position).
+                    purchase = await repo.get_purchase(conn, message.saga_id)
+                    if purchase is None or purchase.id != message.purchase_id:
                         return
                     await self._apply(conn, purchase, message)
                     # Delivered on commit to every instance; the one driving this purchase re-reads it.
