@@ -15,9 +15,9 @@ from leaky_common.db import apply_migrations, create_pool
 from leaky_common.errors import install_error_handlers
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
-from leaky_common.outbox import OutboxRelay
 from lt_saga.api import router
 from lt_saga.payments import PaymentClient
+from lt_saga.relay import ElectedRelay
 from lt_saga.saga import ReplyHandler, SagaRunner
 from lt_saga.settings import SagaSettings
 
@@ -58,7 +58,7 @@ def create_app(settings: SagaSettings) -> FastAPI:
             publisher = EventPublisher(settings)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
-            relay = OutboxRelay(pool, publisher)
+            relay = ElectedRelay(settings.database_url, pool, publisher)
             await relay.start()
             stack.push_async_callback(relay.stop)
             payments = PaymentClient(
@@ -81,6 +81,7 @@ def create_app(settings: SagaSettings) -> FastAPI:
             app.state.settings = settings
             app.state.pool = pool
             app.state.runner = runner
+            app.state.relay = relay
             await runner.start_background()
             await runner.recover_once()
             yield

@@ -543,3 +543,25 @@ async def test_an_expired_lease_is_claimed_and_a_live_one_is_not(settings: SagaS
         assert not await repo.claim(conn, purchase_id, "saga-c", 5)
         # The same instance id (a restart of saga-b) takes its own lease back at once.
         assert await repo.claim(conn, purchase_id, "saga-b", 5)
+
+
+async def test_two_instances_relay_each_outbox_row_once(settings: SagaSettings) -> None:
+    settings = settings.model_copy(update={"command_resend_s": 60})
+    first = settings.model_copy(update={"instance_id": "saga-a"})
+    second = settings.model_copy(update={"instance_id": "saga-b"})
+    async with (
+        QuotaStandIn(settings) as quota,
+        running_app(first) as (app_a, client_a),
+        running_app(second) as (app_b, client_b),
+    ):
+        await wait_until(lambda: app_a.state.relay.leading or app_b.state.relay.leading, 10, "a relay leader")
+        assert not (app_a.state.relay.leading and app_b.state.relay.leading)
+        ids = []
+        for i in range(6):
+            client = client_a if i % 2 else client_b
+            ids.append((await purchase(client, f"k-relay-{i}", {"tokens": 100})).json()["id"])
+        for purchase_id in ids:
+            assert (await finished(client_a, purchase_id))["status"] == "COMPLETED"
+        # Both instances wrote commands; exactly one relay published them: one CreditTokens per purchase.
+        credits = sorted(c.purchase_id for c in quota.commands if isinstance(c, CreditTokens))
+        assert credits == sorted(ids)
