@@ -127,11 +127,20 @@ class QuotaStandIn:
     Like quota, it applies a command once per (purchase_id, step) and answers re-sent commands again.
     """
 
-    def __init__(self, settings: SagaSettings, *, credit_success: bool = True, ignore_first: int = 0) -> None:
+    def __init__(
+        self,
+        settings: SagaSettings,
+        *,
+        credit_success: bool = True,
+        ignore_first: int = 0,
+        ignore_credits: bool = False,
+    ) -> None:
         self.settings = settings
         self.credit_success = credit_success
         # Commands to ignore, as if lost on the way (the saga must send them again).
         self.ignore_first = ignore_first
+        # Never answer a CreditTokens (a quota that is down or stuck for this step).
+        self.ignore_credits = ignore_credits
         self.commands: list[CreditTokens | DebitTokens] = []
         self.traceparents: list[str] = []
         self.applied: dict[tuple[str, str], int] = {}
@@ -149,7 +158,9 @@ class QuotaStandIn:
             return
         self.commands.append(message)
         self.traceparents += [v.decode() for k, v in record.headers or () if k == "traceparent"]
-        if len(self.commands) <= self.ignore_first:
+        if len(self.commands) <= self.ignore_first or (
+            self.ignore_credits and isinstance(message, CreditTokens)
+        ):
             return
         key = (message.purchase_id, message.step)
         reply: Message
@@ -565,3 +576,20 @@ async def test_two_instances_relay_each_outbox_row_once(settings: SagaSettings) 
         # Both instances wrote commands; exactly one relay published them: one CreditTokens per purchase.
         credits = sorted(c.purchase_id for c in quota.commands if isinstance(c, CreditTokens))
         assert credits == sorted(ids)
+
+
+async def test_credit_past_its_deadline_is_compensated(settings: SagaSettings) -> None:
+    settings = settings.model_copy(update={"step_deadline_s": 1.5, "command_resend_s": 0.5})
+    async with QuotaStandIn(settings, ignore_credits=True) as quota, running_saga(settings) as client:
+        r = await purchase(client, "k-stuck", {"tokens": 900})
+        body = await finished(client, r.json()["id"])
+        assert body["status"] == "COMPENSATED"
+        assert body["reason"] == "quota did not reply in time"
+        steps = step_log(body)
+        assert ("credit_tokens", "resent") in steps
+        assert steps.index(("credit_tokens", "timed_out")) < steps.index(("debit_tokens", "scheduled"))
+        # The credit may have landed unseen, so it is taken back, and the hold is released: nothing charged.
+        assert [c.amount for c in quota.commands if isinstance(c, DebitTokens)][:1] == [900]
+        void = [s for s in body["steps"] if s["step"] == "void_payment" and s["status"] == "succeeded"]
+        assert "canceled" in void[0]["detail"]
+        assert ("capture_payment", "started") not in steps
