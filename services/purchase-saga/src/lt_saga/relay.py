@@ -55,8 +55,8 @@ class ElectedRelay:
         while True:
             try:
                 await self._lead_when_elected()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                logger.warning("outbox relay election lost its connection (%r); retrying", exc)
+            except Exception as exc:  # the election must outlive any failure (database restarting...)
+                logger.warning("outbox relay election failed (%r); retrying", exc)
                 await asyncio.sleep(self._retry_s)
 
     async def _lead_when_elected(self) -> None:

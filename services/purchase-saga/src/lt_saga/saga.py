@@ -239,7 +239,7 @@ class SagaRunner:
             await asyncio.sleep(self._settings.recovery_interval_s)
             try:
                 await self.recover_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:  # the loop must outlive any failure (database restarting...)
                 logger.exception("saga recovery pass failed; will retry")
 
     async def _heartbeat_loop(self) -> None:
@@ -251,7 +251,7 @@ class SagaRunner:
             try:
                 async with self._pool.acquire() as conn:
                     held = await repo.renew_leases(conn, self.owner, ids, self._settings.lease_s)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:  # the loop must outlive any failure (database restarting...)
                 logger.exception("lease renewal failed; will retry")
                 continue
             for purchase_id in set(ids) - held:
