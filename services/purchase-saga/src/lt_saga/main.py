@@ -18,7 +18,8 @@ from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from lt_saga.api import router
 from lt_saga.payments import PaymentClient
 from lt_saga.relay import ElectedRelay
-from lt_saga.saga import ReplyHandler, SagaRunner
+from lt_saga.replies import ReplyHandler
+from lt_saga.saga import SagaRunner
 from lt_saga.settings import SagaSettings
 
 __all__ = ["create_app"]

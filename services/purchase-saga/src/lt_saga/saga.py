@@ -1,9 +1,9 @@
-"""The saga runner (drives each purchase through the step table) and the handler of quota's replies.
+"""The saga runner: drives each purchase through the step table (see `SagaRunner`).
 
 State is persisted after every step with optimistic locking, so the runner is re-entrant: any instance can
-pick an unfinished purchase up from its persisted status (see `SagaRunner`). Payment calls carry idempotency
-keys (purchase id + step); quota deduplicates re-sent commands on (purchase_id, step) and answers a repeat
-with the same reply, which the reply handler's inbox then ignores.
+pick an unfinished purchase up from its persisted status. Payment calls carry idempotency keys (purchase id +
+step); quota deduplicates re-sent commands on (purchase_id, step) and answers a repeat with the same reply,
+which the reply handler's inbox (`lt_saga.replies`) then ignores.
 """
 
 from __future__ import annotations
@@ -13,148 +13,35 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
-from typing import Literal
-from uuid import uuid4
+from datetime import timedelta
 
 import asyncpg
-from aiokafka import ConsumerRecord
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from prometheus_client import Counter, Gauge, Histogram
 
-from leaky_common.events import (
-    AnyMessage,
-    CreditTokens,
-    DebitTokens,
-    PurchaseCompensated,
-    PurchaseCompleted,
-    PurchaseFailed,
-    TokensCredited,
-    TokensDebited,
-)
+from leaky_common.events import CreditTokens, DebitTokens
 from leaky_common.outbox import write_outbox
 from lt_saga import repository as repo
-from lt_saga.domain import (
-    Action,
-    Status,
-    check_transition,
-    compensation_plan,
-    next_action,
-    outcome_of,
-)
+from lt_saga.domain import Action, Status, compensation_plan, next_action
 from lt_saga.payments import PaymentClient, PaymentOutcome, PaymentResult
 from lt_saga.repository import Purchase, StaleState
 from lt_saga.settings import SagaSettings
+from lt_saga.transitions import (
+    PURCHASES_BY_STATUS,
+    WAKEUP_CHANNEL,
+    finish_compensation_step,
+    log_step,
+    new_event_id,
+    now,
+    start_compensation,
+    transition,
+    unit_of,
+)
 
-__all__ = [
-    "PURCHASES_BY_STATUS",
-    "PURCHASES_TOTAL",
-    "PURCHASE_SECONDS",
-    "STEPS_TOTAL",
-    "WAKEUP_CHANNEL",
-    "ReplyHandler",
-    "SagaRunner",
-]
+__all__ = ["SagaRunner"]
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("lt_saga")
-
-PURCHASES_TOTAL = Counter("lt_saga_purchases_total", "Purchases that reached a terminal status", ["status"])
-PURCHASES_BY_STATUS = Gauge(
-    "lt_saga_purchases_by_status", "Purchases per status (refreshed by each recovery pass)", ["status"]
-)
-STEPS_TOTAL = Counter("lt_saga_steps_total", "Saga step log entries, per step and status", ["step", "status"])
-PURCHASE_SECONDS = Histogram(
-    "lt_saga_purchase_duration_seconds",
-    "From purchase request to terminal status",
-    ["status"],
-    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-)
-# NOTIFY channel: "re-read this purchase" (payload: its id), for whichever instance drives it.
-WAKEUP_CHANNEL = "lt_saga_wakeup"
-
-_EVENTS = {
-    Status.COMPLETED: PurchaseCompleted,
-    Status.FAILED: PurchaseFailed,
-    Status.COMPENSATED: PurchaseCompensated,
-}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_event_id() -> str:
-    """A fresh message id (the envelope's format)."""
-    return uuid4().hex
-
-
-async def _log_step(
-    conn: asyncpg.Connection, purchase_id: str, step: str, status: str, detail: str | None = None
-) -> None:
-    await repo.add_step(conn, purchase_id, step, status, detail)
-    STEPS_TOTAL.labels(step, status).inc()
-
-
-async def _transition(
-    conn: asyncpg.Connection, purchase: Purchase, settings: SagaSettings, **changes: object
-) -> Purchase:
-    """Persist a change of saga state; on a terminal status also announce it through the outbox."""
-    new_status = changes.get("status", purchase.status)
-    assert isinstance(new_status, Status)
-    check_transition(purchase.status, new_status)
-    updated = await repo.update_purchase(conn, purchase, **changes)
-    if new_status != purchase.status and new_status in _EVENTS:
-        event = _EVENTS[new_status](
-            purchase_id=updated.id,
-            user_id=updated.user_id,
-            org_id=updated.org_id,
-            amount=updated.amount,
-            unit=_unit(updated),
-            price_usd_micros=updated.price_usd_micros,
-            reason=updated.reason,
-            producer=settings.service_name,
-            correlation_id=updated.id,
-        )
-        await write_outbox(conn, settings.purchase_events_topic, event, key=updated.id)
-        await _log_step(conn, updated.id, "saga", new_status.value.lower(), updated.reason)
-        # Terminal transitions are the last statement of their transaction; the optimistic lock makes
-        # each one happen once.
-        PURCHASES_TOTAL.labels(new_status.value).inc()
-        PURCHASE_SECONDS.labels(new_status.value).observe(
-            (updated.updated_at - updated.created_at).total_seconds()
-        )
-    return updated
-
-
-async def _start_compensation(
-    conn: asyncpg.Connection,
-    purchase: Purchase,
-    settings: SagaSettings,
-    plan: tuple[str, ...],
-    reason: str,
-) -> Purchase:
-    """Record the compensations before running any of them, then enter COMPENSATING (or end FAILED)."""
-    for name in plan:
-        await _log_step(conn, purchase.id, name, "scheduled", reason)
-    if not plan:
-        return await _transition(
-            conn, purchase, settings, status=Status.FAILED, reason=reason, deadline_at=None, compensations=()
-        )
-    return await _transition(
-        conn,
-        purchase,
-        settings,
-        status=Status.COMPENSATING,
-        compensations=plan,
-        deadline_at=None,
-        reason=reason,
-    )
-
-
-def _unit(purchase: Purchase) -> Literal["tokens", "usd"]:
-    return "usd" if purchase.unit == "usd" else "tokens"
 
 
 class SagaRunner:
@@ -346,12 +233,12 @@ class SagaRunner:
 
     async def _authorize(self, purchase: Purchase) -> None:
         async with self._pool.acquire() as conn:
-            await _log_step(conn, purchase.id, "authorize_payment", "started")
+            await log_step(conn, purchase.id, "authorize_payment", "started")
         result = await self._with_retries(lambda: self._call_authorize(purchase))
         async with self._pool.acquire() as conn, conn.transaction():
             if result.outcome == PaymentOutcome.OK:
-                await _log_step(conn, purchase.id, "authorize_payment", "succeeded", result.detail)
-                await _transition(
+                await log_step(conn, purchase.id, "authorize_payment", "succeeded", result.detail)
+                await transition(
                     conn,
                     purchase,
                     self._settings,
@@ -363,9 +250,9 @@ class SagaRunner:
                 reason = (
                     f"payment {'timed out' if uncertain else 'declined'}: {result.code or result.message}"
                 )
-                await _log_step(conn, purchase.id, "authorize_payment", "failed", result.detail)
+                await log_step(conn, purchase.id, "authorize_payment", "failed", result.detail)
                 plan = compensation_plan("authorize_payment", uncertain=uncertain)
-                await _start_compensation(conn, purchase, self._settings, plan, reason)
+                await start_compensation(conn, purchase, self._settings, plan, reason)
 
     async def _call_authorize(self, purchase: Purchase) -> PaymentResult:
         # Also used by void_payment when the authorization's outcome is unknown: the same idempotency key
@@ -388,7 +275,7 @@ class SagaRunner:
             user_id=purchase.user_id,
             pool_id=purchase.pool_id,
             amount=purchase.amount,
-            unit=_unit(purchase),
+            unit=unit_of(purchase),
             producer=self._settings.service_name,
             correlation_id=purchase.id,
         )
@@ -396,62 +283,62 @@ class SagaRunner:
     async def _send(self, purchase: Purchase, step: str) -> None:
         """Send a command to quota through the outbox and start its reply deadline, in one transaction."""
         command = self._command(purchase, step, new_event_id())
-        now = _now()
+        at = now()
         new_status = Status.CREDITING if step == "credit_tokens" else purchase.status
         async with self._pool.acquire() as conn, conn.transaction():
-            await _log_step(conn, purchase.id, step, "started", f"command {command.event_id}")
-            await _transition(
+            await log_step(conn, purchase.id, step, "started", f"command {command.event_id}")
+            await transition(
                 conn,
                 purchase,
                 self._settings,
                 status=new_status,
-                deadline_at=now + timedelta(seconds=self._settings.step_deadline_s),
+                deadline_at=at + timedelta(seconds=self._settings.step_deadline_s),
                 command_id=command.event_id,
-                resend_at=now + timedelta(seconds=self._settings.command_resend_s),
+                resend_at=at + timedelta(seconds=self._settings.command_resend_s),
             )
             await write_outbox(conn, self._settings.quota_commands_topic, command, key=purchase.id)
 
     async def _await_reply(self, purchase: Purchase, step: str) -> None:
         """Wait for the reply; re-send the same command now and then; at the deadline, give up or go on."""
         assert purchase.deadline_at is not None
-        now = _now()
-        if purchase.deadline_at > now:
+        at = now()
+        if purchase.deadline_at > at:
             due = min(purchase.deadline_at, purchase.resend_at or purchase.deadline_at)
-            if due > now:
+            if due > at:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeups[purchase.id].wait(), (due - now).total_seconds())
+                    await asyncio.wait_for(self._wakeups[purchase.id].wait(), (due - at).total_seconds())
                 return  # re-read the state: a reply may have moved it on
             # No reply yet: the command or its reply may be lost. Quota answers a repeat with the same reply.
             # The gap doubles (resend_s, 2x, 4x... since the first send) so a slow quota is not flooded.
-            since_sent = now - (purchase.deadline_at - timedelta(seconds=self._settings.step_deadline_s))
+            since_sent = at - (purchase.deadline_at - timedelta(seconds=self._settings.step_deadline_s))
             gap = max(timedelta(seconds=self._settings.command_resend_s), since_sent)
             async with self._pool.acquire() as conn, conn.transaction():
-                await _log_step(conn, purchase.id, step, "resent", f"command {purchase.command_id}")
-                await _transition(conn, purchase, self._settings, resend_at=now + gap)
+                await log_step(conn, purchase.id, step, "resent", f"command {purchase.command_id}")
+                await transition(conn, purchase, self._settings, resend_at=at + gap)
                 command = self._command(purchase, step, purchase.command_id or new_event_id())
                 await write_outbox(conn, self._settings.quota_commands_topic, command, key=purchase.id)
             return
         async with self._pool.acquire() as conn, conn.transaction():
-            await _log_step(conn, purchase.id, step, "timed_out", "no reply before the step deadline")
+            await log_step(conn, purchase.id, step, "timed_out", "no reply before the step deadline")
             if step == "credit_tokens":
                 # The credit may have happened: undo it as well as the authorization.
                 plan = compensation_plan("credit_tokens", uncertain=True)
-                await _start_compensation(conn, purchase, self._settings, plan, "quota did not reply in time")
+                await start_compensation(conn, purchase, self._settings, plan, "quota did not reply in time")
             else:
                 # Compensations must finish: keep re-sending (quota deduplicates on purchase and step).
-                await _transition(
+                await transition(
                     conn,
                     purchase,
                     self._settings,
-                    deadline_at=now + timedelta(seconds=self._settings.step_deadline_s),
-                    resend_at=now,
+                    deadline_at=at + timedelta(seconds=self._settings.step_deadline_s),
+                    resend_at=at,
                 )
 
     async def _capture(self, purchase: Purchase) -> None:
         if purchase.status == Status.CREDITED:
             async with self._pool.acquire() as conn, conn.transaction():
-                await _log_step(conn, purchase.id, "capture_payment", "started")
-                await _transition(conn, purchase, self._settings, status=Status.CAPTURING)
+                await log_step(conn, purchase.id, "capture_payment", "started")
+                await transition(conn, purchase, self._settings, status=Status.CAPTURING)
             return
         intent_id = purchase.payment_intent_id
         assert intent_id is not None
@@ -460,20 +347,20 @@ class SagaRunner:
         )
         async with self._pool.acquire() as conn, conn.transaction():
             if result.outcome == PaymentOutcome.OK:
-                await _log_step(conn, purchase.id, "capture_payment", "succeeded", result.detail)
-                await _transition(conn, purchase, self._settings, status=Status.COMPLETED)
+                await log_step(conn, purchase.id, "capture_payment", "succeeded", result.detail)
+                await transition(conn, purchase, self._settings, status=Status.COMPLETED)
             else:
-                await _log_step(conn, purchase.id, "capture_payment", "failed", result.detail)
+                await log_step(conn, purchase.id, "capture_payment", "failed", result.detail)
                 plan = compensation_plan("capture_payment", uncertain=False)
                 reason = f"payment capture failed: {result.code or result.message}"
-                await _start_compensation(conn, purchase, self._settings, plan, reason)
+                await start_compensation(conn, purchase, self._settings, plan, reason)
 
     # -- compensations -------------------------------------------------------------------------------
 
     async def _void(self, purchase: Purchase) -> None:
         """Release the authorization (cancel), or refund it if it was captured after all."""
         async with self._pool.acquire() as conn:
-            await _log_step(conn, purchase.id, "void_payment", "started")
+            await log_step(conn, purchase.id, "void_payment", "started")
         intent_id = purchase.payment_intent_id
         if intent_id is None:
             replay = await self._call_authorize(purchase)
@@ -494,118 +381,10 @@ class SagaRunner:
 
     async def _retry_later(self, purchase: Purchase, step: str, result: PaymentResult) -> None:
         async with self._pool.acquire() as conn:
-            await _log_step(conn, purchase.id, step, "retrying", result.detail)
+            await log_step(conn, purchase.id, step, "retrying", result.detail)
         await asyncio.sleep(self._settings.retry_backoff_s)
 
     async def _compensation_done(self, purchase: Purchase, step: str, detail: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            await _log_step(conn, purchase.id, step, "succeeded", detail)
-            await _finish_compensation_step(conn, purchase, self._settings)
-
-
-async def _finish_compensation_step(
-    conn: asyncpg.Connection, purchase: Purchase, settings: SagaSettings
-) -> Purchase:
-    """Pop the finished compensation; after the last one, end COMPENSATED or FAILED."""
-    remaining = purchase.compensations[1:]
-    if remaining:
-        return await _transition(
-            conn,
-            purchase,
-            settings,
-            compensations=remaining,
-            deadline_at=None,
-            command_id=None,
-            resend_at=None,
-        )
-    plan = await _original_plan(conn, purchase)
-    return await _transition(
-        conn,
-        purchase,
-        settings,
-        status=outcome_of(plan),
-        compensations=(),
-        deadline_at=None,
-        command_id=None,
-        resend_at=None,
-    )
-
-
-async def _original_plan(conn: asyncpg.Connection, purchase: Purchase) -> tuple[str, ...]:
-    steps = await repo.list_steps(conn, purchase.id)
-    return tuple(s.step for s in steps if s.status == "scheduled")
-
-
-class ReplyHandler:
-    """Handles TokensCredited/TokensDebited from quota: inbox, state change and wake-up of the runner."""
-
-    def __init__(self, pool: asyncpg.Pool, runner: SagaRunner, settings: SagaSettings) -> None:
-        self._pool = pool
-        self._runner = runner
-        self._settings = settings
-
-    async def __call__(self, message: AnyMessage, _record: ConsumerRecord[bytes, bytes]) -> None:
-        """Apply one reply; a duplicate (same event_id) is a no-op."""
-        if not isinstance(message, TokensCredited | TokensDebited):
-            return
-        while True:
-            try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    if not await repo.claim_event(conn, message.event_id):
-                        return
-                    # Correlated by saga id (and, in _apply, by step and the saga's current position).
-                    purchase = await repo.get_purchase(conn, message.saga_id)
-                    if purchase is None or purchase.id != message.purchase_id:
-                        return
-                    await self._apply(conn, purchase, message)
-                    # Delivered on commit to every instance; the one driving this purchase re-reads it.
-                    await conn.execute("SELECT pg_notify($1, $2)", WAKEUP_CHANNEL, purchase.id)
-                break
-            except StaleState:
-                continue  # the runner moved the saga meanwhile (a re-send): decide again on fresh state
-        # Outside the transaction: the runner must read the committed state.
-        self._runner.wake(purchase.id)
-
-    async def _apply(
-        self, conn: asyncpg.Connection, purchase: Purchase, reply: TokensCredited | TokensDebited
-    ) -> None:
-        expected = (
-            isinstance(reply, TokensCredited)
-            and reply.step == "credit_tokens"
-            and (purchase.status == Status.CREDITING)
-        )
-        compensating = (
-            isinstance(reply, TokensDebited)
-            and reply.step == "debit_tokens"
-            and purchase.status == Status.COMPENSATING
-            and purchase.compensations[:1] == ("debit_tokens",)
-            and purchase.deadline_at is not None
-        )
-        detail = f"reply {reply.event_id}" + (f": {reply.reason}" if reply.reason else "")
-        if reply.new_limit is not None:
-            detail += f"; new limit {reply.new_limit}"
-        if expected:
-            if reply.success:
-                await _log_step(conn, purchase.id, "credit_tokens", "succeeded", detail)
-                await _transition(
-                    conn,
-                    purchase,
-                    self._settings,
-                    status=Status.CREDITED,
-                    deadline_at=None,
-                    command_id=None,
-                    resend_at=None,
-                )
-            else:
-                await _log_step(conn, purchase.id, "credit_tokens", "failed", detail)
-                plan = compensation_plan("credit_tokens", uncertain=False)
-                reason = f"quota refused the credit: {reply.reason or 'no reason given'}"
-                await _start_compensation(conn, purchase, self._settings, plan, reason)
-        elif compensating:
-            # success=false means there was nothing to take back (the credit never landed): done either way.
-            await _log_step(conn, purchase.id, "debit_tokens", "succeeded", detail)
-            await _finish_compensation_step(conn, purchase, self._settings)
-        else:
-            await _log_step(
-                conn, purchase.id, reply.step, "reply_ignored", f"{detail}; status {purchase.status}"
-            )
+            await log_step(conn, purchase.id, step, "succeeded", detail)
+            await finish_compensation_step(conn, purchase, self._settings)
