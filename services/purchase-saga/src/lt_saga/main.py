@@ -68,11 +68,15 @@ def create_app(settings: SagaSettings) -> FastAPI:
             await payments.start()
             stack.push_async_callback(payments.close)
             runner = SagaRunner(pool, payments, settings)
+            # Replies get connections of their own: behind hundreds of running sagas in the shared pool they
+            # would wait, and a reply handled late is a step that times out.
+            reply_pool = await create_pool(settings.database_url, max_size=2)
+            stack.push_async_callback(reply_pool.close)
             consumer = EventConsumer(
                 settings,
                 group_id=settings.consumer_group,
                 topics=[settings.saga_replies_topic],
-                handler=ReplyHandler(pool, runner, settings),
+                handler=ReplyHandler(reply_pool, runner, settings),
                 publisher=publisher,
             )
             await consumer.start()

@@ -44,6 +44,7 @@ class Purchase:
     updated_at: datetime
     command_id: str | None
     resend_at: datetime | None
+    resends: int
     trace_context: dict[str, str]
 
     @property
@@ -71,7 +72,7 @@ class Step:
 _COLUMNS = (
     "id, user_id, org_id, amount, unit, pool_id, price_usd_micros, payment_amount_minor, currency, status, "
     "compensations, deadline_at, reason, idempotency_key, request_hash, payment_method, payment_intent_id, "
-    "version, created_at, updated_at, command_id, resend_at, trace_context"
+    "version, created_at, updated_at, command_id, resend_at, resends, trace_context"
 )
 
 
@@ -236,6 +237,7 @@ async def update_purchase(conn: asyncpg.Connection, purchase: Purchase, **change
         "payment_intent_id",
         "command_id",
         "resend_at",
+        "resends",
     }
     unknown = set(changes) - allowed
     if unknown:

@@ -295,6 +295,7 @@ class SagaRunner:
                 deadline_at=at + timedelta(seconds=self._settings.step_deadline_s),
                 command_id=command.event_id,
                 resend_at=at + timedelta(seconds=self._settings.command_resend_s),
+                resends=0,
             )
             await write_outbox(conn, self._settings.quota_commands_topic, command, key=purchase.id)
 
@@ -309,12 +310,21 @@ class SagaRunner:
                     await asyncio.wait_for(self._wakeups[purchase.id].wait(), (due - at).total_seconds())
                 return  # re-read the state: a reply may have moved it on
             # No reply yet: the command or its reply may be lost. Quota answers a repeat with the same reply.
-            # The gap doubles (resend_s, 2x, 4x... since the first send) so a slow quota is not flooded.
-            since_sent = at - (purchase.deadline_at - timedelta(seconds=self._settings.step_deadline_s))
-            gap = max(timedelta(seconds=self._settings.command_resend_s), since_sent)
+            # The gap doubles (resend_s, 2x, 4x..., at most the step deadline) so a backlogged quota is not
+            # flooded with copies of commands it has queued already.
+            gap = min(
+                self._settings.command_resend_s * 2 ** (purchase.resends + 1),
+                max(self._settings.step_deadline_s, self._settings.command_resend_s),
+            )
             async with self._pool.acquire() as conn, conn.transaction():
                 await log_step(conn, purchase.id, step, "resent", f"command {purchase.command_id}")
-                await transition(conn, purchase, self._settings, resend_at=at + gap)
+                await transition(
+                    conn,
+                    purchase,
+                    self._settings,
+                    resend_at=at + timedelta(seconds=gap),
+                    resends=purchase.resends + 1,
+                )
                 command = self._command(purchase, step, purchase.command_id or new_event_id())
                 await write_outbox(conn, self._settings.quota_commands_topic, command, key=purchase.id)
             return
@@ -331,7 +341,6 @@ class SagaRunner:
                     purchase,
                     self._settings,
                     deadline_at=at + timedelta(seconds=self._settings.step_deadline_s),
-                    resend_at=at,
                 )
 
     async def _capture(self, purchase: Purchase) -> None:
