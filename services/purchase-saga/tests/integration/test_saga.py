@@ -593,3 +593,21 @@ async def test_credit_past_its_deadline_is_compensated(settings: SagaSettings) -
         void = [s for s in body["steps"] if s["step"] == "void_payment" and s["status"] == "succeeded"]
         assert "canceled" in void[0]["detail"]
         assert ("capture_payment", "started") not in steps
+
+
+async def test_relay_moves_to_a_live_instance_when_its_leader_stops(settings: SagaSettings) -> None:
+    first = settings.model_copy(update={"instance_id": "saga-a"})
+    second = settings.model_copy(update={"instance_id": "saga-b"})
+    async with QuotaStandIn(settings) as quota, contextlib.AsyncExitStack() as stack_b:
+        stack_a = contextlib.AsyncExitStack()
+        app_a, _ = await stack_a.enter_async_context(running_app(first))
+        await wait_until(lambda: app_a.state.relay.leading, 10, "saga-a relays")
+        app_b, client_b = await stack_b.enter_async_context(running_app(second))
+        assert not app_b.state.relay.leading
+        await stack_a.aclose()
+        await wait_until(lambda: app_b.state.relay.leading, 10, "saga-b takes the relay over")
+        body = await finished(
+            client_b, (await purchase(client_b, "k-failover", {"tokens": 300})).json()["id"]
+        )
+        assert body["status"] == "COMPLETED"
+        assert quota.applied == {(body["id"], "credit_tokens"): 300}
