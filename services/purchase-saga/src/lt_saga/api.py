@@ -8,12 +8,13 @@ from uuid import uuid4
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from opentelemetry import propagate
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from leaky_common.auth import Principal, principal_from_headers
-from leaky_common.errors import Conflict, InvalidRequest, NotFound
+from leaky_common.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from lt_saga import repository as repo
-from lt_saga.domain import PurchaseRequest, payment_amount_minor, price_usd_micros, request_hash
+from lt_saga.domain import PurchaseRequest, Status, payment_amount_minor, price_usd_micros, request_hash
 from lt_saga.repository import Purchase, Step
 from lt_saga.saga import SagaRunner
 from lt_saga.settings import SagaSettings
@@ -96,6 +97,16 @@ AdminPrincipal = Annotated[Principal, Depends(admin_principal)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 
 
+def _trace_context(request: Request) -> dict[str, str]:
+    """The W3C trace context to continue in every step: the current span's, else the caller's headers."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if "traceparent" not in carrier:
+        # Tracing is off in this process: keep the caller's context so the saga still joins its trace.
+        carrier = {k: v for k in ("traceparent", "tracestate") if (v := request.headers.get(k))}
+    return carrier
+
+
 def _iso(value: datetime) -> str:
     return value.isoformat()
 
@@ -134,14 +145,48 @@ async def create_purchase(
     pool: PoolDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    """Start a purchase saga; the same Idempotency-Key and body return the same purchase."""
+    """Start a purchase saga (202); the same Idempotency-Key and body return the same purchase (200)."""
+    purchase = await _start_purchase(body, request, response, principal, pool, idempotency_key)
+    return {"id": purchase.id, "status": purchase.status.value, "price_usd_micros": purchase.price_usd_micros}
+
+
+@router.post("/api/v1/tokens/purchase", status_code=202, tags=["purchases"])
+async def create_purchase_alias(
+    body: PurchaseBody,
+    request: Request,
+    response: Response,
+    principal: CurrentPrincipal,
+    pool: PoolDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    """Leaky Tokens' original path: the same purchase, answered with its `{sagaId, status, createdAt}` too."""
+    purchase = await _start_purchase(body, request, response, principal, pool, idempotency_key)
+    return {
+        "id": purchase.id,
+        "sagaId": purchase.id,
+        "status": purchase.status.value,
+        "createdAt": _iso(purchase.created_at),
+        "price_usd_micros": purchase.price_usd_micros,
+    }
+
+
+async def _start_purchase(
+    body: PurchaseBody,
+    request: Request,
+    response: Response,
+    principal: Principal,
+    pool: asyncpg.Pool,
+    idempotency_key: str | None,
+) -> Purchase:
+    settings = _settings(request)
+    if not settings.purchases_enabled:
+        raise ServiceUnavailable("purchases are switched off on this gateway", code="purchases_disabled")
     if not idempotency_key or not idempotency_key.strip():
         raise InvalidRequest("the Idempotency-Key header is required", code="missing_idempotency_key")
     if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(
             f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY} characters", code="invalid_idempotency_key"
         )
-    settings = _settings(request)
     purchase_request = body.to_request()
     price = price_usd_micros(
         purchase_request.amount, purchase_request.unit, settings.price_usd_micros_per_1k_tokens
@@ -159,6 +204,9 @@ async def create_purchase(
             currency=settings.payment_currency,
             idempotency_key=idempotency_key,
             request_hash=fingerprint,
+            trace_context=_trace_context(request),
+            owner=_runner(request).owner,
+            lease_s=settings.lease_s,
         )
         if created:
             await repo.add_step(conn, purchase.id, "saga", "pending", None)
@@ -171,22 +219,12 @@ async def create_purchase(
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        _runner(request).start(purchase.id)
-    return {"id": purchase.id, "status": purchase.status.value, "price_usd_micros": purchase.price_usd_micros}
-
-
-# Leaky Tokens' original path, kept as an alias.
-router.add_api_route(
-    "/api/v1/tokens/purchase",
-    create_purchase,
-    methods=["POST"],
-    status_code=202,
-    tags=["purchases"],
-    operation_id="create_purchase_alias",
-)
+        _runner(request).start(purchase.id, claimed=True)
+    return purchase
 
 
 @router.get("/v1/purchases/{purchase_id}", tags=["purchases"])
+@router.get("/api/v1/tokens/purchase/{purchase_id}", tags=["purchases"], operation_id="get_purchase_alias")
 async def get_purchase(purchase_id: str, principal: CurrentPrincipal, pool: PoolDep) -> dict[str, Any]:
     """One purchase with its step log; only its owner or an admin may see it."""
     async with pool.acquire() as conn:
@@ -197,21 +235,29 @@ async def get_purchase(purchase_id: str, principal: CurrentPrincipal, pool: Pool
     return _detail(purchase, steps)
 
 
+Limit = Annotated[int, Query(ge=1, le=500)]
+StatusFilter = Annotated[Status | None, Query(description="only purchases in this status")]
+
+
 @router.get("/v1/purchases", tags=["purchases"])
 async def list_own_purchases(
-    principal: CurrentPrincipal, pool: PoolDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    principal: CurrentPrincipal, pool: PoolDep, limit: Limit = 100, status: StatusFilter = None
 ) -> dict[str, Any]:
     """The caller's purchases, newest first."""
     async with pool.acquire() as conn:
-        purchases = await repo.list_purchases(conn, user_id=principal.user_id, limit=limit)
+        purchases = await repo.list_purchases(conn, user_id=principal.user_id, status=status, limit=limit)
     return {"object": "list", "data": [_summary(p) for p in purchases]}
 
 
 @router.get("/v1/admin/purchases", tags=["admin"])
 async def list_all_purchases(
-    _: AdminPrincipal, pool: PoolDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    _: AdminPrincipal,
+    pool: PoolDep,
+    limit: Limit = 100,
+    status: StatusFilter = None,
+    user_id: Annotated[str | None, Query(max_length=100)] = None,
 ) -> dict[str, Any]:
-    """Every purchase, newest first (admin)."""
+    """Every purchase, newest first, optionally of one user or in one status (admin)."""
     async with pool.acquire() as conn:
-        purchases = await repo.list_purchases(conn, user_id=None, limit=limit)
+        purchases = await repo.list_purchases(conn, user_id=user_id, status=status, limit=limit)
     return {"object": "list", "data": [_summary(p) for p in purchases]}

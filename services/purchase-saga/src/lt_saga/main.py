@@ -15,10 +15,11 @@ from leaky_common.db import apply_migrations, create_pool
 from leaky_common.errors import install_error_handlers
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
-from leaky_common.outbox import OutboxRelay
 from lt_saga.api import router
 from lt_saga.payments import PaymentClient
-from lt_saga.saga import ReplyHandler, SagaRunner
+from lt_saga.relay import ElectedRelay
+from lt_saga.replies import ReplyHandler
+from lt_saga.saga import SagaRunner
 from lt_saga.settings import SagaSettings
 
 __all__ = ["create_app"]
@@ -47,7 +48,7 @@ def create_app(settings: SagaSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(settings.database_url)
+        pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(pool.close)
             await apply_migrations(pool, MIGRATIONS)
@@ -58,7 +59,7 @@ def create_app(settings: SagaSettings) -> FastAPI:
             publisher = EventPublisher(settings)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
-            relay = OutboxRelay(pool, publisher)
+            relay = ElectedRelay(settings.database_url, pool, publisher)
             await relay.start()
             stack.push_async_callback(relay.stop)
             payments = PaymentClient(
@@ -67,11 +68,15 @@ def create_app(settings: SagaSettings) -> FastAPI:
             await payments.start()
             stack.push_async_callback(payments.close)
             runner = SagaRunner(pool, payments, settings)
+            # Replies get connections of their own: behind hundreds of running sagas in the shared pool they
+            # would wait, and a reply handled late is a step that times out.
+            reply_pool = await create_pool(settings.database_url, max_size=2)
+            stack.push_async_callback(reply_pool.close)
             consumer = EventConsumer(
                 settings,
                 group_id=settings.consumer_group,
                 topics=[settings.saga_replies_topic],
-                handler=ReplyHandler(pool, runner, settings),
+                handler=ReplyHandler(reply_pool, runner, settings),
                 publisher=publisher,
             )
             await consumer.start()
@@ -81,7 +86,9 @@ def create_app(settings: SagaSettings) -> FastAPI:
             app.state.settings = settings
             app.state.pool = pool
             app.state.runner = runner
-            await runner.resume_all()
+            app.state.relay = relay
+            await runner.start_background()
+            await runner.recover_once()
             yield
 
     app = FastAPI(title="Leaky Tokens purchase saga", version="0.1.0", lifespan=lifespan)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from lt_saga.domain import TERMINAL, PurchaseRequest, SagaState, Status
 
@@ -41,6 +42,10 @@ class Purchase:
     version: int
     created_at: datetime
     updated_at: datetime
+    command_id: str | None
+    resend_at: datetime | None
+    resends: int
+    trace_context: dict[str, str]
 
     @property
     def state(self) -> SagaState:
@@ -52,6 +57,7 @@ class Purchase:
         data = dict(r)
         data["status"] = Status(data["status"])
         data["compensations"] = tuple(data["compensations"])
+        data["trace_context"] = orjson.loads(data["trace_context"])
         return cls(**data)
 
 
@@ -66,7 +72,7 @@ class Step:
 _COLUMNS = (
     "id, user_id, org_id, amount, unit, pool_id, price_usd_micros, payment_amount_minor, currency, status, "
     "compensations, deadline_at, reason, idempotency_key, request_hash, payment_method, payment_intent_id, "
-    "version, created_at, updated_at"
+    "version, created_at, updated_at, command_id, resend_at, resends, trace_context"
 )
 
 
@@ -82,13 +88,18 @@ async def insert_purchase(
     currency: str,
     idempotency_key: str,
     request_hash: str,
+    trace_context: dict[str, str],
+    owner: str,
+    lease_s: float,
 ) -> tuple[Purchase, bool]:
-    """Insert a PENDING purchase; on an idempotency-key clash return the existing one and False."""
+    """Insert a PENDING purchase leased to `owner`; on an idempotency-key clash return the existing one and False."""
     row = await conn.fetchrow(
         f"""
         INSERT INTO purchases (id, user_id, org_id, amount, unit, pool_id, price_usd_micros, payment_amount_minor,
-                               currency, status, idempotency_key, request_hash, payment_method)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                               currency, status, idempotency_key, request_hash, payment_method, trace_context,
+                               owner, lease_until)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb,
+                $15, now() + make_interval(secs => $16))
         ON CONFLICT (user_id, idempotency_key) DO NOTHING
         RETURNING {_COLUMNS}
         """,
@@ -105,6 +116,9 @@ async def insert_purchase(
         idempotency_key,
         request_hash,
         request.payment_method,
+        orjson.dumps(trace_context).decode(),
+        owner,
+        lease_s,
     )
     if row is not None:
         return Purchase.from_record(row), True
@@ -123,28 +137,108 @@ async def get_purchase(conn: asyncpg.Connection, purchase_id: str) -> Purchase |
     return Purchase.from_record(row) if row else None
 
 
-async def list_purchases(conn: asyncpg.Connection, *, user_id: str | None, limit: int) -> list[Purchase]:
-    """Newest first; all users when `user_id` is None."""
+async def list_purchases(
+    conn: asyncpg.Connection, *, user_id: str | None, limit: int, status: Status | None = None
+) -> list[Purchase]:
+    """Newest first; all users when `user_id` is None, all statuses when `status` is None."""
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM purchases WHERE ($1::text IS NULL OR user_id = $1) "
-        "ORDER BY created_at DESC, id LIMIT $2",
+        "AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, id LIMIT $2",
         user_id,
         limit,
+        status.value if status is not None else None,
     )
     return [Purchase.from_record(r) for r in rows]
 
 
-async def unfinished_ids(conn: asyncpg.Connection) -> list[str]:
-    """Ids of purchases whose saga has not reached a terminal status, oldest first."""
+async def claim_unowned(
+    conn: asyncpg.Connection, owner: str, lease_s: float, *, exclude: list[str], limit: int
+) -> list[str]:
+    """Lease up to `limit` unfinished purchases that nobody holds (no lease, or an expired one), oldest first.
+
+    `owner`'s own leases count as free (a restarted instance with the same id takes its sagas back at once);
+    rows another instance is claiming right now are skipped, not waited for.
+    """
     rows = await conn.fetch(
-        "SELECT id FROM purchases WHERE status <> ALL($1::text[]) ORDER BY created_at", _TERMINAL
+        """
+        UPDATE purchases SET owner = $1, lease_until = now() + make_interval(secs => $2)
+        WHERE id IN (
+            SELECT id FROM purchases
+            WHERE status <> ALL($3::text[])
+              AND (owner IS NULL OR owner = $1 OR lease_until < now())
+              AND id <> ALL($4::text[])
+            ORDER BY created_at
+            LIMIT $5
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING id
+        """,
+        owner,
+        lease_s,
+        _TERMINAL,
+        exclude,
+        limit,
     )
     return [r["id"] for r in rows]
 
 
+async def claim(conn: asyncpg.Connection, purchase_id: str, owner: str, lease_s: float) -> bool:
+    """Lease one purchase to `owner` unless another instance holds an unexpired lease on it."""
+    claimed = await conn.fetchval(
+        """
+        UPDATE purchases SET owner = $2, lease_until = now() + make_interval(secs => $3)
+        WHERE id = $1 AND (owner IS NULL OR owner = $2 OR lease_until < now())
+        RETURNING true
+        """,
+        purchase_id,
+        owner,
+        lease_s,
+    )
+    return bool(claimed)
+
+
+async def renew_leases(conn: asyncpg.Connection, owner: str, ids: list[str], lease_s: float) -> set[str]:
+    """Extend `owner`'s leases on `ids`; returns the ids still held (a lost lease is missing)."""
+    rows = await conn.fetch(
+        """
+        UPDATE purchases SET lease_until = now() + make_interval(secs => $3)
+        WHERE id = ANY($2::text[]) AND owner = $1
+        RETURNING id
+        """,
+        owner,
+        ids,
+        lease_s,
+    )
+    return {r["id"] for r in rows}
+
+
+async def release_leases(conn: asyncpg.Connection, owner: str) -> None:
+    """Give up every lease `owner` holds (graceful shutdown: another instance may take over at once)."""
+    await conn.execute(
+        "UPDATE purchases SET owner = NULL, lease_until = NULL WHERE owner = $1 AND status <> ALL($2::text[])",
+        owner,
+        _TERMINAL,
+    )
+
+
+async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:
+    """How many purchases are in each status."""
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM purchases GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
 async def update_purchase(conn: asyncpg.Connection, purchase: Purchase, **changes: Any) -> Purchase:
     """Apply `changes` if the row is still at `purchase.version`; raise StaleState otherwise."""
-    allowed = {"status", "compensations", "deadline_at", "reason", "payment_intent_id"}
+    allowed = {
+        "status",
+        "compensations",
+        "deadline_at",
+        "reason",
+        "payment_intent_id",
+        "command_id",
+        "resend_at",
+        "resends",
+    }
     unknown = set(changes) - allowed
     if unknown:
         raise ValueError(f"cannot update {sorted(unknown)}")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from fastapi import FastAPI
 
 from leaky_common.auth import Principal
 from leaky_common.events import (
@@ -30,8 +33,10 @@ from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.settings import DEV_INTERNAL_TOKEN
 from leaky_common.testing import eventually as wait_until
 from leaky_common.testing.infra import free_port
+from lt_saga import repository as repo
 from lt_saga.fakepay import create_fakepay_app
 from lt_saga.main import create_app
+from lt_saga.saga import SagaRunner
 from lt_saga.settings import SagaSettings
 
 pytestmark = pytest.mark.integration
@@ -90,13 +95,30 @@ async def settings(
 
 
 @asynccontextmanager
-async def running_saga(settings: SagaSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the saga app's lifespan and give an HTTP client for it."""
+async def running_app(settings: SagaSettings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """Run the saga app's lifespan and give the app and an HTTP client for it."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://saga") as client:
-            yield client
+            yield app, client
+
+
+@asynccontextmanager
+async def running_saga(settings: SagaSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the saga app's lifespan and give an HTTP client for it."""
+    async with running_app(settings) as (_, client):
+        yield client
+
+
+@asynccontextmanager
+async def asyncpg_connect(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the saga's database."""
+    conn = await asyncpg.connect(url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 class QuotaStandIn:
@@ -105,10 +127,22 @@ class QuotaStandIn:
     Like quota, it applies a command once per (purchase_id, step) and answers re-sent commands again.
     """
 
-    def __init__(self, settings: SagaSettings, *, credit_success: bool = True) -> None:
+    def __init__(
+        self,
+        settings: SagaSettings,
+        *,
+        credit_success: bool = True,
+        ignore_first: int = 0,
+        ignore_credits: bool = False,
+    ) -> None:
         self.settings = settings
         self.credit_success = credit_success
+        # Commands to ignore, as if lost on the way (the saga must send them again).
+        self.ignore_first = ignore_first
+        # Never answer a CreditTokens (a quota that is down or stuck for this step).
+        self.ignore_credits = ignore_credits
         self.commands: list[CreditTokens | DebitTokens] = []
+        self.traceparents: list[str] = []
         self.applied: dict[tuple[str, str], int] = {}
         self._publisher = EventPublisher(settings)
         self._consumer = EventConsumer(
@@ -119,10 +153,15 @@ class QuotaStandIn:
             publisher=self._publisher,
         )
 
-    async def _handle(self, message: AnyMessage, _record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _handle(self, message: AnyMessage, record: ConsumerRecord[bytes, bytes]) -> None:
         if not isinstance(message, CreditTokens | DebitTokens):
             return
         self.commands.append(message)
+        self.traceparents += [v.decode() for k, v in record.headers or () if k == "traceparent"]
+        if len(self.commands) <= self.ignore_first or (
+            self.ignore_credits and isinstance(message, CreditTokens)
+        ):
+            return
         key = (message.purchase_id, message.step)
         reply: Message
         if isinstance(message, CreditTokens):
@@ -161,6 +200,14 @@ async def read_events(
     settings: SagaSettings, topic: str, predicate: Callable[[Any], bool], timeout: float = 20.0
 ) -> Any:
     """The first message on `topic` matching `predicate` (read from the beginning)."""
+    message, _ = await read_record(settings, topic, predicate, timeout)
+    return message
+
+
+async def read_record(
+    settings: SagaSettings, topic: str, predicate: Callable[[Any], bool], timeout: float = 20.0
+) -> tuple[Any, dict[str, str]]:
+    """The first message on `topic` matching `predicate`, with its headers."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest", group_id=None
     )
@@ -173,7 +220,7 @@ async def read_events(
                 for record in records:
                     message = parse_message(record.value or b"")
                     if predicate(message):
-                        return message
+                        return message, {k: v.decode() for k, v in record.headers or ()}
         raise AssertionError(f"no matching message on {topic}")
     finally:
         await consumer.stop()
@@ -255,8 +302,21 @@ async def test_happy_path_completes_and_announces(settings: SagaSettings) -> Non
         )
         assert r.status_code == 200
 
+        r = await client.get(
+            "/v1/admin/purchases?status=COMPLETED&user_id=user_1",
+            headers=principal_headers("a", role="admin"),
+        )
+        assert [p["id"] for p in r.json()["data"]] == [created["id"]]
+        r = await client.get("/v1/purchases?status=FAILED", headers=principal_headers())
+        assert r.json()["data"] == []
+        r = await client.get("/v1/purchases?status=NOPE", headers=principal_headers())
+        assert r.status_code == 400
+
         metrics = (await client.get("/metrics")).text
         assert 'lt_saga_purchases_total{status="COMPLETED"}' in metrics
+        assert 'lt_saga_steps_total{status="succeeded",step="credit_tokens"}' in metrics
+        assert 'lt_saga_purchases_by_status{status="CREDITING"}' in metrics
+        assert 'lt_saga_purchase_duration_seconds_count{status="COMPLETED"}' in metrics
         ready = await client.get("/ready")
         assert ready.status_code == 200
         assert ready.json()["checks"] == {"postgres": True, "broker": True}
@@ -349,7 +409,11 @@ async def test_idempotent_create(settings: SagaSettings) -> None:
             json={"tokens": 1000},
             headers={**principal_headers(), "Idempotency-Key": "k-same"},
         )
-        assert alias.json()["id"] == first.json()["id"]
+        assert alias.json()["id"] == alias.json()["sagaId"] == first.json()["id"]
+        assert alias.json()["createdAt"]
+        got = await client.get(f"/api/v1/tokens/purchase/{first.json()['id']}", headers=principal_headers())
+        assert got.status_code == 200
+        assert got.json()["id"] == first.json()["id"]
         await finished(client, first.json()["id"])
 
 
@@ -371,10 +435,21 @@ async def test_bad_requests_are_4xx(settings: SagaSettings) -> None:
         assert r.status_code == 404
 
 
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
 async def test_recovery_after_restart_mid_saga(settings: SagaSettings) -> None:
     # Nobody answers for quota yet: the saga stops at CREDITING, waiting for the reply.
     async with running_saga(settings) as client:
-        r = await purchase(client, "k-recover", {"tokens": 3000})
+        r = await client.post(
+            "/v1/purchases",
+            json={"tokens": 3000},
+            headers={
+                **principal_headers(),
+                "Idempotency-Key": "k-recover",
+                "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01",
+            },
+        )
         purchase_id = r.json()["id"]
 
         async def crediting() -> bool:
@@ -390,3 +465,149 @@ async def test_recovery_after_restart_mid_saga(settings: SagaSettings) -> None:
         steps = step_log(body)
         assert steps.count(("authorize_payment", "succeeded")) == 1
         assert ("capture_payment", "succeeded") in steps
+        # One trace spans the saga across the restart: the command quota got and the event announcing the
+        # outcome (written by the second instance) both carry the trace of the request that started it.
+        assert quota.traceparents and all(TRACE_ID in t for t in quota.traceparents)
+        event, headers = await read_record(
+            settings, settings.purchase_events_topic, lambda m: getattr(m, "purchase_id", None) == purchase_id
+        )
+        assert isinstance(event, PurchaseCompleted)
+        assert TRACE_ID in headers["traceparent"]
+
+
+async def test_lost_command_is_sent_again_with_the_same_id(settings: SagaSettings) -> None:
+    settings = settings.model_copy(update={"command_resend_s": 0.5})
+    async with QuotaStandIn(settings, ignore_first=1) as quota, running_saga(settings) as client:
+        r = await purchase(client, "k-lost", {"tokens": 700})
+        body = await finished(client, r.json()["id"])
+        assert body["status"] == "COMPLETED"
+        assert ("credit_tokens", "resent") in step_log(body)
+        credits = [c for c in quota.commands if isinstance(c, CreditTokens)]
+        assert len(credits) >= 2
+        # A re-send is the same command (same event id): quota's inbox recognises it.
+        assert {c.event_id for c in credits} == {credits[0].event_id}
+        assert quota.applied == {(body["id"], "credit_tokens"): 700}
+
+
+async def test_purchases_switched_off_are_refused_cleanly(settings: SagaSettings) -> None:
+    settings = settings.model_copy(update={"purchases_enabled": False})
+    async with running_saga(settings) as client:
+        r = await purchase(client, "k-off", {"tokens": 100})
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "purchases_disabled"
+        listed = await client.get("/v1/purchases", headers=principal_headers())
+        assert listed.json()["data"] == []
+
+
+async def test_two_instances_hand_sagas_over_without_driving_one_twice(settings: SagaSettings) -> None:
+    fast = {"lease_s": 2.0, "recovery_interval_s": 0.2}
+    first = settings.model_copy(update={**fast, "instance_id": "saga-a"})
+    second = settings.model_copy(update={**fast, "instance_id": "saga-b"})
+    # saga-b outlives saga-a (tansu cannot re-form a consumer group once all of two members left it).
+    async with contextlib.AsyncExitStack() as stack_b:
+        stack_a = contextlib.AsyncExitStack()
+        client_a = await stack_a.enter_async_context(running_saga(first))
+        ids = [(await purchase(client_a, f"k-two-{i}", {"tokens": 100 + i})).json()["id"] for i in range(4)]
+
+        async def all_crediting() -> bool:
+            async with asyncpg_connect(settings.database_url) as conn:
+                rows = await conn.fetch("SELECT status, owner FROM purchases")
+            return all(r["status"] == "CREDITING" and r["owner"] == "saga-a" for r in rows)
+
+        await wait_until(all_crediting, 20, "every purchase CREDITING under saga-a")
+        app_b, client_b = await stack_b.enter_async_context(running_app(second))
+        runner_b: SagaRunner = app_b.state.runner
+        # saga-a is alive and renews its leases: saga-b takes nothing.
+        assert await runner_b.recover_once() == 0
+        assert runner_b.driving == 0
+        # saga-a stops and hands its leases back; saga-b's recovery loop takes the sagas over.
+        await stack_a.aclose()
+        await wait_until(lambda: runner_b.driving == 4, 10, "saga-b drives the four sagas")
+        async with QuotaStandIn(settings) as quota:
+            for purchase_id in ids:
+                body = await finished(client_b, purchase_id)
+                assert body["status"] == "COMPLETED"
+                assert step_log(body).count(("authorize_payment", "succeeded")) == 1
+                assert step_log(body).count(("capture_payment", "succeeded")) == 1
+            assert sorted(quota.applied) == sorted((pid, "credit_tokens") for pid in ids)
+        async with asyncpg_connect(settings.database_url) as conn:
+            owners = {r["owner"] for r in await conn.fetch("SELECT owner FROM purchases")}
+        assert owners == {"saga-b"}
+
+
+async def test_an_expired_lease_is_claimed_and_a_live_one_is_not(settings: SagaSettings) -> None:
+    async with running_saga(settings.model_copy(update={"instance_id": "saga-a"})) as client:
+        purchase_id = (await purchase(client, "k-lease", {"tokens": 100})).json()["id"]
+    async with asyncpg_connect(settings.database_url) as conn:
+        await conn.execute(
+            "UPDATE purchases SET owner = 'saga-dead', lease_until = now() + interval '1 hour' WHERE id = $1",
+            purchase_id,
+        )
+        assert not await repo.claim(conn, purchase_id, "saga-b", 5)
+        assert await repo.claim_unowned(conn, "saga-b", 5, exclude=[], limit=10) == []
+        # The lease runs out (its instance died): the next claimant gets it, exactly once.
+        await conn.execute(
+            "UPDATE purchases SET lease_until = now() - interval '1 second' WHERE id = $1", purchase_id
+        )
+        assert await repo.claim_unowned(conn, "saga-b", 5, exclude=[], limit=10) == [purchase_id]
+        assert await repo.claim_unowned(conn, "saga-c", 5, exclude=[], limit=10) == []
+        assert not await repo.claim(conn, purchase_id, "saga-c", 5)
+        # The same instance id (a restart of saga-b) takes its own lease back at once.
+        assert await repo.claim(conn, purchase_id, "saga-b", 5)
+
+
+async def test_two_instances_relay_each_outbox_row_once(settings: SagaSettings) -> None:
+    settings = settings.model_copy(update={"command_resend_s": 60})
+    first = settings.model_copy(update={"instance_id": "saga-a"})
+    second = settings.model_copy(update={"instance_id": "saga-b"})
+    async with (
+        QuotaStandIn(settings) as quota,
+        running_app(first) as (app_a, client_a),
+        running_app(second) as (app_b, client_b),
+    ):
+        await wait_until(lambda: app_a.state.relay.leading or app_b.state.relay.leading, 10, "a relay leader")
+        assert not (app_a.state.relay.leading and app_b.state.relay.leading)
+        ids = []
+        for i in range(6):
+            client = client_a if i % 2 else client_b
+            ids.append((await purchase(client, f"k-relay-{i}", {"tokens": 100})).json()["id"])
+        for purchase_id in ids:
+            assert (await finished(client_a, purchase_id))["status"] == "COMPLETED"
+        # Both instances wrote commands; exactly one relay published them: one CreditTokens per purchase.
+        credits = sorted(c.purchase_id for c in quota.commands if isinstance(c, CreditTokens))
+        assert credits == sorted(ids)
+
+
+async def test_credit_past_its_deadline_is_compensated(settings: SagaSettings) -> None:
+    settings = settings.model_copy(update={"step_deadline_s": 1.5, "command_resend_s": 0.5})
+    async with QuotaStandIn(settings, ignore_credits=True) as quota, running_saga(settings) as client:
+        r = await purchase(client, "k-stuck", {"tokens": 900})
+        body = await finished(client, r.json()["id"])
+        assert body["status"] == "COMPENSATED"
+        assert body["reason"] == "quota did not reply in time"
+        steps = step_log(body)
+        assert ("credit_tokens", "resent") in steps
+        assert steps.index(("credit_tokens", "timed_out")) < steps.index(("debit_tokens", "scheduled"))
+        # The credit may have landed unseen, so it is taken back, and the hold is released: nothing charged.
+        assert [c.amount for c in quota.commands if isinstance(c, DebitTokens)][:1] == [900]
+        void = [s for s in body["steps"] if s["step"] == "void_payment" and s["status"] == "succeeded"]
+        assert "canceled" in void[0]["detail"]
+        assert ("capture_payment", "started") not in steps
+
+
+async def test_relay_moves_to_a_live_instance_when_its_leader_stops(settings: SagaSettings) -> None:
+    first = settings.model_copy(update={"instance_id": "saga-a"})
+    second = settings.model_copy(update={"instance_id": "saga-b"})
+    async with QuotaStandIn(settings) as quota, contextlib.AsyncExitStack() as stack_b:
+        stack_a = contextlib.AsyncExitStack()
+        app_a, _ = await stack_a.enter_async_context(running_app(first))
+        await wait_until(lambda: app_a.state.relay.leading, 10, "saga-a relays")
+        app_b, client_b = await stack_b.enter_async_context(running_app(second))
+        assert not app_b.state.relay.leading
+        await stack_a.aclose()
+        await wait_until(lambda: app_b.state.relay.leading, 10, "saga-b takes the relay over")
+        body = await finished(
+            client_b, (await purchase(client_b, "k-failover", {"tokens": 300})).json()["id"]
+        )
+        assert body["status"] == "COMPLETED"
+        assert quota.applied == {(body["id"], "credit_tokens"): 300}

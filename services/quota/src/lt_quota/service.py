@@ -778,6 +778,8 @@ class QuotaService:
                     reason = f"pool unit is {pool.unit}, command unit is {cmd.unit}"
                 elif cmd.amount <= 0:
                     reason = "amount must be positive"
+                elif kind == "credit" and not await self._may_top_up(conn, cmd.user_id, pool):
+                    reason = f"user {cmd.user_id} may not top up pool {pool.id}"
                 # Checked under the pool's row lock, which credit and debit both take: a compensation
                 # undoes only a credit that was applied, and a credit arriving after its purchase was
                 # compensated is refused, so tokens are never lost nor given away.
@@ -837,6 +839,18 @@ class QuotaService:
             await write_outbox(conn, Topics.SAGA_REPLIES, reply, key=cmd.saga_id)
         if changed_pool is not None:
             await self._sync_limit(changed_pool)
+
+    @staticmethod
+    async def _may_top_up(conn: asyncpg.Connection, user_id: str, pool: repo.PoolRecord) -> bool:
+        """A purchase may credit the buyer's own pool, their team's pool or their organisation's pool."""
+        if pool.owner_type == "user":
+            return pool.owner_id == user_id
+        user = await repo.get_user(conn, user_id)
+        if user is None:
+            return False
+        if pool.owner_type == "team":
+            return pool.owner_id == user.team_id
+        return pool.owner_type == "org" and pool.owner_id == user.org_id
 
     async def _sync_limit(self, pool_id: str) -> None:
         """Make Redis hold a pool's limit from Postgres (after a credit, debit, approval or admin change)."""

@@ -736,3 +736,31 @@ async def test_freeze_command_announces_the_freeze(
         assert r.status_code == 403 and "spend velocity" in r.json()["error"]["message"]
         listed = (await h.client.get("/v1/admin/freezes", headers=await h.as_key(ADMIN_KEY))).json()["data"]
         assert len([f for f in listed if f["target_id"] == user["id"]]) == 1
+
+
+async def test_credit_to_a_pool_the_buyer_may_not_top_up_is_refused(
+    settings: QuotaSettings, publisher: EventPublisher, kafka_bootstrap: str
+) -> None:
+    async with running(settings) as h:
+        buyer = await h.create_user(quota=1000)
+        other = await h.create_user(quota=1000)
+        saga_id = uuid.uuid4().hex
+        cmd = CreditTokens(
+            saga_id=saga_id,
+            step="credit_tokens",
+            purchase_id=saga_id,
+            user_id=buyer["id"],
+            pool_id=other["pool_id"],
+            amount=500,
+        )
+        await publisher.publish(Topics.QUOTA_COMMANDS, cmd, key=saga_id)
+        (reply,) = await read_replies(kafka_bootstrap, saga_id, 1)
+        assert not reply.success and "may not top up" in (reply.reason or "")
+        assert (await h.quota(other["api_key"]))["personal_quota"] == 1000
+        # The buyer's own pool, named explicitly, is fine.
+        own = cmd.model_copy(
+            update={"event_id": uuid.uuid4().hex, "saga_id": saga_id + "b", "purchase_id": saga_id + "b"}
+        )
+        await publisher.publish(Topics.QUOTA_COMMANDS, own.model_copy(update={"pool_id": buyer["pool_id"]}))
+        (reply,) = await read_replies(kafka_bootstrap, saga_id + "b", 1)
+        assert reply.success and reply.new_limit == 1500
