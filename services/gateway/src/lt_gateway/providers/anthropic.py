@@ -13,7 +13,7 @@ import orjson
 
 from leaky_common.errors import InvalidRequest, UpstreamError
 from lt_gateway.models import ModelSpec
-from lt_gateway.providers.base import Completion, StreamChunk, Usage, unsupported
+from lt_gateway.providers.base import ChatOnly, Completion, StreamChunk, Usage
 from lt_gateway.providers.http import UpstreamHTTP, sse_events
 from lt_gateway.tokens import content_text, text_tokens
 
@@ -157,7 +157,7 @@ def to_chat_completion(spec: ModelSpec, msg: dict[str, Any]) -> Completion:
     return Completion(body, usage)
 
 
-class AnthropicProvider:
+class AnthropicProvider(ChatOnly):
     """`POST {base}/v1/messages` with `x-api-key` and `anthropic-version`."""
 
     def __init__(self, http: UpstreamHTTP) -> None:
@@ -179,19 +179,6 @@ class AnthropicProvider:
         url = f"{spec.resolved_base_url()}/v1/messages"
         data = await self._http.post_json(spec, url, self._auth(spec), to_messages_request(spec, body))
         return to_chat_completion(spec, data)
-
-    async def text_complete(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
-        """Anthropic has no legacy completions endpoint."""
-        raise unsupported(spec, "/v1/completions")
-
-    async def text_stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
-        """Anthropic has no legacy completions endpoint."""
-        raise unsupported(spec, "/v1/completions")
-        yield  # an async generator, so the error surfaces when the stream is opened
-
-    async def embed(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
-        """Anthropic has no embeddings endpoint."""
-        raise unsupported(spec, "/v1/embeddings")
 
     async def stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
         """Messages stream events as OpenAI chunks; usage comes from message_start and message_delta."""

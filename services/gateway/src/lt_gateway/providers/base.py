@@ -89,3 +89,20 @@ def unsupported(spec: ModelSpec, what: str) -> InvalidRequest:
         param="model",
         code="unsupported_model",
     )
+
+
+class ChatOnly:
+    """Base for providers that only chat (Anthropic, Gemini): completions and embeddings are 400s."""
+
+    async def text_complete(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
+        """This provider has no legacy completions endpoint."""
+        raise unsupported(spec, "/v1/completions")
+
+    async def text_stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
+        """This provider has no legacy completions endpoint."""
+        raise unsupported(spec, "/v1/completions")
+        yield  # an async generator, so the error surfaces when the stream is opened
+
+    async def embed(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
+        """Embeddings are not offered through the gateway for this provider."""
+        raise unsupported(spec, "/v1/embeddings")

@@ -13,7 +13,7 @@ import orjson
 
 from leaky_common.errors import InvalidRequest, UpstreamError
 from lt_gateway.models import ModelSpec
-from lt_gateway.providers.base import Completion, StreamChunk, Usage, unsupported
+from lt_gateway.providers.base import ChatOnly, Completion, StreamChunk, Usage
 from lt_gateway.providers.http import UpstreamHTTP, sse_events
 from lt_gateway.tokens import content_text, text_tokens
 
@@ -130,7 +130,7 @@ def _candidate(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]], str | N
     return text, calls, finish
 
 
-class GeminiProvider:
+class GeminiProvider(ChatOnly):
     """`POST {base}/v1beta/models/{model}:generateContent` with `x-goog-api-key`."""
 
     def __init__(self, http: UpstreamHTTP) -> None:
@@ -176,19 +176,6 @@ class GeminiProvider:
             "usage": usage.openai(),
         }
         return Completion(out, usage)
-
-    async def text_complete(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
-        """Gemini has no legacy completions endpoint."""
-        raise unsupported(spec, "/v1/completions")
-
-    async def text_stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
-        """Gemini has no legacy completions endpoint."""
-        raise unsupported(spec, "/v1/completions")
-        yield  # an async generator, so the error surfaces when the stream is opened
-
-    async def embed(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:
-        """Gemini embeddings report no usage; not offered through the gateway."""
-        raise unsupported(spec, "/v1/embeddings")
 
     async def stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
         """Each SSE event is a partial GenerateContentResponse; the last usageMetadata is the final count."""
