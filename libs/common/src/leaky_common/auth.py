@@ -33,11 +33,19 @@ class Principal(BaseModel):
     email: str | None = None
     # Models this key may call (None: every model). The gateway filters `/v1/models` with it; quota enforces it.
     allowed_models: tuple[str, ...] | None = None
+    # Teams this user manages (team-member role `manager`), sorted; empty for everyone else. Analytics lets a
+    # manager read these teams' reports and anomalies. Quota fills it from the key cache, so a role change can
+    # take up to `LT_KEY_CACHE_TTL_S` to show in other quota processes.
+    managed_team_ids: tuple[str, ...] = ()
 
     @property
     def is_admin(self) -> bool:
         """True for admin keys."""
         return self.role == "admin"
+
+    def manages(self, team_id: str) -> bool:
+        """True if this user is a manager of `team_id`."""
+        return team_id in self.managed_team_ids
 
     def header_value(self) -> str:
         """The value to send in `X-LT-Principal`."""

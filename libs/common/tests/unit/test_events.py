@@ -71,3 +71,13 @@ def test_principal_carries_allowed_models_through_its_header() -> None:
     p = Principal(user_id="u", org_id="o", allowed_models=("gpt-4o-mini",))
     assert Principal.model_validate_json(p.header_value()).allowed_models == ("gpt-4o-mini",)
     assert Principal(user_id="u", org_id="o").allowed_models is None
+
+
+def test_principal_carries_managed_teams_through_its_header() -> None:
+    p = Principal(user_id="u", org_id="o", team_id="t1", managed_team_ids=("t1", "t2"))
+    back = Principal.model_validate_json(p.header_value())
+    assert back.managed_team_ids == ("t1", "t2")
+    assert back.manages("t2") and not back.manages("t3")
+    # A header from a sender that predates the field still validates, managing nothing.
+    old = Principal.model_validate_json('{"user_id": "u", "org_id": "o"}')
+    assert old.managed_team_ids == () and not old.manages("t1")
