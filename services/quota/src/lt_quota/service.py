@@ -291,6 +291,7 @@ class QuotaService:
             role="admin" if record.role == "admin" else "user",
             email=record.email,
             allowed_models=record.allowed_models,
+            managed_team_ids=record.managed_team_ids,
         )
 
     async def authenticate(self, api_key: str) -> Principal:

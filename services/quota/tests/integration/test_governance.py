@@ -627,6 +627,37 @@ async def test_users_see_only_their_own_data_and_managers_their_teams(settings: 
         assert (await h.admit(rotated["api_key"], max_output_tokens=16)).status_code == 200
 
 
+async def test_the_principal_names_the_teams_a_manager_manages(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        first, second = await h.team(), await h.team()
+        member, promoted = await h.user(), await h.user()
+        await h.join(first, member)
+        await h.join(first, promoted)
+
+        async def managed(user: dict[str, Any]) -> list[str]:
+            r = await h.client.post(
+                "/internal/authenticate", json={"api_key": user["api_key"]}, headers=INTERNAL
+            )
+            assert r.status_code == 200, r.text
+            return list(r.json()["managed_team_ids"])
+
+        assert await managed(member) == [] and await managed(promoted) == []
+        await h.join(first, promoted, "manager")
+        await h.join(second, promoted, "manager")
+        assert await managed(promoted) == sorted([first["id"], second["id"]])
+        assert await managed(member) == []
+        admitted = await h.admit(promoted["api_key"], max_output_tokens=16)
+        assert admitted.status_code == 200, admitted.text
+        principal = admitted.json()["principal"]
+        assert sorted(principal["managed_team_ids"]) == sorted([first["id"], second["id"]])
+        assert (
+            principal["team_id"] == first["id"]
+        )  # the team joined first still draws, managing changes nothing
+        # Demoted: the manager rights go with the role.
+        await h.join(second, promoted, "member")
+        assert await managed(promoted) == [first["id"]]
+
+
 async def test_leaky_tokens_aliases(settings: QuotaSettings) -> None:
     async with running(settings) as h:
         user = await h.user(quota=1000)

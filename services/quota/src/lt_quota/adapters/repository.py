@@ -51,6 +51,7 @@ class KeyRecord:
     allowed_models: tuple[str, ...] | None = None
     allowed_priorities: tuple[str, ...] | None = None
     org: OrgSettings | None = None
+    managed_team_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,9 @@ async def _key_where(conn: Conn, clause: str, value: str) -> KeyRecord | None:
                    k.allowed_models, k.allowed_priorities, {_ORG_COLUMNS},
                    (SELECT p.id FROM pools p
                      WHERE p.owner_type = 'user' AND p.owner_id = u.id AND p.unit = 'tokens'
-                       AND p.provider = '' AND p.model = '') AS pool_id
+                       AND p.provider = '' AND p.model = '') AS pool_id,
+                   ARRAY(SELECT tm.team_id FROM team_members tm
+                          WHERE tm.user_id = u.id AND tm.role = 'manager' ORDER BY tm.team_id) AS managed_team_ids
               FROM api_keys k JOIN users u ON u.id = k.user_id JOIN orgs o ON o.id = u.org_id
              WHERE {clause}""",
         value,
@@ -300,6 +303,7 @@ async def _key_where(conn: Conn, clause: str, value: str) -> KeyRecord | None:
         if row["allowed_priorities"] is not None
         else None,
         org=_org(row),
+        managed_team_ids=tuple(row["managed_team_ids"]),
     )
 
 
