@@ -81,16 +81,34 @@ class Report(BaseModel):
 
 
 async def report(
-    _: Admin,
+    caller: Caller,
     pool: Pool,
     id: Annotated[str, Query(min_length=1, max_length=200, pattern=ID_PATTERN)],
     scope: Literal["org", "team"] = "org",
     days: Annotated[int, Query(ge=1, le=366)] = 7,
 ) -> Report:
-    """Totals with breakdowns by model, provider, day and top users (admins)."""
+    """Totals with breakdowns by model, provider, day and top users: an org's for its admins, a team's for
+    the admins of its org and the team's managers. Only usage of the caller's org is ever counted."""
+    await _check_report_access(caller, pool, scope, id)
     since = datetime.combine(window_start(datetime.now(UTC).date(), days), datetime.min.time(), UTC)
-    parts = await repository.scope_report(pool, scope, id, since)
+    parts = await repository.scope_report(pool, scope, id, caller.org_id, since)
     return Report(scope=scope, id=id, days=days, **parts)
+
+
+async def _check_report_access(caller: Principal, pool: asyncpg.Pool, scope: str, scope_id: str) -> None:
+    """403 unless the caller may read this org's or team's report."""
+    if scope == "org":
+        if not caller.is_admin:
+            raise Forbidden("only admins may read an org report", param="scope", code="admin_required")
+        if scope_id != caller.org_id:
+            raise Forbidden("admins may only read their own org's report", param="id", code="other_org")
+        return
+    if not (caller.is_admin or caller.manages(scope_id)):
+        raise Forbidden(
+            "only the team's managers and admins may read a team report", param="id", code="not_team_manager"
+        )
+    if await repository.team_of_other_org(pool, scope_id, caller.org_id):
+        raise Forbidden("this team belongs to another org", param="id", code="other_org")
 
 
 class LeaderboardEntry(BaseModel):
@@ -174,10 +192,14 @@ async def anomalies(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     org_id: OrgParam = None,
 ) -> AnomalyList:
-    """Newest detections first: a user's own, or (admins) every one, optionally of one org."""
+    """Newest detections first: a user's own and, for a manager, those of the teams they manage; or
+    (admins) every one, optionally of one org."""
     user = None if caller.is_admin else caller.user_id
     org = org_id if caller.is_admin else None
-    rows = await repository.list_anomalies(pool, user_id=user, org_id=org, kind=kind, limit=limit)
+    teams = () if caller.is_admin else caller.managed_team_ids
+    rows = await repository.list_anomalies(
+        pool, user_id=user, org_id=org, kind=kind, limit=limit, team_ids=teams
+    )
     return AnomalyList(data=[Anomaly.model_validate(r) for r in rows])
 
 
@@ -254,13 +276,18 @@ async def timeseries(
     provider: Annotated[str | None, Query(min_length=1, max_length=200, pattern=ID_PATTERN)] = None,
 ) -> Timeseries:
     """Usage of a user, team, org, key or session per bucket (oldest first), optionally for one model or
-    provider. Users may read their own user and key; admins any scope."""
+    provider. Users may read their own user and key, managers the teams they manage; admins any scope."""
     own = {"user": caller.user_id, "key": caller.key_id}
     target = id or own.get(scope)
     if target is None:
         raise InvalidRequest(f"id is required for scope {scope!r}", param="id", code="missing_id")
-    if not caller.is_admin and own.get(scope) != target:
-        raise Forbidden("only admins may read another scope's usage", param="id", code="admin_required")
+    managed = scope == "team" and caller.manages(target)
+    if not (caller.is_admin or managed) and own.get(scope) != target:
+        raise Forbidden(
+            "only admins (and a team's managers) may read another scope's usage",
+            param="id",
+            code="admin_required",
+        )
     since = datetime.now(UTC) - timedelta(hours=hours or _GRAIN_DEFAULT_HOURS[grain])
     rows = await repository.timeseries(pool, scope, target, grain, since, model, provider)
     return Timeseries(

@@ -209,16 +209,21 @@ async def timeseries(
     return [dict(r) for r in rows]
 
 
-async def scope_report(pool: asyncpg.Pool, scope: str, scope_id: str, since: datetime) -> dict[str, Any]:
-    """Totals and breakdowns (model, provider, day, top 10 users) of an org or team since `since`."""
+async def scope_report(
+    pool: asyncpg.Pool, scope: str, scope_id: str, org_id: str, since: datetime
+) -> dict[str, Any]:
+    """Totals and breakdowns (model, provider, day, top 10 users) of an org or team since `since`, counting
+    only usage recorded under `org_id` (a caller never sees another org's rows)."""
     rows = await pool.fetch(
         """
         SELECT model, provider, bucket, requests, prompt_tokens, completion_tokens, total_tokens, cost_usd_micros
-        FROM usage_rollup WHERE scope_type = $1 AND scope_id = $2 AND grain = 'day' AND bucket >= $3
+        FROM usage_rollup
+        WHERE scope_type = $1 AND scope_id = $2 AND grain = 'day' AND bucket >= $3 AND org_id = $4
         """,
         scope,
         scope_id,
         since,
+        org_id,
     )
     column = "org_id" if scope == "org" else "team_id"
     users = await pool.fetch(
@@ -226,11 +231,13 @@ async def scope_report(pool: asyncpg.Pool, scope: str, scope_id: str, since: dat
         SELECT user_id AS name, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,
                sum(completion_tokens) AS completion_tokens, sum(total_tokens) AS total_tokens,
                sum(cost_usd_micros) AS cost_usd_micros
-        FROM request_log WHERE {column} = $1 AND occurred_at >= $2 AND user_id IS NOT NULL
+        FROM request_log
+        WHERE {column} = $1 AND occurred_at >= $2 AND org_id = $3 AND user_id IS NOT NULL
         GROUP BY user_id ORDER BY sum(total_tokens) DESC, user_id LIMIT 10
         """,
         scope_id,
         since,
+        org_id,
     )
     fields = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd_micros")
 
@@ -256,6 +263,23 @@ async def scope_report(pool: asyncpg.Pool, scope: str, scope_id: str, since: dat
     }
 
 
+async def team_of_other_org(pool: asyncpg.Pool, team_id: str, org_id: str) -> bool:
+    """True if the team's usage was recorded under another org and never under `org_id` (team ids are
+    unique, so the org its usage carries is the team's org)."""
+    return bool(
+        await pool.fetchval(
+            """
+            SELECT NOT EXISTS (SELECT 1 FROM usage_rollup
+                                WHERE scope_type = 'team' AND scope_id = $1 AND grain = 'day' AND org_id = $2)
+               AND EXISTS (SELECT 1 FROM usage_rollup
+                            WHERE scope_type = 'team' AND scope_id = $1 AND grain = 'day' AND org_id <> $2)
+            """,
+            team_id,
+            org_id,
+        )
+    )
+
+
 async def efficiency_ranking(
     pool: asyncpg.Pool, org_id: str, since: datetime, limit: int
 ) -> list[dict[str, Any]]:
@@ -278,20 +302,28 @@ async def efficiency_ranking(
 
 
 async def list_anomalies(
-    pool: asyncpg.Pool, *, user_id: str | None, org_id: str | None, kind: str | None, limit: int
+    pool: asyncpg.Pool,
+    *,
+    user_id: str | None,
+    org_id: str | None,
+    kind: str | None,
+    limit: int,
+    team_ids: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """Newest detections first, filtered by user, org and kind when given."""
+    """Newest detections first, filtered by org and kind when given; with `user_id`, only that user's and
+    those of `team_ids` (the teams a manager manages)."""
     rows = await pool.fetch(
         """
         SELECT * FROM anomalies
-        WHERE ($1::text IS NULL OR user_id = $1) AND ($2::text IS NULL OR org_id = $2)
-          AND ($3::text IS NULL OR kind = $3)
+        WHERE ($1::text IS NULL OR user_id = $1 OR team_id = ANY($5::text[]))
+          AND ($2::text IS NULL OR org_id = $2) AND ($3::text IS NULL OR kind = $3)
         ORDER BY detected_at DESC, id LIMIT $4
         """,
         user_id,
         org_id,
         kind,
         limit,
+        list(team_ids),
     )
     return [dict(r) for r in rows]
 

@@ -1,0 +1,176 @@
+"""Who may read org and team reports, team time series and anomalies, against real Postgres: admins their own
+org, managers the teams they manage (`Principal.managed_team_ids`), everyone else a 403; never another org."""
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from leaky_common.auth import Principal
+from leaky_common.db import apply_migrations, create_pool
+from leaky_common.events import UsageRecorded
+from lt_analytics.detection import Thresholds
+from lt_analytics.detectors import AnomalyDetector, ThresholdStore
+from lt_analytics.handlers import UsageHandler
+from lt_analytics.main import create_app
+from lt_analytics.repository import MIGRATIONS
+from lt_analytics.settings import AnalyticsSettings
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "report-access-internal-token"
+REPORT_PATHS = ("/v1/analytics/report", "/api/v1/analytics/report")
+
+
+@pytest.fixture
+async def db_url(make_database: Any) -> str:
+    url: str = await make_database("analytics_access")
+    return url
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(db_url, max_size=4)
+    await apply_migrations(p, MIGRATIONS)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+async def api(db_url: str, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    settings = AnalyticsSettings(
+        database_url=db_url, internal_token=TOKEN, environment="test", log_json=False
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://analytics") as client,
+    ):
+        yield client
+
+
+def as_(
+    user_id: str, org: str = "org-1", role: str = "user", manages: tuple[str, ...] = ()
+) -> dict[str, str]:
+    p = Principal(user_id=user_id, org_id=org, role=role, managed_team_ids=manages)  # type: ignore[arg-type]
+    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+
+
+MANAGER = as_("m1", manages=("team-a",))
+MEMBER = as_("u1")
+ADMIN = as_("admin-1", role="admin")
+OTHER_ADMIN = as_("admin-2", org="org-2", role="admin")
+
+
+def usage(user: str, team: str, org: str = "org-1", tokens: int = 10, fp: str | None = None) -> UsageRecorded:
+    return UsageRecorded(
+        request_id=uuid.uuid4().hex,
+        user_id=user,
+        org_id=org,
+        team_id=team,
+        key_id=f"key-{user}",
+        session_id=f"s-{user}",
+        model="mock-gpt",
+        provider="mock",
+        prompt_tokens=tokens,
+        completion_tokens=tokens,
+        total_tokens=2 * tokens,
+        cost_usd_micros=3 * tokens,
+        prompt_fingerprint=fp or uuid.uuid4().hex,
+    )
+
+
+@pytest.fixture
+async def seeded(pool: asyncpg.Pool) -> None:
+    """org-1: team-a (u1 member, m1 manager), team-b (u2); org-2: team-c (u9). u1 and u2 each run a loop."""
+    h = UsageHandler(
+        pool, AnomalyDetector(ThresholdStore(Thresholds(), ttl_s=0), baseline_check_interval_s=0)
+    )
+    events = [
+        *(usage("u1", "team-a", fp="same-a") for _ in range(4)),
+        usage("m1", "team-a", tokens=100),
+        *(usage("u2", "team-b", fp="same-b") for _ in range(4)),
+        usage("u9", "team-c", org="org-2", tokens=1000),
+    ]
+    for e in events:
+        await h.handle(e.model_dump_json().encode())
+
+
+async def get(api: httpx.AsyncClient, path: str, headers: dict[str, str]) -> httpx.Response:
+    return await api.get(path, headers=headers)
+
+
+def assert_forbidden(r: httpx.Response, code: str) -> None:
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("permission_error", code)
+    assert error["message"]
+
+
+@pytest.mark.usefixtures("seeded")
+async def test_a_manager_reads_the_reports_of_the_teams_they_manage_only(api: httpx.AsyncClient) -> None:
+    for path in REPORT_PATHS:
+        r = await get(api, f"{path}?scope=team&id=team-a&days=1", MANAGER)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["scope"], body["id"], body["totals"]["requests"]) == ("team", "team-a", 5)
+        assert body["totals"]["total_tokens"] == 4 * 20 + 200
+        assert body["totals"]["cost_usd_micros"] == 4 * 30 + 300
+        assert [(u["name"], u["requests"]) for u in body["top_users"]] == [("m1", 1), ("u1", 4)]
+
+        assert_forbidden(await get(api, f"{path}?scope=team&id=team-b", MANAGER), "not_team_manager")
+        assert_forbidden(await get(api, f"{path}?scope=org&id=org-1", MANAGER), "admin_required")
+        # A plain member of the team, and a member of another team, are refused.
+        assert_forbidden(await get(api, f"{path}?scope=team&id=team-a", MEMBER), "not_team_manager")
+        assert_forbidden(await get(api, f"{path}?scope=team&id=team-a", as_("u2")), "not_team_manager")
+        assert_forbidden(await get(api, f"{path}?scope=org&id=org-1", MEMBER), "admin_required")
+
+
+@pytest.mark.usefixtures("seeded")
+async def test_admins_read_their_own_org_and_its_teams_never_another_org(api: httpx.AsyncClient) -> None:
+    for path in REPORT_PATHS:
+        org = (await get(api, f"{path}?scope=org&id=org-1", ADMIN)).json()
+        assert org["totals"]["requests"] == 9 and org["totals"]["total_tokens"] == 8 * 20 + 200
+        assert {u["name"] for u in org["top_users"]} == {"u1", "u2", "m1"}
+        team_b = await get(api, f"{path}?scope=team&id=team-b", ADMIN)
+        assert team_b.status_code == 200 and team_b.json()["totals"]["requests"] == 4
+
+        # Org isolation, both ways, for org and team reports.
+        assert_forbidden(await get(api, f"{path}?scope=org&id=org-2", ADMIN), "other_org")
+        assert_forbidden(await get(api, f"{path}?scope=team&id=team-c", ADMIN), "other_org")
+        assert_forbidden(await get(api, f"{path}?scope=org&id=org-1", OTHER_ADMIN), "other_org")
+        assert_forbidden(await get(api, f"{path}?scope=team&id=team-a", OTHER_ADMIN), "other_org")
+        own = (await get(api, f"{path}?scope=team&id=team-c", OTHER_ADMIN)).json()
+        assert own["totals"]["total_tokens"] == 2000 and [u["name"] for u in own["top_users"]] == ["u9"]
+        # A principal naming a team of another org as managed still sees nothing of it.
+        forged = as_("m9", org="org-2", manages=("team-a",))
+        assert_forbidden(await get(api, f"{path}?scope=team&id=team-a", forged), "other_org")
+
+    # A team without usage yet is an empty report, not an error.
+    empty = (await get(api, "/v1/analytics/report?scope=team&id=team-new", ADMIN)).json()
+    assert empty["totals"]["requests"] == 0 and empty["top_users"] == []
+
+
+@pytest.mark.usefixtures("seeded")
+async def test_managers_see_their_teams_anomalies_and_time_series(api: httpx.AsyncClient) -> None:
+    async def anomaly_users(headers: dict[str, str]) -> list[str | None]:
+        r = await get(api, "/v1/analytics/anomalies", headers)
+        assert r.status_code == 200, r.text
+        return sorted(a["user_id"] for a in r.json()["data"])
+
+    assert await anomaly_users(MANAGER) == ["u1"]  # team-a's loop; team-b's is not theirs
+    assert await anomaly_users(MEMBER) == ["u1"]
+    assert await anomaly_users(as_("u2")) == ["u2"]
+    assert await anomaly_users(as_("m1")) == []  # the same user without the manager role
+    alias = await get(api, "/api/v1/analytics/anomalies?kind=loop", MANAGER)
+    assert [a["team_id"] for a in alias.json()["data"]] == ["team-a"]
+
+    series = await get(api, "/v1/analytics/timeseries?scope=team&id=team-a&grain=day", MANAGER)
+    assert series.status_code == 200 and sum(p["requests"] for p in series.json()["data"]) == 5
+    refused = await get(api, "/v1/analytics/timeseries?scope=team&id=team-b&grain=day", MANAGER)
+    assert_forbidden(refused, "admin_required")
