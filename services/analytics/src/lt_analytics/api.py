@@ -192,10 +192,10 @@ async def anomalies(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     org_id: OrgParam = None,
 ) -> AnomalyList:
-    """Newest detections first: a user's own and, for a manager, those of the teams they manage; or
-    (admins) every one, optionally of one org."""
+    """Newest detections first: a user's own and, for a manager, those of the teams they manage (both within
+    the caller's org); or (admins) every one, optionally of one org."""
     user = None if caller.is_admin else caller.user_id
-    org = org_id if caller.is_admin else None
+    org = org_id if caller.is_admin else caller.org_id
     teams = () if caller.is_admin else caller.managed_team_ids
     rows = await repository.list_anomalies(
         pool, user_id=user, org_id=org, kind=kind, limit=limit, team_ids=teams

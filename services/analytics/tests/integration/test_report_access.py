@@ -167,6 +167,7 @@ async def test_managers_see_their_teams_anomalies_and_time_series(api: httpx.Asy
     assert await anomaly_users(MEMBER) == ["u1"]
     assert await anomaly_users(as_("u2")) == ["u2"]
     assert await anomaly_users(as_("m1")) == []  # the same user without the manager role
+    assert await anomaly_users(as_("m9", org="org-2", manages=("team-a",))) == []  # never another org's
     alias = await get(api, "/api/v1/analytics/anomalies?kind=loop", MANAGER)
     assert [a["team_id"] for a in alias.json()["data"]] == ["team-a"]
 
