@@ -84,6 +84,7 @@ _EXHAUSTED = {
     "key_cap": ("key_cap_exhausted", "this API key's own cap is exhausted"),
     "session": ("session_budget_exhausted", "session budget exhausted"),
 }
+_UNIT_NAMES = {"tokens": "tokens", "usd": "micro-dollars (usd)"}
 _CACHE_MAX = 10_000
 _SESSION_ID_MAX = 200
 _PRIORITIES = ("low", "normal", "high", "critical")
@@ -763,19 +764,23 @@ class QuotaService:
                 )
                 changed_pool = existing["pool_id"] if existing["applied"] else None
             else:
+                # Without a pool id, the buyer's own unscoped pool of the purchase's unit.
                 pool = await (
                     repo.pool_by_id(conn, cmd.pool_id, for_update=True)
                     if cmd.pool_id
-                    else repo.personal_pool(conn, cmd.user_id, for_update=True)
+                    else repo.personal_pool(conn, cmd.user_id, unit=cmd.unit, for_update=True)
                 )
                 reason: str | None = None
                 # A refusal that must stick for this purchase (recorded, unlike a malformed command).
                 tombstone = False
                 new_limit = 0
                 if pool is None:
-                    reason = f"unknown pool {cmd.pool_id}" if cmd.pool_id else f"unknown user {cmd.user_id}"
+                    reason = await self._missing_pool_reason(conn, cmd)
                 elif pool.unit != cmd.unit:
-                    reason = f"pool unit is {pool.unit}, command unit is {cmd.unit}"
+                    reason = (
+                        f"pool {pool.id} is counted in {_UNIT_NAMES.get(pool.unit, pool.unit)}, "
+                        f"but this {kind} is in {_UNIT_NAMES[cmd.unit]}"
+                    )
                 elif cmd.amount <= 0:
                     reason = "amount must be positive"
                 elif kind == "credit" and not await self._may_top_up(conn, cmd.user_id, pool):
@@ -839,6 +844,18 @@ class QuotaService:
             await write_outbox(conn, Topics.SAGA_REPLIES, reply, key=cmd.saga_id)
         if changed_pool is not None:
             await self._sync_limit(changed_pool)
+
+    @staticmethod
+    async def _missing_pool_reason(conn: asyncpg.Connection, cmd: CreditTokens | DebitTokens) -> str:
+        """Why a command found no pool: an unknown pool or user, or a user without a pool of that unit."""
+        if cmd.pool_id:
+            return f"unknown pool {cmd.pool_id}"
+        if await repo.get_user(conn, cmd.user_id) is None:
+            return f"unknown user {cmd.user_id}"
+        return (
+            f"user {cmd.user_id} has no {cmd.unit} pool ({_UNIT_NAMES[cmd.unit]}); "
+            "an admin creates one with POST /v1/admin/pools"
+        )
 
     @staticmethod
     async def _may_top_up(conn: asyncpg.Connection, user_id: str, pool: repo.PoolRecord) -> bool:

@@ -374,13 +374,17 @@ async def ensure_pool(
     return str(value)
 
 
-async def personal_pool(conn: Conn, user_id: str, *, for_update: bool = False) -> PoolRecord | None:
+async def personal_pool(
+    conn: Conn, user_id: str, *, unit: str = "tokens", for_update: bool = False
+) -> PoolRecord | None:
+    """The user's unscoped pool of `unit` (tokens, or usd in micro-dollars)."""
     lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(
         f"""SELECT {_POOL_COLUMNS} FROM pools
-             WHERE owner_type = 'user' AND owner_id = $1 AND unit = 'tokens' AND provider = '' AND model = ''
+             WHERE owner_type = 'user' AND owner_id = $1 AND unit = $2 AND provider = '' AND model = ''
              {lock}""",
         user_id,
+        unit,
     )
     return None if row is None else _pool(row)
 
