@@ -56,6 +56,8 @@ def _key_view(r: asyncpg.Record) -> dict[str, Any]:
         "expires_at": _iso(r["expires_at"]),
         "allowed_models": r["allowed_models"],
         "allowed_priorities": r["allowed_priorities"],
+        "rate_limit_requests_per_period": r["rate_limit_requests_per_period"],
+        "rate_limit_tokens_per_period": r["rate_limit_tokens_per_period"],
     }
 
 
@@ -346,6 +348,11 @@ class Governance:
             "default_session_budget_usd_micros": org.default_session_budget_usd_micros,
             "strict_sessions": org.strict_sessions,
             "privacy_strict": org.privacy_strict,
+            "key_requests_per_period": org.key_requests_per_period,
+            "key_tokens_per_period": org.key_tokens_per_period,
+            "user_requests_per_period": org.user_requests_per_period,
+            "user_tokens_per_period": org.user_tokens_per_period,
+            "bucket_period_s": self.settings.bucket_period_s,
         }
 
     async def update_org(self, admin: Principal, fields: dict[str, Any]) -> dict[str, Any]:
@@ -435,6 +442,7 @@ class Governance:
                 days=fields["expires_in_days"]
             )
         async with self.db.acquire() as conn, conn.transaction():
+            await self._within_org_key_size(conn, principal, fields, admin=principal.role == "admin")
             await repo.insert_key(
                 conn,
                 key_id,
@@ -446,6 +454,8 @@ class Governance:
                 expires_at=expires_at,
                 allowed_models=fields.get("allowed_models"),
                 allowed_priorities=fields.get("allowed_priorities"),
+                rate_limit_requests=fields.get("rate_limit_requests_per_period"),
+                rate_limit_tokens=fields.get("rate_limit_tokens_per_period"),
             )
             for unit, field in (("tokens", "max_tokens"), ("usd", "max_usd_micros")):
                 if fields.get(field) is not None:
@@ -462,6 +472,43 @@ class Governance:
             row = await repo.get_key(conn, key_id, principal.user_id)
         assert row is not None
         return {**_key_view(row), "api_key": api_key}
+
+    async def update_key(
+        self, principal: Principal, key_id: str, fields: dict[str, int | None], *, admin: bool
+    ) -> dict[str, Any]:
+        """Set or clear a key's own bucket sizes (an owner who is not an admin stays within the org's key
+        size); the next admission in this process uses them."""
+        async with self.db.acquire() as conn, conn.transaction():
+            await self._within_org_key_size(conn, principal, fields, admin=admin)
+            if not await repo.update_key_rate_limits(conn, key_id, principal.user_id, fields):
+                raise NotFound(f"key {key_id} not found", code="key_not_found")
+            row = await repo.get_key(conn, key_id, principal.user_id)
+        assert row is not None
+        self.core.invalidate()
+        return _key_view(row)
+
+    async def _within_org_key_size(
+        self, conn: asyncpg.Connection, principal: Principal, fields: dict[str, Any], *, admin: bool
+    ) -> None:
+        """400 if a key owner asks for bigger buckets than a key of theirs gets from the org (admins may)."""
+        if admin:
+            return
+        user = await repo.get_user(conn, principal.user_id, principal.org_id)
+        if user is None:
+            raise NotFound(f"user {principal.user_id} not found", code="user_not_found")
+        sizes = self.core.default_bucket_sizes(await self._org(conn, principal.org_id), user.tier, user.role)
+        for field, most in (
+            ("rate_limit_requests_per_period", sizes.key_requests),
+            ("rate_limit_tokens_per_period", sizes.key_tokens),
+        ):
+            value = fields.get(field)
+            if value is not None and value > most:
+                raise InvalidRequest(
+                    f"{field} may be at most {most}, this organisation's size for your keys; an admin can "
+                    "set a larger one",
+                    code="rate_limit_above_org_limit",
+                    param=field,
+                )
 
     async def list_keys(self, principal: Principal) -> list[dict[str, Any]]:
         """The caller's keys, without secrets."""
@@ -487,8 +534,8 @@ class Governance:
         return {"id": key_id, "revoked": True}
 
     async def rotate_key(self, principal: Principal, key_id: str) -> dict[str, Any]:
-        """Replace a key by a new secret with the same name, expiry, allowed models and priorities; its own
-        caps (and what they have used) move to the new key; the old key stops at once."""
+        """Replace a key by a new secret with the same name, expiry, allowed models, priorities and bucket
+        sizes; its own caps (and what they have used) move to the new key; the old key stops at once."""
         api_key = generate_api_key()
         new_key_id = new_id()
         async with self.db.acquire() as conn, conn.transaction():
@@ -506,6 +553,8 @@ class Governance:
                 expires_at=old["expires_at"],
                 allowed_models=old["allowed_models"],
                 allowed_priorities=old["allowed_priorities"],
+                rate_limit_requests=old["rate_limit_requests_per_period"],
+                rate_limit_tokens=old["rate_limit_tokens_per_period"],
             )
             await repo.move_key_pools(conn, key_id, new_key_id)
             await repo.revoke_key(conn, key_id, principal.user_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,7 +55,7 @@ from lt_quota.domain import (
 )
 from lt_quota.settings import QuotaSettings
 
-__all__ = ["Clock", "Leg", "QuotaService", "system_clock"]
+__all__ = ["BucketSizes", "Clock", "Leg", "QuotaService", "system_clock"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,16 @@ class _Context:
     until: float
     pools: list[repo.PoolRecord]
     vacation: bool
+
+
+@dataclass(frozen=True)
+class BucketSizes:
+    """Leaky-bucket capacities per period (requests and tokens, per key and per user)."""
+
+    key_requests: int
+    key_tokens: int
+    user_requests: int
+    user_tokens: int
 
 
 @dataclass(frozen=True)
@@ -352,6 +362,32 @@ class QuotaService:
                 counters.append(counter(p, "vacation_share", len(sources), pct=share))
         return counters, sources
 
+    def default_bucket_sizes(self, org: repo.OrgSettings | None, tier: str, role: str) -> BucketSizes:
+        """The bucket sizes per period of a key without its own: the org's overrides, else the service's
+        settings, scaled by the user's tier and (for admins) the admin multiplier."""
+        s = self.settings
+        mult = s.bucket_tiers.get(tier, 1.0) * (s.admin_bucket_multiplier if role == "admin" else 1.0)
+
+        def scaled(field: str) -> int:
+            override: int | None = getattr(org, field) if org is not None else None
+            return max(1, int((getattr(s, field) if override is None else override) * mult))
+
+        return BucketSizes(
+            key_requests=scaled("key_requests_per_period"),
+            key_tokens=scaled("key_tokens_per_period"),
+            user_requests=scaled("user_requests_per_period"),
+            user_tokens=scaled("user_tokens_per_period"),
+        )
+
+    def bucket_sizes(self, record: repo.KeyRecord) -> BucketSizes:
+        """The sizes one admission uses: the key's own sizes exactly as set (no scaling), else the defaults."""
+        sizes = self.default_bucket_sizes(record.org, record.tier, record.role)
+        return replace(
+            sizes,
+            key_requests=record.rate_limit_requests or sizes.key_requests,
+            key_tokens=record.rate_limit_tokens or sizes.key_tokens,
+        )
+
     def _policy(self, record: repo.KeyRecord, req: AdmitRequest) -> bool:
         """Check the key's model and priority rules; True if the request may draw on the team pool."""
         if record.allowed_models is not None and not any(
@@ -449,9 +485,7 @@ class QuotaService:
         now = self.clock()
         s = self.settings
         max_out = req.max_output_tokens or req.model_max_output_tokens
-        mult = s.bucket_tiers.get(record.tier, 1.0) * (
-            s.admin_bucket_multiplier if record.role == "admin" else 1.0
-        )
+        sizes = self.bucket_sizes(record)
         args = AdmitArgs(
             now_ms=now,
             user_id=record.user_id,
@@ -468,10 +502,10 @@ class QuotaService:
             bucket_output_tokens=-1 if req.max_output_tokens else s.bucket_output_estimate_tokens,
             input_price=req.input_usd_micros_per_mtok,
             output_price=req.output_usd_micros_per_mtok,
-            key_requests=max(1, int(s.key_requests_per_period * mult)),
-            key_tokens=max(1, int(s.key_tokens_per_period * mult)),
-            user_requests=max(1, int(s.user_requests_per_period * mult)),
-            user_tokens=max(1, int(s.user_tokens_per_period * mult)),
+            key_requests=sizes.key_requests,
+            key_tokens=sizes.key_tokens,
+            user_requests=sizes.user_requests,
+            user_tokens=sizes.user_tokens,
             period_ms=int(s.bucket_period_s * 1000),
             strategy=s.bucket_strategy,
             burst=s.bucket_burst,

@@ -682,6 +682,91 @@ async def test_token_bucket_strategy_allows_a_burst_then_refills(settings: Quota
         assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 429
 
 
+async def test_bucket_sizes_per_key_and_per_org(settings: QuotaSettings) -> None:
+    clock = FakeClock()  # frozen: the buckets do not leak during the test
+    async with running(settings, clock) as h:
+        user = await h.user()
+        keys = "/v1/users/me/keys"
+        r = await h.call(
+            "POST", keys, user["api_key"], json={"name": "agent", "rate_limit_requests_per_period": 3}
+        )
+        assert r.status_code == 201, r.text
+        agent = r.json()
+        assert agent["rate_limit_requests_per_period"] == 3 and agent["rate_limit_tokens_per_period"] is None
+        for remaining in (2, 1, 0):
+            r = await h.admit(agent["api_key"], max_output_tokens=16)
+            assert r.status_code == 200, r.text
+            state = r.json()["ratelimit"]
+            assert (state["limit_requests"], state["remaining_requests"]) == (3, remaining)
+        r = await h.admit(agent["api_key"], max_output_tokens=16)
+        assert r.status_code == 429
+        assert r.headers["retry-after"] == "20"  # one request leaks out every 60 s / 3
+        assert r.json()["error"]["code"] == "rate_limited" and r.json()["error"]["limit"] == "key_requests"
+        # The same user's other key keeps the default size.
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 600
+
+        # The owner may resize their key within the org's size (600 here), not beyond it; an admin may.
+        r = await h.call(
+            "PATCH", f"{keys}/{agent['id']}", user["api_key"], json={"rate_limit_requests_per_period": 4}
+        )
+        assert r.status_code == 200 and r.json()["rate_limit_requests_per_period"] == 4
+        r = await h.admit(agent["api_key"], max_output_tokens=16)
+        assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 4
+        assert (await h.admit(agent["api_key"], max_output_tokens=16)).status_code == 429
+        r = await h.call(
+            "PATCH", f"{keys}/{agent['id']}", user["api_key"], json={"rate_limit_requests_per_period": 601}
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "rate_limit_above_org_limit"
+        r = await h.call("POST", keys, user["api_key"], json={"rate_limit_tokens_per_period": 10**7})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "rate_limit_tokens_per_period"
+        big = await h.call(
+            "PATCH",
+            f"/v1/admin/users/{user['id']}/keys/{agent['id']}",
+            json={"rate_limit_requests_per_period": 900},
+        )
+        assert big.status_code == 200 and big.json()["rate_limit_requests_per_period"] == 900
+        r = await h.call(
+            "PATCH", f"{keys}/{agent['id']}", user["api_key"], json={"rate_limit_requests_per_period": None}
+        )
+        assert r.status_code == 200 and r.json()["rate_limit_requests_per_period"] is None
+        r = await h.call("PATCH", f"{keys}/nope", user["api_key"], json={"rate_limit_requests_per_period": 2})
+        assert r.status_code == 404
+        r = await h.call(
+            "POST", keys, user["api_key"], json={"name": "own", "rate_limit_requests_per_period": 5}
+        )
+        own = r.json()
+
+        # An org size applies to every key without its own; a key with its own keeps it.
+        try:
+            r = await h.call(
+                "PATCH", "/v1/admin/org", json={"key_requests_per_period": 2, "user_tokens_per_period": 10**6}
+            )
+            assert r.status_code == 200, r.text
+            assert (r.json()["key_requests_per_period"], r.json()["user_tokens_per_period"]) == (2, 10**6)
+            other = await h.user()
+            for _ in range(2):
+                r = await h.admit(other["api_key"], max_output_tokens=16)
+                assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 2
+            assert (await h.admit(other["api_key"], max_output_tokens=16)).status_code == 429
+            r = await h.admit(own["api_key"], max_output_tokens=16)
+            assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 5
+            # The owner's ceiling is now the org's size.
+            r = await h.call(
+                "PATCH", f"{keys}/{own['id']}", user["api_key"], json={"rate_limit_requests_per_period": 3}
+            )
+            assert r.status_code == 400
+        finally:
+            r = await h.call(
+                "PATCH",
+                "/v1/admin/org",
+                json={"key_requests_per_period": None, "user_tokens_per_period": None},
+            )
+        assert (r.json()["key_requests_per_period"], r.json()["user_tokens_per_period"]) == (None, None)
+        r = await h.admit((await h.user())["api_key"], max_output_tokens=16)
+        assert r.json()["ratelimit"]["limit_requests"] == 600
+
+
 async def test_no_route_answers_500_to_junk(settings: QuotaSettings) -> None:
     """Every route in the OpenAPI document, as admin and as a user, with junk bodies and path values."""
     async with running(settings) as h:

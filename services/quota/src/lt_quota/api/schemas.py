@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 __all__ = [
+    "BUCKET_FIELDS",
     "AddMemberBody",
     "ApprovalBody",
     "ApproveBody",
@@ -23,6 +24,7 @@ __all__ = [
     "RejectBody",
     "SessionBudgetBody",
     "StatusBody",
+    "UpdateKeyBody",
     "UpdatePoolBody",
     "UpdateUserBody",
     "UserView",
@@ -38,6 +40,8 @@ Priority = Literal["low", "normal", "high", "critical"]
 Amount = Annotated[int, Field(ge=0, le=10**15)]
 Pattern = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)]
+RequestsPerPeriod = Annotated[int, Field(ge=1, le=10**9)]
+TokensPerPeriod = Annotated[int, Field(ge=1, le=10**15)]
 
 
 class CreateUserBody(BaseModel):
@@ -84,6 +88,19 @@ class CreateKeyBody(BaseModel):
     max_tokens: Amount | None = None
     max_usd_micros: Amount | None = None
     cap_period: PeriodName = "none"
+    # The key's own leaky-bucket sizes per period (an owner stays within the org's key size).
+    rate_limit_requests_per_period: RequestsPerPeriod | None = None
+    rate_limit_tokens_per_period: TokensPerPeriod | None = None
+
+
+class UpdateKeyBody(BaseModel):
+    """`PATCH /v1/users/me/keys/{id}` and `PATCH /v1/admin/users/{user}/keys/{id}`: the key's own bucket
+    sizes; null removes one (the key then takes the org's size)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit_requests_per_period: RequestsPerPeriod | None = None
+    rate_limit_tokens_per_period: TokensPerPeriod | None = None
 
 
 class UpdateUserBody(BaseModel):
@@ -127,6 +144,16 @@ class OrgBody(BaseModel):
     default_session_budget_usd_micros: Amount | None = None
     strict_sessions: bool | None = None
     privacy_strict: bool | None = None
+    # Leaky-bucket sizes per period for the org's keys and users; null goes back to the service's setting.
+    key_requests_per_period: RequestsPerPeriod | None = None
+    key_tokens_per_period: TokensPerPeriod | None = None
+    user_requests_per_period: RequestsPerPeriod | None = None
+    user_tokens_per_period: TokensPerPeriod | None = None
+
+    def changes(self) -> dict[str, object]:
+        """The fields given: settings without null, bucket sizes with null (= back to the default)."""
+        given = self.model_dump(exclude_unset=True)
+        return {k: v for k, v in given.items() if v is not None or k in BUCKET_FIELDS}
 
     @field_validator("timezone")
     @classmethod
@@ -139,6 +166,11 @@ class OrgBody(BaseModel):
                     f"unknown time zone {value!r} (use an IANA name like Europe/Berlin)"
                 ) from exc
         return value
+
+
+BUCKET_FIELDS = frozenset(
+    {"key_requests_per_period", "key_tokens_per_period", "user_requests_per_period", "user_tokens_per_period"}
+)
 
 
 class CreatePoolBody(BaseModel):
