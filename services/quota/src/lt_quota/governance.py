@@ -125,30 +125,45 @@ class Governance:
         role: str,
     ) -> dict[str, Any]:
         """Create a user with a personal pool and a first API key (returned once)."""
-        limit = self.settings.default_personal_quota if personal_quota is None else personal_quota
-        user_id = new_id()
-        api_key = generate_api_key()
         async with self.db.acquire() as conn, conn.transaction():
             if team_id is not None and not await repo.team_exists(conn, team_id, admin.org_id):
                 raise NotFound(f"team {team_id} not found", code="team_not_found", param="team_id")
-            if not await repo.insert_user(conn, user_id, admin.org_id, email, name, role):
-                raise Conflict(f"a user with email {email} exists", code="email_taken", param="email")
-            pool_id = await repo.ensure_pool(
-                conn, new_id(), "user", user_id, admin.org_id, unit, limit, period=period
-            )
-            await repo.insert_key(
-                conn, new_id(), user_id, admin.org_id, key_prefix(api_key), hash_api_key(api_key), "default"
+            user = await self._insert_user(
+                conn, admin.org_id, email, name, role, personal_quota, unit=unit, period=period
             )
             if team_id is not None:
-                await repo.upsert_member(conn, team_id, user_id, "member")
-        await self.core.load_pools([pool_id])
+                await repo.upsert_member(conn, team_id, user["id"], "member")
+        await self.core.load_pools([user["pool_id"]])
         self.core.invalidate()
+        return {**user, "team_id": team_id}
+
+    async def _insert_user(
+        self,
+        conn: asyncpg.Connection,
+        org_id: str,
+        email: str,
+        name: str,
+        role: str,
+        personal_quota: int | None,
+        *,
+        unit: str = "tokens",
+        period: str = "none",
+    ) -> dict[str, Any]:
+        """A user with a personal pool and a first key, in the caller's transaction (the key shown once)."""
+        limit = self.settings.default_personal_quota if personal_quota is None else personal_quota
+        user_id = new_id()
+        api_key = generate_api_key()
+        if not await repo.insert_user(conn, user_id, org_id, email, name, role):
+            raise Conflict(f"a user with email {email} exists", code="email_taken", param="email")
+        pool_id = await repo.ensure_pool(conn, new_id(), "user", user_id, org_id, unit, limit, period=period)
+        await repo.insert_key(
+            conn, new_id(), user_id, org_id, key_prefix(api_key), hash_api_key(api_key), "default"
+        )
         return {
             "id": user_id,
             "email": email,
             "name": name,
-            "org_id": admin.org_id,
-            "team_id": team_id,
+            "org_id": org_id,
             "role": role,
             "api_key": api_key,
             "key_prefix": key_prefix(api_key),
@@ -333,6 +348,52 @@ class Governance:
             "vacation_share_available": share,
             "status": user.status,
         }
+
+    # --- orgs (platform admins) -----------------------------------------------------------------------------
+
+    async def _require_platform_admin(self, conn: asyncpg.Connection, admin: Principal) -> None:
+        if not await repo.is_platform_org(conn, admin.org_id):
+            raise Forbidden(
+                "only admins of the platform organisation manage organisations",
+                code="platform_admin_required",
+            )
+
+    async def create_org(
+        self,
+        admin: Principal,
+        *,
+        name: str,
+        timezone: str,
+        admin_email: str,
+        admin_name: str,
+        personal_quota: int | None,
+    ) -> dict[str, Any]:
+        """A new organisation with its first admin user and key (the key is returned once)."""
+        org_id = new_id()
+        async with self.db.acquire() as conn, conn.transaction():
+            await self._require_platform_admin(conn, admin)
+            if not await repo.insert_org(conn, org_id, name, timezone):
+                raise Conflict(f"an organisation named {name} exists", code="org_exists", param="name")
+            first = await self._insert_user(conn, org_id, admin_email, admin_name, "admin", personal_quota)
+        await self.core.load_pools([first["pool_id"]])
+        return {**await self.get_org(Principal(user_id=first["id"], org_id=org_id)), "admin": first}
+
+    async def list_orgs(self, admin: Principal) -> list[dict[str, Any]]:
+        """Every organisation (platform admins only)."""
+        async with self.db.acquire() as conn:
+            await self._require_platform_admin(conn, admin)
+            rows = await repo.list_orgs(conn)
+        return [
+            {
+                "id": r["id"],
+                "name": r["name"],
+                "timezone": r["timezone"],
+                "platform": r["platform"],
+                "user_count": r["user_count"],
+                "created_at": _iso(r["created_at"]),
+            }
+            for r in rows
+        ]
 
     # --- org and pools --------------------------------------------------------------------------------------
 

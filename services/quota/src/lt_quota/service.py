@@ -157,9 +157,11 @@ class QuotaService:
     # --- start-up -------------------------------------------------------------------------------------------
 
     async def bootstrap_admin(self, api_key: str) -> None:
-        """Ensure the default org, an admin user holding `api_key` and its personal pool (idempotent)."""
+        """Ensure the default org (the platform org, whose admins manage orgs), an admin user holding
+        `api_key` and its personal pool (idempotent)."""
         async with self.db.acquire() as conn, conn.transaction():
             org_id = await repo.upsert_org(conn, new_id(), "default", "UTC")
+            await repo.mark_platform_org(conn, org_id)
             await repo.insert_user(conn, new_id(), org_id, "admin@localhost", "Administrator", "admin")
             user_id = await repo.user_id_by_email(conn, org_id, "admin@localhost")
             assert user_id is not None
@@ -490,7 +492,8 @@ class QuotaService:
             now_ms=now,
             user_id=record.user_id,
             key_id=record.key_id,
-            session_id=session_id,
+            # Session ids are the client's: a session's freeze is kept per org.
+            session_id=_session_target(record.org_id, session_id) if session_id else None,
             reservation_id=new_id(),
             request_id=req.request_id,
             expires_ms=now + s.reservation_ttl_s * 1000,
@@ -935,7 +938,7 @@ class QuotaService:
                 org_id=cmd.org_id,
                 causation_id=cmd.event_id,
             )
-        await self._sync_freeze(cmd.target_type, cmd.target_id)
+        await self._sync_freeze(cmd.target_type, cmd.target_id, cmd.org_id)
 
     async def admin_freeze(
         self, admin: Principal, target_type: str, target_id: str, reason: str, duration_s: int | None
@@ -945,7 +948,7 @@ class QuotaService:
             record = await self._record_freeze(
                 conn, target_type, target_id, reason, duration_s, source="admin", org_id=admin.org_id
             )
-        await self._sync_freeze(target_type, target_id)
+        await self._sync_freeze(target_type, target_id, admin.org_id)
         return _freeze_view(record)
 
     async def list_freezes(self, admin: Principal) -> list[dict[str, Any]]:
@@ -972,16 +975,16 @@ class QuotaService:
                     source="admin",
                 )
                 await write_outbox(conn, Topics.QUOTA_EVENTS, event, key=target_id)
-        await self._sync_freeze(target_type, target_id)
+        await self._sync_freeze(target_type, target_id, admin.org_id)
         return {"target_type": target_type, "target_id": target_id, "frozen": False, "lifted": len(lifted)}
 
     async def restore_freezes(self) -> int:
         """Write every live freeze from Postgres into Redis (start-up, or after Redis lost its state)."""
         async with self.db.acquire() as conn:
             records = await repo.live_freezes(conn, self._now())
-        targets = {(r.target_type, r.target_id) for r in records}
-        for target_type, target_id in targets:
-            await self._sync_freeze(target_type, target_id)
+        targets = {(r.target_type, r.target_id, r.org_id) for r in records}
+        for target_type, target_id, org_id in targets:
+            await self._sync_freeze(target_type, target_id, org_id)
         await self.state.mark_restored()
         return len(targets)
 
@@ -1053,10 +1056,16 @@ class QuotaService:
             freeze_id, target_type, target_id, reason, expires_at, source, owner_org, user_id, now
         )
 
-    async def _sync_freeze(self, target_type: str, target_id: str) -> None:
-        """Make Redis hold the target's longest live freeze (or none)."""
+    async def _sync_freeze(self, target_type: str, target_id: str, org_id: str | None) -> None:
+        """Make Redis hold the target's longest live freeze (or none). Keys and users have global ids; a
+        session id is the client's, so a session's freezes are those of its org (`org_id`)."""
+        session = target_type == "session"
         async with self.db.acquire() as conn:
-            live = await repo.live_freezes(conn, self._now(), target=(target_type, target_id))
+            live = await repo.live_freezes(
+                conn, self._now(), target=(target_type, target_id), org_id=org_id if session else None
+            )
+        if session:
+            target_id = _session_target(org_id, target_id)
         if not live:
             await self.state.unfreeze(target_type, target_id)
             return
@@ -1066,6 +1075,11 @@ class QuotaService:
             None if longest.expires_at is None else int(longest.expires_at.timestamp() * 1000) - self.clock()
         )
         await self.state.freeze(target_type, target_id, longest.reason, ttl_ms)
+
+
+def _session_target(org_id: str | None, session_id: str) -> str:
+    """A session's id in Redis: `<org>/<session>` (`-/<session>` for a freeze that names no org)."""
+    return f"{org_id or '-'}/{session_id}"
 
 
 def _freeze_view(f: repo.FreezeRecord) -> dict[str, Any]:

@@ -166,6 +166,35 @@ async def upsert_org(conn: Conn, org_id: str, name: str, timezone: str) -> str:
     return str(await conn.fetchval("SELECT id FROM orgs WHERE name = $1", name))
 
 
+async def insert_org(conn: Conn, org_id: str, name: str, timezone: str) -> bool:
+    """False if an org of that name exists."""
+    inserted = await conn.fetchval(
+        "INSERT INTO orgs (id, name, timezone) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING RETURNING id",
+        org_id,
+        name,
+        timezone,
+    )
+    return inserted is not None
+
+
+async def mark_platform_org(conn: Conn, org_id: str) -> None:
+    await conn.execute("UPDATE orgs SET platform = true WHERE id = $1", org_id)
+
+
+async def is_platform_org(conn: Conn, org_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT platform FROM orgs WHERE id = $1", org_id))
+
+
+async def list_orgs(conn: Conn) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """SELECT o.id, o.name, o.timezone, o.platform, o.created_at,
+                      (SELECT count(*) FROM users u WHERE u.org_id = o.id) AS user_count
+                 FROM orgs o ORDER BY o.created_at, o.id"""
+        )
+    )
+
+
 async def insert_user(conn: Conn, user_id: str, org_id: str, email: str, name: str, role: str) -> bool:
     """False if the email is already taken in the org."""
     inserted = await conn.fetchval(

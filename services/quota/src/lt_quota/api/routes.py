@@ -18,6 +18,7 @@ from lt_quota.api.schemas import (
     ApproveBody,
     ConsumeBody,
     CreateKeyBody,
+    CreateOrgBody,
     CreatePoolBody,
     CreateTeamBody,
     CreateUserBody,
@@ -130,6 +131,23 @@ async def add_member(
     membership, created = await gov.add_member(admin, team_id, user_id, role)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return membership
+
+
+@public_router.post("/v1/admin/orgs", status_code=status.HTTP_201_CREATED)
+async def create_org(body: CreateOrgBody, admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
+    return await gov.create_org(
+        admin,
+        name=body.name,
+        timezone=body.timezone,
+        admin_email=body.admin_email,
+        admin_name=body.admin_name,
+        personal_quota=body.personal_quota,
+    )
+
+
+@public_router.get("/v1/admin/orgs")
+async def list_orgs(admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
+    return {"object": "list", "data": await gov.list_orgs(admin)}
 
 
 @public_router.get("/v1/admin/org")

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 __all__ = [
     "BUCKET_FIELDS",
@@ -14,6 +21,7 @@ __all__ = [
     "ApproveBody",
     "ConsumeBody",
     "CreateKeyBody",
+    "CreateOrgBody",
     "CreatePoolBody",
     "CreateTeamBody",
     "CreateUserBody",
@@ -133,12 +141,37 @@ class PrivacyBody(BaseModel):
     privacy: Literal["standard", "strict"]
 
 
+def _known_zone(value: str | None) -> str | None:
+    """An IANA time zone name (or None)."""
+    if value is not None:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Berlin)") from exc
+    return value
+
+
+TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_known_zone)]
+
+
+class CreateOrgBody(BaseModel):
+    """`POST /v1/admin/orgs` (platform admins): the org and its first admin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    timezone: TimeZone = "UTC"
+    admin_email: Email
+    admin_name: Name = "Administrator"
+    personal_quota: Amount | None = None
+
+
 class OrgBody(BaseModel):
     """`PATCH /v1/admin/org`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    timezone: TimeZone | None = None
     vacation_share_percent: int | None = Field(default=None, ge=0, le=100)
     allow_vacation_sharing: bool | None = None
     default_session_budget_usd_micros: Amount | None = None
@@ -154,18 +187,6 @@ class OrgBody(BaseModel):
         """The fields given: settings without null, bucket sizes with null (= back to the default)."""
         given = self.model_dump(exclude_unset=True)
         return {k: v for k, v in given.items() if v is not None or k in BUCKET_FIELDS}
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError) as exc:
-                raise ValueError(
-                    f"unknown time zone {value!r} (use an IANA name like Europe/Berlin)"
-                ) from exc
-        return value
 
 
 BUCKET_FIELDS = frozenset(
