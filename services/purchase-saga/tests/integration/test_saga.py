@@ -47,8 +47,8 @@ pytestmark = pytest.mark.integration
 FAKEPAY_HANG_S = 1.5
 
 
-def principal_headers(user_id: str = "user_1", role: str = "user") -> dict[str, str]:
-    principal = Principal(user_id=user_id, org_id="org_1", role=role)  # type: ignore[arg-type]
+def principal_headers(user_id: str = "user_1", role: str = "user", org_id: str = "org_1") -> dict[str, str]:
+    principal = Principal(user_id=user_id, org_id=org_id, role=role)  # type: ignore[arg-type]
     return {"X-LT-Principal": principal.header_value(), "X-LT-Internal-Token": DEV_INTERNAL_TOKEN}
 
 
@@ -304,6 +304,10 @@ async def test_happy_path_completes_and_announces(settings: SagaSettings) -> Non
             f"/v1/purchases/{created['id']}", headers=principal_headers("admin_1", role="admin")
         )
         assert r.status_code == 200
+        # An admin of another org sees none of it.
+        other_admin = principal_headers("admin_2", role="admin", org_id="org_2")
+        assert (await client.get(f"/v1/purchases/{created['id']}", headers=other_admin)).status_code == 404
+        assert (await client.get("/v1/admin/purchases", headers=other_admin)).json()["data"] == []
 
         r = await client.get(
             "/v1/admin/purchases?status=COMPLETED&user_id=user_1",
