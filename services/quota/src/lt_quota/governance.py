@@ -503,7 +503,7 @@ class Governance:
                 days=fields["expires_in_days"]
             )
         async with self.db.acquire() as conn, conn.transaction():
-            await self._within_org_key_size(conn, principal, fields, admin=principal.role == "admin")
+            await self._within_org_key_size(conn, principal, fields, admin=principal.is_admin)
             await repo.insert_key(
                 conn,
                 key_id,

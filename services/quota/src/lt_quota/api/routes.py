@@ -275,7 +275,7 @@ async def update_key(
     key_id: str, body: UpdateKeyBody, principal: PrincipalDep, gov: GovernanceDep
 ) -> dict[str, Any]:
     fields = body.model_dump(exclude_unset=True)
-    return await gov.update_key(principal, key_id, fields, admin=principal.role == "admin")
+    return await gov.update_key(principal, key_id, fields, admin=principal.is_admin)
 
 
 @public_router.delete("/v1/users/me/keys/{key_id}")
