@@ -226,10 +226,13 @@ async def _start_purchase(
 @router.get("/v1/purchases/{purchase_id}", tags=["purchases"])
 @router.get("/api/v1/tokens/purchase/{purchase_id}", tags=["purchases"], operation_id="get_purchase_alias")
 async def get_purchase(purchase_id: str, principal: CurrentPrincipal, pool: PoolDep) -> dict[str, Any]:
-    """One purchase with its step log; only its owner or an admin may see it."""
+    """One purchase with its step log; only its owner or an admin of its org may see it."""
     async with pool.acquire() as conn:
         purchase = await repo.get_purchase(conn, purchase_id)
-        if purchase is None or (purchase.user_id != principal.user_id and not principal.is_admin):
+        if purchase is None or (
+            purchase.user_id != principal.user_id
+            and not (principal.is_admin and purchase.org_id == principal.org_id)
+        ):
             raise NotFound(f"no purchase {purchase_id}", code="purchase_not_found")
         steps = await repo.list_steps(conn, purchase_id)
     return _detail(purchase, steps)
@@ -251,13 +254,15 @@ async def list_own_purchases(
 
 @router.get("/v1/admin/purchases", tags=["admin"])
 async def list_all_purchases(
-    _: AdminPrincipal,
+    admin: AdminPrincipal,
     pool: PoolDep,
     limit: Limit = 100,
     status: StatusFilter = None,
     user_id: Annotated[str | None, Query(max_length=100)] = None,
 ) -> dict[str, Any]:
-    """Every purchase, newest first, optionally of one user or in one status (admin)."""
+    """Every purchase of the admin's org, newest first, optionally of one user or in one status."""
     async with pool.acquire() as conn:
-        purchases = await repo.list_purchases(conn, user_id=user_id, status=status, limit=limit)
+        purchases = await repo.list_purchases(
+            conn, user_id=user_id, status=status, limit=limit, org_id=admin.org_id
+        )
     return {"object": "list", "data": [_summary(p) for p in purchases]}

@@ -138,15 +138,23 @@ async def get_purchase(conn: asyncpg.Connection, purchase_id: str) -> Purchase |
 
 
 async def list_purchases(
-    conn: asyncpg.Connection, *, user_id: str | None, limit: int, status: Status | None = None
+    conn: asyncpg.Connection,
+    *,
+    user_id: str | None,
+    limit: int,
+    status: Status | None = None,
+    org_id: str | None = None,
 ) -> list[Purchase]:
-    """Newest first; all users when `user_id` is None, all statuses when `status` is None."""
+    """Newest first; all users when `user_id` is None, all statuses when `status` is None, all orgs when
+    `org_id` is None."""
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM purchases WHERE ($1::text IS NULL OR user_id = $1) "
-        "AND ($3::text IS NULL OR status = $3) ORDER BY created_at DESC, id LIMIT $2",
+        "AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR org_id = $4) "
+        "ORDER BY created_at DESC, id LIMIT $2",
         user_id,
         limit,
         status.value if status is not None else None,
+        org_id,
     )
     return [Purchase.from_record(r) for r in rows]
 

@@ -27,12 +27,15 @@ from leaky_common.events import (
     PurchaseFailed,
     TokensCredited,
     TokensDebited,
+    Topics,
     parse_message,
 )
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.settings import DEV_INTERNAL_TOKEN
 from leaky_common.testing import eventually as wait_until
 from leaky_common.testing.infra import free_port
+from lt_quota.main import create_app as create_quota_app
+from lt_quota.settings import QuotaSettings
 from lt_saga import repository as repo
 from lt_saga.fakepay import create_fakepay_app
 from lt_saga.main import create_app
@@ -44,8 +47,8 @@ pytestmark = pytest.mark.integration
 FAKEPAY_HANG_S = 1.5
 
 
-def principal_headers(user_id: str = "user_1", role: str = "user") -> dict[str, str]:
-    principal = Principal(user_id=user_id, org_id="org_1", role=role)  # type: ignore[arg-type]
+def principal_headers(user_id: str = "user_1", role: str = "user", org_id: str = "org_1") -> dict[str, str]:
+    principal = Principal(user_id=user_id, org_id=org_id, role=role)  # type: ignore[arg-type]
     return {"X-LT-Principal": principal.header_value(), "X-LT-Internal-Token": DEV_INTERNAL_TOKEN}
 
 
@@ -301,6 +304,10 @@ async def test_happy_path_completes_and_announces(settings: SagaSettings) -> Non
             f"/v1/purchases/{created['id']}", headers=principal_headers("admin_1", role="admin")
         )
         assert r.status_code == 200
+        # An admin of another org sees none of it.
+        other_admin = principal_headers("admin_2", role="admin", org_id="org_2")
+        assert (await client.get(f"/v1/purchases/{created['id']}", headers=other_admin)).status_code == 404
+        assert (await client.get("/v1/admin/purchases", headers=other_admin)).json()["data"] == []
 
         r = await client.get(
             "/v1/admin/purchases?status=COMPLETED&user_id=user_1",
@@ -611,3 +618,156 @@ async def test_relay_moves_to_a_live_instance_when_its_leader_stops(settings: Sa
         )
         assert body["status"] == "COMPLETED"
         assert quota.applied == {(body["id"], "credit_tokens"): 300}
+
+
+# --- with the real quota service --------------------------------------------------------------------------
+
+QUOTA_ADMIN_KEY = "lt-saga-test-admin-" + uuid.uuid4().hex
+
+
+@asynccontextmanager
+async def real_quota(
+    make_database: Callable[[str], Awaitable[str]], redis_url: str, kafka_bootstrap: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real quota service (its own database, Redis prefix and consumer group) on the real topics."""
+    settings = QuotaSettings(
+        _env_file=None,
+        environment="test",
+        database_url=await make_database("saga_quota"),
+        redis_url=redis_url,
+        kafka_bootstrap=kafka_bootstrap,
+        bootstrap_admin_key=QUOTA_ADMIN_KEY,
+        redis_prefix=f"lt:{uuid.uuid4().hex[:8]}:",
+        consumer_group=f"quota-{uuid.uuid4().hex[:8]}",
+        sweep_interval_s=3600,
+        log_json=False,
+    )
+    app = create_quota_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
+            yield client
+
+
+async def quota_headers(quota: httpx.AsyncClient, api_key: str) -> dict[str, str]:
+    """Headers the gateway would forward for `api_key`."""
+    internal = {"X-LT-Internal-Token": DEV_INTERNAL_TOKEN}
+    r = await quota.post("/internal/authenticate", json={"api_key": api_key}, headers=internal)
+    assert r.status_code == 200, r.text
+    return {**internal, "X-LT-Principal": r.text}
+
+
+async def buyer_with_usd_pool(quota: httpx.AsyncClient, usd_limit: int) -> tuple[Principal, dict[str, Any]]:
+    """A quota user (principal as the gateway forwards it) with an unscoped usd pool of `usd_limit`."""
+    admin = await quota_headers(quota, QUOTA_ADMIN_KEY)
+    r = await quota.post(
+        "/v1/admin/users",
+        json={"email": f"{uuid.uuid4().hex[:8]}@example.com", "name": "Buyer"},
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    user = r.json()
+    r = await quota.post(
+        "/v1/admin/pools",
+        json={"owner_type": "user", "owner_id": user["id"], "unit": "usd", "limit": usd_limit},
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    principal = Principal.model_validate_json((await quota_headers(quota, user["api_key"]))["X-LT-Principal"])
+    return principal, r.json()
+
+
+async def pool_limit(quota: httpx.AsyncClient, pool_id: str) -> int:
+    r = await quota.get(f"/v1/admin/pools/{pool_id}", headers=await quota_headers(quota, QUOTA_ADMIN_KEY))
+    assert r.status_code == 200, r.text
+    return int(r.json()["limit"])
+
+
+def as_principal(principal: Principal) -> dict[str, str]:
+    return {"X-LT-Principal": principal.header_value(), "X-LT-Internal-Token": DEV_INTERNAL_TOKEN}
+
+
+async def finished_for(client: httpx.AsyncClient, purchase_id: str, principal: Principal) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+
+    async def done() -> bool:
+        r = await client.get(f"/v1/purchases/{purchase_id}", headers=as_principal(principal))
+        result.update(r.json())
+        return r.json()["status"] in TERMINAL
+
+    await wait_until(done, 30, f"purchase {purchase_id} to finish")
+    return result
+
+
+@pytest.fixture
+def real_topics(settings: SagaSettings) -> SagaSettings:
+    """Saga settings on quota's real command and reply topics."""
+    return settings.model_copy(
+        update={"quota_commands_topic": Topics.QUOTA_COMMANDS, "saga_replies_topic": Topics.SAGA_REPLIES}
+    )
+
+
+async def test_usd_top_up_raises_the_usd_pool_by_exactly_the_amount(
+    real_topics: SagaSettings,
+    make_database: Callable[[str], Awaitable[str]],
+    redis_url: str,
+    kafka_bootstrap: str,
+) -> None:
+    async with (
+        real_quota(make_database, redis_url, kafka_bootstrap) as quota,
+        running_saga(real_topics) as client,
+    ):
+        buyer, pool = await buyer_with_usd_pool(quota, 5_000_000)
+        headers = {**as_principal(buyer), "Idempotency-Key": "k-usd"}
+        r = await client.post("/v1/purchases", json={"amount": 2_345_678, "unit": "usd"}, headers=headers)
+        assert r.status_code == 202, r.text
+        assert r.json()["price_usd_micros"] == 2_345_678
+        body = await finished_for(client, r.json()["id"], buyer)
+        assert body["status"] == "COMPLETED", body
+        assert await pool_limit(quota, pool["id"]) == 5_000_000 + 2_345_678
+        # The buyer sees the raised usd pool among their quota; the token pool is untouched.
+        r = await quota.get("/v1/users/me/quota", headers=as_principal(buyer))
+        pools = {p["unit"]: p for p in r.json()["pools"]}
+        assert pools["usd"]["limit"] == 7_345_678
+        assert pools["tokens"]["limit"] == 100_000
+
+
+async def test_compensated_usd_top_up_leaves_the_usd_pool_unchanged(
+    real_topics: SagaSettings,
+    make_database: Callable[[str], Awaitable[str]],
+    redis_url: str,
+    kafka_bootstrap: str,
+) -> None:
+    async with (
+        real_quota(make_database, redis_url, kafka_bootstrap) as quota,
+        running_saga(real_topics) as client,
+    ):
+        buyer, pool = await buyer_with_usd_pool(quota, 1_000_000)
+        headers = {**as_principal(buyer), "Idempotency-Key": "k-usd-capture"}
+        r = await client.post(
+            "/v1/purchases",
+            json={"amount": 2_000_000, "unit": "usd", "payment_method": "pm_card_captureFails"},
+            headers=headers,
+        )
+        body = await finished_for(client, r.json()["id"], buyer)
+        assert body["status"] == "COMPENSATED", body
+        steps = step_log(body)
+        assert ("credit_tokens", "succeeded") in steps and ("debit_tokens", "succeeded") in steps
+        assert await pool_limit(quota, pool["id"]) == 1_000_000
+
+        # A usd purchase aimed at a token pool is refused by quota with the reason, and nothing is charged.
+        tokens_pool = next(
+            p
+            for p in (await quota.get("/v1/users/me/quota", headers=as_principal(buyer))).json()["pools"]
+            if p["unit"] == "tokens"
+        )
+        r = await client.post(
+            "/v1/purchases",
+            json={"amount": 500_000, "unit": "usd", "pool_id": tokens_pool["id"]},
+            headers={**as_principal(buyer), "Idempotency-Key": "k-usd-wrong-pool"},
+        )
+        body = await finished_for(client, r.json()["id"], buyer)
+        assert body["status"] == "FAILED"
+        assert "counted in tokens" in body["reason"] and "micro-dollars" in body["reason"]
+        assert ("void_payment", "succeeded") in step_log(body)
+        assert await pool_limit(quota, tokens_pool["id"]) == 100_000

@@ -56,6 +56,8 @@ def _key_view(r: asyncpg.Record) -> dict[str, Any]:
         "expires_at": _iso(r["expires_at"]),
         "allowed_models": r["allowed_models"],
         "allowed_priorities": r["allowed_priorities"],
+        "rate_limit_requests_per_period": r["rate_limit_requests_per_period"],
+        "rate_limit_tokens_per_period": r["rate_limit_tokens_per_period"],
     }
 
 
@@ -123,30 +125,45 @@ class Governance:
         role: str,
     ) -> dict[str, Any]:
         """Create a user with a personal pool and a first API key (returned once)."""
-        limit = self.settings.default_personal_quota if personal_quota is None else personal_quota
-        user_id = new_id()
-        api_key = generate_api_key()
         async with self.db.acquire() as conn, conn.transaction():
             if team_id is not None and not await repo.team_exists(conn, team_id, admin.org_id):
                 raise NotFound(f"team {team_id} not found", code="team_not_found", param="team_id")
-            if not await repo.insert_user(conn, user_id, admin.org_id, email, name, role):
-                raise Conflict(f"a user with email {email} exists", code="email_taken", param="email")
-            pool_id = await repo.ensure_pool(
-                conn, new_id(), "user", user_id, admin.org_id, unit, limit, period=period
-            )
-            await repo.insert_key(
-                conn, new_id(), user_id, admin.org_id, key_prefix(api_key), hash_api_key(api_key), "default"
+            user = await self._insert_user(
+                conn, admin.org_id, email, name, role, personal_quota, unit=unit, period=period
             )
             if team_id is not None:
-                await repo.upsert_member(conn, team_id, user_id, "member")
-        await self.core.load_pools([pool_id])
+                await repo.upsert_member(conn, team_id, user["id"], "member")
+        await self.core.load_pools([user["pool_id"]])
         self.core.invalidate()
+        return {**user, "team_id": team_id}
+
+    async def _insert_user(
+        self,
+        conn: asyncpg.Connection,
+        org_id: str,
+        email: str,
+        name: str,
+        role: str,
+        personal_quota: int | None,
+        *,
+        unit: str = "tokens",
+        period: str = "none",
+    ) -> dict[str, Any]:
+        """A user with a personal pool and a first key, in the caller's transaction (the key shown once)."""
+        limit = self.settings.default_personal_quota if personal_quota is None else personal_quota
+        user_id = new_id()
+        api_key = generate_api_key()
+        if not await repo.insert_user(conn, user_id, org_id, email, name, role):
+            raise Conflict(f"a user with email {email} exists", code="email_taken", param="email")
+        pool_id = await repo.ensure_pool(conn, new_id(), "user", user_id, org_id, unit, limit, period=period)
+        await repo.insert_key(
+            conn, new_id(), user_id, org_id, key_prefix(api_key), hash_api_key(api_key), "default"
+        )
         return {
             "id": user_id,
             "email": email,
             "name": name,
-            "org_id": admin.org_id,
-            "team_id": team_id,
+            "org_id": org_id,
             "role": role,
             "api_key": api_key,
             "key_prefix": key_prefix(api_key),
@@ -332,6 +349,52 @@ class Governance:
             "status": user.status,
         }
 
+    # --- orgs (platform admins) -----------------------------------------------------------------------------
+
+    async def _require_platform_admin(self, conn: asyncpg.Connection, admin: Principal) -> None:
+        if not await repo.is_platform_org(conn, admin.org_id):
+            raise Forbidden(
+                "only admins of the platform organisation manage organisations",
+                code="platform_admin_required",
+            )
+
+    async def create_org(
+        self,
+        admin: Principal,
+        *,
+        name: str,
+        timezone: str,
+        admin_email: str,
+        admin_name: str,
+        personal_quota: int | None,
+    ) -> dict[str, Any]:
+        """A new organisation with its first admin user and key (the key is returned once)."""
+        org_id = new_id()
+        async with self.db.acquire() as conn, conn.transaction():
+            await self._require_platform_admin(conn, admin)
+            if not await repo.insert_org(conn, org_id, name, timezone):
+                raise Conflict(f"an organisation named {name} exists", code="org_exists", param="name")
+            first = await self._insert_user(conn, org_id, admin_email, admin_name, "admin", personal_quota)
+        await self.core.load_pools([first["pool_id"]])
+        return {**await self.get_org(Principal(user_id=first["id"], org_id=org_id)), "admin": first}
+
+    async def list_orgs(self, admin: Principal) -> list[dict[str, Any]]:
+        """Every organisation (platform admins only)."""
+        async with self.db.acquire() as conn:
+            await self._require_platform_admin(conn, admin)
+            rows = await repo.list_orgs(conn)
+        return [
+            {
+                "id": r["id"],
+                "name": r["name"],
+                "timezone": r["timezone"],
+                "platform": r["platform"],
+                "user_count": r["user_count"],
+                "created_at": _iso(r["created_at"]),
+            }
+            for r in rows
+        ]
+
     # --- org and pools --------------------------------------------------------------------------------------
 
     async def get_org(self, admin: Principal) -> dict[str, Any]:
@@ -346,6 +409,11 @@ class Governance:
             "default_session_budget_usd_micros": org.default_session_budget_usd_micros,
             "strict_sessions": org.strict_sessions,
             "privacy_strict": org.privacy_strict,
+            "key_requests_per_period": org.key_requests_per_period,
+            "key_tokens_per_period": org.key_tokens_per_period,
+            "user_requests_per_period": org.user_requests_per_period,
+            "user_tokens_per_period": org.user_tokens_per_period,
+            "bucket_period_s": self.settings.bucket_period_s,
         }
 
     async def update_org(self, admin: Principal, fields: dict[str, Any]) -> dict[str, Any]:
@@ -435,6 +503,7 @@ class Governance:
                 days=fields["expires_in_days"]
             )
         async with self.db.acquire() as conn, conn.transaction():
+            await self._within_org_key_size(conn, principal, fields, admin=principal.is_admin)
             await repo.insert_key(
                 conn,
                 key_id,
@@ -446,6 +515,8 @@ class Governance:
                 expires_at=expires_at,
                 allowed_models=fields.get("allowed_models"),
                 allowed_priorities=fields.get("allowed_priorities"),
+                rate_limit_requests=fields.get("rate_limit_requests_per_period"),
+                rate_limit_tokens=fields.get("rate_limit_tokens_per_period"),
             )
             for unit, field in (("tokens", "max_tokens"), ("usd", "max_usd_micros")):
                 if fields.get(field) is not None:
@@ -462,6 +533,43 @@ class Governance:
             row = await repo.get_key(conn, key_id, principal.user_id)
         assert row is not None
         return {**_key_view(row), "api_key": api_key}
+
+    async def update_key(
+        self, principal: Principal, key_id: str, fields: dict[str, int | None], *, admin: bool
+    ) -> dict[str, Any]:
+        """Set or clear a key's own bucket sizes (an owner who is not an admin stays within the org's key
+        size); the next admission in this process uses them."""
+        async with self.db.acquire() as conn, conn.transaction():
+            await self._within_org_key_size(conn, principal, fields, admin=admin)
+            if not await repo.update_key_rate_limits(conn, key_id, principal.user_id, fields):
+                raise NotFound(f"key {key_id} not found", code="key_not_found")
+            row = await repo.get_key(conn, key_id, principal.user_id)
+        assert row is not None
+        self.core.invalidate()
+        return _key_view(row)
+
+    async def _within_org_key_size(
+        self, conn: asyncpg.Connection, principal: Principal, fields: dict[str, Any], *, admin: bool
+    ) -> None:
+        """400 if a key owner asks for bigger buckets than a key of theirs gets from the org (admins may)."""
+        if admin:
+            return
+        user = await repo.get_user(conn, principal.user_id, principal.org_id)
+        if user is None:
+            raise NotFound(f"user {principal.user_id} not found", code="user_not_found")
+        sizes = self.core.default_bucket_sizes(await self._org(conn, principal.org_id), user.tier, user.role)
+        for field, most in (
+            ("rate_limit_requests_per_period", sizes.key_requests),
+            ("rate_limit_tokens_per_period", sizes.key_tokens),
+        ):
+            value = fields.get(field)
+            if value is not None and value > most:
+                raise InvalidRequest(
+                    f"{field} may be at most {most}, this organisation's size for your keys; an admin can "
+                    "set a larger one",
+                    code="rate_limit_above_org_limit",
+                    param=field,
+                )
 
     async def list_keys(self, principal: Principal) -> list[dict[str, Any]]:
         """The caller's keys, without secrets."""
@@ -487,8 +595,8 @@ class Governance:
         return {"id": key_id, "revoked": True}
 
     async def rotate_key(self, principal: Principal, key_id: str) -> dict[str, Any]:
-        """Replace a key by a new secret with the same name, expiry, allowed models and priorities; its own
-        caps (and what they have used) move to the new key; the old key stops at once."""
+        """Replace a key by a new secret with the same name, expiry, allowed models, priorities and bucket
+        sizes; its own caps (and what they have used) move to the new key; the old key stops at once."""
         api_key = generate_api_key()
         new_key_id = new_id()
         async with self.db.acquire() as conn, conn.transaction():
@@ -506,6 +614,8 @@ class Governance:
                 expires_at=old["expires_at"],
                 allowed_models=old["allowed_models"],
                 allowed_priorities=old["allowed_priorities"],
+                rate_limit_requests=old["rate_limit_requests_per_period"],
+                rate_limit_tokens=old["rate_limit_tokens_per_period"],
             )
             await repo.move_key_pools(conn, key_id, new_key_id)
             await repo.revoke_key(conn, key_id, principal.user_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,7 +55,7 @@ from lt_quota.domain import (
 )
 from lt_quota.settings import QuotaSettings
 
-__all__ = ["Clock", "Leg", "QuotaService", "system_clock"]
+__all__ = ["BucketSizes", "Clock", "Leg", "QuotaService", "system_clock"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ _EXHAUSTED = {
     "key_cap": ("key_cap_exhausted", "this API key's own cap is exhausted"),
     "session": ("session_budget_exhausted", "session budget exhausted"),
 }
+_UNIT_NAMES = {"tokens": "tokens", "usd": "micro-dollars (usd)"}
 _CACHE_MAX = 10_000
 _SESSION_ID_MAX = 200
 _PRIORITIES = ("low", "normal", "high", "critical")
@@ -107,6 +108,16 @@ class _Context:
     until: float
     pools: list[repo.PoolRecord]
     vacation: bool
+
+
+@dataclass(frozen=True)
+class BucketSizes:
+    """Leaky-bucket capacities per period (requests and tokens, per key and per user)."""
+
+    key_requests: int
+    key_tokens: int
+    user_requests: int
+    user_tokens: int
 
 
 @dataclass(frozen=True)
@@ -146,9 +157,11 @@ class QuotaService:
     # --- start-up -------------------------------------------------------------------------------------------
 
     async def bootstrap_admin(self, api_key: str) -> None:
-        """Ensure the default org, an admin user holding `api_key` and its personal pool (idempotent)."""
+        """Ensure the default org (the platform org, whose admins manage orgs), an admin user holding
+        `api_key` and its personal pool (idempotent)."""
         async with self.db.acquire() as conn, conn.transaction():
             org_id = await repo.upsert_org(conn, new_id(), "default", "UTC")
+            await repo.mark_platform_org(conn, org_id)
             await repo.insert_user(conn, new_id(), org_id, "admin@localhost", "Administrator", "admin")
             user_id = await repo.user_id_by_email(conn, org_id, "admin@localhost")
             assert user_id is not None
@@ -352,6 +365,32 @@ class QuotaService:
                 counters.append(counter(p, "vacation_share", len(sources), pct=share))
         return counters, sources
 
+    def default_bucket_sizes(self, org: repo.OrgSettings | None, tier: str, role: str) -> BucketSizes:
+        """The bucket sizes per period of a key without its own: the org's overrides, else the service's
+        settings, scaled by the user's tier and (for admins) the admin multiplier."""
+        s = self.settings
+        mult = s.bucket_tiers.get(tier, 1.0) * (s.admin_bucket_multiplier if role == "admin" else 1.0)
+
+        def scaled(field: str) -> int:
+            override: int | None = getattr(org, field) if org is not None else None
+            return max(1, int((getattr(s, field) if override is None else override) * mult))
+
+        return BucketSizes(
+            key_requests=scaled("key_requests_per_period"),
+            key_tokens=scaled("key_tokens_per_period"),
+            user_requests=scaled("user_requests_per_period"),
+            user_tokens=scaled("user_tokens_per_period"),
+        )
+
+    def bucket_sizes(self, record: repo.KeyRecord) -> BucketSizes:
+        """The sizes one admission uses: the key's own sizes exactly as set (no scaling), else the defaults."""
+        sizes = self.default_bucket_sizes(record.org, record.tier, record.role)
+        return replace(
+            sizes,
+            key_requests=record.rate_limit_requests or sizes.key_requests,
+            key_tokens=record.rate_limit_tokens or sizes.key_tokens,
+        )
+
     def _policy(self, record: repo.KeyRecord, req: AdmitRequest) -> bool:
         """Check the key's model and priority rules; True if the request may draw on the team pool."""
         if record.allowed_models is not None and not any(
@@ -449,14 +488,13 @@ class QuotaService:
         now = self.clock()
         s = self.settings
         max_out = req.max_output_tokens or req.model_max_output_tokens
-        mult = s.bucket_tiers.get(record.tier, 1.0) * (
-            s.admin_bucket_multiplier if record.role == "admin" else 1.0
-        )
+        sizes = self.bucket_sizes(record)
         args = AdmitArgs(
             now_ms=now,
             user_id=record.user_id,
             key_id=record.key_id,
-            session_id=session_id,
+            # Session ids are the client's: a session's freeze is kept per org.
+            session_id=_session_target(record.org_id, session_id) if session_id else None,
             reservation_id=new_id(),
             request_id=req.request_id,
             expires_ms=now + s.reservation_ttl_s * 1000,
@@ -468,10 +506,10 @@ class QuotaService:
             bucket_output_tokens=-1 if req.max_output_tokens else s.bucket_output_estimate_tokens,
             input_price=req.input_usd_micros_per_mtok,
             output_price=req.output_usd_micros_per_mtok,
-            key_requests=max(1, int(s.key_requests_per_period * mult)),
-            key_tokens=max(1, int(s.key_tokens_per_period * mult)),
-            user_requests=max(1, int(s.user_requests_per_period * mult)),
-            user_tokens=max(1, int(s.user_tokens_per_period * mult)),
+            key_requests=sizes.key_requests,
+            key_tokens=sizes.key_tokens,
+            user_requests=sizes.user_requests,
+            user_tokens=sizes.user_tokens,
             period_ms=int(s.bucket_period_s * 1000),
             strategy=s.bucket_strategy,
             burst=s.bucket_burst,
@@ -764,19 +802,23 @@ class QuotaService:
                 )
                 changed_pool = existing["pool_id"] if existing["applied"] else None
             else:
+                # Without a pool id, the buyer's own unscoped pool of the purchase's unit.
                 pool = await (
                     repo.pool_by_id(conn, cmd.pool_id, for_update=True)
                     if cmd.pool_id
-                    else repo.personal_pool(conn, cmd.user_id, for_update=True)
+                    else repo.personal_pool(conn, cmd.user_id, unit=cmd.unit, for_update=True)
                 )
                 reason: str | None = None
                 # A refusal that must stick for this purchase (recorded, unlike a malformed command).
                 tombstone = False
                 new_limit = 0
                 if pool is None:
-                    reason = f"unknown pool {cmd.pool_id}" if cmd.pool_id else f"unknown user {cmd.user_id}"
+                    reason = await self._missing_pool_reason(conn, cmd)
                 elif pool.unit != cmd.unit:
-                    reason = f"pool unit is {pool.unit}, command unit is {cmd.unit}"
+                    reason = (
+                        f"pool {pool.id} is counted in {_UNIT_NAMES.get(pool.unit, pool.unit)}, "
+                        f"but this {kind} is in {_UNIT_NAMES[cmd.unit]}"
+                    )
                 elif cmd.amount <= 0:
                     reason = "amount must be positive"
                 elif kind == "credit" and not await self._may_top_up(conn, cmd.user_id, pool):
@@ -842,6 +884,18 @@ class QuotaService:
             await self._sync_limit(changed_pool)
 
     @staticmethod
+    async def _missing_pool_reason(conn: asyncpg.Connection, cmd: CreditTokens | DebitTokens) -> str:
+        """Why a command found no pool: an unknown pool or user, or a user without a pool of that unit."""
+        if cmd.pool_id:
+            return f"unknown pool {cmd.pool_id}"
+        if await repo.get_user(conn, cmd.user_id) is None:
+            return f"unknown user {cmd.user_id}"
+        return (
+            f"user {cmd.user_id} has no {cmd.unit} pool ({_UNIT_NAMES[cmd.unit]}); "
+            "an admin creates one with POST /v1/admin/pools"
+        )
+
+    @staticmethod
     async def _may_top_up(conn: asyncpg.Connection, user_id: str, pool: repo.PoolRecord) -> bool:
         """A purchase may credit the buyer's own pool, their team's pool or their organisation's pool."""
         if pool.owner_type == "user":
@@ -885,7 +939,7 @@ class QuotaService:
                 org_id=cmd.org_id,
                 causation_id=cmd.event_id,
             )
-        await self._sync_freeze(cmd.target_type, cmd.target_id)
+        await self._sync_freeze(cmd.target_type, cmd.target_id, cmd.org_id)
 
     async def admin_freeze(
         self, admin: Principal, target_type: str, target_id: str, reason: str, duration_s: int | None
@@ -895,7 +949,7 @@ class QuotaService:
             record = await self._record_freeze(
                 conn, target_type, target_id, reason, duration_s, source="admin", org_id=admin.org_id
             )
-        await self._sync_freeze(target_type, target_id)
+        await self._sync_freeze(target_type, target_id, admin.org_id)
         return _freeze_view(record)
 
     async def list_freezes(self, admin: Principal) -> list[dict[str, Any]]:
@@ -922,16 +976,16 @@ class QuotaService:
                     source="admin",
                 )
                 await write_outbox(conn, Topics.QUOTA_EVENTS, event, key=target_id)
-        await self._sync_freeze(target_type, target_id)
+        await self._sync_freeze(target_type, target_id, admin.org_id)
         return {"target_type": target_type, "target_id": target_id, "frozen": False, "lifted": len(lifted)}
 
     async def restore_freezes(self) -> int:
         """Write every live freeze from Postgres into Redis (start-up, or after Redis lost its state)."""
         async with self.db.acquire() as conn:
             records = await repo.live_freezes(conn, self._now())
-        targets = {(r.target_type, r.target_id) for r in records}
-        for target_type, target_id in targets:
-            await self._sync_freeze(target_type, target_id)
+        targets = {(r.target_type, r.target_id, r.org_id) for r in records}
+        for target_type, target_id, org_id in targets:
+            await self._sync_freeze(target_type, target_id, org_id)
         await self.state.mark_restored()
         return len(targets)
 
@@ -1003,10 +1057,16 @@ class QuotaService:
             freeze_id, target_type, target_id, reason, expires_at, source, owner_org, user_id, now
         )
 
-    async def _sync_freeze(self, target_type: str, target_id: str) -> None:
-        """Make Redis hold the target's longest live freeze (or none)."""
+    async def _sync_freeze(self, target_type: str, target_id: str, org_id: str | None) -> None:
+        """Make Redis hold the target's longest live freeze (or none). Keys and users have global ids; a
+        session id is the client's, so a session's freezes are those of its org (`org_id`)."""
+        session = target_type == "session"
         async with self.db.acquire() as conn:
-            live = await repo.live_freezes(conn, self._now(), target=(target_type, target_id))
+            live = await repo.live_freezes(
+                conn, self._now(), target=(target_type, target_id), org_id=org_id if session else None
+            )
+        if session:
+            target_id = _session_target(org_id, target_id)
         if not live:
             await self.state.unfreeze(target_type, target_id)
             return
@@ -1016,6 +1076,11 @@ class QuotaService:
             None if longest.expires_at is None else int(longest.expires_at.timestamp() * 1000) - self.clock()
         )
         await self.state.freeze(target_type, target_id, longest.reason, ttl_ms)
+
+
+def _session_target(org_id: str | None, session_id: str) -> str:
+    """A session's id in Redis: `<org>/<session>` (`-/<session>` for a freeze that names no org)."""
+    return f"{org_id or '-'}/{session_id}"
 
 
 def _freeze_view(f: repo.FreezeRecord) -> dict[str, Any]:

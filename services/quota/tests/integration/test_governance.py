@@ -713,6 +713,91 @@ async def test_token_bucket_strategy_allows_a_burst_then_refills(settings: Quota
         assert (await h.admit(user["api_key"], max_output_tokens=16)).status_code == 429
 
 
+async def test_bucket_sizes_per_key_and_per_org(settings: QuotaSettings) -> None:
+    clock = FakeClock()  # frozen: the buckets do not leak during the test
+    async with running(settings, clock) as h:
+        user = await h.user()
+        keys = "/v1/users/me/keys"
+        r = await h.call(
+            "POST", keys, user["api_key"], json={"name": "agent", "rate_limit_requests_per_period": 3}
+        )
+        assert r.status_code == 201, r.text
+        agent = r.json()
+        assert agent["rate_limit_requests_per_period"] == 3 and agent["rate_limit_tokens_per_period"] is None
+        for remaining in (2, 1, 0):
+            r = await h.admit(agent["api_key"], max_output_tokens=16)
+            assert r.status_code == 200, r.text
+            state = r.json()["ratelimit"]
+            assert (state["limit_requests"], state["remaining_requests"]) == (3, remaining)
+        r = await h.admit(agent["api_key"], max_output_tokens=16)
+        assert r.status_code == 429
+        assert r.headers["retry-after"] == "20"  # one request leaks out every 60 s / 3
+        assert r.json()["error"]["code"] == "rate_limited" and r.json()["error"]["limit"] == "key_requests"
+        # The same user's other key keeps the default size.
+        r = await h.admit(user["api_key"], max_output_tokens=16)
+        assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 600
+
+        # The owner may resize their key within the org's size (600 here), not beyond it; an admin may.
+        r = await h.call(
+            "PATCH", f"{keys}/{agent['id']}", user["api_key"], json={"rate_limit_requests_per_period": 4}
+        )
+        assert r.status_code == 200 and r.json()["rate_limit_requests_per_period"] == 4
+        r = await h.admit(agent["api_key"], max_output_tokens=16)
+        assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 4
+        assert (await h.admit(agent["api_key"], max_output_tokens=16)).status_code == 429
+        r = await h.call(
+            "PATCH", f"{keys}/{agent['id']}", user["api_key"], json={"rate_limit_requests_per_period": 601}
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "rate_limit_above_org_limit"
+        r = await h.call("POST", keys, user["api_key"], json={"rate_limit_tokens_per_period": 10**7})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "rate_limit_tokens_per_period"
+        big = await h.call(
+            "PATCH",
+            f"/v1/admin/users/{user['id']}/keys/{agent['id']}",
+            json={"rate_limit_requests_per_period": 900},
+        )
+        assert big.status_code == 200 and big.json()["rate_limit_requests_per_period"] == 900
+        r = await h.call(
+            "PATCH", f"{keys}/{agent['id']}", user["api_key"], json={"rate_limit_requests_per_period": None}
+        )
+        assert r.status_code == 200 and r.json()["rate_limit_requests_per_period"] is None
+        r = await h.call("PATCH", f"{keys}/nope", user["api_key"], json={"rate_limit_requests_per_period": 2})
+        assert r.status_code == 404
+        r = await h.call(
+            "POST", keys, user["api_key"], json={"name": "own", "rate_limit_requests_per_period": 5}
+        )
+        own = r.json()
+
+        # An org size applies to every key without its own; a key with its own keeps it.
+        try:
+            r = await h.call(
+                "PATCH", "/v1/admin/org", json={"key_requests_per_period": 2, "user_tokens_per_period": 10**6}
+            )
+            assert r.status_code == 200, r.text
+            assert (r.json()["key_requests_per_period"], r.json()["user_tokens_per_period"]) == (2, 10**6)
+            other = await h.user()
+            for _ in range(2):
+                r = await h.admit(other["api_key"], max_output_tokens=16)
+                assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 2
+            assert (await h.admit(other["api_key"], max_output_tokens=16)).status_code == 429
+            r = await h.admit(own["api_key"], max_output_tokens=16)
+            assert r.status_code == 200 and r.json()["ratelimit"]["limit_requests"] == 5
+            # The owner's ceiling is now the org's size.
+            r = await h.call(
+                "PATCH", f"{keys}/{own['id']}", user["api_key"], json={"rate_limit_requests_per_period": 3}
+            )
+            assert r.status_code == 400
+        finally:
+            r = await h.call(
+                "PATCH",
+                "/v1/admin/org",
+                json={"key_requests_per_period": None, "user_tokens_per_period": None},
+            )
+        assert (r.json()["key_requests_per_period"], r.json()["user_tokens_per_period"]) == (None, None)
+        r = await h.admit((await h.user())["api_key"], max_output_tokens=16)
+        assert r.json()["ratelimit"]["limit_requests"] == 600
+
+
 async def test_no_route_answers_500_to_junk(settings: QuotaSettings) -> None:
     """Every route in the OpenAPI document, as admin and as a user, with junk bodies and path values."""
     async with running(settings) as h:
@@ -776,3 +861,138 @@ async def test_a_reservation_made_before_legs_existed_is_settled_after_an_upgrad
         pool = await h.pool(user["api_key"], user["pool_id"])
         assert (pool["used"], pool["reserved"]) == (120, 0)
         assert await h.service.sweep_expired() == 0
+
+
+async def test_platform_admins_create_orgs_and_admin_routes_stay_in_their_org(
+    settings: QuotaSettings,
+) -> None:
+    async with running(settings) as h:
+        # The bootstrap org is the platform org: its admins create orgs, each with a first admin and key.
+        name = f"org-{uuid.uuid4().hex[:8]}"
+        body = {"name": name, "timezone": "Europe/Berlin", "admin_email": "Boss@B.example"}
+        r = await h.call("POST", "/v1/admin/orgs", json=body)
+        assert r.status_code == 201, r.text
+        org_b = r.json()
+        admin_b = org_b["admin"]["api_key"]
+        assert (org_b["name"], org_b["timezone"]) == (name, "Europe/Berlin")
+        assert (org_b["admin"]["role"], org_b["admin"]["email"]) == ("admin", "boss@b.example")
+        assert (await h.call("POST", "/v1/admin/orgs", json=body)).json()["error"]["code"] == "org_exists"
+        r = await h.call("POST", "/v1/admin/orgs", json={**body, "name": "x", "timezone": "Mars/Base"})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        orgs = {o["id"]: o for o in (await h.call("GET", "/v1/admin/orgs")).json()["data"]}
+        assert orgs[org_b["id"]]["user_count"] == 1 and not orgs[org_b["id"]]["platform"]
+        org_a = (await h.call("GET", "/v1/admin/org")).json()
+        assert orgs[org_a["id"]]["platform"]
+        # B's admin runs B, but does not manage orgs.
+        for method in ("GET", "POST"):
+            r = await h.call(method, "/v1/admin/orgs", admin_b, json=body if method == "POST" else None)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "platform_admin_required"
+        assert (await h.call("GET", "/v1/admin/org", admin_b)).json()["id"] == org_b["id"]
+        assert (await h.admit(admin_b, max_output_tokens=16)).status_code == 200
+
+        # Org A's user, team, key, pool, session and freeze; org B's user and team.
+        ua = await h.user()
+        team_a = await h.team(pool=1000)
+        key_a = (await h.call("GET", f"/v1/admin/users/{ua['id']}/keys")).json()["data"][0]["id"]
+        session = f"shared-{uuid.uuid4().hex[:8]}"
+        assert (await h.admit(ua["api_key"], max_output_tokens=16, session_id=session)).status_code == 200
+        r = await h.call(
+            "POST", "/v1/admin/freezes", json={"target_type": "key", "target_id": key_a, "reason": "A"}
+        )
+        assert r.status_code == 201
+        r = await h.call("POST", "/v1/admin/users", admin_b, json={"email": "u@b.example", "name": "B user"})
+        assert r.status_code == 201 and r.json()["org_id"] == org_b["id"]
+        ub = r.json()
+        team_b = (await h.call("POST", "/v1/admin/teams", admin_b, json={"name": "team-b"})).json()
+
+        async def confined(
+            api_key: str, user: dict[str, Any], key_id: str, team_id: str, own_team: str
+        ) -> None:
+            """Every admin route aimed at the other org's things answers 403/404 to `api_key`."""
+            uid, pool = user["id"], user["pool_id"]
+            for method, path, payload in [
+                ("PATCH", f"/v1/admin/users/{uid}", {"status": "suspended"}),
+                ("GET", f"/v1/admin/users/{uid}/quota", None),
+                ("GET", f"/v1/admin/users/{uid}/keys", None),
+                ("PATCH", f"/v1/admin/users/{uid}/keys/{key_id}", {"rate_limit_requests_per_period": 1}),
+                ("DELETE", f"/v1/admin/users/{uid}/keys/{key_id}", None),
+                ("POST", f"/v1/admin/teams/{team_id}/members/{uid}", None),
+                ("POST", f"/v1/admin/teams/{own_team}/members/{uid}", None),
+                ("GET", f"/v1/admin/pools/{pool}", None),
+                ("PATCH", f"/v1/admin/pools/{pool}", {"limit": 1}),
+                ("DELETE", f"/v1/admin/pools/{pool}", None),
+                (
+                    "POST",
+                    "/v1/admin/pools",
+                    {"owner_type": "user", "owner_id": uid, "unit": "usd", "limit": 1},
+                ),
+                (
+                    "POST",
+                    "/v1/admin/pools",
+                    {"owner_type": "team", "owner_id": team_id, "unit": "usd", "limit": 1},
+                ),
+                (
+                    "POST",
+                    "/v1/admin/pools",
+                    {"owner_type": "key", "owner_id": key_id, "unit": "usd", "limit": 1},
+                ),
+                ("POST", "/v1/admin/freezes", {"target_type": "user", "target_id": uid, "reason": "x"}),
+                ("POST", "/v1/admin/freezes", {"target_type": "key", "target_id": key_id, "reason": "x"}),
+                ("DELETE", f"/v1/admin/freezes/key/{key_id}", None),
+            ]:
+                r = await h.call(method, path, api_key, json=payload)
+                assert r.status_code in (403, 404), (method, path, r.status_code, r.text)
+            users = {u["id"] for u in (await h.call("GET", "/v1/admin/users", api_key)).json()["data"]}
+            pools = {p["id"] for p in (await h.call("GET", "/v1/admin/pools", api_key)).json()["data"]}
+            teams = {t["id"] for t in (await h.call("GET", "/v1/admin/teams", api_key)).json()["data"]}
+            freezes = {
+                f["target_id"] for f in (await h.call("GET", "/v1/admin/freezes", api_key)).json()["data"]
+            }
+            assert uid not in users and pool not in pools and team_id not in teams and key_id not in freezes
+
+        await confined(admin_b, ua, key_a, team_a["id"], team_b["id"])
+        key_b = (await h.call("GET", f"/v1/admin/users/{ub['id']}/keys", admin_b)).json()["data"][0]["id"]
+        await confined(ADMIN_KEY, ub, key_b, team_b["id"], team_a["id"])
+
+        # Sessions: B sees none of A's, and a session id in B is another session than the same id in A.
+        sessions = (await h.call("GET", "/v1/admin/sessions", admin_b)).json()["data"]
+        assert session not in {s["session_id"] for s in sessions}
+        assert (await h.call("GET", f"/v1/admin/sessions/{session}", admin_b)).json()["pool_id"] is None
+        a_before = (await h.call("GET", f"/v1/admin/sessions/{session}")).json()
+        assert a_before["spent_usd_micros"] >= 0 and a_before["pool_id"] is not None
+        r = await h.call(
+            "PUT", f"/v1/admin/sessions/{session}/budget", admin_b, json={"budget_usd_micros": 1}
+        )
+        assert r.status_code == 200 and r.json()["pool_id"] != a_before["pool_id"]
+        assert (await h.call("POST", f"/v1/admin/sessions/{session}/reset", admin_b)).status_code == 200
+        assert (await h.call("GET", f"/v1/admin/sessions/{session}")).json() == a_before
+
+        # Nothing of A changed: A's freeze still holds until A lifts it; user, key and pool are intact.
+        r = await h.admit(ua["api_key"], max_output_tokens=16)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "frozen"
+        assert (await h.call("DELETE", f"/v1/admin/freezes/key/{key_a}")).json()["lifted"] == 1
+        assert (await h.admit(ua["api_key"], max_output_tokens=16)).status_code == 200
+        assert (await h.call("GET", f"/v1/admin/pools/{ua['pool_id']}")).json()["limit"] == 100_000
+        listed = (await h.call("GET", "/v1/admin/users")).json()["data"]
+        assert next(u for u in listed if u["id"] == ua["id"])["status"] == "active"
+
+        # B freezing "its" session freezes B's session of that id only.
+        r = await h.call(
+            "POST",
+            "/v1/admin/freezes",
+            admin_b,
+            json={"target_type": "session", "target_id": session, "reason": "B"},
+        )
+        assert r.status_code == 201
+        r = await h.admit(admin_b, max_output_tokens=16, session_id=session)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "frozen"
+        assert (await h.admit(ua["api_key"], max_output_tokens=16, session_id=session)).status_code == 200
+        assert session not in {
+            f["target_id"] for f in (await h.call("GET", "/v1/admin/freezes")).json()["data"]
+        }
+        # The freeze is restored per org from Postgres after Redis lost it.
+        await h.service.state.redis.flushdb()
+        await h.service.restore_freezes()
+        r = await h.admit(admin_b, max_output_tokens=1, min_output_tokens=1, session_id=session)
+        assert r.status_code == 403
+        assert (await h.admit(ua["api_key"], max_output_tokens=16, session_id=session)).status_code == 200

@@ -488,6 +488,20 @@ async def test_credit_command_raises_limit_once_and_replies_through_outbox(
         failed = await read_replies(kafka_bootstrap, unknown.saga_id, 1)
         assert len(failed) == 1 and not failed[0].success and "unknown user" in (failed[0].reason or "")
 
+        # A usd credit goes to the buyer's usd pool: none yet is a clear refusal, the token pool is untouched.
+        usd = CreditTokens(
+            saga_id=uuid.uuid4().hex,
+            step="credit",
+            purchase_id="p-usd",
+            user_id=user["id"],
+            amount=7,
+            unit="usd",
+        )
+        await publisher.publish(Topics.QUOTA_COMMANDS, usd)
+        (refused,) = await read_replies(kafka_bootstrap, usd.saga_id, 1)
+        assert not refused.success and "has no usd pool" in (refused.reason or "")
+        assert (await h.quota(user["api_key"]))["personal_quota"] == 1500
+
 
 async def test_debit_undoes_only_an_applied_credit_and_blocks_a_late_one(
     settings: QuotaSettings, publisher: EventPublisher, kafka_bootstrap: str

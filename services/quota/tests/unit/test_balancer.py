@@ -1,5 +1,6 @@
 """The balancer's inputs to the admission script, and the key policy checks (no I/O)."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -9,7 +10,7 @@ from leaky_common.contracts import AdmitRequest
 from leaky_common.errors import Forbidden, InvalidRequest
 from lt_quota.adapters.redis_state import RedisState
 from lt_quota.adapters.repository import KeyRecord, OrgSettings, PoolRecord
-from lt_quota.service import QuotaService
+from lt_quota.service import BucketSizes, QuotaService
 from lt_quota.settings import QuotaSettings
 
 NOW = int(datetime(2026, 11, 23, 12, tzinfo=UTC).timestamp() * 1000)
@@ -121,3 +122,18 @@ def test_key_policy_models_and_priorities() -> None:
     # A default priority of critical without the right is simply normal, not an error.
     assert svc._policy(record(default_priority="critical"), admit()) is False
     assert svc._policy(record(default_priority="critical", allow_priority_bypass=True), admit()) is True
+
+
+def test_bucket_sizes_key_then_org_then_settings() -> None:
+    svc = service()  # settings: 600 requests and 200,000 tokens per period for keys and users
+    assert svc.bucket_sizes(record()) == BucketSizes(600, 200_000, 600, 200_000)
+    # The org's sizes replace the settings and are scaled by tier and the admin multiplier like them.
+    org = replace(ORG, key_requests_per_period=10, user_tokens_per_period=5_000)
+    assert svc.bucket_sizes(record(org=org)) == BucketSizes(10, 200_000, 600, 5_000)
+    assert svc.bucket_sizes(record(org=org, tier="pro", role="admin")) == BucketSizes(
+        40, 800_000, 2400, 20_000
+    )
+    # A key's own sizes are used exactly as set, whatever the tier; the user's buckets keep the org's.
+    own = record(org=org, tier="pro", rate_limit_requests=3, rate_limit_tokens=1_000)
+    assert svc.bucket_sizes(own) == BucketSizes(3, 1_000, 1200, 10_000)
+    assert svc.default_bucket_sizes(None, "unknown-tier", "user") == BucketSizes(600, 200_000, 600, 200_000)

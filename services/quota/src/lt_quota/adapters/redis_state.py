@@ -7,7 +7,8 @@ Layout (every key starts with the configured prefix, `lt:` by default):
                                               user, request, expires
     res:by_expiry                       zset  reservation_id scored by expiry (ms)
     bucket:<key|user>:<id>:<req|tok>    hash  level (float: what is used), ts (ms), win (fixed windows)
-    freeze:<user|key|session>:<id>      string reason, with the freeze's TTL (none: until lifted)
+    freeze:<user|key|session>:<id>      string reason, with the freeze's TTL (none: until lifted); a
+                                        session's id is `<org>/<session>`
     restored                            string set once freezes are restored; gone = Redis lost its data
 
 Postgres is the truth: every counter can be rebuilt from the ledger (`used`), reservations are charged from
@@ -276,7 +277,7 @@ class AdmitArgs:
     now_ms: int
     user_id: str
     key_id: str
-    session_id: str | None
+    session_id: str | None  # `<org>/<session>`: what a session freeze is kept under
     reservation_id: str
     request_id: str
     expires_ms: int

@@ -52,6 +52,9 @@ class KeyRecord:
     allowed_priorities: tuple[str, ...] | None = None
     org: OrgSettings | None = None
     managed_team_ids: tuple[str, ...] = ()
+    # The key's own leaky-bucket sizes (None: the org's, else the service's).
+    rate_limit_requests: int | None = None
+    rate_limit_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,11 @@ class OrgSettings:
     default_session_budget_usd_micros: int
     strict_sessions: bool
     privacy_strict: bool
+    # Leaky-bucket size overrides per period (None: the service's settings).
+    key_requests_per_period: int | None = None
+    key_tokens_per_period: int | None = None
+    user_requests_per_period: int | None = None
+    user_tokens_per_period: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,8 @@ def _pool(row: asyncpg.Record) -> PoolRecord:
 
 _ORG_COLUMNS = """o.id AS org_id_, o.name AS org_name, o.timezone, o.vacation_share_percent,
     o.allow_vacation_sharing, o.default_session_budget_usd_micros, o.strict_sessions,
-    o.privacy_strict AS org_privacy_strict"""
+    o.privacy_strict AS org_privacy_strict, o.key_requests_per_period, o.key_tokens_per_period,
+    o.user_requests_per_period, o.user_tokens_per_period"""
 
 
 def _org(row: asyncpg.Record) -> OrgSettings:
@@ -138,6 +147,10 @@ def _org(row: asyncpg.Record) -> OrgSettings:
         default_session_budget_usd_micros=row["default_session_budget_usd_micros"],
         strict_sessions=row["strict_sessions"],
         privacy_strict=row["org_privacy_strict"],
+        key_requests_per_period=row["key_requests_per_period"],
+        key_tokens_per_period=row["key_tokens_per_period"],
+        user_requests_per_period=row["user_requests_per_period"],
+        user_tokens_per_period=row["user_tokens_per_period"],
     )
 
 
@@ -152,6 +165,35 @@ async def upsert_org(conn: Conn, org_id: str, name: str, timezone: str) -> str:
         timezone,
     )
     return str(await conn.fetchval("SELECT id FROM orgs WHERE name = $1", name))
+
+
+async def insert_org(conn: Conn, org_id: str, name: str, timezone: str) -> bool:
+    """False if an org of that name exists."""
+    inserted = await conn.fetchval(
+        "INSERT INTO orgs (id, name, timezone) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING RETURNING id",
+        org_id,
+        name,
+        timezone,
+    )
+    return inserted is not None
+
+
+async def mark_platform_org(conn: Conn, org_id: str) -> None:
+    await conn.execute("UPDATE orgs SET platform = true WHERE id = $1", org_id)
+
+
+async def is_platform_org(conn: Conn, org_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT platform FROM orgs WHERE id = $1", org_id))
+
+
+async def list_orgs(conn: Conn) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """SELECT o.id, o.name, o.timezone, o.platform, o.created_at,
+                      (SELECT count(*) FROM users u WHERE u.org_id = o.id) AS user_count
+                 FROM orgs o ORDER BY o.created_at, o.id"""
+        )
+    )
 
 
 async def insert_user(conn: Conn, user_id: str, org_id: str, email: str, name: str, role: str) -> bool:
@@ -231,11 +273,14 @@ async def insert_key(
     expires_at: datetime | None = None,
     allowed_models: list[str] | None = None,
     allowed_priorities: list[str] | None = None,
+    rate_limit_requests: int | None = None,
+    rate_limit_tokens: int | None = None,
 ) -> bool:
     inserted = await conn.fetchval(
         """INSERT INTO api_keys
-               (id, user_id, org_id, prefix, hash, name, expires_at, allowed_models, allowed_priorities)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               (id, user_id, org_id, prefix, hash, name, expires_at, allowed_models, allowed_priorities,
+                rate_limit_requests_per_period, rate_limit_tokens_per_period)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
            ON CONFLICT (hash) DO NOTHING RETURNING id""",
         key_id,
         user_id,
@@ -246,14 +291,34 @@ async def insert_key(
         expires_at,
         allowed_models,
         allowed_priorities,
+        rate_limit_requests,
+        rate_limit_tokens,
     )
     return inserted is not None
 
 
+_KEY_VIEW_COLUMNS = """id, prefix, name, created_at, revoked_at, expires_at, allowed_models, allowed_priorities,
+    rate_limit_requests_per_period, rate_limit_tokens_per_period"""
+
+
+async def update_key_rate_limits(
+    conn: Conn, key_id: str, user_id: str, fields: dict[str, int | None]
+) -> bool:
+    """Set (or clear, with None) a live key's own bucket sizes; False if the user has no such key."""
+    cols = [c for c in ("rate_limit_requests_per_period", "rate_limit_tokens_per_period") if c in fields]
+    sets = ", ".join(f"{c} = ${i + 3}" for i, c in enumerate(cols)) or "id = id"
+    value = await conn.fetchval(
+        f"UPDATE api_keys SET {sets} WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL RETURNING id",
+        key_id,
+        user_id,
+        *(fields[c] for c in cols),
+    )
+    return value is not None
+
+
 async def get_key(conn: Conn, key_id: str, user_id: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        """SELECT id, prefix, name, created_at, revoked_at, expires_at, allowed_models, allowed_priorities, hash
-             FROM api_keys WHERE id = $1 AND user_id = $2""",
+        f"SELECT {_KEY_VIEW_COLUMNS}, hash FROM api_keys WHERE id = $1 AND user_id = $2",
         key_id,
         user_id,
     )
@@ -271,7 +336,8 @@ async def key_by_id(conn: Conn, key_id: str) -> KeyRecord | None:
 async def _key_where(conn: Conn, clause: str, value: str) -> KeyRecord | None:
     row = await conn.fetchrow(
         f"""SELECT k.id AS key_id, k.expires_at, k.revoked_at IS NOT NULL AS revoked, {_USER_COLUMNS},
-                   k.allowed_models, k.allowed_priorities, {_ORG_COLUMNS},
+                   k.allowed_models, k.allowed_priorities, k.rate_limit_requests_per_period,
+                   k.rate_limit_tokens_per_period, {_ORG_COLUMNS},
                    (SELECT p.id FROM pools p
                      WHERE p.owner_type = 'user' AND p.owner_id = u.id AND p.unit = 'tokens'
                        AND p.provider = '' AND p.model = '') AS pool_id,
@@ -304,6 +370,8 @@ async def _key_where(conn: Conn, clause: str, value: str) -> KeyRecord | None:
         else None,
         org=_org(row),
         managed_team_ids=tuple(row["managed_team_ids"]),
+        rate_limit_requests=row["rate_limit_requests_per_period"],
+        rate_limit_tokens=row["rate_limit_tokens_per_period"],
     )
 
 
@@ -317,8 +385,7 @@ async def move_key_pools(conn: Conn, old_key_id: str, new_key_id: str) -> None:
 async def list_keys(conn: Conn, user_id: str) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
-            """SELECT id, prefix, name, created_at, revoked_at, expires_at, allowed_models, allowed_priorities
-                 FROM api_keys WHERE user_id = $1 ORDER BY created_at""",
+            f"SELECT {_KEY_VIEW_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at",
             user_id,
         )
     )
@@ -378,13 +445,17 @@ async def ensure_pool(
     return str(value)
 
 
-async def personal_pool(conn: Conn, user_id: str, *, for_update: bool = False) -> PoolRecord | None:
+async def personal_pool(
+    conn: Conn, user_id: str, *, unit: str = "tokens", for_update: bool = False
+) -> PoolRecord | None:
+    """The user's unscoped pool of `unit` (tokens, or usd in micro-dollars)."""
     lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(
         f"""SELECT {_POOL_COLUMNS} FROM pools
-             WHERE owner_type = 'user' AND owner_id = $1 AND unit = 'tokens' AND provider = '' AND model = ''
+             WHERE owner_type = 'user' AND owner_id = $1 AND unit = $2 AND provider = '' AND model = ''
              {lock}""",
         user_id,
+        unit,
     )
     return None if row is None else _pool(row)
 
@@ -740,6 +811,10 @@ async def update_org(conn: Conn, org_id: str, fields: dict[str, object]) -> None
         "default_session_budget_usd_micros",
         "strict_sessions",
         "privacy_strict",
+        "key_requests_per_period",
+        "key_tokens_per_period",
+        "user_requests_per_period",
+        "user_tokens_per_period",
     }
     cols = [c for c in fields if c in allowed]
     if cols:

@@ -18,6 +18,7 @@ from lt_quota.api.schemas import (
     ApproveBody,
     ConsumeBody,
     CreateKeyBody,
+    CreateOrgBody,
     CreatePoolBody,
     CreateTeamBody,
     CreateUserBody,
@@ -28,6 +29,7 @@ from lt_quota.api.schemas import (
     RejectBody,
     SessionBudgetBody,
     StatusBody,
+    UpdateKeyBody,
     UpdatePoolBody,
     UpdateUserBody,
     UserView,
@@ -98,6 +100,14 @@ async def revoke_user_key(user_id: str, key_id: str, admin: AdminDep, gov: Gover
     return await gov.revoke_key(await gov.user_principal(admin, user_id), key_id)
 
 
+@public_router.patch("/v1/admin/users/{user_id}/keys/{key_id}")
+async def update_user_key(
+    user_id: str, key_id: str, body: UpdateKeyBody, admin: AdminDep, gov: GovernanceDep
+) -> dict[str, Any]:
+    user = await gov.user_principal(admin, user_id)
+    return await gov.update_key(user, key_id, body.model_dump(exclude_unset=True), admin=True)
+
+
 @public_router.post("/v1/admin/teams", status_code=status.HTTP_201_CREATED)
 async def create_team(body: CreateTeamBody, admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
     return await gov.create_team(admin, name=body.name, pool=body.pool)
@@ -123,6 +133,23 @@ async def add_member(
     return membership
 
 
+@public_router.post("/v1/admin/orgs", status_code=status.HTTP_201_CREATED)
+async def create_org(body: CreateOrgBody, admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
+    return await gov.create_org(
+        admin,
+        name=body.name,
+        timezone=body.timezone,
+        admin_email=body.admin_email,
+        admin_name=body.admin_name,
+        personal_quota=body.personal_quota,
+    )
+
+
+@public_router.get("/v1/admin/orgs")
+async def list_orgs(admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
+    return {"object": "list", "data": await gov.list_orgs(admin)}
+
+
 @public_router.get("/v1/admin/org")
 async def get_org(admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
     return await gov.get_org(admin)
@@ -130,7 +157,7 @@ async def get_org(admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
 
 @public_router.patch("/v1/admin/org")
 async def update_org(body: OrgBody, admin: AdminDep, gov: GovernanceDep) -> dict[str, Any]:
-    return await gov.update_org(admin, _set(body))
+    return await gov.update_org(admin, body.changes())
 
 
 @public_router.post("/v1/admin/pools", status_code=status.HTTP_201_CREATED)
@@ -241,6 +268,14 @@ async def create_key(
     body: CreateKeyBody | None = Body(default=None),  # noqa: B008
 ) -> dict[str, Any]:
     return await gov.create_key(principal, _set(body) if body is not None else {})
+
+
+@public_router.patch("/v1/users/me/keys/{key_id}")
+async def update_key(
+    key_id: str, body: UpdateKeyBody, principal: PrincipalDep, gov: GovernanceDep
+) -> dict[str, Any]:
+    fields = body.model_dump(exclude_unset=True)
+    return await gov.update_key(principal, key_id, fields, admin=principal.is_admin)
 
 
 @public_router.delete("/v1/users/me/keys/{key_id}")

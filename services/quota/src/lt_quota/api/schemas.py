@@ -5,14 +5,23 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 __all__ = [
+    "BUCKET_FIELDS",
     "AddMemberBody",
     "ApprovalBody",
     "ApproveBody",
     "ConsumeBody",
     "CreateKeyBody",
+    "CreateOrgBody",
     "CreatePoolBody",
     "CreateTeamBody",
     "CreateUserBody",
@@ -23,6 +32,7 @@ __all__ = [
     "RejectBody",
     "SessionBudgetBody",
     "StatusBody",
+    "UpdateKeyBody",
     "UpdatePoolBody",
     "UpdateUserBody",
     "UserView",
@@ -38,6 +48,8 @@ Priority = Literal["low", "normal", "high", "critical"]
 Amount = Annotated[int, Field(ge=0, le=10**15)]
 Pattern = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)]
+RequestsPerPeriod = Annotated[int, Field(ge=1, le=10**9)]
+TokensPerPeriod = Annotated[int, Field(ge=1, le=10**15)]
 
 
 class CreateUserBody(BaseModel):
@@ -84,6 +96,19 @@ class CreateKeyBody(BaseModel):
     max_tokens: Amount | None = None
     max_usd_micros: Amount | None = None
     cap_period: PeriodName = "none"
+    # The key's own leaky-bucket sizes per period (an owner stays within the org's key size).
+    rate_limit_requests_per_period: RequestsPerPeriod | None = None
+    rate_limit_tokens_per_period: TokensPerPeriod | None = None
+
+
+class UpdateKeyBody(BaseModel):
+    """`PATCH /v1/users/me/keys/{id}` and `PATCH /v1/admin/users/{user}/keys/{id}`: the key's own bucket
+    sizes; null removes one (the key then takes the org's size)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit_requests_per_period: RequestsPerPeriod | None = None
+    rate_limit_tokens_per_period: TokensPerPeriod | None = None
 
 
 class UpdateUserBody(BaseModel):
@@ -116,29 +141,57 @@ class PrivacyBody(BaseModel):
     privacy: Literal["standard", "strict"]
 
 
+def _known_zone(value: str | None) -> str | None:
+    """An IANA time zone name (or None)."""
+    if value is not None:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Berlin)") from exc
+    return value
+
+
+TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_known_zone)]
+
+
+class CreateOrgBody(BaseModel):
+    """`POST /v1/admin/orgs` (platform admins): the org and its first admin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    timezone: TimeZone = "UTC"
+    admin_email: Email
+    admin_name: Name = "Administrator"
+    personal_quota: Amount | None = None
+
+
 class OrgBody(BaseModel):
     """`PATCH /v1/admin/org`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    timezone: TimeZone | None = None
     vacation_share_percent: int | None = Field(default=None, ge=0, le=100)
     allow_vacation_sharing: bool | None = None
     default_session_budget_usd_micros: Amount | None = None
     strict_sessions: bool | None = None
     privacy_strict: bool | None = None
+    # Leaky-bucket sizes per period for the org's keys and users; null goes back to the service's setting.
+    key_requests_per_period: RequestsPerPeriod | None = None
+    key_tokens_per_period: TokensPerPeriod | None = None
+    user_requests_per_period: RequestsPerPeriod | None = None
+    user_tokens_per_period: TokensPerPeriod | None = None
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError) as exc:
-                raise ValueError(
-                    f"unknown time zone {value!r} (use an IANA name like Europe/Berlin)"
-                ) from exc
-        return value
+    def changes(self) -> dict[str, object]:
+        """The fields given: settings without null, bucket sizes with null (= back to the default)."""
+        given = self.model_dump(exclude_unset=True)
+        return {k: v for k, v in given.items() if v is not None or k in BUCKET_FIELDS}
+
+
+BUCKET_FIELDS = frozenset(
+    {"key_requests_per_period", "key_tokens_per_period", "user_requests_per_period", "user_tokens_per_period"}
+)
 
 
 class CreatePoolBody(BaseModel):

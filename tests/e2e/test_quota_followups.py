@@ -1,0 +1,61 @@
+"""Quota follow-ups through the public gateway: per-key bucket sizes and organisations."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+
+async def test_a_key_with_its_own_bucket_size_is_limited_alone(stack, admin: httpx.AsyncClient) -> None:
+    r = await admin.post(
+        "/v1/admin/users", json={"email": f"rl-{uuid.uuid4().hex[:8]}@example.com", "name": "Agent owner"}
+    )
+    assert r.status_code == 201, r.text
+    default_key = r.json()["api_key"]
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {default_key}"}, timeout=30
+    ) as owner:
+        r = await owner.post("/v1/users/me/keys", json={"name": "agent", "rate_limit_requests_per_period": 3})
+        assert r.status_code == 201, r.text
+        agent_key = r.json()["api_key"]
+        async with httpx.AsyncClient(
+            base_url=stack.gateway_url, headers={"Authorization": f"Bearer {agent_key}"}, timeout=30
+        ) as agent:
+            for _ in range(3):
+                r = await agent.post("/v1/chat/completions", json=CHAT)
+                assert r.status_code == 200, r.text
+                assert r.headers["x-ratelimit-limit-requests"] == "3"
+            r = await agent.post("/v1/chat/completions", json=CHAT)
+            assert r.status_code == 429, r.text
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["code"] == "rate_limited"
+        # The owner's other key is not limited by the agent's bucket.
+        r = await owner.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200, r.text
+        assert int(r.headers["x-ratelimit-limit-requests"]) > 3
+
+
+async def test_a_new_org_is_run_by_its_own_admin_only(stack, admin: httpx.AsyncClient) -> None:
+    name = f"e2e-org-{uuid.uuid4().hex[:8]}"
+    r = await admin.post("/v1/admin/orgs", json={"name": name, "admin_email": "ops@new.example"})
+    assert r.status_code == 201, r.text
+    org = r.json()
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {org['admin']['api_key']}"}, timeout=30
+    ) as other:
+        assert (await other.get("/v1/admin/org")).json()["id"] == org["id"]
+        users = (await other.get("/v1/admin/users")).json()["data"]
+        assert [u["email"] for u in users] == ["ops@new.example"]
+        assert (await other.get("/v1/admin/orgs")).status_code == 403
+        r = await other.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200, r.text
+    listed = (await admin.get("/v1/admin/orgs")).json()["data"]
+    assert name in {o["name"] for o in listed}
+    mine = {u["id"] for u in (await admin.get("/v1/admin/users")).json()["data"]}
+    assert org["admin"]["id"] not in mine
