@@ -37,6 +37,9 @@ class Principal(BaseModel):
     # manager read these teams' reports and anomalies. Quota fills it from the key cache, so a role change can
     # take up to `LT_KEY_CACHE_TTL_S` to show in other quota processes.
     managed_team_ids: tuple[str, ...] = ()
+    # True for admins of the platform org (`orgs.platform` in quota): they may also change platform-wide settings
+    # (the global anomaly thresholds, all-org notifier subscriptions). Every other admin stays within `org_id`.
+    platform_admin: bool = False
 
     @property
     def is_admin(self) -> bool:

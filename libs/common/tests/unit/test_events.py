@@ -81,3 +81,14 @@ def test_principal_carries_managed_teams_through_its_header() -> None:
     # A header from a sender that predates the field still validates, managing nothing.
     old = Principal.model_validate_json('{"user_id": "u", "org_id": "o"}')
     assert old.managed_team_ids == () and not old.manages("t1")
+
+
+def test_principal_carries_platform_admin_through_its_header_and_defaults_false() -> None:
+    p = Principal(user_id="u", org_id="o", role="admin", platform_admin=True)
+    assert Principal.model_validate_json(p.header_value()).platform_admin is True
+    assert Principal(user_id="u", org_id="o", role="admin").platform_admin is False
+    # A header from a sender that predates the field still validates, as no platform admin.
+    assert (
+        Principal.model_validate_json('{"user_id": "u", "org_id": "o", "role": "admin"}').platform_admin
+        is False
+    )

@@ -305,6 +305,7 @@ class QuotaService:
             email=record.email,
             allowed_models=record.allowed_models,
             managed_team_ids=record.managed_team_ids,
+            platform_admin=record.role == "admin" and record.platform,
         )
 
     async def authenticate(self, api_key: str) -> Principal:

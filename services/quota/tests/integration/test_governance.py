@@ -3,6 +3,7 @@ calendar periods and thresholds, the balancer's rules, caps, approvals and isola
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 import uuid
@@ -888,6 +889,9 @@ async def test_platform_admins_create_orgs_and_admin_routes_stay_in_their_org(
             r = await h.call(method, "/v1/admin/orgs", admin_b, json=body if method == "POST" else None)
             assert r.status_code == 403 and r.json()["error"]["code"] == "platform_admin_required"
         assert (await h.call("GET", "/v1/admin/org", admin_b)).json()["id"] == org_b["id"]
+        # The principal says who is a platform admin: org A's admin is, org B's admin is not.
+        assert json.loads((await h.headers(ADMIN_KEY))["X-LT-Principal"])["platform_admin"] is True
+        assert json.loads((await h.headers(admin_b))["X-LT-Principal"])["platform_admin"] is False
         assert (await h.admit(admin_b, max_output_tokens=16)).status_code == 200
 
         # Org A's user, team, key, pool, session and freeze; org B's user and team.

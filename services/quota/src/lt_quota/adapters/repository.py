@@ -52,6 +52,8 @@ class KeyRecord:
     allowed_priorities: tuple[str, ...] | None = None
     org: OrgSettings | None = None
     managed_team_ids: tuple[str, ...] = ()
+    # True for users of the platform org (`orgs.platform`): its admins manage orgs and global settings.
+    platform: bool = False
     # The key's own leaky-bucket sizes (None: the org's, else the service's).
     rate_limit_requests: int | None = None
     rate_limit_tokens: int | None = None
@@ -342,7 +344,8 @@ async def _key_where(conn: Conn, clause: str, value: str) -> KeyRecord | None:
                      WHERE p.owner_type = 'user' AND p.owner_id = u.id AND p.unit = 'tokens'
                        AND p.provider = '' AND p.model = '') AS pool_id,
                    ARRAY(SELECT tm.team_id FROM team_members tm
-                          WHERE tm.user_id = u.id AND tm.role = 'manager' ORDER BY tm.team_id) AS managed_team_ids
+                          WHERE tm.user_id = u.id AND tm.role = 'manager' ORDER BY tm.team_id) AS managed_team_ids,
+                   o.platform
               FROM api_keys k JOIN users u ON u.id = k.user_id JOIN orgs o ON o.id = u.org_id
              WHERE {clause}""",
         value,
@@ -370,6 +373,7 @@ async def _key_where(conn: Conn, clause: str, value: str) -> KeyRecord | None:
         else None,
         org=_org(row),
         managed_team_ids=tuple(row["managed_team_ids"]),
+        platform=row["platform"],
         rate_limit_requests=row["rate_limit_requests_per_period"],
         rate_limit_tokens=row["rate_limit_tokens_per_period"],
     )
