@@ -55,6 +55,15 @@ OrgParam = Annotated[str | None, Query(min_length=1, max_length=200, pattern=ID_
 router = APIRouter(tags=["analytics"])
 
 
+def _own_org(caller: Principal, org_id: str | None) -> str:
+    """The org a request reads: the caller's own; naming another org is a 403 `other_org`, for admins too."""
+    if org_id is not None and org_id != caller.org_id:
+        raise Forbidden(
+            "you may only read or change your own org's analytics", param="org_id", code="other_org"
+        )
+    return caller.org_id
+
+
 class Totals(BaseModel):
     requests: int
     prompt_tokens: int
@@ -136,11 +145,9 @@ async def leaderboard(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     org_id: OrgParam = None,
 ) -> Leaderboard:
-    """Users of the caller's org ranked by average efficiency (completion/prompt per request).
-
-    Admins may name another org with `org_id`.
-    """
-    org = org_id if (caller.is_admin and org_id) else caller.org_id
+    """Users of the caller's org ranked by average efficiency (completion/prompt per request); `org_id`, if
+    given, must be the caller's own."""
+    org = _own_org(caller, org_id)
     since = datetime.combine(
         window_start(datetime.now(UTC).date(), _PERIOD_DAYS[period]), datetime.min.time(), UTC
     )
@@ -192,10 +199,10 @@ async def anomalies(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     org_id: OrgParam = None,
 ) -> AnomalyList:
-    """Newest detections first: a user's own and, for a manager, those of the teams they manage (both within
-    the caller's org); or (admins) every one, optionally of one org."""
+    """Newest detections first, always within the caller's org: a user's own and, for a manager, those of the
+    teams they manage; for admins every one of their org. `org_id`, if given, must be the caller's own."""
     user = None if caller.is_admin else caller.user_id
-    org = org_id if caller.is_admin else caller.org_id
+    org = _own_org(caller, org_id)
     teams = () if caller.is_admin else caller.managed_team_ids
     rows = await repository.list_anomalies(
         pool, user_id=user, org_id=org, kind=kind, limit=limit, team_ids=teams
@@ -225,8 +232,9 @@ async def baseline(
     threshold_multiplier: Annotated[float, Query(gt=1.0, le=1000)] = 2.0,
     org_id: OrgParam = None,
 ) -> Baseline:
-    """The caller's org (admins: any org) now versus its recent past; anomaly = baseline > 0 and ratio >= x."""
-    org = org_id if (caller.is_admin and org_id) else caller.org_id
+    """The caller's org now versus its recent past; anomaly = baseline > 0 and ratio >= x. `org_id`, if given,
+    must be the caller's own."""
+    org = _own_org(caller, org_id)
     current, previous = await window_tokens(pool, org, datetime.now(UTC), window_minutes, baseline_windows)
     mean, ratio = baseline_ratio(current, previous)
     return Baseline(
@@ -276,11 +284,14 @@ async def timeseries(
     provider: Annotated[str | None, Query(min_length=1, max_length=200, pattern=ID_PATTERN)] = None,
 ) -> Timeseries:
     """Usage of a user, team, org, key or session per bucket (oldest first), optionally for one model or
-    provider. Users may read their own user and key, managers the teams they manage; admins any scope."""
+    provider. Users may read their own user and key, managers the teams they manage; admins any scope of their
+    org. Only usage recorded under the caller's org is counted; naming another org is a 403 `other_org`."""
     own = {"user": caller.user_id, "key": caller.key_id}
     target = id or own.get(scope)
     if target is None:
         raise InvalidRequest(f"id is required for scope {scope!r}", param="id", code="missing_id")
+    if scope == "org" and target != caller.org_id:
+        raise Forbidden("you may only read your own org's usage", param="id", code="other_org")
     managed = scope == "team" and caller.manages(target)
     if not (caller.is_admin or managed) and own.get(scope) != target:
         raise Forbidden(
@@ -289,7 +300,7 @@ async def timeseries(
             code="admin_required",
         )
     since = datetime.now(UTC) - timedelta(hours=hours or _GRAIN_DEFAULT_HOURS[grain])
-    rows = await repository.timeseries(pool, scope, target, grain, since, model, provider)
+    rows = await repository.timeseries(pool, scope, target, caller.org_id, grain, since, model, provider)
     return Timeseries(
         scope=scope, id=target, grain=grain, model=model, provider=provider, data=[Point(**r) for r in rows]
     )
@@ -316,18 +327,29 @@ async def _threshold_view(request: Request, pool: asyncpg.Pool, org_id: str | No
 
 
 @router.get("/v1/analytics/thresholds", response_model=ThresholdView)
-async def get_thresholds(request: Request, _: Admin, pool: Pool, org_id: OrgParam = None) -> ThresholdView:
-    """Detector thresholds in force globally (no `org_id`) or for one org, and the overrides set at that level."""
-    return await _threshold_view(request, pool, org_id)
+async def get_thresholds(
+    request: Request, admin: Admin, pool: Pool, org_id: OrgParam = None
+) -> ThresholdView:
+    """Detector thresholds in force globally (no `org_id`) or for the admin's own org, and the overrides set at
+    that level. Another org's are a 403 `other_org`."""
+    return await _threshold_view(request, pool, None if org_id is None else _own_org(admin, org_id))
 
 
 @router.put("/v1/analytics/thresholds", response_model=ThresholdView)
 async def put_thresholds(
-    request: Request, body: ThresholdOverrides, _: Admin, pool: Pool, org_id: OrgParam = None
+    request: Request, body: ThresholdOverrides, admin: Admin, pool: Pool, org_id: OrgParam = None
 ) -> ThresholdView:
-    """Replace the overrides globally (no `org_id`) or for one org; `{}` clears them. Applies within seconds."""
-    await repository.set_threshold_overrides(pool, org_id or GLOBAL, body)
-    return await _threshold_view(request, pool, org_id)
+    """Replace the overrides of the admin's own org (`org_id`) or, for platform admins only, the global ones
+    (no `org_id`); `{}` clears them. Applies within seconds."""
+    if org_id is None and not admin.platform_admin:
+        raise Forbidden(
+            "only platform admins change the global thresholds; name your org with org_id",
+            param="org_id",
+            code="platform_admin_required",
+        )
+    org = None if org_id is None else _own_org(admin, org_id)
+    await repository.set_threshold_overrides(pool, org or GLOBAL, body)
+    return await _threshold_view(request, pool, org)
 
 
 for path in ("/v1/analytics/report", "/api/v1/analytics/report"):

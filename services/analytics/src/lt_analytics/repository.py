@@ -183,12 +183,14 @@ async def timeseries(
     pool: asyncpg.Pool,
     scope: str,
     scope_id: str,
+    org_id: str,
     grain: str,
     since: datetime,
     model: str | None,
     provider: str | None,
 ) -> list[dict[str, Any]]:
-    """Per-bucket totals of one scope from `since`, oldest first, optionally for one model/provider."""
+    """Per-bucket totals of one scope from `since`, oldest first, optionally for one model/provider; only usage
+    recorded under `org_id` (a caller never sees another org's rows)."""
     rows = await pool.fetch(
         """
         SELECT bucket, sum(requests)::bigint AS requests, sum(prompt_tokens)::bigint AS prompt_tokens,
@@ -196,7 +198,7 @@ async def timeseries(
                sum(cost_usd_micros)::bigint AS cost_usd_micros
         FROM usage_rollup
         WHERE scope_type = $1 AND scope_id = $2 AND grain = $3 AND bucket >= date_trunc($3, $4::timestamptz, 'UTC')
-          AND ($5::text IS NULL OR model = $5) AND ($6::text IS NULL OR provider = $6)
+          AND ($5::text IS NULL OR model = $5) AND ($6::text IS NULL OR provider = $6) AND org_id = $7
         GROUP BY bucket ORDER BY bucket
         """,
         scope,
@@ -205,6 +207,7 @@ async def timeseries(
         since,
         model,
         provider,
+        org_id,
     )
     return [dict(r) for r in rows]
 

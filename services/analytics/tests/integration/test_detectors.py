@@ -309,7 +309,7 @@ async def test_api_anomalies_thresholds_leaderboard_report(
 
     assert (await api.get("/v1/analytics/thresholds", headers=principal("u1"))).status_code == 403
     put = await api.put(
-        "/v1/analytics/thresholds?org_id=org-9", json={"loop_consecutive": 3}, headers=principal("a", "admin")
+        "/v1/analytics/thresholds?org_id=org-1", json={"loop_consecutive": 3}, headers=principal("a", "admin")
     )
     assert put.status_code == 200
     assert put.json()["overrides"] == {"loop_consecutive": 3}
@@ -321,7 +321,7 @@ async def test_api_anomalies_thresholds_leaderboard_report(
     assert bad_put.status_code == 400
     unknown = await api.put("/v1/analytics/thresholds", json={"nope": 1}, headers=principal("a", "admin"))
     assert unknown.status_code == 400
-    cleared = await api.put("/v1/analytics/thresholds?org_id=org-9", json={}, headers=principal("a", "admin"))
+    cleared = await api.put("/v1/analytics/thresholds?org_id=org-1", json={}, headers=principal("a", "admin"))
     assert cleared.json()["effective"]["loop_consecutive"] == 4
 
     series = await api.get("/v1/analytics/timeseries?grain=minute", headers=principal("u2"))

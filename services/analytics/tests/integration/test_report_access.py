@@ -175,3 +175,84 @@ async def test_managers_see_their_teams_anomalies_and_time_series(api: httpx.Asy
     assert series.status_code == 200 and sum(p["requests"] for p in series.json()["data"]) == 5
     refused = await get(api, "/v1/analytics/timeseries?scope=team&id=team-b&grain=day", MANAGER)
     assert_forbidden(refused, "admin_required")
+
+
+PLATFORM_ADMIN = {
+    "X-LT-Principal": Principal(
+        user_id="root", org_id="org-1", role="admin", platform_admin=True
+    ).header_value(),
+    "X-LT-Internal-Token": TOKEN,
+}
+
+
+@pytest.mark.usefixtures("seeded")
+async def test_admins_read_only_their_own_orgs_leaderboard_baseline_anomalies_and_series(
+    api: httpx.AsyncClient,
+) -> None:
+    async def ok(path: str, headers: dict[str, str]) -> Any:
+        r = await get(api, path, headers)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    board = await ok("/v1/analytics/leaderboard?period=daily", OTHER_ADMIN)
+    assert (board["org_id"], [e["user_id"] for e in board["data"]]) == ("org-2", ["u9"])
+    assert (await ok("/v1/analytics/leaderboard?org_id=org-1", ADMIN))["org_id"] == "org-1"
+    base = await ok("/v1/analytics/baseline?window_minutes=5", OTHER_ADMIN)
+    assert (base["org_id"], base["current_tokens"]) == ("org-2", 2000)
+    # The admin anomaly list holds their org's detections only (org-1 has two loops, org-2 none).
+    assert sorted(a["user_id"] for a in (await ok("/v1/analytics/anomalies", ADMIN))["data"]) == ["u1", "u2"]
+    assert (await ok("/v1/analytics/anomalies", OTHER_ADMIN))["data"] == []
+    assert (await ok("/v1/analytics/anomalies?org_id=org-2", OTHER_ADMIN))["data"] == []
+    series = await ok("/v1/analytics/timeseries?scope=org&id=org-2&grain=day", OTHER_ADMIN)
+    assert sum(p["total_tokens"] for p in series["data"]) == 2000
+    # Usage recorded under org-1 is invisible to org-2's admin even when they name its user, key or team.
+    for scope, id_ in (("user", "u1"), ("key", "key-u1"), ("team", "team-a")):
+        other = await ok(f"/v1/analytics/timeseries?scope={scope}&id={id_}&grain=day", OTHER_ADMIN)
+        assert other["data"] == [], scope
+    mine = await ok("/v1/analytics/timeseries?scope=team&id=team-a&grain=day", ADMIN)
+    assert sum(p["requests"] for p in mine["data"]) == 5
+
+    # Naming another org is refused, platform admins included.
+    for headers, org in ((OTHER_ADMIN, "org-1"), (ADMIN, "org-2"), (PLATFORM_ADMIN, "org-2")):
+        for path in (
+            f"/v1/analytics/leaderboard?org_id={org}",
+            f"/v1/analytics/baseline?org_id={org}",
+            f"/v1/analytics/anomalies?org_id={org}",
+            f"/api/v1/analytics/anomalies?org_id={org}",
+            f"/v1/analytics/timeseries?scope=org&id={org}",
+            f"/v1/analytics/thresholds?org_id={org}",
+        ):
+            assert_forbidden(await get(api, path, headers), "other_org")
+    # A plain user naming another org is refused too rather than silently served their own.
+    assert_forbidden(await get(api, "/v1/analytics/leaderboard?org_id=org-2", MEMBER), "other_org")
+
+
+async def test_org_admins_set_their_own_thresholds_and_only_platform_admins_the_global_ones(
+    api: httpx.AsyncClient,
+) -> None:
+    async def put(path: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        return await api.put(path, json=body, headers=headers)
+
+    r = await put("/v1/analytics/thresholds?org_id=org-2", {"loop_consecutive": 6}, OTHER_ADMIN)
+    assert r.status_code == 200, r.text
+    assert (r.json()["org_id"], r.json()["overrides"]) == ("org-2", {"loop_consecutive": 6})
+    # Another org's admin can neither change nor read org-2's overrides, nor touch the global row.
+    assert_forbidden(await put("/v1/analytics/thresholds?org_id=org-2", {}, ADMIN), "other_org")
+    assert_forbidden(await get(api, "/v1/analytics/thresholds?org_id=org-2", ADMIN), "other_org")
+    refused = await put("/v1/analytics/thresholds", {"loop_consecutive": 9}, ADMIN)
+    assert_forbidden(refused, "platform_admin_required")
+    assert refused.json()["error"]["param"] == "org_id"
+    assert (await get(api, "/v1/analytics/thresholds", ADMIN)).json()["overrides"] == {}
+
+    # The platform admin changes the global row; org-2's own override still wins for org-2.
+    r = await put(
+        "/v1/analytics/thresholds", {"loop_consecutive": 9, "rate_max_requests": 50}, PLATFORM_ADMIN
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["overrides"] == {"loop_consecutive": 9, "rate_max_requests": 50}
+    own = (await get(api, "/v1/analytics/thresholds?org_id=org-2", OTHER_ADMIN)).json()
+    assert (own["effective"]["loop_consecutive"], own["effective"]["rate_max_requests"]) == (6, 50)
+    assert (await get(api, "/v1/analytics/thresholds", OTHER_ADMIN)).json()["effective"][
+        "loop_consecutive"
+    ] == 9
+    assert_forbidden(await put("/v1/analytics/thresholds?org_id=org-2", {}, PLATFORM_ADMIN), "other_org")
