@@ -1,5 +1,10 @@
 """Admin HTTP routes: channel subscriptions (Slack, Teams, Telegram, WhatsApp, email, webhooks) and the
-delivery log. Secrets (bot tokens, access tokens, signing secrets) go in and never come back out."""
+delivery log. Secrets (bot tokens, access tokens, signing secrets) go in and never come back out.
+
+Org isolation: an admin's subscriptions are scoped to their own org (they hear only its events) and they see,
+delete, test and retry only those and their deliveries. Platform admins (`Principal.platform_admin`) run the
+whole gateway: they may create unscoped (all-org) subscriptions or scope one to any org, and see everything,
+including the channels configured by environment variables."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER, Principal, principal_from_headers
-from leaky_common.errors import InvalidRequest, NotFound
+from leaky_common.errors import Forbidden, InvalidRequest, NotFound
 from lt_notifier import repository
 from lt_notifier.channels import ChannelName
 from lt_notifier.domain import NOTIFIABLE_TYPES, check_webhook_url
@@ -39,6 +44,23 @@ async def _pool(request: Request) -> asyncpg.Pool:
 
 Admin = Annotated[Principal, Depends(_admin)]
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+
+
+def _visible_org(admin: Principal) -> str | None:
+    """The org whose subscriptions and deliveries `admin` may see and manage; None (every one) for platform
+    admins."""
+    return None if admin.platform_admin else admin.org_id
+
+
+def _scope_for_new(admin: Principal, org_id: str | None) -> str | None:
+    """The org scope stored for a new subscription: the admin's own org (naming another is a 403 `other_org`);
+    platform admins keep what they asked for, None meaning every org."""
+    if admin.platform_admin:
+        return org_id
+    if org_id is not None and org_id != admin.org_id:
+        raise Forbidden("you may only subscribe to your own org's events", param="org_id", code="other_org")
+    return admin.org_id
+
 
 router = APIRouter(prefix="/v1/admin/notifications", tags=["notifications"])
 
@@ -78,6 +100,8 @@ class Webhook(BaseModel):
     id: str
     url: str
     event_types: list[str] | None
+    # The org whose events it receives; None = every org (platform admins only).
+    org_id: str | None
     has_secret: bool
     active: bool
     created_at: datetime
@@ -108,48 +132,53 @@ class DeliveryList(BaseModel):
 
 
 @router.post("/webhooks", status_code=201, response_model=Webhook)
-async def create_webhook(body: WebhookCreate, _: Admin, pool: Pool) -> Webhook:
-    """Subscribe a URL to some (or all) event types; a secret makes every delivery HMAC-signed."""
+async def create_webhook(body: WebhookCreate, admin: Admin, pool: Pool) -> Webhook:
+    """Subscribe a URL to some (or all) event types of the admin's org (platform admins: of every org); a
+    secret makes every delivery HMAC-signed."""
     secrets = {"secret": body.secret} if body.secret else {}
-    row = await repository.create_subscription(pool, body.url, body.event_types, secrets)
+    row = await repository.create_subscription(
+        pool, body.url, body.event_types, secrets, org_id=_scope_for_new(admin, None)
+    )
     return Webhook.model_validate(row)
 
 
 @router.get("/webhooks", response_model=WebhookList)
-async def list_webhooks(_: Admin, pool: Pool) -> WebhookList:
-    """Active subscriptions (secrets are never returned)."""
-    rows = await repository.list_subscriptions(pool, "webhook")
+async def list_webhooks(admin: Admin, pool: Pool) -> WebhookList:
+    """Active webhook subscriptions of the admin's org (platform admins: all); secrets are never returned."""
+    rows = await repository.list_subscriptions(pool, "webhook", _visible_org(admin))
     return WebhookList(data=[Webhook.model_validate(r) for r in rows])
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204)
-async def delete_webhook(webhook_id: str, _: Admin, pool: Pool) -> Response:
-    """Unsubscribe; its pending deliveries are given up."""
-    if not await repository.deactivate_subscription(pool, webhook_id):
+async def delete_webhook(webhook_id: str, admin: Admin, pool: Pool) -> Response:
+    """Unsubscribe; its pending deliveries are given up. Another org's webhook is a 404."""
+    if not await repository.deactivate_subscription(pool, webhook_id, _visible_org(admin)):
         raise NotFound(f"no webhook {webhook_id!r}", param="webhook_id", code="webhook_not_found")
     return Response(status_code=204)
 
 
 @router.get("/deliveries", response_model=DeliveryList)
 async def list_deliveries(
-    _: Admin,
+    admin: Admin,
     pool: Pool,
     event_type: Annotated[str | None, Query(max_length=100)] = None,
     status: Annotated[Literal["pending", "delivered", "dead"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     channel: Annotated[ChannelName | None, Query()] = None,
 ) -> DeliveryList:
-    """Newest deliveries first, filtered by event type, status and channel."""
-    rows = await repository.list_deliveries(pool, event_type, status, limit, channel)
+    """Newest deliveries of the admin's org's subscriptions (platform admins: all) first, filtered by event
+    type, status and channel."""
+    rows = await repository.list_deliveries(pool, event_type, status, limit, channel, _visible_org(admin))
     return DeliveryList(
         data=[Delivery.model_validate({**r, "payload": orjson.loads(r["payload"])}) for r in rows]
     )
 
 
 @router.post("/deliveries/{delivery_id}/retry", response_model=Delivery)
-async def retry_delivery(request: Request, delivery_id: str, _: Admin, pool: Pool) -> Delivery:
-    """Send a dead delivery again (with a fresh attempt budget), e.g. after fixing the receiver."""
-    row = await repository.retry_delivery(pool, delivery_id)
+async def retry_delivery(request: Request, delivery_id: str, admin: Admin, pool: Pool) -> Delivery:
+    """Send a dead delivery again (with a fresh attempt budget), e.g. after fixing the receiver. Another
+    org's delivery is a 404."""
+    row = await repository.retry_delivery(pool, delivery_id, _visible_org(admin))
     if row is None:
         raise NotFound(
             f"no dead delivery {delivery_id!r} of an active channel",
@@ -277,9 +306,11 @@ def _channel_view(row: dict[str, Any]) -> Channel:
 
 
 @router.post("/channels", status_code=201, response_model=Channel)
-async def create_channel(request: Request, body: ChannelCreate, _: Admin, pool: Pool) -> Channel:
-    """Subscribe a channel to events (all, or `event_types`) at or above `min_severity`, optionally only
-    those of one org, team or user."""
+async def create_channel(request: Request, body: ChannelCreate, admin: Admin, pool: Pool) -> Channel:
+    """Subscribe a channel to events (all, or `event_types`) at or above `min_severity` of the admin's org,
+    optionally only those of one team or user. Platform admins may leave `org_id` out (every org) or name any
+    org; other admins' subscriptions are always scoped to their own org (another org: 403 `other_org`)."""
+    org_id = _scope_for_new(admin, body.org_id)
     settings: NotifierSettings = request.app.state.settings
     if body.channel == "email" and not settings.smtp_host:
         raise InvalidRequest(
@@ -294,7 +325,7 @@ async def create_channel(request: Request, body: ChannelCreate, _: Admin, pool: 
         name=body.name,
         config=body.config,
         min_severity=body.min_severity,
-        org_id=body.org_id,
+        org_id=org_id,
         team_id=body.team_id,
         user_id=body.user_id,
     )
@@ -303,16 +334,18 @@ async def create_channel(request: Request, body: ChannelCreate, _: Admin, pool: 
 
 @router.get("/channels", response_model=ChannelList)
 async def list_channels(
-    _: Admin, pool: Pool, channel: Annotated[ChannelName | None, Query()] = None
+    admin: Admin, pool: Pool, channel: Annotated[ChannelName | None, Query()] = None
 ) -> ChannelList:
-    """Active channel subscriptions, including those enabled by environment variables (secrets never shown)."""
-    return ChannelList(data=[_channel_view(r) for r in await repository.list_subscriptions(pool, channel)])
+    """Active channel subscriptions of the admin's org; platform admins see all, including those enabled by
+    environment variables. Secrets are never shown."""
+    rows = await repository.list_subscriptions(pool, channel, _visible_org(admin))
+    return ChannelList(data=[_channel_view(r) for r in rows])
 
 
 @router.delete("/channels/{channel_id}", status_code=204)
-async def delete_channel(channel_id: str, _: Admin, pool: Pool) -> Response:
-    """Unsubscribe; its pending deliveries are given up."""
-    if not await repository.deactivate_subscription(pool, channel_id):
+async def delete_channel(channel_id: str, admin: Admin, pool: Pool) -> Response:
+    """Unsubscribe; its pending deliveries are given up. Another org's channel is a 404."""
+    if not await repository.deactivate_subscription(pool, channel_id, _visible_org(admin)):
         raise NotFound(f"no channel {channel_id!r}", param="channel_id", code="channel_not_found")
     return Response(status_code=204)
 
@@ -325,9 +358,10 @@ class ChannelTest(BaseModel):
 
 
 @router.post("/channels/{channel_id}/test", response_model=ChannelTest)
-async def test_channel(request: Request, channel_id: str, _: Admin, pool: Pool) -> ChannelTest:
-    """Send a test notification to a channel now and report the outcome (not queued, not retried)."""
-    subscription = await repository.get_subscription(pool, channel_id)
+async def test_channel(request: Request, channel_id: str, admin: Admin, pool: Pool) -> ChannelTest:
+    """Send a test notification to a channel now and report the outcome (not queued, not retried). Another
+    org's channel is a 404."""
+    subscription = await repository.get_subscription(pool, channel_id, _visible_org(admin))
     if subscription is None:
         raise NotFound(f"no channel {channel_id!r}", param="channel_id", code="channel_not_found")
     error = await request.app.state.deliverer.send_test(subscription)

@@ -75,12 +75,16 @@ class Subscription:
     secrets: dict[str, str]
 
 
-async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> Subscription | None:
-    """An active subscription with its secrets (for sending only; never returned by the API)."""
+async def get_subscription(
+    pool: asyncpg.Pool, subscription_id: str, org_id: str | None = None
+) -> Subscription | None:
+    """An active subscription with its secrets (for sending only; never returned by the API); with `org_id`,
+    only one scoped to that org."""
     row = await pool.fetchrow(
         "SELECT id, channel, url, config::text AS config, secrets::text AS secrets FROM webhook_subscriptions"
-        " WHERE id = $1 AND active",
+        " WHERE id = $1 AND active AND ($2::text IS NULL OR org_id = $2)",
         subscription_id,
+        org_id,
     )
     if row is None:
         return None
@@ -176,22 +180,31 @@ def _subscription(row: asyncpg.Record) -> dict[str, Any]:
     return {**dict(row), "config": orjson.loads(row["config"])}
 
 
-async def list_subscriptions(pool: asyncpg.Pool, channel: str | None = None) -> list[dict[str, Any]]:
-    """Active subscriptions (of one channel, or all), oldest first."""
+async def list_subscriptions(
+    pool: asyncpg.Pool, channel: str | None = None, org_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Active subscriptions (of one channel, or all; with `org_id`, only those scoped to it), oldest first."""
     rows = await pool.fetch(
         f"SELECT {_SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions"
-        " WHERE active AND ($1::text IS NULL OR channel = $1) ORDER BY created_at, id",
+        " WHERE active AND ($1::text IS NULL OR channel = $1) AND ($2::text IS NULL OR org_id = $2)"
+        " ORDER BY created_at, id",
         channel,
+        org_id,
     )
     return [_subscription(r) for r in rows]
 
 
-async def deactivate_subscription(pool: asyncpg.Pool, subscription_id: str) -> bool:
-    """Deactivate a subscription and give up its pending deliveries; False if there was no active one."""
+async def deactivate_subscription(
+    pool: asyncpg.Pool, subscription_id: str, org_id: str | None = None
+) -> bool:
+    """Deactivate a subscription (with `org_id`, only one scoped to that org) and give up its pending
+    deliveries; False if there was no such active one."""
     async with pool.acquire() as conn, conn.transaction():
         found = await conn.fetchval(
-            "UPDATE webhook_subscriptions SET active = false WHERE id = $1 AND active RETURNING true",
+            "UPDATE webhook_subscriptions SET active = false"
+            " WHERE id = $1 AND active AND ($2::text IS NULL OR org_id = $2) RETURNING true",
             subscription_id,
+            org_id,
         )
         if not found:
             return False
@@ -314,29 +327,42 @@ async def mark_failed(
 
 
 async def list_deliveries(
-    pool: asyncpg.Pool, event_type: str | None, status: str | None, limit: int, channel: str | None = None
+    pool: asyncpg.Pool,
+    event_type: str | None,
+    status: str | None,
+    limit: int,
+    channel: str | None = None,
+    org_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest deliveries first, optionally filtered."""
+    """Newest deliveries first, optionally filtered; with `org_id`, only those of subscriptions scoped to it."""
     rows = await pool.fetch(
-        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries"
+        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d"
         " WHERE ($1::text IS NULL OR event_type = $1) AND ($2::text IS NULL OR status = $2)"
         " AND ($4::text IS NULL OR channel = $4)"
+        " AND ($5::text IS NULL OR EXISTS (SELECT 1 FROM webhook_subscriptions s"
+        " WHERE s.id = d.subscription_id AND s.org_id = $5))"
         " ORDER BY created_at DESC, id LIMIT $3",
         event_type,
         status,
         limit,
         channel,
+        org_id,
     )
     return [dict(r) for r in rows]
 
 
-async def retry_delivery(pool: asyncpg.Pool, delivery_id: str) -> dict[str, Any] | None:
-    """Put a dead delivery back in the queue with a fresh attempt budget; None if there is no such dead one."""
+async def retry_delivery(
+    pool: asyncpg.Pool, delivery_id: str, org_id: str | None = None
+) -> dict[str, Any] | None:
+    """Put a dead delivery back in the queue with a fresh attempt budget; None if there is no such dead one
+    (with `org_id`: of a subscription scoped to that org)."""
     row = await pool.fetchrow(
         "UPDATE deliveries d SET status = 'pending', attempts = 0, next_attempt_at = now()"
         " FROM webhook_subscriptions s"
         " WHERE d.id = $1 AND d.status = 'dead' AND s.id = d.subscription_id AND s.active"
+        " AND ($2::text IS NULL OR s.org_id = $2)"
         f" RETURNING {', '.join('d.' + c.strip() for c in _DELIVERY_COLUMNS.split(','))}",
         delivery_id,
+        org_id,
     )
     return dict(row) if row is not None else None

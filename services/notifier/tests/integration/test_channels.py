@@ -122,7 +122,7 @@ async def publish(settings: NotifierSettings) -> AsyncIterator[Callable[[str, Me
 
 
 def admin() -> dict[str, str]:
-    p = Principal(user_id="admin-1", org_id="org-1", role="admin")
+    p = Principal(user_id="admin-1", org_id="org-1", role="admin", platform_admin=True)
     return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
 
 
@@ -359,3 +359,92 @@ async def test_channel_test_send(
     assert "leaked-if-shown" not in result["error"]
     missing = await api.post("/v1/admin/notifications/channels/nope/test", headers=admin())
     assert missing.status_code == 404
+    # The unscoped broken channel would otherwise hear (and fail) every later event of this module.
+    deleted = await api.delete(f"/v1/admin/notifications/channels/{wrong.json()['id']}", headers=admin())
+    assert deleted.status_code == 204
+
+
+def org_admin(org: str) -> dict[str, str]:
+    p = Principal(user_id=f"admin-{org}", org_id=org, role="admin")
+    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+
+
+async def test_org_admins_subscribe_see_and_manage_only_their_own_org(
+    api: httpx.AsyncClient, publish: Any, fakes: FakeChannels
+) -> None:
+    org_b, org_c = f"org-b-{uuid.uuid4().hex[:6]}", f"org-c-{uuid.uuid4().hex[:6]}"
+    as_b, as_c = org_admin(org_b), org_admin(org_c)
+    channels = "/v1/admin/notifications/channels"
+    hook_b = f"/slack/services/TB/BB/{org_b}"
+    body = {"channel": "slack", "url": f"{fakes.base_url}{hook_b}", "event_types": ["AnomalyDetected.v1"]}
+
+    # An org admin's subscription is scoped to their org; naming another org is refused.
+    for other in ("org-1", org_c):
+        refused = await api.post(channels, json={**body, "org_id": other}, headers=as_b)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "other_org", refused.text
+    created = await api.post(channels, json=body, headers=as_b)
+    assert created.status_code == 201, created.text
+    sub = created.json()
+    assert sub["org_id"] == org_b
+    explicit = await api.post(channels, json={**body, "org_id": org_b}, headers=as_b)
+    assert explicit.status_code == 201 and explicit.json()["org_id"] == org_b
+    assert (await api.delete(f"{channels}/{explicit.json()['id']}", headers=as_b)).status_code == 204
+    hook = await api.post(
+        "/v1/admin/notifications/webhooks",
+        json={"url": f"{fakes.base_url}/hook/{org_b}", "event_types": ["PurchaseCompleted.v1"]},
+        headers=as_b,
+    )
+    assert hook.status_code == 201 and hook.json()["org_id"] == org_b
+    # A platform admin's subscription without org_id hears every org.
+    everyone = await api.post(
+        channels,
+        json={**body, "url": f"{fakes.base_url}/slack/services/TP/BP/{org_b}-all"},
+        headers=admin(),
+    )
+    assert everyone.status_code == 201 and everyone.json()["org_id"] is None
+
+    # Lists: B sees only its own; C sees none of B's; the platform admin sees all, env channels included.
+    async def ids(path: str, headers: dict[str, str]) -> set[str]:
+        resp = await api.get(path, headers=headers)
+        assert resp.status_code == 200, resp.text
+        return {c["id"] for c in resp.json()["data"]}
+
+    assert await ids(channels, as_b) == {sub["id"], hook.json()["id"]}
+    assert await ids(f"{channels}?channel=slack", as_b) == {sub["id"]}
+    assert await ids("/v1/admin/notifications/webhooks", as_b) == {hook.json()["id"]}
+    assert await ids(channels, as_c) == set()
+    assert {sub["id"], everyone.json()["id"], *ENV_CHANNELS} <= await ids(channels, admin())
+
+    # Another org's (or an env-configured) channel cannot be deleted or test-sent: 404, and stays active.
+    for target in (everyone.json()["id"], "teams"):
+        assert (await api.delete(f"{channels}/{target}", headers=as_b)).status_code == 404
+        assert (await api.post(f"{channels}/{target}/test", headers=as_b)).status_code == 404
+    for path in (f"{channels}/{sub['id']}", f"/v1/admin/notifications/webhooks/{hook.json()['id']}"):
+        assert (await api.delete(path, headers=as_c)).status_code == 404
+    assert (await api.post(f"{channels}/{sub['id']}/test", headers=as_c)).status_code == 404
+    assert {sub["id"], everyone.json()["id"], "teams"} <= await ids(channels, admin())
+
+    # Routing: B's channel hears B's event only; the delivery log shows each org its own deliveries.
+    fakes.fail_next["teams"] = [502] * MAX_ATTEMPTS
+    event_b = anomaly(org_id=org_b)
+    await publish("alerts", event_b)
+    rows_b = {r["subscription_id"]: r for r in await settled(api, event_b.event_id, len(ENV_CHANNELS) + 2)}
+    event_c = anomaly(org_id=org_c)
+    await publish("alerts", event_c)
+    rows_c = await settled(api, event_c.event_id, len(ENV_CHANNELS) + 1)
+    assert sub["id"] not in {r["subscription_id"] for r in rows_c}
+    assert [r.path for r in fakes.of("slack")].count(hook_b) == 1
+    log_b = (await api.get("/v1/admin/notifications/deliveries?limit=500", headers=as_b)).json()["data"]
+    assert [(d["event_id"], d["subscription_id"]) for d in log_b] == [(event_b.event_id, sub["id"])]
+    log_c = (await api.get("/v1/admin/notifications/deliveries?limit=500", headers=as_c)).json()["data"]
+    assert log_c == []
+    # B cannot retry the dead delivery of an env channel, even for B's own event; the platform admin can.
+    dead = rows_b["teams"]
+    assert dead["status"] == "dead"
+    retry = f"/v1/admin/notifications/deliveries/{dead['id']}/retry"
+    assert (await api.post(retry, headers=as_b)).status_code == 404
+    assert (await api.post(retry, headers=admin())).status_code == 200
+    await settled(api, event_b.event_id, len(ENV_CHANNELS) + 2)
+
+    for target, headers in ((sub["id"], as_b), (everyone.json()["id"], admin())):
+        assert (await api.delete(f"{channels}/{target}", headers=headers)).status_code == 204

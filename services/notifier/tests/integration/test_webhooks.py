@@ -58,7 +58,7 @@ class Receiver:
 
 
 def headers(role: str = "admin") -> dict[str, str]:
-    p = Principal(user_id=f"{role}-1", org_id="org-1", role=role)  # type: ignore[arg-type]
+    p = Principal(user_id=f"{role}-1", org_id="org-1", role=role, platform_admin=True)  # type: ignore[arg-type]
     return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
 
 
