@@ -55,6 +55,28 @@ async def test_a_new_org_is_run_by_its_own_admin_only(stack, admin: httpx.AsyncC
         assert (await other.get("/v1/admin/orgs")).status_code == 403
         r = await other.post("/v1/chat/completions", json=CHAT)
         assert r.status_code == 200, r.text
+        # Analytics and the notifier keep the new org's admin in their org too (through the gateway).
+        platform_org = (await admin.get("/v1/admin/org")).json()["id"]
+        for path in (
+            f"/v1/analytics/leaderboard?org_id={platform_org}",
+            f"/v1/analytics/anomalies?org_id={platform_org}",
+            f"/v1/analytics/thresholds?org_id={platform_org}",
+        ):
+            r = await other.get(path)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "other_org", (path, r.text)
+        r = await other.put("/v1/analytics/thresholds", json={"loop_consecutive": 9})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "platform_admin_required", r.text
+        r = await other.put(f"/v1/analytics/thresholds?org_id={org['id']}", json={"loop_consecutive": 9})
+        assert r.status_code == 200 and r.json()["org_id"] == org["id"], r.text
+        channel = {"channel": "slack", "url": "https://hooks.slack.example/services/T/B/x"}
+        r = await other.post("/v1/admin/notifications/channels", json={**channel, "org_id": platform_org})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "other_org", r.text
+        r = await other.post("/v1/admin/notifications/channels", json=channel)
+        assert r.status_code == 201 and r.json()["org_id"] == org["id"], r.text
+        assert [c["id"] for c in (await other.get("/v1/admin/notifications/channels")).json()["data"]] == [
+            r.json()["id"]
+        ]
+        assert (await other.delete(f"/v1/admin/notifications/channels/{r.json()['id']}")).status_code == 204
     listed = (await admin.get("/v1/admin/orgs")).json()["data"]
     assert name in {o["name"] for o in listed}
     mine = {u["id"] for u in (await admin.get("/v1/admin/users")).json()["data"]}

@@ -48,6 +48,8 @@ async def test_runaway_loop_is_frozen_alerted_and_unfrozen(
         },
     )
     assert channel.status_code == 201, channel.text
+    # The bootstrap admin is a platform admin (quota -> gateway -> notifier): the channel hears every org.
+    assert channel.json()["org_id"] is None
 
     user = await admin.post(
         "/v1/admin/users",
