@@ -46,8 +46,11 @@ BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "ben
 STREAM_BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "benchmark"}], "max_tokens": 16, "stream": True}
 )
-# The benchmark measures governance, not the default per-key bucket (600 requests/min) it would hit.
+# The benchmark measures governance, not the default per-key bucket (600 requests/min) it would hit, nor the
+# loop detector, which rightly freezes a key sending one prompt thousands of times (detectors still run; they
+# only send no freeze command).
 BENCH_LIMITS = {
+    "LT_ANOMALY_THRESHOLDS": json.dumps({"freeze_on": []}),
     "LT_KEY_REQUESTS_PER_PERIOD": "1000000000",
     "LT_KEY_TOKENS_PER_PERIOD": "1000000000000",
     "LT_USER_REQUESTS_PER_PERIOD": "1000000000",
@@ -71,6 +74,8 @@ class BenchPath:
     cpu_ms: float | None = None
     breakdown: dict[str, float] = field(default_factory=dict)
     errors: int = 0
+    # First few non-200 answers (status and body head), so a broken run says why.
+    error_samples: dict[int, str] = field(default_factory=dict)
     runs: list[dict[str, float]] = field(default_factory=list)
 
     def summarise(self) -> None:
@@ -110,8 +115,10 @@ async def measure(
                                 first = time.perf_counter() - t0
                         latencies.append(first if first is not None else time.perf_counter() - t0)
                     else:
-                        await resp.read()
+                        payload = await resp.read()
                         latencies.append(time.perf_counter() - t0)
+                        if resp.status != 200:
+                            path.error_samples.setdefault(resp.status, payload[:300].decode(errors="replace"))
                     if resp.status != 200:
                         path.errors += 1
 
@@ -301,7 +308,9 @@ def report(paths: list[BenchPath], args: argparse.Namespace, stack_pids: dict[st
             f"{p.rps:11.0f} {cpu} {rss}"
         )
         if p.errors:
-            print(f"  !! {p.errors} non-200 responses")
+            print(f"  !! {p.errors} non-200 responses; the figures above are not valid")
+            for status, sample in p.error_samples.items():
+                print(f"     {status}: {sample}")
     for p in paths[1:]:
         if p.breakdown:
             print(
