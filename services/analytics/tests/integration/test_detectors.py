@@ -11,34 +11,17 @@ import orjson
 import pytest
 
 from leaky_common.auth import Principal
-from leaky_common.db import apply_migrations, create_pool
 from leaky_common.events import UsageRecorded
 from lt_analytics.detection import ThresholdOverrides, Thresholds
 from lt_analytics.detectors import AnomalyDetector, ThresholdStore
 from lt_analytics.handlers import Outcome, UsageHandler
 from lt_analytics.main import create_app
-from lt_analytics.repository import MIGRATIONS, set_threshold_overrides
+from lt_analytics.repository import set_threshold_overrides
 from lt_analytics.settings import AnalyticsSettings
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "integration-internal-token"
-
-
-@pytest.fixture
-async def db_url(make_database: Any) -> str:
-    url: str = await make_database("analytics_detect")
-    return url
-
-
-@pytest.fixture
-async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await create_pool(db_url, max_size=4)
-    await apply_migrations(p, MIGRATIONS)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 def handler(pool: asyncpg.Pool, **defaults: Any) -> UsageHandler:

@@ -10,35 +10,17 @@ import httpx
 import pytest
 
 from leaky_common.auth import Principal
-from leaky_common.db import apply_migrations, create_pool
 from leaky_common.events import UsageRecorded
 from lt_analytics.detection import Thresholds
 from lt_analytics.detectors import AnomalyDetector, ThresholdStore
 from lt_analytics.handlers import UsageHandler
 from lt_analytics.main import create_app
-from lt_analytics.repository import MIGRATIONS
 from lt_analytics.settings import AnalyticsSettings
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "report-access-internal-token"
 REPORT_PATHS = ("/v1/analytics/report", "/api/v1/analytics/report")
-
-
-@pytest.fixture
-async def db_url(make_database: Any) -> str:
-    url: str = await make_database("analytics_access")
-    return url
-
-
-@pytest.fixture
-async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await create_pool(db_url, max_size=4)
-    await apply_migrations(p, MIGRATIONS)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 @pytest.fixture

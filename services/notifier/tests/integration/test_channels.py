@@ -3,7 +3,7 @@ payload formats) and a real SMTP server; routing, dedup, retries and dead delive
 
 import email
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email.message import Message as EmailMsg
 from typing import Any
@@ -14,12 +14,10 @@ from aiosmtpd.controller import Controller
 
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
-from leaky_common.events import AnomalyDetected, Message, QuotaThresholdReached, VacationChanged
-from leaky_common.kafka import EventPublisher
+from leaky_common.events import AnomalyDetected, QuotaThresholdReached, VacationChanged
 from leaky_common.testing import eventually as wait_for
 from leaky_common.testing.infra import free_port
 from lt_notifier.fakes import FakeChannels
-from lt_notifier.main import create_app
 from lt_notifier.settings import NotifierSettings
 
 pytestmark = pytest.mark.integration
@@ -94,31 +92,6 @@ async def settings(
         delivery_poll_interval_s=0.05,
         delivery_timeout_s=2.0,
     )
-
-
-@pytest.fixture(scope="module")
-async def api(settings: NotifierSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier") as client,
-    ):
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def publish(settings: NotifierSettings) -> AsyncIterator[Callable[[str, Message], Awaitable[None]]]:
-    publisher = EventPublisher(settings)
-    await publisher.start()
-    topics = {"purchase": settings.topics[0], "alerts": settings.topics[1], "quota": settings.topics[2]}
-
-    async def send(kind: str, message: Message) -> None:
-        await publisher.publish(topics[kind], message)
-
-    try:
-        yield send
-    finally:
-        await publisher.stop()
 
 
 def admin() -> dict[str, str]:

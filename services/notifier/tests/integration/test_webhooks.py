@@ -3,7 +3,7 @@
 import hashlib
 import hmac
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,11 +14,9 @@ from aiohttp import web
 
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
-from leaky_common.events import Message, PurchaseCompleted, PurchaseFailed, QuotaThresholdReached
-from leaky_common.kafka import EventPublisher
+from leaky_common.events import PurchaseCompleted, PurchaseFailed, QuotaThresholdReached
 from leaky_common.testing import eventually as wait_for
 from leaky_common.testing.infra import free_port
-from lt_notifier.main import create_app
 from lt_notifier.settings import NotifierSettings
 
 pytestmark = pytest.mark.integration
@@ -95,31 +93,6 @@ async def settings(postgres_url: str, kafka_bootstrap: str, receiver: Receiver) 
         delivery_poll_interval_s=0.05,
         delivery_timeout_s=2.0,
     )
-
-
-@pytest.fixture(scope="module")
-async def api(settings: NotifierSettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier") as client,
-    ):
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def publish(settings: NotifierSettings) -> AsyncIterator[Callable[[str, Message], Awaitable[None]]]:
-    publisher = EventPublisher(settings)
-    await publisher.start()
-    topics = {"purchase": settings.topics[0], "alerts": settings.topics[1], "quota": settings.topics[2]}
-
-    async def send(kind: str, message: Message) -> None:
-        await publisher.publish(topics[kind], message)
-
-    try:
-        yield send
-    finally:
-        await publisher.stop()
 
 
 async def subscribe(api: httpx.AsyncClient, url: str, **body: Any) -> str:

@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import json
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from leaky_common.events import (
     VacationChanged,
     parse_message,
 )
+from leaky_common.testing import ManualClock
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 
@@ -33,14 +33,6 @@ pytestmark = pytest.mark.integration
 ADMIN_KEY = "lt-test-admin-" + uuid.uuid4().hex
 TOKEN = "governance-internal-token"
 INTERNAL = {"X-LT-Internal-Token": TOKEN}
-
-
-class FakeClock:
-    def __init__(self, now_ms: int | None = None) -> None:
-        self.now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-
-    def __call__(self) -> int:
-        return self.now_ms
 
 
 @dataclass
@@ -146,7 +138,7 @@ def settings(database_url: str, redis_url: str, kafka_bootstrap: str) -> QuotaSe
 
 
 @contextlib.asynccontextmanager
-async def running(settings: QuotaSettings, clock: FakeClock | None = None) -> AsyncIterator[Harness]:
+async def running(settings: QuotaSettings, clock: ManualClock | None = None) -> AsyncIterator[Harness]:
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -178,7 +170,7 @@ async def test_500_concurrent_admissions_against_a_pool_that_fits_50(settings: Q
 
 
 async def test_used_equals_settled_usage_after_a_mixed_run(settings: QuotaSettings) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     rng = random.Random(7)
     async with running(settings, clock) as h:
         user = await h.user(quota=1_000_000)
@@ -254,7 +246,7 @@ async def test_redis_flushed_mid_run_loses_no_charge(settings: QuotaSettings, re
 
 async def test_calendar_periods_reset_and_thresholds_fire_once_per_period(settings: QuotaSettings) -> None:
     # 23:00 in New York on 2026-11-23 (04:00 UTC the next day).
-    clock = FakeClock(int(datetime(2026, 11, 24, 4, 0, tzinfo=UTC).timestamp() * 1000))
+    clock = ManualClock(int(datetime(2026, 11, 24, 4, 0, tzinfo=UTC).timestamp() * 1000))
     async with running(settings, clock) as h:
         assert (
             await h.call("PATCH", "/v1/admin/org", json={"timezone": "America/New_York"})
@@ -682,7 +674,7 @@ async def test_leaky_tokens_aliases(settings: QuotaSettings) -> None:
 
 
 async def test_fixed_window_strategy_and_tier_multiplier(settings: QuotaSettings) -> None:
-    clock = FakeClock(60_000 * 1_000_000 + 59_000)  # one second before a window boundary
+    clock = ManualClock(60_000 * 1_000_000 + 59_000)  # one second before a window boundary
     fixed = settings.model_copy(update={"bucket_strategy": "fixed_window", "key_requests_per_period": 2})
     async with running(fixed, clock) as h:
         user = await h.user()
@@ -698,7 +690,7 @@ async def test_fixed_window_strategy_and_tier_multiplier(settings: QuotaSettings
 
 
 async def test_token_bucket_strategy_allows_a_burst_then_refills(settings: QuotaSettings) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     tb = settings.model_copy(
         update={"bucket_strategy": "token_bucket", "bucket_burst": 2.0, "key_requests_per_period": 2}
     )
@@ -715,7 +707,7 @@ async def test_token_bucket_strategy_allows_a_burst_then_refills(settings: Quota
 
 
 async def test_bucket_sizes_per_key_and_per_org(settings: QuotaSettings) -> None:
-    clock = FakeClock()  # frozen: the buckets do not leak during the test
+    clock = ManualClock()  # frozen: the buckets do not leak during the test
     async with running(settings, clock) as h:
         user = await h.user()
         keys = "/v1/users/me/keys"

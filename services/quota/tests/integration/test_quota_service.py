@@ -25,6 +25,7 @@ from leaky_common.events import (
     parse_message,
 )
 from leaky_common.kafka import EventPublisher
+from leaky_common.testing import ManualClock
 from leaky_common.testing import eventually as wait_until
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
@@ -34,14 +35,6 @@ pytestmark = pytest.mark.integration
 ADMIN_KEY = "lt-test-admin-" + uuid.uuid4().hex
 TOKEN = "integration-internal-token"
 INTERNAL = {"X-LT-Internal-Token": TOKEN}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_ms = int(time.time() * 1000)
-
-    def __call__(self) -> int:
-        return self.now_ms
 
 
 @dataclass
@@ -111,7 +104,7 @@ def settings(database_url: str, redis_url: str, kafka_bootstrap: str, group: str
 
 
 @contextlib.asynccontextmanager
-async def running(settings: QuotaSettings, clock: FakeClock | None = None) -> AsyncIterator[Harness]:
+async def running(settings: QuotaSettings, clock: ManualClock | None = None) -> AsyncIterator[Harness]:
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -339,7 +332,7 @@ async def test_small_max_tokens_is_granted_not_denied(settings: QuotaSettings) -
 
 
 async def test_leaky_bucket_denies_with_retry_after_and_leaks(settings: QuotaSettings) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     tight = settings.model_copy(update={"key_requests_per_period": 3, "bucket_period_s": 60.0})
     async with running(tight, clock) as h:
         user = await h.create_user(quota=100_000)
@@ -361,7 +354,7 @@ async def test_leaky_bucket_denies_with_retry_after_and_leaks(settings: QuotaSet
 async def test_token_bucket_denies_instead_of_shrinking_and_is_refunded_at_settlement(
     settings: QuotaSettings,
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     tight = settings.model_copy(update={"key_tokens_per_period": 2000, "bucket_output_estimate_tokens": 1024})
     async with running(tight, clock) as h:
         user = await h.create_user(quota=100_000)
@@ -397,7 +390,7 @@ async def test_token_bucket_denies_instead_of_shrinking_and_is_refunded_at_settl
 async def test_unsettled_reservation_is_charged_at_ttl_and_late_settlement_is_noop(
     settings: QuotaSettings,
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     async with running(settings, clock) as h:
         user = await h.create_user(quota=1000)
         admitted = (await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=90)).json()
@@ -631,7 +624,7 @@ async def read_quota_events(bootstrap: str, target_id: str, count: int) -> list[
 async def test_admin_freezes_and_unfreezes_a_key_with_events(
     settings: QuotaSettings, kafka_bootstrap: str
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     async with running(settings, clock) as h:
         admin = await h.as_key(ADMIN_KEY)
         user = await h.create_user(quota=10_000)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["eventually"]
+__all__ = ["ManualClock", "eventually"]
 
 
 async def eventually(
@@ -30,3 +31,13 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"{what} not met within {timeout}s (last value: {last!r})")
         await asyncio.sleep(interval)
+
+
+class ManualClock:
+    """An injectable clock in epoch milliseconds that moves only when a test sets or advances `now_ms`."""
+
+    def __init__(self, now_ms: int | None = None) -> None:
+        self.now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+
+    def __call__(self) -> int:
+        return self.now_ms
