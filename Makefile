@@ -49,7 +49,7 @@ format: sync
 	$(RUN) ruff check --fix .
 
 typecheck: sync
-	$(RUN) mypy libs/common/src services/*/src
+	$(RUN) mypy libs/*/src services/*/src libs/*/tests services/*/tests tests
 
 contracts: sync
 	$(RUN) lint-imports
