@@ -1,6 +1,11 @@
 """Transactional outbox: write messages in the same transaction as the state change, relay them in order.
 
-Each service that uses it creates the table with `OUTBOX_DDL` in one of its migrations.
+Each service that uses it creates the table with `OUTBOX_DDL` in one of its migrations, and runs one
+`ElectedRelay` per instance: a PostgreSQL session advisory lock elects the single instance that relays.
+Were every instance to relay, each row would be published once per instance (consumers dedupe, but the
+traffic multiplies) and two relays could interleave rows, so one entity's messages might arrive out of order.
+The leader relays every instance's rows (NOTIFY wakes it); when it dies its session ends, the lock is freed,
+and another instance takes over within `retry_s`.
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ import orjson
 from leaky_common.events import Message
 from leaky_common.kafka import EventPublisher, _headers_from_context
 
-__all__ = ["OUTBOX_DDL", "OutboxRelay", "write_outbox"]
+__all__ = ["OUTBOX_DDL", "RELAY_LOCK", "ElectedRelay", "OutboxRelay", "write_outbox"]
 
 logger = logging.getLogger(__name__)
+
+# Any constant works; it must differ from the migration lock (leaky_common.db). Advisory locks are per
+# database, and every service has its own, so one constant serves them all.
+RELAY_LOCK = 7_311_084
 
 OUTBOX_DDL = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -110,3 +119,71 @@ class OutboxRelay:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
+
+
+class ElectedRelay:
+    """Runs an `OutboxRelay` while this instance holds the relay lock; otherwise waits for it."""
+
+    def __init__(
+        self,
+        database_url: str,
+        pool: asyncpg.Pool,
+        publisher: EventPublisher,
+        *,
+        retry_s: float = 1.0,
+        interval_s: float = 0.5,
+    ) -> None:
+        self._database_url = database_url
+        self._pool = pool
+        self._publisher = publisher
+        self._retry_s = retry_s
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.leading = False
+
+    async def start(self) -> None:
+        """Start contending for the lock in the background."""
+        self._task = asyncio.create_task(self._run(), name="outbox-relay-election")
+
+    async def stop(self) -> None:
+        """Stop relaying and give the lock up (closing the session releases it)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._lead_when_elected()
+            except Exception as exc:  # the election must outlive any failure (database restarting...)
+                logger.warning("outbox relay election failed (%r); retrying", exc)
+                await asyncio.sleep(self._retry_s)
+
+    async def _lead_when_elected(self) -> None:
+        conn = await asyncpg.connect(self._database_url)
+        try:
+            while True:
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                    break
+                await asyncio.sleep(self._retry_s)
+            await self._relay_while_alive(conn)
+        finally:
+            try:
+                await conn.close(timeout=5)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
+
+    async def _relay_while_alive(self, conn: asyncpg.Connection) -> None:
+        relay = OutboxRelay(self._pool, self._publisher, interval_s=self._interval_s)
+        await relay.start()
+        self.leading = True
+        logger.info("this instance relays the outbox")
+        try:
+            while True:  # hold the lock while the session that owns it is alive
+                await asyncio.sleep(self._retry_s)
+                await conn.fetchval("SELECT 1", timeout=self._retry_s * 5)
+        finally:
+            self.leading = False
+            await relay.stop()

@@ -1,0 +1,85 @@
+"""The inbox and the elected outbox relay on a real PostgreSQL and broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from leaky_common.events import FreezeChanged
+from leaky_common.inbox import INBOX_DDL, claim
+from leaky_common.kafka import EventPublisher, ensure_topics
+from leaky_common.outbox import OUTBOX_DDL, ElectedRelay, write_outbox
+from leaky_common.settings import ServiceSettings
+from leaky_common.testing import eventually
+
+pytestmark = pytest.mark.integration
+
+
+async def test_an_event_id_is_claimed_once(make_database: Callable[[str], Awaitable[str]]) -> None:
+    conn = await asyncpg.connect(await make_database("inbox"))
+    try:
+        await conn.execute(INBOX_DDL)
+        async with conn.transaction():
+            assert await claim(conn, "e1") is True
+        assert await claim(conn, "e1") is False
+        assert await claim(conn, "e2") is True
+        # Claimed inside a transaction that rolls back: the event is not handled, so it may be claimed again.
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                assert await claim(conn, "e3") is True
+                raise RuntimeError("handler failed")
+        assert await claim(conn, "e3") is True
+    finally:
+        await conn.close()
+
+
+async def test_two_elected_relays_publish_each_row_once(
+    make_database: Callable[[str], Awaitable[str]], kafka_bootstrap: str
+) -> None:
+    url = await make_database("relay")
+    topic = f"relay.{uuid.uuid4().hex[:8]}"
+    settings = ServiceSettings(service_name="t", kafka_bootstrap=kafka_bootstrap)
+    await ensure_topics(settings, [topic])
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    relays = [ElectedRelay(url, pool, publisher, retry_s=0.1) for _ in range(2)]
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+    try:
+        await pool.execute(OUTBOX_DDL)
+        for relay in relays:
+            await relay.start()
+        await eventually(lambda: any(r.leading for r in relays), 10, "a leader")
+        assert sum(r.leading for r in relays) == 1
+        async with pool.acquire() as conn, conn.transaction():
+            for i in range(5):
+                change = FreezeChanged(
+                    target_type="key", target_id=f"k{i}", org_id="o", frozen=True, reason="t"
+                )
+                await write_outbox(conn, topic, change, key=f"k{i}")
+        await consumer.start()
+        seen: list[bytes] = []
+
+        async def five() -> bool:
+            batch = await consumer.getmany(timeout_ms=200)
+            seen.extend(r.key or b"" for records in batch.values() for r in records)
+            return len(seen) >= 5
+
+        await eventually(five, 20, "five relayed rows")
+        assert sorted(seen) == [f"k{i}".encode() for i in range(5)]
+        leader = next(r for r in relays if r.leading)
+        await leader.stop()
+        follower = next(r for r in relays if r is not leader)
+        await eventually(lambda: follower.leading, 10, "the follower takes over")
+        unpublished = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        assert unpublished == 0
+    finally:
+        await consumer.stop()
+        for relay in relays:
+            await relay.stop()
+        await publisher.stop()
+        await pool.close()

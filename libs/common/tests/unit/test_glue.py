@@ -1,0 +1,134 @@
+"""The shared glue: model matcher, handler table, principal dependencies and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from leaky_common.api import (
+    AdminPrincipal,
+    CurrentPrincipal,
+    InternalCaller,
+    error_responses,
+    install_openapi,
+)
+from leaky_common.auth import Principal
+from leaky_common.dispatch import dispatcher
+from leaky_common.errors import install_error_handlers
+from leaky_common.events import CreditTokens, UsageRecorded
+from leaky_common.model_access import model_allowed, model_in_scope
+from leaky_common.settings import ServiceSettings
+
+TOKEN = "internal-token-for-tests"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "model", "expected"),
+    [
+        ("", "gpt-4o", True),
+        ("*", "anything", True),
+        ("gpt-4o", "gpt-4o", True),
+        ("gpt-4o", "gpt-4o-mini", False),
+        ("gpt-4o*", "gpt-4o-mini", True),
+        ("GPT-4o", "gpt-4o", False),
+        ("claude-?-haiku", "claude-3-haiku", True),
+    ],
+)
+def test_model_in_scope(pattern: str, model: str, expected: bool) -> None:
+    assert model_in_scope(pattern, model) is expected
+
+
+def test_model_allowed_none_is_every_model_and_a_list_is_any_of_its_patterns() -> None:
+    assert model_allowed(None, "x")
+    assert not model_allowed([], "x")
+    assert model_allowed(["a", "mock-*"], "mock-gpt")
+    assert not model_allowed(("a", "b*"), "c")
+
+
+async def test_dispatcher_calls_the_handler_of_the_message_type_and_skips_others() -> None:
+    seen: list[Any] = []
+
+    async def on_usage(message: UsageRecorded) -> None:
+        seen.append(message)
+
+    handle = dispatcher({UsageRecorded: on_usage})
+    usage = UsageRecorded(request_id="r1", user_id="u", org_id="o", model="m", provider="p")
+    other = CreditTokens(saga_id="s", step="credit", purchase_id="p1", user_id="u", amount=5)
+    await handle(usage, None)
+    await handle(other, None)
+    assert seen == [usage]
+
+
+class Thing(BaseModel):
+    name: str
+
+
+def _app() -> FastAPI:
+    app = FastAPI(title="t")
+    app.state.settings = ServiceSettings(internal_token=TOKEN)
+    install_error_handlers(app)
+    router = APIRouter(responses=error_responses(403))
+
+    @router.get("/me")
+    async def me(principal: CurrentPrincipal) -> Thing:
+        return Thing(name=principal.user_id)
+
+    @router.post("/admin/things", status_code=201)
+    async def create(body: Thing, principal: AdminPrincipal) -> Thing:
+        return Thing(name=f"{body.name}@{principal.org_id}")
+
+    @router.get("/internal/ping", dependencies=[InternalCaller])
+    async def ping() -> Thing:
+        return Thing(name="pong")
+
+    app.include_router(router)
+    install_openapi(app)
+    return app
+
+
+def _headers(role: str = "user", token: str = TOKEN) -> dict[str, str]:
+    principal = Principal(user_id="u1", org_id="o1", role=role)
+    return {"X-LT-Principal": principal.header_value(), "X-LT-Internal-Token": token}
+
+
+def test_principal_dependencies_who_may_and_who_may_not() -> None:
+    client = TestClient(_app())
+    assert client.get("/me", headers=_headers()).json() == {"name": "u1"}
+    assert client.get("/me").status_code == 401
+    assert client.get("/me", headers=_headers(token="wrong-token-of-16")).status_code == 401
+    assert client.post("/admin/things", json={"name": "a"}, headers=_headers()).status_code == 403
+    created = client.post("/admin/things", json={"name": "a"}, headers=_headers("admin"))
+    assert (created.status_code, created.json()) == (201, {"name": "a@o1"})
+    assert client.get("/internal/ping", headers={"X-LT-Internal-Token": TOKEN}).status_code == 200
+    denied = client.get("/internal/ping", headers={"X-LT-Internal-Token": "nope"})
+    assert (denied.status_code, denied.json()["error"]["code"]) == (401, "invalid_internal_token")
+
+
+def test_bad_input_is_an_openai_shaped_400_as_the_document_says() -> None:
+    client = TestClient(_app())
+    response = client.post("/admin/things", json={"nope": 1}, headers=_headers("admin"))
+    assert response.status_code == 400
+    assert set(response.json()["error"]) >= {"message", "type", "param", "code"}
+    operation = client.get("/openapi.json").json()["paths"]["/admin/things"]["post"]
+    assert "400" in operation["responses"]
+
+
+def test_openapi_has_no_phantom_422_and_names_the_auth_and_the_error_shape() -> None:
+    document = TestClient(_app()).get("/openapi.json").json()
+    operations = [op for item in document["paths"].values() for op in item.values()]
+    assert all("422" not in op["responses"] for op in operations)
+    assert set(document["components"]["securitySchemes"]) == {"Principal", "InternalToken"}
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    me = document["paths"]["/me"]["get"]
+    assert me["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Thing"
+    }
+    assert me["responses"]["401"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    assert "403" in me["responses"]
+    assert "ErrorBody" in document["components"]["schemas"]
