@@ -7,14 +7,11 @@ export UV_PYTHON := $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 RUN := $(UV) run --frozen --no-sync
 PYTEST_ARGS ?=
 
-.PHONY: help sync up down status test check lint format typecheck contracts unit integration e2e bench clean
+.PHONY: help sync up down status test check lint format typecheck contracts unit integration e2e bench docs clean
 
-help:
-	@echo "make up        start the whole stack locally (no Docker); writes .run/stack.env"
-	@echo "make down      stop everything 'make up' started"
-	@echo "make test      lint, types, import contracts and every test (unit, integration, e2e)"
-	@echo "make check     lint, types, contracts and the fast unit tests"
-	@echo "make bench     hot-path benchmark"
+# Every target documents itself with a `## text` comment on its rule line; `make help` lists them.
+help: ## list every target
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9_-]*:.*## / {printf "make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # uv into a private venv; where Python has no venv module (Debian without python3-venv), pip --user.
 $(CURDIR)/.tools/bin/uv:
@@ -29,47 +26,50 @@ $(CURDIR)/.tools/bin/uv:
 	$(UV) sync --frozen
 	@touch $@
 
-sync: .venv/.synced
+sync: .venv/.synced ## install the workspace into .venv (uv sync --frozen)
 
-up: sync
+up: sync ## start the whole stack locally (no Docker); writes .run/stack.env
 	$(RUN) python deploy/local/stack.py up
 
-down:
+down: ## stop everything 'make up' started
 	@if [ -x .venv/bin/python ]; then .venv/bin/python deploy/local/stack.py down; else echo "nothing to stop"; fi
 
-status: sync
+status: sync ## show what the local stack runs
 	$(RUN) python deploy/local/stack.py status
 
-lint: sync
+lint: sync ## ruff format --check and ruff check
 	$(RUN) ruff format --check .
 	$(RUN) ruff check .
 
-format: sync
+format: sync ## ruff format and ruff check --fix
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
-typecheck: sync
+typecheck: sync ## mypy (strict) on every package and the tests
 	$(RUN) mypy libs/*/src services/*/src libs/*/tests services/*/tests tests
 
-contracts: sync
+contracts: sync ## import-linter contracts (lint-imports)
 	$(RUN) lint-imports
 
-unit: sync
+unit: sync ## unit tests (no I/O)
 	$(RUN) pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
-integration: sync
+integration: sync ## integration tests (real PostgreSQL, Redis and broker on free ports)
 	$(RUN) pytest -m integration $(PYTEST_ARGS)
 
-e2e: sync
+e2e: sync ## end-to-end tests against a whole stack
 	$(RUN) pytest -m e2e $(PYTEST_ARGS)
 
-check: lint typecheck contracts unit
+check: lint typecheck contracts unit ## lint, types, contracts and the fast unit tests
 
-test: lint typecheck contracts
+test: lint typecheck contracts ## lint, types, import contracts and every test (unit, integration, e2e)
 	$(RUN) pytest $(PYTEST_ARGS)
 
-bench: sync
+bench: sync ## hot-path benchmark: direct vs the governed gateway vs the LiteLLM proxy
 	$(RUN) python bench/hotpath.py
 
-clean: down
+docs: sync ## regenerate docs/configuration.md from the settings classes
+	$(RUN) python scripts/gen_config_reference.py --write
+
+clean: down ## stop the stack and delete .run, .tools, .venv and tool caches
 	rm -rf .run .tools .venv .mypy_cache .ruff_cache
