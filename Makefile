@@ -46,7 +46,7 @@ format: sync ## ruff format and ruff check --fix
 	$(RUN) ruff check --fix .
 
 typecheck: sync ## mypy (strict) on every package and the tests
-	$(RUN) mypy libs/*/src services/*/src libs/*/tests services/*/tests tests
+	$(RUN) mypy libs/*/src services/*/src libs/*/tests services/*/tests tests scripts
 
 contracts: sync ## import-linter contracts (lint-imports)
 	$(RUN) lint-imports
