@@ -29,7 +29,7 @@ APP_SERVICES = {
     "analytics-worker": ("lt_analytics.worker", None),
     "purchase-saga": ("lt_saga", 8084),
     "notifier": ("lt_notifier", 8085),
-    "fakepay": ("lt_saga.fakepay", 8086),
+    "fakepay": ("leaky_devinfra.fakes.payments", 8086),
 }
 PUBLISHED = {"gateway": {8080}, "grafana": {3000}, "jaeger": {16686}, "prometheus": {9090}}
 
