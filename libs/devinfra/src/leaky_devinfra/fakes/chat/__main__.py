@@ -11,7 +11,10 @@ from leaky_devinfra.fakes.chat.server import FakeChannels
 
 def main() -> None:
     """Run the fakes until interrupted."""
-    parser = argparse.ArgumentParser(description="Local fake Slack/Teams/Telegram/WhatsApp receivers.")
+    parser = argparse.ArgumentParser(
+        prog="python -m leaky_devinfra.fakes.chat",
+        description="Local fake Slack/Teams/Telegram/WhatsApp receivers.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     args = parser.parse_args()
