@@ -22,7 +22,7 @@ $(CURDIR)/.tools/bin/uv:
 		mkdir -p $(CURDIR)/.tools/bin && ln -sf $(HOME)/.local/bin/uv $(CURDIR)/.tools/bin/uv; \
 	fi
 
-.venv/.synced: uv.lock pyproject.toml libs/common/pyproject.toml $(wildcard services/*/pyproject.toml) | $(UV)
+.venv/.synced: uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml) $(wildcard services/*/pyproject.toml) | $(UV)
 	$(UV) sync --frozen
 	@touch $@
 

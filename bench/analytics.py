@@ -32,8 +32,8 @@ from leaky_common.db import apply_migrations, create_database, create_pool
 from leaky_common.events import Topics, UsageRecorded
 from leaky_common.kafka import ensure_topics
 from leaky_common.settings import ServiceSettings
-from leaky_common.testing import eventually
-from leaky_common.testing.infra import start_broker, start_postgres
+from leaky_devinfra.infra import start_broker, start_postgres
+from leaky_devinfra.testing import eventually
 from lt_analytics.repository import MIGRATIONS
 
 USAGE_TOPIC = "usage.recorded"

@@ -37,7 +37,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
-from leaky_common.testing.infra import free_port, stop_pid, wait_for_port  # noqa: E402
+from leaky_devinfra.infra import free_port, stop_pid, wait_for_port  # noqa: E402
 
 LITELLM_VERSION = "1.106.2"
 LITELLM_VENV = ROOT / ".run" / "litellm-venv"

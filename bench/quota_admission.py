@@ -27,7 +27,7 @@ from leaky_common.db import create_database, database_url_for
 from leaky_common.events import Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
 from leaky_common.settings import ServiceSettings
-from leaky_common.testing.infra import (
+from leaky_devinfra.infra import (
     free_port,
     start_broker,
     start_postgres,

@@ -43,15 +43,16 @@ from typing import IO, Any
 import aiohttp
 import asyncpg
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import Topics, parse_message
 from leaky_common.kafka import ensure_topics
 from leaky_common.settings import DEV_INTERNAL_TOKEN, ServiceSettings
-from leaky_common.testing.infra import free_port, start_broker, start_postgres, start_redis, wait_for_port
-from lt_saga.fakepay import create_fakepay_app
+from leaky_devinfra.chaos import ChaosRelay
+from leaky_devinfra.fakes.payments import create_fakepay_app
+from leaky_devinfra.infra import free_port, start_broker, start_postgres, start_redis, wait_for_port
 
 __all__ = ["FaultConfig", "FaultReport", "Infra", "run_faults"]
 
@@ -211,84 +212,6 @@ class _Process:
             self._log = None
 
 
-class _ChaosRelay:
-    """Forwards Kafka topics pairwise, delaying, duplicating (so reordering) and dropping messages."""
-
-    def __init__(
-        self, bootstrap: str, routes: dict[str, str], config: FaultConfig, rng: random.Random
-    ) -> None:
-        self._bootstrap = bootstrap
-        self._routes = routes
-        self._config = config
-        self._rng = rng
-        self.stats: Counter[str] = Counter()
-        self._pending: set[asyncio.Task[None]] = set()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, linger_ms=0)
-        await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            *self._routes,
-            bootstrap_servers=self._bootstrap,
-            group_id=f"chaos-{uuid.uuid4().hex[:8]}",
-            auto_offset_reset="earliest",
-            metadata_max_age_ms=5_000,
-        )
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        cfg, rng = self._config, self._rng
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    target = self._routes[record.topic]
-                    if rng.random() < cfg.drop_p:
-                        self.stats["dropped"] += 1
-                        continue
-                    copies = 2 if rng.random() < cfg.duplicate_p else 1
-                    self.stats["duplicated"] += copies - 1
-                    for _ in range(copies):
-                        delay = rng.uniform(0, cfg.max_delay_s) if rng.random() < cfg.delay_p else 0.0
-                        self.stats["delayed"] += delay > 0
-                        task = asyncio.create_task(
-                            self._forward(target, record.key, record.value, list(record.headers or ()), delay)
-                        )
-                        self._pending.add(task)
-                        task.add_done_callback(self._pending.discard)
-                    self.stats["forwarded"] += 1
-
-    async def _forward(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]],
-        delay: float,
-    ) -> None:
-        if delay:
-            await asyncio.sleep(delay)
-        assert self._producer is not None
-        await self._producer.send_and_wait(topic, value, key=key, headers=headers)
-
-    async def stop(self) -> None:
-        for task in [self._task, *self._pending]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *[t for t in [self._task, *self._pending] if t is not None], return_exceptions=True
-        )
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
-
-
 @contextlib.asynccontextmanager
 async def _fakepay(hang_s: float) -> AsyncIterator[tuple[str, Any]]:
     """The fake provider over real HTTP in this event loop; yields its URL and its in-memory store."""
@@ -376,7 +299,7 @@ async def run_faults(infra: Infra, config: FaultConfig, log_dir: Path | None = N
         port,
     )
     sagas: list[_Process] = []
-    chaos = _ChaosRelay(
+    chaos = ChaosRelay(
         infra.kafka_bootstrap,
         {commands_in: Topics.QUOTA_COMMANDS, Topics.SAGA_REPLIES: replies_out},
         config,

@@ -107,7 +107,7 @@ NOTES: dict[str, str] = {
     "LT_BATCH_WITHIN_S": "Longest wait to fill a batch (see `LT_BATCH_MAX`).",
     "LT_DB_POOL_SIZE": "PostgreSQL connection pool size.",
     "LT_DB_POOL_MAX": "PostgreSQL connection pool size.",
-    "LT_PAYMENT_PROVIDER_URL": "Stripe-like payment provider (the bundled fake: `python -m lt_saga.fakepay`).",
+    "LT_PAYMENT_PROVIDER_URL": "Stripe-like payment provider (the bundled fake: `python -m leaky_devinfra.fakes.payments`).",
     "LT_PAYMENT_API_KEY": "Bearer key for the payment provider (the fake takes `sk_test_...`).",
     "LT_PAYMENT_TIMEOUT_S": "Timeout of one payment call.",
     "LT_PAYMENT_CURRENCY": "Currency of the payments.",

@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from leaky_common.db import create_database, database_url_for
-from leaky_common.testing.infra import (
+from leaky_devinfra.infra import (
     free_port,
     pid_alive,
     start_broker,
@@ -209,7 +209,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
             ),
             (
                 "fakepay",
-                ["-m", "lt_saga.fakepay"],
+                ["-m", "leaky_devinfra.fakes.payments"],
                 {"LT_PORT": str(ports["fakepay"]), "LT_SERVICE_NAME": "fakepay"},
             ),
             (

@@ -29,7 +29,7 @@ APP_SERVICES = {
     "analytics-worker": ("lt_analytics.worker", None),
     "purchase-saga": ("lt_saga", 8084),
     "notifier": ("lt_notifier", 8085),
-    "fakepay": ("lt_saga.fakepay", 8086),
+    "fakepay": ("leaky_devinfra.fakes.payments", 8086),
 }
 PUBLISHED = {"gateway": {8080}, "grafana": {3000}, "jaeger": {16686}, "prometheus": {9090}}
 
@@ -116,9 +116,9 @@ def test_app_services_depend_on_healthy_infra(config: dict[str, Any]) -> None:
 
 
 def _module_exists(module: str) -> bool:
-    """`python -m a.b` runs services/*/src/a/b.py, or the package a/b/ through its __main__.py."""
+    """`python -m a.b` runs {services,libs}/*/src/a/b.py, or the package a/b/ through its __main__.py."""
     top, *rest = module.split(".")
-    for package in (ROOT / "services").glob(f"*/src/{top}"):
+    for package in [*ROOT.glob(f"services/*/src/{top}"), *ROOT.glob(f"libs/*/src/{top}")]:
         path = package.joinpath(*rest)
         if path.with_suffix(".py").is_file() or (path / "__main__.py").is_file():
             return True
@@ -133,7 +133,7 @@ def test_app_commands_name_modules_in_the_repo(config: dict[str, Any]) -> None:
         assert command[2] == module, (name, command)
         if not _module_exists(module):
             missing.append(f"{name}: python -m {module}")
-    assert not missing, f"modules not found under services/*/src: {missing}"
+    assert not missing, f"modules not found under services/*/src or libs/*/src: {missing}"
 
 
 def test_prometheus_targets_are_compose_services(config: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from leaky_common.testing.infra import pid_alive
+from leaky_devinfra.infra import pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,9 +22,9 @@ import pytest
 from langchain_openai import ChatOpenAI
 from openai import AsyncOpenAI, OpenAI
 
-from leaky_common.testing import eventually
-from leaky_common.testing.infra import free_port, pid_alive
-from lt_gateway.fake_providers import FakeKind, FakeProvider, FakeUsage
+from leaky_devinfra.fakes.llm import FakeKind, FakeProvider, FakeUsage
+from leaky_devinfra.infra import free_port, pid_alive
+from leaky_devinfra.testing import eventually
 from lt_gateway.tokens import estimate_prompt_tokens, text_tokens
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from leaky_common.testing import eventually
+from leaky_devinfra.testing import eventually
 
 pytestmark = pytest.mark.e2e
 

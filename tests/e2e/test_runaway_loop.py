@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from leaky_common.testing import eventually
-from lt_notifier.fakes import FakeChannels
+from leaky_devinfra.fakes.chat import FakeChannels
+from leaky_devinfra.testing import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from openai import AsyncOpenAI, OpenAI
 
-from leaky_common.testing import eventually
-from leaky_common.testing.infra import free_port
+from leaky_devinfra.infra import free_port
+from leaky_devinfra.testing import eventually
 
 pytestmark = pytest.mark.e2e
 

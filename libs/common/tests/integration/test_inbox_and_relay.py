@@ -14,7 +14,7 @@ from leaky_common.inbox import INBOX_DDL, claim
 from leaky_common.kafka import EventPublisher, ensure_topics
 from leaky_common.outbox import OUTBOX_DDL, ElectedRelay, write_outbox
 from leaky_common.settings import ServiceSettings
-from leaky_common.testing import eventually
+from leaky_devinfra.testing import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from aiokafka import AIOKafkaConsumer
 from leaky_common.events import AnyMessage, Topics, UsageRecorded
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.settings import ServiceSettings
-from leaky_common.testing import eventually as wait_until
+from leaky_devinfra.testing import eventually as wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import UsageRecorded
 from leaky_common.kafka import EventPublisher, ensure_topics
-from leaky_common.testing import eventually as wait_for
+from leaky_devinfra.testing import eventually as wait_for
 from lt_analytics.main import create_app
 from lt_analytics.settings import AnalyticsSettings
 

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from leaky_common.errors import InvalidRequest, ServiceUnavailable, UpstreamError, UpstreamTimeout
-from leaky_common.testing.infra import free_port
-from lt_gateway.fake_providers import FakeKind, FakeProvider, FakeUsage
+from leaky_devinfra.fakes.llm import FakeKind, FakeProvider, FakeUsage
+from leaky_devinfra.infra import free_port
 from lt_gateway.models import ModelSpec
 from lt_gateway.providers import Provider
 from lt_gateway.providers.http import UpstreamHTTP

@@ -10,8 +10,8 @@ from aiokafka import AIOKafkaConsumer
 
 from leaky_common.events import Topics, UsageRecorded, parse_message
 from leaky_common.kafka import EventPublisher, ensure_topics
-from leaky_common.testing import eventually
-from leaky_common.testing.infra import free_port, start_broker
+from leaky_devinfra.infra import free_port, start_broker
+from leaky_devinfra.testing import eventually
 from lt_gateway.settings import GatewaySettings
 from lt_gateway.usage import UsageSink, UsageSpool
 

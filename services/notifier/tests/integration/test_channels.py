@@ -15,9 +15,9 @@ from aiosmtpd.controller import Controller
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import AnomalyDetected, QuotaThresholdReached, VacationChanged
-from leaky_common.testing import eventually as wait_for
-from leaky_common.testing.infra import free_port
-from lt_notifier.fakes import FakeChannels
+from leaky_devinfra.fakes.chat import FakeChannels
+from leaky_devinfra.infra import free_port
+from leaky_devinfra.testing import eventually as wait_for
 from lt_notifier.settings import NotifierSettings
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from aiohttp import web
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import PurchaseCompleted, PurchaseFailed, QuotaThresholdReached
-from leaky_common.testing import eventually as wait_for
-from leaky_common.testing.infra import free_port
+from leaky_devinfra.infra import free_port
+from leaky_devinfra.testing import eventually as wait_for
 from lt_notifier.settings import NotifierSettings
 
 pytestmark = pytest.mark.integration

@@ -19,6 +19,7 @@ from leaky_common.events import (
     UsageRecorded,
     VacationChanged,
 )
+from leaky_devinfra.fakes.chat import slack_problems, teams_problems, telegram_problems, whatsapp_problems
 from lt_notifier.channels import (
     Endpoints,
     HttpOut,
@@ -29,7 +30,6 @@ from lt_notifier.channels import (
     whatsapp_body,
 )
 from lt_notifier.domain import message_from_payload, webhook_payload
-from lt_notifier.fakes import slack_problems, teams_problems, telegram_problems, whatsapp_problems
 from lt_notifier.notification import describe
 
 PERIOD = datetime(2026, 5, 1, tzinfo=UTC)

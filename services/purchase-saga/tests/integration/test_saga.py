@@ -32,12 +32,12 @@ from leaky_common.events import (
 )
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.settings import DEV_INTERNAL_TOKEN
-from leaky_common.testing import eventually as wait_until
-from leaky_common.testing.infra import free_port
+from leaky_devinfra.fakes.payments import create_fakepay_app
+from leaky_devinfra.infra import free_port
+from leaky_devinfra.testing import eventually as wait_until
 from lt_quota.main import create_app as create_quota_app
 from lt_quota.settings import QuotaSettings
 from lt_saga import repository as repo
-from lt_saga.fakepay import create_fakepay_app
 from lt_saga.main import create_app
 from lt_saga.saga import SagaRunner
 from lt_saga.settings import SagaSettings

@@ -24,7 +24,7 @@ from leaky_common.events import (
     VacationChanged,
     parse_message,
 )
-from leaky_common.testing import ManualClock
+from leaky_devinfra.testing import ManualClock
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 

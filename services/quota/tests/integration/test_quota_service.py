@@ -25,8 +25,8 @@ from leaky_common.events import (
     parse_message,
 )
 from leaky_common.kafka import EventPublisher
-from leaky_common.testing import ManualClock
-from leaky_common.testing import eventually as wait_until
+from leaky_devinfra.testing import ManualClock
+from leaky_devinfra.testing import eventually as wait_until
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 

@@ -1,4 +1,4 @@
-"""Test support: real infrastructure (see `plugin`) and waiting on conditions with a deadline."""
+"""Test support: waiting on conditions with a deadline, and a clock tests move by hand."""
 
 from __future__ import annotations
 

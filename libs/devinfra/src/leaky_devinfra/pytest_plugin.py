@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-from leaky_common.testing.infra import start_broker, start_postgres, start_redis
+from leaky_devinfra.infra import start_broker, start_postgres, start_redis
 
 __all__ = ["kafka_bootstrap", "make_database", "postgres_url", "redis_url"]
 

@@ -165,34 +165,46 @@ class FakeProvider:
             return error
         path = request.match_info["path"]
         model = body.get("model") or request.match_info.get("deployment")
-        created = int(time.time())
         if path == "embeddings":
-            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-            data = [
-                {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))
-            ]
-            usage = {"prompt_tokens": self.usage.prompt, "total_tokens": self.usage.prompt}
-            return _json({"object": "list", "data": data, "model": model, "usage": usage})
-        if path == "completions" and body.get("stream"):
-            cid = f"cmpl-{uuid4().hex}"
-
-            def text_chunk(text: str, finish: str | None = None) -> dict[str, Any]:
-                return {"id": cid, "object": "text_completion", "created": created, "model": model,
-                        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
-
-            texts: list[tuple[str | None, dict[str, Any] | str]] = [(None, text_chunk(w)) for w in self.words]
-            texts.append((None, text_chunk("", "stop")))
-            if self.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
-                texts.append((None, {"id": cid, "object": "text_completion", "created": created, "model": model,
-                                      "choices": [], "usage": self._openai_usage()}))  # fmt: skip
-            texts.append((None, "[DONE]"))
-            return await self._sse(request, texts)
+            return self._openai_embeddings(body, model)
         if path == "completions":
+            return await self._openai_completions(request, body, model)
+        if path != "chat/completions":
+            return self._error(404, f"no route {path}")
+        return await self._openai_chat(request, body, model)
+
+    def _openai_embeddings(self, body: dict[str, Any], model: Any) -> web.Response:
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
+        usage = {"prompt_tokens": self.usage.prompt, "total_tokens": self.usage.prompt}
+        return _json({"object": "list", "data": data, "model": model, "usage": usage})
+
+    async def _openai_completions(
+        self, request: web.Request, body: dict[str, Any], model: Any
+    ) -> web.StreamResponse:
+        created = int(time.time())
+        if not body.get("stream"):
             choice = {"index": 0, "text": self.text, "logprobs": None, "finish_reason": "stop"}
             return _json({"id": f"cmpl-{uuid4().hex}", "object": "text_completion", "created": created,
                           "model": model, "choices": [choice], "usage": self._openai_usage()})  # fmt: skip
-        if path != "chat/completions":
-            return self._error(404, f"no route {path}")
+        cid = f"cmpl-{uuid4().hex}"
+
+        def text_chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+            return {"id": cid, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
+
+        texts: list[tuple[str | None, dict[str, Any] | str]] = [(None, text_chunk(w)) for w in self.words]
+        texts.append((None, text_chunk("", "stop")))
+        if self.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
+            texts.append((None, {"id": cid, "object": "text_completion", "created": created, "model": model,
+                                  "choices": [], "usage": self._openai_usage()}))  # fmt: skip
+        texts.append((None, "[DONE]"))
+        return await self._sse(request, texts)
+
+    async def _openai_chat(
+        self, request: web.Request, body: dict[str, Any], model: Any
+    ) -> web.StreamResponse:
+        created = int(time.time())
         cid = f"chatcmpl-{uuid4().hex}"
         if not body.get("stream"):
             message = {"role": "assistant", "content": self.text, "refusal": None}

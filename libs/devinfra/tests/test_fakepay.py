@@ -3,7 +3,7 @@ import asyncio
 import httpx
 import pytest
 
-from lt_saga.fakepay import create_fakepay_app
+from leaky_devinfra.fakes.payments import create_fakepay_app
 
 AUTH = {"Authorization": "Bearer sk_test_unit"}
 

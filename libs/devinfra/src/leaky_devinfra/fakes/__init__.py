@@ -1,0 +1,1 @@
+"""Local fakes of third-party services, each speaking the real service's wire format."""
