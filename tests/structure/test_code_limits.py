@@ -35,7 +35,9 @@ def oversized(package: Path, root: Path = ROOT) -> list[str]:
                 start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
                 length = (node.end_lineno or node.lineno) - start + 1
                 if length > MAX_FUNCTION_LINES:
-                    problems.append(f"{rel}:{node.lineno} {node.name}(): {length} lines (max {MAX_FUNCTION_LINES})")
+                    problems.append(
+                        f"{rel}:{node.lineno} {node.name}(): {length} lines (max {MAX_FUNCTION_LINES})"
+                    )
     return problems
 
 
