@@ -1,10 +1,16 @@
 # syntax=docker/dockerfile:1
-# One image for every Leaky Tokens process; docker-compose picks the command per service
-# (see docs/architecture.md and deploy/compose/docker-compose.yml).
-FROM python:3.11-slim
+# One Dockerfile, one small image per process: `docker build --target quota -t leaky-tokens-quota .`
+# Targets: gateway, quota, saga, analytics (the API and the faust worker), notifier, and devtools (the
+# third-party fakes from libs/devinfra, for local stacks only; never deploy it).
+#
+# Build stages resolve from uv.lock and install ONE package's run-time dependencies (never the dev group,
+# never libs/devinfra unless it is the package) as wheels into /app/.venv. The final stages start again from
+# python:3.11-slim without pip, setuptools, wheel, uv or any compiler, copy only that venv, and run as a
+# non-root user. deploy/compose/docker-compose.yml picks the target per service.
 
+# ---------------------------------------------------------------- build
+FROM python:3.11-slim AS build-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     UV_PYTHON_DOWNLOADS=never \
@@ -12,49 +18,92 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy
-
 RUN pip install "uv==0.13.9"
-
-WORKDIR /app
-
-# 1) Dependencies only, from the lockfile: this layer is reused until a pyproject.toml or uv.lock changes.
-#    Keep this list in step with [tool.uv.workspace] members (tests/deploy/test_compose.py checks it).
+WORKDIR /src
+# Keep this list in step with [tool.uv.workspace] members (tests/deploy/test_compose.py checks it).
 COPY pyproject.toml uv.lock ./
 COPY libs/common/pyproject.toml libs/common/pyproject.toml
+COPY libs/devinfra/pyproject.toml libs/devinfra/pyproject.toml
 COPY services/gateway/pyproject.toml services/gateway/pyproject.toml
 COPY services/quota/pyproject.toml services/quota/pyproject.toml
 COPY services/purchase-saga/pyproject.toml services/purchase-saga/pyproject.toml
 COPY services/analytics/pyproject.toml services/analytics/pyproject.toml
 COPY services/notifier/pyproject.toml services/notifier/pyproject.toml
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-workspace
-
-# 2) Sources, then install the workspace members themselves.
 COPY libs/common/src libs/common/src
+COPY libs/devinfra/src libs/devinfra/src
 COPY services/gateway/src services/gateway/src
 COPY services/quota/src services/quota/src
 COPY services/purchase-saga/src services/purchase-saga/src
 COPY services/analytics/src services/analytics/src
 COPY services/notifier/src services/notifier/src
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev \
-    && python -m compileall -q libs/common/src services/*/src
 
-# Non-root runtime user. /app stays root-owned (read-only code); the user gets a writable
-# working directory for process state (e.g. the faust worker's data dir).
-RUN groupadd --system --gid 10001 app \
+# One build stage per package; BuildKit builds only the stages a target needs. --no-editable installs the
+# workspace members as wheels, so the final image needs no source tree.
+FROM build-base AS build-gateway
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-gateway
+
+FROM build-base AS build-quota
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-quota
+
+FROM build-base AS build-saga
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-saga
+
+FROM build-base AS build-analytics
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-analytics
+
+FROM build-base AS build-notifier
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-notifier
+
+FROM build-base AS build-devtools
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-devinfra
+
+# ---------------------------------------------------------------- run
+FROM python:3.11-slim AS runtime
+# No package manager in the final image: pip, setuptools and wheel go; uv was never here.
+RUN python -m pip uninstall --yes --quiet pip setuptools wheel \
+    && rm -rf /usr/local/lib/python3.11/ensurepip /usr/local/bin/pip* /root/.cache \
+    && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home app \
     && install -d -o app -g app /var/lib/leaky-tokens
-
-ENV PATH="/app/.venv/bin:${PATH}" \
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH="/app/.venv/bin:${PATH}" \
     VIRTUAL_ENV=/app/.venv \
     HOME=/home/app \
     LT_HOST=0.0.0.0
-
+# /app stays root-owned (read-only code); the user gets a writable working directory for process state
+# (e.g. the faust worker's data dir).
 USER app
 WORKDIR /var/lib/leaky-tokens
 
-EXPOSE 8080 8082 8083 8084 8085 8086
-
-# No default service: compose (or `docker run IMAGE python -m lt_gateway`) chooses the process.
+FROM runtime AS gateway
+COPY --from=build-gateway /app/.venv /app/.venv
+EXPOSE 8080
 CMD ["python", "-m", "lt_gateway"]
+
+FROM runtime AS quota
+COPY --from=build-quota /app/.venv /app/.venv
+EXPOSE 8082
+CMD ["python", "-m", "lt_quota"]
+
+FROM runtime AS saga
+COPY --from=build-saga /app/.venv /app/.venv
+EXPOSE 8084
+CMD ["python", "-m", "lt_saga"]
+
+# The API (`python -m lt_analytics`, 8083) and the worker (`python -m lt_analytics.worker`) share this image.
+FROM runtime AS analytics
+COPY --from=build-analytics /app/.venv /app/.venv
+EXPOSE 8083
+CMD ["python", "-m", "lt_analytics"]
+
+FROM runtime AS notifier
+COPY --from=build-notifier /app/.venv /app/.venv
+EXPOSE 8085
+CMD ["python", "-m", "lt_notifier"]
+
+# Local stacks only: the fake payment provider (and the other third-party fakes).
+FROM runtime AS devtools
+COPY --from=build-devtools /app/.venv /app/.venv
+EXPOSE 8086
+CMD ["python", "-m", "leaky_devinfra.fakes.payments"]

@@ -197,3 +197,35 @@ def test_dockerfile_copies_every_workspace_member() -> None:
         rel = member.relative_to(ROOT).as_posix()
         assert f"COPY {rel}/pyproject.toml" in text, rel
         assert f"COPY {rel}/src" in text, rel
+
+
+def _stages() -> dict[str, str]:
+    """Dockerfile stages by name: the text from each `FROM ... AS name` to the next FROM."""
+    parts = re.split(r"^(FROM \S+ AS \S+)$", DOCKERFILE.read_text(), flags=re.M)
+    return {header.split()[-1]: body for header, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def test_each_app_service_builds_its_own_target_of_the_dockerfile(config: dict[str, Any]) -> None:
+    stages = _stages()
+    for name in APP_SERVICES:
+        build = config["services"][name]["build"]
+        assert build["dockerfile"] == "Dockerfile", name
+        assert build["target"] in stages, (name, build["target"])
+    assert config["services"]["fakepay"]["build"]["target"] == "devtools"
+
+
+def test_final_images_hold_one_package_and_no_package_manager() -> None:
+    stages = _stages()
+    packages = {"gateway": "leaky-gateway", "quota": "leaky-quota", "saga": "leaky-saga"}
+    packages |= {"analytics": "leaky-analytics", "notifier": "leaky-notifier", "devtools": "leaky-devinfra"}
+    runtime = stages["runtime"]
+    assert re.search(r"^FROM python:3\.11-slim AS runtime$", DOCKERFILE.read_text(), re.M)
+    assert "pip uninstall --yes --quiet pip setuptools wheel" in runtime
+    assert re.search(r"^USER (?!root)\S+", runtime, re.M), "the runtime base must run as a non-root user"
+    for target, package in packages.items():
+        final = stages[target]
+        # A final stage only copies its package's virtualenv in; it installs nothing and compiles nothing.
+        assert f"COPY --from=build-{target} /app/.venv /app/.venv" in final, target
+        assert not re.search(r"\b(pip|uv|apt-get|gcc|RUN)\b", final), target
+        assert f"--no-dev --no-editable --package {package}" in stages[f"build-{target}"], target
+    assert "leaky-devinfra" not in "".join(stages[f"build-{t}"] for t in packages if t != "devtools")
