@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.e2e
 CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 
-async def test_a_key_with_its_own_bucket_size_is_limited_alone(stack, admin: httpx.AsyncClient) -> None:
+async def test_a_key_with_its_own_bucket_size_is_limited_alone(stack: Any, admin: httpx.AsyncClient) -> None:
     r = await admin.post(
         "/v1/admin/users", json={"email": f"rl-{uuid.uuid4().hex[:8]}@example.com", "name": "Agent owner"}
     )
@@ -41,7 +42,7 @@ async def test_a_key_with_its_own_bucket_size_is_limited_alone(stack, admin: htt
         assert int(r.headers["x-ratelimit-limit-requests"]) > 3
 
 
-async def test_a_new_org_is_run_by_its_own_admin_only(stack, admin: httpx.AsyncClient) -> None:
+async def test_a_new_org_is_run_by_its_own_admin_only(stack: Any, admin: httpx.AsyncClient) -> None:
     name = f"e2e-org-{uuid.uuid4().hex[:8]}"
     r = await admin.post("/v1/admin/orgs", json={"name": name, "admin_email": "ops@new.example"})
     assert r.status_code == 201, r.text

@@ -29,7 +29,7 @@ async def create_user(admin: httpx.AsyncClient, quota: int) -> dict[str, Any]:
         },
     )
     assert resp.status_code == 201, resp.text
-    body = resp.json()
+    body: dict[str, Any] = resp.json()
     assert body["api_key"]
     return body
 
@@ -38,7 +38,9 @@ def user_http(stack_url: str, key: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=stack_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
-async def test_full_flow_chat_usage_exhaust_purchase_and_webhook(stack, admin: httpx.AsyncClient) -> None:
+async def test_full_flow_chat_usage_exhaust_purchase_and_webhook(
+    stack: Any, admin: httpx.AsyncClient
+) -> None:
     # A local webhook receiver stands in for the customer's endpoint.
     received: list[dict[str, Any]] = []
 
@@ -173,7 +175,7 @@ async def _limit_at_least(me: httpx.AsyncClient, limit: int) -> dict[str, Any] |
     return q if q["pools"][0]["limit"] >= limit else None
 
 
-def test_sync_sdk_models_and_errors(stack) -> None:
+def test_sync_sdk_models_and_errors(stack: Any) -> None:
     with (
         OpenAI(base_url=f"{stack.gateway_url}/v1", api_key=stack.admin_key, max_retries=0) as admin,
         OpenAI(base_url=f"{stack.gateway_url}/v1", api_key="lt-not-a-real-key", max_retries=0) as bad,
@@ -204,7 +206,7 @@ def _sync_sdk_checks(admin: OpenAI, bad: OpenAI) -> None:
     assert raw.parse().choices[0].message.content
 
 
-async def test_user_cannot_use_admin_routes_or_see_others(stack, admin: httpx.AsyncClient) -> None:
+async def test_user_cannot_use_admin_routes_or_see_others(stack: Any, admin: httpx.AsyncClient) -> None:
     a = await create_user(admin, quota=1000)
     b = await create_user(admin, quota=1000)
     async with user_http(stack.gateway_url, a["api_key"]) as ua:
