@@ -24,8 +24,8 @@ from openai import AsyncOpenAI, OpenAI
 
 from leaky_common.testing import eventually
 from leaky_common.testing.infra import free_port, pid_alive
+from lt_gateway.domain.tokens import estimate_prompt_tokens, text_tokens
 from lt_gateway.fake_providers import FakeKind, FakeProvider, FakeUsage
-from lt_gateway.tokens import estimate_prompt_tokens, text_tokens
 
 pytestmark = pytest.mark.e2e
 
