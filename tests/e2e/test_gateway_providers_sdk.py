@@ -25,7 +25,7 @@ from openai import AsyncOpenAI, OpenAI
 from leaky_devinfra.fakes.llm import FakeKind, FakeProvider, FakeUsage
 from leaky_devinfra.infra import free_port, pid_alive
 from leaky_devinfra.testing import eventually
-from lt_gateway.tokens import estimate_prompt_tokens, text_tokens
+from lt_gateway.domain.tokens import estimate_prompt_tokens, text_tokens
 
 pytestmark = pytest.mark.e2e
 

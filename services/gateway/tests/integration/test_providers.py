@@ -12,11 +12,11 @@ import pytest
 from leaky_common.errors import InvalidRequest, ServiceUnavailable, UpstreamError, UpstreamTimeout
 from leaky_devinfra.fakes.llm import FakeKind, FakeProvider, FakeUsage
 from leaky_devinfra.infra import free_port
-from lt_gateway.models import ModelSpec
-from lt_gateway.providers import Provider
-from lt_gateway.providers.http import UpstreamHTTP
-from lt_gateway.providers.registry import build_providers
-from lt_gateway.tokens import text_tokens
+from lt_gateway.adapters.providers import Provider
+from lt_gateway.adapters.providers.http import UpstreamHTTP
+from lt_gateway.adapters.providers.registry import build_providers
+from lt_gateway.domain.models import ModelSpec
+from lt_gateway.domain.tokens import text_tokens
 
 pytestmark = pytest.mark.integration
 

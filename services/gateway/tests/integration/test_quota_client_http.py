@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from leaky_common.contracts import AdmitRequest
 from leaky_common.errors import ServiceUnavailable
 from leaky_devinfra.infra import free_port
-from lt_gateway.quota_client import Denial, QuotaClient
+from lt_gateway.adapters.quota_client import Denial, QuotaClient
 
 pytestmark = pytest.mark.integration
 

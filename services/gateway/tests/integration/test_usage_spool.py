@@ -12,8 +12,9 @@ from leaky_common.events import Topics, UsageRecorded, parse_message
 from leaky_common.kafka import EventPublisher, ensure_topics
 from leaky_devinfra.infra import free_port, start_broker
 from leaky_devinfra.testing import eventually
+from lt_gateway.adapters.usage_sink import UsageSink
+from lt_gateway.adapters.usage_spool import UsageSpool
 from lt_gateway.settings import GatewaySettings
-from lt_gateway.usage import UsageSink, UsageSpool
 
 pytestmark = pytest.mark.integration
 

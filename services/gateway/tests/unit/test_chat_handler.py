@@ -13,11 +13,13 @@ from starlette.requests import Request
 from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
 from leaky_common.events import UsageRecorded
-from lt_gateway.chat import ChatHandler
-from lt_gateway.models import ModelSpec, ModelTable, format_usd
-from lt_gateway.providers import Completion, StreamChunk
-from lt_gateway.providers.mock import MockProvider
-from lt_gateway.quota_client import Denial
+from lt_gateway.adapters.model_table import ModelTable
+from lt_gateway.adapters.providers import Completion, StreamChunk
+from lt_gateway.adapters.providers.mock import MockProvider
+from lt_gateway.adapters.quota_client import Denial
+from lt_gateway.api.chat import ChatHandler
+from lt_gateway.domain.models import ModelSpec
+from lt_gateway.domain.pricing import format_usd
 
 
 class FakeQuota:

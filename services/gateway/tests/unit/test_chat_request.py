@@ -2,7 +2,7 @@ import orjson
 import pytest
 
 from leaky_common.errors import InvalidRequest, PayloadTooLarge
-from lt_gateway.requests import ParsedRequest, load_body, parse_chat
+from lt_gateway.domain.requests import ParsedRequest, load_body, parse_chat
 
 
 def parse_chat_request(raw: bytes, max_bytes: int) -> ParsedRequest:

@@ -1,8 +1,9 @@
 import pytest
 
-from lt_gateway.models import ModelTable, format_usd
-from lt_gateway.providers.mock import MockProvider, reply_words
-from lt_gateway.tokens import estimate_prompt_tokens, text_tokens
+from lt_gateway.adapters.model_table import ModelTable
+from lt_gateway.adapters.providers.mock import MockProvider, reply_words
+from lt_gateway.domain.pricing import format_usd
+from lt_gateway.domain.tokens import estimate_prompt_tokens, text_tokens
 
 
 def test_mock_gpt_is_priced_like_gpt_4o_mini_with_exact_integer_cost() -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lt_gateway.models import ModelTable, resolve_entry
-from lt_gateway.pricing import PricingTable, refresh, shipped_table, trim
+from lt_gateway.adapters.model_table import ModelTable
+from lt_gateway.adapters.pricing_table import PricingTable, refresh, shipped_table
+from lt_gateway.domain.models import resolve_entry
+from lt_gateway.domain.pricing import trim
 
 LITELLM_SAMPLE = {
     "sample_spec": {"input_cost_per_token": 0},

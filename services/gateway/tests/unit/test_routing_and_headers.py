@@ -1,8 +1,8 @@
 import pytest
 
 from leaky_common.contracts import RateLimitState
-from lt_gateway.headers import ratelimit_headers
-from lt_gateway.proxy import owner_of
+from lt_gateway.domain.headers import ratelimit_headers
+from lt_gateway.domain.routing import owner_of
 
 
 @pytest.mark.parametrize(
@@ -48,8 +48,8 @@ def test_ratelimit_headers_cover_openai_and_ietf_forms() -> None:
 
 def test_models_are_filtered_by_the_keys_allowed_models() -> None:
     from leaky_common.auth import Principal
-    from lt_gateway.main import _may_use
-    from lt_gateway.models import ModelTable
+    from lt_gateway.adapters.model_table import ModelTable
+    from lt_gateway.domain.models import may_use as _may_use
 
     table = ModelTable.load(None)
     gpt, emb = table.get("mock-gpt"), table.get("mock-embedding")

@@ -14,7 +14,8 @@ from typing import Any
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-_BPE_FILE = Path(__file__).parent / "data" / "tiktoken" / "cl100k_base.tiktoken"
+# A package data file, read once (like a constant): counting itself does no I/O.
+_BPE_FILE = Path(__file__).parent.parent / "data" / "tiktoken" / "cl100k_base.tiktoken"
 # From tiktoken_ext.openai_public.cl100k_base (the regex and special tokens of the encoding).
 _CL100K_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|"""

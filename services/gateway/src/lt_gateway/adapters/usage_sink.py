@@ -20,62 +20,16 @@ from prometheus_client import Counter, Gauge
 
 from leaky_common.events import Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
+from lt_gateway.adapters.usage_spool import UsageSpool
 
 logger = logging.getLogger(__name__)
 
 _HEADERS = [("type", b"UsageRecorded.v1")]
 
 USAGE_QUEUED = Gauge("lt_gateway_usage_events_pending", "Usage events waiting for the broker (memory)")
-USAGE_SPOOLED = Gauge("lt_gateway_usage_events_spooled", "Usage events waiting in the durable spool")
 USAGE_DROPPED = Counter(
     "lt_gateway_usage_events_dropped_total", "Usage events dropped because memory and spool were full"
 )
-
-
-class UsageSpool:
-    """An append-only SQLite file of events the broker has not acknowledged yet."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash (the case that matters here), not a power cut.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS usage_spool (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " event_id TEXT NOT NULL UNIQUE, body BLOB NOT NULL)"
-        )
-        self.count = int(self._db.execute("SELECT count(*) FROM usage_spool").fetchone()[0])
-        USAGE_SPOOLED.set(self.count)
-
-    def append(self, events: list[UsageRecorded]) -> None:
-        """Store events durably (an event already spooled is kept once)."""
-        with self._db:
-            cur = self._db.executemany(
-                "INSERT OR IGNORE INTO usage_spool (event_id, body) VALUES (?, ?)",
-                [(e.event_id, e.model_dump_json()) for e in events],
-            )
-        self.count += max(cur.rowcount, 0)
-        USAGE_SPOOLED.set(self.count)
-
-    def oldest(self, limit: int) -> list[tuple[int, UsageRecorded]]:
-        """Up to `limit` spooled events, oldest first, with their sequence numbers."""
-        rows = self._db.execute("SELECT seq, body FROM usage_spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
-        return [(int(seq), UsageRecorded.model_validate_json(body)) for seq, body in rows]
-
-    def remove(self, seqs: list[int]) -> None:
-        """Forget events the broker acknowledged."""
-        if not seqs:
-            return
-        with self._db:
-            cur = self._db.executemany("DELETE FROM usage_spool WHERE seq = ?", [(s,) for s in seqs])
-        self.count = max(self.count - max(cur.rowcount, 0), 0)
-        USAGE_SPOOLED.set(self.count)
-
-    def close(self) -> None:
-        """Close the file."""
-        self._db.close()
 
 
 class UsageSink:

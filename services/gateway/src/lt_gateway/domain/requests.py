@@ -8,38 +8,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
-from uuid import uuid4
 
 import orjson
-from starlette.requests import Request
 
-from leaky_common.errors import InvalidRequest, PayloadTooLarge, Unauthorized
-from lt_gateway.tokens import estimate_input_tokens, estimate_prompt_tokens
+from leaky_common.errors import InvalidRequest, PayloadTooLarge
+from lt_gateway.domain.tokens import estimate_input_tokens, estimate_prompt_tokens
 
 Kind = Literal["chat", "completion", "embedding"]
-
-
-def api_key_from(request: Request) -> str:
-    """The API key from `Authorization: Bearer` or `X-API-Key`; 401 if neither."""
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    key = request.headers.get("x-api-key")
-    if key:
-        return key.strip()
-    raise Unauthorized(
-        "Missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'.", code="missing_api_key"
-    )
-
-
-def request_id_from(request: Request) -> str:
-    """The client's `X-Request-ID` if sane, else a new one."""
-    rid = request.headers.get("x-request-id")
-    if rid and len(rid) <= 128 and rid.isprintable():
-        return rid
-    return f"req_{uuid4().hex}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +36,13 @@ def _token(value: str | None, name: str) -> str | None:
     return value
 
 
-def governance_headers(request: Request) -> GovernanceHeaders:
-    """`X-Session-ID` (or `?session_id=`), `X-Privacy-Mode`, `X-Project-Priority`, validated."""
-    session_id = request.headers.get("x-session-id") or request.query_params.get("session_id")
+def governance(session_id: str | None, privacy: str | None, priority: str | None) -> GovernanceHeaders:
+    """`X-Session-ID` (or `?session_id=`), `X-Privacy-Mode`, `X-Project-Priority` as sent, validated."""
     if session_id is not None and (len(session_id) > 128 or not session_id.isprintable()):
         raise InvalidRequest("X-Session-ID must be at most 128 printable characters", param="X-Session-ID")
-    privacy = _token(request.headers.get("x-privacy-mode"), "X-Privacy-Mode")
-    priority = _token(request.headers.get("x-project-priority"), "X-Project-Priority")
-    return GovernanceHeaders(session_id or None, privacy, priority)
+    return GovernanceHeaders(
+        session_id or None, _token(privacy, "X-Privacy-Mode"), _token(priority, "X-Project-Priority")
+    )
 
 
 def _positive_int(body: dict[str, Any], name: str) -> int | None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from lt_gateway.providers.anthropic import AnthropicProvider
-from lt_gateway.providers.base import Provider
-from lt_gateway.providers.gemini import GeminiProvider
-from lt_gateway.providers.http import UpstreamHTTP
-from lt_gateway.providers.mock import MockProvider
-from lt_gateway.providers.openai import OpenAIProvider
+from lt_gateway.adapters.providers.anthropic import AnthropicProvider
+from lt_gateway.adapters.providers.base import Provider
+from lt_gateway.adapters.providers.gemini import GeminiProvider
+from lt_gateway.adapters.providers.http import UpstreamHTTP
+from lt_gateway.adapters.providers.mock import MockProvider
+from lt_gateway.adapters.providers.openai import OpenAIProvider
 
 
 def build_providers(http: UpstreamHTTP) -> dict[str, Provider]:

@@ -12,10 +12,10 @@ from uuid import uuid4
 import orjson
 
 from leaky_common.errors import InvalidRequest, UpstreamError
-from lt_gateway.models import ModelSpec
-from lt_gateway.providers.base import ChatOnly, Completion, StreamChunk, Usage
-from lt_gateway.providers.http import UpstreamHTTP, sse_events
-from lt_gateway.tokens import content_text, text_tokens
+from lt_gateway.adapters.providers.base import ChatOnly, Completion, StreamChunk, Usage
+from lt_gateway.adapters.providers.http import UpstreamHTTP, sse_events
+from lt_gateway.domain.models import ModelSpec
+from lt_gateway.domain.tokens import content_text, text_tokens
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -28,12 +28,26 @@ FINISH_REASONS = {
 }
 
 
-def to_generate_request(body: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI chat request as a `generateContent` request."""
+def _function_call_parts(m: dict[str, Any], call_names: dict[str, str]) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for call in m.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        call_names[str(call.get("id"))] = str(fn.get("name"))
+        try:
+            args = orjson.loads(fn.get("arguments") or "{}")
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest("tool call arguments must be JSON", param="messages") from exc
+        parts.append({"functionCall": {"name": fn.get("name"), "args": args}})
+    return parts
+
+
+def _contents(chat: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """System prompts (Gemini takes them apart) and the contents, tool results as function responses."""
     system: list[str] = []
     contents: list[dict[str, Any]] = []
+    # Gemini answers a function call by name; OpenAI's tool messages name only the call id.
     call_names: dict[str, str] = {}
-    for m in body["messages"]:
+    for m in chat:
         role = m.get("role")
         text = content_text(m.get("content"))
         if role in ("system", "developer"):
@@ -45,17 +59,14 @@ def to_generate_request(body: dict[str, Any]) -> dict[str, Any]:
             contents.append({"role": "user", "parts": [{"functionResponse": response}]})
             continue
         parts: list[dict[str, Any]] = [{"text": text}] if text else []
-        for call in m.get("tool_calls") or ():
-            fn = call.get("function") or {}
-            call_names[str(call.get("id"))] = str(fn.get("name"))
-            try:
-                args = orjson.loads(fn.get("arguments") or "{}")
-            except orjson.JSONDecodeError as exc:
-                raise InvalidRequest("tool call arguments must be JSON", param="messages") from exc
-            parts.append({"functionCall": {"name": fn.get("name"), "args": args}})
+        parts += _function_call_parts(m, call_names)
         contents.append(
             {"role": "model" if role == "assistant" else "user", "parts": parts or [{"text": ""}]}
         )
+    return system, contents
+
+
+def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {}
     max_out = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_out:
@@ -69,7 +80,12 @@ def to_generate_request(body: dict[str, Any]) -> dict[str, Any]:
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         config["responseMimeType"] = "application/json"
-    out: dict[str, Any] = {"contents": contents}
+    return config
+
+
+def _tool_options(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `tools` and `tool_choice` as Gemini's `tools` and `toolConfig`."""
+    out: dict[str, Any] = {}
     tools = [
         t["function"] for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"
     ]
@@ -89,6 +105,14 @@ def to_generate_request(body: dict[str, Any]) -> dict[str, Any]:
     elif isinstance(choice, dict) and choice.get("function"):
         allowed = [choice["function"]["name"]]
         out["toolConfig"] = {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": allowed}}
+    return out
+
+
+def to_generate_request(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI chat request as a `generateContent` request."""
+    system, contents = _contents(body["messages"])
+    config = _generation_config(body)
+    out: dict[str, Any] = {"contents": contents, **_tool_options(body)}
     if system:
         out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
     if config:

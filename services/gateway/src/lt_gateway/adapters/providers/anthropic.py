@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 
 from leaky_common.errors import InvalidRequest, UpstreamError
-from lt_gateway.models import ModelSpec
-from lt_gateway.providers.base import ChatOnly, Completion, StreamChunk, Usage
-from lt_gateway.providers.http import UpstreamHTTP, sse_events
-from lt_gateway.tokens import content_text, text_tokens
+from lt_gateway.adapters.providers.base import ChatOnly, Completion, StreamChunk, Usage
+from lt_gateway.adapters.providers.http import UpstreamHTTP, sse_events
+from lt_gateway.domain.models import ModelSpec
+from lt_gateway.domain.tokens import content_text, text_tokens
 
 ANTHROPIC_VERSION = "2023-06-01"
 FINISH_REASONS = {
@@ -47,11 +47,23 @@ def _parts(content: Any) -> list[dict[str, Any]]:
     return out
 
 
-def to_messages_request(spec: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI chat request as an Anthropic Messages request."""
+def _tool_use_parts(m: dict[str, Any]) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for call in m.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        try:
+            args = orjson.loads(fn.get("arguments") or "{}")
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest("tool call arguments must be JSON", param="messages") from exc
+        parts.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args})
+    return parts
+
+
+def _conversation(chat: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """System prompts (Anthropic takes them apart) and the messages, tool results as user turns."""
     system: list[str] = []
     messages: list[dict[str, Any]] = []
-    for m in body["messages"]:
+    for m in chat:
         role = m.get("role")
         if role in ("system", "developer"):
             system.append(content_text(m.get("content")))
@@ -64,28 +76,14 @@ def to_messages_request(spec: ModelSpec, body: dict[str, Any]) -> dict[str, Any]
             }
             messages.append({"role": "user", "content": [block]})
             continue
-        parts = _parts(m.get("content"))
-        for call in m.get("tool_calls") or ():
-            fn = call.get("function") or {}
-            try:
-                args = orjson.loads(fn.get("arguments") or "{}")
-            except orjson.JSONDecodeError as exc:
-                raise InvalidRequest("tool call arguments must be JSON", param="messages") from exc
-            parts.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args})
+        parts = _parts(m.get("content")) + _tool_use_parts(m)
         messages.append({"role": "assistant" if role == "assistant" else "user", "content": parts})
-    out: dict[str, Any] = {
-        "model": spec.upstream_model,
-        "messages": messages,
-        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or spec.max_output_tokens,
-    }
-    if system:
-        out["system"] = "\n\n".join(system)
-    for key in ("temperature", "top_p"):
-        if body.get(key) is not None:
-            out[key] = body[key]
-    stop = body.get("stop")
-    if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    return system, messages
+
+
+def _tool_options(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `tools` and `tool_choice` as Anthropic's."""
+    out: dict[str, Any] = {}
     if body.get("tools"):
         out["tools"] = [
             {
@@ -103,6 +101,26 @@ def to_messages_request(spec: ModelSpec, body: dict[str, Any]) -> dict[str, Any]
         out["tool_choice"] = {"type": "auto"}
     elif isinstance(choice, dict) and choice.get("function"):
         out["tool_choice"] = {"type": "tool", "name": choice["function"]["name"]}
+    return out
+
+
+def to_messages_request(spec: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI chat request as an Anthropic Messages request."""
+    system, messages = _conversation(body["messages"])
+    out: dict[str, Any] = {
+        "model": spec.upstream_model,
+        "messages": messages,
+        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or spec.max_output_tokens,
+    }
+    if system:
+        out["system"] = "\n\n".join(system)
+    for key in ("temperature", "top_p"):
+        if body.get(key) is not None:
+            out[key] = body[key]
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    out.update(_tool_options(body))
     if isinstance(body.get("user"), str):
         out["metadata"] = {"user_id": body["user"]}
     return out
@@ -184,60 +202,86 @@ class AnthropicProvider(ChatOnly):
         """Messages stream events as OpenAI chunks; usage comes from message_start and message_delta."""
         url = f"{spec.resolved_base_url()}/v1/messages"
         payload = {**to_messages_request(spec, body), "stream": True}
-        base: dict[str, Any] = {
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": spec.upstream_model,
-        }
-        start_usage: dict[str, Any] = {}
-        tool_index: dict[int, int] = {}
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {
-                **base,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            }
-
+        translate = _StreamTranslator(spec)
         async with self._http.request(spec, url, self._auth(spec), payload, stream=True) as resp:
             async for event, data in sse_events(resp):
                 if event == "ping":
                     continue
                 msg = orjson.loads(data)
                 kind = msg.get("type", event)
-                if kind == "message_start":
-                    message = msg.get("message") or {}
-                    base["id"] = f"chatcmpl-{message.get('id', '')}"
-                    start_usage = message.get("usage") or {}
-                    yield StreamChunk(
-                        chunk({"role": "assistant", "content": ""}), prompt_usage=parse_usage(start_usage, 0)
-                    )
-                elif kind == "content_block_start":
-                    block = msg.get("content_block") or {}
-                    if block.get("type") == "tool_use":
-                        idx = tool_index.setdefault(int(msg.get("index", 0)), len(tool_index))
-                        call = {"index": idx, "id": block.get("id"), "type": "function",
-                                "function": {"name": block.get("name"), "arguments": ""}}  # fmt: skip
-                        yield StreamChunk(chunk({"tool_calls": [call]}), text_tokens(block.get("name") or ""))
-                elif kind == "content_block_delta":
-                    delta = msg.get("delta") or {}
-                    if delta.get("type") == "text_delta":
-                        text = delta.get("text", "")
-                        yield StreamChunk(chunk({"content": text}), text_tokens(text))
-                    elif delta.get("type") == "input_json_delta":
-                        part = delta.get("partial_json", "")
-                        idx = tool_index.get(int(msg.get("index", 0)), 0)
-                        call = {"index": idx, "function": {"arguments": part}}
-                        yield StreamChunk(chunk({"tool_calls": [call]}), text_tokens(part))
-                elif kind == "message_delta":
-                    reason = (msg.get("delta") or {}).get("stop_reason")
-                    out_tokens = int((msg.get("usage") or {}).get("output_tokens") or 0)
-                    yield StreamChunk(chunk({}, FINISH_REASONS.get(str(reason), "stop")))
-                    usage = parse_usage({**start_usage, **(msg.get("usage") or {})}, out_tokens)
-                    yield StreamChunk({**base, "choices": [], "usage": usage.openai()}, usage=usage)
-                elif kind == "message_stop":
+                if kind == "message_stop":
                     return
-                elif kind == "error":
-                    err = msg.get("error") or {}
-                    raise UpstreamError(
-                        f"anthropic: {err.get('message', 'stream error')}", code="upstream_stream_error"
-                    )
+                for chunk in translate.event(kind, msg):
+                    yield chunk
+
+
+class _StreamTranslator:
+    """One Messages stream's events as `chat.completion.chunk`s (keeps the ids and usage seen so far)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.base: dict[str, Any] = {
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": spec.upstream_model,
+        }
+        self.start_usage: dict[str, Any] = {}
+        self.tool_index: dict[int, int] = {}
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        """A chunk with one choice carrying `delta`."""
+        return {
+            **self.base,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+
+    def event(self, kind: str, msg: dict[str, Any]) -> list[StreamChunk]:
+        """The chunks one stream event becomes (none for events that carry nothing for the client)."""
+        if kind == "message_start":
+            return self._message_start(msg)
+        if kind == "content_block_start":
+            return self._block_start(msg)
+        if kind == "content_block_delta":
+            return self._block_delta(msg)
+        if kind == "message_delta":
+            return self._message_delta(msg)
+        if kind == "error":
+            err = msg.get("error") or {}
+            raise UpstreamError(
+                f"anthropic: {err.get('message', 'stream error')}", code="upstream_stream_error"
+            )
+        return []
+
+    def _message_start(self, msg: dict[str, Any]) -> list[StreamChunk]:
+        message = msg.get("message") or {}
+        self.base["id"] = f"chatcmpl-{message.get('id', '')}"
+        self.start_usage = message.get("usage") or {}
+        role = self.chunk({"role": "assistant", "content": ""})
+        return [StreamChunk(role, prompt_usage=parse_usage(self.start_usage, 0))]
+
+    def _block_start(self, msg: dict[str, Any]) -> list[StreamChunk]:
+        block = msg.get("content_block") or {}
+        if block.get("type") != "tool_use":
+            return []
+        idx = self.tool_index.setdefault(int(msg.get("index", 0)), len(self.tool_index))
+        call = {"index": idx, "id": block.get("id"), "type": "function",
+                "function": {"name": block.get("name"), "arguments": ""}}  # fmt: skip
+        return [StreamChunk(self.chunk({"tool_calls": [call]}), text_tokens(block.get("name") or ""))]
+
+    def _block_delta(self, msg: dict[str, Any]) -> list[StreamChunk]:
+        delta = msg.get("delta") or {}
+        if delta.get("type") == "text_delta":
+            text = delta.get("text", "")
+            return [StreamChunk(self.chunk({"content": text}), text_tokens(text))]
+        if delta.get("type") == "input_json_delta":
+            part = delta.get("partial_json", "")
+            idx = self.tool_index.get(int(msg.get("index", 0)), 0)
+            call = {"index": idx, "function": {"arguments": part}}
+            return [StreamChunk(self.chunk({"tool_calls": [call]}), text_tokens(part))]
+        return []
+
+    def _message_delta(self, msg: dict[str, Any]) -> list[StreamChunk]:
+        reason = (msg.get("delta") or {}).get("stop_reason")
+        out_tokens = int((msg.get("usage") or {}).get("output_tokens") or 0)
+        finish = StreamChunk(self.chunk({}, FINISH_REASONS.get(str(reason), "stop")))
+        usage = parse_usage({**self.start_usage, **(msg.get("usage") or {})}, out_tokens)
+        return [finish, StreamChunk({**self.base, "choices": [], "usage": usage.openai()}, usage=usage)]

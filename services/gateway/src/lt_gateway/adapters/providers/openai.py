@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 
 from leaky_common.errors import UpstreamError
-from lt_gateway.models import ModelSpec
-from lt_gateway.providers.base import Completion, StreamChunk, Usage
-from lt_gateway.providers.http import UpstreamHTTP, sse_events
-from lt_gateway.tokens import text_tokens
+from lt_gateway.adapters.providers.base import Completion, StreamChunk, Usage
+from lt_gateway.adapters.providers.http import UpstreamHTTP, sse_events
+from lt_gateway.domain.models import ModelSpec
+from lt_gateway.domain.tokens import text_tokens
 
 
 def parse_usage(raw: Any) -> Usage | None:

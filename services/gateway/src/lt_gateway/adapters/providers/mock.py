@@ -9,9 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
 
-from lt_gateway.models import ModelSpec
-from lt_gateway.providers.base import Completion, StreamChunk, Usage
-from lt_gateway.tokens import estimate_input_tokens, estimate_prompt_tokens, last_user_text, text_tokens
+from lt_gateway.adapters.providers.base import Completion, StreamChunk, Usage
+from lt_gateway.domain.models import ModelSpec
+from lt_gateway.domain.tokens import (
+    estimate_input_tokens,
+    estimate_prompt_tokens,
+    last_user_text,
+    text_tokens,
+)
 
 _PREFIX = "This is mock-gpt, a deterministic offline model. You said:"
 _MAX_ECHO_WORDS = 24

@@ -24,7 +24,7 @@ from leaky_common.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from lt_gateway.models import ModelSpec
+from lt_gateway.domain.models import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,15 @@ def map_status(status: int, body: bytes, provider: str) -> ServiceError:
     return UpstreamError(msg, code="upstream_error")
 
 
+def _connection_error(spec: ModelSpec, exc: BaseException) -> ServiceError:
+    """The gateway error once retries of a timeout or connection failure ran out."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"{spec.provider} did not answer in time", code="upstream_timeout")
+    return ServiceUnavailable(
+        f"{spec.provider} unreachable: {type(exc).__name__}", code="upstream_unavailable"
+    )
+
+
 class UpstreamHTTP:
     """Shared by every provider adapter; created once per app (connections are reused across requests)."""
 
@@ -99,6 +108,35 @@ class UpstreamHTTP:
                 delay = max(delay, min(float(retry_after), _MAX_RETRY_AFTER_S))
         await asyncio.sleep(delay)
 
+    async def _post(
+        self, spec: ModelSpec, url: str, data: bytes, headers: dict[str, str], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
+        """POST until a 2xx answer, retrying 429/5xx/connection failures; a final failure raises."""
+        assert self._session is not None, "UpstreamHTTP.start() was not called"
+        attempt = 0
+        while True:
+            try:
+                resp = await self._session.post(url, data=data, headers=headers, timeout=timeout)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                if attempt >= spec.max_retries:
+                    raise _connection_error(spec, exc) from exc
+                await self._backoff(attempt, None)
+                attempt += 1
+                continue
+            if resp.status < 300:
+                return resp
+            try:
+                body = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
+                body = b""
+            finally:
+                resp.release()
+            if resp.status not in RETRYABLE_STATUS or attempt >= spec.max_retries:
+                raise map_status(resp.status, body, spec.provider)
+            logger.warning("upstream %s answered %d; retrying", spec.provider, resp.status)
+            await self._backoff(attempt, resp.headers.get("retry-after"))
+            attempt += 1
+
     @asynccontextmanager
     async def request(
         self,
@@ -110,44 +148,8 @@ class UpstreamHTTP:
         stream: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """POST `payload`, retrying 429/5xx/connection failures; yields the first 2xx response."""
-        assert self._session is not None, "UpstreamHTTP.start() was not called"
-        data = orjson.dumps(payload)
         headers = {"content-type": "application/json", **headers}
-        timeout = self._timeout(spec, stream)
-        attempt = 0
-        while True:
-            try:
-                resp = await self._session.post(url, data=data, headers=headers, timeout=timeout)
-            except TimeoutError as exc:
-                if attempt < spec.max_retries:
-                    await self._backoff(attempt, None)
-                    attempt += 1
-                    continue
-                raise UpstreamTimeout(
-                    f"{spec.provider} did not answer in time", code="upstream_timeout"
-                ) from exc
-            except aiohttp.ClientError as exc:
-                if attempt < spec.max_retries:
-                    await self._backoff(attempt, None)
-                    attempt += 1
-                    continue
-                raise ServiceUnavailable(
-                    f"{spec.provider} unreachable: {type(exc).__name__}", code="upstream_unavailable"
-                ) from exc
-            if resp.status < 300:
-                break
-            try:
-                body = await resp.read()
-            except (aiohttp.ClientError, TimeoutError):
-                body = b""
-            finally:
-                resp.release()
-            if resp.status in RETRYABLE_STATUS and attempt < spec.max_retries:
-                logger.warning("upstream %s answered %d; retrying", spec.provider, resp.status)
-                await self._backoff(attempt, resp.headers.get("retry-after"))
-                attempt += 1
-                continue
-            raise map_status(resp.status, body, spec.provider)
+        resp = await self._post(spec, url, orjson.dumps(payload), headers, self._timeout(spec, stream))
         try:
             yield resp
         except TimeoutError as exc:

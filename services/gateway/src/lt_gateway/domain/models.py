@@ -1,20 +1,20 @@
-"""Model routing table and prices.
+"""Routable models: one deployment's provider, upstream name, limits and prices, and who may call it.
 
-A routing file (`LT_MODELS_FILE`, JSON list) maps each public model name to a provider, the upstream model
+A routing-file entry (see `adapters.model_table`) maps a public model name to a provider, the upstream model
 (or Azure deployment), a base URL, the env var holding the provider key, and optional price overrides and
-fallbacks. Prices default to the shipped pricing table (LiteLLM's model map, see `pricing.py`).
+fallbacks. Prices default to the pricing table (LiteLLM's model map, see `adapters.pricing_table`).
 Prices are integer micro-dollars per million tokens, so cost = ceil(tokens * price / 1e6) stays exact.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from lt_gateway.pricing import PricingTable, shipped_table
+from leaky_common.auth import Principal
+from leaky_common.model_access import model_allowed
+from lt_gateway.domain.pricing import PriceLookup
 
 ProviderKind = Literal["mock", "openai", "azure", "anthropic", "gemini", "qwen", "openai_compatible"]
 Mode = Literal["chat", "completion", "embedding"]
@@ -30,7 +30,7 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 _PRICING_PROVIDER: dict[str, str] = {"gemini": "gemini", "qwen": "dashscope", "azure": "azure"}
 
 # mock-gpt is priced like gpt-4o-mini ($0.15 / $0.60 per million tokens).
-_BUILTIN: list[dict[str, object]] = [
+BUILTIN: list[dict[str, object]] = [
     {
         "name": "mock-gpt",
         "provider": "mock",
@@ -106,7 +106,7 @@ class ModelSpec(BaseModel):
         return -(-numerator // 1_000_000)
 
 
-def resolve_entry(raw: dict[str, Any], pricing: PricingTable) -> ModelSpec:
+def resolve_entry(raw: dict[str, Any], pricing: PriceLookup) -> ModelSpec:
     """A routing-file entry with prices and limits filled from the pricing table where not given."""
     entry = dict(raw)
     lookup = entry.pop("pricing_model", None) or entry.get("upstream_model") or entry.get("name")
@@ -130,45 +130,6 @@ def resolve_entry(raw: dict[str, Any], pricing: PricingTable) -> ModelSpec:
     return ModelSpec.model_validate(entry)
 
 
-class ModelTable:
-    """Looks up models by the name clients send."""
-
-    def __init__(self, specs: list[ModelSpec]) -> None:
-        self._by_name = {s.name: s for s in specs}
-        self._sorted = sorted(self._by_name.values(), key=lambda s: s.name)
-        for spec in specs:
-            for fb in spec.fallbacks:
-                if fb not in self._by_name:
-                    raise ValueError(f"model {spec.name}: fallback {fb!r} is not in the routing table")
-
-    @classmethod
-    def load(cls, path: Path | None, pricing: PricingTable | None = None) -> ModelTable:
-        """The built-in table, plus (overriding by name) the models in `path` if given."""
-        table = pricing or shipped_table()
-        specs = {str(s["name"]): ModelSpec.model_validate(s) for s in _BUILTIN}
-        if path is not None:
-            entries = orjson.loads(path.read_bytes())
-            if not isinstance(entries, list):
-                raise ValueError(f"{path}: the routing file must be a JSON list of models")
-            for raw in entries:
-                try:
-                    spec = resolve_entry(raw, table)
-                except ValidationError as exc:
-                    raise ValueError(f"{path}: bad model entry {raw.get('name')!r}: {exc}") from exc
-                specs[spec.name] = spec
-        return cls(list(specs.values()))
-
-    def get(self, name: str) -> ModelSpec | None:
-        """The spec for `name`, or None."""
-        return self._by_name.get(name)
-
-    def all(self) -> list[ModelSpec]:
-        """Every model, sorted by name."""
-        return self._sorted
-
-
-def format_usd(micros: int) -> str:
-    """Micro-dollars as a decimal string with six places, for headers and bodies."""
-    sign = "-" if micros < 0 else ""
-    micros = abs(micros)
-    return f"{sign}{micros // 1_000_000}.{micros % 1_000_000:06d}"
+def may_use(principal: Principal, spec: ModelSpec) -> bool:
+    """Whether the key may call `spec` (the one allowed-models matcher, shared with quota)."""
+    return model_allowed(principal.allowed_models, spec.name)

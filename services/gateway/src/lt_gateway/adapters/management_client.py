@@ -1,0 +1,66 @@
+"""The HTTP client of the management proxy: one pooled session to the services that own management routes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from leaky_common.errors import ServiceUnavailable
+from lt_gateway.settings import GatewaySettings
+
+_FORWARD_RESPONSE_HEADERS = ("content-type", "location", "retry-after", "etag")
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """The owner's answer: status, body and the response headers passed back to the client."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class ManagementClient:
+    """Sends a management request to its owner (quota, saga, analytics or notifier)."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._upstreams = {
+            "quota": settings.quota_url.rstrip("/"),
+            "saga": settings.saga_url.rstrip("/"),
+            "analytics": settings.analytics_url.rstrip("/"),
+            "notifier": settings.notifier_url.rstrip("/"),
+        }
+        self._timeout = aiohttp.ClientTimeout(total=settings.internal_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the connection pool."""
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64), timeout=self._timeout)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._session is not None:
+            await self._session.close()
+
+    async def send(
+        self,
+        owner: str,
+        method: str,
+        path: str,
+        params: Sequence[tuple[str, str]],
+        body: bytes,
+        headers: dict[str, str],
+    ) -> Forwarded:
+        """One request to `owner`; 503 (`<owner>_unavailable`) if it cannot be reached."""
+        assert self._session is not None
+        try:
+            async with self._session.request(
+                method, self._upstreams[owner] + path, params=list(params), data=body, headers=headers
+            ) as resp:
+                answer = await resp.read()
+                out = {h: resp.headers[h] for h in _FORWARD_RESPONSE_HEADERS if h in resp.headers}
+                return Forwarded(resp.status, answer, out)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ServiceUnavailable(f"{owner} service unavailable", code=f"{owner}_unavailable") from exc

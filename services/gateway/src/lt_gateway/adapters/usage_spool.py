@@ -1,0 +1,58 @@
+"""The durable spool of usage events the broker has not acknowledged yet (SQLite, WAL)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from prometheus_client import Gauge
+
+from leaky_common.events import UsageRecorded
+
+USAGE_SPOOLED = Gauge("lt_gateway_usage_events_spooled", "Usage events waiting in the durable spool")
+
+
+class UsageSpool:
+    """An append-only SQLite file of events the broker has not acknowledged yet."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash (the case that matters here), not a power cut.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS usage_spool (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " event_id TEXT NOT NULL UNIQUE, body BLOB NOT NULL)"
+        )
+        self.count = int(self._db.execute("SELECT count(*) FROM usage_spool").fetchone()[0])
+        USAGE_SPOOLED.set(self.count)
+
+    def append(self, events: list[UsageRecorded]) -> None:
+        """Store events durably (an event already spooled is kept once)."""
+        with self._db:
+            cur = self._db.executemany(
+                "INSERT OR IGNORE INTO usage_spool (event_id, body) VALUES (?, ?)",
+                [(e.event_id, e.model_dump_json()) for e in events],
+            )
+        self.count += max(cur.rowcount, 0)
+        USAGE_SPOOLED.set(self.count)
+
+    def oldest(self, limit: int) -> list[tuple[int, UsageRecorded]]:
+        """Up to `limit` spooled events, oldest first, with their sequence numbers."""
+        rows = self._db.execute("SELECT seq, body FROM usage_spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [(int(seq), UsageRecorded.model_validate_json(body)) for seq, body in rows]
+
+    def remove(self, seqs: list[int]) -> None:
+        """Forget events the broker acknowledged."""
+        if not seqs:
+            return
+        with self._db:
+            cur = self._db.executemany("DELETE FROM usage_spool WHERE seq = ?", [(s,) for s in seqs])
+        self.count = max(self.count - max(cur.rowcount, 0), 0)
+        USAGE_SPOOLED.set(self.count)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._db.close()

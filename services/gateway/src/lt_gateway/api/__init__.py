@@ -1,0 +1,1 @@
+"""The HTTP surface: the governed OpenAI endpoints, the model list and the management proxy routes."""

@@ -1,0 +1,89 @@
+"""The endpoints of the governed hot path: `/v1/chat/completions` (served by HotRoute, outside FastAPI's
+routing), `/v1/completions` and `/v1/embeddings`. Plain Starlette endpoints that read the request, hand it
+to the completion flow and render its reply; no FastAPI validation on the way."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from leaky_common.errors import ServiceError
+from lt_gateway.adapters.model_table import ModelTable
+from lt_gateway.adapters.providers import Provider
+from lt_gateway.adapters.quota_client import QuotaClient
+from lt_gateway.adapters.usage_sink import UsageSink
+from lt_gateway.api.http import api_key_from, governance_headers, request_id_from
+from lt_gateway.completion.flow import CompletionFlow, Reply
+from lt_gateway.domain.requests import PARSERS, Kind, load_body
+
+
+class ChatHandler:
+    """Serves the governed endpoints; one instance per app."""
+
+    def __init__(
+        self,
+        *,
+        models: ModelTable,
+        providers: dict[str, Provider],
+        quota: QuotaClient,
+        usage: UsageSink,
+        max_body_bytes: int,
+    ) -> None:
+        self.flow = CompletionFlow(models=models, providers=providers, quota=quota, usage=usage)
+        self.max_body_bytes = max_body_bytes
+
+    async def handle(self, request: Request) -> Response:
+        """Serve `/v1/chat/completions`."""
+        return await self.serve(request, "chat")
+
+    async def handle_completion(self, request: Request) -> Response:
+        """Serve `/v1/completions`."""
+        return await self.serve(request, "completion")
+
+    async def handle_embedding(self, request: Request) -> Response:
+        """Serve `/v1/embeddings`."""
+        return await self.serve(request, "embedding")
+
+    async def serve(self, request: Request, kind: Kind) -> Response:
+        """Validate, admit, call the provider and account for one request."""
+        started = time.perf_counter()
+        request_id = request_id_from(request)
+        session_id: str | None = None
+        model: str | None = None
+        try:
+            gov = governance_headers(request)
+            session_id = gov.session_id
+            api_key = api_key_from(request)
+            body = load_body(await request.body(), self.max_body_bytes)
+            model = body.get("model") if isinstance(body.get("model"), str) else None
+            parsed = PARSERS[kind](body)
+            spec = self.flow.resolve(parsed)
+        except ServiceError as exc:
+            return render(self.flow.reject(request_id, session_id, model, kind, exc, started))
+        return render(await self.flow.run(parsed, spec, gov, api_key, request_id, started))
+
+
+def render(reply: Reply) -> Response:
+    """The reply as a Starlette response."""
+    if reply.stream is not None:
+        return ClosingStreamingResponse(reply.stream, media_type=reply.media_type, headers=reply.headers)
+    return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that always closes its generator, also when the client went away mid-stream
+    (Starlette cancels the sending task and leaves the generator suspended, to be finalised by GC)."""
+
+    def __init__(self, content: AsyncGenerator[bytes, None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._generator = content
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._generator.aclose()

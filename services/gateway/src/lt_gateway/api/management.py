@@ -1,0 +1,63 @@
+"""Management routes (`/v1/...`, `/api/v1/...` owned by quota, saga, analytics and notifier): forwarded.
+
+Matched after every gateway route; each owner documents its own API.
+"""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from leaky_common.errors import NotFound, ServiceError
+from lt_gateway.adapters.quota_client import Denial
+from lt_gateway.api.deps import Management
+from lt_gateway.api.http import api_key_from, request_id_from
+from lt_gateway.domain.routing import FORWARD_REQUEST_HEADERS, owner_of
+from lt_gateway.management import ManagementProxy, ManagementRequest
+
+_JSON = "application/json"
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+router = APIRouter(include_in_schema=False)
+
+
+async def forward(request: Request, proxy: ManagementProxy) -> Response:
+    """Authenticate and forward one request to the service that owns its path."""
+    request_id = request_id_from(request)
+    path = request.url.path
+    try:
+        owner = owner_of(path)
+        if owner is None:
+            raise NotFound(f"no route for {request.method} {path}", code="unknown_url")
+        headers = {h: request.headers[h] for h in FORWARD_REQUEST_HEADERS if h in request.headers}
+        req = ManagementRequest(
+            owner, request.method, path, request.query_params.multi_items(), headers, request.body
+        )
+        answer = await proxy.forward(api_key_from(request), request_id, req)
+    except ServiceError as exc:
+        return Response(
+            orjson.dumps(exc.body()),
+            status_code=exc.status,
+            media_type=_JSON,
+            headers={"x-request-id": request_id, **exc.headers},
+        )
+    if isinstance(answer, Denial):
+        return Response(
+            answer.body, status_code=answer.status, media_type=_JSON, headers={"x-request-id": request_id}
+        )
+    return Response(
+        answer.body, status_code=answer.status, headers={**answer.headers, "x-request-id": request_id}
+    )
+
+
+@router.api_route("/v1/{rest:path}", methods=_METHODS)
+async def management_v1(rest: str, request: Request, proxy: Management) -> Response:
+    """`/v1/admin/...`, `/v1/users/...`, `/v1/purchases`, `/v1/analytics/...` and friends."""
+    return await forward(request, proxy)
+
+
+@router.api_route("/api/v1/{rest:path}", methods=_METHODS)
+async def management_api_v1(rest: str, request: Request, proxy: Management) -> Response:
+    """`/api/v1/tokens/...` and `/api/v1/analytics/...`."""
+    return await forward(request, proxy)

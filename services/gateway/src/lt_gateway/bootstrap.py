@@ -1,0 +1,96 @@
+"""The composition root: every client, pool, publisher and use case of the gateway, built from settings.
+
+The gateway consumes no topic (it only publishes usage events), so the HTTP app is its only user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from leaky_common.kafka import EventPublisher
+from lt_gateway.adapters.management_client import ManagementClient
+from lt_gateway.adapters.model_table import ModelTable
+from lt_gateway.adapters.providers import Provider
+from lt_gateway.adapters.providers.http import UpstreamHTTP
+from lt_gateway.adapters.providers.registry import build_providers
+from lt_gateway.adapters.quota_client import QuotaClient
+from lt_gateway.adapters.usage_sink import UsageSink
+from lt_gateway.api.chat import ChatHandler
+from lt_gateway.domain.tokens import encoding
+from lt_gateway.management import ManagementProxy
+from lt_gateway.settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    """The gateway's collaborators; `start` opens their connections, `stop` closes them."""
+
+    settings: GatewaySettings
+    models: ModelTable
+    quota: QuotaClient
+    usage: UsageSink
+    upstream: UpstreamHTTP
+    management_client: ManagementClient
+    chat: ChatHandler
+    management: ManagementProxy
+
+    async def start(self) -> None:
+        """Load the tokenizer now rather than on the first request, then open every pool."""
+        encoding()
+        await self.quota.start()
+        await self.management_client.start()
+        await self.upstream.start()
+        await self.usage.start()
+
+    async def stop(self) -> None:
+        """Flush usage events (spooling the rest), then close every pool."""
+        await self.usage.stop()
+        await self.upstream.close()
+        await self.management_client.close()
+        await self.quota.close()
+
+    async def ready(self) -> dict[str, bool]:
+        """Readiness checks: quota must be reachable; a broker outage is not fatal (events are spooled)."""
+        return {
+            "quota_reachable": await self.quota.reachable(),
+            "usage_backlog_ok": self.usage.in_memory < self.settings.usage_queue_max // 2,
+        }
+
+
+def _warn_missing_keys(models: ModelTable) -> None:
+    for spec in models.all():
+        if spec.api_key_env and not os.environ.get(spec.api_key_env):
+            logger.warning(
+                "model %s: %s is not set; %s will refuse the calls",
+                spec.name,
+                spec.api_key_env,
+                spec.provider,
+            )
+
+
+def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | None = None) -> Gateway:
+    """Build (without connecting) everything the gateway needs; `providers` replaces the real adapters."""
+    models = ModelTable.load(settings.models_file)
+    _warn_missing_keys(models)
+    quota = QuotaClient(settings.quota_url, settings.internal_token, settings.internal_timeout_s)
+    usage = UsageSink(
+        EventPublisher(settings),
+        settings.usage_queue_max,
+        spool_path=settings.spool_path(),
+        linger_s=settings.usage_linger_s,
+    )
+    upstream = UpstreamHTTP(settings.upstream_timeout_s, settings.upstream_retry_backoff_s)
+    chat = ChatHandler(
+        models=models,
+        providers=providers or build_providers(upstream),
+        quota=quota,
+        usage=usage,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    management_client = ManagementClient(settings)
+    management = ManagementProxy(quota, management_client, settings.internal_token)
+    return Gateway(settings, models, quota, usage, upstream, management_client, chat, management)

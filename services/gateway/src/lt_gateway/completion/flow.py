@@ -1,0 +1,137 @@
+"""The governed hot path of `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
+
+validate -> one call to quota (auth, freezes, buckets, reservation) -> provider (capped at the granted output
+budget; retries and fallbacks inside) -> respond with usage and cost -> queue a UsageRecorded event, which
+quota settles the reservation from. Every request produces exactly one usage event and one JSON log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from leaky_common.errors import ServiceError
+from lt_gateway.adapters.model_table import ModelTable
+from lt_gateway.adapters.providers import Provider
+from lt_gateway.adapters.quota_client import Denial, QuotaClient
+from lt_gateway.adapters.usage_sink import UsageSink
+from lt_gateway.completion.ledger import UsageLedger
+from lt_gateway.completion.stream import relay
+from lt_gateway.completion.upstream import Upstream
+from lt_gateway.domain.admission import admit_request, servable
+from lt_gateway.domain.call import Call
+from lt_gateway.domain.models import ModelSpec
+from lt_gateway.domain.pricing import ZERO_COST, format_usd
+from lt_gateway.domain.requests import GovernanceHeaders, Kind, ParsedRequest
+from lt_gateway.domain.usage import Usage
+
+JSON = "application/json"
+
+
+@dataclass(slots=True)
+class Reply:
+    """What to answer: a JSON body, or a stream of server-sent events."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    stream: AsyncGenerator[bytes, None] | None = None
+    media_type: str = JSON
+
+
+def error_reply(
+    status: int, body: dict[str, Any], request_id: str, headers: dict[str, str] | None = None
+) -> Reply:
+    """An OpenAI-shaped error; nothing was charged."""
+    hdrs = {"x-request-id": request_id, "x-leaky-tokens-cost-usd": ZERO_COST, **(headers or {})}
+    return Reply(status, hdrs, orjson.dumps(body))
+
+
+class CompletionFlow:
+    """Admits, calls the provider and accounts for one governed request."""
+
+    def __init__(
+        self, *, models: ModelTable, providers: dict[str, Provider], quota: QuotaClient, usage: UsageSink
+    ) -> None:
+        self.models = models
+        self.quota = quota
+        self.upstream = Upstream(models, providers)
+        self.ledger = UsageLedger(usage, models)
+
+    def resolve(self, parsed: ParsedRequest) -> ModelSpec:
+        """The model the request is for (404/400 if it cannot serve it)."""
+        return servable(parsed, self.models.get(parsed.model))
+
+    def reject(
+        self,
+        request_id: str,
+        session_id: str | None,
+        model: str | None,
+        kind: Kind,
+        exc: ServiceError,
+        started: float,
+    ) -> Reply:
+        """A request refused before it reached quota: recorded, and answered with its error."""
+        self.ledger.rejected(request_id, session_id, model, kind, exc, started)
+        return error_reply(exc.status, exc.body(), request_id, exc.headers)
+
+    async def run(
+        self,
+        parsed: ParsedRequest,
+        spec: ModelSpec,
+        gov: GovernanceHeaders,
+        api_key: str,
+        request_id: str,
+        started: float,
+    ) -> Reply:
+        """Admit with quota, then answer from the provider (a quota refusal is passed on as is)."""
+        admit_req = admit_request(parsed, spec, api_key, request_id, gov)
+        try:
+            admitted = await self.quota.admit(admit_req)
+        except ServiceError as exc:
+            self.ledger.rejected(
+                request_id, gov.session_id, spec.name, parsed.kind, exc, started, spec.provider
+            )
+            return error_reply(exc.status, exc.body(), request_id, exc.headers)
+        if isinstance(admitted, Denial):
+            self.ledger.blocked(admit_req, parsed, admitted, started)
+            headers = {"x-request-id": request_id, "x-leaky-tokens-cost-usd": ZERO_COST, **admitted.headers}
+            return Reply(admitted.status, headers, admitted.body)
+        granted = 0 if parsed.kind == "embedding" else admitted.granted_output_tokens
+        call = Call(
+            parsed, spec, admitted, request_id, gov.session_id, started,
+            spec.cost_usd_micros(parsed.prompt_tokens, granted),
+        )  # fmt: skip
+        return await self._answer(call)
+
+    async def _answer(self, call: Call) -> Reply:
+        headers = call.headers()
+        try:
+            if call.parsed.stream:
+                return await self._start_stream(call, headers)
+            completion = await self.upstream.complete(call)
+        except ServiceError as exc:
+            # Nothing was generated: the event settles the reservation at zero.
+            self.ledger.settle(call, Usage(0, 0), "error", exc.status, exc.code)
+            headers["x-leaky-tokens-cost-usd"] = ZERO_COST
+            return error_reply(exc.status, exc.body(), call.request_id, {**headers, **exc.headers})
+        cost = self.ledger.settle(call, completion.usage, "ok", 200, None)
+        body = completion.body
+        body["model"] = call.parsed.model
+        body["leaky_tokens"] = call.cost_field(cost)
+        headers["x-leaky-tokens-cost-usd"] = format_usd(cost)
+        return Reply(200, headers, orjson.dumps(body))
+
+    async def _start_stream(self, call: Call, headers: dict[str, str]) -> Reply:
+        chunks, first = await self.upstream.open_stream(call)
+        max_cost = call.spec.cost_usd_micros(call.parsed.prompt_tokens, call.admitted.granted_output_tokens)
+        headers["x-leaky-tokens-cost-usd-max"] = format_usd(max_cost)
+        return Reply(
+            200,
+            {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+            stream=relay(call, chunks, first, self.ledger),
+            media_type="text/event-stream",
+        )

@@ -1,0 +1,129 @@
+"""Every request leaves exactly one usage event, one metrics update and one JSON log line.
+
+Malformed and keyless requests too (`status` error/blocked, no reservation). The log line never holds any
+prompt or completion text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from leaky_common.contracts import AdmitRequest
+from leaky_common.errors import ServiceError, Unauthorized
+from lt_gateway.adapters.metrics import COST_MICROS, TOKENS
+from lt_gateway.adapters.model_table import ModelTable
+from lt_gateway.adapters.quota_client import Denial
+from lt_gateway.adapters.usage_sink import UsageSink
+from lt_gateway.domain.call import Call
+from lt_gateway.domain.events import blocked_event, rejected_event, settled_event
+from lt_gateway.domain.pricing import format_usd
+from lt_gateway.domain.requests import Kind, ParsedRequest
+from lt_gateway.domain.usage import Usage
+
+# Exactly one line per request goes to `lt_gateway.requests`.
+request_log = logging.getLogger("lt_gateway.requests")
+
+
+@dataclass(slots=True)
+class RequestLine:
+    """The fields of a request's log line (TokenGate's; costs in USD)."""
+
+    request_id: str
+    session_id: str | None
+    model: str | None
+    decision: str
+    error: str | None
+    status_code: int
+    latency_ms: int
+    estimated_cost: int = 0
+    actual_cost: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    user_id: str | None = None
+
+    def emit(self) -> None:
+        """Write the line to `lt_gateway.requests`."""
+        request_log.info(
+            "request",
+            extra={
+                "timestamp": datetime.now(UTC).isoformat(),
+                "request_id": self.request_id,
+                "session_id": self.session_id,
+                "user_id": self.user_id,
+                "model": self.model,
+                "estimated_cost": format_usd(self.estimated_cost),
+                "actual_cost": format_usd(self.actual_cost),
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+                "decision": self.decision,
+                "error": self.error,
+                "status_code": self.status_code,
+                "latency_ms": self.latency_ms,
+            },
+        )
+
+
+@lru_cache(maxsize=1024)
+def _model_metrics(model: str) -> tuple[Any, Any, Any]:
+    """The per-model counters (label lookups cached: they hash and lock on every call)."""
+    return TOKENS.labels(model, "prompt"), TOKENS.labels(model, "completion"), COST_MICROS.labels(model)
+
+
+def _elapsed_ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+class UsageLedger:
+    """Records the outcome of each request: admitted, blocked by quota, or rejected before admission."""
+
+    def __init__(self, usage: UsageSink, models: ModelTable) -> None:
+        self.usage = usage
+        self.models = models
+
+    def settle(self, call: Call, usage: Usage, status: str, http_status: int, error_code: str | None) -> int:
+        """An admitted request's usage (quota settles the reservation from it); returns its cost."""
+        cost = call.cost(usage)
+        latency_ms = _elapsed_ms(call.started)
+        self.usage.record(settled_event(call, usage, cost, latency_ms, (status, http_status, error_code)))
+        prompt_counter, completion_counter, cost_counter = _model_metrics(call.spec.name)
+        prompt_counter.inc(usage.prompt_tokens)
+        completion_counter.inc(usage.completion_tokens)
+        cost_counter.inc(cost)
+        RequestLine(
+            call.request_id, call.session_id, call.spec.name, "allowed", error_code, http_status, latency_ms,
+            call.estimated_cost, cost, usage.prompt_tokens, usage.completion_tokens,
+            call.admitted.principal.user_id,
+        ).emit()  # fmt: skip
+        return cost
+
+    def blocked(self, req: AdmitRequest, parsed: ParsedRequest, denial: Denial, started: float) -> None:
+        """A request quota refused."""
+        code = denial.code()
+        latency_ms = _elapsed_ms(started)
+        self.usage.record(blocked_event(req, parsed, denial.status, code, latency_ms))
+        RequestLine(
+            req.request_id, req.session_id, req.model, "blocked", code, denial.status, latency_ms
+        ).emit()
+
+    def rejected(
+        self,
+        request_id: str,
+        session_id: str | None,
+        model: str | None,
+        kind: Kind,
+        exc: ServiceError,
+        started: float,
+        provider: str | None = None,
+    ) -> None:
+        """A request refused before admission (malformed, keyless, unknown model, quota unreachable)."""
+        spec = self.models.get(model) if model else None
+        latency_ms = _elapsed_ms(started)
+        provider = provider or (spec.provider if spec else "")
+        self.usage.record(rejected_event(request_id, session_id, model, provider, exc, latency_ms))
+        decision = "blocked" if isinstance(exc, Unauthorized) else "rejected"
+        RequestLine(request_id, session_id, model, decision, exc.code or kind, exc.status, latency_ms).emit()

@@ -1,0 +1,45 @@
+"""Relaying an admitted stream to the client, and settling it however it ends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from lt_gateway.completion.ledger import UsageLedger
+from lt_gateway.completion.upstream import upstream_error
+from lt_gateway.domain.call import Call
+from lt_gateway.domain.stream import DONE, StreamAccount, sse
+from lt_gateway.domain.usage import StreamChunk
+
+
+async def relay(
+    call: Call, chunks: AsyncIterator[StreamChunk], first: StreamChunk, ledger: UsageLedger
+) -> AsyncGenerator[bytes, None]:
+    """Forward chunks as they arrive; the last one carries usage and cost. Settles exactly once."""
+    account = StreamAccount(call)
+    status, http_status, error_code = "ok", 200, None
+    try:
+        chunk: StreamChunk | None = first
+        while chunk is not None:
+            event = account.feed(chunk)
+            if event is not None:
+                yield event
+            chunk = await anext(chunks, None)
+        final = account.close(first)
+        if final is not None:
+            yield final
+        yield DONE
+    except BaseException as exc:
+        if isinstance(exc, Exception):
+            err = upstream_error(exc, call, call.spec)
+            status, http_status, error_code = "error", err.status, err.code
+            yield sse(err.body())
+        else:
+            # Cancelled (client went away) or closed: charge what was generated, never free.
+            status, http_status, error_code = "error", 499, "client_disconnected"
+            raise
+    finally:
+        ledger.settle(call, account.settled(), status, http_status, error_code)
+        # Closing the provider's generator closes its upstream connection: generation stops there too.
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,54 @@
+"""What a provider answers, in OpenAI's shape: token usage, a whole completion, or one stream chunk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Provider-reported token usage. `prompt_tokens` includes cached and cache-written prompt tokens."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def openai(self) -> dict[str, Any]:
+        """The `usage` object in OpenAI's shape."""
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cached_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A non-streamed answer in OpenAI's shape (`chat.completion`, `text_completion` or an embedding list)."""
+
+    body: dict[str, Any]
+    usage: Usage
+
+
+@dataclass(slots=True)
+class StreamChunk:
+    """One `chat.completion.chunk`; `completion_tokens` counts its content for when no usage comes.
+
+    `usage` is the final usage (on the last chunk). `prompt_usage` is the prompt side when a provider reports
+    it up front (Anthropic's message_start), so a stream cut short is charged the exact prompt.
+    """
+
+    body: dict[str, Any]
+    completion_tokens: int = 0
+    usage: Usage | None = None
+    prompt_usage: Usage | None = None
