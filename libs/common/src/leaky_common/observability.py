@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI
@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -128,20 +129,45 @@ class MetricsMiddleware:
             HTTP_LATENCY.labels(self.service, path).observe(time.perf_counter() - start)
 
 
+class Health(BaseModel):
+    """`/health`: the process is alive."""
+
+    status: Literal["ok"] = "ok"
+    service: str
+
+
+class Readiness(BaseModel):
+    """`/ready`: whether every dependency answered (the body of both the 200 and the 503)."""
+
+    status: Literal["ready", "not_ready"]
+    service: str
+    checks: dict[str, bool]
+
+
 def add_ops_routes(app: FastAPI, service: str, ready: Callable[[], Awaitable[dict[str, bool]]]) -> None:
     """`/health` (process alive), `/ready` (dependencies reachable, 503 if not) and `/metrics`."""
 
     @app.get("/health", include_in_schema=True, tags=["ops"])
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "service": service}
+    async def health() -> Health:
+        return Health(service=service)
 
-    @app.get("/ready", tags=["ops"])
+    @app.get(
+        "/ready",
+        tags=["ops"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "A dependency is not reachable"}},
+    )
     async def ready_route() -> Response:
         checks = await ready()
         ok = all(checks.values())
         body = {"status": "ready" if ok else "not_ready", "service": service, "checks": checks}
         return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -132,3 +132,26 @@ def test_openapi_has_no_phantom_422_and_names_the_auth_and_the_error_shape() -> 
     }
     assert "403" in me["responses"]
     assert "ErrorBody" in document["components"]["schemas"]
+
+
+def test_ops_routes_are_typed_and_ready_answers_503_in_the_same_shape() -> None:
+    from leaky_common.observability import add_ops_routes
+
+    checks = {"postgres": True, "redis": False}
+
+    async def ready() -> dict[str, bool]:
+        return checks
+
+    app = _app()
+    add_ops_routes(app, "t", ready)
+    client = TestClient(app)
+    assert client.get("/health").json() == {"status": "ok", "service": "t"}
+    not_ready = client.get("/ready")
+    assert (not_ready.status_code, not_ready.json()["status"]) == (503, "not_ready")
+    checks["redis"] = True
+    assert client.get("/ready").json() == {"status": "ready", "service": "t", "checks": checks}
+    paths = client.get("/openapi.json").json()["paths"]
+    assert paths["/ready"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert "503" in paths["/ready"]["get"]["responses"]
+    assert paths["/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert "text/plain" in next(iter(paths["/metrics"]["get"]["responses"]["200"]["content"]))
