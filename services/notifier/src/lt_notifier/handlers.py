@@ -1,33 +1,20 @@
-"""Kafka events -> queued channel deliveries (inbox, dedup key and deliveries in one transaction)."""
+"""The consumer's table from message type to handler.
+
+Every notifiable type goes to the one use case, `NotificationQueue.queue`: what each type says (severity,
+text, dedup key) is the describer table in `lt_notifier.domain.notification`, so this table lists the same
+types. Anything else on the topics (usage records, other consumers' messages) is skipped.
+"""
 
 from __future__ import annotations
 
-import asyncpg
-from aiokafka import ConsumerRecord
+from leaky_common.dispatch import dispatcher
+from leaky_common.kafka import Handler
+from lt_notifier.domain.notification import DESCRIBERS
+from lt_notifier.service.queueing import NotificationQueue
 
-from leaky_common.events import AnyMessage
-from lt_notifier.delivery import Deliverer
-from lt_notifier.domain import webhook_payload
-from lt_notifier.notification import describe
-from lt_notifier.repository import record_event
-
-__all__ = ["NotificationHandler"]
+__all__ = ["handler"]
 
 
-class NotificationHandler:
-    """EventConsumer handler: queue one delivery per matching subscription, once per event id.
-
-    It only writes to Postgres; sending happens in the `Deliverer`, so no receiver can slow consumption.
-    """
-
-    def __init__(self, pool: asyncpg.Pool, deliverer: Deliverer) -> None:
-        self._pool = pool
-        self._deliverer = deliverer
-
-    async def __call__(self, message: AnyMessage, _record: ConsumerRecord[bytes, bytes]) -> None:
-        note = describe(message)
-        if note is None:
-            return
-        queued = await record_event(self._pool, note, webhook_payload(message))
-        if queued:
-            self._deliverer.wake()
+def handler(queue: NotificationQueue) -> Handler:
+    """The `EventConsumer` handler: each notifiable event is queued for its subscribers."""
+    return dispatcher(dict.fromkeys(DESCRIBERS, queue.queue))

@@ -8,8 +8,8 @@ from pydantic import Field
 
 from leaky_common.events import Topics
 from leaky_common.settings import ServiceSettings
-from lt_notifier.channels import Endpoints
-from lt_notifier.repository import DEFAULT_SUBSCRIPTION_ID, DefaultChannel
+from lt_notifier.domain.channels import Endpoints
+from lt_notifier.domain.subscriptions import DEFAULT_SUBSCRIPTION_ID, DefaultChannel
 
 
 class NotifierSettings(ServiceSettings):

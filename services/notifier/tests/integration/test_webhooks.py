@@ -3,7 +3,7 @@
 import hashlib
 import hmac
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ from aiohttp import web
 
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
-from leaky_common.events import PurchaseCompleted, PurchaseFailed, QuotaThresholdReached
+from leaky_common.events import Message, PurchaseCompleted, PurchaseFailed, QuotaThresholdReached
 from leaky_devinfra.infra import free_port
 from leaky_devinfra.testing import eventually as wait_for
 from lt_notifier.settings import NotifierSettings
@@ -55,8 +55,11 @@ class Receiver:
         return web.Response(status=status)
 
 
+Publish = Callable[[str, Message], Awaitable[None]]
+
+
 def headers(role: str = "admin") -> dict[str, str]:
-    p = Principal(user_id=f"{role}-1", org_id="org-1", role=role, platform_admin=True)  # type: ignore[arg-type]
+    p = Principal(user_id=f"{role}-1", org_id="org-1", role=role, platform_admin=True)
     return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
 
 
@@ -118,7 +121,9 @@ def purchase(amount: int = 1000) -> PurchaseCompleted:
     return PurchaseCompleted(purchase_id=uuid.uuid4().hex, user_id="u1", amount=amount)
 
 
-async def test_purchase_delivered_once_signed_even_when_duplicated(api, publish, receiver) -> None:
+async def test_purchase_delivered_once_signed_even_when_duplicated(
+    api: httpx.AsyncClient, publish: Publish, receiver: Receiver
+) -> None:
     name = f"ok-{uuid.uuid4().hex[:6]}"
     sub = await subscribe(api, receiver.url(name), event_types=["PurchaseCompleted.v1"], secret="s3cret")
     event = purchase(1000)
@@ -161,7 +166,9 @@ async def test_purchase_delivered_once_signed_even_when_duplicated(api, publish,
     assert (await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())).status_code == 204
 
 
-async def test_retries_until_the_receiver_recovers(api, publish, receiver) -> None:
+async def test_retries_until_the_receiver_recovers(
+    api: httpx.AsyncClient, publish: Publish, receiver: Receiver
+) -> None:
     name = f"flaky-{uuid.uuid4().hex[:6]}"
     receiver.script[name] = [500, 503]
     sub = await subscribe(api, receiver.url(name), event_types=["PurchaseCompleted.v1"])
@@ -182,7 +189,9 @@ async def test_retries_until_the_receiver_recovers(api, publish, receiver) -> No
     await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())
 
 
-async def test_gives_up_after_max_attempts(api, publish, receiver) -> None:
+async def test_gives_up_after_max_attempts(
+    api: httpx.AsyncClient, publish: Publish, receiver: Receiver
+) -> None:
     name = f"down-{uuid.uuid4().hex[:6]}"
     receiver.script[name] = [500] * 100
     sub = await subscribe(api, receiver.url(name), event_types=["PurchaseCompleted.v1"])
@@ -201,7 +210,7 @@ async def test_gives_up_after_max_attempts(api, publish, receiver) -> None:
     await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())
 
 
-async def test_event_type_filter(api, publish, receiver) -> None:
+async def test_event_type_filter(api: httpx.AsyncClient, publish: Publish, receiver: Receiver) -> None:
     quota_only = await subscribe(
         api, receiver.url(f"q-{uuid.uuid4().hex[:6]}"), event_types=["QuotaThresholdReached.v1"]
     )
@@ -230,7 +239,7 @@ async def test_event_type_filter(api, publish, receiver) -> None:
         await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())
 
 
-async def test_admin_only_and_bad_input(api, receiver) -> None:
+async def test_admin_only_and_bad_input(api: httpx.AsyncClient, receiver: Receiver) -> None:
     routes = [
         ("POST", "/v1/admin/notifications/webhooks", {"url": receiver.url("x")}),
         ("GET", "/v1/admin/notifications/webhooks", None),

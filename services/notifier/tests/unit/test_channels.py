@@ -20,7 +20,7 @@ from leaky_common.events import (
     VacationChanged,
 )
 from leaky_devinfra.fakes.chat import slack_problems, teams_problems, telegram_problems, whatsapp_problems
-from lt_notifier.channels import (
+from lt_notifier.domain.channels import (
     Endpoints,
     HttpOut,
     render,
@@ -29,8 +29,8 @@ from lt_notifier.channels import (
     telegram_body,
     whatsapp_body,
 )
-from lt_notifier.domain import message_from_payload, webhook_payload
-from lt_notifier.notification import describe
+from lt_notifier.domain.notification import describe
+from lt_notifier.domain.webhook import message_from_payload, webhook_payload
 
 PERIOD = datetime(2026, 5, 1, tzinfo=UTC)
 

@@ -7,8 +7,10 @@ import pytest
 from pydantic import ValidationError
 
 from leaky_common.events import PurchaseCompleted, UsageRecorded
-from lt_notifier.api import WebhookCreate
-from lt_notifier.domain import NOTIFIABLE_TYPES, backoff_s, check_webhook_url, sign, webhook_payload
+from lt_notifier.api.schemas import WebhookCreate
+from lt_notifier.domain.delivery import backoff_s
+from lt_notifier.domain.notification import NOTIFIABLE_TYPES
+from lt_notifier.domain.webhook import check_webhook_url, sign, webhook_payload
 
 
 def test_notifiable_types_are_the_announced_events() -> None:

@@ -37,9 +37,9 @@ from leaky_devinfra.infra import free_port
 from leaky_devinfra.testing import eventually as wait_until
 from lt_quota.main import create_app as create_quota_app
 from lt_quota.settings import QuotaSettings
-from lt_saga import repository as repo
+from lt_saga.adapters import repository as repo
 from lt_saga.main import create_app
-from lt_saga.saga import SagaRunner
+from lt_saga.service.runner import SagaRunner
 from lt_saga.settings import SagaSettings
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ FAKEPAY_HANG_S = 1.5
 
 
 def principal_headers(user_id: str = "user_1", role: str = "user", org_id: str = "org_1") -> dict[str, str]:
-    principal = Principal(user_id=user_id, org_id=org_id, role=role)  # type: ignore[arg-type]
+    principal = Principal(user_id=user_id, org_id=org_id, role=role)
     return {"X-LT-Principal": principal.header_value(), "X-LT-Internal-Token": DEV_INTERNAL_TOKEN}
 
 
@@ -461,7 +461,8 @@ async def test_recovery_after_restart_mid_saga(settings: SagaSettings) -> None:
 
         async def crediting() -> bool:
             got = await client.get(f"/v1/purchases/{purchase_id}", headers=principal_headers())
-            return got.json()["status"] == "CREDITING"
+            status: str = got.json()["status"]
+            return status == "CREDITING"
 
         await wait_until(crediting, 20, "CREDITING")
     # The first instance is gone; quota comes up and a new instance resumes from the persisted state.

@@ -3,21 +3,18 @@ from datetime import UTC, datetime
 
 import pytest
 
-from lt_saga.domain import (
+from lt_saga.domain.purchase import PurchaseRequest, payment_amount_minor, price_usd_micros, request_hash
+from lt_saga.domain.saga import (
     SAGA,
     TERMINAL,
     Action,
     InvalidTransition,
-    PurchaseRequest,
     SagaState,
     Status,
     check_transition,
     compensation_plan,
     next_action,
     outcome_of,
-    payment_amount_minor,
-    price_usd_micros,
-    request_hash,
 )
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)

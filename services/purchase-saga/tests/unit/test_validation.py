@@ -1,8 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from lt_saga.api import MAX_AMOUNT, PurchaseBody
-from lt_saga.domain import PurchaseRequest
+from lt_saga.api.schemas import MAX_AMOUNT, PurchaseBody
+from lt_saga.domain.purchase import PurchaseRequest
 
 
 def test_tokens_body() -> None:

@@ -1,43 +1,36 @@
-"""The handler of quota's replies (TokensCredited/TokensDebited): inbox, state change, wake-up."""
+"""Quota's replies (TokensCredited/TokensDebited) applied to their saga: inbox, state change, wake-up."""
 
 from __future__ import annotations
 
 import asyncpg
-from aiokafka import ConsumerRecord
 
-from leaky_common.events import AnyMessage, TokensCredited, TokensDebited
-from lt_saga import repository as repo
-from lt_saga.domain import Status, compensation_plan
-from lt_saga.repository import Purchase, StaleState
-from lt_saga.saga import SagaRunner
+from leaky_common.events import TokensCredited, TokensDebited
+from leaky_common.inbox import claim
+from lt_saga.adapters import repository as repo
+from lt_saga.adapters.repository import StaleState
+from lt_saga.domain.purchase import Purchase
+from lt_saga.domain.saga import Status, compensation_plan
+from lt_saga.service.runner import SagaRunner
+from lt_saga.service.transitions import finish_compensation_step, log_step, start_compensation, transition
 from lt_saga.settings import SagaSettings
-from lt_saga.transitions import (
-    WAKEUP_CHANNEL,
-    finish_compensation_step,
-    log_step,
-    start_compensation,
-    transition,
-)
 
-__all__ = ["ReplyHandler"]
+__all__ = ["Replies"]
 
 
-class ReplyHandler:
-    """Handles TokensCredited/TokensDebited from quota: inbox, state change and wake-up of the runner."""
+class Replies:
+    """Applies TokensCredited/TokensDebited from quota: inbox, state change and wake-up of the runner."""
 
     def __init__(self, pool: asyncpg.Pool, runner: SagaRunner, settings: SagaSettings) -> None:
         self._pool = pool
         self._runner = runner
         self._settings = settings
 
-    async def __call__(self, message: AnyMessage, _record: ConsumerRecord[bytes, bytes]) -> None:
+    async def apply(self, message: TokensCredited | TokensDebited) -> None:
         """Apply one reply; a duplicate (same event_id) is a no-op."""
-        if not isinstance(message, TokensCredited | TokensDebited):
-            return
         while True:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
-                    if not await repo.claim_event(conn, message.event_id):
+                    if not await claim(conn, message.event_id):
                         return
                     # Correlated by saga id (and, in _apply, by step and the saga's current position).
                     purchase = await repo.get_purchase(conn, message.saga_id)
@@ -45,7 +38,7 @@ class ReplyHandler:
                         return
                     await self._apply(conn, purchase, message)
                     # Delivered on commit to every instance; the one driving this purchase re-reads it.
-                    await conn.execute("SELECT pg_notify($1, $2)", WAKEUP_CHANNEL, purchase.id)
+                    await repo.notify_wakeup(conn, purchase.id)
                 break
             except StaleState:
                 continue  # the runner moved the saga meanwhile (a re-send): decide again on fresh state

@@ -1,5 +1,5 @@
 """The delivery loop: sends queued deliveries over their channel (HTTP or SMTP), retries with exponential
-backoff, and marks a delivery dead after N tries.
+backoff, and marks a delivery dead after N tries; also the immediate test send of a channel.
 
 It runs as its own background task, never on the consumer path: a slow or dead receiver cannot hold up
 Kafka consumption. Deliveries are claimed with a lease (next_attempt_at pushed out), so several notifier
@@ -11,21 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import smtplib
 import uuid
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from typing import Any
 
-import aiohttp
 import asyncpg
-import orjson
 from pydantic import ValidationError
 
-from lt_notifier.channels import EmailOut, HttpOut, render
-from lt_notifier.domain import backoff_s, message_from_payload
-from lt_notifier.notification import Notification, describe
-from lt_notifier.repository import DueDelivery, Subscription, claim_due, mark_delivered, mark_failed
+from lt_notifier.adapters.deliveries import claim_due, mark_delivered, mark_failed
+from lt_notifier.adapters.senders import ChannelSender
+from lt_notifier.domain.channels import EmailOut, render
+from lt_notifier.domain.delivery import DueDelivery, backoff_s, probe_notification, redact
+from lt_notifier.domain.notification import Notification, describe
+from lt_notifier.domain.subscriptions import Subscription
+from lt_notifier.domain.webhook import message_from_payload
 from lt_notifier.settings import NotifierSettings
 
 __all__ = ["Deliverer"]
@@ -36,20 +35,16 @@ logger = logging.getLogger(__name__)
 class Deliverer:
     """Background sender of pending deliveries; `wake()` after queueing new ones."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: NotifierSettings) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: NotifierSettings, sender: ChannelSender) -> None:
         self._pool = pool
         self._settings = settings
+        self._sender = sender
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._limit = asyncio.Semaphore(settings.delivery_concurrency)
 
     async def start(self) -> None:
-        """Open the HTTP client and start the loop."""
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._settings.delivery_timeout_s),
-            headers={"User-Agent": "leaky-tokens-notifier/0.1"},
-        )
+        """Start the loop."""
         self._task = asyncio.create_task(self._run(), name="webhook-deliveries")
 
     async def stop(self) -> None:
@@ -58,8 +53,6 @@ class Deliverer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._session is not None:
-            await self._session.close()
 
     def wake(self) -> None:
         """Look for due deliveries now instead of at the next poll."""
@@ -124,22 +117,7 @@ class Deliverer:
 
     async def send_test(self, subscription: Subscription) -> str | None:
         """Send a test notification to a subscription right away (not queued, not retried)."""
-        note = Notification(
-            event_id=f"test_{uuid.uuid4().hex}",
-            event_type="Test",
-            severity="info",
-            title="Leaky Tokens test notification",
-            text="If you can read this, notifications reach this channel.",
-            facts=[("Channel", subscription.channel)],
-        )
-        body = orjson.dumps(
-            {
-                "id": note.event_id,
-                "type": note.event_type,
-                "occurred_at": datetime.now(UTC).isoformat(),
-                "data": {},
-            }
-        )
+        note, body = probe_notification(f"test_{uuid.uuid4().hex}", subscription.channel, datetime.now(UTC))
         return await self._transmit(
             subscription.channel,
             note,
@@ -165,50 +143,5 @@ class Deliverer:
         except (KeyError, ValueError) as exc:
             return f"cannot render: {type(exc).__name__}"
         if isinstance(out, EmailOut):
-            return await self._mail(out.message)
-        return _redact(await self._post(out, delivery_id), out.redact)
-
-    async def _post(self, out: HttpOut, delivery_id: str) -> str | None:
-        assert self._session is not None
-        headers = {**out.headers, "X-LT-Delivery-Id": delivery_id}
-        try:
-            async with self._session.post(
-                out.url, data=out.body, headers=headers, allow_redirects=False
-            ) as resp:
-                if 200 <= resp.status < 300:
-                    return None
-                detail = (await resp.text())[:200]
-                return f"HTTP {resp.status}: {detail}" if detail else f"HTTP {resp.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"[:500]
-
-    async def _mail(self, message: EmailMessage) -> str | None:
-        s = self._settings
-        host = s.smtp_host
-        if not host:
-            return "SMTP is not configured (LT_SMTP_HOST)"
-
-        def send() -> None:
-            with smtplib.SMTP(host, s.smtp_port, timeout=s.delivery_timeout_s) as smtp:
-                if s.smtp_starttls:
-                    smtp.starttls()
-                if s.smtp_username and s.smtp_password:
-                    smtp.login(s.smtp_username, s.smtp_password)
-                smtp.send_message(message)
-
-        try:
-            await asyncio.to_thread(send)
-        except (smtplib.SMTPException, OSError) as exc:
-            return _redact(
-                f"{type(exc).__name__}: {exc}"[:500], (s.smtp_password,) if s.smtp_password else ()
-            )
-        return None
-
-
-def _redact(error: str | None, secrets: tuple[str, ...]) -> str | None:
-    """Never let a token (in a URL or a header) reach the delivery log or the logs."""
-    if error is None:
-        return None
-    for secret in secrets:
-        error = error.replace(secret, "***")
-    return error
+            return await self._sender.mail(out.message)
+        return redact(await self._sender.post(out, delivery_id), out.redact)

@@ -1,14 +1,12 @@
-"""Purchase rules without I/O: statuses, the saga's declarative step table, compensation plans, prices."""
+"""The saga without I/O: statuses, the declarative step table, allowed transitions, compensation plans and
+the next action for a persisted position."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
-
-import orjson
 
 __all__ = [
     "COMPENSATIONS",
@@ -16,7 +14,6 @@ __all__ = [
     "TERMINAL",
     "Action",
     "InvalidTransition",
-    "PurchaseRequest",
     "SagaState",
     "Status",
     "StepDef",
@@ -25,9 +22,6 @@ __all__ = [
     "compensation_plan",
     "next_action",
     "outcome_of",
-    "payment_amount_minor",
-    "price_usd_micros",
-    "request_hash",
 ]
 
 
@@ -168,36 +162,3 @@ def next_action(state: SagaState) -> Action:
     if step.kind == StepKind.COMMAND:
         return Action("await" if state.status == step.running else "send", step.name)
     return Action("call", step.name)
-
-
-@dataclass(frozen=True)
-class PurchaseRequest:
-    """A validated purchase: what to credit, to which pool, paid with which method."""
-
-    amount: int
-    unit: Literal["tokens", "usd"]
-    pool_id: str | None
-    payment_method: str
-
-
-def price_usd_micros(amount: int, unit: str, micros_per_1k_tokens: int) -> int:
-    """Price in micro-dollars; token prices round up to the next micro-dollar."""
-    if unit == "usd":
-        return amount
-    return -(-amount * micros_per_1k_tokens // 1000)
-
-
-def payment_amount_minor(price_micros: int) -> int:
-    """Amount to charge in cents (the provider's minor unit), rounded up; at least 1."""
-    return max(1, -(-price_micros // 10_000))
-
-
-def request_hash(request: PurchaseRequest) -> str:
-    """Fingerprint of a request, to tell a replay from a different body under the same idempotency key."""
-    body = {
-        "amount": request.amount,
-        "unit": request.unit,
-        "pool_id": request.pool_id,
-        "pm": request.payment_method,
-    }
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()

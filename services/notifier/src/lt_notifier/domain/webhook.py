@@ -1,4 +1,4 @@
-"""Notification rules: which events notify, the webhook wire format, signatures, retry timing (no I/O)."""
+"""The generic webhook (no I/O): its `{id, type, occurred_at, data}` body, HMAC signature and URL rule."""
 
 from __future__ import annotations
 
@@ -9,52 +9,12 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from leaky_common.events import (
-    AnomalyDetected,
-    AnyMessage,
-    ApprovalDecided,
-    ApprovalRequested,
-    FreezeChanged,
-    Message,
-    PurchaseCompensated,
-    PurchaseCompleted,
-    PurchaseFailed,
-    QuotaThresholdReached,
-    VacationChanged,
-    parse_message,
-)
+from leaky_common.events import AnyMessage, Message, parse_message
+from lt_notifier.domain.notification import event_type
 
-__all__ = [
-    "NOTIFIABLE_TYPES",
-    "backoff_s",
-    "check_webhook_url",
-    "event_type",
-    "message_from_payload",
-    "sign",
-    "webhook_payload",
-]
-
-NOTIFIABLE_TYPES: frozenset[str] = frozenset(
-    str(cls.model_fields["type"].default)
-    for cls in (
-        PurchaseCompleted,
-        PurchaseFailed,
-        PurchaseCompensated,
-        QuotaThresholdReached,
-        AnomalyDetected,
-        ApprovalRequested,
-        ApprovalDecided,
-        VacationChanged,
-        FreezeChanged,
-    )
-)
+__all__ = ["check_webhook_url", "message_from_payload", "sign", "webhook_payload"]
 
 _ENVELOPE = {"event_id", "occurred_at", "type"}
-
-
-def event_type(message: Message) -> str:
-    """The contract type name of a message (`PurchaseCompleted.v1`)."""
-    return str(getattr(message, "type", ""))
 
 
 def webhook_payload(message: Message) -> bytes:
@@ -80,11 +40,6 @@ def message_from_payload(body: bytes) -> AnyMessage:
 def sign(secret: str, body: bytes) -> str:
     """`X-LT-Signature` value: `sha256=` + hex HMAC-SHA256 of the raw body."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
-    """Wait before the next try after `attempts` failed tries: base, 2*base, 4*base, ... capped at max."""
-    return float(min(base_s * 2 ** max(attempts - 1, 0), max_s))
 
 
 def check_webhook_url(url: str) -> str:

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
-from lt_saga.domain import TERMINAL, PurchaseRequest, SagaState, Status
+from lt_saga.domain.purchase import NewPurchase, Purchase, Step
+from lt_saga.domain.saga import TERMINAL, Status
 
-__all__ = ["Purchase", "StaleState", "Step"]
+__all__ = [
+    "WAKEUP_CHANNEL",
+    "StaleState",
+    "add_step",
+    "claim",
+    "claim_unowned",
+    "count_by_status",
+    "get_purchase",
+    "insert_purchase",
+    "list_purchases",
+    "list_steps",
+    "notify_wakeup",
+    "release_leases",
+    "renew_leases",
+    "update_purchase",
+]
+
+# NOTIFY channel: "re-read this purchase" (payload: its id), for whichever instance drives it.
+WAKEUP_CHANNEL = "lt_saga_wakeup"
 
 _TERMINAL = [s.value for s in TERMINAL]
 
@@ -20,53 +37,12 @@ class StaleState(Exception):
     """The purchase changed since it was read (optimistic lock lost): reload and decide again."""
 
 
-@dataclass(frozen=True)
-class Purchase:
-    id: str
-    user_id: str
-    org_id: str | None
-    amount: int
-    unit: str
-    pool_id: str | None
-    price_usd_micros: int
-    payment_amount_minor: int
-    currency: str
-    status: Status
-    compensations: tuple[str, ...]
-    deadline_at: datetime | None
-    reason: str | None
-    idempotency_key: str
-    request_hash: str
-    payment_method: str
-    payment_intent_id: str | None
-    version: int
-    created_at: datetime
-    updated_at: datetime
-    command_id: str | None
-    resend_at: datetime | None
-    resends: int
-    trace_context: dict[str, str]
-
-    @property
-    def state(self) -> SagaState:
-        """The saga position of this purchase."""
-        return SagaState(self.status, self.compensations, self.deadline_at)
-
-    @classmethod
-    def from_record(cls, r: asyncpg.Record) -> Purchase:
-        data = dict(r)
-        data["status"] = Status(data["status"])
-        data["compensations"] = tuple(data["compensations"])
-        data["trace_context"] = orjson.loads(data["trace_context"])
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class Step:
-    step: str
-    status: str
-    detail: str | None
-    at: datetime
+def _purchase(r: asyncpg.Record) -> Purchase:
+    data = dict(r)
+    data["status"] = Status(data["status"])
+    data["compensations"] = tuple(data["compensations"])
+    data["trace_context"] = orjson.loads(data["trace_context"])
+    return Purchase(**data)
 
 
 _COLUMNS = (
@@ -77,20 +53,7 @@ _COLUMNS = (
 
 
 async def insert_purchase(
-    conn: asyncpg.Connection,
-    *,
-    purchase_id: str,
-    user_id: str,
-    org_id: str | None,
-    request: PurchaseRequest,
-    price_usd_micros: int,
-    payment_amount_minor: int,
-    currency: str,
-    idempotency_key: str,
-    request_hash: str,
-    trace_context: dict[str, str],
-    owner: str,
-    lease_s: float,
+    conn: asyncpg.Connection, new: NewPurchase, *, owner: str, lease_s: float
 ) -> tuple[Purchase, bool]:
     """Insert a PENDING purchase leased to `owner`; on an idempotency-key clash return the existing one and False."""
     row = await conn.fetchrow(
@@ -103,38 +66,38 @@ async def insert_purchase(
         ON CONFLICT (user_id, idempotency_key) DO NOTHING
         RETURNING {_COLUMNS}
         """,
-        purchase_id,
-        user_id,
-        org_id,
-        request.amount,
-        request.unit,
-        request.pool_id,
-        price_usd_micros,
-        payment_amount_minor,
-        currency,
+        new.id,
+        new.user_id,
+        new.org_id,
+        new.request.amount,
+        new.request.unit,
+        new.request.pool_id,
+        new.price_usd_micros,
+        new.payment_amount_minor,
+        new.currency,
         Status.PENDING.value,
-        idempotency_key,
-        request_hash,
-        request.payment_method,
-        orjson.dumps(trace_context).decode(),
+        new.idempotency_key,
+        new.request_hash,
+        new.request.payment_method,
+        orjson.dumps(new.trace_context).decode(),
         owner,
         lease_s,
     )
     if row is not None:
-        return Purchase.from_record(row), True
+        return _purchase(row), True
     existing = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM purchases WHERE user_id = $1 AND idempotency_key = $2",
-        user_id,
-        idempotency_key,
+        new.user_id,
+        new.idempotency_key,
     )
     assert existing is not None
-    return Purchase.from_record(existing), False
+    return _purchase(existing), False
 
 
 async def get_purchase(conn: asyncpg.Connection, purchase_id: str) -> Purchase | None:
     """One purchase by id."""
     row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM purchases WHERE id = $1", purchase_id)
-    return Purchase.from_record(row) if row else None
+    return _purchase(row) if row else None
 
 
 async def list_purchases(
@@ -156,7 +119,7 @@ async def list_purchases(
         status.value if status is not None else None,
         org_id,
     )
-    return [Purchase.from_record(r) for r in rows]
+    return [_purchase(r) for r in rows]
 
 
 async def claim_unowned(
@@ -263,7 +226,7 @@ async def update_purchase(conn: asyncpg.Connection, purchase: Purchase, **change
     )
     if row is None:
         raise StaleState(purchase.id)
-    return Purchase.from_record(row)
+    return _purchase(row)
 
 
 async def add_step(
@@ -287,9 +250,6 @@ async def list_steps(conn: asyncpg.Connection, purchase_id: str) -> list[Step]:
     return [Step(r["step"], r["status"], r["detail"], r["at"]) for r in rows]
 
 
-async def claim_event(conn: asyncpg.Connection, event_id: str) -> bool:
-    """Record `event_id` in the inbox; False if it was already handled."""
-    inserted = await conn.fetchval(
-        "INSERT INTO inbox (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", event_id
-    )
-    return bool(inserted)
+async def notify_wakeup(conn: asyncpg.Connection, purchase_id: str) -> None:
+    """Tell every instance, on commit, to re-read `purchase_id` (the one driving it does)."""
+    await conn.execute("SELECT pg_notify($1, $2)", WAKEUP_CHANNEL, purchase_id)

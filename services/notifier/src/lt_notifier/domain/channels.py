@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import orjson
 
-from lt_notifier.domain import sign
-from lt_notifier.notification import Notification
+from lt_notifier.domain.notification import Notification
+from lt_notifier.domain.webhook import sign
 
 __all__ = [
     "ChannelName",

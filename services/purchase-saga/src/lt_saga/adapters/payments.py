@@ -3,38 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import aiohttp
 
-__all__ = ["PaymentClient", "PaymentOutcome", "PaymentResult"]
+from lt_saga.domain.payment import PaymentOutcome, PaymentResult
+
+__all__ = ["PaymentClient"]
 
 logger = logging.getLogger(__name__)
-
-
-class PaymentOutcome(StrEnum):
-    OK = "ok"
-    # The provider answered no: nothing happened and retrying will not help.
-    REFUSED = "refused"
-    # Timeout, connection error, 409/429/5xx: it may or may not have happened.
-    UNCERTAIN = "uncertain"
-
-
-@dataclass(frozen=True)
-class PaymentResult:
-    outcome: PaymentOutcome
-    intent_id: str | None = None
-    status: str | None = None
-    code: str | None = None
-    message: str = ""
-
-    @property
-    def detail(self) -> str:
-        """A short description for the step log."""
-        parts = [p for p in (self.intent_id, self.status, self.code, self.message) if p]
-        return "; ".join(parts) or self.outcome.value
 
 
 class PaymentClient:

@@ -7,7 +7,6 @@ any message it announces commit together.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
 from uuid import uuid4
 
 import asyncpg
@@ -15,9 +14,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from leaky_common.events import PurchaseCompensated, PurchaseCompleted, PurchaseFailed
 from leaky_common.outbox import write_outbox
-from lt_saga import repository as repo
-from lt_saga.domain import Status, check_transition, outcome_of
-from lt_saga.repository import Purchase
+from lt_saga.adapters import repository as repo
+from lt_saga.domain.purchase import Purchase, unit_of
+from lt_saga.domain.saga import Status, check_transition, outcome_of
 from lt_saga.settings import SagaSettings
 
 __all__ = [
@@ -25,14 +24,12 @@ __all__ = [
     "PURCHASES_TOTAL",
     "PURCHASE_SECONDS",
     "STEPS_TOTAL",
-    "WAKEUP_CHANNEL",
     "finish_compensation_step",
     "log_step",
     "new_event_id",
     "now",
     "start_compensation",
     "transition",
-    "unit_of",
 ]
 
 PURCHASES_TOTAL = Counter("lt_saga_purchases_total", "Purchases that reached a terminal status", ["status"])
@@ -46,8 +43,6 @@ PURCHASE_SECONDS = Histogram(
     ["status"],
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
-# NOTIFY channel: "re-read this purchase" (payload: its id), for whichever instance drives it.
-WAKEUP_CHANNEL = "lt_saga_wakeup"
 
 _EVENTS = {
     Status.COMPLETED: PurchaseCompleted,
@@ -128,11 +123,6 @@ async def start_compensation(
         deadline_at=None,
         reason=reason,
     )
-
-
-def unit_of(purchase: Purchase) -> Literal["tokens", "usd"]:
-    """The purchase's unit, typed for the message contracts."""
-    return "usd" if purchase.unit == "usd" else "tokens"
 
 
 async def finish_compensation_step(

@@ -1,0 +1,67 @@
+"""The composition root: builds the pool, the channel senders, the deliverer, the use cases and the consumer
+from settings, and tears them down in reverse."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from leaky_common.db import apply_migrations, create_pool
+from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
+from lt_notifier.adapters.senders import ChannelSender
+from lt_notifier.adapters.subscriptions import sync_default_channels
+from lt_notifier.handlers import handler
+from lt_notifier.service.admin import SubscriptionAdmin
+from lt_notifier.service.delivery import Deliverer
+from lt_notifier.service.queueing import NotificationQueue
+from lt_notifier.settings import DEFAULT_CHANNEL_IDS, NotifierSettings
+
+__all__ = ["MIGRATIONS", "Notifier", "running_notifier"]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass(frozen=True, slots=True)
+class Notifier:
+    """The running notifier's parts the HTTP app needs."""
+
+    pool: asyncpg.Pool
+    deliverer: Deliverer
+    subscriptions: SubscriptionAdmin
+
+
+@contextlib.asynccontextmanager
+async def running_notifier(settings: NotifierSettings) -> AsyncIterator[Notifier]:
+    """Migrate, sync the env-configured channels, start the delivery loop and the event consumer."""
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
+        stack.push_async_callback(pool.close)
+        await apply_migrations(pool, MIGRATIONS)
+        await sync_default_channels(pool, settings.default_channels(), DEFAULT_CHANNEL_IDS)
+
+        sender = ChannelSender(settings)
+        await sender.start()
+        stack.push_async_callback(sender.close)
+        deliverer = Deliverer(pool, settings, sender)
+        await deliverer.start()
+        stack.push_async_callback(deliverer.stop)
+
+        await ensure_topics(settings, settings.topics)
+        publisher = EventPublisher(settings)
+        await publisher.start()
+        stack.push_async_callback(publisher.stop)
+        consumer = EventConsumer(
+            settings,
+            group_id=settings.consumer_group,
+            topics=settings.topics,
+            handler=handler(NotificationQueue(pool, deliverer)),
+            publisher=publisher,
+        )
+        await consumer.start()
+        # Stopped first (callbacks run in reverse): no event is handled while the pool closes.
+        stack.push_async_callback(consumer.stop)
+        yield Notifier(pool, deliverer, SubscriptionAdmin(pool, deliverer, settings))

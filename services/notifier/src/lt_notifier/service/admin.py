@@ -1,0 +1,97 @@
+"""The admin API's use cases: channel subscriptions, the delivery log, retries and test sends, org-isolated.
+
+An admin's subscriptions are scoped to their own org (they hear only its events) and they see, delete, test
+and retry only those and their deliveries. Platform admins (`Principal.platform_admin`) run the whole
+gateway: they may create unscoped (all-org) subscriptions or scope one to any org, and see everything,
+including the channels configured by environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import asyncpg
+
+from leaky_common.auth import Principal
+from leaky_common.errors import Forbidden, InvalidRequest, NotFound
+from lt_notifier.adapters import deliveries, subscriptions
+from lt_notifier.domain.subscriptions import NewSubscription
+from lt_notifier.service.delivery import Deliverer
+from lt_notifier.settings import NotifierSettings
+
+__all__ = ["SubscriptionAdmin", "scope_for_new", "visible_org"]
+
+
+def visible_org(admin: Principal) -> str | None:
+    """The org whose subscriptions and deliveries `admin` may see and manage; None (every one) for platform
+    admins."""
+    return None if admin.platform_admin else admin.org_id
+
+
+def scope_for_new(admin: Principal, org_id: str | None) -> str | None:
+    """The org scope stored for a new subscription: the admin's own org (naming another is a 403 `other_org`);
+    platform admins keep what they asked for, None meaning every org."""
+    if admin.platform_admin:
+        return org_id
+    if org_id is not None and org_id != admin.org_id:
+        raise Forbidden("you may only subscribe to your own org's events", param="org_id", code="other_org")
+    return admin.org_id
+
+
+class SubscriptionAdmin:
+    """What an admin may do with subscriptions and deliveries, always within what they may see."""
+
+    def __init__(self, pool: asyncpg.Pool, deliverer: Deliverer, settings: NotifierSettings) -> None:
+        self._pool = pool
+        self._deliverer = deliverer
+        self._settings = settings
+
+    async def subscribe(self, admin: Principal, new: NewSubscription) -> dict[str, Any]:
+        """Create a subscription scoped as `scope_for_new` says; email needs an SMTP server."""
+        org_id = scope_for_new(admin, new.org_id)
+        if new.channel == "email" and not self._settings.smtp_host:
+            raise InvalidRequest(
+                "email needs an SMTP server (LT_SMTP_HOST)", param="channel", code="smtp_not_configured"
+            )
+        return await subscriptions.create_subscription(self._pool, dataclasses.replace(new, org_id=org_id))
+
+    async def subscriptions(self, admin: Principal, channel: str | None) -> list[dict[str, Any]]:
+        """Active subscriptions (of one channel, or all) the admin may see, oldest first."""
+        return await subscriptions.list_subscriptions(self._pool, channel, visible_org(admin))
+
+    async def unsubscribe(self, admin: Principal, subscription_id: str) -> bool:
+        """Deactivate a visible subscription and give up its pending deliveries; False if there is none."""
+        return await subscriptions.deactivate_subscription(self._pool, subscription_id, visible_org(admin))
+
+    async def deliveries(
+        self,
+        admin: Principal,
+        event_type: str | None,
+        status: str | None,
+        limit: int,
+        channel: str | None,
+    ) -> list[dict[str, Any]]:
+        """Newest visible deliveries first, filtered by event type, status and channel."""
+        return await deliveries.list_deliveries(
+            self._pool, event_type, status, limit, channel, visible_org(admin)
+        )
+
+    async def retry(self, admin: Principal, delivery_id: str) -> dict[str, Any]:
+        """Queue a visible dead delivery again with a fresh attempt budget (404 if there is none)."""
+        row = await deliveries.retry_delivery(self._pool, delivery_id, visible_org(admin))
+        if row is None:
+            raise NotFound(
+                f"no dead delivery {delivery_id!r} of an active channel",
+                param="delivery_id",
+                code="delivery_not_found",
+            )
+        self._deliverer.wake()
+        return row
+
+    async def send_test(self, admin: Principal, channel_id: str) -> str | None:
+        """Send a test notification to a visible channel now (404 if there is none); None when it arrived."""
+        subscription = await subscriptions.get_subscription(self._pool, channel_id, visible_org(admin))
+        if subscription is None:
+            raise NotFound(f"no channel {channel_id!r}", param="channel_id", code="channel_not_found")
+        return await self._deliverer.send_test(subscription)

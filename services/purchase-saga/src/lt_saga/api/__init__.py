@@ -1,0 +1,1 @@
+"""The purchase saga's HTTP API: routes, their request and response schemas, and their dependencies."""
