@@ -34,7 +34,7 @@ from leaky_common.kafka import ensure_topics
 from leaky_common.settings import ServiceSettings
 from leaky_devinfra.infra import start_broker, start_postgres
 from leaky_devinfra.testing import eventually
-from lt_analytics.repository import MIGRATIONS
+from lt_analytics.adapters.repository import MIGRATIONS
 
 USAGE_TOPIC = "usage.recorded"
 

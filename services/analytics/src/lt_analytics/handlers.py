@@ -1,108 +1,72 @@
-"""UsageRecorded -> request log and aggregates; shared by the faust agent and tests."""
+"""The analytics consumer's table from message type to handler: raw usage messages in, per-message outcomes
+out (the faust agent sends the invalid ones to the DLQ).
+
+Not built with `leaky_common.dispatch.dispatcher`: that table calls one handler per message and returns
+nothing, while analytics records a whole batch per transaction (thousands of events per second) and needs an
+outcome per message for its DLQ. The table below has the same meaning for batches: each type's messages go to
+its batch handler; types it does not list are ignored (the topic carries no others today).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from enum import StrEnum
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
-import asyncpg
-
-# asyncpg's client-side "cannot encode this argument" error (not a PostgresError, unlike asyncpg.DataError).
-from asyncpg.exceptions._base import DataError as ClientDataError
 from pydantic import ValidationError
 
 from leaky_common.events import UsageRecorded, parse_message
-from lt_analytics.detectors import AnomalyDetector
-from lt_analytics.repository import record_batch
+from lt_analytics.ingest import Ingest, Outcome
 
-__all__ = ["Outcome", "UsageHandler"]
+__all__ = ["BatchHandler", "Outcome", "UsageHandler", "handler_table"]
 
 logger = logging.getLogger(__name__)
 
+# Messages of one type (each with its event id) -> outcome per event id.
+BatchHandler = Callable[[list[Any]], Awaitable[dict[str, Outcome]]]
 
-class Outcome(StrEnum):
-    RECORDED = "recorded"
-    DUPLICATE = "duplicate"
-    IGNORED = "ignored"
-    INVALID = "invalid"
+
+def handler_table(ingest: Ingest) -> Mapping[type[Any], BatchHandler]:
+    """Which use case handles each message type the usage topic carries."""
+    return {UsageRecorded: ingest.record}
 
 
 class UsageHandler:
-    """Parses a raw message value, records it effectively-once (the request log is the inbox) and runs the
-    anomaly detectors on new events."""
+    """Parses raw message values and hands the messages of each known type, as one batch, to its handler."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        detector: AnomalyDetector | None = None,
-        *,
-        retry_backoff_s: float = 0.5,
-        max_backoff_s: float = 10.0,
-    ) -> None:
-        self._pool = pool
-        self._detector = detector
-        self._retry_backoff_s = retry_backoff_s
-        self._max_backoff_s = max_backoff_s
+    def __init__(self, ingest: Ingest) -> None:
+        self._table = handler_table(ingest)
 
     async def handle(self, raw: bytes) -> Outcome:
-        """Record one message (see `handle_batch`)."""
+        """Handle one message (see `handle_batch`)."""
         return (await self.handle_batch([raw]))[0]
 
     async def handle_batch(self, raws: list[bytes]) -> list[Outcome]:
-        """Record messages in one transaction; invalid ones are reported (for the DLQ), database trouble is
-        retried until it clears (usage is money: block the partition rather than skip an event)."""
-        outcomes: list[Outcome | None] = []
-        events: list[UsageRecorded] = []
-        for raw in raws:
-            try:
-                message = parse_message(raw)
-            except ValidationError as exc:
-                logger.warning("unparseable usage message: %d errors", exc.error_count())
-                outcomes.append(Outcome.INVALID)
-                continue
-            if not isinstance(message, UsageRecorded):
-                outcomes.append(Outcome.IGNORED)
-                continue
-            outcomes.append(None)
-            events.append(message)
-        # A message redelivered within the batch is handled once (its first copy, in stream order).
-        first_copies: dict[str, UsageRecorded] = {}
-        for e in events:
-            first_copies.setdefault(e.event_id, e)
-        status = await self._record(list(first_copies.values())) if first_copies else {}
-        pending = iter(events)
+        """An outcome per message, in order; unparseable ones are INVALID, types without a handler IGNORED,
+        and a message redelivered within the batch is handled once (its first copy, in stream order)."""
+        parsed: list[Any | Outcome] = [self._parse(raw) for raw in raws]
+        status: dict[str, Outcome] = {}
+        for kind, handler in self._table.items():
+            first_copies: dict[str, Any] = {}
+            for m in parsed:
+                if isinstance(m, kind):
+                    first_copies.setdefault(m.event_id, m)
+            if first_copies:
+                status.update(await handler(list(first_copies.values())))
         seen: set[str] = set()
         result: list[Outcome] = []
-        for outcome in outcomes:
-            if outcome is not None:
-                result.append(outcome)
+        for m in parsed:
+            if isinstance(m, Outcome):
+                result.append(m)
                 continue
-            event_id = next(pending).event_id
-            result.append(Outcome.DUPLICATE if event_id in seen else status[event_id])
-            seen.add(event_id)
+            result.append(Outcome.DUPLICATE if m.event_id in seen else status[m.event_id])
+            seen.add(m.event_id)
         return result
 
-    async def _record(self, events: list[UsageRecorded]) -> dict[str, Outcome]:
-        """Outcome per event id. Infrastructure errors are retried; an event the database refuses (say a
-        token count beyond 64 bits) is isolated from its batch and reported invalid instead of blocking it."""
-        delay = self._retry_backoff_s
-        while True:
-            try:
-                new_ids = await record_batch(self._pool, events, self._detector)
-            except (asyncpg.DataError, ClientDataError) as exc:
-                if len(events) == 1:
-                    logger.warning("usage event %s refused by the database: %s", events[0].event_id, exc)
-                    return {events[0].event_id: Outcome.INVALID}
-                status: dict[str, Outcome] = {}
-                for event in events:
-                    status.update(await self._record([event]))
-                return status
-            except (asyncpg.PostgresError, OSError, TimeoutError):
-                logger.exception("recording %d usage events failed; retrying in %.1fs", len(events), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_backoff_s)
-                continue
-            return {
-                e.event_id: Outcome.RECORDED if e.event_id in new_ids else Outcome.DUPLICATE for e in events
-            }
+    def _parse(self, raw: bytes) -> Any | Outcome:
+        try:
+            message = parse_message(raw)
+        except ValidationError as exc:
+            logger.warning("unparseable usage message: %d errors", exc.error_count())
+            return Outcome.INVALID
+        return message if type(message) in self._table else Outcome.IGNORED

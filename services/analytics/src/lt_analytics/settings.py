@@ -6,7 +6,7 @@ from pathlib import Path
 
 from leaky_common.events import Topics
 from leaky_common.settings import ServiceSettings
-from lt_analytics.detection import Thresholds
+from lt_analytics.domain.thresholds import Thresholds
 
 
 class AnalyticsSettings(ServiceSettings):

@@ -1,7 +1,7 @@
 """`python -m lt_analytics.worker`: the faust-streaming app that aggregates UsageRecorded into Postgres.
 
 It also runs the anomaly detectors on each new event and relays their outbox (alerts, freeze commands) to
-the broker.
+the broker: one elected relay per service, whichever worker instance holds the lock.
 
 Durable state lives in Postgres, not in faust tables: the local broker (tansu) cannot reliably serve the
 changelog recovery faust tables need. faust commits offsets after events are acked (at-least-once); the
@@ -17,20 +17,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import faust
 
-from leaky_common.db import apply_migrations, create_pool
 from leaky_common.events import Topics
-from leaky_common.kafka import EventPublisher, ensure_topics
 from leaky_common.observability import setup_logging, setup_tracing
-from leaky_common.outbox import OutboxRelay
-from lt_analytics.detectors import AnomalyDetector, ThresholdStore
+from lt_analytics.bootstrap import start_worker
 from lt_analytics.handlers import Outcome, UsageHandler
-from lt_analytics.repository import MIGRATIONS
 from lt_analytics.settings import AnalyticsSettings
 
-__all__ = ["build_faust_app", "main", "prepare", "start_relay"]
+__all__ = ["build_faust_app", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,23 +72,6 @@ def build_faust_app(settings: AnalyticsSettings, handler: UsageHandler) -> faust
     return app
 
 
-async def prepare(settings: AnalyticsSettings) -> asyncpg.Pool:
-    """Pool, migrations (advisory-locked, shared with the API) and topics, before faust starts."""
-    pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
-    await apply_migrations(pool, MIGRATIONS)
-    await ensure_topics(settings, [settings.usage_topic, Topics.ALERTS, Topics.QUOTA_COMMANDS])
-    return pool
-
-
-async def start_relay(settings: AnalyticsSettings, pool: asyncpg.Pool) -> tuple[EventPublisher, OutboxRelay]:
-    """Publisher and outbox relay for detections; they run on the worker's loop next to faust."""
-    publisher = EventPublisher(settings)
-    await publisher.start()
-    relay = OutboxRelay(pool, publisher, interval_s=0.2)
-    await relay.start()
-    return publisher, relay
-
-
 def main() -> None:
     """Build settings from the environment and run the faust worker until signalled."""
     settings = AnalyticsSettings()
@@ -101,10 +79,8 @@ def main() -> None:
     setup_tracing(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    pool = loop.run_until_complete(prepare(settings))
-    publisher, relay = loop.run_until_complete(start_relay(settings, pool))
-    detector = AnomalyDetector(ThresholdStore(settings.anomaly_thresholds, ttl_s=settings.thresholds_cache_s))
-    app = build_faust_app(settings, UsageHandler(pool, detector))
+    runtime = loop.run_until_complete(start_worker(settings))
+    app = build_faust_app(settings, runtime.handler)
     # quiet: no banner or spinner in the JSON log stream.
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, override_logging=False, quiet=True)
     try:
@@ -112,9 +88,7 @@ def main() -> None:
     finally:
         if not loop.is_closed():
             with contextlib.suppress(Exception):
-                loop.run_until_complete(relay.stop())
-                loop.run_until_complete(publisher.stop())
-                loop.run_until_complete(pool.close())
+                loop.run_until_complete(runtime.stop())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from leaky_common.db import apply_migrations, create_pool
-from lt_analytics.repository import MIGRATIONS
+from lt_analytics.adapters.repository import MIGRATIONS
 
 
 @pytest.fixture

@@ -12,11 +12,12 @@ import pytest
 
 from leaky_common.auth import Principal
 from leaky_common.events import UsageRecorded
-from lt_analytics.detection import ThresholdOverrides, Thresholds
-from lt_analytics.detectors import AnomalyDetector, ThresholdStore
+from lt_analytics.adapters.thresholds import ThresholdStore, set_threshold_overrides
+from lt_analytics.detect import AnomalyDetector
+from lt_analytics.domain.thresholds import ThresholdOverrides, Thresholds
 from lt_analytics.handlers import Outcome, UsageHandler
+from lt_analytics.ingest import Ingest
 from lt_analytics.main import create_app
-from lt_analytics.repository import set_threshold_overrides
 from lt_analytics.settings import AnalyticsSettings
 
 pytestmark = pytest.mark.integration
@@ -26,7 +27,7 @@ TOKEN = "integration-internal-token"
 
 def handler(pool: asyncpg.Pool, **defaults: Any) -> UsageHandler:
     store = ThresholdStore(Thresholds(**defaults), ttl_s=0)
-    return UsageHandler(pool, AnomalyDetector(store, baseline_check_interval_s=0))
+    return UsageHandler(Ingest(pool, AnomalyDetector(store, baseline_check_interval_s=0)))
 
 
 def event(session: str | None = "s1", fp: str | None = "fp-a", **kw: Any) -> UsageRecorded:
@@ -208,7 +209,7 @@ async def test_replaying_changes_nothing(pool: asyncpg.Pool) -> None:
 
 
 def principal(user_id: str, role: str = "user", org: str = "org-1") -> dict[str, str]:
-    p = Principal(user_id=user_id, org_id=org, role=role)  # type: ignore[arg-type]
+    p = Principal(user_id=user_id, org_id=org, role=role)
     return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
 
 

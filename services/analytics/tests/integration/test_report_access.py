@@ -11,9 +11,11 @@ import pytest
 
 from leaky_common.auth import Principal
 from leaky_common.events import UsageRecorded
-from lt_analytics.detection import Thresholds
-from lt_analytics.detectors import AnomalyDetector, ThresholdStore
+from lt_analytics.adapters.thresholds import ThresholdStore
+from lt_analytics.detect import AnomalyDetector
+from lt_analytics.domain.thresholds import Thresholds
 from lt_analytics.handlers import UsageHandler
+from lt_analytics.ingest import Ingest
 from lt_analytics.main import create_app
 from lt_analytics.settings import AnalyticsSettings
 
@@ -39,7 +41,7 @@ async def api(db_url: str, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClien
 def as_(
     user_id: str, org: str = "org-1", role: str = "user", manages: tuple[str, ...] = ()
 ) -> dict[str, str]:
-    p = Principal(user_id=user_id, org_id=org, role=role, managed_team_ids=manages)  # type: ignore[arg-type]
+    p = Principal(user_id=user_id, org_id=org, role=role, managed_team_ids=manages)
     return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
 
 
@@ -71,7 +73,7 @@ def usage(user: str, team: str, org: str = "org-1", tokens: int = 10, fp: str | 
 async def seeded(pool: asyncpg.Pool) -> None:
     """org-1: team-a (u1 member, m1 manager), team-b (u2); org-2: team-c (u9). u1 and u2 each run a loop."""
     h = UsageHandler(
-        pool, AnomalyDetector(ThresholdStore(Thresholds(), ttl_s=0), baseline_check_interval_s=0)
+        Ingest(pool, AnomalyDetector(ThresholdStore(Thresholds(), ttl_s=0), baseline_check_interval_s=0))
     )
     events = [
         *(usage("u1", "team-a", fp="same-a") for _ in range(4)),

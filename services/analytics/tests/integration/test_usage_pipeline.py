@@ -66,7 +66,7 @@ async def worker_process(
 
 
 def principal(user_id: str, role: str = "user") -> dict[str, str]:
-    p = Principal(user_id=user_id, org_id="org-test", role=role)  # type: ignore[arg-type]
+    p = Principal(user_id=user_id, org_id="org-test", role=role)
     return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
 
 

@@ -4,8 +4,9 @@ import pytest
 from pydantic import ValidationError
 
 from leaky_common.events import UsageRecorded
-from lt_analytics.detection import Detection, ThresholdOverrides, Thresholds, baseline_ratio, efficiency
-from lt_analytics.domain import grain_buckets, rollup_scopes
+from lt_analytics.domain.detection import Detection, baseline_ratio
+from lt_analytics.domain.rollups import efficiency, grain_buckets, rollup_scopes
+from lt_analytics.domain.thresholds import ThresholdOverrides, Thresholds
 
 
 def test_overrides_apply_in_order_and_only_what_they_set() -> None:

@@ -2,7 +2,9 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from lt_analytics.domain import DailyUsage, day_bucket, minute_bucket, summarise, window_start
+from lt_analytics.domain.rollups import day_bucket, minute_bucket
+from lt_analytics.domain.usage import DailyUsage, summarise
+from lt_analytics.domain.windows import window_start
 
 
 def row(day: date, model: str, requests: int, prompt: int, completion: int, cost: int) -> DailyUsage:

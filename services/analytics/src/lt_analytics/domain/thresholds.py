@@ -1,28 +1,17 @@
-"""Anomaly rules (no I/O): thresholds and their overrides, which detections freeze, severities, efficiency."""
+"""Detector thresholds: their defaults and limits, the overrides an API call sets, and how they layer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = [
-    "EFFICIENCY_SCALE",
-    "GLOBAL",
-    "Detection",
-    "Kind",
-    "ThresholdOverrides",
-    "Thresholds",
-    "baseline_ratio",
-    "efficiency",
-]
+__all__ = ["GLOBAL", "Kind", "ThresholdOverrides", "Thresholds", "effective_thresholds"]
 
 Kind = Literal["loop", "request_rate", "spend_velocity", "baseline_ratio"]
 # The org_id of the global override row.
 GLOBAL = "*"
-# Per-request efficiency (completion / prompt) is kept as an integer in units of 1e-4 (4 decimal places).
-EFFICIENCY_SCALE = 10_000
 
 
 class Thresholds(BaseModel):
@@ -77,41 +66,11 @@ class ThresholdOverrides(BaseModel):
     freeze_duration_s: int | None = Field(default=None, ge=1, le=30 * 86400)
 
 
-@dataclass(frozen=True, slots=True)
-class Detection:
-    """One anomaly found for a target (a session, a key or an org)."""
-
-    kind: Kind
-    target_type: Literal["session", "key", "org"]
-    target_id: str
-    value: float
-    threshold: float
-    detail: str
-    # False for detections that re-arm by themselves (a consecutive-loop run restarts after firing).
-    cools_down: bool = True
-
-    @property
-    def severity(self) -> Literal["warning", "error", "critical"]:
-        """Loops and spend are errors (an agent burning money), rate and baseline are warnings."""
-        if self.kind == "spend_velocity":
-            return "critical"
-        return "error" if self.kind == "loop" else "warning"
-
-    def freezes(self, thresholds: Thresholds) -> bool:
-        """Whether this detection sends a freeze command (sessions and keys only, never a whole org)."""
-        return self.kind in thresholds.freeze_on and self.target_type in ("session", "key")
-
-
-def efficiency(prompt_tokens: int, completion_tokens: int) -> int:
-    """completion / prompt in units of 1e-4, rounded half up; 0 when there was no prompt."""
-    if prompt_tokens <= 0:
-        return 0
-    return (completion_tokens * EFFICIENCY_SCALE * 2 + prompt_tokens) // (prompt_tokens * 2)
-
-
-def baseline_ratio(current: int, previous: list[int]) -> tuple[float, float]:
-    """(mean of the previous windows, current / mean); the ratio is 0 when there is no baseline."""
-    if not previous:
-        return 0.0, 0.0
-    mean = sum(previous) / len(previous)
-    return mean, (current / mean if mean > 0 else 0.0)
+def effective_thresholds(
+    defaults: Thresholds, overrides: Mapping[str, ThresholdOverrides], org_id: str | None
+) -> Thresholds:
+    """Defaults, then the global override row, then the org's row (none for the global level)."""
+    effective = defaults.apply(overrides.get(GLOBAL))
+    if org_id is not None and org_id != GLOBAL:
+        effective = effective.apply(overrides.get(org_id))
+    return effective

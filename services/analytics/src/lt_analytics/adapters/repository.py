@@ -1,4 +1,5 @@
-"""All SQL of analytics: the request log (which doubles as the inbox) and the aggregates."""
+"""SQL of the usage tables: the request log (analytics' inbox, keyed by event id), the aggregates, and the
+reads the reports make."""
 
 from __future__ import annotations
 
@@ -9,24 +10,24 @@ from typing import Any
 import asyncpg
 
 from leaky_common.events import UsageRecorded
-from lt_analytics.detection import EFFICIENCY_SCALE, ThresholdOverrides, efficiency
-from lt_analytics.detectors import AnomalyDetector
-from lt_analytics.domain import DailyUsage, day_bucket, grain_buckets, minute_bucket, rollup_scopes
+from lt_analytics.domain.rollups import Aggregates
+from lt_analytics.domain.usage import DailyUsage
 
 __all__ = [
     "MIGRATIONS",
-    "average_efficiency",
+    "add_aggregates",
     "daily_usage",
     "efficiency_ranking",
+    "efficiency_sums",
     "list_anomalies",
-    "record_batch",
-    "scope_report",
-    "set_threshold_overrides",
-    "threshold_overrides",
+    "log_requests",
+    "scope_rows",
+    "team_of_other_org",
     "timeseries",
 ]
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+
+MIGRATIONS = Path(__file__).parent.parent / "migrations"
 
 _LOG_COLUMNS = (
     "event_id, request_id, occurred_at, org_id, team_id, user_id, key_id, session_id, model, provider,"
@@ -91,66 +92,24 @@ def _columns(rows: dict[tuple[Any, ...], list[int]]) -> list[list[Any]]:
     return [list(col) for col in zip(*(list(k) + v for k, v in rows.items()), strict=True)]
 
 
-async def record_batch(
-    pool: asyncpg.Pool, events: list[UsageRecorded], detector: AnomalyDetector | None = None
-) -> set[str]:
-    """Log events, add them to the aggregates and run the detectors, once per event id, in one transaction.
-
-    Returns the ids of the events that were new; already recorded ones change nothing.
-    """
-    unique: list[UsageRecorded] = []
-    seen: set[str] = set()
-    for e in events:  # the first copy of a redelivered event, in stream order (loops depend on it)
-        if e.event_id not in seen:
-            seen.add(e.event_id)
-            unique.append(e)
-    async with pool.acquire() as conn, conn.transaction():
-        fields = [f.strip().split()[0] for f in _LOG_COLUMNS.split(",")]
-        inserted = await conn.fetch(_INSERT_LOG, *[[getattr(e, f) for e in unique] for f in fields])
-        new_ids = {r["event_id"] for r in inserted}
-        new = [e for e in unique if e.event_id in new_ids]
-        if not new:
-            return new_ids
-        daily: dict[tuple[Any, ...], list[int]] = {}
-        minute: dict[tuple[Any, ...], list[int]] = {}
-        rollup: dict[tuple[Any, ...], list[int]] = {}
-        rollup_org: dict[tuple[Any, ...], str | None] = {}
-        for e in new:
-            if e.user_id is not None:
-                _add(daily, (e.user_id, e.model, day_bucket(e.occurred_at)), e, "pctx")
-            if e.org_id is not None:
-                _add(minute, (e.org_id, minute_bucket(e.occurred_at)), e, "tx")
-            for scope_type, scope_id in rollup_scopes(e):
-                for grain, bucket in grain_buckets(e.occurred_at):
-                    key = (scope_type, scope_id, grain, bucket, e.model, e.provider)
-                    _add(rollup, key, e, "pctxe")
-                    rollup_org.setdefault(key, e.org_id)
-        if daily:
-            await conn.execute(_UPSERT_DAILY, *_columns(daily))
-        if minute:
-            await conn.execute(_UPSERT_MINUTE, *_columns(minute))
-        if rollup:
-            columns = _columns(rollup)
-            # The org is an attribute of the row, not part of its key.
-            await conn.execute(_UPSERT_ROLLUP, *columns[:6], [rollup_org[k] for k in rollup], *columns[6:])
-        if detector is not None:
-            await detector.check(conn, new)
-        return new_ids
+async def log_requests(conn: asyncpg.Connection, events: list[UsageRecorded]) -> set[str]:
+    """Insert events into the request log; the ids of those that were not there yet."""
+    fields = [f.strip().split()[0] for f in _LOG_COLUMNS.split(",")]
+    inserted = await conn.fetch(_INSERT_LOG, *[[getattr(e, f) for e in events] for f in fields])
+    return {r["event_id"] for r in inserted}
 
 
-def _add(acc: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], e: UsageRecorded, what: str) -> None:
-    """Add one request and the listed measures (p/c/t/x/e) of `e` to the sums under `key`."""
-    values = {
-        "p": e.prompt_tokens,
-        "c": e.completion_tokens,
-        "t": e.total_tokens,
-        "x": e.cost_usd_micros,
-        "e": efficiency(e.prompt_tokens, e.completion_tokens),
-    }
-    sums = acc.setdefault(key, [0] * (len(what) + 1))
-    sums[0] += 1
-    for i, measure in enumerate(what, start=1):
-        sums[i] += values[measure]
+async def add_aggregates(conn: asyncpg.Connection, sums: Aggregates) -> None:
+    """Add a batch's sums to the daily, per-org-minute and rollup tables."""
+    if sums.daily:
+        await conn.execute(_UPSERT_DAILY, *_columns(sums.daily))
+    if sums.minute:
+        await conn.execute(_UPSERT_MINUTE, *_columns(sums.minute))
+    if sums.rollup:
+        columns = _columns(sums.rollup)
+        # The org is an attribute of the row, not part of its key.
+        orgs = [sums.rollup_org[k] for k in sums.rollup]
+        await conn.execute(_UPSERT_ROLLUP, *columns[:6], orgs, *columns[6:])
 
 
 async def daily_usage(pool: asyncpg.Pool, user_id: str, since: date) -> list[DailyUsage]:
@@ -166,8 +125,8 @@ async def daily_usage(pool: asyncpg.Pool, user_id: str, since: date) -> list[Dai
     return [DailyUsage(**dict(r)) for r in rows]
 
 
-async def average_efficiency(pool: asyncpg.Pool, user_id: str, since: datetime) -> float:
-    """Mean per-request efficiency of a user's requests since `since` (0 without requests)."""
+async def efficiency_sums(pool: asyncpg.Pool, user_id: str, since: datetime) -> tuple[int, int]:
+    """(sum of per-request efficiencies, requests) of a user's requests since `since`."""
     row = await pool.fetchrow(
         "SELECT sum(requests) AS n, sum(efficiency_sum) AS e FROM usage_rollup"
         " WHERE scope_type = 'user' AND scope_id = $1 AND grain = 'day' AND bucket >= $2",
@@ -175,8 +134,8 @@ async def average_efficiency(pool: asyncpg.Pool, user_id: str, since: datetime) 
         since,
     )
     if row is None or not row["n"]:
-        return 0.0
-    return round(int(row["e"]) / int(row["n"]) / EFFICIENCY_SCALE, 4)
+        return 0, 0
+    return int(row["e"]), int(row["n"])
 
 
 async def timeseries(
@@ -212,11 +171,11 @@ async def timeseries(
     return [dict(r) for r in rows]
 
 
-async def scope_report(
+async def scope_rows(
     pool: asyncpg.Pool, scope: str, scope_id: str, org_id: str, since: datetime
-) -> dict[str, Any]:
-    """Totals and breakdowns (model, provider, day, top 10 users) of an org or team since `since`, counting
-    only usage recorded under `org_id` (a caller never sees another org's rows)."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """An org's or team's daily rollup rows since `since` and its top 10 users by tokens, counting only usage
+    recorded under `org_id` (a caller never sees another org's rows)."""
     rows = await pool.fetch(
         """
         SELECT model, provider, bucket, requests, prompt_tokens, completion_tokens, total_tokens, cost_usd_micros
@@ -242,28 +201,7 @@ async def scope_report(
         since,
         org_id,
     )
-    fields = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd_micros")
-
-    def fold(key: str) -> list[dict[str, Any]]:
-        acc: dict[str, list[int]] = {}
-        for r in rows:
-            name = r[key].date().isoformat() if key == "bucket" else r[key]
-            sums = acc.setdefault(name, [0] * len(fields))
-            for i, f in enumerate(fields):
-                sums[i] += int(r[f])
-        ordered = (
-            sorted(acc.items()) if key == "bucket" else sorted(acc.items(), key=lambda kv: (-kv[1][3], kv[0]))
-        )
-        return [{"name": n, **dict(zip(fields, v, strict=True))} for n, v in ordered]
-
-    totals = {f: sum(int(r[f]) for r in rows) for f in fields}
-    return {
-        "totals": totals,
-        "by_model": fold("model"),
-        "by_provider": fold("provider"),
-        "by_day": fold("bucket"),
-        "top_users": [{k: (v if k == "name" else int(v)) for k, v in dict(u).items()} for u in users],
-    }
+    return [dict(r) for r in rows], [dict(u) for u in users]
 
 
 async def team_of_other_org(pool: asyncpg.Pool, team_id: str, org_id: str) -> bool:
@@ -329,25 +267,3 @@ async def list_anomalies(
         list(team_ids),
     )
     return [dict(r) for r in rows]
-
-
-async def threshold_overrides(pool: asyncpg.Pool) -> dict[str, ThresholdOverrides]:
-    """Every override row by org id ('*' = global)."""
-    rows = await pool.fetch("SELECT org_id, config::text AS config FROM anomaly_thresholds")
-    return {r["org_id"]: ThresholdOverrides.model_validate_json(r["config"]) for r in rows}
-
-
-async def set_threshold_overrides(pool: asyncpg.Pool, org_id: str, overrides: ThresholdOverrides) -> None:
-    """Replace the overrides of one org (or '*'); an empty set removes the row."""
-    config = overrides.model_dump_json(exclude_unset=True, exclude_none=True)
-    if config == "{}":
-        await pool.execute("DELETE FROM anomaly_thresholds WHERE org_id = $1", org_id)
-        return
-    await pool.execute(
-        """
-        INSERT INTO anomaly_thresholds (org_id, config) VALUES ($1, $2::jsonb)
-        ON CONFLICT (org_id) DO UPDATE SET config = EXCLUDED.config, updated_at = now()
-        """,
-        org_id,
-        config,
-    )

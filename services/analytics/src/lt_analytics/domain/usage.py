@@ -1,68 +1,22 @@
-"""Usage aggregation rules: time buckets and the shape of a usage summary (no I/O)."""
+"""Usage summaries and reports: how aggregate rows fold into totals and breakdowns (no I/O)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
+from typing import Any
 
 from pydantic import BaseModel
-
-from leaky_common.events import UsageRecorded
 
 __all__ = [
     "DailyUsage",
     "DayTotals",
     "ModelTotals",
     "UsageSummary",
-    "day_bucket",
-    "grain_buckets",
-    "minute_bucket",
-    "rollup_scopes",
+    "fold_report",
     "summarise",
-    "window_start",
 ]
-
-
-def day_bucket(at: datetime) -> date:
-    """The UTC day an event counts towards."""
-    return _utc(at).date()
-
-
-def minute_bucket(at: datetime) -> datetime:
-    """The UTC minute an event counts towards."""
-    return _utc(at).replace(second=0, microsecond=0)
-
-
-def grain_buckets(at: datetime) -> list[tuple[str, datetime]]:
-    """The minute, hour and day buckets (UTC) an event counts towards."""
-    minute = minute_bucket(at)
-    hour = minute.replace(minute=0)
-    return [("minute", minute), ("hour", hour), ("day", hour.replace(hour=0))]
-
-
-def rollup_scopes(event: UsageRecorded) -> list[tuple[str, str]]:
-    """(scope type, id) pairs an event is aggregated under: user, team, org, key and session when known."""
-    pairs = (
-        ("user", event.user_id),
-        ("team", event.team_id),
-        ("org", event.org_id),
-        ("key", event.key_id),
-        ("session", event.session_id),
-    )
-    return [(kind, value) for kind, value in pairs if value]
-
-
-def window_start(today: date, days: int) -> date:
-    """First day of a window of `days` days ending with (and including) `today`."""
-    if days < 1:
-        raise ValueError("days must be at least 1")
-    return today - timedelta(days=days - 1)
-
-
-def _utc(at: datetime) -> datetime:
-    # Contracts carry aware datetimes; a naive one is taken as UTC rather than local time.
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +96,31 @@ def summarise(user_id: str, days: int, rows: Iterable[DailyUsage]) -> UsageSumma
         by_model=by_model,
         by_day=by_day,
     )
+
+
+_MEASURES = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd_micros")
+
+
+def fold_report(rows: Sequence[Mapping[str, Any]], users: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Daily rollup rows (model, provider, bucket, measures) and top-user rows into a report's totals and
+    breakdowns: by model and provider most tokens first, by day oldest first."""
+
+    def fold(key: str) -> list[dict[str, Any]]:
+        acc: dict[str, list[int]] = {}
+        for r in rows:
+            name = r[key].date().isoformat() if key == "bucket" else r[key]
+            sums = acc.setdefault(name, [0] * len(_MEASURES))
+            for i, f in enumerate(_MEASURES):
+                sums[i] += int(r[f])
+        ordered = (
+            sorted(acc.items()) if key == "bucket" else sorted(acc.items(), key=lambda kv: (-kv[1][3], kv[0]))
+        )
+        return [{"name": n, **dict(zip(_MEASURES, v, strict=True))} for n, v in ordered]
+
+    return {
+        "totals": {f: sum(int(r[f]) for r in rows) for f in _MEASURES},
+        "by_model": fold("model"),
+        "by_provider": fold("provider"),
+        "by_day": fold("bucket"),
+        "top_users": [{k: (v if k == "name" else int(v)) for k, v in dict(u).items()} for u in users],
+    }

@@ -1,0 +1,155 @@
+"""SQL of the detectors: loop streaks, each target's recent requests, recent anomalies, org tokens per minute."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+
+from leaky_common.events import AnomalyDetected
+from lt_analytics.domain.detection import Detection, Streak, Target, WindowStats
+from lt_analytics.domain.thresholds import Thresholds
+
+__all__ = [
+    "insert_anomaly",
+    "load_streaks",
+    "org_minute_tokens",
+    "raised_within",
+    "save_streaks",
+    "window_stats",
+]
+
+_COLUMN = {"session": "session_id", "key": "key_id"}
+
+_WINDOW_STATS = """
+SELECT t.i, s.requests, s.spend, s.repeats
+FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::float8[], $5::float8[], $6::bigint[],
+            $7::bigint[], $8::bigint[], $9::int[])
+    AS t (id, at, fp, rate_s, loop_s, max_requests, max_spend, need, i)
+CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE r.occurred_at > t.at - make_interval(secs => t.rate_s)) AS requests,
+           coalesce(sum(r.cost_usd_micros)
+               FILTER (WHERE r.occurred_at > t.at - interval '60 seconds'), 0) AS spend,
+           count(*) FILTER (WHERE r.prompt_fingerprint = t.fp
+               AND r.occurred_at > t.at - make_interval(secs => t.loop_s)) AS repeats
+    FROM request_log r
+    WHERE r.{column} = t.id AND r.status <> 'blocked' AND r.occurred_at <= t.at
+      AND r.occurred_at > t.at - make_interval(secs => greatest(t.rate_s, t.loop_s, 60))
+) s
+WHERE s.requests > t.max_requests OR s.spend > t.max_spend OR s.repeats >= t.need
+"""
+
+
+async def load_streaks(conn: asyncpg.Connection, targets: Sequence[Target]) -> dict[Target, Streak]:
+    """The stored loop streaks of `targets` (targets without one are absent)."""
+    rows = await conn.fetch(
+        "SELECT scope_type, scope_id, fingerprint, count FROM loop_streaks"
+        " WHERE (scope_type, scope_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [t for t, _ in targets],
+        [i for _, i in targets],
+    )
+    return {(r["scope_type"], r["scope_id"]): Streak(r["fingerprint"], r["count"]) for r in rows}
+
+
+async def save_streaks(conn: asyncpg.Connection, streaks: dict[Target, Streak]) -> None:
+    """Store the streaks this batch extended (those with `last_at` set)."""
+    changed = [(t, s) for t, s in streaks.items() if s.last_at is not None]
+    await conn.execute(
+        """
+        INSERT INTO loop_streaks AS s (scope_type, scope_id, fingerprint, count, last_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[])
+        ON CONFLICT (scope_type, scope_id) DO UPDATE SET
+            fingerprint = EXCLUDED.fingerprint, count = EXCLUDED.count, last_at = EXCLUDED.last_at
+        """,
+        [t[0] for t, _ in changed],
+        [t[1] for t, _ in changed],
+        [s.fingerprint for _, s in changed],
+        [s.count for _, s in changed],
+        [s.last_at for _, s in changed],
+    )
+
+
+async def window_stats(
+    conn: asyncpg.Connection,
+    target_type: Literal["session", "key"],
+    last: Sequence[tuple[str, datetime, str | None, Thresholds]],
+) -> dict[int, WindowStats]:
+    """One scan of each target's recent requests up to its last event (id, at, fingerprint, limits); only the
+    targets over some limit come back, by their index in `last`."""
+    rows = await conn.fetch(
+        _WINDOW_STATS.format(column=_COLUMN[target_type]),
+        [i for i, _, _, _ in last],
+        [at for _, at, _, _ in last],
+        [fp for _, _, fp, _ in last],
+        [float(lim.rate_window_s) for *_, lim in last],
+        [float(lim.loop_window_s) for *_, lim in last],
+        [lim.rate_max_requests for *_, lim in last],
+        [lim.spend_max_usd_micros_per_minute for *_, lim in last],
+        [lim.loop_window_count for *_, lim in last],
+        list(range(len(last))),
+    )
+    return {r["i"]: WindowStats(r["requests"], int(r["spend"]), r["repeats"]) for r in rows}
+
+
+async def raised_within(
+    conn: asyncpg.Connection, kind: str, target_type: str, target_id: str, window_s: int
+) -> bool:
+    """True when the same anomaly was already raised for this target within `window_s`."""
+    return bool(
+        await conn.fetchval(
+            "SELECT 1 FROM anomalies WHERE kind = $1 AND target_type = $2 AND target_id = $3"
+            " AND detected_at > now() - make_interval(secs => $4) LIMIT 1",
+            kind,
+            target_type,
+            target_id,
+            float(window_s),
+        )
+    )
+
+
+async def insert_anomaly(
+    conn: asyncpg.Connection,
+    alert: AnomalyDetected,
+    detection: Detection,
+    freeze_duration_s: int | None,
+    trigger_event_id: str,
+) -> None:
+    """Store a detection (its id is the alert's event id)."""
+    await conn.execute(
+        """
+        INSERT INTO anomalies (id, kind, severity, target_type, target_id, org_id, team_id, user_id, key_id,
+            session_id, value, threshold, detail, frozen, freeze_duration_s, trigger_event_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+        """,
+        alert.event_id,
+        detection.kind,
+        detection.severity,
+        detection.target_type,
+        detection.target_id,
+        alert.org_id,
+        alert.team_id,
+        alert.user_id,
+        alert.key_id,
+        alert.session_id,
+        alert.value,
+        alert.threshold,
+        detection.detail,
+        alert.frozen,
+        freeze_duration_s,
+        trigger_event_id,
+    )
+
+
+async def org_minute_tokens(
+    conn: asyncpg.Connection | asyncpg.Pool, org_id: str, since: datetime, until: datetime
+) -> list[tuple[datetime, int]]:
+    """An org's tokens per minute in (since, until]."""
+    rows = await conn.fetch(
+        "SELECT minute, total_tokens FROM org_usage_minute WHERE org_id = $1 AND minute > $2 AND minute <= $3",
+        org_id,
+        since,
+        until,
+    )
+    return [(r["minute"], int(r["total_tokens"])) for r in rows]

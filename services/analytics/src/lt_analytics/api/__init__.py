@@ -1,0 +1,1 @@
+"""The analytics HTTP API: routes, typed request/response schemas, dependencies."""

@@ -1,0 +1,1 @@
+"""Analytics records and rules, pure: no database, broker or HTTP here."""

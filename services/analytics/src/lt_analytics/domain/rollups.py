@@ -1,0 +1,121 @@
+"""Rollup keys: the buckets and scopes an event counts towards, per-request efficiency, and the sums a batch
+of new events adds to each aggregate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from leaky_common.events import UsageRecorded
+
+__all__ = [
+    "EFFICIENCY_SCALE",
+    "Aggregates",
+    "aggregate",
+    "day_bucket",
+    "efficiency",
+    "grain_buckets",
+    "mean_efficiency",
+    "minute_bucket",
+    "rollup_scopes",
+]
+
+# Per-request efficiency (completion / prompt) is kept as an integer in units of 1e-4 (4 decimal places).
+EFFICIENCY_SCALE = 10_000
+
+
+def day_bucket(at: datetime) -> date:
+    """The UTC day an event counts towards."""
+    return _utc(at).date()
+
+
+def minute_bucket(at: datetime) -> datetime:
+    """The UTC minute an event counts towards."""
+    return _utc(at).replace(second=0, microsecond=0)
+
+
+def grain_buckets(at: datetime) -> list[tuple[str, datetime]]:
+    """The minute, hour and day buckets (UTC) an event counts towards."""
+    minute = minute_bucket(at)
+    hour = minute.replace(minute=0)
+    return [("minute", minute), ("hour", hour), ("day", hour.replace(hour=0))]
+
+
+def rollup_scopes(event: UsageRecorded) -> list[tuple[str, str]]:
+    """(scope type, id) pairs an event is aggregated under: user, team, org, key and session when known."""
+    pairs = (
+        ("user", event.user_id),
+        ("team", event.team_id),
+        ("org", event.org_id),
+        ("key", event.key_id),
+        ("session", event.session_id),
+    )
+    return [(kind, value) for kind, value in pairs if value]
+
+
+def efficiency(prompt_tokens: int, completion_tokens: int) -> int:
+    """completion / prompt in units of 1e-4, rounded half up; 0 when there was no prompt."""
+    if prompt_tokens <= 0:
+        return 0
+    return (completion_tokens * EFFICIENCY_SCALE * 2 + prompt_tokens) // (prompt_tokens * 2)
+
+
+def mean_efficiency(efficiency_sum: int, requests: int) -> float:
+    """Mean per-request efficiency (4 decimal places) from a sum of scaled efficiencies; 0 without requests."""
+    if not requests:
+        return 0.0
+    return round(efficiency_sum / requests / EFFICIENCY_SCALE, 4)
+
+
+def _utc(at: datetime) -> datetime:
+    # Contracts carry aware datetimes; a naive one is taken as UTC rather than local time.
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+Sums = dict[tuple[Any, ...], list[int]]
+
+
+@dataclass
+class Aggregates:
+    """What a batch adds, per aggregate row key: [requests, then the measures that table keeps]."""
+
+    daily: Sums = field(default_factory=dict)  # (user, model, day): requests, p, c, t, x
+    minute: Sums = field(default_factory=dict)  # (org, minute): requests, t, x
+    rollup: Sums = field(
+        default_factory=dict
+    )  # (scope type, id, grain, bucket, model, provider): p, c, t, x, e
+    # The org is an attribute of a rollup row, not part of its key: the first event's.
+    rollup_org: dict[tuple[Any, ...], str | None] = field(default_factory=dict)
+
+
+def aggregate(events: Iterable[UsageRecorded]) -> Aggregates:
+    """Sum new events into the daily, per-org-minute and rollup rows they count towards."""
+    acc = Aggregates()
+    for e in events:
+        if e.user_id is not None:
+            _add(acc.daily, (e.user_id, e.model, day_bucket(e.occurred_at)), e, "pctx")
+        if e.org_id is not None:
+            _add(acc.minute, (e.org_id, minute_bucket(e.occurred_at)), e, "tx")
+        for scope_type, scope_id in rollup_scopes(e):
+            for grain, bucket in grain_buckets(e.occurred_at):
+                key = (scope_type, scope_id, grain, bucket, e.model, e.provider)
+                _add(acc.rollup, key, e, "pctxe")
+                acc.rollup_org.setdefault(key, e.org_id)
+    return acc
+
+
+def _add(acc: Sums, key: tuple[Any, ...], e: UsageRecorded, what: str) -> None:
+    """Add one request and the listed measures (p/c/t/x/e) of `e` to the sums under `key`."""
+    values = {
+        "p": e.prompt_tokens,
+        "c": e.completion_tokens,
+        "t": e.total_tokens,
+        "x": e.cost_usd_micros,
+        "e": efficiency(e.prompt_tokens, e.completion_tokens),
+    }
+    sums = acc.setdefault(key, [0] * (len(what) + 1))
+    sums[0] += 1
+    for i, measure in enumerate(what, start=1):
+        sums[i] += values[measure]
