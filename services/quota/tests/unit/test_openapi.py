@@ -15,7 +15,7 @@ ERROR_BODY = "#/components/schemas/ErrorBody"
 
 @pytest.fixture(scope="module")
 def document() -> dict[str, Any]:
-    doc: dict[str, Any] = create_app(QuotaSettings()).openapi()
+    doc: dict[str, Any] = create_app(QuotaSettings(_env_file=None)).openapi()
     return doc
 
 
