@@ -641,9 +641,7 @@ class Governance:
             pool = await repo.personal_pool(conn, user.id)
             if pool is None:
                 raise NotFound("you have no personal token pool", code="pool_not_found")
-            row = await repo.insert_approval(
-                conn, new_id(), user.org_id, user.team_id, user.id, pool.id, amount, reason, priority
-            )
+            row = await repo.insert_approval(conn, new_id(), user, pool.id, amount, reason, priority)
             event = ApprovalRequested(
                 producer="quota",
                 approval_id=row["id"],

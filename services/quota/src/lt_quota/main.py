@@ -14,6 +14,7 @@ import asyncpg
 from fastapi import FastAPI
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from leaky_common.api import install_openapi
 from leaky_common.db import apply_migrations, create_database, create_pool, database_url_for
 from leaky_common.errors import install_error_handlers
 from leaky_common.events import Topics
@@ -123,6 +124,7 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
     app.add_middleware(HotRoute, method="POST", path="/internal/admit", endpoint=hot.admit)
     app.add_middleware(MetricsMiddleware, service=settings.service_name)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(internal_router)
     app.include_router(public_router)
 

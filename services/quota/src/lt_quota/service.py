@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter as PromCounter
 
+from leaky_common import inbox
 from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
 from leaky_common.errors import (
@@ -712,7 +713,7 @@ class QuotaService:
         then announce the thresholds the charge made a pool reach. Returns 1 if Redis was settled."""
         settled = 0
         async with self.db.acquire() as conn, conn.transaction():
-            if inbox_event_id is not None and not await repo.claim_inbox(conn, inbox_event_id):
+            if inbox_event_id is not None and not await inbox.claim(conn, inbox_event_id):
                 return 0
             pools = await repo.lock_pools(conn, [leg.pool_id for leg in legs])
             recorded: list[int] = []
@@ -783,7 +784,7 @@ class QuotaService:
         reply_cls = TokensCredited if kind == "credit" else TokensDebited
         changed_pool: str | None = None
         async with self.db.acquire() as conn, conn.transaction():
-            await repo.claim_inbox(conn, cmd.event_id)
+            await inbox.claim(conn, cmd.event_id)
             existing = await repo.find_adjustment(conn, cmd.purchase_id, cmd.step, kind)
             reply: TokensCredited | TokensDebited
             if existing is not None:
@@ -928,7 +929,7 @@ class QuotaService:
     async def freeze(self, cmd: RequestFreeze) -> None:
         """Apply a `RequestFreeze` command once; a duration of 0 or less freezes until lifted."""
         async with self.db.acquire() as conn, conn.transaction():
-            if not await repo.claim_inbox(conn, cmd.event_id):
+            if not await inbox.claim(conn, cmd.event_id):
                 return
             await self._record_freeze(
                 conn,

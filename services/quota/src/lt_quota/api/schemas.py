@@ -35,7 +35,6 @@ __all__ = [
     "UpdateKeyBody",
     "UpdatePoolBody",
     "UpdateUserBody",
-    "UserView",
 ]
 
 Email = Annotated[
@@ -260,22 +259,6 @@ class ConsumeBody(BaseModel):
 
     provider: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] = "mock"
     tokens: int = Field(ge=1, le=10**9)
-
-
-class UserView(BaseModel):
-    """A user as the API shows it."""
-
-    id: str
-    email: str
-    name: str
-    org_id: str
-    team_id: str | None
-    role: str
-    status: str
-    default_priority: str = "normal"
-    allow_priority_bypass: bool = False
-    privacy_default: str = "standard"
-    tier: str = "standard"
 
 
 FreezeTarget = Literal["session", "key", "user"]

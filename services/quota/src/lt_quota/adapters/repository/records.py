@@ -1,0 +1,169 @@
+"""Records the repository returns, their columns and row mappers (shared by every table group)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeAlias
+
+import asyncpg
+
+__all__ = [
+    "ORG_COLUMNS",
+    "POOL_COLUMNS",
+    "USER_COLUMNS",
+    "Conn",
+    "KeyRecord",
+    "OrgSettings",
+    "PoolRecord",
+    "UserRecord",
+    "org_from_row",
+    "pool_from_row",
+    "user_from_row",
+]
+
+
+# Pool connections are proxies of Connection; both work here.
+Conn: TypeAlias = asyncpg.Connection
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: str
+    org_id: str
+    email: str
+    name: str
+    role: str
+    status: str
+    team_id: str | None
+    created_at: datetime
+    default_priority: str = "normal"
+    allow_priority_bypass: bool = False
+    privacy_default: str = "standard"
+    tier: str = "standard"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key joined with its user and personal pool: what admission needs."""
+
+    key_id: str
+    user_id: str
+    org_id: str
+    team_id: str | None
+    role: str
+    email: str
+    status: str
+    expires_at: datetime | None
+    revoked: bool
+    pool_id: str | None
+    tier: str = "standard"
+    default_priority: str = "normal"
+    allow_priority_bypass: bool = False
+    privacy_default: str = "standard"
+    allowed_models: tuple[str, ...] | None = None
+    allowed_priorities: tuple[str, ...] | None = None
+    org: OrgSettings | None = None
+    managed_team_ids: tuple[str, ...] = ()
+    # True for users of the platform org (`orgs.platform`): its admins manage orgs and global settings.
+    platform: bool = False
+    # The key's own leaky-bucket sizes (None: the org's, else the service's).
+    rate_limit_requests: int | None = None
+    rate_limit_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class OrgSettings:
+    """An org's governance settings."""
+
+    id: str
+    name: str
+    timezone: str
+    vacation_share_percent: int
+    allow_vacation_sharing: bool
+    default_session_budget_usd_micros: int
+    strict_sessions: bool
+    privacy_strict: bool
+    # Leaky-bucket size overrides per period (None: the service's settings).
+    key_requests_per_period: int | None = None
+    key_tokens_per_period: int | None = None
+    user_requests_per_period: int | None = None
+    user_tokens_per_period: int | None = None
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    id: str
+    owner_type: str
+    owner_id: str
+    org_id: str
+    unit: str
+    limit: int
+    period: str = "none"
+    provider: str = ""
+    model: str = ""
+
+
+USER_COLUMNS = """
+    u.id, u.org_id, u.email, u.name, u.role, u.status, u.created_at, u.default_priority,
+    u.allow_priority_bypass, u.privacy_default, u.tier,
+    (SELECT tm.team_id FROM team_members tm WHERE tm.user_id = u.id ORDER BY tm.created_at, tm.team_id LIMIT 1)
+        AS team_id
+"""
+
+
+def user_from_row(row: asyncpg.Record) -> UserRecord:
+    return UserRecord(
+        id=row["id"],
+        org_id=row["org_id"],
+        email=row["email"],
+        name=row["name"],
+        role=row["role"],
+        status=row["status"],
+        team_id=row["team_id"],
+        created_at=row["created_at"],
+        default_priority=row["default_priority"],
+        allow_priority_bypass=row["allow_priority_bypass"],
+        privacy_default=row["privacy_default"],
+        tier=row["tier"],
+    )
+
+
+POOL_COLUMNS = 'id, owner_type, owner_id, org_id, unit, "limit", period, provider, model'
+
+
+def pool_from_row(row: asyncpg.Record) -> PoolRecord:
+    return PoolRecord(
+        row["id"],
+        row["owner_type"],
+        row["owner_id"],
+        row["org_id"],
+        row["unit"],
+        row["limit"],
+        row["period"],
+        row["provider"],
+        row["model"],
+    )
+
+
+ORG_COLUMNS = """o.id AS org_id_, o.name AS org_name, o.timezone, o.vacation_share_percent,
+    o.allow_vacation_sharing, o.default_session_budget_usd_micros, o.strict_sessions,
+    o.privacy_strict AS org_privacy_strict, o.key_requests_per_period, o.key_tokens_per_period,
+    o.user_requests_per_period, o.user_tokens_per_period"""
+
+
+def org_from_row(row: asyncpg.Record) -> OrgSettings:
+    return OrgSettings(
+        id=row["org_id_"],
+        name=row["org_name"],
+        timezone=row["timezone"],
+        vacation_share_percent=row["vacation_share_percent"],
+        allow_vacation_sharing=row["allow_vacation_sharing"],
+        default_session_budget_usd_micros=row["default_session_budget_usd_micros"],
+        strict_sessions=row["strict_sessions"],
+        privacy_strict=row["org_privacy_strict"],
+        key_requests_per_period=row["key_requests_per_period"],
+        key_tokens_per_period=row["key_tokens_per_period"],
+        user_requests_per_period=row["user_requests_per_period"],
+        user_tokens_per_period=row["user_tokens_per_period"],
+    )
