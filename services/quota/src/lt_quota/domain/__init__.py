@@ -1,7 +1,7 @@
 """Pure rules of the quota service: keys, periods, the balancer, key policy, denials, thresholds, top-ups
 and freezes. No I/O: nothing here reads Postgres or Redis, so every rule is unit-tested on plain records."""
 
-from lt_quota.domain.balancer import Cap, Leg, chosen_pool, legs_of_reservation, plan, source_group
+from lt_quota.domain.balancer import Cap, Leg, legs_of_reservation, plan, source_group
 from lt_quota.domain.denials import APPROVAL_GUIDE, decision_label, denial, no_pool_for_model
 from lt_quota.domain.freezes import longest_freeze, session_target, ttl_ms
 from lt_quota.domain.keys import KEY_PREFIX_LEN, generate_api_key, hash_api_key, key_prefix, new_id
@@ -38,7 +38,6 @@ __all__ = [
     "bucket_sizes",
     "check_key_policy",
     "check_session",
-    "chosen_pool",
     "counter_ttl_ms",
     "decision_label",
     "default_bucket_sizes",

@@ -14,7 +14,7 @@ from leaky_common.model_access import model_in_scope
 from lt_quota.domain.periods import period_of
 from lt_quota.domain.records import Org, Pool
 
-__all__ = ["Cap", "Leg", "chosen_pool", "legs_of_reservation", "plan", "source_group"]
+__all__ = ["Cap", "Leg", "legs_of_reservation", "plan", "source_group"]
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,6 @@ def plan(
 def source_group(sources: Sequence[str], source: str) -> int:
     """The group of the alternative `source` (the first alternative if the plan has no such source)."""
     return sources.index(source) + 1 if source in sources else 1
-
-
-def chosen_pool(caps: Sequence[Cap], sources: Sequence[str], source: str) -> str | None:
-    """The pool that pays when the admission script chose `source`: the first cap of its group."""
-    group = sources.index(source) + 1
-    return next((c.pool_id for c in caps if c.group == group), None)
 
 
 @dataclass(frozen=True)
