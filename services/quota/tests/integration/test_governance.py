@@ -76,7 +76,7 @@ class Harness:
 
     async def settle(self, admitted: dict[str, Any], tokens: int, usd: int = 0, **extra: Any) -> None:
         p = admitted["principal"]
-        await self.service.settle_usage(
+        await self.service.settlement.settle_usage(
             UsageRecorded(
                 request_id=uuid.uuid4().hex,
                 reservation_id=admitted["reservation_id"],
@@ -143,7 +143,7 @@ async def running(settings: QuotaSettings, clock: ManualClock | None = None) -> 
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
-            yield Harness(client, app.state.service)
+            yield Harness(client, app.state.quota)
 
 
 # --- exactness --------------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ async def test_used_equals_settled_usage_after_a_mixed_run(settings: QuotaSettin
             expected_tokens += tokens
             expected_usd += usd
         clock.now_ms += settings.reservation_ttl_s * 1000
-        assert await h.service.sweep_expired() == len(unsettled)
+        assert await h.service.settlement.sweep_expired() == len(unsettled)
         assert await h.ledger(user["pool_id"]) == expected_tokens
         pool = await h.pool(user["api_key"], user["pool_id"])
         assert (pool["used"], pool["reserved"]) == (expected_tokens, 0)
@@ -853,7 +853,7 @@ async def test_a_reservation_made_before_legs_existed_is_settled_after_an_upgrad
         assert await h.ledger(user["pool_id"]) == 120
         pool = await h.pool(user["api_key"], user["pool_id"])
         assert (pool["used"], pool["reserved"]) == (120, 0)
-        assert await h.service.sweep_expired() == 0
+        assert await h.service.settlement.sweep_expired() == 0
 
 
 async def test_platform_admins_create_orgs_and_admin_routes_stay_in_their_org(
@@ -988,7 +988,7 @@ async def test_platform_admins_create_orgs_and_admin_routes_stay_in_their_org(
         }
         # The freeze is restored per org from Postgres after Redis lost it.
         await h.service.state.redis.flushdb()
-        await h.service.restore_freezes()
+        await h.service.freezes.restore_freezes()
         r = await h.admit(admin_b, max_output_tokens=1, min_output_tokens=1, session_id=session)
         assert r.status_code == 403
         assert (await h.admit(ua["api_key"], max_output_tokens=16, session_id=session)).status_code == 200

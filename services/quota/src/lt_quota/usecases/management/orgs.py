@@ -1,4 +1,4 @@
-"""Organisations: platform admins create and list orgs (each with a first admin); an org's admin reads and
+"""Organisations: start-up ensures the platform org and its admin; platform admins create and list orgs (each with a first admin); an org's admin reads and
 changes its settings (time zone, vacation sharing, session budgets, privacy, bucket sizes)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncpg
 from leaky_common.auth import Principal
 from leaky_common.errors import Conflict, Forbidden
 from lt_quota.adapters import repository as repo
-from lt_quota.domain import new_id
+from lt_quota.domain import hash_api_key, key_prefix, new_id
 from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.management.users import NewUser, insert_user
 from lt_quota.usecases.management.views import iso, require_org
@@ -31,6 +31,22 @@ class Orgs:
 
     def __init__(self, ctx: QuotaContext) -> None:
         self.ctx = ctx
+
+    async def bootstrap_admin(self, api_key: str) -> None:
+        """Ensure the default org (the platform org, whose admins manage orgs), an admin user holding
+        `api_key` and its personal pool (idempotent; at start-up)."""
+        async with self.ctx.db.acquire() as conn, conn.transaction():
+            org_id = await repo.upsert_org(conn, new_id(), "default", "UTC")
+            await repo.mark_platform_org(conn, org_id)
+            await repo.insert_user(conn, new_id(), org_id, "admin@localhost", "Administrator", "admin")
+            user_id = await repo.user_id_by_email(conn, org_id, "admin@localhost")
+            assert user_id is not None
+            await repo.insert_key(
+                conn, new_id(), user_id, org_id, key_prefix(api_key), hash_api_key(api_key), "bootstrap"
+            )
+            await repo.ensure_pool(
+                conn, new_id(), "user", user_id, org_id, "tokens", self.ctx.settings.bootstrap_admin_quota
+            )
 
     async def create_org(
         self, admin: Principal, *, name: str, timezone: str, first_admin: NewUser
