@@ -69,7 +69,12 @@ class Harness:
         assert r.status_code in (200, 201), r.text
 
     async def admit(self, api_key: str, **fields: Any) -> httpx.Response:
-        body = {"api_key": api_key, "request_id": uuid.uuid4().hex, "model": "mock-gpt", "provider": "mock"}
+        body: dict[str, Any] = {
+            "api_key": api_key,
+            "request_id": uuid.uuid4().hex,
+            "model": "mock-gpt",
+            "provider": "mock",
+        }
         body.update(fields)
         body.setdefault("prompt_tokens", 10)
         return await self.client.post("/internal/admit", json=body, headers=INTERNAL)
@@ -225,11 +230,11 @@ async def test_redis_flushed_mid_run_loses_no_charge(settings: QuotaSettings, re
             json={"target_type": "session", "target_id": "held", "reason": "audit"},
         )
         assert r.status_code == 201
-        redis: Redis = Redis.from_url(redis_url)
+        redis: Redis[bytes] = Redis.from_url(redis_url)
         try:
             await redis.flushall()
         finally:
-            await redis.aclose()
+            await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
         # Reservations in flight when Redis lost its state are still charged when their usage arrives.
         for a in before[5:]:
             await h.settle(a, 70)

@@ -561,16 +561,16 @@ async def test_flushed_redis_is_rebuilt_from_the_ledger_on_restart(
         )
 
         async def used() -> bool:
-            return (await h.quota(user["api_key"]))["used_tokens"] == 321
+            return bool((await h.quota(user["api_key"]))["used_tokens"] == 321)
 
         await wait_until(used, what="settled")
 
-    redis: Redis = Redis.from_url(redis_url)
+    redis: Redis[bytes] = Redis.from_url(redis_url)
     try:
         await redis.flushall()
         assert await redis.dbsize() == 0
     finally:
-        await redis.aclose()
+        await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
 
     async with running(settings) as h:
         state = await h.service.state.pool_states([user["pool_id"]])
@@ -713,11 +713,11 @@ async def test_freeze_until_lifted_validation_and_rebuild_after_redis_loss(
         assert r.status_code == 403 and r.json()["error"]["frozen"] == "session"
         assert (await h.admit(user["api_key"], max_output_tokens=16, session_id="other")).status_code == 200
 
-    redis: Redis = Redis.from_url(redis_url)
+    redis: Redis[bytes] = Redis.from_url(redis_url)
     try:
         await redis.flushall()
     finally:
-        await redis.aclose()
+        await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
 
     async with running(settings) as h:
         r = await h.admit(user["api_key"], max_output_tokens=16, session_id=session)

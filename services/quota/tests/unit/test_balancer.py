@@ -20,8 +20,8 @@ ORG = OrgSettings("o1", "default", "UTC", 10, True, 10_000_000, False, False)
 
 def service() -> QuotaContext:
     # Redis clients connect lazily: nothing here touches the network.
-    state = RedisState(Redis.from_url("redis://127.0.0.1:1/0"), "t:")
-    return QuotaContext(QuotaSettings(_env_file=None), None, state, lambda: NOW)  # type: ignore[arg-type]
+    state = RedisState(Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True), "t:")
+    return QuotaContext(QuotaSettings(_env_file=None), None, state, lambda: NOW)
 
 
 def policy(key: KeyRecord, req: AdmitRequest) -> bool:
@@ -105,7 +105,7 @@ def test_no_bypass_without_critical_and_no_share_when_the_org_disallows_it() -> 
 
 
 def admit(**kw: object) -> AdmitRequest:
-    return AdmitRequest(api_key="k", request_id="r", model="mock-gpt", provider="mock", prompt_tokens=1, **kw)  # type: ignore[arg-type]
+    return AdmitRequest(api_key="k", request_id="r", model="mock-gpt", provider="mock", prompt_tokens=1, **kw)
 
 
 def test_key_policy_models_and_priorities() -> None:
