@@ -1,25 +1,25 @@
-"""Kafka messages -> use cases. Unknown message types on our topics are ignored (other consumers' business)."""
+"""Kafka messages -> use cases: the one table of what quota does with each message it consumes. Other
+message types on these topics are other consumers' business and are skipped."""
 
 from __future__ import annotations
 
-from aiokafka import ConsumerRecord
-
-from leaky_common.events import AnyMessage, CreditTokens, DebitTokens, RequestFreeze, UsageRecorded
+from leaky_common.dispatch import dispatcher
+from leaky_common.events import CreditTokens, DebitTokens, RequestFreeze, UsageRecorded
 from leaky_common.kafka import Handler
-from lt_quota.service import QuotaService
+from lt_quota.usecases.freezes import Freezes
+from lt_quota.usecases.settlement import Settlement
+from lt_quota.usecases.topups import TopUps
 
 __all__ = ["make_handler"]
 
 
-def make_handler(service: QuotaService) -> Handler:
-    """The consumer's handler over `service`."""
-
-    async def handle(message: AnyMessage, _record: ConsumerRecord[bytes, bytes]) -> None:
-        if isinstance(message, UsageRecorded):
-            await service.settle_usage(message)
-        elif isinstance(message, CreditTokens | DebitTokens):
-            await service.adjust_limit(message)
-        elif isinstance(message, RequestFreeze):
-            await service.freeze(message)
-
-    return handle
+def make_handler(settlement: Settlement, topups: TopUps, freezes: Freezes) -> Handler:
+    """The consumer's handler over the use cases."""
+    return dispatcher(
+        {
+            UsageRecorded: settlement.settle_usage,
+            CreditTokens: topups.credit,
+            DebitTokens: topups.debit,
+            RequestFreeze: freezes.freeze,
+        }
+    )

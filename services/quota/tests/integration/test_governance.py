@@ -69,14 +69,19 @@ class Harness:
         assert r.status_code in (200, 201), r.text
 
     async def admit(self, api_key: str, **fields: Any) -> httpx.Response:
-        body = {"api_key": api_key, "request_id": uuid.uuid4().hex, "model": "mock-gpt", "provider": "mock"}
+        body: dict[str, Any] = {
+            "api_key": api_key,
+            "request_id": uuid.uuid4().hex,
+            "model": "mock-gpt",
+            "provider": "mock",
+        }
         body.update(fields)
         body.setdefault("prompt_tokens", 10)
         return await self.client.post("/internal/admit", json=body, headers=INTERNAL)
 
     async def settle(self, admitted: dict[str, Any], tokens: int, usd: int = 0, **extra: Any) -> None:
         p = admitted["principal"]
-        await self.service.settle_usage(
+        await self.service.settlement.settle_usage(
             UsageRecorded(
                 request_id=uuid.uuid4().hex,
                 reservation_id=admitted["reservation_id"],
@@ -143,7 +148,7 @@ async def running(settings: QuotaSettings, clock: ManualClock | None = None) -> 
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
-            yield Harness(client, app.state.service)
+            yield Harness(client, app.state.quota)
 
 
 # --- exactness --------------------------------------------------------------------------------------------
@@ -201,7 +206,7 @@ async def test_used_equals_settled_usage_after_a_mixed_run(settings: QuotaSettin
             expected_tokens += tokens
             expected_usd += usd
         clock.now_ms += settings.reservation_ttl_s * 1000
-        assert await h.service.sweep_expired() == len(unsettled)
+        assert await h.service.settlement.sweep_expired() == len(unsettled)
         assert await h.ledger(user["pool_id"]) == expected_tokens
         pool = await h.pool(user["api_key"], user["pool_id"])
         assert (pool["used"], pool["reserved"]) == (expected_tokens, 0)
@@ -225,11 +230,11 @@ async def test_redis_flushed_mid_run_loses_no_charge(settings: QuotaSettings, re
             json={"target_type": "session", "target_id": "held", "reason": "audit"},
         )
         assert r.status_code == 201
-        redis: Redis = Redis.from_url(redis_url)
+        redis: Redis[bytes] = Redis.from_url(redis_url)
         try:
             await redis.flushall()
         finally:
-            await redis.aclose()
+            await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
         # Reservations in flight when Redis lost its state are still charged when their usage arrives.
         for a in before[5:]:
             await h.settle(a, 70)
@@ -853,7 +858,7 @@ async def test_a_reservation_made_before_legs_existed_is_settled_after_an_upgrad
         assert await h.ledger(user["pool_id"]) == 120
         pool = await h.pool(user["api_key"], user["pool_id"])
         assert (pool["used"], pool["reserved"]) == (120, 0)
-        assert await h.service.sweep_expired() == 0
+        assert await h.service.settlement.sweep_expired() == 0
 
 
 async def test_platform_admins_create_orgs_and_admin_routes_stay_in_their_org(
@@ -988,7 +993,7 @@ async def test_platform_admins_create_orgs_and_admin_routes_stay_in_their_org(
         }
         # The freeze is restored per org from Postgres after Redis lost it.
         await h.service.state.redis.flushdb()
-        await h.service.restore_freezes()
+        await h.service.freezes.restore_freezes()
         r = await h.admit(admin_b, max_output_tokens=1, min_output_tokens=1, session_id=session)
         assert r.status_code == 403
         assert (await h.admit(ua["api_key"], max_output_tokens=16, session_id=session)).status_code == 200

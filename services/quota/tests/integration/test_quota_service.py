@@ -109,7 +109,7 @@ async def running(settings: QuotaSettings, clock: ManualClock | None = None) -> 
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
-            yield Harness(client, settings, app.state.service)
+            yield Harness(client, settings, app.state.quota)
 
 
 @pytest.fixture
@@ -369,7 +369,7 @@ async def test_token_bucket_denies_instead_of_shrinking_and_is_refunded_at_settl
         assert r.status_code == 429 and r.json()["error"]["limit"] == "key_tokens"
         assert int(r.headers["retry-after"]) >= 1
         # Settled at 124 tokens: the unused 1000 go back to the bucket at once.
-        await h.service.settle_usage(
+        await h.service.settlement.settle_usage(
             UsageRecorded(
                 request_id="r1",
                 reservation_id=first["reservation_id"],
@@ -394,9 +394,9 @@ async def test_unsettled_reservation_is_charged_at_ttl_and_late_settlement_is_no
     async with running(settings, clock) as h:
         user = await h.create_user(quota=1000)
         admitted = (await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=90)).json()
-        assert await h.service.sweep_expired() == 0
+        assert await h.service.settlement.sweep_expired() == 0
         clock.now_ms += settings.reservation_ttl_s * 1000
-        assert await h.service.sweep_expired() == 1
+        assert await h.service.settlement.sweep_expired() == 1
         late = UsageRecorded(
             request_id="late",
             reservation_id=admitted["reservation_id"],
@@ -405,7 +405,7 @@ async def test_unsettled_reservation_is_charged_at_ttl_and_late_settlement_is_no
             provider="p",
             total_tokens=30,
         )
-        await h.service.settle_usage(late)
+        await h.service.settlement.settle_usage(late)
         q = await h.quota(user["api_key"])
         assert (q["used_tokens"], q["pools"][0]["reserved"]) == (100, 0)
 
@@ -561,16 +561,16 @@ async def test_flushed_redis_is_rebuilt_from_the_ledger_on_restart(
         )
 
         async def used() -> bool:
-            return (await h.quota(user["api_key"]))["used_tokens"] == 321
+            return bool((await h.quota(user["api_key"]))["used_tokens"] == 321)
 
         await wait_until(used, what="settled")
 
-    redis: Redis = Redis.from_url(redis_url)
+    redis: Redis[bytes] = Redis.from_url(redis_url)
     try:
         await redis.flushall()
         assert await redis.dbsize() == 0
     finally:
-        await redis.aclose()
+        await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
 
     async with running(settings) as h:
         state = await h.service.state.pool_states([user["pool_id"]])
@@ -713,11 +713,11 @@ async def test_freeze_until_lifted_validation_and_rebuild_after_redis_loss(
         assert r.status_code == 403 and r.json()["error"]["frozen"] == "session"
         assert (await h.admit(user["api_key"], max_output_tokens=16, session_id="other")).status_code == 200
 
-    redis: Redis = Redis.from_url(redis_url)
+    redis: Redis[bytes] = Redis.from_url(redis_url)
     try:
         await redis.flushall()
     finally:
-        await redis.aclose()
+        await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
 
     async with running(settings) as h:
         r = await h.admit(user["api_key"], max_output_tokens=16, session_id=session)

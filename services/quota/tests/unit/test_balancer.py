@@ -10,17 +10,22 @@ from leaky_common.contracts import AdmitRequest
 from leaky_common.errors import Forbidden, InvalidRequest
 from lt_quota.adapters.redis_state import RedisState
 from lt_quota.adapters.repository import KeyRecord, OrgSettings, PoolRecord
-from lt_quota.service import BucketSizes, QuotaService
+from lt_quota.domain import BucketSizes, check_key_policy
 from lt_quota.settings import QuotaSettings
+from lt_quota.usecases.context import QuotaContext
 
 NOW = int(datetime(2026, 11, 23, 12, tzinfo=UTC).timestamp() * 1000)
 ORG = OrgSettings("o1", "default", "UTC", 10, True, 10_000_000, False, False)
 
 
-def service() -> QuotaService:
+def service() -> QuotaContext:
     # Redis clients connect lazily: nothing here touches the network.
-    state = RedisState(Redis.from_url("redis://127.0.0.1:1/0"), "t:")
-    return QuotaService(QuotaSettings(_env_file=None), None, state, lambda: NOW)  # type: ignore[arg-type]
+    state = RedisState(Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True), "t:")
+    return QuotaContext(QuotaSettings(_env_file=None), None, state, lambda: NOW)
+
+
+def policy(key: KeyRecord, req: AdmitRequest) -> bool:
+    return check_key_policy(key, req.model, req.priority)
 
 
 def record(**kw: object) -> KeyRecord:
@@ -100,28 +105,27 @@ def test_no_bypass_without_critical_and_no_share_when_the_org_disallows_it() -> 
 
 
 def admit(**kw: object) -> AdmitRequest:
-    return AdmitRequest(api_key="k", request_id="r", model="mock-gpt", provider="mock", prompt_tokens=1, **kw)  # type: ignore[arg-type]
+    return AdmitRequest(api_key="k", request_id="r", model="mock-gpt", provider="mock", prompt_tokens=1, **kw)
 
 
 def test_key_policy_models_and_priorities() -> None:
-    svc = service()
-    assert svc._policy(record(), admit()) is False
+    assert policy(record(), admit()) is False
     with pytest.raises(Forbidden) as exc:
-        svc._policy(record(allowed_models=("gpt-*",)), admit())
+        policy(record(allowed_models=("gpt-*",)), admit())
     assert exc.value.code == "model_not_allowed"
-    assert svc._policy(record(allowed_models=("mock-*",)), admit()) is False
+    assert policy(record(allowed_models=("mock-*",)), admit()) is False
     with pytest.raises(Forbidden) as exc:
-        svc._policy(record(), admit(priority="critical"))
+        policy(record(), admit(priority="critical"))
     assert exc.value.code == "priority_not_allowed"
-    assert svc._policy(record(allow_priority_bypass=True), admit(priority="critical")) is True
-    assert svc._policy(record(allowed_priorities=("normal", "critical")), admit(priority="critical")) is True
+    assert policy(record(allow_priority_bypass=True), admit(priority="critical")) is True
+    assert policy(record(allowed_priorities=("normal", "critical")), admit(priority="critical")) is True
     with pytest.raises(Forbidden):
-        svc._policy(record(allowed_priorities=("low",)), admit(priority="high"))
+        policy(record(allowed_priorities=("low",)), admit(priority="high"))
     with pytest.raises(InvalidRequest):
-        svc._policy(record(), admit(priority="asap"))
+        policy(record(), admit(priority="asap"))
     # A default priority of critical without the right is simply normal, not an error.
-    assert svc._policy(record(default_priority="critical"), admit()) is False
-    assert svc._policy(record(default_priority="critical", allow_priority_bypass=True), admit()) is True
+    assert policy(record(default_priority="critical"), admit()) is False
+    assert policy(record(default_priority="critical", allow_priority_bypass=True), admit()) is True
 
 
 def test_bucket_sizes_key_then_org_then_settings() -> None:

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from leaky_common.contracts import AdmitRequest
+from leaky_common.model_access import model_in_scope as model_matches
 from lt_quota.api.schemas import AddMemberBody, CreateTeamBody, CreateUserBody
 from lt_quota.domain import (
     AdmitDenied,
@@ -14,7 +15,6 @@ from lt_quota.domain import (
     generate_api_key,
     hash_api_key,
     key_prefix,
-    model_matches,
     parse_admit_result,
     period_of,
     retry_after_seconds,

@@ -62,11 +62,6 @@ def test_every_error_response_has_the_error_body_shape(document: dict[str, Any])
     assert "ErrorBody" in document["components"]["schemas"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the security schemes come with leaky_common.api's principal dependencies in api/deps.py "
-    "(branch quota-core); remove this mark when both are merged",
-)
 def test_the_security_schemes_are_declared(document: dict[str, Any]) -> None:
     schemes = document["components"]["securitySchemes"]
     for name, header in (("Principal", "X-LT-Principal"), ("InternalToken", "X-LT-Internal-Token")):

@@ -1,58 +1,44 @@
-"""FastAPI dependencies: the service, the internal token and the caller's principal."""
+"""FastAPI dependencies: who is calling and the use cases the routes call.
+
+Who is calling comes from `leaky_common.api` (the internal token, the gateway's principal, an admin); the
+aliases below keep the routes' parameter names. `GovernanceDep` is the management capability (orgs, teams,
+users, keys, pools, approvals, session budgets, quota views)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
-from leaky_common.auth import Principal, principal_from_headers, token_matches
-from leaky_common.errors import Unauthorized
-from lt_quota.governance import Governance
-from lt_quota.service import QuotaService
+from leaky_common.api import AdminPrincipal, CurrentPrincipal
+from lt_quota.usecases.admission import Admission
+from lt_quota.usecases.freezes import Freezes
+from lt_quota.usecases.management import Management
 
-__all__ = ["AdminDep", "GovernanceDep", "InternalDep", "PrincipalDep", "ServiceDep"]
+__all__ = ["AdminDep", "AdmissionDep", "FreezesDep", "GovernanceDep", "PrincipalDep"]
 
-
-async def get_service(request: Request) -> QuotaService:
-    service: QuotaService = request.app.state.service
-    return service
+AdminDep = AdminPrincipal
+PrincipalDep = CurrentPrincipal
 
 
-ServiceDep = Annotated[QuotaService, Depends(get_service)]
+async def get_admission(request: Request) -> Admission:
+    """Authentication and admission."""
+    admission: Admission = request.app.state.quota.admission
+    return admission
 
 
-async def get_governance(request: Request) -> Governance:
-    governance: Governance = request.app.state.governance
-    return governance
+async def get_freezes(request: Request) -> Freezes:
+    """Freezes of sessions, keys and users."""
+    freezes: Freezes = request.app.state.quota.freezes
+    return freezes
 
 
-GovernanceDep = Annotated[Governance, Depends(get_governance)]
+async def get_management(request: Request) -> Management:
+    """Orgs, teams, users, keys, pools, approvals, session budgets and quota views."""
+    management: Management = request.app.state.quota.management
+    return management
 
 
-async def require_internal(
-    service: ServiceDep, token: Annotated[str | None, Header(alias="X-LT-Internal-Token")] = None
-) -> None:
-    if not token_matches(token, service.settings.internal_token):
-        raise Unauthorized("missing or invalid internal token", code="invalid_internal_token")
-
-
-async def get_principal(
-    service: ServiceDep,
-    principal: Annotated[str | None, Header(alias="X-LT-Principal")] = None,
-    token: Annotated[str | None, Header(alias="X-LT-Internal-Token")] = None,
-) -> Principal:
-    return principal_from_headers(principal, token, service.settings.internal_token)
-
-
-async def get_admin(
-    service: ServiceDep,
-    principal: Annotated[str | None, Header(alias="X-LT-Principal")] = None,
-    token: Annotated[str | None, Header(alias="X-LT-Internal-Token")] = None,
-) -> Principal:
-    return principal_from_headers(principal, token, service.settings.internal_token, admin=True)
-
-
-InternalDep = Depends(require_internal)
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
-AdminDep = Annotated[Principal, Depends(get_admin)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
+FreezesDep = Annotated[Freezes, Depends(get_freezes)]
+GovernanceDep = Annotated[Management, Depends(get_management)]

@@ -10,14 +10,16 @@ from starlette.responses import Response
 from leaky_common.auth import INTERNAL_TOKEN_HEADER, token_matches
 from leaky_common.contracts import AdmitRequest
 from leaky_common.errors import InvalidRequest, ServiceError, Unauthorized, error_response
-from lt_quota.service import QuotaService
+from lt_quota.usecases.admission import Admission
 
 
 async def admit(request: Request) -> Response:
     """Authenticate, rate-limit and reserve in one call."""
-    service: QuotaService = request.app.state.service
+    admission: Admission = request.app.state.quota.admission
     try:
-        if not token_matches(request.headers.get(INTERNAL_TOKEN_HEADER), service.settings.internal_token):
+        if not token_matches(
+            request.headers.get(INTERNAL_TOKEN_HEADER), request.app.state.settings.internal_token
+        ):
             raise Unauthorized("missing or invalid internal token", code="invalid_internal_token")
         try:
             body = AdmitRequest.model_validate_json(await request.body())
@@ -25,7 +27,7 @@ async def admit(request: Request) -> Response:
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
             raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
-        result = await service.admit(body)
+        result = await admission.admit(body)
     except ServiceError as exc:
         return error_response(exc.status, exc.body(), exc.headers)
     return Response(result.model_dump_json(), media_type="application/json")

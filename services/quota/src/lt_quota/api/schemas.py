@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -274,3 +274,8 @@ class FreezeBody(BaseModel):
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
     # None: frozen until unfrozen. At most a year.
     duration_s: int | None = Field(default=None, ge=1, le=366 * 86400)
+
+
+def given_fields(body: BaseModel) -> dict[str, Any]:
+    """The fields a PATCH/POST body set explicitly (not None), for partial updates."""
+    return dict(body.model_dump(exclude_unset=True, exclude_none=True))

@@ -10,12 +10,9 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from leaky_common.contracts import RateLimitState
-
 __all__ = [
     "ApprovalList",
     "ApprovalView",
-    "ConsumeView",
     "CreatedUserView",
     "DeletedPoolView",
     "FreezeList",
@@ -29,7 +26,6 @@ __all__ = [
     "NewOrgView",
     "NewUserView",
     "OrgList",
-    "OrgQuotaView",
     "OrgSummaryView",
     "OrgView",
     "PoolList",
@@ -44,8 +40,6 @@ __all__ = [
     "TeamMemberView",
     "TeamSummaryView",
     "TeamView",
-    "TokensQuotaView",
-    "TokensStatusView",
     "UnfreezeView",
     "UserList",
     "UserView",
@@ -358,44 +352,3 @@ class ApprovalView(BaseModel):
 
 class ApprovalList(ListView[ApprovalView]):
     """A list of approval requests."""
-
-
-# --- Leaky Tokens aliases ------------------------------------------------------------------------------------
-
-
-class TokensStatusView(BaseModel):
-    """`GET /api/v1/tokens/status`: the caller's flat quota figures."""
-
-    personal_quota: int
-    used_tokens: int
-    reserved_tokens: int
-    available_quota: int
-    team_pool_available: int
-    vacation_share_available: int
-    status: str
-    user_id: str
-
-
-class TokensQuotaView(BaseModel):
-    """`GET /api/v1/tokens/quota`: the caller's own pools."""
-
-    user_id: str
-    pools: list[PoolView]
-
-
-class OrgQuotaView(BaseModel):
-    """`GET /api/v1/tokens/quota/org`: the org's pools."""
-
-    org_id: str
-    pools: list[PoolView]
-
-
-class ConsumeView(BaseModel):
-    """`POST /api/v1/tokens/consume`: the charge, where it came from, what is left and the rate-limit state."""
-
-    allowed: bool
-    tokens: int
-    provider: str
-    quota_source: str
-    remaining: int
-    ratelimit: RateLimitState

@@ -1,0 +1,26 @@
+"""Internal routes: only the gateway (or another internal service) calls them, with the internal token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from leaky_common.api import InternalCaller, error_responses
+from leaky_common.auth import Principal
+from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest
+from lt_quota.api.deps import AdmissionDep
+
+__all__ = ["router"]
+
+router = APIRouter(
+    prefix="/internal", tags=["internal"], dependencies=[InternalCaller], responses=error_responses(401)
+)
+
+
+@router.post("/authenticate")
+async def authenticate(body: AuthenticateRequest, admission: AdmissionDep) -> Principal:
+    return await admission.authenticate(body.api_key)
+
+
+@router.post("/admit", responses=error_responses(400, 401, 402, 403, 429))
+async def admit(body: AdmitRequest, admission: AdmissionDep) -> AdmitResponse:
+    return await admission.admit(body)

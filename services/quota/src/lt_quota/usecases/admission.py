@@ -1,0 +1,188 @@
+"""Admission (the hot path): authenticate a key, check its policy, then freezes, rate-limit buckets and every
+cap with the balancer's alternatives, and reserve, all in one Redis call."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter as PromCounter
+
+from leaky_common.auth import Principal
+from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
+from leaky_common.errors import Forbidden, Unauthorized
+from lt_quota.adapters import repository as repo
+from lt_quota.adapters.redis_state import AdmitArgs, Counter
+from lt_quota.domain import (
+    AdmitDenied,
+    AdmitGranted,
+    Leg,
+    check_key_policy,
+    check_session,
+    decision_label,
+    denial,
+    new_id,
+    no_pool_for_model,
+    parse_admit_result,
+    privacy_strict,
+    session_target,
+    source_group,
+)
+from lt_quota.usecases.context import QuotaContext
+from lt_quota.usecases.freezes import Freezes
+
+__all__ = ["ADMISSIONS", "Admission", "principal_of"]
+
+ADMISSIONS = PromCounter("lt_quota_admissions_total", "Admission decisions", ["decision"])
+
+
+def principal_of(record: repo.KeyRecord) -> Principal:
+    """The principal a key authenticates as."""
+    return Principal(
+        user_id=record.user_id,
+        org_id=record.org_id,
+        key_id=record.key_id,
+        team_id=record.team_id,
+        role="admin" if record.role == "admin" else "user",
+        email=record.email,
+        allowed_models=record.allowed_models,
+        managed_team_ids=record.managed_team_ids,
+        platform_admin=record.role == "admin" and record.platform,
+    )
+
+
+def _ratelimit(outcome: AdmitGranted) -> RateLimitState:
+    return RateLimitState(
+        limit_requests=outcome.limit_requests,
+        remaining_requests=outcome.remaining_requests,
+        reset_requests_s=outcome.reset_requests_ms / 1000,
+        limit_tokens=outcome.limit_tokens,
+        remaining_tokens=outcome.remaining_tokens,
+        reset_tokens_s=outcome.reset_tokens_ms / 1000,
+    )
+
+
+class Admission:
+    """Authentication and admission over the shared context; `freezes` restores what Redis lost."""
+
+    def __init__(self, ctx: QuotaContext, freezes: Freezes) -> None:
+        self.ctx = ctx
+        self.freezes = freezes
+
+    async def authenticate(self, api_key: str) -> Principal:
+        """Resolve a key to its principal; 401 if unknown, revoked or expired."""
+        return principal_of(await self.ctx.key_record(api_key))
+
+    async def admit(self, req: AdmitRequest) -> AdmitResponse:
+        """Authenticate, check policy, freezes and buckets, and reserve against every cap in one Redis call."""
+        try:
+            record = await self.ctx.key_record(req.api_key)
+        except Unauthorized:
+            ADMISSIONS.labels("unauthorized").inc()
+            raise
+        return await self.admit_record(record, req)
+
+    async def record_for(self, principal: Principal) -> repo.KeyRecord:
+        """The key record behind an authenticated principal (401 if the key is gone or revoked)."""
+        record = None
+        if principal.key_id:
+            async with self.ctx.db.acquire() as conn:
+                record = await repo.key_by_id(conn, principal.key_id)
+        if record is None or record.revoked or record.user_id != principal.user_id:
+            raise Unauthorized("invalid API key", code="invalid_api_key")
+        return record
+
+    def _check_policy(self, record: repo.KeyRecord, req: AdmitRequest) -> bool:
+        """The key's rules (403 suspended or not allowed); True if the request may draw on the team pool."""
+        if record.status == "suspended":
+            ADMISSIONS.labels("suspended").inc()
+            raise Forbidden("this user is suspended", code="user_suspended")
+        try:
+            critical = check_key_policy(record, req.model, req.priority)
+        except Forbidden:
+            ADMISSIONS.labels("forbidden").inc()
+            raise
+        check_session(record.org, req.session_id)
+        return critical
+
+    async def admit_record(self, record: repo.KeyRecord, req: AdmitRequest) -> AdmitResponse:
+        """Admission for an authenticated key (`req.api_key` is not used)."""
+        critical = self._check_policy(record, req)
+        org = record.org
+        governing = await self.ctx.governing(record)
+        session = (
+            await self.ctx.session_budget(org, req.session_id) if org is not None and req.session_id else None
+        )
+        counters, sources = self.ctx.counters(
+            record,
+            governing.pools,
+            provider=req.provider,
+            model=req.model,
+            critical=critical,
+            vacation=governing.vacation,
+            session=session,
+        )
+        if not sources:
+            ADMISSIONS.labels("insufficient_quota").inc()
+            raise no_pool_for_model()
+        args = self._admit_args(record, req, counters, sources)
+        outcome = parse_admit_result(await self.ctx.state.admit(args))
+        if isinstance(outcome, AdmitDenied) and outcome.reason == "no_pool":
+            # A counter is missing: a new period or session, or Redis lost its state. Rebuild from Postgres.
+            await self._restore(counters)
+            outcome = parse_admit_result(await self.ctx.state.admit(args))
+        if isinstance(outcome, AdmitDenied):
+            ADMISSIONS.labels(decision_label(outcome)).inc()
+            raise denial(outcome, session.limit if session is not None else None)
+        ADMISSIONS.labels("admitted").inc()
+        group = source_group(sources, outcome.source)
+        chosen = next((c for c in counters if c.group == group), None)
+        return AdmitResponse(
+            reservation_id=args.reservation_id,
+            principal=principal_of(record),
+            pool_id=Leg.parse(chosen.key, chosen.leg, chosen.unit).pool_id if chosen else None,
+            quota_source=outcome.source,
+            reserved_tokens=outcome.reserved,
+            granted_output_tokens=outcome.granted_output,
+            reserved_usd_micros=outcome.reserved_usd,
+            privacy_strict=privacy_strict(req.privacy, record),
+            ratelimit=_ratelimit(outcome),
+        )
+
+    def _admit_args(
+        self, record: repo.KeyRecord, req: AdmitRequest, counters: list[Counter], sources: list[str]
+    ) -> AdmitArgs:
+        """The admission script's inputs for one request."""
+        now = self.ctx.clock()
+        s = self.ctx.settings
+        max_out = req.max_output_tokens or req.model_max_output_tokens
+        sizes = self.ctx.bucket_sizes(record)
+        return AdmitArgs(
+            now_ms=now,
+            user_id=record.user_id,
+            key_id=record.key_id,
+            session_id=session_target(record.org_id, req.session_id) if req.session_id else None,
+            reservation_id=new_id(),
+            request_id=req.request_id,
+            expires_ms=now + s.reservation_ttl_s * 1000,
+            prompt_tokens=req.prompt_tokens,
+            max_output_tokens=max_out,
+            # A client asking for fewer tokens than the minimum gets what it asked for, not a denial.
+            min_output_tokens=min(req.min_output_tokens, max_out),
+            # With max_tokens the bucket is charged the grant; without it, an expected answer length.
+            bucket_output_tokens=-1 if req.max_output_tokens else s.bucket_output_estimate_tokens,
+            input_price=req.input_usd_micros_per_mtok,
+            output_price=req.output_usd_micros_per_mtok,
+            key_requests=sizes.key_requests,
+            key_tokens=sizes.key_tokens,
+            user_requests=sizes.user_requests,
+            user_tokens=sizes.user_tokens,
+            period_ms=int(s.bucket_period_s * 1000),
+            strategy=s.bucket_strategy,
+            burst=s.bucket_burst,
+            sources=tuple(sources),
+            counters=tuple(counters),
+        )
+
+    async def _restore(self, counters: list[Counter]) -> None:
+        await self.ctx.load_missing(counters)
+        if await self.ctx.state.was_lost():
+            # Redis lost its data (flushed or restarted empty): the freezes went with it.
+            await self.freezes.restore_freezes()

@@ -1,0 +1,46 @@
+"""Threshold announcements: `QuotaThresholdReached` once per user/team/org pool, period and percentage
+(80/90/100) that a charge reached, written to the outbox in the charge's transaction."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from leaky_common.events import QuotaThresholdReached, Topics
+from leaky_common.outbox import write_outbox
+from lt_quota.adapters import repository as repo
+from lt_quota.domain import ANNOUNCED_OWNERS, period_of, thresholds_reached
+from lt_quota.usecases.context import QuotaContext
+
+__all__ = ["Thresholds"]
+
+
+class Thresholds:
+    """Announce the usage thresholds a charge made a pool reach."""
+
+    def __init__(self, ctx: QuotaContext) -> None:
+        self.ctx = ctx
+
+    async def announce(
+        self, conn: asyncpg.Connection, pool: repo.PoolRecord, period_key: str, used: int, amount: int
+    ) -> None:
+        """In the charge's transaction: announce each threshold `amount` (bringing the pool to `used` in
+        `period_key`) reached, unless this pool announced it in this period already."""
+        if pool.owner_type not in ANNOUNCED_OWNERS:
+            return
+        for percent in thresholds_reached(used, amount, pool.limit):
+            if not await repo.claim_threshold(conn, pool.id, period_key, percent):
+                continue
+            per = period_of(pool.period, self.ctx.clock(), await self.ctx.timezone(conn, pool.org_id))
+            event = QuotaThresholdReached(
+                producer="quota",
+                pool_id=pool.id,
+                owner_type=pool.owner_type,
+                owner_id=pool.owner_id,
+                org_id=pool.org_id,
+                percent=percent,
+                limit=pool.limit,
+                used=used,
+                unit=pool.unit,
+                period_start=per.start if per.key == period_key else None,
+            )
+            await write_outbox(conn, Topics.QUOTA_EVENTS, event, key=pool.id)
