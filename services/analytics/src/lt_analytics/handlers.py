@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from leaky_common.events import UsageRecorded, parse_message
-from lt_analytics.ingest import Ingest, Outcome
+from lt_analytics.usecases.ingest import Ingest, Outcome
 
 __all__ = ["BatchHandler", "Outcome", "UsageHandler", "handler_table"]
 

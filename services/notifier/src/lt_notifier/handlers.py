@@ -10,7 +10,7 @@ from __future__ import annotations
 from leaky_common.dispatch import dispatcher
 from leaky_common.kafka import Handler
 from lt_notifier.domain.notification import DESCRIBERS
-from lt_notifier.service.queueing import NotificationQueue
+from lt_notifier.usecases.queueing import NotificationQueue
 
 __all__ = ["handler"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from leaky_common.dispatch import dispatcher
 from leaky_common.events import TokensCredited, TokensDebited
 from leaky_common.kafka import Handler
-from lt_saga.service.replies import Replies
+from lt_saga.usecases.replies import Replies
 
 __all__ = ["handler"]
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from lt_analytics.reports import Reports
+from lt_analytics.usecases.reports import Reports
 
 __all__ = ["ID_PATTERN", "IdParam", "OptionalId", "OrgParam", "ReportsDep"]
 

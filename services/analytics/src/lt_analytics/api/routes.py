@@ -22,7 +22,7 @@ from lt_analytics.api.schemas import (
     Timeseries,
     UsageSummary,
 )
-from lt_analytics.reports import ThresholdLevel, own_org
+from lt_analytics.usecases.reports import ThresholdLevel, own_org
 
 __all__ = ["router"]
 

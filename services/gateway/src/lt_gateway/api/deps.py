@@ -13,7 +13,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.quota_client import QuotaClient
-from lt_gateway.management import ManagementProxy
+from lt_gateway.usecases.management import ManagementProxy
 
 _bearer = HTTPBearer(
     scheme_name="BearerAuth",

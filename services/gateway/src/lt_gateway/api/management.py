@@ -14,7 +14,7 @@ from lt_gateway.adapters.quota_client import Denial
 from lt_gateway.api.deps import Management
 from lt_gateway.api.http import api_key_from, request_id_from
 from lt_gateway.domain.routing import FORWARD_REQUEST_HEADERS, owner_of
-from lt_gateway.management import ManagementProxy, ManagementRequest
+from lt_gateway.usecases.management import ManagementProxy, ManagementRequest
 
 _JSON = "application/json"
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from leaky_common.api import AdminPrincipal
-from lt_notifier.service.admin import SubscriptionAdmin
+from lt_notifier.usecases.admin import SubscriptionAdmin
 
 __all__ = ["Admin", "Subscriptions"]
 

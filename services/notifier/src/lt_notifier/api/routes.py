@@ -1,5 +1,5 @@
 """Admin HTTP routes: channel subscriptions (Slack, Teams, Telegram, WhatsApp, email, webhooks) and the
-delivery log, each org-isolated (see `lt_notifier.service.admin`)."""
+delivery log, each org-isolated (see `lt_notifier.usecases.admin`)."""
 
 from __future__ import annotations
 

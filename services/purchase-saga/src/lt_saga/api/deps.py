@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from opentelemetry import propagate
 
 from leaky_common.api import AdminPrincipal, CurrentPrincipal
-from lt_saga.service.purchases import Purchases
+from lt_saga.usecases.purchases import Purchases
 
 __all__ = ["AdminPrincipal", "CurrentPrincipal", "PurchasesDep", "TraceContext"]
 

@@ -14,7 +14,7 @@ from asyncpg.exceptions._base import DataError as ClientDataError
 
 from leaky_common.events import UsageRecorded
 from lt_analytics.adapters import repository
-from lt_analytics.detect import AnomalyDetector
+from lt_analytics.usecases.detect import AnomalyDetector
 from lt_analytics.domain.rollups import aggregate
 
 __all__ = ["Ingest", "Outcome"]

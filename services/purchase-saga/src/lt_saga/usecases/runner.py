@@ -3,8 +3,8 @@
 State is persisted after every step with optimistic locking, so the runner is re-entrant: any instance can
 pick an unfinished purchase up from its persisted status. Payment calls carry idempotency keys (purchase id +
 step); quota deduplicates re-sent commands on (purchase_id, step) and answers a repeat with the same reply,
-which the reply handler's inbox (`lt_saga.service.replies`) then ignores. The steps themselves are in
-`lt_saga.service.steps`.
+which the reply handler's inbox (`lt_saga.usecases.replies`) then ignores. The steps themselves are in
+`lt_saga.usecases.steps`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from lt_saga.adapters import repository as repo
 from lt_saga.adapters.repository import WAKEUP_CHANNEL, StaleState
 from lt_saga.domain.purchase import Purchase
 from lt_saga.domain.saga import Status, next_action
-from lt_saga.service.steps import SagaSteps
-from lt_saga.service.transitions import PURCHASES_BY_STATUS
+from lt_saga.usecases.steps import SagaSteps
+from lt_saga.usecases.transitions import PURCHASES_BY_STATUS
 from lt_saga.settings import SagaSettings
 
 __all__ = ["SagaRunner"]

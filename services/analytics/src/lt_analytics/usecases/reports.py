@@ -13,7 +13,7 @@ from leaky_common.auth import Principal
 from leaky_common.errors import Forbidden, InvalidRequest
 from lt_analytics.adapters import repository
 from lt_analytics.adapters.thresholds import set_threshold_overrides, threshold_overrides
-from lt_analytics.detect import window_tokens
+from lt_analytics.usecases.detect import window_tokens
 from lt_analytics.domain.detection import baseline_ratio
 from lt_analytics.domain.rollups import mean_efficiency
 from lt_analytics.domain.thresholds import GLOBAL, ThresholdOverrides, Thresholds, effective_thresholds

@@ -10,7 +10,7 @@ from leaky_common.events import Message
 from lt_notifier.adapters.deliveries import record_event
 from lt_notifier.domain.notification import describe
 from lt_notifier.domain.webhook import webhook_payload
-from lt_notifier.service.delivery import Deliverer
+from lt_notifier.usecases.delivery import Deliverer
 
 __all__ = ["NotificationQueue"]
 

@@ -1,0 +1,1 @@
+"""Analytics' use cases: ingesting usage batches (with the detectors) and the read side (reports)."""
