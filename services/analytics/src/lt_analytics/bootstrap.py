@@ -13,11 +13,11 @@ from leaky_common.kafka import EventPublisher, ensure_topics
 from leaky_common.outbox import ElectedRelay
 from lt_analytics.adapters.repository import MIGRATIONS
 from lt_analytics.adapters.thresholds import ThresholdStore
-from lt_analytics.usecases.detect import AnomalyDetector
 from lt_analytics.handlers import UsageHandler
+from lt_analytics.settings import AnalyticsSettings
+from lt_analytics.usecases.detect import AnomalyDetector
 from lt_analytics.usecases.ingest import Ingest
 from lt_analytics.usecases.reports import Reports
-from lt_analytics.settings import AnalyticsSettings
 
 __all__ = ["Analytics", "WorkerRuntime", "open_analytics", "start_worker"]
 

@@ -12,12 +12,12 @@ import pytest
 from leaky_common.auth import Principal
 from leaky_common.events import UsageRecorded
 from lt_analytics.adapters.thresholds import ThresholdStore
-from lt_analytics.usecases.detect import AnomalyDetector
 from lt_analytics.domain.thresholds import Thresholds
 from lt_analytics.handlers import UsageHandler
-from lt_analytics.usecases.ingest import Ingest
 from lt_analytics.main import create_app
 from lt_analytics.settings import AnalyticsSettings
+from lt_analytics.usecases.detect import AnomalyDetector
+from lt_analytics.usecases.ingest import Ingest
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from lt_gateway.adapters.quota_client import QuotaClient
 from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.api.chat import ChatHandler
 from lt_gateway.domain.tokens import encoding
-from lt_gateway.usecases.management import ManagementProxy
 from lt_gateway.settings import GatewaySettings
+from lt_gateway.usecases.management import ManagementProxy
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from lt_notifier.adapters.senders import ChannelSender
 from lt_notifier.adapters.subscriptions import sync_default_channels
 from lt_notifier.handlers import handler
+from lt_notifier.settings import DEFAULT_CHANNEL_IDS, NotifierSettings
 from lt_notifier.usecases.admin import SubscriptionAdmin
 from lt_notifier.usecases.delivery import Deliverer
 from lt_notifier.usecases.queueing import NotificationQueue
-from lt_notifier.settings import DEFAULT_CHANNEL_IDS, NotifierSettings
 
 __all__ = ["MIGRATIONS", "Notifier", "running_notifier"]
 

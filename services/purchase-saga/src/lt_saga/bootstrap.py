@@ -15,11 +15,11 @@ from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.outbox import ElectedRelay
 from lt_saga.adapters.payments import PaymentClient
 from lt_saga.handlers import handler
+from lt_saga.settings import SagaSettings
 from lt_saga.usecases.purchases import Purchases
 from lt_saga.usecases.replies import Replies
 from lt_saga.usecases.runner import SagaRunner
 from lt_saga.usecases.steps import SagaSteps
-from lt_saga.settings import SagaSettings
 
 __all__ = ["MIGRATIONS", "Saga", "running_saga"]
 

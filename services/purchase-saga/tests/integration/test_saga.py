@@ -39,8 +39,8 @@ from lt_quota.main import create_app as create_quota_app
 from lt_quota.settings import QuotaSettings
 from lt_saga.adapters import repository as repo
 from lt_saga.main import create_app
-from lt_saga.usecases.runner import SagaRunner
 from lt_saga.settings import SagaSettings
+from lt_saga.usecases.runner import SagaRunner
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from asyncpg.exceptions._base import DataError as ClientDataError
 
 from leaky_common.events import UsageRecorded
 from lt_analytics.adapters import repository
-from lt_analytics.usecases.detect import AnomalyDetector
 from lt_analytics.domain.rollups import aggregate
+from lt_analytics.usecases.detect import AnomalyDetector
 
 __all__ = ["Ingest", "Outcome"]
 

@@ -13,12 +13,12 @@ from leaky_common.auth import Principal
 from leaky_common.errors import Forbidden, InvalidRequest
 from lt_analytics.adapters import repository
 from lt_analytics.adapters.thresholds import set_threshold_overrides, threshold_overrides
-from lt_analytics.usecases.detect import window_tokens
 from lt_analytics.domain.detection import baseline_ratio
 from lt_analytics.domain.rollups import mean_efficiency
 from lt_analytics.domain.thresholds import GLOBAL, ThresholdOverrides, Thresholds, effective_thresholds
 from lt_analytics.domain.usage import UsageSummary, fold_report, summarise
 from lt_analytics.domain.windows import PERIOD_DAYS, day_window_since
+from lt_analytics.usecases.detect import window_tokens
 
 __all__ = ["BaselineReading", "Reports", "ThresholdLevel", "own_org"]
 

@@ -17,8 +17,8 @@ from lt_gateway.adapters.providers import Provider
 from lt_gateway.adapters.quota_client import QuotaClient
 from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.api.http import api_key_from, governance_headers, request_id_from
-from lt_gateway.usecases.completion.flow import CompletionFlow, Reply
 from lt_gateway.domain.requests import PARSERS, Kind, load_body
+from lt_gateway.usecases.completion.flow import CompletionFlow, Reply
 
 
 class ChatHandler:

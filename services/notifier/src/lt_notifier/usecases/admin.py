@@ -17,8 +17,8 @@ from leaky_common.auth import Principal
 from leaky_common.errors import Forbidden, InvalidRequest, NotFound
 from lt_notifier.adapters import deliveries, subscriptions
 from lt_notifier.domain.subscriptions import NewSubscription
-from lt_notifier.usecases.delivery import Deliverer
 from lt_notifier.settings import NotifierSettings
+from lt_notifier.usecases.delivery import Deliverer
 
 __all__ = ["SubscriptionAdmin", "scope_for_new", "visible_org"]
 

@@ -19,8 +19,8 @@ from lt_saga.domain.purchase import (
     request_hash,
 )
 from lt_saga.domain.saga import Status
-from lt_saga.usecases.runner import SagaRunner
 from lt_saga.settings import SagaSettings
+from lt_saga.usecases.runner import SagaRunner
 
 __all__ = ["MAX_IDEMPOTENCY_KEY", "Purchases"]
 

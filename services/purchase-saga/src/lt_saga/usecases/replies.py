@@ -10,9 +10,9 @@ from lt_saga.adapters import repository as repo
 from lt_saga.adapters.repository import StaleState
 from lt_saga.domain.purchase import Purchase
 from lt_saga.domain.saga import Status, compensation_plan
+from lt_saga.settings import SagaSettings
 from lt_saga.usecases.runner import SagaRunner
 from lt_saga.usecases.transitions import finish_compensation_step, log_step, start_compensation, transition
-from lt_saga.settings import SagaSettings
 
 __all__ = ["Replies"]
 

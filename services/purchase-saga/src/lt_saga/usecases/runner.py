@@ -21,9 +21,9 @@ from lt_saga.adapters import repository as repo
 from lt_saga.adapters.repository import WAKEUP_CHANNEL, StaleState
 from lt_saga.domain.purchase import Purchase
 from lt_saga.domain.saga import Status, next_action
+from lt_saga.settings import SagaSettings
 from lt_saga.usecases.steps import SagaSteps
 from lt_saga.usecases.transitions import PURCHASES_BY_STATUS
-from lt_saga.settings import SagaSettings
 
 __all__ = ["SagaRunner"]
 

@@ -20,6 +20,7 @@ from lt_saga.adapters.payments import PaymentClient
 from lt_saga.domain.payment import PaymentOutcome, PaymentResult
 from lt_saga.domain.purchase import Purchase, unit_of
 from lt_saga.domain.saga import Action, Status, compensation_plan
+from lt_saga.settings import SagaSettings
 from lt_saga.usecases.transitions import (
     finish_compensation_step,
     log_step,
@@ -28,7 +29,6 @@ from lt_saga.usecases.transitions import (
     start_compensation,
     transition,
 )
-from lt_saga.settings import SagaSettings
 
 __all__ = ["SagaSteps"]
 

@@ -18,15 +18,15 @@ from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.providers import Provider
 from lt_gateway.adapters.quota_client import Denial, QuotaClient
 from lt_gateway.adapters.usage_sink import UsageSink
-from lt_gateway.usecases.completion.ledger import UsageLedger
-from lt_gateway.usecases.completion.stream import relay
-from lt_gateway.usecases.completion.upstream import Upstream
 from lt_gateway.domain.admission import admit_request, servable
 from lt_gateway.domain.call import Call
 from lt_gateway.domain.models import ModelSpec
 from lt_gateway.domain.pricing import ZERO_COST, format_usd
 from lt_gateway.domain.requests import GovernanceHeaders, Kind, ParsedRequest
 from lt_gateway.domain.usage import Usage
+from lt_gateway.usecases.completion.ledger import UsageLedger
+from lt_gateway.usecases.completion.stream import relay
+from lt_gateway.usecases.completion.upstream import Upstream
 
 JSON = "application/json"
 

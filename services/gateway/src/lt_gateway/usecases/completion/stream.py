@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from lt_gateway.usecases.completion.ledger import UsageLedger
-from lt_gateway.usecases.completion.upstream import upstream_error
 from lt_gateway.domain.call import Call
 from lt_gateway.domain.stream import DONE, StreamAccount, sse
 from lt_gateway.domain.usage import StreamChunk
+from lt_gateway.usecases.completion.ledger import UsageLedger
+from lt_gateway.usecases.completion.upstream import upstream_error
 
 
 async def relay(
