@@ -9,8 +9,8 @@ from redis.asyncio import Redis
 from leaky_common.contracts import AdmitRequest
 from leaky_common.errors import Forbidden, InvalidRequest
 from lt_quota.adapters.redis_state import RedisState
-from lt_quota.adapters.repository import KeyRecord, OrgSettings, PoolRecord
 from lt_quota.domain import BucketSizes, check_key_policy
+from lt_quota.domain.records import KeyRecord, OrgSettings, PoolRecord
 from lt_quota.settings import QuotaSettings
 from lt_quota.usecases.context import QuotaContext
 

@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from leaky_common.errors import Forbidden, InvalidRequest, QuotaExceeded, RateLimited
-from lt_quota.adapters.repository import KeyRecord, OrgSettings, PoolRecord
 from lt_quota.domain import (
     APPROVAL_GUIDE,
     AdmitDenied,
@@ -35,6 +34,7 @@ from lt_quota.domain import (
     thresholds_reached,
     ttl_ms,
 )
+from lt_quota.domain.records import KeyRecord, OrgSettings, PoolRecord
 
 NOW = int(datetime(2026, 11, 23, 12, tzinfo=UTC).timestamp() * 1000)
 ORG = OrgSettings("o1", "default", "UTC", 10, True, 10_000_000, False, False)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from leaky_common.model_access import model_in_scope
 from lt_quota.domain.periods import period_of
-from lt_quota.domain.records import Org, Pool
+from lt_quota.domain.records import OrgSettings, PoolRecord
 
 __all__ = ["Cap", "Leg", "legs_of_reservation", "plan", "source_group"]
 
@@ -40,15 +40,15 @@ class Cap:
         return f"{self.pool_id}|{self.period_key}|{'v' if self.vacation else 'p'}"
 
 
-def _cap(pool: Pool, label: str, group: int, now_ms: int, timezone: str, pct: int = 0) -> Cap:
+def _cap(pool: PoolRecord, label: str, group: int, now_ms: int, timezone: str, pct: int = 0) -> Cap:
     period_key = period_of(pool.period, now_ms, timezone).key
     return Cap(pool.id, period_key, label, "t" if pool.unit == "tokens" else "u", group, pct)
 
 
 def plan(
-    org: Org | None,
-    pools: Sequence[Pool],
-    session: Pool | None,
+    org: OrgSettings | None,
+    pools: Sequence[PoolRecord],
+    session: PoolRecord | None,
     *,
     provider: str,
     model: str,

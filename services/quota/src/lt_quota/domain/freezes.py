@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TypeVar
-
-from lt_quota.domain.records import Freeze
+from typing import Protocol, TypeVar
 
 __all__ = ["longest_freeze", "session_target", "ttl_ms"]
 
-F = TypeVar("F", bound=Freeze)
+
+class Expiring(Protocol):
+    """Anything that lasts until `expires_at`, or until lifted (None): a freeze record or a test's stand-in."""
+
+    @property
+    def expires_at(self) -> datetime | None: ...
+
+
+F = TypeVar("F", bound=Expiring)
 
 
 def session_target(org_id: str | None, session_id: str) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from leaky_common.errors import Forbidden, InvalidRequest
 from leaky_common.model_access import model_allowed
-from lt_quota.domain.records import Key, Org
+from lt_quota.domain.records import KeyRecord, OrgSettings
 
 __all__ = [
     "PRIORITIES",
@@ -37,7 +37,7 @@ def _asked_priority(priority: str | None) -> str | None:
     return asked
 
 
-def check_key_policy(key: Key, model: str, priority: str | None) -> bool:
+def check_key_policy(key: KeyRecord, model: str, priority: str | None) -> bool:
     """Check the key's model and priority rules; True if the request may draw on the team pool (a critical
     request with the right to bypass). A default priority of critical without that right is just normal."""
     if not model_allowed(key.allowed_models, model):
@@ -55,7 +55,7 @@ def check_key_policy(key: Key, model: str, priority: str | None) -> bool:
     return may_bypass
 
 
-def check_session(org: Org | None, session_id: str | None) -> None:
+def check_session(org: OrgSettings | None, session_id: str | None) -> None:
     """A session id has 1 to 200 characters; an org with strict sessions requires one."""
     if session_id is not None and not 0 < len(session_id) <= SESSION_ID_MAX:
         raise InvalidRequest(
@@ -71,7 +71,7 @@ def check_session(org: Org | None, session_id: str | None) -> None:
         )
 
 
-def privacy_strict(asked: str | None, key: Key) -> bool:
+def privacy_strict(asked: str | None, key: KeyRecord) -> bool:
     """Strict privacy if the request, the user's default or the org asks for it."""
     org = key.org
     return asked == "strict" or key.privacy_default == "strict" or bool(org and org.privacy_strict)
@@ -96,7 +96,9 @@ class BucketDefaults:
     admin_multiplier: float = 1.0
 
 
-def default_bucket_sizes(defaults: BucketDefaults, org: Org | None, tier: str, role: str) -> BucketSizes:
+def default_bucket_sizes(
+    defaults: BucketDefaults, org: OrgSettings | None, tier: str, role: str
+) -> BucketSizes:
     """The bucket sizes per period of a key without its own: the org's overrides, else the service's
     defaults, scaled by the user's tier and (for admins) the admin multiplier."""
     mult = defaults.tiers.get(tier, 1.0) * (defaults.admin_multiplier if role == "admin" else 1.0)
@@ -113,7 +115,7 @@ def default_bucket_sizes(defaults: BucketDefaults, org: Org | None, tier: str, r
     )
 
 
-def bucket_sizes(defaults: BucketDefaults, key: Key) -> BucketSizes:
+def bucket_sizes(defaults: BucketDefaults, key: KeyRecord) -> BucketSizes:
     """The sizes one admission uses: the key's own sizes exactly as set (no scaling), else the defaults."""
     sizes = default_bucket_sizes(defaults, key.org, key.tier, key.role)
     return replace(

@@ -1,89 +1,108 @@
-"""What the rules read of a key, a pool and an organisation. The repository's records have these fields;
-the rules depend only on the fields they name, so they are tested with any record that has them."""
+"""Quota's records: users, keys (joined with what admission needs), org settings, pools and freezes.
+
+The repository builds them from rows (`adapters/repository/records.py` maps the columns); the rules read them.
+`Member` is anything with a team and an org (a user or a key), for the rules that need only those.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["Freeze", "Key", "Member", "Org", "Pool"]
+__all__ = ["FreezeRecord", "KeyRecord", "Member", "OrgSettings", "PoolRecord", "UserRecord"]
 
 
-class Org(Protocol):
-    """An organisation's settings that govern admission."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def timezone(self) -> str: ...
-    @property
-    def vacation_share_percent(self) -> int: ...
-    @property
-    def allow_vacation_sharing(self) -> bool: ...
-    @property
-    def strict_sessions(self) -> bool: ...
-    @property
-    def privacy_strict(self) -> bool: ...
-    @property
-    def key_requests_per_period(self) -> int | None: ...
-    @property
-    def key_tokens_per_period(self) -> int | None: ...
-    @property
-    def user_requests_per_period(self) -> int | None: ...
-    @property
-    def user_tokens_per_period(self) -> int | None: ...
+@dataclass(frozen=True)
+class UserRecord:
+    id: str
+    org_id: str
+    email: str
+    name: str
+    role: str
+    status: str
+    team_id: str | None
+    created_at: datetime
+    default_priority: str = "normal"
+    allow_priority_bypass: bool = False
+    privacy_default: str = "standard"
+    tier: str = "standard"
 
 
-class Pool(Protocol):
-    """A token or usd pool of a user, team, org, key or session, possibly scoped to a provider or model."""
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key joined with its user and personal pool: what admission needs."""
 
-    @property
-    def id(self) -> str: ...
-    @property
-    def owner_type(self) -> str: ...
-    @property
-    def owner_id(self) -> str: ...
-    @property
-    def org_id(self) -> str: ...
-    @property
-    def unit(self) -> str: ...
-    @property
-    def limit(self) -> int: ...
-    @property
-    def period(self) -> str: ...
-    @property
-    def provider(self) -> str: ...
-    @property
-    def model(self) -> str: ...
+    key_id: str
+    user_id: str
+    org_id: str
+    team_id: str | None
+    role: str
+    email: str
+    status: str
+    expires_at: datetime | None
+    revoked: bool
+    pool_id: str | None
+    tier: str = "standard"
+    default_priority: str = "normal"
+    allow_priority_bypass: bool = False
+    privacy_default: str = "standard"
+    allowed_models: tuple[str, ...] | None = None
+    allowed_priorities: tuple[str, ...] | None = None
+    org: OrgSettings | None = None
+    managed_team_ids: tuple[str, ...] = ()
+    # True for users of the platform org (`orgs.platform`): its admins manage orgs and global settings.
+    platform: bool = False
+    # The key's own leaky-bucket sizes (None: the org's, else the service's).
+    rate_limit_requests: int | None = None
+    rate_limit_tokens: int | None = None
 
 
-class Key(Protocol):
-    """An API key with its user's rules and its org."""
+@dataclass(frozen=True)
+class OrgSettings:
+    """An org's governance settings."""
 
-    @property
-    def role(self) -> str: ...
-    @property
-    def tier(self) -> str: ...
-    @property
-    def expires_at(self) -> datetime | None: ...
-    @property
-    def revoked(self) -> bool: ...
-    @property
-    def default_priority(self) -> str: ...
-    @property
-    def allow_priority_bypass(self) -> bool: ...
-    @property
-    def privacy_default(self) -> str: ...
-    @property
-    def allowed_models(self) -> tuple[str, ...] | None: ...
-    @property
-    def allowed_priorities(self) -> tuple[str, ...] | None: ...
-    @property
-    def rate_limit_requests(self) -> int | None: ...
-    @property
-    def rate_limit_tokens(self) -> int | None: ...
-    @property
-    def org(self) -> Org | None: ...
+    id: str
+    name: str
+    timezone: str
+    vacation_share_percent: int
+    allow_vacation_sharing: bool
+    default_session_budget_usd_micros: int
+    strict_sessions: bool
+    privacy_strict: bool
+    # Leaky-bucket size overrides per period (None: the service's settings).
+    key_requests_per_period: int | None = None
+    key_tokens_per_period: int | None = None
+    user_requests_per_period: int | None = None
+    user_tokens_per_period: int | None = None
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    id: str
+    owner_type: str
+    owner_id: str
+    org_id: str
+    unit: str
+    limit: int
+    period: str = "none"
+    provider: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class FreezeRecord:
+    """One freeze of a session, key or user."""
+
+    id: str
+    target_type: str
+    target_id: str
+    reason: str
+    expires_at: datetime | None
+    source: str
+    org_id: str | None
+    user_id: str | None
+    created_at: datetime
 
 
 class Member(Protocol):
@@ -93,12 +112,3 @@ class Member(Protocol):
     def team_id(self) -> str | None: ...
     @property
     def org_id(self) -> str: ...
-
-
-class Freeze(Protocol):
-    """A live freeze: until `expires_at`, or until lifted (None)."""
-
-    @property
-    def reason(self) -> str: ...
-    @property
-    def expires_at(self) -> datetime | None: ...

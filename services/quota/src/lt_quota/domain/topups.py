@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lt_quota.domain.records import Member, Pool
+from lt_quota.domain.records import Member, PoolRecord
 
 __all__ = ["UNIT_NAMES", "adjusted_limit", "may_top_up", "missing_pool_reason", "refusal"]
 
@@ -21,7 +21,7 @@ def missing_pool_reason(pool_id: str | None, user_id: str, unit: str, *, user_ex
     )
 
 
-def refusal(pool: Pool, kind: str, unit: str, amount: int) -> str | None:
+def refusal(pool: PoolRecord, kind: str, unit: str, amount: int) -> str | None:
     """Why a credit or debit of `amount` in `unit` cannot apply to `pool` at all (None: it may)."""
     if pool.unit != unit:
         return (
@@ -33,7 +33,7 @@ def refusal(pool: Pool, kind: str, unit: str, amount: int) -> str | None:
     return None
 
 
-def may_top_up(pool: Pool, buyer_id: str, buyer: Member | None) -> bool:
+def may_top_up(pool: PoolRecord, buyer_id: str, buyer: Member | None) -> bool:
     """A purchase may credit the buyer's own pool, their team's pool or their organisation's pool
     (`buyer` None: unknown, so only a pool the buyer owns)."""
     if pool.owner_type == "user":

@@ -25,6 +25,7 @@ from lt_quota.domain import (
     session_target,
     source_group,
 )
+from lt_quota.domain.records import KeyRecord
 from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.freezes import Freezes
 
@@ -33,7 +34,7 @@ __all__ = ["ADMISSIONS", "Admission", "principal_of"]
 ADMISSIONS = PromCounter("lt_quota_admissions_total", "Admission decisions", ["decision"])
 
 
-def principal_of(record: repo.KeyRecord) -> Principal:
+def principal_of(record: KeyRecord) -> Principal:
     """The principal a key authenticates as."""
     return Principal(
         user_id=record.user_id,
@@ -79,7 +80,7 @@ class Admission:
             raise
         return await self.admit_record(record, req)
 
-    async def record_for(self, principal: Principal) -> repo.KeyRecord:
+    async def record_for(self, principal: Principal) -> KeyRecord:
         """The key record behind an authenticated principal (401 if the key is gone or revoked)."""
         record = None
         if principal.key_id:
@@ -89,7 +90,7 @@ class Admission:
             raise Unauthorized("invalid API key", code="invalid_api_key")
         return record
 
-    def _check_policy(self, record: repo.KeyRecord, req: AdmitRequest) -> bool:
+    def _check_policy(self, record: KeyRecord, req: AdmitRequest) -> bool:
         """The key's rules (403 suspended or not allowed); True if the request may draw on the team pool."""
         if record.status == "suspended":
             ADMISSIONS.labels("suspended").inc()
@@ -102,7 +103,7 @@ class Admission:
         check_session(record.org, req.session_id)
         return critical
 
-    async def admit_record(self, record: repo.KeyRecord, req: AdmitRequest) -> AdmitResponse:
+    async def admit_record(self, record: KeyRecord, req: AdmitRequest) -> AdmitResponse:
         """Admission for an authenticated key (`req.api_key` is not used)."""
         critical = self._check_policy(record, req)
         org = record.org
@@ -147,7 +148,7 @@ class Admission:
         )
 
     def _admit_args(
-        self, record: repo.KeyRecord, req: AdmitRequest, counters: list[Counter], sources: list[str]
+        self, record: KeyRecord, req: AdmitRequest, counters: list[Counter], sources: list[str]
     ) -> AdmitArgs:
         """The admission script's inputs for one request."""
         now = self.ctx.clock()

@@ -29,7 +29,7 @@ from lt_quota.domain import (
     period_of,
     plan,
 )
-from lt_quota.domain.records import Key, Org, Pool
+from lt_quota.domain.records import KeyRecord, OrgSettings, PoolRecord
 from lt_quota.settings import QuotaSettings
 
 __all__ = ["Clock", "Governing", "QuotaContext", "system_clock"]
@@ -48,7 +48,7 @@ def system_clock() -> int:
 @dataclass
 class _CachedKey:
     until: float
-    record: repo.KeyRecord | None
+    record: KeyRecord | None
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Governing:
     """What governs a key's requests besides the key itself: its pools and the team's vacation state."""
 
     until: float
-    pools: list[repo.PoolRecord]
+    pools: list[PoolRecord]
     vacation: bool
 
 
@@ -81,7 +81,7 @@ class QuotaContext:
         self.buckets = _bucket_defaults(settings)
         self._keys: dict[str, _CachedKey] = {}
         self._governing: dict[str, Governing] = {}
-        self._sessions: dict[tuple[str, str], repo.PoolRecord | None] = {}
+        self._sessions: dict[tuple[str, str], PoolRecord | None] = {}
 
     def invalidate(self) -> None:
         """Forget cached keys and governing pools (after a management change that affects admission)."""
@@ -100,7 +100,7 @@ class QuotaContext:
 
     # --- keys and what governs them (cached for `key_cache_ttl_s`) -----------------------------------------
 
-    async def key_record(self, api_key: str) -> repo.KeyRecord:
+    async def key_record(self, api_key: str) -> KeyRecord:
         """The record of a live key; 401 if unknown, revoked or expired."""
         key_hash = hash_api_key(api_key)
         now = time.monotonic()
@@ -119,7 +119,7 @@ class QuotaContext:
             raise Unauthorized("API key expired", code="invalid_api_key")
         return record
 
-    async def governing(self, record: repo.KeyRecord) -> Governing:
+    async def governing(self, record: KeyRecord) -> Governing:
         """The pools that govern a key's requests and whether a teammate is on vacation."""
         now = time.monotonic()
         found = self._governing.get(record.key_id)
@@ -139,12 +139,12 @@ class QuotaContext:
 
     # --- session budgets -----------------------------------------------------------------------------------
 
-    def _remember_session(self, key: tuple[str, str], pool: repo.PoolRecord | None) -> None:
+    def _remember_session(self, key: tuple[str, str], pool: PoolRecord | None) -> None:
         if len(self._sessions) >= _CACHE_MAX:
             self._sessions.clear()
         self._sessions[key] = pool
 
-    async def session_pool(self, org: repo.OrgSettings, session_id: str) -> repo.PoolRecord:
+    async def session_pool(self, org: OrgSettings, session_id: str) -> PoolRecord:
         """The session's budget (a usd pool), created at the org's default on first use."""
         cached = self._sessions.get((org.id, session_id))
         if cached is not None:
@@ -164,7 +164,7 @@ class QuotaContext:
         self._remember_session((org.id, session_id), pool)
         return pool
 
-    async def session_budget(self, org: repo.OrgSettings, session_id: str) -> repo.PoolRecord | None:
+    async def session_budget(self, org: OrgSettings, session_id: str) -> PoolRecord | None:
         """The budget a session's requests must fit: created at the org's default on first use, or, when the
         org's default is 0 (no session budgets), only a budget an admin set for this session."""
         key = (org.id, session_id)
@@ -194,14 +194,14 @@ class QuotaContext:
 
     def counters(
         self,
-        record: Key,
-        pools: list[repo.PoolRecord],
+        record: KeyRecord,
+        pools: list[PoolRecord],
         *,
         provider: str,
         model: str,
         critical: bool,
         vacation: bool,
-        session: Pool | None,
+        session: PoolRecord | None,
     ) -> tuple[list[Counter], list[str]]:
         """The counters of one request's caps and the balancer's alternatives (see `domain.balancer`)."""
         caps, sources = plan(
@@ -216,11 +216,11 @@ class QuotaContext:
         )
         return [self.counter(c) for c in caps], sources
 
-    def default_bucket_sizes(self, org: Org | None, tier: str, role: str) -> BucketSizes:
+    def default_bucket_sizes(self, org: OrgSettings | None, tier: str, role: str) -> BucketSizes:
         """Bucket sizes of a key without its own (the org's, else the service's, scaled by tier and role)."""
         return default_bucket_sizes(self.buckets, org, tier, role)
 
-    def bucket_sizes(self, record: Key) -> BucketSizes:
+    def bucket_sizes(self, record: KeyRecord) -> BucketSizes:
         """The bucket sizes one admission of this key uses."""
         return bucket_sizes(self.buckets, record)
 

@@ -16,12 +16,13 @@ from leaky_common.inbox import claim
 from leaky_common.outbox import write_outbox
 from lt_quota.adapters import repository as repo
 from lt_quota.domain import longest_freeze, new_id, session_target, ttl_ms
+from lt_quota.domain.records import FreezeRecord
 from lt_quota.usecases.context import QuotaContext
 
 __all__ = ["Freezes", "freeze_view"]
 
 
-def freeze_view(f: repo.FreezeRecord) -> dict[str, Any]:
+def freeze_view(f: FreezeRecord) -> dict[str, Any]:
     """A freeze as the admin API shows it."""
     return {
         "id": f.id,
@@ -135,7 +136,7 @@ class Freezes:
             raise NotFound(f"{target_type} {target_id} not found", code=f"{target_type}_not_found")
         return owner
 
-    async def _record(self, conn: asyncpg.Connection, o: _Order) -> repo.FreezeRecord:
+    async def _record(self, conn: asyncpg.Connection, o: _Order) -> FreezeRecord:
         """Insert a freeze and its `FreezeChanged` announcement in the caller's transaction."""
         admin = o.source == "admin"
         try:
@@ -173,7 +174,7 @@ class Freezes:
             source="admin" if admin else "anomaly",
         )
         await write_outbox(conn, Topics.QUOTA_EVENTS, event, key=o.target_id)
-        return repo.FreezeRecord(
+        return FreezeRecord(
             freeze_id, o.target_type, o.target_id, o.reason, expires_at, o.source, owner_org, user_id, now
         )
 

@@ -11,6 +11,7 @@ from leaky_common.events import UsageRecorded
 from leaky_common.inbox import claim
 from lt_quota.adapters import repository as repo
 from lt_quota.domain import Leg, legs_of_reservation, period_of, source_group
+from lt_quota.domain.records import KeyRecord, PoolRecord
 from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.thresholds import Thresholds
 
@@ -101,7 +102,7 @@ class Settlement:
                 conn, org.id, user.id, event.team_id or user.team_id, event.key_id or ""
             )
         session = await self.ctx.session_budget(org, event.session_id) if event.session_id else None
-        record = repo.KeyRecord(
+        record = KeyRecord(
             key_id=event.key_id or "",
             user_id=user.id,
             org_id=org.id,
@@ -143,7 +144,7 @@ class Settlement:
                 return 0
             pools = await repo.lock_pools(conn, [leg.pool_id for leg in c.legs])
             recorded: list[int] = []
-            charged: list[tuple[repo.PoolRecord, str, int, int]] = []  # pool, period, total, this charge
+            charged: list[tuple[PoolRecord, str, int, int]] = []  # pool, period, total, this charge
             for leg, amount in zip(c.legs, c.amounts, strict=True):
                 if leg.vacation:  # the team pool's row (the leg before) is the truth of the vacation share
                     recorded.append(recorded[-1] if recorded else amount)

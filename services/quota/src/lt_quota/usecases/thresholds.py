@@ -9,6 +9,7 @@ from leaky_common.events import QuotaThresholdReached, Topics
 from leaky_common.outbox import write_outbox
 from lt_quota.adapters import repository as repo
 from lt_quota.domain import ANNOUNCED_OWNERS, period_of, thresholds_reached
+from lt_quota.domain.records import PoolRecord
 from lt_quota.usecases.context import QuotaContext
 
 __all__ = ["Thresholds"]
@@ -21,7 +22,7 @@ class Thresholds:
         self.ctx = ctx
 
     async def announce(
-        self, conn: asyncpg.Connection, pool: repo.PoolRecord, period_key: str, used: int, amount: int
+        self, conn: asyncpg.Connection, pool: PoolRecord, period_key: str, used: int, amount: int
     ) -> None:
         """In the charge's transaction: announce each threshold `amount` (bringing the pool to `used` in
         `period_key`) reached, unless this pool announced it in this period already."""

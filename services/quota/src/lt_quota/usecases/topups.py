@@ -14,6 +14,7 @@ from leaky_common.inbox import claim
 from leaky_common.outbox import write_outbox
 from lt_quota.adapters import repository as repo
 from lt_quota.domain import adjusted_limit, may_top_up, missing_pool_reason, new_id, refusal
+from lt_quota.domain.records import PoolRecord
 from lt_quota.usecases.context import QuotaContext
 
 __all__ = ["TopUps"]
@@ -103,7 +104,7 @@ class TopUps:
         return reply, pool.id
 
     async def _refusal(
-        self, conn: asyncpg.Connection, cmd: Command, pool: repo.PoolRecord
+        self, conn: asyncpg.Connection, cmd: Command, pool: PoolRecord
     ) -> tuple[str | None, bool]:
         """Why `cmd` may not change `pool` (None: it may), and whether the refusal is recorded for good."""
         kind = _kind(cmd)

@@ -15,7 +15,7 @@ from lt_quota.adapters.repository.approvals import (
     my_approvals,
     pending_approvals,
 )
-from lt_quota.adapters.repository.freezes import FreezeRecord, insert_freeze, lift_freezes, live_freezes
+from lt_quota.adapters.repository.freezes import insert_freeze, lift_freezes, live_freezes
 from lt_quota.adapters.repository.keys import (
     get_key,
     insert_key,
@@ -54,7 +54,7 @@ from lt_quota.adapters.repository.pools import (
     set_pool_limit,
     update_pool,
 )
-from lt_quota.adapters.repository.records import Conn, KeyRecord, OrgSettings, PoolRecord, UserRecord
+from lt_quota.adapters.repository.records import Conn
 from lt_quota.adapters.repository.teams import (
     insert_team,
     is_manager,
@@ -75,11 +75,6 @@ from lt_quota.adapters.repository.users import (
 
 __all__ = [
     "Conn",
-    "FreezeRecord",
-    "KeyRecord",
-    "OrgSettings",
-    "PoolRecord",
-    "UserRecord",
     "adjustment_for_purchase",
     "claim_threshold",
     "decide_approval",

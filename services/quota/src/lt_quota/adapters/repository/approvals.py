@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from lt_quota.adapters.repository.records import Conn, UserRecord
+from lt_quota.adapters.repository.records import Conn
+from lt_quota.domain.records import UserRecord
 
 __all__ = ["decide_approval", "get_approval", "insert_approval", "my_approvals", "pending_approvals"]
 

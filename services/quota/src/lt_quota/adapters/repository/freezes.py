@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TypedDict, Unpack
 
 import asyncpg
 
 from lt_quota.adapters.repository.records import Conn
+from lt_quota.domain.records import FreezeRecord
 
-__all__ = ["FreezeOrigin", "FreezeRecord", "insert_freeze", "lift_freezes", "live_freezes"]
-
-
-@dataclass(frozen=True)
-class FreezeRecord:
-    """One freeze of a session, key or user."""
-
-    id: str
-    target_type: str
-    target_id: str
-    reason: str
-    expires_at: datetime | None
-    source: str
-    org_id: str | None
-    user_id: str | None
-    created_at: datetime
+__all__ = ["FreezeOrigin", "insert_freeze", "lift_freezes", "live_freezes"]
 
 
 def _freeze(row: asyncpg.Record) -> FreezeRecord:

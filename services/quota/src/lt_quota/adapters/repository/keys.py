@@ -7,13 +7,8 @@ from typing import TypedDict, Unpack
 
 import asyncpg
 
-from lt_quota.adapters.repository.records import (
-    ORG_COLUMNS,
-    USER_COLUMNS,
-    Conn,
-    KeyRecord,
-    org_from_row,
-)
+from lt_quota.adapters.repository.records import ORG_COLUMNS, USER_COLUMNS, Conn, org_from_row
+from lt_quota.domain.records import KeyRecord
 
 __all__ = [
     "KeyOptions",

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from lt_quota.adapters.repository.records import (
-    ORG_COLUMNS,
-    Conn,
-    OrgSettings,
-    org_from_row,
-)
+from lt_quota.adapters.repository.records import ORG_COLUMNS, Conn, org_from_row
+from lt_quota.domain.records import OrgSettings
 
 __all__ = [
     "insert_org",

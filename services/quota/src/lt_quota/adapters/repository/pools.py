@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from typing import TypedDict, Unpack
 
-from lt_quota.adapters.repository.records import (
-    POOL_COLUMNS,
-    Conn,
-    PoolRecord,
-    pool_from_row,
-)
+from lt_quota.adapters.repository.records import POOL_COLUMNS, Conn, pool_from_row
+from lt_quota.domain.records import PoolRecord
 
 __all__ = [
     "PoolScope",

@@ -1,22 +1,18 @@
-"""Records the repository returns, their columns and row mappers (shared by every table group)."""
+"""The columns and row mappers of the records the repository returns (the records are `lt_quota.domain.records`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import TypeAlias
 
 import asyncpg
+
+from lt_quota.domain.records import OrgSettings, PoolRecord, UserRecord
 
 __all__ = [
     "ORG_COLUMNS",
     "POOL_COLUMNS",
     "USER_COLUMNS",
     "Conn",
-    "KeyRecord",
-    "OrgSettings",
-    "PoolRecord",
-    "UserRecord",
     "org_from_row",
     "pool_from_row",
     "user_from_row",
@@ -25,83 +21,6 @@ __all__ = [
 
 # Pool connections are proxies of Connection; both work here.
 Conn: TypeAlias = asyncpg.Connection
-
-
-@dataclass(frozen=True)
-class UserRecord:
-    id: str
-    org_id: str
-    email: str
-    name: str
-    role: str
-    status: str
-    team_id: str | None
-    created_at: datetime
-    default_priority: str = "normal"
-    allow_priority_bypass: bool = False
-    privacy_default: str = "standard"
-    tier: str = "standard"
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    """An API key joined with its user and personal pool: what admission needs."""
-
-    key_id: str
-    user_id: str
-    org_id: str
-    team_id: str | None
-    role: str
-    email: str
-    status: str
-    expires_at: datetime | None
-    revoked: bool
-    pool_id: str | None
-    tier: str = "standard"
-    default_priority: str = "normal"
-    allow_priority_bypass: bool = False
-    privacy_default: str = "standard"
-    allowed_models: tuple[str, ...] | None = None
-    allowed_priorities: tuple[str, ...] | None = None
-    org: OrgSettings | None = None
-    managed_team_ids: tuple[str, ...] = ()
-    # True for users of the platform org (`orgs.platform`): its admins manage orgs and global settings.
-    platform: bool = False
-    # The key's own leaky-bucket sizes (None: the org's, else the service's).
-    rate_limit_requests: int | None = None
-    rate_limit_tokens: int | None = None
-
-
-@dataclass(frozen=True)
-class OrgSettings:
-    """An org's governance settings."""
-
-    id: str
-    name: str
-    timezone: str
-    vacation_share_percent: int
-    allow_vacation_sharing: bool
-    default_session_budget_usd_micros: int
-    strict_sessions: bool
-    privacy_strict: bool
-    # Leaky-bucket size overrides per period (None: the service's settings).
-    key_requests_per_period: int | None = None
-    key_tokens_per_period: int | None = None
-    user_requests_per_period: int | None = None
-    user_tokens_per_period: int | None = None
-
-
-@dataclass(frozen=True)
-class PoolRecord:
-    id: str
-    owner_type: str
-    owner_id: str
-    org_id: str
-    unit: str
-    limit: int
-    period: str = "none"
-    provider: str = ""
-    model: str = ""
 
 
 USER_COLUMNS = """

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from lt_quota.adapters.repository.records import (
-    USER_COLUMNS,
-    Conn,
-    UserRecord,
-    user_from_row,
-)
+from lt_quota.adapters.repository.records import USER_COLUMNS, Conn, user_from_row
+from lt_quota.domain.records import UserRecord
 
 __all__ = ["get_user", "insert_user", "list_users", "update_user", "user_id_by_email"]
 

@@ -11,13 +11,14 @@ from leaky_common.auth import Principal
 from leaky_common.errors import Conflict, InvalidRequest, NotFound
 from lt_quota.adapters import repository as repo
 from lt_quota.domain import new_id
+from lt_quota.domain.records import PoolRecord
 from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.management.views import PoolViews, require_org
 
 __all__ = ["Pools"]
 
 
-async def _admin_pool(conn: asyncpg.Connection, admin: Principal, pool_id: str) -> repo.PoolRecord:
+async def _admin_pool(conn: asyncpg.Connection, admin: Principal, pool_id: str) -> PoolRecord:
     pool = await repo.pool_by_id(conn, pool_id)
     if pool is None or pool.org_id != admin.org_id:
         raise NotFound(f"pool {pool_id} not found", code="pool_not_found")
@@ -37,7 +38,7 @@ class Pools:
         owner_id = admin.org_id if owner_type == "org" else fields.get("owner_id")
         if not owner_id:
             raise InvalidRequest("owner_id is required", param="owner_id")
-        pool = repo.PoolRecord(
+        pool = PoolRecord(
             id=new_id(),
             owner_type=owner_type,
             owner_id=owner_id,

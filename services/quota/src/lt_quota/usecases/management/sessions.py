@@ -8,6 +8,7 @@ from typing import Any
 from leaky_common.auth import Principal
 from lt_quota.adapters import repository as repo
 from lt_quota.domain import new_id
+from lt_quota.domain.records import PoolRecord
 from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.management.views import PoolViews, require_org
 
@@ -21,7 +22,7 @@ class Sessions:
         self.ctx = ctx
         self.views = views
 
-    async def _view(self, pool: repo.PoolRecord, session_id: str) -> dict[str, Any]:
+    async def _view(self, pool: PoolRecord, session_id: str) -> dict[str, Any]:
         view = (await self.views.pool_views([pool], "UTC"))[0]
         return {
             "session_id": session_id,

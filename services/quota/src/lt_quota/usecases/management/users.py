@@ -14,6 +14,7 @@ from leaky_common.events import Topics, VacationChanged
 from leaky_common.outbox import write_outbox
 from lt_quota.adapters import repository as repo
 from lt_quota.domain import generate_api_key, hash_api_key, key_prefix, new_id
+from lt_quota.domain.records import UserRecord
 from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.management.views import require_user
 
@@ -59,9 +60,7 @@ async def insert_user(
     }
 
 
-async def _announce_vacation(
-    conn: asyncpg.Connection, before: repo.UserRecord, after: repo.UserRecord
-) -> None:
+async def _announce_vacation(conn: asyncpg.Connection, before: UserRecord, after: UserRecord) -> None:
     """`VacationChanged` when a change sent the user on vacation or brought them back."""
     was, now = before.status == "on_vacation", after.status == "on_vacation"
     if was != now:
@@ -93,7 +92,7 @@ class Users:
         self.ctx.invalidate()
         return {**user, "team_id": team_id}
 
-    async def update_user(self, admin: Principal, user_id: str, fields: dict[str, Any]) -> repo.UserRecord:
+    async def update_user(self, admin: Principal, user_id: str, fields: dict[str, Any]) -> UserRecord:
         """Change a user's status, role, default priority, bypass right, privacy default or tier."""
         async with self.ctx.db.acquire() as conn, conn.transaction():
             before = await repo.get_user(conn, user_id, admin.org_id)
@@ -105,7 +104,7 @@ class Users:
         self.ctx.invalidate()
         return after
 
-    async def set_my_status(self, principal: Principal, status: str) -> repo.UserRecord:
+    async def set_my_status(self, principal: Principal, status: str) -> UserRecord:
         """A user goes on vacation or comes back (a suspended user cannot lift their own suspension)."""
         async with self.ctx.db.acquire() as conn, conn.transaction():
             before = await repo.get_user(conn, principal.user_id, principal.org_id)
@@ -127,11 +126,11 @@ class Users:
         self.ctx.invalidate()
         return {"user_id": principal.user_id, "privacy_default": privacy}
 
-    async def me(self, principal: Principal) -> repo.UserRecord:
+    async def me(self, principal: Principal) -> UserRecord:
         """The caller's own user."""
         return await require_user(self.ctx, principal)
 
-    async def list_users(self, admin: Principal) -> list[repo.UserRecord]:
+    async def list_users(self, admin: Principal) -> list[UserRecord]:
         """Users of the admin's org."""
         async with self.ctx.db.acquire() as conn:
             return await repo.list_users(conn, admin.org_id)

@@ -13,6 +13,7 @@ from leaky_common.errors import NotFound
 from lt_quota.adapters import repository as repo
 from lt_quota.adapters.redis_state import PoolState
 from lt_quota.domain import period_of
+from lt_quota.domain.records import OrgSettings, PoolRecord, UserRecord
 from lt_quota.usecases.context import QuotaContext
 
 __all__ = ["PoolViews", "iso", "require_org", "require_user"]
@@ -23,7 +24,7 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-async def require_org(conn: asyncpg.Connection, org_id: str) -> repo.OrgSettings:
+async def require_org(conn: asyncpg.Connection, org_id: str) -> OrgSettings:
     """The org's settings; 404 if it does not exist."""
     org = await repo.org_settings(conn, org_id)
     if org is None:
@@ -31,7 +32,7 @@ async def require_org(conn: asyncpg.Connection, org_id: str) -> repo.OrgSettings
     return org
 
 
-async def require_user(ctx: QuotaContext, principal: Principal) -> repo.UserRecord:
+async def require_user(ctx: QuotaContext, principal: Principal) -> UserRecord:
     """The caller's own user; 404 if it is gone."""
     async with ctx.db.acquire() as conn:
         user = await repo.get_user(conn, principal.user_id, principal.org_id)
@@ -40,7 +41,7 @@ async def require_user(ctx: QuotaContext, principal: Principal) -> repo.UserReco
     return user
 
 
-def _pool_view(pool: repo.PoolRecord, state: PoolState, resets_at: datetime | None) -> dict[str, Any]:
+def _pool_view(pool: PoolRecord, state: PoolState, resets_at: datetime | None) -> dict[str, Any]:
     return {
         "id": pool.id,
         "owner_type": pool.owner_type,
@@ -67,7 +68,7 @@ class PoolViews:
     def __init__(self, ctx: QuotaContext) -> None:
         self.ctx = ctx
 
-    async def pool_views(self, pools: list[repo.PoolRecord], timezone: str) -> list[dict[str, Any]]:
+    async def pool_views(self, pools: list[PoolRecord], timezone: str) -> list[dict[str, Any]]:
         """Pools with their live limit/used/reserved/remaining for the current period and `resets_at`."""
         state = self.ctx.state
         now = self.ctx.clock()
@@ -112,7 +113,7 @@ class PoolViews:
             "status": user.status,
         }
 
-    async def _vacation_share(self, views: list[dict[str, Any]], org: repo.OrgSettings) -> int:
+    async def _vacation_share(self, views: list[dict[str, Any]], org: OrgSettings) -> int:
         """What the caller may still borrow from their team's token pools while a teammate is away."""
         state = self.ctx.state
         share = 0
