@@ -71,9 +71,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/app/.venv \
     HOME=/home/app \
     LT_HOST=0.0.0.0
-# /app stays root-owned (read-only code); the user gets a writable working directory for process state
-# (e.g. the faust worker's data dir).
-USER app
+# /app stays root-owned (read-only code); the user `app` (given by number, so Kubernetes' runAsNonRoot can
+# verify it) gets a writable working directory for process state (e.g. the faust worker's data dir).
+USER 10001:10001
 WORKDIR /var/lib/leaky-tokens
 
 FROM runtime AS gateway
