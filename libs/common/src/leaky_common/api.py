@@ -6,32 +6,44 @@ each service's document names its auth, and check them against `app.state.settin
 
 `install_openapi` replaces FastAPI's phantom 422 (validation errors are rendered as OpenAI-shaped 400s by
 `leaky_common.errors`) with the error responses a route really sends, all in the one `ErrorBody` shape.
+
+`service_app` is the skeleton every service's app factory starts from: settings on `app.state`, the error
+handlers, that OpenAPI document, request metrics, an optional hot route, and `/health`, `/ready`, `/metrics`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
+from starlette.responses import Response
 
 from leaky_common.auth import Principal, principal_from_headers, token_matches
-from leaky_common.errors import Unauthorized
+from leaky_common.errors import Unauthorized, install_error_handlers
+from leaky_common.observability import MetricsMiddleware, add_ops_routes
+from leaky_common.serve import HotRoute
+from leaky_common.settings import ServiceSettings
 
 __all__ = [
     "AdminPrincipal",
     "CurrentPrincipal",
     "ErrorBody",
     "ErrorDetail",
+    "HotEndpoint",
     "InternalCaller",
+    "Lifespan",
+    "Readiness",
     "admin_principal",
     "current_principal",
     "error_responses",
     "install_openapi",
     "require_internal",
+    "service_app",
 ]
 
 _principal_header = APIKeyHeader(
@@ -167,3 +179,41 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+Readiness = Callable[[FastAPI], Awaitable[dict[str, bool]]]
+HotEndpoint = Callable[[Request], Awaitable[Response]]
+
+
+def service_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    lifespan: Lifespan,
+    ready: Readiness,
+    description: str = "",
+    hot_route: tuple[str, HotEndpoint] | None = None,
+    service: str | None = None,
+) -> FastAPI:
+    """A service's FastAPI app with the shared skeleton; the caller adds its routers.
+
+    `ready(app)` reports each dependency for `/ready`; `hot_route` is `(path, endpoint)` for one POST endpoint
+    served without FastAPI's routing layers (its documented route stays in a router). Request metrics wrap the
+    hot route too.
+    """
+    app = FastAPI(title=title, version="0.1.0", description=description, lifespan=lifespan)
+    app.state.settings = settings  # the principal dependencies read the internal token from here
+    install_error_handlers(app)
+    install_openapi(app)
+    if hot_route is not None:
+        path, endpoint = hot_route
+        app.add_middleware(HotRoute, method="POST", path=path, endpoint=endpoint)
+    name = service or settings.service_name
+    app.add_middleware(MetricsMiddleware, service=name)
+
+    async def readiness() -> dict[str, bool]:
+        return await ready(app)
+
+    add_ops_routes(app, name, readiness)
+    return app

@@ -155,3 +155,44 @@ def test_ops_routes_are_typed_and_ready_answers_503_in_the_same_shape() -> None:
     assert "503" in paths["/ready"]["get"]["responses"]
     assert paths["/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert "text/plain" in next(iter(paths["/metrics"]["get"]["responses"]["200"]["content"]))
+
+
+def test_service_app_has_the_shared_skeleton_and_serves_the_hot_route() -> None:
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+    from leaky_common.api import service_app
+
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        events.append("started")
+        app.state.dependency_up = True
+        yield
+        events.append("stopped")
+
+    async def ready(app: FastAPI) -> dict[str, bool]:
+        return {"dependency": getattr(app.state, "dependency_up", False)}
+
+    async def hot(request: Request) -> Response:
+        return JSONResponse({"hot": (await request.json())["n"] + 1})
+
+    settings = ServiceSettings(service_name="skeleton", internal_token=TOKEN)
+    app = service_app(settings, title="t", lifespan=lifespan, ready=ready, hot_route=("/hot", hot))
+    assert app.state.settings is settings
+    with TestClient(app) as client:
+        assert client.post("/hot", json={"n": 1}).json() == {"hot": 2}
+        assert client.get("/ready").json() == {
+            "status": "ready",
+            "service": "skeleton",
+            "checks": {"dependency": True},
+        }
+        assert client.get("/nope").json()["error"]["type"] == "not_found_error"
+        metrics = client.get("/metrics").text
+        assert 'lt_http_requests_total{method="POST",route="/hot",service="skeleton",status="200"}' in metrics
+        assert "/health" in client.get("/openapi.json").json()["paths"]
+    assert events == ["started", "stopped"]

@@ -7,10 +7,8 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from leaky_common.api import install_openapi
+from leaky_common.api import service_app
 from leaky_common.db import ping
-from leaky_common.errors import install_error_handlers
-from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from lt_analytics.api.routes import router
 from lt_analytics.bootstrap import open_analytics
 from lt_analytics.settings import AnalyticsSettings
@@ -31,16 +29,9 @@ def create_app(settings: AnalyticsSettings) -> FastAPI:
         finally:
             await analytics.close()
 
-    app = FastAPI(title="Leaky Tokens analytics", version="0.1.0", lifespan=lifespan)
-    # The principal dependencies read the internal token from here.
-    app.state.settings = settings
-    install_error_handlers(app)
-    install_openapi(app)
-    app.add_middleware(MetricsMiddleware, service=settings.service_name)
-
-    async def ready() -> dict[str, bool]:
+    async def ready(app: FastAPI) -> dict[str, bool]:
         return {"postgres": await ping(getattr(app.state, "pool", None))}
 
-    add_ops_routes(app, settings.service_name, ready)
+    app = service_app(settings, title="Leaky Tokens analytics", lifespan=lifespan, ready=ready)
     app.include_router(router)
     return app

@@ -7,10 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from leaky_common.api import install_openapi
-from leaky_common.errors import install_error_handlers
-from leaky_common.observability import MetricsMiddleware, add_ops_routes
-from leaky_common.serve import HotRoute
+from leaky_common.api import service_app
 from lt_gateway.adapters.providers import Provider
 from lt_gateway.api import management, routes
 from lt_gateway.bootstrap import build_gateway
@@ -30,22 +27,22 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
         finally:
             await gateway.stop()
 
-    app = FastAPI(
+    async def ready(_: FastAPI) -> dict[str, bool]:
+        return await gateway.ready()
+
+    app = service_app(
+        settings,
         title="Leaky Tokens gateway",
-        version="0.1.0",
         description="OpenAI-compatible, governed LLM gateway. Management paths are forwarded to their owners.",
         lifespan=lifespan,
+        ready=ready,
+        # The chat endpoint skips FastAPI's routing layers (its route below stays for the docs).
+        hot_route=("/v1/chat/completions", gateway.chat.handle),
+        service="gateway",
     )
-    app.state.settings = settings
     app.state.models = gateway.models
     app.state.quota = gateway.quota
     app.state.management = gateway.management
-    install_error_handlers(app)
-    install_openapi(app)
-    # The chat endpoint skips FastAPI's routing layers (its route below stays for the docs).
-    app.add_middleware(HotRoute, method="POST", path="/v1/chat/completions", endpoint=gateway.chat.handle)
-    app.add_middleware(MetricsMiddleware, service="gateway")
-    add_ops_routes(app, "gateway", gateway.ready)
     # Order matters: the management catch-alls come last.
     app.include_router(routes.governed_router(gateway.chat))
     app.include_router(routes.models_router)

@@ -7,10 +7,8 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from leaky_common.api import install_openapi
+from leaky_common.api import service_app
 from leaky_common.db import ping
-from leaky_common.errors import install_error_handlers
-from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from lt_notifier.api.routes import router
 from lt_notifier.bootstrap import running_notifier
 from lt_notifier.settings import NotifierSettings
@@ -29,15 +27,9 @@ def create_app(settings: NotifierSettings) -> FastAPI:
             app.state.subscriptions = notifier.subscriptions
             yield
 
-    app = FastAPI(title="Leaky Tokens notifier", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    install_error_handlers(app)
-    install_openapi(app)
-    app.add_middleware(MetricsMiddleware, service=settings.service_name)
-
-    async def ready() -> dict[str, bool]:
+    async def ready(app: FastAPI) -> dict[str, bool]:
         return {"postgres": await ping(getattr(app.state, "pool", None))}
 
-    add_ops_routes(app, settings.service_name, ready)
+    app = service_app(settings, title="Leaky Tokens notifier", lifespan=lifespan, ready=ready)
     app.include_router(router)
     return app

@@ -7,9 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from leaky_common.api import install_openapi
-from leaky_common.errors import install_error_handlers
-from leaky_common.observability import MetricsMiddleware, add_ops_routes
+from leaky_common.api import service_app
 from lt_saga.adapters.probes import broker_reachable, postgres_ready
 from lt_saga.api.routes import router
 from lt_saga.bootstrap import running_saga
@@ -30,18 +28,12 @@ def create_app(settings: SagaSettings) -> FastAPI:
             app.state.purchases = saga.purchases
             yield
 
-    app = FastAPI(title="Leaky Tokens purchase saga", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    install_error_handlers(app)
-    install_openapi(app)
-    app.add_middleware(MetricsMiddleware, service=settings.service_name)
-    app.include_router(router)
-
-    async def ready() -> dict[str, bool]:
+    async def ready(app: FastAPI) -> dict[str, bool]:
         return {
             "postgres": await postgres_ready(getattr(app.state, "pool", None)),
             "broker": await broker_reachable(settings.kafka_bootstrap),
         }
 
-    add_ops_routes(app, settings.service_name, ready)
+    app = service_app(settings, title="Leaky Tokens purchase saga", lifespan=lifespan, ready=ready)
+    app.include_router(router)
     return app

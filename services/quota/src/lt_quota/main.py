@@ -7,10 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from leaky_common.api import install_openapi
-from leaky_common.errors import install_error_handlers
-from leaky_common.observability import MetricsMiddleware, add_ops_routes
-from leaky_common.serve import HotRoute
+from leaky_common.api import service_app
 from lt_quota.api import hot
 from lt_quota.api.routes import internal_router, public_router
 from lt_quota.bootstrap import Quota, run_quota
@@ -29,16 +26,7 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
             app.state.quota = quota
             yield
 
-    app = FastAPI(title="Leaky Tokens quota", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings  # read by leaky_common.api's principal dependencies
-    app.add_middleware(HotRoute, method="POST", path="/internal/admit", endpoint=hot.admit)
-    app.add_middleware(MetricsMiddleware, service=settings.service_name)
-    install_error_handlers(app)
-    install_openapi(app)
-    app.include_router(internal_router)
-    app.include_router(public_router)
-
-    async def ready() -> dict[str, bool]:
+    async def ready(app: FastAPI) -> dict[str, bool]:
         checks = {"postgres": False, "redis": False, "consumer": False}
         quota: Quota | None = getattr(app.state, "quota", None)
         if quota is None:
@@ -51,5 +39,13 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
         checks["consumer"] = quota.consumer is not None and quota.consumer.running
         return checks
 
-    add_ops_routes(app, settings.service_name, ready)
+    app = service_app(
+        settings,
+        title="Leaky Tokens quota",
+        lifespan=lifespan,
+        ready=ready,
+        hot_route=("/internal/admit", hot.admit),
+    )
+    app.include_router(internal_router)
+    app.include_router(public_router)
     return app
