@@ -50,12 +50,13 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asy
 
 
 async def ping(pool: asyncpg.Pool | None, timeout: float = 2.0) -> bool:
-    """True when the pool can run a query (for /ready)."""
+    """True when the pool gives a connection and runs `SELECT 1` within `timeout` seconds (for /ready)."""
     if pool is None:
         return False
     try:
-        return bool(await pool.fetchval("SELECT 1", timeout=timeout) == 1)
-    except (asyncpg.PostgresError, OSError, TimeoutError):
+        async with pool.acquire(timeout=timeout) as conn:
+            return bool(await conn.fetchval("SELECT 1", timeout=timeout) == 1)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
         return False
 
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import redis.exceptions
@@ -26,7 +27,14 @@ from pydantic import BaseModel, ValidationError
 from leaky_common.events import AnyMessage, Message, Topics, parse_message
 from leaky_common.settings import ServiceSettings
 
-__all__ = ["TRANSIENT_ERRORS", "EventConsumer", "EventPublisher", "Handler", "ensure_topics"]
+__all__ = [
+    "TRANSIENT_ERRORS",
+    "EventConsumer",
+    "EventPublisher",
+    "Handler",
+    "broker_reachable",
+    "ensure_topics",
+]
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("leaky_common.kafka")
@@ -58,6 +66,23 @@ def _headers_from_context(extra: dict[str, str] | None = None) -> list[tuple[str
 def _context_from_headers(headers: Sequence[tuple[str, bytes]] | None) -> otel_context.Context:
     carrier = {k: v.decode(errors="replace") for k, v in headers or ()}
     return propagate.extract(carrier)
+
+
+async def broker_reachable(bootstrap: str, timeout_s: float = 1.0) -> bool:
+    """A TCP connection to one of the bootstrap servers opens within `timeout_s` (for /ready)."""
+    for address in bootstrap.split(","):
+        parts = urlsplit(f"//{address.strip()}")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname, parts.port or 9092), timeout=timeout_s
+            )
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
 
 
 async def ensure_topics(settings: ServiceSettings, topics: Iterable[str], partitions: int = 1) -> None:

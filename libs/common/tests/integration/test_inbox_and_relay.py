@@ -83,3 +83,22 @@ async def test_two_elected_relays_publish_each_row_once(
             await relay.stop()
         await publisher.stop()
         await pool.close()
+
+
+async def test_readiness_probes_see_a_live_database_and_broker_and_a_dead_port(
+    make_database: Callable[[str], Awaitable[str]], kafka_bootstrap: str
+) -> None:
+    from leaky_common.db import ping
+    from leaky_common.kafka import broker_reachable
+    from leaky_devinfra.infra import free_port
+
+    pool = await asyncpg.create_pool(await make_database("probe"), min_size=1, max_size=1)
+    try:
+        assert await ping(pool) is True
+    finally:
+        await pool.close()
+    assert await ping(pool) is False  # closed: no connection to give
+    assert await ping(None) is False
+    assert await broker_reachable(kafka_bootstrap) is True
+    assert await broker_reachable(f"127.0.0.1:{free_port()}", timeout_s=0.5) is False
+    assert await broker_reachable(f"127.0.0.1:{free_port()},{kafka_bootstrap}") is True

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from leaky_common.api import service_app
-from lt_saga.adapters.probes import broker_reachable, postgres_ready
+from leaky_common.db import ping
+from leaky_common.kafka import broker_reachable
 from lt_saga.api.routes import router
 from lt_saga.bootstrap import running_saga
 from lt_saga.settings import SagaSettings
@@ -30,7 +31,7 @@ def create_app(settings: SagaSettings) -> FastAPI:
 
     async def ready(app: FastAPI) -> dict[str, bool]:
         return {
-            "postgres": await postgres_ready(getattr(app.state, "pool", None)),
+            "postgres": await ping(getattr(app.state, "pool", None), timeout=1.0),
             "broker": await broker_reachable(settings.kafka_bootstrap),
         }
 

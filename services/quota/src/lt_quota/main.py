@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from leaky_common.api import service_app
+from leaky_common.db import ping
 from lt_quota.api import hot
 from lt_quota.api.routes import internal_router, public_router
 from lt_quota.bootstrap import Quota, run_quota
@@ -31,9 +32,7 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
         quota: Quota | None = getattr(app.state, "quota", None)
         if quota is None:
             return checks
-        with contextlib.suppress(Exception):
-            async with quota.db.acquire() as conn:
-                checks["postgres"] = await conn.fetchval("SELECT 1") == 1
+        checks["postgres"] = await ping(quota.db)
         with contextlib.suppress(Exception):
             checks["redis"] = bool(await quota.state.redis.ping())
         checks["consumer"] = quota.consumer is not None and quota.consumer.running

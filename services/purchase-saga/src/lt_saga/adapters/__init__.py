@@ -1,1 +1,1 @@
-"""The purchase saga's I/O: all SQL (`repository`), the payment provider's HTTP client, readiness probes."""
+"""The purchase saga's I/O: all SQL (`repository`), the payment provider's HTTP client."""
