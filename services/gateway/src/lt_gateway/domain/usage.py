@@ -40,6 +40,30 @@ class Completion:
     usage: Usage
 
 
+def chat_completion(
+    completion_id: str,
+    model: str,
+    created: int,
+    text: str,
+    tool_calls: list[dict[str, Any]],
+    finish_reason: str,
+    usage: Usage,
+) -> Completion:
+    """A translated provider answer (Anthropic, Gemini) as OpenAI's `chat.completion` with one choice."""
+    message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    body = {
+        "id": f"chatcmpl-{completion_id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage.openai(),
+    }
+    return Completion(body, usage)
+
+
 @dataclass(slots=True)
 class StreamChunk:
     """One `chat.completion.chunk`; `completion_tokens` counts its content for when no usage comes.

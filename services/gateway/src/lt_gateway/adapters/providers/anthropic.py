@@ -16,6 +16,7 @@ from lt_gateway.adapters.providers.base import ChatOnly, Completion, StreamChunk
 from lt_gateway.adapters.providers.http import UpstreamHTTP, sse_events
 from lt_gateway.domain.models import ModelSpec
 from lt_gateway.domain.tokens import content_text, text_tokens
+from lt_gateway.domain.usage import chat_completion
 
 ANTHROPIC_VERSION = "2023-06-01"
 FINISH_REASONS = {
@@ -153,26 +154,11 @@ def to_chat_completion(spec: ModelSpec, msg: dict[str, Any]) -> Completion:
                     },
                 }
             )
+    finish = FINISH_REASONS.get(str(msg.get("stop_reason")), "stop")
     usage = parse_usage(msg.get("usage") or {})
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None, "refusal": None}
-    if calls:
-        message["tool_calls"] = calls
-    body = {
-        "id": f"chatcmpl-{msg.get('id', '')}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": spec.upstream_model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": FINISH_REASONS.get(str(msg.get("stop_reason")), "stop"),
-            }
-        ],
-        "usage": usage.openai(),
-    }
-    return Completion(body, usage)
+    return chat_completion(
+        str(msg.get("id", "")), spec.upstream_model, int(time.time()), "".join(text), calls, finish, usage
+    )
 
 
 class AnthropicProvider(ChatOnly):

@@ -16,6 +16,7 @@ from lt_gateway.adapters.providers.base import ChatOnly, Completion, StreamChunk
 from lt_gateway.adapters.providers.http import UpstreamHTTP, sse_events
 from lt_gateway.domain.models import ModelSpec
 from lt_gateway.domain.tokens import content_text, text_tokens
+from lt_gateway.domain.usage import chat_completion
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -181,25 +182,10 @@ class GeminiProvider(ChatOnly):
             raise UpstreamError("gemini answered without usageMetadata", code="upstream_no_usage")
         usage = parse_usage(data["usageMetadata"])
         text, calls, finish = _candidate(data)
-        message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
-        if calls:
-            message["tool_calls"] = calls
-        out = {
-            "id": f"chatcmpl-{data.get('responseId') or uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": spec.upstream_model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": finish or "stop",
-                }
-            ],
-            "usage": usage.openai(),
-        }
-        return Completion(out, usage)
+        completion_id = str(data.get("responseId") or uuid4().hex)
+        return chat_completion(
+            completion_id, spec.upstream_model, int(time.time()), text, calls, finish or "stop", usage
+        )
 
     async def stream(self, spec: ModelSpec, body: dict[str, Any]) -> AsyncIterator[StreamChunk]:
         """Each SSE event is a partial GenerateContentResponse; the last usageMetadata is the final count."""
