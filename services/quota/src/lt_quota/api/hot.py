@@ -14,8 +14,7 @@ from lt_quota.usecases.admission import Admission
 
 
 async def admit(request: Request) -> Response:
-    """Authenticate, rate-limit and reserve in one call."""
-    admission: Admission = request.app.state.quota.admission
+    """Authenticate, rate-limit and reserve in one call (the internal token is checked before anything else)."""
     try:
         if not token_matches(
             request.headers.get(INTERNAL_TOKEN_HEADER), request.app.state.settings.internal_token
@@ -27,6 +26,7 @@ async def admit(request: Request) -> Response:
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
             raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
+        admission: Admission = request.app.state.quota.admission
         result = await admission.admit(body)
     except ServiceError as exc:
         return error_response(exc.status, exc.body(), exc.headers)
