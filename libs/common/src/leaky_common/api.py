@@ -18,7 +18,6 @@ from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
-from fastapi.openapi.utils import get_openapi
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -165,17 +164,11 @@ def _component_schemas(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
 def install_openapi(app: FastAPI) -> None:
     """Serve an OpenAPI document without phantom 422s, with 400/401 in the `ErrorBody` shape where sent."""
 
+    build = app.openapi  # FastAPI's own document, with every app setting; it caches on app.openapi_schema
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _tidy(
-                get_openapi(
-                    title=app.title,
-                    version=app.version,
-                    description=app.description,
-                    routes=app.routes,
-                    servers=app.servers,
-                )
-            )
+            app.openapi_schema = _tidy(build())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
