@@ -13,7 +13,7 @@ handlers, that OpenAPI document, request metrics, an optional hot route, and `/h
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
@@ -147,18 +147,10 @@ def _tidy(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
-    for name, definition in _component_schemas((ErrorBody,)).items():
+    error_body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, definition in {**error_body.pop("$defs", {}), "ErrorBody": error_body}.items():
         components.setdefault(name, definition)
     return schema
-
-
-def _component_schemas(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for model in models:
-        definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        found.update(definition.pop("$defs", {}))
-        found[model.__name__] = definition
-    return found
 
 
 def install_openapi(app: FastAPI) -> None:
