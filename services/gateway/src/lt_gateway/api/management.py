@@ -5,18 +5,17 @@ Matched after every gateway route; each owner documents its own API.
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from leaky_common.errors import NotFound, ServiceError
+from leaky_common.errors import NotFound, ServiceError, error_response
 from lt_gateway.adapters.quota_client import Denial
 from lt_gateway.api.deps import Management
 from lt_gateway.api.http import api_key_from, request_id_from
 from lt_gateway.domain.routing import FORWARD_REQUEST_HEADERS, owner_of
+from lt_gateway.usecases.completion.flow import JSON
 from lt_gateway.usecases.management import ManagementProxy, ManagementRequest
 
-_JSON = "application/json"
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 router = APIRouter(include_in_schema=False)
@@ -36,15 +35,10 @@ async def forward(request: Request, proxy: ManagementProxy) -> Response:
         )
         answer = await proxy.forward(api_key_from(request), request_id, req)
     except ServiceError as exc:
-        return Response(
-            orjson.dumps(exc.body()),
-            status_code=exc.status,
-            media_type=_JSON,
-            headers={"x-request-id": request_id, **exc.headers},
-        )
+        return error_response(exc.status, exc.body(), {"x-request-id": request_id, **exc.headers})
     if isinstance(answer, Denial):
         return Response(
-            answer.body, status_code=answer.status, media_type=_JSON, headers={"x-request-id": request_id}
+            answer.body, status_code=answer.status, media_type=JSON, headers={"x-request-id": request_id}
         )
     return Response(
         answer.body, status_code=answer.status, headers={**answer.headers, "x-request-id": request_id}

@@ -28,8 +28,8 @@ from lt_gateway.api.schemas import (
     request_body,
 )
 from lt_gateway.domain.models import may_use
+from lt_gateway.usecases.completion.flow import JSON
 
-_JSON = "application/json"
 # Every status the governed endpoints answer besides 200 (quota's refusals are passed on as they come).
 _GOVERNED_ERRORS = error_responses(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
 _STREAMED: dict[int | str, dict[str, Any]] = {
@@ -77,7 +77,7 @@ models_router = APIRouter(tags=["openai"], dependencies=PUBLIC_AUTH, responses=e
 
 
 def _denied(denial: Denial) -> Response:
-    return Response(denial.body, status_code=denial.status, media_type=_JSON)
+    return Response(denial.body, status_code=denial.status, media_type=JSON)
 
 
 @models_router.get("/v1/models", response_model=ModelList)
@@ -87,7 +87,7 @@ async def list_models(request: Request, models: Models, quota: Quota) -> Respons
     if isinstance(principal, Denial):
         return _denied(principal)
     cards = ModelList(data=[ModelCard.of(m) for m in models.all() if may_use(principal, m)])
-    return Response(orjson.dumps(cards.model_dump()), media_type=_JSON)
+    return Response(orjson.dumps(cards.model_dump()), media_type=JSON)
 
 
 @models_router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=error_responses(404))
@@ -99,4 +99,4 @@ async def get_model(model_id: str, request: Request, models: Models, quota: Quot
     spec = models.get(model_id)
     if spec is None or not may_use(principal, spec):
         raise NotFound(f"The model '{model_id}' does not exist", param="model", code="model_not_found")
-    return Response(orjson.dumps(ModelCard.of(spec).model_dump()), media_type=_JSON)
+    return Response(orjson.dumps(ModelCard.of(spec).model_dump()), media_type=JSON)

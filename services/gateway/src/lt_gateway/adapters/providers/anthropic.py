@@ -197,7 +197,13 @@ class AnthropicProvider(ChatOnly):
                 kind = msg.get("type", event)
                 if kind == "message_stop":
                     return
-                for chunk in translate.event(kind, msg):
+                if kind == "message_delta":
+                    # The finish chunk goes out before the usage is parsed, so text always ends first.
+                    yield translate.finish(msg)
+                    yield translate.final_usage(msg)
+                    continue
+                chunk = translate.event(kind, msg)
+                if chunk is not None:
                     yield chunk
 
 
@@ -220,54 +226,56 @@ class _StreamTranslator:
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
 
-    def event(self, kind: str, msg: dict[str, Any]) -> list[StreamChunk]:
-        """The chunks one stream event becomes (none for events that carry nothing for the client)."""
+    def event(self, kind: str, msg: dict[str, Any]) -> StreamChunk | None:
+        """The chunk one stream event becomes (None for events that carry nothing for the client)."""
         if kind == "message_start":
             return self._message_start(msg)
         if kind == "content_block_start":
             return self._block_start(msg)
         if kind == "content_block_delta":
             return self._block_delta(msg)
-        if kind == "message_delta":
-            return self._message_delta(msg)
         if kind == "error":
             err = msg.get("error") or {}
             raise UpstreamError(
                 f"anthropic: {err.get('message', 'stream error')}", code="upstream_stream_error"
             )
-        return []
+        return None
 
-    def _message_start(self, msg: dict[str, Any]) -> list[StreamChunk]:
+    def _message_start(self, msg: dict[str, Any]) -> StreamChunk:
         message = msg.get("message") or {}
         self.base["id"] = f"chatcmpl-{message.get('id', '')}"
         self.start_usage = message.get("usage") or {}
         role = self.chunk({"role": "assistant", "content": ""})
-        return [StreamChunk(role, prompt_usage=parse_usage(self.start_usage, 0))]
+        return StreamChunk(role, prompt_usage=parse_usage(self.start_usage, 0))
 
-    def _block_start(self, msg: dict[str, Any]) -> list[StreamChunk]:
+    def _block_start(self, msg: dict[str, Any]) -> StreamChunk | None:
         block = msg.get("content_block") or {}
         if block.get("type") != "tool_use":
-            return []
+            return None
         idx = self.tool_index.setdefault(int(msg.get("index", 0)), len(self.tool_index))
         call = {"index": idx, "id": block.get("id"), "type": "function",
                 "function": {"name": block.get("name"), "arguments": ""}}  # fmt: skip
-        return [StreamChunk(self.chunk({"tool_calls": [call]}), text_tokens(block.get("name") or ""))]
+        return StreamChunk(self.chunk({"tool_calls": [call]}), text_tokens(block.get("name") or ""))
 
-    def _block_delta(self, msg: dict[str, Any]) -> list[StreamChunk]:
+    def _block_delta(self, msg: dict[str, Any]) -> StreamChunk | None:
         delta = msg.get("delta") or {}
         if delta.get("type") == "text_delta":
             text = delta.get("text", "")
-            return [StreamChunk(self.chunk({"content": text}), text_tokens(text))]
+            return StreamChunk(self.chunk({"content": text}), text_tokens(text))
         if delta.get("type") == "input_json_delta":
             part = delta.get("partial_json", "")
             idx = self.tool_index.get(int(msg.get("index", 0)), 0)
             call = {"index": idx, "function": {"arguments": part}}
-            return [StreamChunk(self.chunk({"tool_calls": [call]}), text_tokens(part))]
-        return []
+            return StreamChunk(self.chunk({"tool_calls": [call]}), text_tokens(part))
+        return None
 
-    def _message_delta(self, msg: dict[str, Any]) -> list[StreamChunk]:
+    def finish(self, msg: dict[str, Any]) -> StreamChunk:
+        """`message_delta`'s finish chunk."""
         reason = (msg.get("delta") or {}).get("stop_reason")
-        out_tokens = int((msg.get("usage") or {}).get("output_tokens") or 0)
-        finish = StreamChunk(self.chunk({}, FINISH_REASONS.get(str(reason), "stop")))
-        usage = parse_usage({**self.start_usage, **(msg.get("usage") or {})}, out_tokens)
-        return [finish, StreamChunk({**self.base, "choices": [], "usage": usage.openai()}, usage=usage)]
+        return StreamChunk(self.chunk({}, FINISH_REASONS.get(str(reason), "stop")))
+
+    def final_usage(self, msg: dict[str, Any]) -> StreamChunk:
+        """`message_delta`'s usage, on a chunk without choices."""
+        raw = msg.get("usage") or {}
+        usage = parse_usage({**self.start_usage, **raw}, int(raw.get("output_tokens") or 0))
+        return StreamChunk({**self.base, "choices": [], "usage": usage.openai()}, usage=usage)

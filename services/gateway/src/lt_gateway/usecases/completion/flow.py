@@ -73,9 +73,10 @@ class CompletionFlow:
         kind: Kind,
         exc: ServiceError,
         started: float,
+        provider: str | None = None,
     ) -> Reply:
-        """A request refused before it reached quota: recorded, and answered with its error."""
-        self.ledger.rejected(request_id, session_id, model, kind, exc, started)
+        """A request refused before it was admitted: recorded, and answered with its error."""
+        self.ledger.rejected(request_id, session_id, model, kind, exc, started, provider)
         return error_reply(exc.status, exc.body(), request_id, exc.headers)
 
     async def run(
@@ -92,10 +93,9 @@ class CompletionFlow:
         try:
             admitted = await self.quota.admit(admit_req)
         except ServiceError as exc:
-            self.ledger.rejected(
+            return self.reject(
                 request_id, gov.session_id, spec.name, parsed.kind, exc, started, spec.provider
             )
-            return error_reply(exc.status, exc.body(), request_id, exc.headers)
         if isinstance(admitted, Denial):
             self.ledger.blocked(admit_req, parsed, admitted, started)
             headers = {"x-request-id": request_id, "x-leaky-tokens-cost-usd": ZERO_COST, **admitted.headers}
