@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -50,12 +51,12 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asy
 
 
 async def ping(pool: asyncpg.Pool | None, timeout: float = 2.0) -> bool:
-    """True when the pool gives a connection and runs `SELECT 1` within `timeout` seconds (for /ready)."""
+    """True when the pool gives a connection and runs `SELECT 1`, both within `timeout` seconds (for /ready)."""
     if pool is None:
         return False
     try:
-        async with pool.acquire(timeout=timeout) as conn:
-            return bool(await conn.fetchval("SELECT 1", timeout=timeout) == 1)
+        async with asyncio.timeout(timeout), pool.acquire() as conn:
+            return bool(await conn.fetchval("SELECT 1") == 1)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
         return False
 

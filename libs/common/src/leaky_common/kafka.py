@@ -70,13 +70,14 @@ def _context_from_headers(headers: Sequence[tuple[str, bytes]] | None) -> otel_c
 
 async def broker_reachable(bootstrap: str, timeout_s: float = 1.0) -> bool:
     """A TCP connection to one of the bootstrap servers opens within `timeout_s` (for /ready)."""
-    for address in bootstrap.split(","):
-        parts = urlsplit(f"//{address.strip()}")
+    for address in filter(None, (a.strip() for a in bootstrap.split(","))):
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname, parts.port or 9092), timeout=timeout_s
-            )
-        except (OSError, TimeoutError):
+            parts = urlsplit(f"//{address}")
+            host, port = parts.hostname, parts.port or 9092
+            if not host:
+                continue
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=timeout_s)
+        except (OSError, TimeoutError, ValueError):  # ValueError: a port that is not a number
             continue
         writer.close()
         with contextlib.suppress(OSError):

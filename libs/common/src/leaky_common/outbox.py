@@ -24,8 +24,9 @@ __all__ = ["OUTBOX_DDL", "RELAY_LOCK", "ElectedRelay", "OutboxRelay", "write_out
 
 logger = logging.getLogger(__name__)
 
-# Any constant works; it must differ from the migration lock (leaky_common.db). Advisory locks are per
-# database, and every service has its own, so one constant serves them all.
+# Any constant works; it must differ from the migration lock (leaky_common.db). The lock guards the outbox
+# table, and there is one per database: services that share a database (all of them on the settings' default
+# URL) also share the table, and then one relay for all of them is right.
 RELAY_LOCK = 7_311_084
 
 OUTBOX_DDL = """

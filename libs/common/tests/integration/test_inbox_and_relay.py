@@ -37,46 +37,53 @@ async def test_an_event_id_is_claimed_once(make_database: Callable[[str], Awaita
         await conn.close()
 
 
-async def test_two_elected_relays_publish_each_row_once(
+async def test_one_elected_relay_per_outbox_and_the_follower_takes_over(
     make_database: Callable[[str], Awaitable[str]], kafka_bootstrap: str
 ) -> None:
     url = await make_database("relay")
     topic = f"relay.{uuid.uuid4().hex[:8]}"
     settings = ServiceSettings(service_name="t", kafka_bootstrap=kafka_bootstrap)
     await ensure_topics(settings, [topic])
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=6)
     publisher = EventPublisher(settings)
     await publisher.start()
     relays = [ElectedRelay(url, pool, publisher, retry_s=0.1) for _ in range(2)]
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+    seen: list[bytes] = []
+
+    async def write(*keys: str) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            for key in keys:
+                change = FreezeChanged(target_type="key", target_id=key, org_id="o", frozen=True, reason="t")
+                await write_outbox(conn, topic, change, key=key)
+
+    async def received(key: bytes) -> bool:
+        batch = await consumer.getmany(timeout_ms=200)
+        seen.extend(r.key or b"" for records in batch.values() for r in records)
+        return key in seen
+
+    async def all_published() -> bool:
+        unpublished: int = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        return unpublished == 0
+
     try:
         await pool.execute(OUTBOX_DDL)
         for relay in relays:
             await relay.start()
         await eventually(lambda: any(r.leading for r in relays), 10, "a leader")
         assert sum(r.leading for r in relays) == 1
-        async with pool.acquire() as conn, conn.transaction():
-            for i in range(5):
-                change = FreezeChanged(
-                    target_type="key", target_id=f"k{i}", org_id="o", frozen=True, reason="t"
-                )
-                await write_outbox(conn, topic, change, key=f"k{i}")
+        await write(*(f"k{i}" for i in range(5)))
         await consumer.start()
-        seen: list[bytes] = []
-
-        async def five() -> bool:
-            batch = await consumer.getmany(timeout_ms=200)
-            seen.extend(r.key or b"" for records in batch.values() for r in records)
-            return len(seen) >= 5
-
-        await eventually(five, 20, "five relayed rows")
-        assert sorted(seen) == [f"k{i}".encode() for i in range(5)]
+        await eventually(lambda: received(b"k4"), 20, "the rows relayed")
+        await eventually(all_published, 10, "every row marked published")
         leader = next(r for r in relays if r.leading)
         await leader.stop()
         follower = next(r for r in relays if r is not leader)
         await eventually(lambda: follower.leading, 10, "the follower takes over")
-        unpublished = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        assert unpublished == 0
+        await write("k5")
+        await eventually(lambda: received(b"k5"), 20, "a row written after the takeover relayed")
+        # Each row once: the leader stopped only after every row was marked published.
+        assert sorted(seen) == [f"k{i}".encode() for i in range(6)]
     finally:
         await consumer.stop()
         for relay in relays:
@@ -102,3 +109,11 @@ async def test_readiness_probes_see_a_live_database_and_broker_and_a_dead_port(
     assert await broker_reachable(kafka_bootstrap) is True
     assert await broker_reachable(f"127.0.0.1:{free_port()}", timeout_s=0.5) is False
     assert await broker_reachable(f"127.0.0.1:{free_port()},{kafka_bootstrap}") is True
+
+
+async def test_a_malformed_bootstrap_list_is_unreachable_not_an_error() -> None:
+    from leaky_common.kafka import broker_reachable
+
+    assert await broker_reachable("127.0.0.1:not-a-port", timeout_s=0.2) is False
+    assert await broker_reachable(" , ,", timeout_s=0.2) is False
+    assert await broker_reachable(":9092", timeout_s=0.2) is False
