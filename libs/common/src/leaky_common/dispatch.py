@@ -24,6 +24,8 @@ def dispatcher(table: HandlerTable) -> Handler:
 
     async def handle(message: AnyMessage, _record: ConsumerRecord[bytes, bytes]) -> None:
         handler = handlers.get(type(message))
+        if handler is None:  # a subclass of a listed type is handled as that type (isinstance semantics)
+            handler = next((handlers[c] for c in type(message).__mro__[1:] if c in handlers), None)
         if handler is not None:
             await handler(message)
 

@@ -62,6 +62,13 @@ async def test_dispatcher_calls_the_handler_of_the_message_type_and_skips_others
     await handle(other, None)
     assert seen == [usage]
 
+    class LaterUsage(UsageRecorded):
+        pass
+
+    later = LaterUsage(request_id="r2", user_id="u", org_id="o", model="m", provider="p")
+    await handle(later, None)
+    assert seen == [usage, later]
+
 
 class Thing(BaseModel):
     name: str
