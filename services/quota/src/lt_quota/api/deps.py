@@ -1,8 +1,8 @@
 """FastAPI dependencies: who is calling and the use cases the routes call.
 
-Who is calling comes from `leaky_common.api` (the internal token, the gateway's principal, an admin); the
-aliases below keep the routes' parameter names. `GovernanceDep` is the management capability (orgs, teams,
-users, keys, pools, approvals, session budgets, quota views)."""
+Who is calling comes from `leaky_common.api` (`CurrentPrincipal`, `AdminPrincipal`, `InternalCaller`).
+`ManagementDep` is the management capability (orgs, teams, users, keys, pools, approvals, session budgets,
+quota views)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from leaky_common.api import AdminPrincipal, CurrentPrincipal
 from lt_quota.usecases.admission import Admission
 from lt_quota.usecases.freezes import Freezes
 from lt_quota.usecases.management import Management
 
-__all__ = ["AdminDep", "AdmissionDep", "FreezesDep", "GovernanceDep", "PrincipalDep"]
-
-AdminDep = AdminPrincipal
-PrincipalDep = CurrentPrincipal
+__all__ = ["AdmissionDep", "FreezesDep", "ManagementDep"]
 
 
 async def get_admission(request: Request) -> Admission:
@@ -41,4 +37,4 @@ async def get_management(request: Request) -> Management:
 
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 FreezesDep = Annotated[Freezes, Depends(get_freezes)]
-GovernanceDep = Annotated[Management, Depends(get_management)]
+ManagementDep = Annotated[Management, Depends(get_management)]

@@ -1,5 +1,5 @@
 """`POST /internal/admit` on the fast path (see leaky_common.serve.HotRoute): same contract as the FastAPI
-route in routes.py, which stays for the OpenAPI docs, without FastAPI's per-request layers."""
+route in routes/internal.py, which stays for the OpenAPI docs, without FastAPI's per-request layers."""
 
 from __future__ import annotations
 

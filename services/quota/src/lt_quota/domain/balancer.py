@@ -86,7 +86,8 @@ def plan(
 
 
 def source_group(sources: Sequence[str], source: str) -> int:
-    """The group of the alternative `source` (the first alternative if the plan has no such source)."""
+    """The group of the alternative `source` (the first alternative if the plan has no such source: a settled
+    event may name a source its reservation's plan, rebuilt after Redis lost it, no longer has)."""
     return sources.index(source) + 1 if source in sources else 1
 
 

@@ -23,7 +23,6 @@ from lt_quota.domain import (
     parse_admit_result,
     privacy_strict,
     session_target,
-    source_group,
 )
 from lt_quota.domain.records import KeyRecord
 from lt_quota.usecases.context import QuotaContext
@@ -133,8 +132,8 @@ class Admission:
             ADMISSIONS.labels(decision_label(outcome)).inc()
             raise denial(outcome, session.limit if session is not None else None)
         ADMISSIONS.labels("admitted").inc()
-        group = source_group(sources, outcome.source)
-        chosen = next((c for c in counters if c.group == group), None)
+        # The script only answers with a source of the plan: anything else is a bug, not a default.
+        chosen = next((c for c in counters if c.group == sources.index(outcome.source) + 1), None)
         return AdmitResponse(
             reservation_id=args.reservation_id,
             principal=principal_of(record),

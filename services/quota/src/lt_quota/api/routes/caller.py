@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Query, status
 
-from leaky_common.api import error_responses
+from leaky_common.api import CurrentPrincipal, error_responses
 from lt_quota.api import alias_views, views
-from lt_quota.api.deps import GovernanceDep, PrincipalDep
+from lt_quota.api.deps import ManagementDep
 from lt_quota.api.schemas import (
     ApprovalBody,
     ApproveBody,
@@ -32,17 +32,17 @@ router = APIRouter()
 
 
 @router.get("/v1/users/me", response_model=views.UserView, responses=error_responses(404))
-async def me(principal: PrincipalDep, gov: GovernanceDep) -> UserView:
+async def me(principal: CurrentPrincipal, gov: ManagementDep) -> UserView:
     return UserView.model_validate(await gov.users.me(principal), from_attributes=True)
 
 
 @router.get("/v1/users/me/quota", response_model=views.QuotaView, responses=error_responses(404))
-async def my_quota(principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def my_quota(principal: CurrentPrincipal, gov: ManagementDep) -> dict[str, Any]:
     return await gov.views.my_quota(principal)
 
 
 @router.put("/v1/users/me/status", response_model=views.UserView, responses=error_responses(403, 404))
-async def set_status(body: StatusBody, principal: PrincipalDep, gov: GovernanceDep) -> UserView:
+async def set_status(body: StatusBody, principal: CurrentPrincipal, gov: ManagementDep) -> UserView:
     return UserView.model_validate(
         await gov.users.set_my_status(principal, body.status), from_attributes=True
     )
@@ -52,7 +52,7 @@ async def set_status(body: StatusBody, principal: PrincipalDep, gov: GovernanceD
     "/v1/users/me/privacy",
     response_model=views.PrivacyView,
 )
-async def set_privacy(body: PrivacyBody, principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def set_privacy(body: PrivacyBody, principal: CurrentPrincipal, gov: ManagementDep) -> dict[str, Any]:
     return await gov.users.set_my_privacy(principal, body.privacy)
 
 
@@ -62,7 +62,7 @@ async def set_privacy(body: PrivacyBody, principal: PrincipalDep, gov: Governanc
     response_model_exclude_unset=True,
     responses=error_responses(404),
 )
-async def my_teams(principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def my_teams(principal: CurrentPrincipal, gov: ManagementDep) -> dict[str, Any]:
     return {"object": "list", "data": await gov.teams.my_teams(principal)}
 
 
@@ -70,7 +70,7 @@ async def my_teams(principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any
     "/v1/users/me/keys",
     response_model=views.KeyList,
 )
-async def list_keys(principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def list_keys(principal: CurrentPrincipal, gov: ManagementDep) -> dict[str, Any]:
     return {"object": "list", "data": await gov.keys.list_keys(principal)}
 
 
@@ -78,21 +78,19 @@ async def list_keys(principal: PrincipalDep, gov: GovernanceDep) -> dict[str, An
     "/v1/users/me/keys",
     status_code=status.HTTP_201_CREATED,
     response_model=views.NewKeyView,
-    responses=error_responses(400, 401, 404),
+    responses=error_responses(400, 404),
 )
 async def create_key(
-    principal: PrincipalDep,
-    gov: GovernanceDep,
+    principal: CurrentPrincipal,
+    gov: ManagementDep,
     body: CreateKeyBody | None = Body(default=None),  # noqa: B008
 ) -> dict[str, Any]:
     return await gov.keys.create_key(principal, given_fields(body) if body is not None else {})
 
 
-@router.patch(
-    "/v1/users/me/keys/{key_id}", response_model=views.KeyView, responses=error_responses(400, 401, 404)
-)
+@router.patch("/v1/users/me/keys/{key_id}", response_model=views.KeyView, responses=error_responses(400, 404))
 async def update_key(
-    key_id: str, body: UpdateKeyBody, principal: PrincipalDep, gov: GovernanceDep
+    key_id: str, body: UpdateKeyBody, principal: CurrentPrincipal, gov: ManagementDep
 ) -> dict[str, Any]:
     fields = body.model_dump(exclude_unset=True)
     return await gov.keys.update_key(principal, key_id, fields, admin=principal.is_admin)
@@ -101,7 +99,7 @@ async def update_key(
 @router.delete(
     "/v1/users/me/keys/{key_id}", response_model=views.RevokedKeyView, responses=error_responses(404)
 )
-async def revoke_key(key_id: str, principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def revoke_key(key_id: str, principal: CurrentPrincipal, gov: ManagementDep) -> dict[str, Any]:
     return await gov.keys.revoke_key(principal, key_id)
 
 
@@ -111,7 +109,7 @@ async def revoke_key(key_id: str, principal: PrincipalDep, gov: GovernanceDep) -
     response_model=views.RotatedKeyView,
     responses=error_responses(404),
 )
-async def rotate_key(key_id: str, principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def rotate_key(key_id: str, principal: CurrentPrincipal, gov: ManagementDep) -> dict[str, Any]:
     return await gov.keys.rotate_key(principal, key_id)
 
 
@@ -122,9 +120,11 @@ async def rotate_key(key_id: str, principal: PrincipalDep, gov: GovernanceDep) -
     "/v1/approvals",
     status_code=status.HTTP_201_CREATED,
     response_model=views.ApprovalView,
-    responses=error_responses(400, 401, 404),
+    responses=error_responses(400, 404),
 )
-async def request_approval(body: ApprovalBody, principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def request_approval(
+    body: ApprovalBody, principal: CurrentPrincipal, gov: ManagementDep
+) -> dict[str, Any]:
     return await gov.approvals.request_approval(principal, body.requested_credits, body.reason, body.priority)
 
 
@@ -132,7 +132,7 @@ async def request_approval(body: ApprovalBody, principal: PrincipalDep, gov: Gov
     "/v1/approvals",
     response_model=views.ApprovalList,
 )
-async def my_approvals(principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def my_approvals(principal: CurrentPrincipal, gov: ManagementDep) -> dict[str, Any]:
     return {"object": "list", "data": await gov.approvals.my_approvals(principal)}
 
 
@@ -140,7 +140,7 @@ async def my_approvals(principal: PrincipalDep, gov: GovernanceDep) -> dict[str,
     "/v1/approvals/pending",
     response_model=views.ApprovalList,
 )
-async def pending_approvals(principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def pending_approvals(principal: CurrentPrincipal, gov: ManagementDep) -> dict[str, Any]:
     return {"object": "list", "data": await gov.approvals.pending_approvals(principal)}
 
 
@@ -151,8 +151,8 @@ async def pending_approvals(principal: PrincipalDep, gov: GovernanceDep) -> dict
 )
 async def approve(
     approval_id: str,
-    principal: PrincipalDep,
-    gov: GovernanceDep,
+    principal: CurrentPrincipal,
+    gov: ManagementDep,
     body: ApproveBody | None = Body(default=None),  # noqa: B008
 ) -> dict[str, Any]:
     amount = body.approved_credits if body is not None else None
@@ -168,8 +168,8 @@ async def approve(
 )
 async def reject(
     approval_id: str,
-    principal: PrincipalDep,
-    gov: GovernanceDep,
+    principal: CurrentPrincipal,
+    gov: ManagementDep,
     body: RejectBody | None = Body(default=None),  # noqa: B008
 ) -> dict[str, Any]:
     reason = body.reason if body is not None else ""
@@ -184,7 +184,7 @@ async def reject(
 @router.get(
     "/api/v1/tokens/status", response_model=alias_views.TokensStatusView, responses=error_responses(404)
 )
-async def tokens_status(principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def tokens_status(principal: CurrentPrincipal, gov: ManagementDep) -> dict[str, Any]:
     return await gov.tokens.tokens_status(principal)
 
 
@@ -192,7 +192,7 @@ async def tokens_status(principal: PrincipalDep, gov: GovernanceDep) -> dict[str
     "/api/v1/tokens/quota", response_model=alias_views.TokensQuotaView, responses=error_responses(404)
 )
 async def tokens_quota(
-    principal: PrincipalDep, gov: GovernanceDep, provider: str | None = Query(default=None)
+    principal: CurrentPrincipal, gov: ManagementDep, provider: str | None = Query(default=None)
 ) -> dict[str, Any]:
     return await gov.tokens.tokens_quota(principal, provider)
 
@@ -200,14 +200,16 @@ async def tokens_quota(
 @router.get(
     "/api/v1/tokens/quota/org", response_model=alias_views.OrgQuotaView, responses=error_responses(404)
 )
-async def tokens_org_quota(principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def tokens_org_quota(principal: CurrentPrincipal, gov: ManagementDep) -> dict[str, Any]:
     return await gov.tokens.tokens_org_quota(principal)
 
 
 @router.post(
     "/api/v1/tokens/consume",
     response_model=alias_views.ConsumeView,
-    responses=error_responses(400, 401, 402, 403, 429),
+    responses=error_responses(400, 402, 403, 429),
 )
-async def tokens_consume(body: ConsumeBody, principal: PrincipalDep, gov: GovernanceDep) -> dict[str, Any]:
+async def tokens_consume(
+    body: ConsumeBody, principal: CurrentPrincipal, gov: ManagementDep
+) -> dict[str, Any]:
     return await gov.tokens.consume(principal, body.provider, body.tokens)

@@ -21,6 +21,6 @@ async def authenticate(body: AuthenticateRequest, admission: AdmissionDep) -> Pr
     return await admission.authenticate(body.api_key)
 
 
-@router.post("/admit", responses=error_responses(400, 401, 402, 403, 429))
+@router.post("/admit", responses=error_responses(400, 402, 403, 429))
 async def admit(body: AdmitRequest, admission: AdmissionDep) -> AdmitResponse:
     return await admission.admit(body)
