@@ -1,6 +1,6 @@
 """The pure rules of `lt_quota.domain` on plain records: no service, no Postgres, no Redis."""
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -34,7 +34,7 @@ from lt_quota.domain import (
     thresholds_reached,
     ttl_ms,
 )
-from lt_quota.domain.records import KeyRecord, OrgSettings, PoolRecord
+from lt_quota.domain.records import FreezeRecord, KeyRecord, OrgSettings, PoolRecord, UserRecord
 
 NOW = int(datetime(2026, 11, 23, 12, tzinfo=UTC).timestamp() * 1000)
 ORG = OrgSettings("o1", "default", "UTC", 10, True, 10_000_000, False, False)
@@ -51,16 +51,13 @@ def key(**kw: object) -> KeyRecord:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class Buyer:
-    team_id: str | None
-    org_id: str
+def buyer_in(team_id: str | None, org_id: str) -> UserRecord:
+    return UserRecord("u1", org_id, "u@x", "U", "user", "active", team_id, datetime(2026, 11, 1, tzinfo=UTC))
 
 
-@dataclass(frozen=True)
-class LiveFreeze:
-    reason: str
-    expires_at: datetime | None
+def live_freeze(reason: str, expires_at: datetime | None) -> FreezeRecord:
+    created = datetime(2026, 11, 1, tzinfo=UTC)
+    return FreezeRecord(reason, "session", "s1", reason, expires_at, "admin", "o1", None, created)
 
 
 # --- the balancer -------------------------------------------------------------------------------------------
@@ -273,17 +270,17 @@ def test_top_up_refusals_and_limits() -> None:
 
 def test_a_buyer_may_top_up_their_own_team_or_org_pool_only() -> None:
     assert may_top_up(USER, "u1", None) and not may_top_up(USER, "u2", None)
-    assert may_top_up(TEAM, "u1", Buyer("t1", "o1")) and not may_top_up(TEAM, "u1", Buyer("t2", "o1"))
-    assert may_top_up(ORG_POOL, "u1", Buyer(None, "o1")) and not may_top_up(ORG_POOL, "u1", None)
-    assert not may_top_up(KEY_CAP, "u1", Buyer("t1", "o1"))
+    assert may_top_up(TEAM, "u1", buyer_in("t1", "o1")) and not may_top_up(TEAM, "u1", buyer_in("t2", "o1"))
+    assert may_top_up(ORG_POOL, "u1", buyer_in(None, "o1")) and not may_top_up(ORG_POOL, "u1", None)
+    assert not may_top_up(KEY_CAP, "u1", buyer_in("t1", "o1"))
 
 
 def test_redis_holds_the_longest_live_freeze() -> None:
     soon = datetime(2026, 11, 23, 13, tzinfo=UTC)
-    later = LiveFreeze("later", soon + timedelta(hours=1))
-    assert longest_freeze([LiveFreeze("soon", soon), later]) == later
-    forever = LiveFreeze("forever", None)
-    assert longest_freeze([later, forever, LiveFreeze("also", None)]).reason == "also"
+    later = live_freeze("later", soon + timedelta(hours=1))
+    assert longest_freeze([live_freeze("soon", soon), later]) == later
+    forever = live_freeze("forever", None)
+    assert longest_freeze([later, forever, live_freeze("also", None)]).reason == "also"
     assert longest_freeze([forever, later]) == forever
     assert ttl_ms(None, NOW) is None and ttl_ms(soon, NOW) == 3_600_000
     assert session_target("o1", "s1") == "o1/s1" and session_target(None, "s1") == "-/s1"

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol, TypeVar
+
+from lt_quota.domain.records import FreezeRecord
 
 __all__ = ["longest_freeze", "session_target", "ttl_ms"]
-
-
-class Expiring(Protocol):
-    """Anything that lasts until `expires_at`, or until lifted (None): a freeze record or a test's stand-in."""
-
-    @property
-    def expires_at(self) -> datetime | None: ...
-
-
-F = TypeVar("F", bound=Expiring)
 
 
 def session_target(org_id: str | None, session_id: str) -> str:
@@ -25,7 +16,7 @@ def session_target(org_id: str | None, session_id: str) -> str:
     return f"{org_id or '-'}/{session_id}"
 
 
-def longest_freeze(live: Sequence[F]) -> F:
+def longest_freeze(live: Sequence[FreezeRecord]) -> FreezeRecord:
     """The freeze that lasts longest: the last one without expiry, else the one expiring last."""
     forever = [f for f in live if f.expires_at is None]
     return forever[-1] if forever else max(live, key=lambda f: f.expires_at or datetime.max)

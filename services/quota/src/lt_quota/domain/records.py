@@ -1,16 +1,14 @@
 """Quota's records: users, keys (joined with what admission needs), org settings, pools and freezes.
 
 The repository builds them from rows (`adapters/repository/records.py` maps the columns); the rules read them.
-`Member` is anything with a team and an org (a user or a key), for the rules that need only those.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
-__all__ = ["FreezeRecord", "KeyRecord", "Member", "OrgSettings", "PoolRecord", "UserRecord"]
+__all__ = ["FreezeRecord", "KeyRecord", "OrgSettings", "PoolRecord", "UserRecord"]
 
 
 @dataclass(frozen=True)
@@ -103,12 +101,3 @@ class FreezeRecord:
     org_id: str | None
     user_id: str | None
     created_at: datetime
-
-
-class Member(Protocol):
-    """A user as a member of a team and an org."""
-
-    @property
-    def team_id(self) -> str | None: ...
-    @property
-    def org_id(self) -> str: ...

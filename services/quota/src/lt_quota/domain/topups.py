@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lt_quota.domain.records import Member, PoolRecord
+from lt_quota.domain.records import PoolRecord, UserRecord
 
 __all__ = ["UNIT_NAMES", "adjusted_limit", "may_top_up", "missing_pool_reason", "refusal"]
 
@@ -33,7 +33,7 @@ def refusal(pool: PoolRecord, kind: str, unit: str, amount: int) -> str | None:
     return None
 
 
-def may_top_up(pool: PoolRecord, buyer_id: str, buyer: Member | None) -> bool:
+def may_top_up(pool: PoolRecord, buyer_id: str, buyer: UserRecord | None) -> bool:
     """A purchase may credit the buyer's own pool, their team's pool or their organisation's pool
     (`buyer` None: unknown, so only a pool the buyer owns)."""
     if pool.owner_type == "user":
