@@ -36,7 +36,7 @@ __all__ = [
     "HotEndpoint",
     "InternalCaller",
     "Lifespan",
-    "Readiness",
+    "ReadinessCheck",
     "admin_principal",
     "current_principal",
     "error_responses",
@@ -167,7 +167,7 @@ def install_openapi(app: FastAPI) -> None:
 
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-Readiness = Callable[[FastAPI], Awaitable[dict[str, bool]]]
+ReadinessCheck = Callable[[FastAPI], Awaitable[dict[str, bool]]]
 HotEndpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -176,7 +176,7 @@ def service_app(
     *,
     title: str,
     lifespan: Lifespan,
-    ready: Readiness,
+    ready: ReadinessCheck,
     description: str = "",
     hot_route: tuple[str, HotEndpoint] | None = None,
     service: str | None = None,

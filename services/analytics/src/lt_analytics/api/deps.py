@@ -8,7 +8,7 @@ from fastapi import Depends, Query, Request
 
 from lt_analytics.usecases.reports import Reports
 
-__all__ = ["ID_PATTERN", "IdParam", "OptionalId", "OrgParam", "ReportsDep"]
+__all__ = ["ID_PATTERN", "IdParam", "OptionalId", "ReportsDep"]
 
 
 def _reports(request: Request) -> Reports:
@@ -21,4 +21,3 @@ ReportsDep = Annotated[Reports, Depends(_reports)]
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 IdParam = Annotated[str, Query(min_length=1, max_length=200, pattern=ID_PATTERN)]
 OptionalId = Annotated[str | None, Query(min_length=1, max_length=200, pattern=ID_PATTERN)]
-OrgParam = OptionalId

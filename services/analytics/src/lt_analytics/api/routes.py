@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from leaky_common.api import AdminPrincipal, CurrentPrincipal, error_responses
-from lt_analytics.api.deps import IdParam, OptionalId, OrgParam, ReportsDep
+from lt_analytics.api.deps import IdParam, OptionalId, ReportsDep
 from lt_analytics.api.schemas import (
     Anomaly,
     AnomalyList,
@@ -59,7 +59,7 @@ async def leaderboard(
     reports: ReportsDep,
     period: Literal["daily", "weekly", "monthly"] = "weekly",
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
-    org_id: OrgParam = None,
+    org_id: OptionalId = None,
 ) -> Leaderboard:
     """Users of the caller's org ranked by average efficiency (completion/prompt per request); `org_id`, if
     given, must be the caller's own."""
@@ -86,7 +86,7 @@ async def anomalies(
     reports: ReportsDep,
     kind: AnomalyKind | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    org_id: OrgParam = None,
+    org_id: OptionalId = None,
 ) -> AnomalyList:
     """Newest detections first, always within the caller's org: a user's own and, for a manager, those of the
     teams they manage; for admins every one of their org. `org_id`, if given, must be the caller's own."""
@@ -102,7 +102,7 @@ async def baseline(
     window_minutes: Annotated[int, Query(ge=1, le=1440)] = 60,
     baseline_windows: Annotated[int, Query(ge=1, le=48)] = 4,
     threshold_multiplier: Annotated[float, Query(gt=1.0, le=1000)] = 2.0,
-    org_id: OrgParam = None,
+    org_id: OptionalId = None,
 ) -> Baseline:
     """The caller's org now versus its recent past; anomaly = baseline > 0 and ratio >= x. `org_id`, if given,
     must be the caller's own."""
@@ -147,7 +147,7 @@ def _view(level: ThresholdLevel) -> ThresholdView:
 
 @router.get("/v1/analytics/thresholds", response_model=ThresholdView)
 async def get_thresholds(
-    admin: AdminPrincipal, reports: ReportsDep, org_id: OrgParam = None
+    admin: AdminPrincipal, reports: ReportsDep, org_id: OptionalId = None
 ) -> ThresholdView:
     """Detector thresholds in force globally (no `org_id`) or for the admin's own org, and the overrides set at
     that level. Another org's are a 403 `other_org`."""
@@ -156,7 +156,7 @@ async def get_thresholds(
 
 @router.put("/v1/analytics/thresholds", response_model=ThresholdView)
 async def put_thresholds(
-    body: ThresholdOverrides, admin: AdminPrincipal, reports: ReportsDep, org_id: OrgParam = None
+    body: ThresholdOverrides, admin: AdminPrincipal, reports: ReportsDep, org_id: OptionalId = None
 ) -> ThresholdView:
     """Replace the overrides of the admin's own org (`org_id`) or, for platform admins only, the global ones
     (no `org_id`); `{}` clears them. Applies within seconds."""

@@ -1,4 +1,4 @@
-"""Dependencies of the admin routes: the caller (an admin, from `leaky_common.api`) and the use cases."""
+"""Dependencies of the admin routes: the use case (the caller is `leaky_common.api.AdminPrincipal`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from leaky_common.api import AdminPrincipal
 from lt_notifier.usecases.admin import SubscriptionAdmin
 
-__all__ = ["Admin", "Subscriptions"]
+__all__ = ["Subscriptions"]
 
 
 def _subscriptions(request: Request) -> SubscriptionAdmin:
@@ -17,5 +16,4 @@ def _subscriptions(request: Request) -> SubscriptionAdmin:
     return admin
 
 
-Admin = AdminPrincipal
 Subscriptions = Annotated[SubscriptionAdmin, Depends(_subscriptions)]

@@ -1,4 +1,4 @@
-"""Admin HTTP routes: channel subscriptions (Slack, Teams, Telegram, WhatsApp, email, webhooks) and the
+"""AdminPrincipal HTTP routes: channel subscriptions (Slack, Teams, Telegram, WhatsApp, email, webhooks) and the
 delivery log, each org-isolated (see `lt_notifier.usecases.admin`)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Query, Response
 
-from leaky_common.api import error_responses
+from leaky_common.api import AdminPrincipal, error_responses
 from leaky_common.errors import NotFound
-from lt_notifier.api.deps import Admin, Subscriptions
+from lt_notifier.api.deps import Subscriptions
 from lt_notifier.api.schemas import (
     Channel,
     ChannelCreate,
@@ -35,21 +35,21 @@ def _delivery(row: dict[str, Any]) -> Delivery:
 
 
 @router.post("/webhooks", status_code=201, response_model=Webhook)
-async def create_webhook(body: WebhookCreate, admin: Admin, subscriptions: Subscriptions) -> Webhook:
+async def create_webhook(body: WebhookCreate, admin: AdminPrincipal, subscriptions: Subscriptions) -> Webhook:
     """Subscribe a URL to some (or all) event types of the admin's org (platform admins: of every org); a
     secret makes every delivery HMAC-signed."""
     return Webhook.model_validate(await subscriptions.subscribe(admin, body.to_new()))
 
 
 @router.get("/webhooks", response_model=WebhookList)
-async def list_webhooks(admin: Admin, subscriptions: Subscriptions) -> WebhookList:
+async def list_webhooks(admin: AdminPrincipal, subscriptions: Subscriptions) -> WebhookList:
     """Active webhook subscriptions of the admin's org (platform admins: all); secrets are never returned."""
     rows = await subscriptions.subscriptions(admin, "webhook")
     return WebhookList(data=[Webhook.model_validate(r) for r in rows])
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204, responses=error_responses(404))
-async def delete_webhook(webhook_id: str, admin: Admin, subscriptions: Subscriptions) -> Response:
+async def delete_webhook(webhook_id: str, admin: AdminPrincipal, subscriptions: Subscriptions) -> Response:
     """Unsubscribe; its pending deliveries are given up. Another org's webhook is a 404."""
     if not await subscriptions.unsubscribe(admin, webhook_id):
         raise NotFound(f"no webhook {webhook_id!r}", param="webhook_id", code="webhook_not_found")
@@ -58,7 +58,7 @@ async def delete_webhook(webhook_id: str, admin: Admin, subscriptions: Subscript
 
 @router.get("/deliveries", response_model=DeliveryList)
 async def list_deliveries(
-    admin: Admin,
+    admin: AdminPrincipal,
     subscriptions: Subscriptions,
     event_type: Annotated[str | None, Query(max_length=100)] = None,
     status: Annotated[DeliveryStatus | None, Query()] = None,
@@ -72,14 +72,14 @@ async def list_deliveries(
 
 
 @router.post("/deliveries/{delivery_id}/retry", response_model=Delivery, responses=error_responses(404))
-async def retry_delivery(delivery_id: str, admin: Admin, subscriptions: Subscriptions) -> Delivery:
+async def retry_delivery(delivery_id: str, admin: AdminPrincipal, subscriptions: Subscriptions) -> Delivery:
     """Send a dead delivery again (with a fresh attempt budget), e.g. after fixing the receiver. Another
     org's delivery is a 404."""
     return _delivery(await subscriptions.retry(admin, delivery_id))
 
 
 @router.post("/channels", status_code=201, response_model=Channel)
-async def create_channel(body: ChannelCreate, admin: Admin, subscriptions: Subscriptions) -> Channel:
+async def create_channel(body: ChannelCreate, admin: AdminPrincipal, subscriptions: Subscriptions) -> Channel:
     """Subscribe a channel to events (all, or `event_types`) at or above `min_severity` of the admin's org,
     optionally only those of one team or user. Platform admins may leave `org_id` out (every org) or name any
     org; other admins' subscriptions are always scoped to their own org (another org: 403 `other_org`)."""
@@ -88,7 +88,9 @@ async def create_channel(body: ChannelCreate, admin: Admin, subscriptions: Subsc
 
 @router.get("/channels", response_model=ChannelList)
 async def list_channels(
-    admin: Admin, subscriptions: Subscriptions, channel: Annotated[ChannelName | None, Query()] = None
+    admin: AdminPrincipal,
+    subscriptions: Subscriptions,
+    channel: Annotated[ChannelName | None, Query()] = None,
 ) -> ChannelList:
     """Active channel subscriptions of the admin's org; platform admins see all, including those enabled by
     environment variables. Secrets are never shown."""
@@ -97,7 +99,7 @@ async def list_channels(
 
 
 @router.delete("/channels/{channel_id}", status_code=204, responses=error_responses(404))
-async def delete_channel(channel_id: str, admin: Admin, subscriptions: Subscriptions) -> Response:
+async def delete_channel(channel_id: str, admin: AdminPrincipal, subscriptions: Subscriptions) -> Response:
     """Unsubscribe; its pending deliveries are given up. Another org's channel is a 404."""
     if not await subscriptions.unsubscribe(admin, channel_id):
         raise NotFound(f"no channel {channel_id!r}", param="channel_id", code="channel_not_found")
@@ -105,7 +107,7 @@ async def delete_channel(channel_id: str, admin: Admin, subscriptions: Subscript
 
 
 @router.post("/channels/{channel_id}/test", response_model=ChannelTest, responses=error_responses(404))
-async def test_channel(channel_id: str, admin: Admin, subscriptions: Subscriptions) -> ChannelTest:
+async def test_channel(channel_id: str, admin: AdminPrincipal, subscriptions: Subscriptions) -> ChannelTest:
     """Send a test notification to a channel now and report the outcome (not queued, not retried). Another
     org's channel is a 404."""
     error = await subscriptions.send_test(admin, channel_id)

@@ -1,4 +1,4 @@
-"""Dependencies of the purchase routes: the caller (from `leaky_common.api`), the use case, the trace."""
+"""Dependencies of the purchase routes: the use case and the trace to carry (the caller is `leaky_common.api`'s)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from opentelemetry import propagate
 
-from leaky_common.api import AdminPrincipal, CurrentPrincipal
 from lt_saga.usecases.purchases import Purchases
 
-__all__ = ["AdminPrincipal", "CurrentPrincipal", "PurchasesDep", "TraceContext"]
+__all__ = ["PurchasesDep", "TraceContext"]
 
 
 async def _purchases(request: Request) -> Purchases:

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from leaky_common.api import error_responses
-from lt_saga.api.deps import AdminPrincipal, CurrentPrincipal, PurchasesDep, TraceContext
+from leaky_common.api import AdminPrincipal, CurrentPrincipal, error_responses
+from lt_saga.api.deps import PurchasesDep, TraceContext
 from lt_saga.api.schemas import (
     PurchaseAccepted,
     PurchaseAcceptedAlias,
