@@ -10,8 +10,6 @@ import pytest
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 
-ERROR_BODY = "#/components/schemas/ErrorBody"
-
 
 @pytest.fixture(scope="module")
 def document() -> dict[str, Any]:
