@@ -19,9 +19,8 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
     gateway = build_gateway(settings, providers)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
-        app.state.usage = gateway.usage
         try:
             yield
         finally:
