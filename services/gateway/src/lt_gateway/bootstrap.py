@@ -20,6 +20,7 @@ from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.api.chat import ChatHandler
 from lt_gateway.domain.tokens import encoding
 from lt_gateway.settings import GatewaySettings
+from lt_gateway.usecases.completion.flow import CompletionFlow
 from lt_gateway.usecases.management import ManagementProxy
 
 logger = logging.getLogger(__name__)
@@ -84,13 +85,10 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
         linger_s=settings.usage_linger_s,
     )
     upstream = UpstreamHTTP(settings.upstream_timeout_s, settings.upstream_retry_backoff_s)
-    chat = ChatHandler(
-        models=models,
-        providers=providers or build_providers(upstream),
-        quota=quota,
-        usage=usage,
-        max_body_bytes=settings.max_body_bytes,
+    flow = CompletionFlow(
+        models=models, providers=providers or build_providers(upstream), quota=quota, usage=usage
     )
+    chat = ChatHandler(flow, max_body_bytes=settings.max_body_bytes)
     management_client = ManagementClient(settings)
     management = ManagementProxy(quota, management_client, settings.internal_token)
     return Gateway(settings, models, quota, usage, upstream, management_client, chat, management)

@@ -20,6 +20,7 @@ from lt_gateway.adapters.quota_client import Denial
 from lt_gateway.api.chat import ChatHandler
 from lt_gateway.domain.models import ModelSpec
 from lt_gateway.domain.pricing import format_usd
+from lt_gateway.usecases.completion.flow import CompletionFlow
 
 
 class FakeQuota:
@@ -88,13 +89,13 @@ def make_request(body: dict[str, Any], headers: dict[str, str] | None = None) ->
 
 
 def handler(quota: FakeQuota, sink: RecordingSink, provider: Any = None) -> ChatHandler:
-    return ChatHandler(
+    flow = CompletionFlow(
         models=ModelTable.load(None),
         providers={"mock": provider or MockProvider()},
         quota=quota,  # type: ignore[arg-type]
         usage=sink,  # type: ignore[arg-type]
-        max_body_bytes=100_000,
     )
+    return ChatHandler(flow, max_body_bytes=100_000)
 
 
 CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 500}
@@ -290,13 +291,13 @@ async def test_output_cap_uses_the_field_each_provider_understands() -> None:
         input_usd_micros_per_mtok=1, output_usd_micros_per_mtok=1,
     )  # fmt: skip
     recording = RecordingProvider()
-    h = ChatHandler(
+    flow = CompletionFlow(
         models=ModelTable([*ModelTable.load(None).all(), openai_spec]),
         providers={"mock": recording, "openai": recording},
         quota=FakeQuota(),  # type: ignore[arg-type]
         usage=RecordingSink(),  # type: ignore[arg-type]
-        max_body_bytes=100_000,
     )
+    h = ChatHandler(flow, max_body_bytes=100_000)
     hi = [{"role": "user", "content": "hi"}]
     await h.handle(make_request({"model": "o-model", "messages": hi}))
     await h.handle(make_request({"model": "mock-gpt", "messages": hi}))

@@ -12,10 +12,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from leaky_common.errors import ServiceError
-from lt_gateway.adapters.model_table import ModelTable
-from lt_gateway.adapters.providers import Provider
-from lt_gateway.adapters.quota_client import QuotaClient
-from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.api.http import api_key_from, governance_headers, request_id_from
 from lt_gateway.domain.requests import PARSERS, Kind, load_body
 from lt_gateway.usecases.completion.flow import CompletionFlow, Reply
@@ -24,16 +20,8 @@ from lt_gateway.usecases.completion.flow import CompletionFlow, Reply
 class ChatHandler:
     """Serves the governed endpoints; one instance per app."""
 
-    def __init__(
-        self,
-        *,
-        models: ModelTable,
-        providers: dict[str, Provider],
-        quota: QuotaClient,
-        usage: UsageSink,
-        max_body_bytes: int,
-    ) -> None:
-        self.flow = CompletionFlow(models=models, providers=providers, quota=quota, usage=usage)
+    def __init__(self, flow: CompletionFlow, *, max_body_bytes: int) -> None:
+        self.flow = flow
         self.max_body_bytes = max_body_bytes
 
     async def handle(self, request: Request) -> Response:
