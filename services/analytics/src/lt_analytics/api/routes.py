@@ -22,7 +22,7 @@ from lt_analytics.api.schemas import (
     Timeseries,
     UsageSummary,
 )
-from lt_analytics.usecases.reports import ThresholdLevel, own_org
+from lt_analytics.usecases.reports import ThresholdLevel
 
 __all__ = ["router"]
 
@@ -63,8 +63,7 @@ async def leaderboard(
 ) -> Leaderboard:
     """Users of the caller's org ranked by average efficiency (completion/prompt per request); `org_id`, if
     given, must be the caller's own."""
-    org = own_org(caller, org_id)
-    rows = await reports.leaderboard(org, period, limit)
+    org, rows = await reports.leaderboard(caller, org_id, period, limit)
     return Leaderboard(
         period=period,
         org_id=org,
@@ -90,8 +89,7 @@ async def anomalies(
 ) -> AnomalyList:
     """Newest detections first, always within the caller's org: a user's own and, for a manager, those of the
     teams they manage; for admins every one of their org. `org_id`, if given, must be the caller's own."""
-    org = own_org(caller, org_id)
-    rows = await reports.anomalies(caller, org, kind, limit)
+    rows = await reports.anomalies(caller, org_id, kind, limit)
     return AnomalyList(data=[Anomaly.model_validate(r) for r in rows])
 
 
@@ -106,7 +104,7 @@ async def baseline(
 ) -> Baseline:
     """The caller's org now versus its recent past; anomaly = baseline > 0 and ratio >= x. `org_id`, if given,
     must be the caller's own."""
-    reading = await reports.baseline(own_org(caller, org_id), window_minutes, baseline_windows)
+    reading = await reports.baseline(caller, org_id, window_minutes, baseline_windows)
     return Baseline(
         org_id=reading.org_id,
         window_minutes=window_minutes,
@@ -151,7 +149,7 @@ async def get_thresholds(
 ) -> ThresholdView:
     """Detector thresholds in force globally (no `org_id`) or for the admin's own org, and the overrides set at
     that level. Another org's are a 403 `other_org`."""
-    return _view(await reports.thresholds(None if org_id is None else own_org(admin, org_id)))
+    return _view(await reports.thresholds(admin, org_id))
 
 
 @router.put("/v1/analytics/thresholds", response_model=ThresholdView)

@@ -95,26 +95,35 @@ class Reports:
         if await repository.team_of_other_org(self._pool, scope_id, caller.org_id):
             raise Forbidden("this team belongs to another org", param="id", code="other_org")
 
-    async def leaderboard(self, org: str, period: str, limit: int) -> list[dict[str, Any]]:
-        """Users of `org` by average efficiency over the period, each with `average_efficiency`."""
+    async def leaderboard(
+        self, caller: Principal, org_id: str | None, period: str, limit: int
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """(the org, its users by average efficiency over the period, each with `average_efficiency`): the
+        caller's org; `org_id`, if given, must be it."""
+        org = own_org(caller, org_id)
         since = day_window_since(datetime.now(UTC), PERIOD_DAYS[period])
         rows = await repository.efficiency_ranking(self._pool, org, since, limit)
-        return [
+        return org, [
             {**r, "average_efficiency": mean_efficiency(r["efficiency_sum"], r["requests"])} for r in rows
         ]
 
     async def anomalies(
-        self, caller: Principal, org: str, kind: str | None, limit: int
+        self, caller: Principal, org_id: str | None, kind: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        """A user's own detections and those of the teams they manage; an admin's whole org."""
+        """A user's own detections and those of the teams they manage; an admin's whole org (`org_id`, if
+        given, must be the caller's)."""
+        org = own_org(caller, org_id)
         user = None if caller.is_admin else caller.user_id
         teams = () if caller.is_admin else caller.managed_team_ids
         return await repository.list_anomalies(
             self._pool, user_id=user, org_id=org, kind=kind, limit=limit, team_ids=teams
         )
 
-    async def baseline(self, org: str, window_minutes: int, windows: int) -> BaselineReading:
-        """The org's current window against its recent past."""
+    async def baseline(
+        self, caller: Principal, org_id: str | None, window_minutes: int, windows: int
+    ) -> BaselineReading:
+        """The caller's org's current window against its recent past (`org_id`, if given, must be it)."""
+        org = own_org(caller, org_id)
         current, previous = await window_tokens(self._pool, org, datetime.now(UTC), window_minutes, windows)
         mean, ratio = baseline_ratio(current, previous)
         return BaselineReading(org, current, mean, ratio)
@@ -150,8 +159,11 @@ class Reports:
         )
         return target, rows
 
-    async def thresholds(self, org_id: str | None) -> ThresholdLevel:
-        """Thresholds in force globally (None) or for one org, and the overrides set at that level."""
+    async def thresholds(self, admin: Principal, org_id: str | None) -> ThresholdLevel:
+        """Thresholds in force globally (None) or for the admin's own org, and the overrides set there."""
+        return await self._thresholds(None if org_id is None else own_org(admin, org_id))
+
+    async def _thresholds(self, org_id: str | None) -> ThresholdLevel:
         overrides = await threshold_overrides(self._pool)
         own = overrides.get(org_id or GLOBAL)
         return ThresholdLevel(
@@ -172,4 +184,4 @@ class Reports:
             )
         org = None if org_id is None else own_org(admin, org_id)
         await set_threshold_overrides(self._pool, org or GLOBAL, body)
-        return await self.thresholds(org)
+        return await self._thresholds(org)
