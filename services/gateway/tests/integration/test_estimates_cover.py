@@ -122,6 +122,7 @@ async def rig(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
         spec("claude", fakes["anthropic"], 3_000_000, 15_000_000, cache_write_usd_micros_per_mtok=3_750_000),
         # A cheap deployment that is down, falling back to a dearer one with another image rule.
         spec("cheap", fakes["down"], 100_000, 400_000, max_retries=0, fallbacks=["claude"]),
+        spec("embed", fakes["openai"], 20_000, 0, mode="embedding"),
     ])  # fmt: skip
     quota, sink = GrantingQuota(), Sink()
     flow = CompletionFlow(models=models, providers=build_providers(http), quota=quota, usage=sink)  # type: ignore[arg-type]
@@ -261,3 +262,14 @@ async def test_fallback_is_reserved_at_the_dearest_deployment_of_the_chain(rig: 
     asked = rig.quota.requests[-1]
     assert (asked.input_usd_micros_per_mtok, asked.output_usd_micros_per_mtok) == (3_750_000, 15_000_000)
     assert assert_covered(rig).cost_usd_micros > 0
+
+
+async def test_base64_embeddings_come_back_as_little_endian_float32(rig: Rig) -> None:
+    body = {"model": "embed", "input": ["a", "b"], "encoding_format": "base64"}
+    reply, _ = await run(rig, "embedding", body)
+    assert reply.status == 200, reply.body
+    data = orjson.loads(reply.body)["data"]
+    vectors = [struct.unpack("<3f", base64.b64decode(d["embedding"])) for d in data]
+    assert vectors == [struct.unpack("<3f", struct.pack("<3f", 0.1, 0.2, 0.3))] * 2
+    plain, _ = await run(rig, "embedding", {**body, "encoding_format": "float"})
+    assert orjson.loads(plain.body)["data"][0]["embedding"] == [0.1, 0.2, 0.3]

@@ -13,6 +13,7 @@ import pytest
 from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitResponse, RateLimitState
 from leaky_common.errors import InvalidRequest
+from lt_gateway.adapters.providers.mock import MockProvider
 from lt_gateway.domain.admission import admit_request, servable, upstream_body
 from lt_gateway.domain.call import Call
 from lt_gateway.domain.images import (
@@ -201,3 +202,25 @@ def test_a_stream_of_several_choices_sends_every_finish_and_usage_on_the_last() 
     assert len(events) == 2
     assert b'"index":1' in events[0] and b"usage" not in events[0]
     assert b'"index":0' in events[1] and b'"completion_tokens":8' in events[1]
+
+
+async def test_the_mock_answers_n_choices_streamed_and_not() -> None:
+    mock, gpt = MockProvider(), spec("mock-gpt", "mock")
+    body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30, "n": 3}
+    one = await mock.complete(gpt, {**body, "n": 1})
+    three = await mock.complete(gpt, body)
+    assert [c["index"] for c in three.body["choices"]] == [0, 1, 2]
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+    chunks = [c async for c in mock.stream(gpt, body)]
+    finished = [
+        c.body["choices"][0]["index"]
+        for c in chunks
+        if c.body["choices"] and c.body["choices"][0]["finish_reason"]
+    ]
+    assert finished == [0, 1, 2]
+    assert chunks[-1].usage == three.usage
+    best = await mock.text_complete(
+        gpt, {"model": "m", "prompt": "hi", "max_tokens": 30, "n": 2, "best_of": 4}
+    )
+    assert len(best.body["choices"]) == 2
+    assert best.usage.completion_tokens == 4 * one.usage.completion_tokens
