@@ -9,6 +9,7 @@ estimated (audio, files) is refused with a 400 rather than admitted on a guess.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -38,8 +39,14 @@ class Extras:
 NO_EXTRAS = Extras()
 
 
+@lru_cache(maxsize=4096)
+def _cached_tokens(text: str) -> int:
+    return text_tokens(text)
+
+
 def _json_tokens(value: Any) -> int:
-    return text_tokens(orjson.dumps(value).decode())
+    # Agents send the same tool definitions and schemas with every request: count each once.
+    return _cached_tokens(orjson.dumps(value).decode())
 
 
 def _tools_tokens(body: dict[str, Any]) -> tuple[int, bool]:
