@@ -21,6 +21,7 @@ from lt_gateway.domain.images import (
     anthropic_tokens,
     data_url_size,
     gemini_tokens,
+    image_tokens,
     openai_tokens,
     qwen_tokens,
 )
@@ -224,3 +225,13 @@ async def test_the_mock_answers_n_choices_streamed_and_not() -> None:
     )
     assert len(best.body["choices"]) == 2
     assert best.usage.completion_tokens == 4 * one.usage.completion_tokens
+
+
+def test_gpt_4o_mini_bills_the_same_tiles_at_its_own_rates() -> None:
+    images = (ImagePart((1024, 1024)), ImagePart(None), ImagePart((9000, 9000), "low"))
+    assert image_tokens(images, "openai", "gpt-4o") == 765 + 1445 + 85
+    assert (
+        image_tokens(images, "azure", "gpt-4o-mini-2024-07-18")
+        == (2833 + 4 * 5667) + (2833 + 8 * 5667) + 2833
+    )
+    assert image_tokens((), "openai", "gpt-4o-mini") == 0

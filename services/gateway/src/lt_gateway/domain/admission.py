@@ -83,7 +83,7 @@ def admit_request(
         request_id=request_id,
         model=spec.name,
         provider=spec.provider,
-        prompt_tokens=max(parsed.estimated_prompt(s.provider) for s in chain),
+        prompt_tokens=max(parsed.estimated_prompt(s.provider, s.upstream_model) for s in chain),
         max_output_tokens=max_out,
         model_max_output_tokens=model_max,
         min_output_tokens=min_out,

@@ -140,7 +140,8 @@ def choices(body: dict[str, Any], kind: str, stream: bool) -> tuple[int, int]:
     return n, best_of
 
 
-def prompt_for(prompt_tokens: int, extras: Extras, provider: str) -> int:
-    """The prompt as `provider` bills it: text, tools and schemas, its tool prompt, its image rule."""
+def prompt_for(prompt_tokens: int, extras: Extras, provider: str, model: str = "") -> int:
+    """The prompt as `provider` bills it for `model`: text, tools and schemas, its tool prompt, its image
+    rule."""
     tool_prompt = TOOL_SYSTEM_PROMPT.get(provider, 0) if extras.tools else 0
-    return prompt_tokens + tool_prompt + image_tokens(extras.images, provider)
+    return prompt_tokens + tool_prompt + image_tokens(extras.images, provider, model)

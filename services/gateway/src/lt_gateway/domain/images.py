@@ -20,9 +20,11 @@ from leaky_common.errors import InvalidRequest
 Size = tuple[int, int]
 
 # OpenAI (GPT-4o family): fit into 2048x2048, shortest side down to 768, 170 per 512px tile plus 85;
-# detail "low" is 85 flat. The worst case is 768x2048: 2x4 tiles.
-OPENAI_BASE, OPENAI_TILE, OPENAI_LOW = 85, 170, 85
+# detail "low" is the base alone. The worst case is 768x2048: 2x4 tiles.
+OPENAI_BASE, OPENAI_TILE = 85, 170
 OPENAI_MAX = OPENAI_BASE + 8 * OPENAI_TILE
+# Models that bill the same tiles at other rates (base, per tile), by upstream model prefix.
+OPENAI_TILE_RATES = {"gpt-4o-mini": (2833, 5667)}
 # Anthropic: long edge down to 1568, then (w*h)/750, and never more than about 1,600 tokens per image.
 ANTHROPIC_EDGE, ANTHROPIC_MAX = 1568, 1600
 # Gemini: both sides <= 384 -> 258; else 258 per 768x768 tile. Unknown sizes: taken as 3072x3072 (16 tiles).
@@ -112,19 +114,19 @@ def image_part(part: dict[str, Any], where: str) -> ImagePart:
     return ImagePart(data_url_size(url), detail if detail in ("low", "high", "auto") else "auto")
 
 
-def openai_tokens(image: ImagePart) -> int:
-    """OpenAI's tile rule."""
+def openai_tokens(image: ImagePart, base: int = OPENAI_BASE, tile: int = OPENAI_TILE) -> int:
+    """OpenAI's tile rule (at a model's own rates if given)."""
     if image.detail == "low":
-        return OPENAI_LOW
+        return base
     if image.size is None:
-        return OPENAI_MAX
+        return base + 8 * tile
     # Exact fractions: a float a hair above a tile boundary would bill a tile more.
     w, h = Fraction(image.size[0]), Fraction(image.size[1])
     scale = min(Fraction(1), 2048 / max(w, h))
     w, h = w * scale, h * scale
     scale = min(Fraction(1), 768 / min(w, h))
     w, h = w * scale, h * scale
-    return OPENAI_BASE + OPENAI_TILE * math.ceil(w / 512) * math.ceil(h / 512)
+    return base + tile * math.ceil(w / 512) * math.ceil(h / 512)
 
 
 def anthropic_tokens(image: ImagePart) -> int:
@@ -158,7 +160,16 @@ def qwen_tokens(image: ImagePart) -> int:
 _RULES = {"anthropic": anthropic_tokens, "gemini": gemini_tokens, "qwen": qwen_tokens}
 
 
-def image_tokens(images: tuple[ImagePart, ...], provider: str) -> int:
-    """What `provider` bills for the images (OpenAI's rule for every OpenAI-shaped provider)."""
-    rule = _RULES.get(provider, openai_tokens)
-    return sum(rule(image) for image in images)
+def image_tokens(images: tuple[ImagePart, ...], provider: str, model: str = "") -> int:
+    """What `provider` bills for the images sent to `model` (OpenAI's rule for every OpenAI-shaped
+    provider, at the model's own tile rates where they differ)."""
+    if not images:
+        return 0
+    rule = _RULES.get(provider)
+    if rule is not None:
+        return sum(rule(image) for image in images)
+    base, tile = next(
+        (rates for prefix, rates in OPENAI_TILE_RATES.items() if model.startswith(prefix)),
+        (OPENAI_BASE, OPENAI_TILE),
+    )
+    return sum(openai_tokens(image, base, tile) for image in images)

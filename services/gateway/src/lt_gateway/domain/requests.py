@@ -82,9 +82,9 @@ class ParsedRequest:
     generated: int = 1
     extras: Extras = NO_EXTRAS
 
-    def estimated_prompt(self, provider: str) -> int:
-        """The prompt tokens `provider` bills for this request (its image rule and tool prompt)."""
-        return prompt_for(self.prompt_tokens, self.extras, provider)
+    def estimated_prompt(self, provider: str, model: str = "") -> int:
+        """The prompt tokens `provider` bills for this request to `model` (its image rule and tool prompt)."""
+        return prompt_for(self.prompt_tokens, self.extras, provider, model)
 
 
 def load_body(raw: bytes, max_bytes: int) -> dict[str, Any]:

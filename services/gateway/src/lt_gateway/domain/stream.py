@@ -30,7 +30,7 @@ class StreamAccount:
         self.call = call
         self.counted = 0
         self.usage: Usage | None = None
-        self.prompt = Usage(call.parsed.estimated_prompt(call.spec.provider), 0)
+        self.prompt = Usage(call.parsed.estimated_prompt(call.spec.provider, call.spec.upstream_model), 0)
         # Finish chunks held back until usage is known (one per choice when `n` > 1).
         self.held: list[dict[str, Any]] = []
         self.sent_final = False

@@ -103,7 +103,7 @@ class CompletionFlow:
         granted = 0 if parsed.kind == "embedding" else admitted.granted_output_tokens
         call = Call(
             parsed, spec, admitted, request_id, gov.session_id, started,
-            spec.cost_usd_micros(parsed.estimated_prompt(spec.provider), granted),
+            spec.cost_usd_micros(parsed.estimated_prompt(spec.provider, spec.upstream_model), granted),
         )  # fmt: skip
         return await self._answer(call)
 
@@ -130,7 +130,8 @@ class CompletionFlow:
     async def _start_stream(self, call: Call, headers: dict[str, str]) -> Reply:
         chunks, first = await self.upstream.open_stream(call)
         max_cost = call.spec.cost_usd_micros(
-            call.parsed.estimated_prompt(call.spec.provider), call.admitted.granted_output_tokens
+            call.parsed.estimated_prompt(call.spec.provider, call.spec.upstream_model),
+            call.admitted.granted_output_tokens,
         )
         headers["x-leaky-tokens-cost-usd-max"] = format_usd(max_cost)
         return Reply(
