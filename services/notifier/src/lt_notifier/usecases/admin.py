@@ -82,10 +82,13 @@ class SubscriptionAdmin:
         return {**row, "signing_secret": generated}
 
     async def _check_destination(self, url: str) -> None:
+        # A name that does not resolve (yet) is accepted: every send resolves and checks it again.
         try:
             destination = parse_destination(url)
             await resolve_checked(destination.host, destination.port, self._policy)
         except DestinationRefused as exc:
+            if exc.category == "unresolvable":
+                return
             raise InvalidRequest(
                 f"url is not an allowed destination: {exc} (only public addresses, unless the operator"
                 " allows a network in LT_OUTBOUND_ALLOW_NETWORKS)",
