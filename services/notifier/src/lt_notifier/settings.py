@@ -54,11 +54,12 @@ class NotifierSettings(ServiceSettings):
     smtp_starttls: bool = False
     email_from: str = "Leaky Tokens <alerts@leaky-tokens.local>"
 
-    # Non-public networks (CIDR, JSON list) outbound requests may reach; empty = public addresses only. The
-    # local stack and tests allow loopback for their fake receivers; a production allow-list stays empty.
+    # Non-public networks (CIDR, JSON list) channel requests may reach; empty = public addresses only. Tests
+    # and local fake receivers name exactly their address (e.g. ["127.0.0.2/32"]), never the services' own.
     outbound_allow_networks: list[str] = Field(default_factory=list)
-    # Keys sealing channel secrets at rest: "<id>:<base64 of 32 bytes>[,<id>:<key>...]", the first seals,
-    # all open (rotation: see docs/security.md). Unset: channels that need a secret are refused.
+    # Keys sealing channel URLs and secrets at rest: "<id>:<base64 of 32 bytes>[,<id>:<key>...]", the first
+    # seals, all open (rotation: docs/security.md). Unset: channels with a URL or secret are refused (400) and
+    # env-configured ones stop the start.
     channel_secret_keys: str = ""
 
     delivery_max_attempts: int = Field(default=6, ge=1)

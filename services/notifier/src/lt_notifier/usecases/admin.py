@@ -16,12 +16,12 @@ import asyncpg
 from leaky_common.auth import Principal
 from leaky_common.errors import Forbidden, InvalidRequest, NotFound
 from leaky_common.outbound import DestinationRefused, OutboundPolicy, parse_destination, resolve_checked
-from leaky_common.sealing import SecretBox
+from leaky_common.sealing import SealError, SecretBox
 from leaky_common.webhook_signing import new_secret
 from lt_notifier.adapters import deliveries, subscriptions
 from lt_notifier.domain.subscriptions import NewSubscription
 from lt_notifier.settings import NotifierSettings
-from lt_notifier.usecases.delivery import Deliverer
+from lt_notifier.usecases.delivery import SEALED_SHUT, Deliverer
 
 __all__ = ["SubscriptionAdmin", "scope_for_new", "visible_org"]
 
@@ -131,9 +131,12 @@ class SubscriptionAdmin:
 
     async def send_test(self, admin: Principal, channel_id: str) -> str | None:
         """Send a test notification to a visible channel now (404 if there is none); None when it arrived."""
-        subscription = await subscriptions.get_subscription(
-            self._pool, self._box, channel_id, visible_org(admin)
-        )
+        try:
+            subscription = await subscriptions.get_subscription(
+                self._pool, self._box, channel_id, visible_org(admin)
+            )
+        except SealError:
+            return SEALED_SHUT
         if subscription is None:
             raise NotFound(f"no channel {channel_id!r}", param="channel_id", code="channel_not_found")
         return await self._deliverer.send_test(subscription)

@@ -28,7 +28,11 @@ from lt_notifier.domain.subscriptions import Subscription
 from lt_notifier.domain.webhook import message_from_payload
 from lt_notifier.settings import NotifierSettings
 
-__all__ = ["Deliverer"]
+__all__ = ["SEALED_SHUT", "Deliverer"]
+
+# What a send records when the channel's sealed URL or secrets do not open (is the key that sealed them
+# still in LT_CHANNEL_SECRET_KEYS?).
+SEALED_SHUT = "channel secrets do not open"
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +108,7 @@ class Deliverer:
     async def _send(self, delivery: DueDelivery) -> str | None:
         """Send once; None on success, else what went wrong (with every secret redacted)."""
         if delivery.sealed_shut:
-            return "channel secrets do not open (is the key that sealed them configured?)"
+            return SEALED_SHUT
         try:
             note = describe(message_from_payload(delivery.body))
         except ValidationError as exc:
