@@ -6,9 +6,9 @@
   disguised link).
 - Channel secrets: sealed in the notifier's database, never returned by the API.
 
-The stack is started here with `LT_OUTBOUND_ALLOW_NETWORKS=["127.0.0.2/32"]`: the fake chat platforms and
-receivers of this test listen on 127.0.0.2 (the operator's allow-list names exactly them) while every service
-of the stack listens on 127.0.0.1, which stays refused.
+The stack is started here with `LT_OUTBOUND_ALLOW_NETWORKS=["127.0.0.1:<fake port>"]`: the operator's
+allow-list names exactly the fake receivers' address and port, while every service of the stack (the same
+address, other ports) stays refused.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "deploy" / "local" / "stack.py"
-FAKE_HOST = "127.0.0.2"
 INJECTION = "<!channel> see <https://evil.example|the dashboard> or [click here](https://evil.example)"
 UPSTREAM_SECRET_TEXT = "upstream-private-answer-7f3a"
 
@@ -51,9 +50,14 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[Live]:
+def fake_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def live(fake_port: int) -> Iterator[Live]:
     run_dir = Path(tempfile.mkdtemp(prefix="lt-outbound-"))
-    env = {**os.environ, "LT_OUTBOUND_ALLOW_NETWORKS": json.dumps([f"{FAKE_HOST}/32"])}
+    env = {**os.environ, "LT_OUTBOUND_ALLOW_NETWORKS": json.dumps([f"127.0.0.1:{fake_port}"])}
     cmd = [sys.executable, str(STACK), "up", "--run-dir", str(run_dir), "--ports", "auto"]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
     state = json.loads((run_dir / "stack.json").read_text()) if (run_dir / "stack.json").exists() else {}
@@ -76,7 +80,7 @@ def live() -> Iterator[Live]:
 
 @dataclass
 class Receivers:
-    """Requests that reached the fake platform (127.0.0.2) and the stand-in internal service (127.0.0.1)."""
+    """Requests that reached the fake platform (allowed) and a stand-in internal service (another port)."""
 
     fake_port: int
     internal_port: int
@@ -84,12 +88,12 @@ class Receivers:
     internal_hits: list[str] = field(default_factory=list)
 
     def fake(self, path: str) -> str:
-        return f"http://{FAKE_HOST}:{self.fake_port}{path}"
+        return f"http://127.0.0.1:{self.fake_port}{path}"
 
 
 @pytest.fixture(scope="module")
-async def receivers() -> AsyncIterator[Receivers]:
-    rec = Receivers(fake_port=free_port(), internal_port=free_port())
+async def receivers(fake_port: int) -> AsyncIterator[Receivers]:
+    rec = Receivers(fake_port=fake_port, internal_port=free_port())
 
     async def fake(request: web.Request) -> web.Response:
         rec.fake_hits.append((request.path, await request.read(), dict(request.headers)))
@@ -106,12 +110,12 @@ async def receivers() -> AsyncIterator[Receivers]:
         return web.Response(text="internal")
 
     runners = []
-    for handler, host, port in ((fake, FAKE_HOST, rec.fake_port), (internal, "127.0.0.1", rec.internal_port)):
+    for handler, port in ((fake, rec.fake_port), (internal, rec.internal_port)):
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", handler)
         runner = web.AppRunner(app)
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
         runners.append(runner)
     try:
         yield rec

@@ -6,8 +6,9 @@ public addresses. Refused ranges (by category): loopback, private (RFC 1918, ULA
 ranges), link-local (169.254/16, fe80::/10), multicast, unspecified, CGNAT (100.64/10), cloud metadata
 addresses, reserved/documentation ranges. IPv4 embedded in IPv6 (IPv4-mapped, NAT64, 6to4, IPv4-compatible)
 is judged by its IPv4 address. Numeric host forms the resolver accepts (decimal `2130706433`, octal
-`0177.0.0.1`, hex `0x7f.1`) are judged by what they resolve to. An operator allow-list of networks
-(`OutboundPolicy.allow`) lets chosen addresses through, e.g. local fakes in development and tests.
+`0177.0.0.1`, hex `0x7f.1`) are judged by what they resolve to. An operator allow-list lets chosen networks
+through (`10.1.0.0/16`), or one address and port only (`127.0.0.1:8090`, `[::1]:8090`): local fakes in
+development and tests are allowed that way without opening the services that listen on the same address.
 
 `check_address` is pure; `resolve_checked` resolves a host and checks every address it resolves to (one bad
 answer refuses the host, so a DNS answer mixing a public and a private address cannot slip through).
@@ -69,18 +70,38 @@ class Destination:
 
 @dataclass(frozen=True, slots=True)
 class OutboundPolicy:
-    """Which non-public networks an operator lets outbound requests reach (none by default)."""
+    """Which non-public destinations an operator lets outbound requests reach (none by default): networks
+    (any port) and single address-and-port pairs."""
 
     allow: tuple[IPNetwork, ...] = ()
+    allow_ports: tuple[tuple[IPAddress, int], ...] = ()
 
     @classmethod
-    def from_strings(cls, networks: list[str]) -> OutboundPolicy:
-        """From CIDR strings such as "127.0.0.1/32" or "::1/128" (a bare address means just that address)."""
-        return cls(tuple(ipaddress.ip_network(n.strip(), strict=False) for n in networks if n.strip()))
+    def from_strings(cls, entries: list[str]) -> OutboundPolicy:
+        """From "10.1.0.0/16", "::1/128", "127.0.0.1" (one address, any port), "127.0.0.1:8090" or
+        "[::1]:8090" (one address, one port); ValueError on anything else."""
+        networks: list[IPNetwork] = []
+        ports: list[tuple[IPAddress, int]] = []
+        for raw in (e.strip() for e in entries):
+            if not raw:
+                continue
+            host, sep, port = (
+                raw.rpartition(":") if raw.startswith("[") or raw.count(":") == 1 else ("", "", "")
+            )
+            if sep:
+                number = int(port)
+                if not 0 < number < 65536:
+                    raise ValueError(f"bad port in {raw!r}")
+                ports.append((ipaddress.ip_address(host.strip("[]")), number))
+            else:
+                networks.append(ipaddress.ip_network(raw, strict=False))
+        return cls(tuple(networks), tuple(ports))
 
-    def allows(self, address: IPAddress) -> bool:
-        """Whether the allow-list names this address."""
-        return any(address.version == net.version and address in net for net in self.allow)
+    def allows(self, address: IPAddress, port: int | None = None) -> bool:
+        """Whether the allow-list names this address (and port)."""
+        if any(address.version == net.version and address in net for net in self.allow):
+            return True
+        return port is not None and (address, port) in self.allow_ports
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -113,14 +134,14 @@ def _category(address: IPAddress) -> str | None:  # noqa: PLR0911 - one answer p
     return None
 
 
-def check_address(address: IPAddress, policy: OutboundPolicy) -> None:
-    """Raise DestinationRefused unless `address` is public or allowed by `policy`."""
-    if policy.allows(address):
+def check_address(address: IPAddress, policy: OutboundPolicy, port: int | None = None) -> None:
+    """Raise DestinationRefused unless `address` (at `port`) is public or allowed by `policy`."""
+    if policy.allows(address, port):
         return
     if isinstance(address, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(address)
         if embedded is not None:
-            check_address(embedded, policy)
+            check_address(embedded, policy, port)
             return
     category = _category(address)
     if category is not None:
@@ -158,7 +179,7 @@ async def resolve_checked(host: str, port: int, policy: OutboundPolicy) -> list[
     """Resolve `host` and check every address; the addresses to connect to, or DestinationRefused."""
     literal = _literal(host)
     if literal is not None:
-        check_address(literal, policy)
+        check_address(literal, policy, port)
         return [literal]
     if host.lower() == "localhost" or host.lower().endswith(".localhost"):
         addresses: list[IPAddress] = [ipaddress.ip_address("127.0.0.1")]
@@ -177,5 +198,5 @@ async def resolve_checked(host: str, port: int, policy: OutboundPolicy) -> list[
     if not addresses:
         raise DestinationRefused("unresolvable", "destination host does not resolve")
     for address in addresses:
-        check_address(address, policy)
+        check_address(address, policy, port)
     return addresses

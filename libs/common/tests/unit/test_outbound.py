@@ -123,8 +123,20 @@ async def test_allow_list_lets_only_the_named_networks_through() -> None:
     assert await verdict("http://127.0.0.2/", policy) == "loopback"
     assert await verdict("http://10.2.0.1/", policy) == "private"
     assert await verdict("http://169.254.169.254/", policy) == "metadata"
-    with pytest.raises(ValueError):
-        OutboundPolicy.from_strings(["not-a-network"])
+    for bad in (["not-a-network"], ["127.0.0.1:0"], ["127.0.0.1:http"], ["[::1]:99999"]):
+        with pytest.raises(ValueError):
+            OutboundPolicy.from_strings(bad)
+
+
+async def test_allow_list_can_name_one_address_and_port() -> None:
+    # A local fake receiver is allowed without opening the services listening on the same address.
+    policy = OutboundPolicy.from_strings(["127.0.0.1:8091", "[::1]:8092"])
+    assert await verdict("http://127.0.0.1:8091/hook", policy) == "ok"
+    assert await verdict("http://localhost:8091/hook", policy) == "ok"
+    assert await verdict("http://[::1]:8092/hook", policy) == "ok"
+    assert await verdict("http://127.0.0.1:8082/internal/admit", policy) == "loopback"
+    assert await verdict("http://127.0.0.1/", policy) == "loopback"  # port 80
+    assert await verdict("http://[::1]:8091/", policy) == "loopback"
 
 
 def _fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> None:

@@ -54,8 +54,9 @@ class NotifierSettings(ServiceSettings):
     smtp_starttls: bool = False
     email_from: str = "Leaky Tokens <alerts@leaky-tokens.local>"
 
-    # Non-public networks (CIDR, JSON list) channel requests may reach; empty = public addresses only. Tests
-    # and local fake receivers name exactly their address (e.g. ["127.0.0.2/32"]), never the services' own.
+    # Non-public destinations channel requests may reach (JSON list): networks ("10.1.0.0/16") or one address
+    # and port ("127.0.0.1:8090", "[::1]:8090"); empty = public addresses only. Local fake receivers and tests
+    # name exactly their address and port, never the services' own.
     outbound_allow_networks: list[str] = Field(default_factory=list)
     # Keys sealing channel URLs and secrets at rest: "<id>:<base64 of 32 bytes>[,<id>:<key>...]", the first
     # seals, all open (rotation: docs/security.md). Unset: channels with a URL or secret are refused (400) and
