@@ -18,12 +18,10 @@ every intent (with `refunds` beside them: this fake's way for tests to read what
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -31,6 +29,8 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
+
+from leaky_devinfra.fakes.payments_store import Store as _Store
 
 __all__ = ["TEST_PAYMENT_METHODS", "create_fakepay_app", "main"]
 
@@ -44,38 +44,6 @@ class _StripeError(Exception):
         self.body: dict[str, Any] = {"error": {"type": type_, "message": message, **extra}}
         if code:
             self.body["error"]["code"] = code
-
-
-@dataclass
-class _Store:
-    intents: dict[str, dict[str, Any]] = field(default_factory=dict)
-    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # (api key, idempotency key) -> (request fingerprint, status, body)
-    idempotent: dict[tuple[str, str], tuple[str, int, dict[str, Any]]] = field(default_factory=dict)
-    in_flight: set[tuple[str, str]] = field(default_factory=set)
-    path: Path | None = None
-
-    def save(self) -> None:
-        """Write the state to `path` (atomically), if there is one."""
-        if self.path is None:
-            return
-        idempotent = [[list(k), *v] for k, v in self.idempotent.items()]
-        data = {"intents": self.intents, "refunds": self.refunds, "idempotent": idempotent}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(data))
-        os.replace(tmp, self.path)
-
-    @classmethod
-    def load(cls, path: Path | None) -> _Store:
-        """The state saved at `path`, or an empty one."""
-        store = cls(path=path)
-        if path is not None and path.exists():
-            data = json.loads(path.read_text())
-            store.intents, store.refunds = data["intents"], data["refunds"]
-            store.idempotent = {
-                (k[0], k[1]): (fp, status, body) for k, fp, status, body in data["idempotent"]
-            }
-        return store
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
