@@ -34,13 +34,13 @@ async def test_short_chaos_run_keeps_the_money_invariants_and_fails_closed(tmp_p
     chaos = _chaos()
     config = chaos.Config(
         components=SHORT,
-        outage_s=3.0,
-        settle_s=4.0,
+        outage_s=2.0,
+        settle_s=3.0,
         warmup_s=3.0,
         workers=3,
         users=2,
-        reservation_ttl_s=30,
-        converge_s=60.0,
+        reservation_ttl_s=60,
+        converge_s=90.0,
         run_dir=tmp_path / "run",
     )
     result = await chaos.run(config)
