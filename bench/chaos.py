@@ -300,10 +300,10 @@ def _annotate(inv: Invariants, windows: list[Window], ops: list[Op]) -> None:
         found[:] = [v + where.get(v.split(":", 1)[0], "") for v in found]
 
 
-async def _converge(h: Harness, cut: set[str]) -> Invariants:
+async def _converge(h: Harness, cut: set[str], answered: dict[str, float]) -> Invariants:
     deadline = time.monotonic() + h.config.converge_s
     while True:
-        inv = await check_all(h.stores(), cut)
+        inv = await check_all(h.stores(), cut, answered)
         if not inv.failed() or time.monotonic() > deadline:
             return inv
         await asyncio.sleep(2)
@@ -334,7 +334,8 @@ async def run(config: Config) -> Report:
         await load.stop()
         load_s = time.monotonic() - started
         rows, outside = _verdicts(windows, load.ops, started)
-        inv = await _converge(h, {op.rid for op in load.ops if op.kind == "cut"})
+        cut = {op.rid for op in load.ops if op.kind == "cut"}
+        inv = await _converge(h, cut, {op.rid: op.answered for op in load.ops})
     finally:
         if not config.keep:
             h.down()

@@ -91,7 +91,8 @@ async def _fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
 async def _ledger(stores: Stores) -> list[asyncpg.Record]:
     return await _fetch(
         database_url_for(stores.postgres, "lt_quota"),
-        "SELECT l.request_id, l.pool_id, l.kind, l.amount, p.unit FROM ledger l JOIN pools p ON p.id = l.pool_id "
+        "SELECT l.request_id, l.pool_id, l.kind, l.amount, p.unit, extract(epoch FROM l.created_at) AS at "
+        "FROM ledger l JOIN pools p ON p.id = l.pool_id "
         "WHERE l.request_id LIKE $1 AND l.kind IN ('usage', 'expiry')",
         RID_PREFIX + "%",
     )
@@ -251,8 +252,24 @@ async def check_purchases(stores: Stores, inv: Invariants) -> None:
     inv.figures["tokens credited / cents captured"] = f"{tokens_total} / {cents_total}"
 
 
-async def check_all(stores: Stores, cut: set[str]) -> Invariants:
-    """Every invariant, once; `cut` are the request ids of the streams the clients cut."""
+def settlement_lag(ledger: list[asyncpg.Record], answered: dict[str, float], inv: Invariants) -> None:
+    """How long after the client had its answer the ledger row was written (a figure, not an invariant):
+    a lag past the reservation TTL turns into an expiry charge at the reserved amount."""
+    lags = sorted(
+        float(row["at"]) - answered[row["request_id"]]
+        for row in ledger
+        if row["request_id"] in answered and row["kind"] == "usage"
+    )
+    expired = sum(1 for row in ledger if row["kind"] == "expiry")
+    if lags:
+        pick = [lags[min(len(lags) - 1, int(q * len(lags)))] for q in (0.5, 0.99)]
+        inv.figures["settlement lag p50 / p99 / max"] = f"{pick[0]:.1f}s / {pick[1]:.1f}s / {lags[-1]:.1f}s"
+    inv.figures["ledger rows charged at expiry"] = expired
+
+
+async def check_all(stores: Stores, cut: set[str], answered: dict[str, float] | None = None) -> Invariants:
+    """Every invariant, once; `cut` are the request ids of the streams the clients cut, `answered` when each
+    request's answer ended (wall clock), for the settlement-lag figure."""
     inv = Invariants()
     bills = _provider_bills(stores.provider_log)
     ledger = await _ledger(stores)
@@ -260,4 +277,5 @@ async def check_all(stores: Stores, cut: set[str]) -> Invariants:
     await check_reservations(stores, inv)
     await check_counted_once(stores, bills, ledger, cut, inv)
     await check_purchases(stores, inv)
+    settlement_lag(ledger, answered or {}, inv)
     return inv

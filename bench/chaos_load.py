@@ -36,6 +36,7 @@ class Op:
     end: float = 0.0
     status: str = ""
     broken: bool = False
+    answered: float = 0.0  # wall clock at the end
 
     @property
     def ok(self) -> bool:
@@ -86,7 +87,7 @@ class Load:
                     else:
                         op.status = "conn"
                         _ = exc
-                op.end = time.monotonic()
+                op.end, op.answered = time.monotonic(), time.time()
                 self.ops.append(op)
                 await asyncio.sleep(self.pause_s)
 
