@@ -81,3 +81,10 @@ def test_the_stored_times_stay_bounded() -> None:
     for s in range(3):
         extend_run(streak, "session", request(4_000 + s, session="s1", fp="fp-b"), LIMITS)
     assert streak.count == 4 and len(streak.times) == LIMITS.loop_consecutive
+
+
+def test_a_naive_time_is_taken_as_utc() -> None:
+    naive = request(20).model_copy(
+        update={"occurred_at": (START + timedelta(seconds=20)).replace(tzinfo=None)}
+    )
+    assert loops(request(0), request(10), naive, request(30)) == [30]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from leaky_common.events import UsageRecorded
@@ -94,6 +94,8 @@ def extend_run(streak: Streak, target_type: str, event: UsageRecorded, lim: Thre
     if streak.fingerprint != event.prompt_fingerprint:
         streak.count, streak.times = 0, []
     at = event.occurred_at
+    if at.tzinfo is None:  # a producer's naive time is UTC (as Postgres stores it); stored times are aware
+        at = at.replace(tzinfo=UTC)
     streak.fingerprint, streak.last_at = event.prompt_fingerprint, at
     recent = [*streak.times, at][-lim.loop_consecutive :]
     if target_type == "key":
