@@ -27,7 +27,7 @@ import pytest
 from leaky_devinfra.infra import pid_alive
 from leaky_devinfra.testing import eventually
 
-# Ten whole-stack starts: about 15-20 s each on an idle 2-core machine, far more when it is busy.
+# Ten whole-stack starts: 30-70 s each on a heavily loaded 2-core machine (9.4 min in all), less when idle.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[2]
