@@ -162,7 +162,8 @@ async def test_the_probe_needs_the_internal_token_and_records_nothing(settings: 
         # Redis gone: the check says so (quota answers 503), rather than passing.
         gone: Redis[str] = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", decode_responses=True)
         assert await RedisState(gone).admission_script_ready() is False
-        await gone.close()
+        closable: Any = gone  # aclose is missing from types-redis
+        await closable.aclose()
 
 
 async def test_admin_creates_user_whose_key_authenticates(settings: QuotaSettings) -> None:
