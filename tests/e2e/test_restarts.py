@@ -27,7 +27,7 @@ import pytest
 from leaky_devinfra.infra import pid_alive
 from leaky_devinfra.testing import eventually
 
-# Ten whole-stack starts: 30-70 s each on a heavily loaded 2-core machine (9.4 min in all), less when idle.
+# Ten whole-stack starts: 20-70 s each on a busy 2-core machine (6-9.5 min in all), less when idle.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[2]
