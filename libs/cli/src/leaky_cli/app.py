@@ -6,6 +6,7 @@ import os
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from leaky_cli import config as cfg
@@ -24,10 +25,14 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except ApiError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            err_console.print(
+                f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True
+            )
             raise typer.Exit(1) from None
         except (cfg.ConfigError, BadInput) as exc:
-            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            err_console.print(
+                f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 __all__ = [
     "Column",
@@ -62,8 +63,9 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def _cell(row: Mapping[str, Any], getter: str | Callable[[Mapping[str, Any]], str]) -> str:
-    return getter(row) if callable(getter) else text(row.get(getter))
+def _cell(row: Mapping[str, Any], getter: str | Callable[[Mapping[str, Any]], str]) -> Text:
+    # Text, not str: a value from the API is never read as Rich markup.
+    return Text(getter(row) if callable(getter) else text(row.get(getter)))
 
 
 def list_table(

@@ -89,7 +89,9 @@ def buy(
     final = wait_for(client, str(started["id"]), timeout)
     show(final, as_json, render_purchase)
     if final.get("status") != "COMPLETED":
-        err_console.print(f"purchase {final.get('status')}: {text(final.get('reason'))}")
+        err_console.print(
+            f"purchase {final.get('status')}: {text(final.get('reason'))}", soft_wrap=True, markup=False
+        )
         raise typer.Exit(1)
 
 
