@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from leaky_cli.app import app
-from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +24,7 @@ runner = CliRunner()
 class Lt:
     """Runs `lt` in-process with a gateway URL and a key from the environment, as a user would."""
 
-    def __init__(self, stack: Stack, key: str, config: Path) -> None:
+    def __init__(self, stack: Any, key: str, config: Path) -> None:
         self.env = {
             "LT_GATEWAY_URL": stack.gateway_url,
             "LT_API_KEY": key,
@@ -35,7 +33,7 @@ class Lt:
             "COLUMNS": "200",
         }
 
-    def __call__(self, *args: str, env: dict[str, str | None] | None = None) -> Result:
+    def __call__(self, *args: str, env: Mapping[str, str | None] | None = None) -> Result:
         return runner.invoke(app, list(args), env={**self.env, **(env or {})})
 
     def json(self, *args: str) -> Any:
@@ -44,12 +42,12 @@ class Lt:
         return json.loads(result.stdout)
 
 
-def http(stack: Stack, key: str) -> httpx.Client:
+def http(stack: Any, key: str) -> httpx.Client:
     return httpx.Client(base_url=stack.gateway_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
 @pytest.fixture
-def admin_http(stack: Stack) -> Iterator[httpx.Client]:
+def admin_http(stack: Any) -> Iterator[httpx.Client]:
     with http(stack, stack.admin_key) as client:
         yield client
 
@@ -73,17 +71,17 @@ def person(admin_http: httpx.Client) -> dict[str, Any]:
 
 
 @pytest.fixture
-def lt_user(stack: Stack, person: dict[str, Any], tmp_path: Path) -> Lt:
+def lt_user(stack: Any, person: dict[str, Any], tmp_path: Path) -> Lt:
     return Lt(stack, person["api_key"], tmp_path / "config.toml")
 
 
 @pytest.fixture
-def lt_admin(stack: Stack, tmp_path: Path) -> Lt:
+def lt_admin(stack: Any, tmp_path: Path) -> Lt:
     return Lt(stack, stack.admin_key, tmp_path / "config.toml")
 
 
 def test_json_is_exactly_the_apis_body(
-    stack: Stack, person: dict[str, Any], lt_user: Lt, lt_admin: Lt, admin_http: httpx.Client
+    stack: Any, person: dict[str, Any], lt_user: Lt, lt_admin: Lt, admin_http: httpx.Client
 ) -> None:
     with http(stack, person["api_key"]) as api:
         for args, path in [
@@ -115,7 +113,7 @@ def test_tables_by_default_exit_0(lt_user: Lt, person: dict[str, Any]) -> None:
 
 
 def test_a_user_running_an_admin_command_gets_the_apis_message_and_exit_1(
-    stack: Stack, person: dict[str, Any], lt_user: Lt
+    stack: Any, person: dict[str, Any], lt_user: Lt
 ) -> None:
     with http(stack, person["api_key"]) as api:
         answer = api.get("/v1/admin/users")
@@ -134,7 +132,7 @@ def test_a_bad_key_exits_1_and_bad_usage_2(lt_user: Lt) -> None:
 
 
 def test_buy_wait_ends_completed_and_a_declined_card_exits_1(
-    lt_user: Lt, stack: Stack, person: dict[str, Any]
+    lt_user: Lt, stack: Any, person: dict[str, Any]
 ) -> None:
     final = lt_user.json("buy", "5000", "--wait", "--timeout", "60")
     assert final["status"] == "COMPLETED" and final["amount"] == 5000
@@ -149,7 +147,7 @@ def test_buy_wait_ends_completed_and_a_declined_card_exits_1(
     assert "FAILED" in declined.stdout or "COMPENSATED" in declined.stdout
 
 
-def test_keys_create_rotate_revoke_round_trip(lt_user: Lt, stack: Stack) -> None:
+def test_keys_create_rotate_revoke_round_trip(lt_user: Lt, stack: Any) -> None:
     made = lt_user.json("keys", "create", "--name", "cli-test", "--model", "mock-gpt")
     assert made["name"] == "cli-test" and made["allowed_models"] == ["mock-gpt"]
     with http(stack, made["api_key"]) as api:
@@ -183,7 +181,7 @@ def test_approvals_freezes_and_sessions(lt_user: Lt, lt_admin: Lt, person: dict[
 
 
 def test_login_writes_a_0600_profile_used_without_environment(
-    stack: Stack, person: dict[str, Any], tmp_path: Path
+    stack: Any, person: dict[str, Any], tmp_path: Path
 ) -> None:
     config = tmp_path / "cfg" / "config.toml"
     lt = Lt(stack, person["api_key"], config)
