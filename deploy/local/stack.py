@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -26,6 +25,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from stack_secrets import ensure_secrets, write_private
 
 from leaky_common.db import create_database, database_url_for
 from leaky_devinfra.infra import (
@@ -174,16 +175,9 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
             asyncio.run(create_database(pg_server, db))
         _log(f"infrastructure up in {time.monotonic() - started:.1f}s (kafka {kafka}, postgres, redis)")
 
-        key_file = run_dir / "admin_key"
-        if not key_file.exists():
-            key_file.write_text("lt-admin-" + secrets.token_urlsafe(32))
-            key_file.chmod(0o600)
-        admin_key = key_file.read_text().strip()
-        token_file = run_dir / "internal_token"
-        if not token_file.exists():
-            token_file.write_text(secrets.token_urlsafe(32))
-            token_file.chmod(0o600)
-        internal_token = token_file.read_text().strip()
+        secret_env = ensure_secrets(run_dir)
+        admin_key = secret_env["LT_BOOTSTRAP_ADMIN_KEY"]
+        internal_token = secret_env["LT_INTERNAL_TOKEN"]
 
         ports = _choose_ports(port_mode)
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -259,6 +253,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     "LT_ANALYTICS_URL": url["analytics"],
                     "LT_NOTIFIER_URL": url["notifier"],
                     "LT_USAGE_SPOOL_PATH": str(run_dir / "gateway-usage-spool.sqlite"),
+                    "LT_FINGERPRINT_SECRET": secret_env["LT_FINGERPRINT_SECRET"],
                 },
             ),
         ]
@@ -298,7 +293,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
         return 1
 
     env_text = f"LT_GATEWAY_URL={url['gateway']}\nLT_ADMIN_KEY={admin_key}\n"
-    (run_dir / "stack.env").write_text(env_text)
+    write_private(run_dir / "stack.env", env_text)
     _log(f"stack ready in {time.monotonic() - started:.1f}s; logs in {logs}")
     sys.stdout.write(env_text)
     _log(f"metrics: {url['gateway']}/metrics (each service serves /metrics); API docs: {url['gateway']}/docs")

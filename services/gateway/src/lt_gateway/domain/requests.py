@@ -5,13 +5,13 @@ Fields the gateway does not need pass through to the provider untouched.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 
 from leaky_common.errors import InvalidRequest, PayloadTooLarge
+from lt_gateway.domain.fingerprint import prompt_digest
 from lt_gateway.domain.tokens import estimate_input_tokens, estimate_prompt_tokens
 
 Kind = Literal["chat", "completion", "embedding"]
@@ -74,7 +74,8 @@ class ParsedRequest:
     max_output_tokens: int | None
     max_tokens_field: str
     prompt_tokens: int
-    fingerprint: str
+    # Unkeyed, so it never leaves the process: events carry `Fingerprinter.fingerprint` of it.
+    digest: bytes
 
 
 def load_body(raw: bytes, max_bytes: int) -> dict[str, Any]:
@@ -98,11 +99,6 @@ def model_of(body: dict[str, Any]) -> str:
             "you must provide a model parameter", param="model", code="missing_required_parameter"
         )
     return model
-
-
-def _fingerprint(model: str, payload: Any) -> str:
-    """A hash identifying a repeated prompt (loop detection) without revealing its text."""
-    return hashlib.blake2b(orjson.dumps([model, payload]), digest_size=12).hexdigest()
 
 
 def _common(body: dict[str, Any]) -> tuple[bool, bool, int | None, str]:
@@ -144,7 +140,7 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
     stream, include_usage, max_out, field = _common(body)
     return ParsedRequest(
         "chat", body, model, stream, include_usage, max_out, field,
-        estimate_prompt_tokens(messages), _fingerprint(model, messages[-3:]),
+        estimate_prompt_tokens(messages), prompt_digest(model, messages[-3:]),
     )  # fmt: skip
 
 
@@ -159,7 +155,7 @@ def parse_completion(body: dict[str, Any]) -> ParsedRequest:
         field = "max_tokens"
     return ParsedRequest(
         "completion", body, model, stream, include_usage, max_out, field,
-        estimate_input_tokens(prompt), _fingerprint(model, prompt),
+        estimate_input_tokens(prompt), prompt_digest(model, prompt),
     )  # fmt: skip
 
 
@@ -173,7 +169,7 @@ def parse_embedding(body: dict[str, Any]) -> ParsedRequest:
         raise InvalidRequest("input must be strings or arrays of token ids", param="input")
     return ParsedRequest(
         "embedding", body, model, False, False, None, "",
-        estimate_input_tokens(value), _fingerprint(model, value),
+        estimate_input_tokens(value), prompt_digest(model, value),
     )  # fmt: skip
 
 
