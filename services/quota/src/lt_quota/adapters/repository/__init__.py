@@ -25,6 +25,7 @@ from lt_quota.adapters.repository.keys import (
     list_keys,
     move_key_pools,
     revoke_key,
+    revoke_named_keys_except,
     update_key_rate_limits,
 )
 from lt_quota.adapters.repository.ledger import claim_threshold, insert_ledger, ledger_sum, period_totals
@@ -120,6 +121,7 @@ __all__ = [
     "pools_by_ids",
     "pools_to_load",
     "revoke_key",
+    "revoke_named_keys_except",
     "session_pool",
     "session_pools",
     "set_pool_limit",
