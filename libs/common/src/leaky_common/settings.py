@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["DEV_INTERNAL_TOKEN", "ServiceSettings"]
@@ -32,6 +32,12 @@ class ServiceSettings(BaseSettings):
     kafka_flavour: Literal["tansu", "kafka"] = "tansu"
     kafka_session_timeout_ms: int = 2000
     kafka_heartbeat_interval_ms: int = 500
+    # Broker authentication (off for tansu, which has none): SASL/SCRAM in the compose stack, each service with
+    # its own user, the broker's ACLs granting it only its own topics and groups (see docs/security.md).
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
 
     # Shared secret the gateway sends to internal services with the authenticated principal.
     internal_token: str = Field(default=DEV_INTERNAL_TOKEN, min_length=16)
@@ -43,6 +49,14 @@ class ServiceSettings(BaseSettings):
     def kafka_idempotence(self) -> bool:
         """Idempotent producers are on for real Kafka, off for tansu."""
         return self.kafka_flavour == "kafka"
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> ServiceSettings:
+        if self.kafka_security_protocol != "PLAINTEXT" and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError("LT_KAFKA_SASL_USERNAME and LT_KAFKA_SASL_PASSWORD are required with SASL")
+        return self
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> ServiceSettings:
