@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 __all__ = ["DEV_INTERNAL_TOKEN", "ServiceSettings"]
 
@@ -44,6 +50,23 @@ class ServiceSettings(BaseSettings):
 
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = 1.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then `.env`, then one file per setting in `LT_SECRETS_DIR` (if set):
+        a file named like the variable (`LT_DATABASE_URL`) holds its value, so secrets stay out of the
+        environment and out of the compose file (the compose stack mounts each service's own directory)."""
+        sources = [init_settings, env_settings, dotenv_settings]
+        if secrets_dir := os.environ.get("LT_SECRETS_DIR"):
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
+        return tuple(sources)
 
     @property
     def kafka_idempotence(self) -> bool:

@@ -1,5 +1,7 @@
 """Kafka client options: plain for tansu, SASL/SCRAM with the service's own user for the compose broker."""
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -33,3 +35,19 @@ def test_sasl_scram_options_carry_the_services_user() -> None:
 def test_sasl_without_credentials_is_refused() -> None:
     with pytest.raises(ValidationError, match="LT_KAFKA_SASL_USERNAME"):
         ServiceSettings(_env_file=None, kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="x")
+
+
+def test_settings_read_a_secrets_directory_after_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path
+    (directory / "LT_INTERNAL_TOKEN").write_text("from-a-file-0123456789")
+    (directory / "LT_KAFKA_SASL_PASSWORD").write_text("scram-password")
+    monkeypatch.setenv("LT_SECRETS_DIR", str(directory))
+    monkeypatch.setenv("LT_KAFKA_SASL_USERNAME", "quota")
+    monkeypatch.delenv("LT_INTERNAL_TOKEN", raising=False)
+    settings = ServiceSettings(_env_file=None, kafka_security_protocol="SASL_PLAINTEXT")
+    assert settings.internal_token == "from-a-file-0123456789"
+    assert client_options(settings)["sasl_plain_password"] == "scram-password"
+    monkeypatch.setenv("LT_INTERNAL_TOKEN", "from-the-environment-0123")
+    assert ServiceSettings(_env_file=None).internal_token == "from-the-environment-0123"

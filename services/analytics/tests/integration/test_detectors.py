@@ -69,7 +69,7 @@ async def test_loop_freezes_the_session_at_the_configured_count_and_rearms(pool:
     assert await outbox(pool) == []  # a refused request is not part of the run
     await feed(h, event())
     sent = await outbox(pool)
-    assert [t for t, _ in sent] == ["alerts", "quota.commands"]
+    assert [t for t, _ in sent] == ["alerts", "quota.freeze-requests"]
     alert, freeze = sent[0][1], sent[1][1]
     assert alert["type"] == "AnomalyDetected.v1"
     assert (alert["kind"], alert["severity"], alert["session_id"], alert["frozen"]) == (
@@ -123,7 +123,7 @@ async def test_loop_within_a_window_even_when_interleaved(pool: asyncpg.Pool) ->
     ]
     await feed(h, *events)
     kinds = [(t, m.get("kind")) for t, m in await outbox(pool)]
-    assert kinds == [("alerts", "loop"), ("quota.commands", None)]
+    assert kinds == [("alerts", "loop"), ("quota.freeze-requests", None)]
     await feed(h, event(fp="fp-x", occurred_at=now + timedelta(seconds=11)))
     assert len(await outbox(pool)) == 2  # cooling down: one alert per window, not one per request
 
@@ -149,7 +149,7 @@ async def test_request_rate_and_spend_velocity(pool: asyncpg.Pool) -> None:
     sent = await outbox(pool)
     assert [(t, m.get("kind"), m.get("target_id")) for t, m in sent[2:]] == [
         ("alerts", "spend_velocity", None),
-        ("quota.commands", None, "s-spend"),
+        ("quota.freeze-requests", None, "s-spend"),
     ]
     assert (sent[2][1]["severity"], sent[2][1]["value"]) == ("critical", 1_000_001.0)
 
@@ -359,7 +359,7 @@ async def test_a_batch_records_and_detects_like_single_events(pool: asyncpg.Pool
     sent = await outbox(pool)
     assert [(t, m.get("kind"), m.get("target_id")) for t, m in sent] == [
         ("alerts", "loop", None),
-        ("quota.commands", None, "s-batch"),
+        ("quota.freeze-requests", None, "s-batch"),
     ]
     key_rows = await pool.fetch(
         "SELECT requests FROM usage_rollup WHERE scope_type = 'key' AND scope_id = 'key-shared' AND grain = 'day'"

@@ -221,7 +221,7 @@ async def test_totals_exact_with_duplicates_replay_and_isolation(
         assert sum(r[2] for r in before["minute"]) == 11
         assert sum(r[3] for r in before["daily"]) == 11
         assert [(a[1], a[4]) for a in before["anomalies"]] == [("loop", "loop-session")]
-        assert [o[1] for o in before["outbox"]] == ["alerts", "quota.commands"]
+        assert [o[1] for o in before["outbox"]] == ["alerts", "quota.freeze-requests"]
 
         # Replay the whole topic with a fresh consumer group: nothing may change.
         sentinel = UsageRecorded(request_id="sentinel", model="m", provider="p")  # no user/org: no aggregate

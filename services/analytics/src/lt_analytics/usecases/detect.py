@@ -2,7 +2,7 @@
 
 Because it runs only on events that are new (the request log is the inbox), a replayed topic detects
 nothing twice. Detections are written to `anomalies` and announced through the outbox: `AnomalyDetected` on
-`alerts` and, where configured, `RequestFreeze` on `quota.commands`.
+`alerts` and, where configured, `RequestFreeze` on `quota.freeze-requests`.
 """
 
 from __future__ import annotations
