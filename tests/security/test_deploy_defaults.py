@@ -67,6 +67,7 @@ def test_the_check_catches_what_the_old_compose_file_shipped(tmp_path: Path) -> 
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)  # may start the whole stack
 async def test_the_local_stacks_secret_files_are_owner_only(traced_stack: Any) -> None:
     run_dir: Path = traced_stack.run_dir
     # One governed request, so the gateway's spool has been written to.

@@ -160,6 +160,7 @@ async def _send_canary(client: httpx.AsyncClient, canary: str, session: str) -> 
     return request_ids, messages
 
 
+@pytest.mark.timeout(300)  # starts a whole stack
 async def test_strict_privacy_leaves_no_text_and_no_plain_hash_anywhere(
     traced_stack: Any, otlp_sink: Any
 ) -> None:
