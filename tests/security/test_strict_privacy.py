@@ -143,9 +143,11 @@ def files_under(run_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in paths if p.is_file()}
 
 
-async def _send_canary(client: httpx.AsyncClient, canary: str, session: str) -> tuple[list[str], list[Any]]:
+async def _send_canary(
+    client: httpx.AsyncClient, canary: str, headers: dict[str, str]
+) -> tuple[list[str], list[Any]]:
+    """The canary in a plain and a streamed chat completion; their request ids and the messages sent."""
     messages = [{"role": "user", "content": f"Please keep this secret: {canary}"}]
-    headers = {"X-Privacy-Mode": "strict", "X-Session-ID": session}
     request_ids = []
     body = {"model": MODEL, "messages": messages, "max_tokens": 16}
     plain = await client.post("/v1/chat/completions", json=body, headers=headers)
@@ -160,19 +162,37 @@ async def _send_canary(client: httpx.AsyncClient, canary: str, session: str) -> 
     return request_ids, messages
 
 
+async def send_canaries(stack: Any) -> tuple[list[str], dict[str, bytes]]:
+    """One canary under `X-Privacy-Mode: strict`, one under the user's strict default; ids and needles."""
+    session = f"privacy-{uuid.uuid4().hex[:8]}"
+    search: dict[str, bytes] = {}
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, headers={"Authorization": f"Bearer {stack.admin_key}"}, timeout=30
+    ) as client:
+        canary = f"CANARY-{uuid.uuid4().hex}"
+        ids, messages = await _send_canary(
+            client, canary, {"X-Privacy-Mode": "strict", "X-Session-ID": session}
+        )
+        search |= {f"header {k}": v for k, v in needles(canary, messages).items()}
+        default = await client.put("/v1/users/me/privacy", json={"privacy": "strict"})
+        assert default.status_code == 200, default.text
+        canary = f"CANARY-{uuid.uuid4().hex}"
+        more, messages = await _send_canary(client, canary, {"X-Session-ID": session})
+        search |= {f"user default {k}": v for k, v in needles(canary, messages).items()}
+    return ids + more, search
+
+
+def strict_flags(usage_topic: bytes, request_ids: list[str]) -> dict[str, bool]:
+    """request id -> `privacy_strict` of its UsageRecorded event."""
+    events = [orjson.loads(line) for line in usage_topic.split(b"\n") if line.startswith(b"{")]
+    return {e["request_id"]: e["privacy_strict"] for e in events if e.get("request_id") in request_ids}
+
+
 @pytest.mark.timeout(300)  # starts a whole stack
 async def test_strict_privacy_leaves_no_text_and_no_plain_hash_anywhere(
     traced_stack: Any, otlp_sink: Any
 ) -> None:
-    canary = f"CANARY-{uuid.uuid4().hex}"
-    session = f"privacy-{uuid.uuid4().hex[:8]}"
-    async with httpx.AsyncClient(
-        base_url=traced_stack.gateway_url,
-        headers={"Authorization": f"Bearer {traced_stack.admin_key}"},
-        timeout=30,
-    ) as client:
-        request_ids, messages = await _send_canary(client, canary, session)
-    search = needles(canary, messages)
+    request_ids, search = await send_canaries(traced_stack)
     state = traced_stack.state
     control = {"request": request_ids[-1].encode()}
 
@@ -188,7 +208,8 @@ async def test_strict_privacy_leaves_no_text_and_no_plain_hash_anywhere(
         found += hits(f"table {name}", text, search)
         controls += hits("table", text, control)
     found += hits("redis", await redis_text(str(state["redis"])), search)
-    for topic, text in (await kafka_records(str(state["kafka"]))).items():
+    topics = await kafka_records(str(state["kafka"]))
+    for topic, text in topics.items():
         found += hits(f"topic {topic}", text, search)
         controls += hits("topic", text, control)
     for name, data in files_under(traced_stack.run_dir).items():
@@ -197,4 +218,5 @@ async def test_strict_privacy_leaves_no_text_and_no_plain_hash_anywhere(
     found += hits("spans", otlp_sink.received(), search)
 
     assert {c.split(":")[0] for c in controls} == {"table", "topic", "log"}, controls
+    assert strict_flags(topics["usage.recorded"], request_ids) == dict.fromkeys(request_ids, True)
     assert not found, f"strict privacy leaked: {sorted(set(found))}"
