@@ -6,7 +6,8 @@ mounts only its own directory (a volume subpath) and reads only its own secrets:
 
     /secrets/<app>/LT_*          quota, purchase-saga, analytics, notifier, gateway (uid 10001): one file per
                                  setting (read through LT_SECRETS_DIR): database URL with the service's own
-                                 password, Kafka SCRAM password, internal token, ...
+                                 password, Kafka SCRAM password, internal token, the gateway's
+                                 fingerprint secret, the notifier's channel-secret key, ...
     /secrets/postgres/           (uid 999) superuser password and one password per service database
     /secrets/redis/users.acl     (uid 999) ACL users: default off, quota only on lt:* keys
     /secrets/kafka/<user>        (uid 1000) SCRAM passwords of the broker's users
@@ -19,6 +20,7 @@ GRAFANA_ADMIN_PASSWORD and LT_PAYMENT_API_KEY (the real payment provider's key).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import secrets
@@ -100,6 +102,9 @@ def main(root: Path) -> None:
         for name, value in values.items():
             put(directory / name, value, UIDS["app"], replace=True)
     put(apps["gateway"] / "LT_FINGERPRINT_SECRET", token(), UIDS["app"])
+    # The key sealing channel secrets at rest (rotation: docs/security.md, "Channel secrets at rest").
+    sealing = "k1:" + base64.b64encode(secrets.token_bytes(32)).decode()
+    put(apps["notifier"] / "LT_CHANNEL_SECRET_KEYS", sealing, UIDS["app"])
     put(
         apps["quota"] / "LT_REDIS_URL", f"redis://quota:{quota_redis}@redis:6379/0", UIDS["app"], replace=True
     )
