@@ -3,12 +3,15 @@
     python deploy/local/stack.py up   [--run-dir .run] [--ports default|auto]
     python deploy/local/stack.py down [--run-dir .run]
     python deploy/local/stack.py status [--run-dir .run]
+    python deploy/local/stack.py kill|restart NAME [--run-dir .run] [--signal KILL|TERM]
+    python deploy/local/stack.py outage broker --seconds N [--mode drop|hang|delay] [--delay-ms MS]
 
 `up` starts the broker (tansu), PostgreSQL and Redis from pip-installed packages (or uses
 LT_EXTERNAL_KAFKA_BOOTSTRAP / LT_EXTERNAL_POSTGRES_URL / LT_EXTERNAL_REDIS_URL), creates each service's
 database, starts every service, waits until all are ready and a first completion succeeds, then writes
 `<run-dir>/stack.env` with LT_GATEWAY_URL and LT_ADMIN_KEY. Logs go to `<run-dir>/logs/`. `down` stops
-exactly the processes `up` started, by PID.
+exactly the processes `up` started, by PID. The services reach the broker through a proxy that `outage`
+can make drop, hold or delay traffic; `kill` and `restart` are chaos for one process (see stack_chaos.py).
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from stack_chaos import kill, outage, restart, start_proxied_broker
 from stack_secrets import ensure_secrets, write_private
 
 from leaky_common.db import create_database, database_url_for
 from leaky_devinfra.infra import (
     free_port,
     pid_alive,
-    start_broker,
     start_postgres,
     start_redis,
     stop_pid,
@@ -167,13 +170,14 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
         kafka = os.environ.get("LT_EXTERNAL_KAFKA_BOOTSTRAP")
         flavour = os.environ.get("LT_KAFKA_FLAVOUR", "kafka" if kafka else "tansu")
         if not kafka:
-            broker = start_broker(log_path=logs / "broker.log")
+            broker, proxy_pid = start_proxied_broker(run_dir, logs)
             pids["broker"] = broker.pid
+            pids["broker-proxy"] = proxy_pid
             kafka = broker.url
             save()
         pg_server = os.environ.get("LT_EXTERNAL_POSTGRES_URL")
         if not pg_server:
-            pg = start_postgres(run_dir / "pgdata", log_path=logs / "postgres.log")
+            pg = start_postgres(run_dir / "pgdata", log_path=logs / "postgres.log", crash_safe=True)
             pids["postgres"] = pg.pid
             pg_server = pg.url
             save()
@@ -216,7 +220,11 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
             (
                 "fakepay",
                 ["-m", "leaky_devinfra.fakes.payments"],
-                {"LT_PORT": str(ports["fakepay"]), "LT_SERVICE_NAME": "fakepay"},
+                {
+                    "LT_PORT": str(ports["fakepay"]),
+                    "LT_SERVICE_NAME": "fakepay",
+                    "LT_FAKEPAY_STATE_PATH": str(run_dir / "fakepay-state.json"),
+                },
             ),
             (
                 "saga",
@@ -322,9 +330,8 @@ def down(run_dir: Path) -> int:
         return 0
     pids = state.get("pids", {})
     assert isinstance(pids, dict)
-    order = [n for n in pids if n not in ("broker", "postgres", "redis")] + [
-        n for n in ("redis", "broker", "postgres") if n in pids
-    ]
+    infra = ("redis", "broker-proxy", "broker", "postgres")
+    order = [n for n in pids if n not in infra] + [n for n in infra if n in pids]
     for name in order:
         pid = int(pids[name])
         if not pid_alive(pid):
@@ -359,7 +366,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "kill", "restart", "outage"])
+    parser.add_argument(
+        "name", nargs="?", help="kill/restart/outage: the process (gateway, quota, redis, ...)"
+    )
+    parser.add_argument("--signal", choices=["KILL", "TERM", "INT"], default="KILL", help="kill: the signal")
+    parser.add_argument("--seconds", type=float, default=10.0, help="outage: how long")
+    parser.add_argument("--mode", choices=["drop", "hang", "delay"], default="drop", help="outage: what")
+    parser.add_argument("--delay-ms", type=float, default=500.0, help="outage --mode delay: per chunk")
     parser.add_argument("--run-dir", type=Path, default=ROOT / ".run")
     parser.add_argument(
         "--ports",
@@ -374,6 +388,16 @@ def main() -> int:
         return up(run_dir, args.ports, args.timeout)
     if args.command == "down":
         return down(run_dir)
+    if args.command in ("kill", "restart", "outage"):
+        if not args.name:
+            parser.error(f"{args.command} needs the name of a process")
+        if args.command == "kill":
+            _log(f"killed {args.name} (pid {kill(run_dir, args.name, args.signal)}) with SIG{args.signal}")
+        elif args.command == "restart":
+            _log(f"restarted {args.name} (pid {restart(run_dir, args.name)})")
+        else:
+            _log(f"broker proxy: {outage(run_dir, args.name, args.seconds, args.mode, args.delay_ms)}")
+        return 0
     return status(run_dir)
 
 
