@@ -8,7 +8,8 @@
 
 `up` starts the broker (tansu), PostgreSQL and Redis from pip-installed packages (or uses
 LT_EXTERNAL_KAFKA_BOOTSTRAP / LT_EXTERNAL_POSTGRES_URL / LT_EXTERNAL_REDIS_URL), creates each service's
-database, starts every service, waits until all are ready and a first completion succeeds, then writes
+database, starts every service, waits until all are ready and the gateway's deep probe passes (gateway ->
+quota -> provider, recording nothing: startup_check.py), then writes
 `<run-dir>/stack.env` with LT_GATEWAY_URL and LT_ADMIN_KEY. Logs go to `<run-dir>/logs/`. `down` stops
 exactly the processes `up` started, by PID. The services reach the broker through a proxy that `outage`
 can make drop, hold or delay traffic; `kill` and `restart` are chaos for one process (see stack_chaos.py).
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from stack_chaos import kill, outage, restart, start_proxied_broker
 from stack_secrets import ensure_secrets, write_private
+from startup_check import admin_freeze_notices, wait_for_probe
 
 from leaky_common.db import create_database, database_url_for
 from leaky_devinfra.infra import (
@@ -99,27 +101,6 @@ def _wait_http(url: str, deadline: float, procs: dict[str, subprocess.Popen[byte
         if time.monotonic() > deadline:
             raise TimeoutError(f"{name} not ready at {url}")
         time.sleep(0.1)
-
-
-def _first_completion(gateway: str, admin_key: str, deadline: float) -> None:
-    body = json.dumps(
-        {"model": "mock-gpt", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 16}
-    )
-    while True:
-        req = urllib.request.Request(  # noqa: S310
-            f"{gateway}/v1/chat/completions",
-            data=body.encode(),
-            headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("no successful completion through the gateway")
-        time.sleep(0.2)
 
 
 def _channel_keys(run_dir: Path) -> str:
@@ -308,12 +289,14 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
             _wait_http(
                 f"{url[name]}/ready" if name != "fakepay" else f"{url[name]}/health", deadline, procs, name
             )
-        _first_completion(url["gateway"], admin_key, deadline)
+        wait_for_probe(url["gateway"], internal_token, deadline)
     except BaseException as exc:
         _log(f"start-up failed: {exc!r}; stopping what was started (logs in {logs})")
         down(run_dir)
         return 1
 
+    for notice in admin_freeze_notices(url["gateway"], admin_key, run_dir / "admin_key"):
+        _log(notice)
     env_text = f"LT_GATEWAY_URL={url['gateway']}\nLT_ADMIN_KEY={admin_key}\n"
     write_private(run_dir / "stack.env", env_text)
     _log(f"stack ready in {time.monotonic() - started:.1f}s; logs in {logs}")

@@ -23,6 +23,7 @@ from lt_gateway.domain.tokens import encoding
 from lt_gateway.settings import GatewaySettings
 from lt_gateway.usecases.completion.flow import CompletionFlow
 from lt_gateway.usecases.management import ManagementProxy
+from lt_gateway.usecases.probe import Probe
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Gateway:
     management_client: ManagementClient
     chat: ChatHandler
     management: ManagementProxy
+    probe: Probe
 
     async def start(self) -> None:
         """Load the tokenizer now rather than on the first request, then open every pool."""
@@ -86,10 +88,11 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
         linger_s=settings.usage_linger_s,
     )
     upstream = UpstreamHTTP(settings.upstream_timeout_s, settings.upstream_retry_backoff_s)
+    providers = providers or build_providers(upstream)
     secret = settings.fingerprint_secret
     flow = CompletionFlow(
         models=models,
-        providers=providers or build_providers(upstream),
+        providers=providers,
         quota=quota,
         usage=usage,
         fingerprints=Fingerprinter(secret.get_secret_value().encode()) if secret else None,
@@ -97,4 +100,5 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
     chat = ChatHandler(flow, max_body_bytes=settings.max_body_bytes)
     management_client = ManagementClient(settings)
     management = ManagementProxy(quota, management_client, settings.internal_token)
-    return Gateway(settings, models, quota, usage, upstream, management_client, chat, management)
+    probe = Probe(quota, models, providers)
+    return Gateway(settings, models, quota, usage, upstream, management_client, chat, management, probe)
