@@ -25,6 +25,8 @@ class UserRecord:
     allow_priority_bypass: bool = False
     privacy_default: str = "standard"
     tier: str = "standard"
+    # When a vacation the user set themselves ends (None: not on vacation, or set by an admin without an end).
+    vacation_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class OrgSettings:
     key_tokens_per_period: int | None = None
     user_requests_per_period: int | None = None
     user_tokens_per_period: int | None = None
+    # The most a manager (not an admin) may approve per request (None: up to what was requested).
+    manager_approval_limit: int | None = None
 
 
 @dataclass(frozen=True)
