@@ -55,7 +55,12 @@ class Harness:
         return dict(r.json())
 
     async def admit(self, api_key: str, **fields: Any) -> httpx.Response:
-        body = {"api_key": api_key, "request_id": uuid.uuid4().hex, "model": "mock-gpt", "provider": "mock"}
+        body: dict[str, Any] = {
+            "api_key": api_key,
+            "request_id": uuid.uuid4().hex,
+            "model": "mock-gpt",
+            "provider": "mock",
+        }
         body.update({"prompt_tokens": 10, **fields})
         return await self.client.post("/internal/admit", json=body, headers=internal_headers())
 
