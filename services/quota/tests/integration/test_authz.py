@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from leaky_common.db import create_database
-from leaky_common.events import RequestFreeze
+from leaky_common.events import FreezeChanged, RequestFreeze, parse_message
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 
@@ -292,6 +292,12 @@ async def test_session_freezes_and_new_sessions_are_per_org(settings: QuotaSetti
         assert session not in [f["target_id"] for f in listed]
         mine = (await h.call("GET", "/v1/admin/freezes", other_admin)).json()["data"]
         assert [f["target_id"] for f in mine] == [session]
+        # Its announcement names the org, so that org's channels hear "Session frozen".
+        async with h.service.db.acquire() as conn:
+            rows = await conn.fetch("SELECT value FROM outbox WHERE topic = 'quota.events' ORDER BY id")
+        announced = [parse_message(bytes(r["value"])) for r in rows]
+        frozen = [m for m in announced if isinstance(m, FreezeChanged) and m.target_id == session]
+        assert [(m.org_id, m.frozen) for m in frozen] == [(other.json()["id"], True)]
         # New sessions per org and day are bounded (3 in these settings): the 4th new id is a 429, old ones work.
         for i in range(2):
             assert (await h.admit(user["api_key"], session_id=f"{session}-{i}")).status_code == 200
