@@ -69,7 +69,9 @@ def test_rollup_scopes_and_grains() -> None:
 
 def test_sessions_are_per_org_and_requests_of_no_org_are_nobodys() -> None:
     def ev(org: str | None, session: str | None = "s", key: str | None = "k") -> UsageRecorded:
-        return UsageRecorded(request_id="r", model="m", provider="p", org_id=org, session_id=session, key_id=key)
+        return UsageRecorded(
+            request_id="r", model="m", provider="p", org_id=org, session_id=session, key_id=key
+        )
 
     assert target_of(ev("o1")) == ("session", "o1", "s")
     assert target_of(ev("o1")) != target_of(ev("o2"))

@@ -1,6 +1,7 @@
 """The authorization rules of `lt_quota.domain.rights`: keys narrow, approvals and vacations are bounded."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -69,7 +70,7 @@ def test_a_child_key_must_be_at_least_as_narrow_in_every_respect() -> None:
         rate_limit_tokens=100,
     )
     assert refused(parent, narrower) is None
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "allowed_models": {"allowed_models": None},
         "allowed_priorities": {"allowed_priorities": ("low", "critical")},
         "expires_in_days": {"expires_at": NOW + timedelta(days=5)},
