@@ -192,6 +192,15 @@ async def test_suspended_users_and_frozen_keys_manage_nothing(settings: QuotaSet
         assert r.status_code == 403 and code(r) == "user_suspended"
         r = await h.call("PUT", "/v1/users/me/status", other["api_key"], json={"status": "active"})
         assert r.status_code == 403 and code(r) == "user_suspended"
+        # An expired key is not even authenticated: it manages nothing.
+        async with h.service.db.acquire() as conn:
+            await conn.execute(
+                "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1", other["id"]
+            )
+        r = await h.client.post(
+            "/internal/authenticate", json={"api_key": other["api_key"]}, headers=internal_headers()
+        )
+        assert r.status_code == 401
 
 
 async def test_restricted_admin_keys_change_no_admin_setting(settings: QuotaSettings) -> None:
