@@ -289,7 +289,8 @@ async def test_api_anomalies_thresholds_leaderboard_report(
     team = (
         await api.get("/v1/analytics/report?id=team-1&scope=team&days=1", headers=principal("a", "admin"))
     ).json()
-    assert team["totals"]["requests"] == 7  # u3's event also carries team-1
+    # u3's event also names team-1 but was recorded under org-2: it counts only for org-2 (rollups are per org).
+    assert team["totals"]["requests"] == 6
 
     assert (await api.get("/v1/analytics/thresholds", headers=principal("u1"))).status_code == 403
     put = await api.put(
@@ -341,7 +342,8 @@ async def test_api_anomalies_thresholds_leaderboard_report(
 async def test_a_batch_records_and_detects_like_single_events(pool: asyncpg.Pool) -> None:
     h = handler(pool)
     loop = [event(session="s-batch") for _ in range(4)]
-    # Same key in two orgs within one batch lands on one rollup row per key (no double-update conflict).
+    # Same key id in two orgs within one batch: one rollup row per org (rows are per org; no double-update
+    # conflict).
     other_org = event(session=None, key_id="key-shared", org_id="org-x", fp="q")
     same_key = event(session=None, key_id="key-shared", org_id="org-y", fp="r")
     raws = [e.model_dump_json().encode() for e in (*loop[:2], loop[0], *loop[2:], other_org, same_key)]
@@ -362,9 +364,10 @@ async def test_a_batch_records_and_detects_like_single_events(pool: asyncpg.Pool
         ("quota.freeze-requests", None, "s-batch"),
     ]
     key_rows = await pool.fetch(
-        "SELECT requests FROM usage_rollup WHERE scope_type = 'key' AND scope_id = 'key-shared' AND grain = 'day'"
+        "SELECT org_id, requests FROM usage_rollup"
+        " WHERE scope_type = 'key' AND scope_id = 'key-shared' AND grain = 'day' ORDER BY org_id"
     )
-    assert [r["requests"] for r in key_rows] == [2]
+    assert [(r["org_id"], r["requests"]) for r in key_rows] == [("org-x", 1), ("org-y", 1)]
     assert await h.handle_batch(raws[:2]) == [Outcome.DUPLICATE, Outcome.DUPLICATE]
 
 

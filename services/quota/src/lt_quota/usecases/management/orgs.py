@@ -114,6 +114,7 @@ class Orgs:
             "key_tokens_per_period": org.key_tokens_per_period,
             "user_requests_per_period": org.user_requests_per_period,
             "user_tokens_per_period": org.user_tokens_per_period,
+            "manager_approval_limit": org.manager_approval_limit,
             "bucket_period_s": self.ctx.settings.bucket_period_s,
         }
 
