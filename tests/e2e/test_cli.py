@@ -91,6 +91,7 @@ def test_json_is_exactly_the_apis_body(
             (["usage", "--days", "3"], "/v1/analytics/usage?days=3"),
             (["leaderboard", "--period", "daily"], "/v1/analytics/leaderboard?period=daily&limit=10"),
             (["approvals", "list"], "/v1/approvals"),
+            (["teams"], "/v1/users/me/teams"),
         ]:
             assert lt_user.json(*args) == api.get(path).json(), args
     for args, path in [
@@ -196,3 +197,11 @@ def test_login_writes_a_0600_profile_used_without_environment(
     assert "e2e" in listed.stdout and person["api_key"] not in listed.stdout
     wrong = lt("login", "--profile", "bad", env={"LT_API_KEY": "lt-wrong"})
     assert wrong.exit_code == 1 and "bad" not in config.read_text()
+
+
+def test_reports_for_admins_and_managers_only(lt_user: Lt, lt_admin: Lt, admin_http: httpx.Client) -> None:
+    org_id = admin_http.get("/v1/users/me").json()["org_id"]
+    expected = admin_http.get("/v1/analytics/report", params={"scope": "org", "id": org_id, "days": 2}).json()
+    assert lt_admin.json("report", "--scope", "org", "--days", "2") == expected
+    refused = lt_user("report")  # a plain member of their team
+    assert refused.exit_code == 1 and "403" in refused.stderr

@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 from leaky_cli import config as cfg
 from leaky_cli.client import ApiClient, ApiError, BadInput
-from leaky_cli.commands import admin, approvals, keys, me, purchases, sessions, top
+from leaky_cli.commands import admin, approvals, keys, me, purchases, sessions, team, top
 from leaky_cli.context import JsonOpt, State, api
 from leaky_cli.output import console, err_console, list_table, record_table, show
 
@@ -113,6 +113,7 @@ def whoami(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 me.register(app)
+team.register(app)
 keys.register(app)
 sessions.register(app)
 purchases.register(app)
