@@ -25,8 +25,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+from leaky_common.auth import generate_signing_key, public_key_of
 from leaky_common.db import create_database, database_url_for
 from leaky_devinfra.infra import (
     free_port,
@@ -130,6 +132,28 @@ def _alive_pids(state: dict[str, object]) -> list[int]:
     return [int(p) for p in pids.values() if pid_alive(int(p))]
 
 
+def _secret_file(path: Path, make: Callable[[], str]) -> str:
+    """The secret in `path`, created 0600 (before anything is written to it) if missing."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(make())
+    return path.read_text().strip()
+
+
+def _internal_identity(run_dir: Path) -> dict[str, str]:
+    """The gateway's Ed25519 signing key (kid `dev-1`), the public keys every service accepts, and the
+    scraper's /metrics token; generated into `run_dir` (0600) at the first start and kept."""
+    private = _secret_file(run_dir / "internal_signing_key", lambda: generate_signing_key()[0])
+    metrics = _secret_file(run_dir / "metrics_token", lambda: secrets.token_urlsafe(32))
+    return {
+        "LT_INTERNAL_SIGNING_KEY": private,
+        "LT_INTERNAL_SIGNING_KID": "dev-1",
+        "LT_INTERNAL_PUBLIC_KEYS": json.dumps({"dev-1": public_key_of(private)}),
+        "LT_METRICS_TOKEN": metrics,
+    }
+
+
 def up(run_dir: Path, port_mode: str, timeout: float) -> int:
     """Start everything; returns a process exit code."""
     started = time.monotonic()
@@ -179,11 +203,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
             key_file.write_text("lt-admin-" + secrets.token_urlsafe(32))
             key_file.chmod(0o600)
         admin_key = key_file.read_text().strip()
-        token_file = run_dir / "internal_token"
-        if not token_file.exists():
-            token_file.write_text(secrets.token_urlsafe(32))
-            token_file.chmod(0o600)
-        internal_token = token_file.read_text().strip()
+        identity = _internal_identity(run_dir)
 
         ports = _choose_ports(port_mode)
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -192,7 +212,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
             "LT_KAFKA_BOOTSTRAP": kafka,
             "LT_KAFKA_FLAVOUR": flavour,
             "LT_REDIS_URL": redis_url,
-            "LT_INTERNAL_TOKEN": internal_token,
+            **identity,
             "LT_ENVIRONMENT": os.environ.get("LT_ENVIRONMENT", "development"),
             "PYTHONUNBUFFERED": "1",
         }
@@ -301,7 +321,10 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
     (run_dir / "stack.env").write_text(env_text)
     _log(f"stack ready in {time.monotonic() - started:.1f}s; logs in {logs}")
     sys.stdout.write(env_text)
-    _log(f"metrics: {url['gateway']}/metrics (each service serves /metrics); API docs: {url['gateway']}/docs")
+    _log(
+        f"metrics: {url['gateway']}/metrics with 'Authorization: Bearer' and the token in {run_dir / 'metrics_token'}"
+        f" (each service serves /metrics); API docs: {url['gateway']}/docs"
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from leaky_common.auth import Principal
 from leaky_common.events import UsageRecorded
+from leaky_devinfra.testing import TEST_KEYS
 from lt_analytics.adapters.thresholds import ThresholdStore
 from lt_analytics.domain.thresholds import Thresholds
 from lt_analytics.handlers import UsageHandler
@@ -21,14 +22,13 @@ from lt_analytics.usecases.ingest import Ingest
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "report-access-internal-token"
 REPORT_PATHS = ("/v1/analytics/report", "/api/v1/analytics/report")
 
 
 @pytest.fixture
 async def api(db_url: str, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     settings = AnalyticsSettings(
-        database_url=db_url, internal_token=TOKEN, environment="test", log_json=False
+        database_url=db_url, **TEST_KEYS.settings(), environment="test", log_json=False
     )
     app = create_app(settings)
     async with (
@@ -42,7 +42,7 @@ def as_(
     user_id: str, org: str = "org-1", role: str = "user", manages: tuple[str, ...] = ()
 ) -> dict[str, str]:
     p = Principal(user_id=user_id, org_id=org, role=role, managed_team_ids=manages)
-    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+    return TEST_KEYS.headers("analytics", p)
 
 
 MANAGER = as_("m1", manages=("team-a",))
@@ -161,12 +161,9 @@ async def test_managers_see_their_teams_anomalies_and_time_series(api: httpx.Asy
     assert_forbidden(refused, "admin_required")
 
 
-PLATFORM_ADMIN = {
-    "X-LT-Principal": Principal(
-        user_id="root", org_id="org-1", role="admin", platform_admin=True
-    ).header_value(),
-    "X-LT-Internal-Token": TOKEN,
-}
+PLATFORM_ADMIN = TEST_KEYS.headers(
+    "analytics", Principal(user_id="root", org_id="org-1", role="admin", platform_admin=True)
+)
 
 
 @pytest.mark.usefixtures("seeded")

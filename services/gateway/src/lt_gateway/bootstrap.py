@@ -9,6 +9,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from leaky_common.auth import AssertionSigner, generate_signing_key
 from leaky_common.kafka import EventPublisher
 from lt_gateway.adapters.management_client import ManagementClient
 from lt_gateway.adapters.model_table import ModelTable
@@ -21,6 +22,7 @@ from lt_gateway.api.chat import ChatHandler
 from lt_gateway.domain.tokens import encoding
 from lt_gateway.settings import GatewaySettings
 from lt_gateway.usecases.completion.flow import CompletionFlow
+from lt_gateway.usecases.completion.keycheck import KeyCheck
 from lt_gateway.usecases.management import ManagementProxy
 
 logger = logging.getLogger(__name__)
@@ -73,11 +75,29 @@ def _warn_missing_keys(models: ModelTable) -> None:
             )
 
 
+def assertion_signer(settings: GatewaySettings) -> AssertionSigner:
+    """The gateway's signer of internal assertions; without a configured key (development and unit tests
+    only: the settings refuse that in production) an ephemeral one nobody trusts, so internal calls get 401."""
+    if settings.internal_signing_key is None:
+        logger.warning("LT_INTERNAL_SIGNING_KEY is not set: internal services will refuse this gateway")
+        private, _ = generate_signing_key()
+        return AssertionSigner(
+            private, "ephemeral", issuer="gateway", ttl_s=settings.internal_assertion_ttl_s
+        )
+    return AssertionSigner(
+        settings.internal_signing_key.get_secret_value(),
+        settings.internal_signing_kid,
+        issuer="gateway",
+        ttl_s=settings.internal_assertion_ttl_s,
+    )
+
+
 def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | None = None) -> Gateway:
     """Build (without connecting) everything the gateway needs; `providers` replaces the real adapters."""
     models = ModelTable.load(settings.models_file)
     _warn_missing_keys(models)
-    quota = QuotaClient(settings.quota_url, settings.internal_token, settings.internal_timeout_s)
+    signer = assertion_signer(settings)
+    quota = QuotaClient(settings.quota_url, signer, settings.internal_timeout_s)
     usage = UsageSink(
         EventPublisher(settings),
         settings.usage_queue_max,
@@ -88,7 +108,13 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
     flow = CompletionFlow(
         models=models, providers=providers or build_providers(upstream), quota=quota, usage=usage
     )
-    chat = ChatHandler(flow, max_body_bytes=settings.max_body_bytes)
+    chat = ChatHandler(
+        flow,
+        KeyCheck(quota, settings.key_check_cache_s),
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+        offload_bytes=settings.offload_tokenizing_bytes,
+    )
     management_client = ManagementClient(settings)
-    management = ManagementProxy(quota, management_client, settings.internal_token)
+    management = ManagementProxy(quota, management_client, signer)
     return Gateway(settings, models, quota, usage, upstream, management_client, chat, management)
