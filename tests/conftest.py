@@ -1,4 +1,4 @@
-"""End-to-end fixtures: a running stack (the one from `make up` if LT_GATEWAY_URL is set, else a fresh one
+"""End-to-end and security fixtures: a running stack (the one from `make up` if LT_GATEWAY_URL is set, else a fresh one
 started here on free ports and stopped afterwards) and an admin HTTP client."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from leaky_devinfra.infra import pid_alive
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
