@@ -1,6 +1,6 @@
 """The outermost layer of every app: security headers on every response, the body limit enforced while the
 body is read (413 before more than the limit has arrived), and a JSON nesting limit (400) before any parser
-sees the body. Pure ASGI, so the hot routes pay only a header merge and a counter."""
+sees the body; NUL characters in the path, the query or a JSON body are a 400. Pure ASGI, so the hot routes pay only a header merge and a counter."""
 
 from __future__ import annotations
 
@@ -89,6 +89,9 @@ class RequestGuard:
             await self._reject(exc, send_with_headers)
 
     async def _guarded_receive(self, scope: Scope, receive: Receive) -> Receive:
+        # NUL has no place in a path, a query or a JSON string we keep (PostgreSQL text cannot hold it).
+        if b"%00" in scope.get("raw_path", b"") or b"%00" in scope.get("query_string", b""):
+            raise InvalidRequest("NUL characters are not accepted", code="invalid_characters")
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
             raise _BodyTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
@@ -125,6 +128,8 @@ class RequestGuard:
         assert self.max_json_depth is not None
         if json_depth_exceeds(body, self.max_json_depth):
             raise InvalidRequest(f"JSON nests deeper than {self.max_json_depth} levels", code="json_too_deep")
+        if b"\\u0000" in body:
+            raise InvalidRequest("NUL characters are not accepted", code="invalid_characters")
         return _replay(body, None, receive)
 
     @staticmethod

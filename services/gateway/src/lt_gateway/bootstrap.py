@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from leaky_common.auth import AssertionSigner, generate_signing_key
 from leaky_common.kafka import EventPublisher
@@ -56,10 +57,17 @@ class Gateway:
         await self.management_client.close()
         await self.quota.close()
 
+    _quota_probe: tuple[float, bool] = field(default=(0.0, False), init=False)
+
     async def ready(self) -> dict[str, bool]:
-        """Readiness checks: quota must be reachable; a broker outage is not fatal (events are spooled)."""
+        """Readiness checks: quota must be reachable; a broker outage is not fatal (events are spooled).
+        `/ready` needs no login, so quota's answer is reused for a second: a flood of probes is one call a second."""
+        at, reachable = self._quota_probe
+        if time.monotonic() - at > 1.0:
+            reachable = await self.quota.reachable()
+            self._quota_probe = (time.monotonic(), reachable)
         return {
-            "quota_reachable": await self.quota.reachable(),
+            "quota_reachable": reachable,
             "usage_backlog_ok": self.usage.in_memory < self.settings.usage_queue_max // 2,
         }
 

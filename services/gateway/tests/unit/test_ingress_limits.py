@@ -95,6 +95,9 @@ def test_bodies_over_the_limit_and_json_too_deep_are_refused_before_the_app() ->
         "/x", headers={**ok, "content-type": "application/json"}, content=b'{"a": "[[[[[[["}'
     )
     assert shallow.status_code == 200
+    nul = client.post("/x", headers={**ok, "content-type": "application/json"}, content=b'{"a": "x\\u0000"}')
+    assert (nul.status_code, nul.json()["error"]["code"]) == (400, "invalid_characters")
+    assert client.get("/x?owner_type=%00", headers=ok).status_code == 400
 
 
 def test_nesting_is_measured_without_recursion() -> None:
