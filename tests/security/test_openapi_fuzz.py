@@ -46,6 +46,7 @@ class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     known: list[str] = field(default_factory=list)
+    sample_401: str = ""
 
 
 def _fuzz_operation(
@@ -79,6 +80,8 @@ def _fuzz_operation(
             return
         tally.cases += 1
         tally.statuses[response.status_code] += 1
+        if response.status_code == 401 and not tally.sample_401:
+            tally.sample_401 = f"{case.method} {case.path}: {response.text[:200]}"
         text = response.text
         if response.status_code >= 500 or any(mark in text for mark in TRACE_MARKS):
             target = tally.known if (case.method, case.path) in KNOWN else tally.failures
@@ -150,7 +153,7 @@ def test_every_openapi_operation_survives_fuzzing(stack: Any) -> None:
     for name, tally in figures.items():
         print(
             f"fuzz {name}: {tally.operations} operations, {tally.cases} cases, {len(tally.failures)} failures, "
-            f"statuses {dict(sorted(tally.statuses.items()))}; known issues hit: {tally.known}"
+            f"statuses {dict(sorted(tally.statuses.items()))}; known issues hit: {tally.known}; a 401: {tally.sample_401}"
         )
     total = [f"{name}: {failure}" for name, tally in figures.items() for failure in tally.failures]
     assert total == []
