@@ -94,7 +94,7 @@ def test_every_route_needs_a_valid_assertion(package: str, settings_class: str) 
     app = _app(package, settings_class)
     client = TestClient(app, raise_server_exceptions=False)
     routes = _routes(app)
-    assert len(routes) == {"lt_quota": 47, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 9}[package]
+    assert len(routes) == {"lt_quota": 49, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 9}[package]
     answers = {
         (method, path, case): client.request(method, path, json=JUNK, headers=headers).status_code
         for method, path, _ in routes
@@ -128,7 +128,7 @@ def test_admin_routes_refuse_a_user(package: str, settings_class: str) -> None:
     }
     assert {key: status for key, status in answers.items() if status != 403} == {}
     # Today's admin routes; a new one must keep the count honest (and an admin route lost shows here too).
-    assert len(admin_routes) == {"lt_quota": 26, "lt_saga": 1, "lt_analytics": 2, "lt_notifier": 9}[package]
+    assert len(admin_routes) == {"lt_quota": 28, "lt_saga": 1, "lt_analytics": 2, "lt_notifier": 9}[package]
 
 
 def test_the_gateway_answers_nothing_governed_without_a_key() -> None:

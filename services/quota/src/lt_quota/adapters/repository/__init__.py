@@ -55,6 +55,13 @@ from lt_quota.adapters.repository.pools import (
     update_pool,
 )
 from lt_quota.adapters.repository.records import Conn
+from lt_quota.adapters.repository.team_edges import (
+    is_member,
+    set_primary_team,
+    set_team_buckets,
+    team_bucket_overrides,
+    team_buckets,
+)
 from lt_quota.adapters.repository.teams import (
     insert_team,
     is_manager,
@@ -95,6 +102,7 @@ __all__ = [
     "insert_team",
     "insert_user",
     "is_manager",
+    "is_member",
     "is_platform_org",
     "key_by_hash",
     "key_by_id",
@@ -123,6 +131,10 @@ __all__ = [
     "session_pool",
     "session_pools",
     "set_pool_limit",
+    "set_primary_team",
+    "set_team_buckets",
+    "team_bucket_overrides",
+    "team_buckets",
     "team_exists",
     "team_members",
     "teammate_on_vacation",
