@@ -295,7 +295,9 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     # Every local client shares 127.0.0.1: the per-address limits are raised for the dev stack
                     # (tests, fuzzing) unless set in the environment.
                     "LT_MANAGEMENT_RATE_PER_MIN": os.environ.get("LT_MANAGEMENT_RATE_PER_MIN", "20000"),
-                    "LT_UNAUTHENTICATED_RATE_PER_MIN": os.environ.get("LT_UNAUTHENTICATED_RATE_PER_MIN", "2000"),
+                    "LT_UNAUTHENTICATED_RATE_PER_MIN": os.environ.get(
+                        "LT_UNAUTHENTICATED_RATE_PER_MIN", "2000"
+                    ),
                 },
             ),
         ]
