@@ -56,7 +56,9 @@ class Harness:
     async def admit(self, api_key: str, **fields: Any) -> httpx.Response:
         body = {"api_key": api_key, "request_id": uuid.uuid4().hex, "model": "mock-gpt", "provider": "mock"}
         return await self.client.post(
-            "/internal/admit", json={"prompt_tokens": 10, **body, **fields}, headers=TEST_KEYS.headers("quota")
+            "/internal/admit",
+            json={"prompt_tokens": 10, **body, **fields},
+            headers=TEST_KEYS.headers("quota"),
         )
 
     async def spend(self, user: dict[str, Any], tokens: int) -> None:
