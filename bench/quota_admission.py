@@ -39,8 +39,8 @@ from leaky_devinfra.infra import (
 from leaky_devinfra.testing import TEST_KEYS
 
 ADMIN_KEY = "lt-bench-admin-" + uuid.uuid4().hex
-# The caller assertion the gateway would send (its signer reuses one for half its life, as here per run).
-CALLER = TEST_KEYS.headers("quota")
+# Signs the caller assertion as the gateway does (one reused for half its life, re-signed after).
+SIGNER = TEST_KEYS.signer()
 LIMITS = {
     "LT_KEY_REQUESTS_PER_PERIOD": "1000000000",
     "LT_KEY_TOKENS_PER_PERIOD": "1000000000000",
@@ -92,7 +92,7 @@ class Quota:
             **extra,
         }
         t0 = time.perf_counter()
-        async with self.s.post(f"{self.url}/internal/admit", json=body, headers=CALLER) as r:
+        async with self.s.post(f"{self.url}/internal/admit", json=body, headers=SIGNER.headers("quota")) as r:
             data = await r.json()
             return r.status, data, time.perf_counter() - t0
 
