@@ -93,6 +93,7 @@ async def settings(
         saga_replies_topic=f"saga.replies.{suffix}",
         purchase_events_topic=f"purchase.events.{suffix}",
         environment="test",
+        metrics_token="saga-scraper",
         **TEST_KEYS.settings(),
     )
 
@@ -319,7 +320,7 @@ async def test_happy_path_completes_and_announces(settings: SagaSettings) -> Non
         r = await client.get("/v1/purchases?status=NOPE", headers=principal_headers())
         assert r.status_code == 400
 
-        metrics = (await client.get("/metrics")).text
+        metrics = (await client.get("/metrics", headers={"Authorization": "Bearer saga-scraper"})).text
         assert 'lt_saga_purchases_total{status="COMPLETED"}' in metrics
         assert 'lt_saga_steps_total{status="succeeded",step="credit_tokens"}' in metrics
         assert 'lt_saga_purchases_by_status{status="CREDITING"}' in metrics
@@ -734,7 +735,7 @@ async def test_usd_top_up_raises_the_usd_pool_by_exactly_the_amount(
         assert body["status"] == "COMPLETED", body
         assert await pool_limit(quota, pool["id"]) == 5_000_000 + 2_345_678
         # The buyer sees the raised usd pool among their quota; the token pool is untouched.
-        r = await quota.get("/v1/users/me/quota", headers=as_principal(buyer))
+        r = await quota.get("/v1/users/me/quota", headers=TEST_KEYS.headers("quota", buyer))
         pools = {p["unit"]: p for p in r.json()["pools"]}
         assert pools["usd"]["limit"] == 7_345_678
         assert pools["tokens"]["limit"] == 100_000
@@ -766,7 +767,9 @@ async def test_compensated_usd_top_up_leaves_the_usd_pool_unchanged(
         # A usd purchase aimed at a token pool is refused by quota with the reason, and nothing is charged.
         tokens_pool = next(
             p
-            for p in (await quota.get("/v1/users/me/quota", headers=as_principal(buyer))).json()["pools"]
+            for p in (
+                await quota.get("/v1/users/me/quota", headers=TEST_KEYS.headers("quota", buyer))
+            ).json()["pools"]
             if p["unit"] == "tokens"
         )
         r = await client.post(
