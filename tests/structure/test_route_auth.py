@@ -94,7 +94,7 @@ def test_every_route_needs_a_valid_assertion(package: str, settings_class: str) 
     app = _app(package, settings_class)
     client = TestClient(app, raise_server_exceptions=False)
     routes = _routes(app)
-    assert len(routes) == {"lt_quota": 49, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 9}[package]
+    assert len(routes) == {"lt_quota": 50, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 9}[package]
     answers = {
         (method, path, case): client.request(method, path, json=JUNK, headers=headers).status_code
         for method, path, _ in routes
@@ -107,7 +107,7 @@ def test_internal_routes_refuse_a_user_assertion() -> None:
     app = _app("lt_quota", "QuotaSettings")
     client = TestClient(app, raise_server_exceptions=False)
     internal = [(m, p) for m, p, _ in _routes(app) if p.startswith("/internal/")]
-    assert len(internal) == 2
+    assert len(internal) == 3
     user_admin = _principal("admin", "quota")
     assert {(m, p): client.request(m, p, json=JUNK, headers=user_admin).status_code for m, p in internal} == {
         (m, p): 401 for m, p in internal
@@ -146,3 +146,20 @@ def test_the_gateway_answers_nothing_governed_without_a_key() -> None:
         response = client.request(method, path, json={"model": "mock-gpt", "messages": "junk"})
         assert (method, path, response.status_code) == (method, path, 401)
         assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_the_gateway_internal_routes_need_the_internal_token() -> None:
+    """The public gateway's own `/internal/*` routes (the deep probe) take the internal token, never an API key."""
+    from lt_gateway.main import create_app
+    from lt_gateway.settings import GatewaySettings
+
+    app = create_app(GatewaySettings(_env_file=None, **TEST_KEYS.settings()))
+    client = TestClient(app, raise_server_exceptions=False)
+    internal = [(m, p) for m, p, _ in _routes(app) if p.startswith("/internal/")]
+    assert internal == [("GET", "/internal/probe")]
+    for headers in (
+        *_bad_assertions("gateway").values(),
+        TEST_KEYS.headers("gateway", user_id="u", org_id="o"),
+    ):
+        answers = {(m, p): client.request(m, p, headers=headers).status_code for m, p in internal}
+        assert set(answers.values()) == {401}, (headers, answers)

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from starlette.middleware import Middleware
 from starlette.responses import Response
 
-from leaky_common.auth import AssertionVerifier, Principal
+from leaky_common.auth import AssertionVerifier, Principal, refuse_if_blocked
 from leaky_common.errors import install_error_handlers
 from leaky_common.guard import RequestGuard
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
@@ -65,13 +65,19 @@ def _verifier(request: Request) -> AssertionVerifier:
 
 
 async def current_principal(request: Request, assertion: AssertionHeader = None) -> Principal:
-    """The caller, from the gateway's signed assertion (401 without a valid one)."""
-    return _verifier(request).principal(assertion)
+    """The caller, from the gateway's signed assertion (401 without a valid one); a blocked caller changes
+    nothing."""
+    found = _verifier(request).principal(assertion)
+    refuse_if_blocked(found, request.method)
+    return found
 
 
 async def admin_principal(request: Request, assertion: AssertionHeader = None) -> Principal:
-    """The caller, who must be an admin (401 without a valid assertion, 403 for a non-admin)."""
-    return _verifier(request).principal(assertion, admin=True)
+    """The caller, who must be an admin (401 without a valid assertion, 403 for a non-admin); a blocked caller
+    or a restricted key changes nothing."""
+    found = _verifier(request).principal(assertion, admin=True)
+    refuse_if_blocked(found, request.method, admin=True)
+    return found
 
 
 async def require_internal(request: Request, assertion: AssertionHeader = None) -> None:

@@ -193,7 +193,10 @@ async def test_admins_read_only_their_own_orgs_leaderboard_baseline_anomalies_an
     base = await ok("/v1/analytics/baseline?window_minutes=5", OTHER_ADMIN())
     assert (base["org_id"], base["current_tokens"]) == ("org-2", 2000)
     # The admin anomaly list holds their org's detections only (org-1 has two loops, org-2 none).
-    assert sorted(a["user_id"] for a in (await ok("/v1/analytics/anomalies", ADMIN()))["data"]) == ["u1", "u2"]
+    assert sorted(a["user_id"] for a in (await ok("/v1/analytics/anomalies", ADMIN()))["data"]) == [
+        "u1",
+        "u2",
+    ]
     assert (await ok("/v1/analytics/anomalies", OTHER_ADMIN()))["data"] == []
     assert (await ok("/v1/analytics/anomalies?org_id=org-2", OTHER_ADMIN()))["data"] == []
     series = await ok("/v1/analytics/timeseries?scope=org&id=org-2&grain=day", OTHER_ADMIN())

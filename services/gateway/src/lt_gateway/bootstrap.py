@@ -20,11 +20,13 @@ from lt_gateway.adapters.providers.registry import build_providers
 from lt_gateway.adapters.quota_client import QuotaClient
 from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.api.chat import ChatHandler
+from lt_gateway.domain.fingerprint import Fingerprinter
 from lt_gateway.domain.tokens import encoding
 from lt_gateway.settings import GatewaySettings
 from lt_gateway.usecases.completion.flow import CompletionFlow
 from lt_gateway.usecases.completion.keycheck import KeyCheck
 from lt_gateway.usecases.management import ManagementProxy
+from lt_gateway.usecases.probe import Probe
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class Gateway:
     management_client: ManagementClient
     chat: ChatHandler
     management: ManagementProxy
+    probe: Probe
 
     async def start(self) -> None:
         """Load the tokenizer now rather than on the first request, then open every pool."""
@@ -113,8 +116,14 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
         linger_s=settings.usage_linger_s,
     )
     upstream = UpstreamHTTP(settings.upstream_timeout_s, settings.upstream_retry_backoff_s)
+    providers = providers or build_providers(upstream)
+    secret = settings.fingerprint_secret
     flow = CompletionFlow(
-        models=models, providers=providers or build_providers(upstream), quota=quota, usage=usage
+        models=models,
+        providers=providers,
+        quota=quota,
+        usage=usage,
+        fingerprints=Fingerprinter(secret.get_secret_value().encode()) if secret else None,
     )
     chat = ChatHandler(
         flow,
@@ -125,4 +134,5 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
     )
     management_client = ManagementClient(settings)
     management = ManagementProxy(quota, management_client, signer)
-    return Gateway(settings, models, quota, usage, upstream, management_client, chat, management)
+    probe = Probe(quota, models, providers)
+    return Gateway(settings, models, quota, usage, upstream, management_client, chat, management, probe)

@@ -156,7 +156,14 @@ async def _start_sweeper(quota: Quota, interval_s: float, stack: contextlib.Asyn
 async def _start_messaging(quota: Quota, settings: QuotaSettings, stack: contextlib.AsyncExitStack) -> None:
     """The publisher, the elected outbox relay and the consumer of usage and commands."""
     await ensure_topics(
-        settings, [Topics.USAGE, Topics.QUOTA_COMMANDS, Topics.SAGA_REPLIES, Topics.QUOTA_EVENTS]
+        settings,
+        [
+            Topics.USAGE,
+            Topics.QUOTA_COMMANDS,
+            Topics.FREEZE_REQUESTS,
+            Topics.SAGA_REPLIES,
+            Topics.QUOTA_EVENTS,
+        ],
     )
     publisher = EventPublisher(settings)
     await publisher.start()
@@ -167,7 +174,7 @@ async def _start_messaging(quota: Quota, settings: QuotaSettings, stack: context
     consumer = EventConsumer(
         settings,
         group_id=settings.consumer_group,
-        topics=[Topics.USAGE, Topics.QUOTA_COMMANDS],
+        topics=[Topics.USAGE, Topics.QUOTA_COMMANDS, Topics.FREEZE_REQUESTS],
         handler=make_handler(quota.settlement, quota.topups, quota.freezes),
         publisher=publisher,
     )

@@ -1,21 +1,37 @@
-"""Kafka messages -> use cases: the one table of what quota does with each message it consumes. Other
-message types on these topics are other consumers' business and are skipped."""
+"""Kafka messages -> use cases: the one table of what quota does with each message it consumes, and the one
+topic each may come from. Other message types are other consumers' business and are skipped; a known type on
+another topic (a CreditTokens on `usage.recorded`, say) is a forgery by that topic's producer: logged, skipped.
+The broker's ACLs decide who may write each topic (docs/security.md)."""
 
 from __future__ import annotations
 
+import logging
+
+from aiokafka import ConsumerRecord
+
 from leaky_common.dispatch import dispatcher
-from leaky_common.events import CreditTokens, DebitTokens, RequestFreeze, UsageRecorded
+from leaky_common.events import AnyMessage, CreditTokens, DebitTokens, RequestFreeze, Topics, UsageRecorded
 from leaky_common.kafka import Handler
 from lt_quota.usecases.freezes import Freezes
 from lt_quota.usecases.settlement import Settlement
 from lt_quota.usecases.topups import TopUps
 
-__all__ = ["make_handler"]
+__all__ = ["SOURCES", "make_handler"]
+
+logger = logging.getLogger(__name__)
+
+# The only topic each handled type is accepted from.
+SOURCES: dict[type[AnyMessage], str] = {
+    UsageRecorded: Topics.USAGE,
+    CreditTokens: Topics.QUOTA_COMMANDS,
+    DebitTokens: Topics.QUOTA_COMMANDS,
+    RequestFreeze: Topics.FREEZE_REQUESTS,
+}
 
 
 def make_handler(settlement: Settlement, topups: TopUps, freezes: Freezes) -> Handler:
     """The consumer's handler over the use cases."""
-    return dispatcher(
+    dispatch = dispatcher(
         {
             UsageRecorded: settlement.settle_usage,
             CreditTokens: topups.credit,
@@ -23,3 +39,18 @@ def make_handler(settlement: Settlement, topups: TopUps, freezes: Freezes) -> Ha
             RequestFreeze: freezes.freeze,
         }
     )
+
+    async def handle(message: AnyMessage, record: ConsumerRecord[bytes, bytes]) -> None:
+        source = SOURCES.get(type(message))
+        if source is not None and record.topic != source:
+            logger.warning(
+                "skipped %s %s on %s: it is accepted only from %s",
+                type(message).__name__,
+                message.event_id,
+                record.topic,
+                source,
+            )
+            return
+        await dispatch(message, record)
+
+    return handle

@@ -26,8 +26,10 @@ from leaky_common.events import (
     parse_message,
 )
 from leaky_common.kafka import EventPublisher
+from leaky_devinfra.infra import free_port
 from leaky_devinfra.testing import TEST_KEYS, InternalKeys, ManualClock
 from leaky_devinfra.testing import eventually as wait_until
+from lt_quota.adapters.redis_state import RedisState
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 
@@ -141,6 +143,30 @@ async def test_a_signed_assertion_is_required(settings: QuotaSettings) -> None:
         r = await h.client.get("/ready")
         assert r.status_code == 200, r.text
         assert r.json()["checks"] == {"postgres": True, "redis": True, "consumer": True}
+
+
+async def test_the_probe_needs_the_internal_token_and_records_nothing(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        redis = h.service.state.redis
+        before = sorted(await redis.keys(settings.redis_prefix + "*"))
+        async with h.service.db.acquire() as conn:
+            ledger_before = await conn.fetchval("SELECT count(*) FROM ledger")
+        r = await h.client.post("/internal/probe", headers=TEST_KEYS.headers("quota"))
+        assert (r.status_code, r.json()) == (200, {"postgres": True, "redis": True})
+        # Only the internal token opens it: no token, a wrong one, or a user's principal alone are refused.
+        admin = await h.principal_header(ADMIN_KEY)
+        for headers in ({}, {"X-LT-Internal-Token": "wrong-token-123"}, {"X-LT-Principal": admin}):
+            r = await h.client.post("/internal/probe", headers=headers)
+            assert r.status_code == 401, headers
+        # A zero-cost check: no bucket, reservation or counter appeared, and the ledger is as it was.
+        assert sorted(await redis.keys(settings.redis_prefix + "*")) == before
+        async with h.service.db.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM ledger") == ledger_before
+        # Redis gone: the check says so (quota answers 503), rather than passing.
+        gone: Redis[str] = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", decode_responses=True)
+        assert await RedisState(gone).admission_script_ready() is False
+        closable: Any = gone  # aclose is missing from types-redis
+        await closable.aclose()
 
 
 async def test_admin_creates_user_whose_key_authenticates(settings: QuotaSettings) -> None:
@@ -423,7 +449,7 @@ async def test_freeze_command_blocks_admission(settings: QuotaSettings, publishe
     async with running(settings) as h:
         user = await h.create_user(quota=1000)
         await publisher.publish(
-            Topics.QUOTA_COMMANDS,
+            Topics.FREEZE_REQUESTS,
             RequestFreeze(target_type="user", target_id=user["id"], reason="loop", duration_s=300),
         )
 
@@ -748,8 +774,8 @@ async def test_freeze_command_announces_the_freeze(
     async with running(settings) as h:
         user = await h.create_user(quota=1000)
         cmd = RequestFreeze(target_type="user", target_id=user["id"], reason="spend velocity", duration_s=300)
-        await publisher.publish(Topics.QUOTA_COMMANDS, cmd)
-        await publisher.publish(Topics.QUOTA_COMMANDS, cmd)  # redelivery: one freeze, one event
+        await publisher.publish(Topics.FREEZE_REQUESTS, cmd)
+        await publisher.publish(Topics.FREEZE_REQUESTS, cmd)  # redelivery: one freeze, one event
         (event,) = await read_quota_events(kafka_bootstrap, user["id"], 1)
         assert event.frozen and event.source == "anomaly" and event.causation_id == cmd.event_id
         r = await h.admit(user["api_key"], max_output_tokens=16)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from prometheus_client import Counter as PromCounter
 
 from leaky_common.auth import Principal
-from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
-from leaky_common.errors import Forbidden, Unauthorized
+from leaky_common.contracts import AdmitRequest, AdmitResponse, ProbeResponse, RateLimitState
+from leaky_common.db import ping
+from leaky_common.errors import Forbidden, ServiceUnavailable, Unauthorized
 from lt_quota.adapters import repository as repo
 from lt_quota.adapters.redis_state import AdmitArgs, Counter
 from lt_quota.domain import (
@@ -67,8 +68,23 @@ class Admission:
         self.freezes = freezes
 
     async def authenticate(self, api_key: str) -> Principal:
-        """Resolve a key to its principal; 401 if unknown, revoked or expired."""
-        return principal_of(await self.ctx.key_record(api_key))
+        """Resolve a key to its principal for a management call; 401 if unknown, revoked or expired. The
+        principal says whether the caller may change anything (`management_block`: a suspended user, a frozen
+        key or user) and whether the key is restricted; every service enforces both (`refuse_if_blocked`)."""
+        record = await self.ctx.key_record(api_key)
+        async with self.ctx.db.acquire() as conn:
+            frozen = await repo.caller_freezes(conn, self.ctx.now(), record.key_id, record.user_id)
+            limits = await repo.key_limits(conn, record.key_id)
+        block = None
+        if record.status == "suspended":
+            block = "user_suspended"
+        elif "user" in frozen:
+            block = "user_frozen"
+        elif "key" in frozen:
+            block = "key_frozen"
+        return principal_of(record).model_copy(
+            update={"management_block": block, "key_restricted": limits.restricted}
+        )
 
     async def admit(self, req: AdmitRequest) -> AdmitResponse:
         """Authenticate, check policy, freezes and buckets, and reserve against every cap in one Redis call."""
@@ -78,6 +94,15 @@ class Admission:
             ADMISSIONS.labels("unauthorized").inc()
             raise
         return await self.admit_record(record, req)
+
+    async def probe(self) -> ProbeResponse:
+        """A zero-cost check that admission could run now (the start-up probe): Postgres answers and Redis holds
+        the admission script. No key, no bucket, no reservation: nothing is counted or recorded."""
+        redis_ok = await self.ctx.state.admission_script_ready()
+        report = ProbeResponse(postgres=await ping(self.ctx.db), redis=redis_ok)
+        if not (report.postgres and report.redis):
+            raise ServiceUnavailable(f"quota cannot admit: {report.model_dump()}", code="probe_failed")
+        return report
 
     async def record_for(self, principal: Principal) -> KeyRecord:
         """The key record behind an authenticated principal (401 if the key is gone or revoked)."""

@@ -7,6 +7,7 @@ quota settles the reservation from. Every request produces exactly one usage eve
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from lt_gateway.adapters.quota_client import Denial, QuotaClient
 from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.domain.admission import admit_request, servable
 from lt_gateway.domain.call import Call
+from lt_gateway.domain.fingerprint import Fingerprinter
 from lt_gateway.domain.models import ModelSpec
 from lt_gateway.domain.pricing import ZERO_COST, format_usd
 from lt_gateway.domain.requests import GovernanceHeaders, Kind, ParsedRequest
@@ -54,12 +56,19 @@ class CompletionFlow:
     """Admits, calls the provider and accounts for one governed request."""
 
     def __init__(
-        self, *, models: ModelTable, providers: dict[str, Provider], quota: QuotaClient, usage: UsageSink
+        self,
+        *,
+        models: ModelTable,
+        providers: dict[str, Provider],
+        quota: QuotaClient,
+        usage: UsageSink,
+        fingerprints: Fingerprinter | None = None,
     ) -> None:
         self.models = models
         self.quota = quota
         self.upstream = Upstream(models, providers)
-        self.ledger = UsageLedger(usage, models)
+        # Without a configured secret, fingerprints are keyed by a secret of this process only.
+        self.ledger = UsageLedger(usage, models, fingerprints or Fingerprinter(os.urandom(32)))
 
     def resolve(self, parsed: ParsedRequest) -> ModelSpec:
         """The model the request is for (404/400 if it cannot serve it)."""

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from leaky_common.api import InternalCaller, error_responses
 from leaky_common.auth import Principal
-from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest
+from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest, ProbeResponse
 from lt_quota.api.deps import AdmissionDep
 
 __all__ = ["router"]
@@ -24,3 +24,9 @@ async def authenticate(body: AuthenticateRequest, admission: AdmissionDep) -> Pr
 @router.post("/admit", responses=error_responses(400, 402, 403, 429))
 async def admit(body: AdmitRequest, admission: AdmissionDep) -> AdmitResponse:
     return await admission.admit(body)
+
+
+@router.post("/probe", responses=error_responses(503))
+async def probe(admission: AdmissionDep) -> ProbeResponse:
+    """The gateway's deep readiness probe: could quota admit now? Touches no key and records nothing."""
+    return await admission.probe()
