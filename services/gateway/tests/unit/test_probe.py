@@ -120,5 +120,5 @@ def test_the_probe_asks_for_one_token_in_the_mode_of_the_model() -> None:
 def test_the_probe_is_documented_as_internal_only() -> None:
     doc = client(FakeQuota()).get("/openapi.json").json()
     op = doc["paths"]["/internal/probe"]["get"]
-    assert op["security"] == [{"InternalToken": []}]
+    assert op["security"] == [{"InternalAssertion": []}]
     assert {"200", "401", "404", "503"} <= op["responses"].keys() and "422" not in op["responses"]
