@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from leaky_common.auth import Principal
 from leaky_common.db import create_database, database_url_for
 from leaky_common.events import Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
@@ -35,10 +36,11 @@ from leaky_devinfra.infra import (
     stop_pid,
     wait_for_port,
 )
+from leaky_devinfra.testing import TEST_KEYS
 
-TOKEN = "bench-internal-token"
 ADMIN_KEY = "lt-bench-admin-" + uuid.uuid4().hex
-INTERNAL = {"X-LT-Internal-Token": TOKEN}
+# Signs the caller assertion as the gateway does (one reused for half its life, re-signed after).
+SIGNER = TEST_KEYS.signer()
 LIMITS = {
     "LT_KEY_REQUESTS_PER_PERIOD": "1000000000",
     "LT_KEY_TOKENS_PER_PERIOD": "1000000000000",
@@ -61,9 +63,9 @@ class Quota:
 
     async def headers(self, api_key: str) -> dict[str, str]:
         async with self.s.post(
-            f"{self.url}/internal/authenticate", json={"api_key": api_key}, headers=INTERNAL
+            f"{self.url}/internal/authenticate", json={"api_key": api_key}, headers=TEST_KEYS.headers("quota")
         ) as r:
-            return {**INTERNAL, "X-LT-Principal": await r.text()}
+            return TEST_KEYS.headers("quota", Principal.model_validate_json(await r.text()))
 
     async def call(self, method: str, path: str, api_key: str = ADMIN_KEY, **kw: Any) -> Any:
         async with self.s.request(
@@ -90,7 +92,7 @@ class Quota:
             **extra,
         }
         t0 = time.perf_counter()
-        async with self.s.post(f"{self.url}/internal/admit", json=body, headers=INTERNAL) as r:
+        async with self.s.post(f"{self.url}/internal/admit", json=body, headers=SIGNER.headers("quota")) as r:
             data = await r.json()
             return r.status, data, time.perf_counter() - t0
 
@@ -241,7 +243,7 @@ def main() -> None:
             "LT_DATABASE_URL": database_url_for(db_url, "lt_quota_bench"),
             "LT_REDIS_URL": redis.url,
             "LT_KAFKA_BOOTSTRAP": broker.url,
-            "LT_INTERNAL_TOKEN": TOKEN,
+            **TEST_KEYS.env(),
             "LT_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
             "LT_ENVIRONMENT": "development",
             "LT_LOG_LEVEL": "WARNING",

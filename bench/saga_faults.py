@@ -49,10 +49,11 @@ from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import Topics, parse_message
 from leaky_common.kafka import ensure_topics
-from leaky_common.settings import DEV_INTERNAL_TOKEN, ServiceSettings
+from leaky_common.settings import ServiceSettings
 from leaky_devinfra.chaos import ChaosRelay
 from leaky_devinfra.fakes.payments import create_fakepay_app
 from leaky_devinfra.infra import free_port, start_broker, start_postgres, start_redis, wait_for_port
+from leaky_devinfra.testing import TEST_KEYS
 
 __all__ = ["FaultConfig", "FaultReport", "Infra", "run_faults"]
 
@@ -232,8 +233,8 @@ async def _fakepay(hang_s: float) -> AsyncIterator[tuple[str, Any]]:
         await task
 
 
-def _headers(principal: Principal) -> dict[str, str]:
-    return {"X-LT-Principal": principal.header_value(), "X-LT-Internal-Token": DEV_INTERNAL_TOKEN}
+def _headers(principal: Principal, audience: str = "saga") -> dict[str, str]:
+    return TEST_KEYS.headers(audience, principal)
 
 
 async def _make_users(quota_url: str, admin_key: str, count: int) -> list[Principal]:
@@ -241,7 +242,7 @@ async def _make_users(quota_url: str, admin_key: str, count: int) -> list[Princi
         async with s.post(
             f"{quota_url}/internal/authenticate",
             json={"api_key": admin_key},
-            headers={"X-LT-Internal-Token": DEV_INTERNAL_TOKEN},
+            headers=TEST_KEYS.headers("quota"),
         ) as resp:
             assert resp.status == 200, await resp.text()
             admin = Principal.model_validate(await resp.json())
@@ -250,7 +251,7 @@ async def _make_users(quota_url: str, admin_key: str, count: int) -> list[Princi
             async with s.post(
                 f"{quota_url}/v1/admin/users",
                 json={"email": f"buyer{i}-{uuid.uuid4().hex[:6]}@example.com", "name": f"Buyer {i}"},
-                headers=_headers(admin),
+                headers=_headers(admin, "quota"),
             ) as resp:
                 assert resp.status == 201, await resp.text()
                 body = await resp.json()
@@ -282,7 +283,12 @@ async def run_faults(infra: Infra, config: FaultConfig, log_dir: Path | None = N
         [commands_in, replies_out, events_topic, Topics.QUOTA_COMMANDS, Topics.SAGA_REPLIES],
     )
     admin_key = f"lt-admin-{uuid.uuid4().hex}"
-    common = {"LT_KAFKA_BOOTSTRAP": infra.kafka_bootstrap, "LT_ENVIRONMENT": "test", "LT_LOG_LEVEL": "INFO"}
+    common = {
+        "LT_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
+        "LT_ENVIRONMENT": "test",
+        "LT_LOG_LEVEL": "INFO",
+        **TEST_KEYS.env(),
+    }
     quota = _Process(
         "quota",
         "lt_quota",

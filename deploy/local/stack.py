@@ -30,12 +30,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from stack_chaos import kill, outage, restart, start_proxied_broker
 from stack_secrets import ensure_secrets, write_private
 from startup_check import admin_freeze_notices, wait_for_probe
 
+from leaky_common.auth import AssertionSigner, generate_signing_key, public_key_of
 from leaky_common.db import create_database, database_url_for
 from leaky_devinfra.infra import (
     free_port,
@@ -127,6 +129,28 @@ def _alive_pids(state: dict[str, object]) -> list[int]:
     return [int(p) for p in pids.values() if pid_alive(int(p))]
 
 
+def _secret_file(path: Path, make: Callable[[], str]) -> str:
+    """The secret in `path`, created 0600 (before anything is written to it) if missing."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(make())
+    return path.read_text().strip()
+
+
+def _internal_identity(run_dir: Path) -> dict[str, str]:
+    """The gateway's Ed25519 signing key (kid `dev-1`), the public keys every service accepts, and the
+    scraper's /metrics token; generated into `run_dir` (0600) at the first start and kept."""
+    private = _secret_file(run_dir / "internal_signing_key", lambda: generate_signing_key()[0])
+    metrics = _secret_file(run_dir / "metrics_token", lambda: secrets.token_urlsafe(32))
+    return {
+        "LT_INTERNAL_SIGNING_KEY": private,
+        "LT_INTERNAL_SIGNING_KID": "dev-1",
+        "LT_INTERNAL_PUBLIC_KEYS": json.dumps({"dev-1": public_key_of(private)}),
+        "LT_METRICS_TOKEN": metrics,
+    }
+
+
 def up(run_dir: Path, port_mode: str, timeout: float) -> int:
     """Start everything; returns a process exit code."""
     started = time.monotonic()
@@ -174,7 +198,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
 
         secret_env = ensure_secrets(run_dir)
         admin_key = secret_env["LT_BOOTSTRAP_ADMIN_KEY"]
-        internal_token = secret_env["LT_INTERNAL_TOKEN"]
+        identity = _internal_identity(run_dir)
 
         ports = _choose_ports(port_mode)
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -183,7 +207,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
             "LT_KAFKA_BOOTSTRAP": kafka,
             "LT_KAFKA_FLAVOUR": flavour,
             "LT_REDIS_URL": redis_url,
-            "LT_INTERNAL_TOKEN": internal_token,
+            **identity,
             "LT_ENVIRONMENT": os.environ.get("LT_ENVIRONMENT", "development"),
             "PYTHONUNBUFFERED": "1",
         }
@@ -257,6 +281,12 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     "LT_NOTIFIER_URL": url["notifier"],
                     "LT_USAGE_SPOOL_PATH": str(run_dir / "gateway-usage-spool.sqlite"),
                     "LT_FINGERPRINT_SECRET": secret_env["LT_FINGERPRINT_SECRET"],
+                    # Every local client shares 127.0.0.1: the per-address limits are raised for the dev stack
+                    # (tests, fuzzing) unless set in the environment.
+                    "LT_MANAGEMENT_RATE_PER_MIN": os.environ.get("LT_MANAGEMENT_RATE_PER_MIN", "20000"),
+                    "LT_UNAUTHENTICATED_RATE_PER_MIN": os.environ.get(
+                        "LT_UNAUTHENTICATED_RATE_PER_MIN", "2000"
+                    ),
                 },
             ),
         ]
@@ -289,7 +319,8 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
             _wait_http(
                 f"{url[name]}/ready" if name != "fakepay" else f"{url[name]}/health", deadline, procs, name
             )
-        wait_for_probe(url["gateway"], internal_token, deadline)
+        prober = AssertionSigner(identity["LT_INTERNAL_SIGNING_KEY"], "dev-1", issuer="stack")
+        wait_for_probe(url["gateway"], lambda: prober.headers("gateway"), deadline)
     except BaseException as exc:
         _log(f"start-up failed: {exc!r}; stopping what was started (logs in {logs})")
         down(run_dir)
@@ -301,7 +332,10 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
     write_private(run_dir / "stack.env", env_text)
     _log(f"stack ready in {time.monotonic() - started:.1f}s; logs in {logs}")
     sys.stdout.write(env_text)
-    _log(f"metrics: {url['gateway']}/metrics (each service serves /metrics); API docs: {url['gateway']}/docs")
+    _log(
+        f"metrics: {url['gateway']}/metrics with 'Authorization: Bearer' and the token in {run_dir / 'metrics_token'}"
+        f" (each service serves /metrics); API docs: {url['gateway']}/docs"
+    )
     return 0
 
 

@@ -16,7 +16,6 @@ __all__ = ["SECRETS", "ensure_secrets", "write_private"]
 # file name -> (environment variable, generator)
 SECRETS = {
     "admin_key": ("LT_BOOTSTRAP_ADMIN_KEY", lambda: "lt-admin-" + secrets.token_urlsafe(32)),
-    "internal_token": ("LT_INTERNAL_TOKEN", lambda: secrets.token_urlsafe(32)),
     "fingerprint_secret": ("LT_FINGERPRINT_SECRET", lambda: secrets.token_urlsafe(32)),
 }
 

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,15 @@ __all__ = ["admin_freeze_notices", "wait_for_probe"]
 PROBE_MODEL_ENV = "LT_STARTUP_PROBE_MODEL"
 
 
-def wait_for_probe(gateway: str, internal_token: str, deadline: float) -> None:
-    """Call the deep probe until it answers 200; TimeoutError with its last answer at `deadline`."""
+def wait_for_probe(gateway: str, internal_headers: Callable[[], dict[str, str]], deadline: float) -> None:
+    """Call the deep probe (with a fresh caller assertion each time) until it answers 200; TimeoutError with its
+    last answer at `deadline`."""
     model = urllib.parse.quote(os.environ.get(PROBE_MODEL_ENV, "mock-gpt"), safe="")
-    req = urllib.request.Request(  # noqa: S310 - a local URL we built
-        f"{gateway}/internal/probe?model={model}", headers={"X-LT-Internal-Token": internal_token}
-    )
     last = "no answer"
     while True:
+        req = urllib.request.Request(  # noqa: S310 - a local URL we built
+            f"{gateway}/internal/probe?model={model}", headers=internal_headers()
+        )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
                 if resp.status == 200:

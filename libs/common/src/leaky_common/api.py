@@ -1,8 +1,8 @@
 """FastAPI glue for every internal API: who is calling, and an OpenAPI document that tells the truth.
 
-The gateway authenticates each public request and forwards the principal in `X-LT-Principal` with the shared
-`X-LT-Internal-Token` (see `leaky_common.auth`). These dependencies read both as OpenAPI security schemes, so
-each service's document names its auth, and check them against `app.state.settings.internal_token`.
+The gateway authenticates each public request and calls the owner with a signed assertion in `X-LT-Assertion`
+(see `leaky_common.auth`). These dependencies read it as an OpenAPI security scheme, so each service's document
+names its auth, and verify it with `app.state.verifier` (built from the settings' public keys).
 
 `install_openapi` replaces FastAPI's phantom 422 (validation errors are rendered as OpenAI-shaped 400s by
 `leaky_common.errors`) with the error responses a route really sends, all in the one `ErrorBody` shape.
@@ -13,17 +13,19 @@ handlers, that OpenAPI document, request metrics, an optional hot route, and `/h
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
+from starlette.middleware import Middleware
 from starlette.responses import Response
 
-from leaky_common.auth import Principal, principal_from_headers, refuse_if_blocked, token_matches
-from leaky_common.errors import Unauthorized, install_error_handlers
+from leaky_common.auth import AssertionVerifier, Principal, refuse_if_blocked
+from leaky_common.errors import install_error_handlers
+from leaky_common.guard import RequestGuard
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from leaky_common.serve import HotRoute
 from leaky_common.settings import ServiceSettings
@@ -45,50 +47,42 @@ __all__ = [
     "service_app",
 ]
 
-_principal_header = APIKeyHeader(
-    name="X-LT-Principal",
-    scheme_name="Principal",
-    description="The caller as the gateway authenticated it (JSON); trusted only with the internal token.",
+_assertion_header = APIKeyHeader(
+    name="X-LT-Assertion",
+    scheme_name="InternalAssertion",
+    description=(
+        "A signed, short-lived assertion from the gateway (EdDSA JWT, audience this service): the caller's "
+        "principal on user routes, none on internal routes. See docs/security.md."
+    ),
     auto_error=False,
 )
-_internal_token_header = APIKeyHeader(
-    name="X-LT-Internal-Token",
-    scheme_name="InternalToken",
-    description="The shared secret of the gateway and the internal services.",
-    auto_error=False,
-)
-PrincipalHeader = Annotated[str | None, Security(_principal_header)]
-InternalTokenHeader = Annotated[str | None, Security(_internal_token_header)]
+AssertionHeader = Annotated[str | None, Security(_assertion_header)]
 
 
-def _internal_token(request: Request) -> str:
-    token: str = request.app.state.settings.internal_token
-    return token
+def _verifier(request: Request) -> AssertionVerifier:
+    verifier: AssertionVerifier = request.app.state.verifier
+    return verifier
 
 
-async def current_principal(
-    request: Request, principal: PrincipalHeader = None, token: InternalTokenHeader = None
-) -> Principal:
-    """The caller, from the gateway's internal headers (401 without them); a blocked caller changes nothing."""
-    found = principal_from_headers(principal, token, _internal_token(request))
+async def current_principal(request: Request, assertion: AssertionHeader = None) -> Principal:
+    """The caller, from the gateway's signed assertion (401 without a valid one); a blocked caller changes
+    nothing."""
+    found = _verifier(request).principal(assertion)
     refuse_if_blocked(found, request.method)
     return found
 
 
-async def admin_principal(
-    request: Request, principal: PrincipalHeader = None, token: InternalTokenHeader = None
-) -> Principal:
-    """The caller, who must be an admin (401 without credentials, 403 for a non-admin); a blocked caller or a
-    restricted key changes nothing."""
-    found = principal_from_headers(principal, token, _internal_token(request), admin=True)
+async def admin_principal(request: Request, assertion: AssertionHeader = None) -> Principal:
+    """The caller, who must be an admin (401 without a valid assertion, 403 for a non-admin); a blocked caller
+    or a restricted key changes nothing."""
+    found = _verifier(request).principal(assertion, admin=True)
     refuse_if_blocked(found, request.method, admin=True)
     return found
 
 
-async def require_internal(request: Request, token: InternalTokenHeader = None) -> None:
-    """Only the gateway (or another internal service) may call: 401 without the internal token."""
-    if not token_matches(token, _internal_token(request)):
-        raise Unauthorized("missing or invalid internal token", code="invalid_internal_token")
+async def require_internal(request: Request, assertion: AssertionHeader = None) -> None:
+    """Only the gateway (or another internal service) may call: 401 without a valid caller assertion."""
+    _verifier(request).caller(assertion)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
@@ -185,15 +179,17 @@ def service_app(
     description: str = "",
     hot_route: tuple[str, HotEndpoint] | None = None,
     service: str | None = None,
+    middleware: Sequence[Middleware] = (),
 ) -> FastAPI:
     """A service's FastAPI app with the shared skeleton; the caller adds its routers.
 
     `ready(app)` reports each dependency for `/ready`; `hot_route` is `(path, endpoint)` for one POST endpoint
     served without FastAPI's routing layers (its documented route stays in a router). Request metrics wrap the
-    hot route too.
+    hot route too. `middleware` wraps everything but the guard.
     """
     app = FastAPI(title=title, version="0.1.0", description=description, lifespan=lifespan)
-    app.state.settings = settings  # the principal dependencies read the internal token from here
+    app.state.settings = settings
+    app.state.verifier = AssertionVerifier(settings.internal_public_keys, settings.audience)
     install_error_handlers(app)
     install_openapi(app)
     if hot_route is not None:
@@ -201,9 +197,18 @@ def service_app(
         app.add_middleware(HotRoute, method="POST", path=path, endpoint=endpoint)
     name = service or settings.service_name
     app.add_middleware(MetricsMiddleware, service=name)
+    for extra in reversed(middleware):  # the first listed ends up outermost (inside the guard)
+        app.add_middleware(extra.cls, *extra.args, **extra.kwargs)
+    # Outermost: security headers on every answer, the body limit while reading, the JSON nesting limit.
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth if settings.guard_checks_json else None,
+    )
 
     async def readiness() -> dict[str, bool]:
         return await ready(app)
 
-    add_ops_routes(app, name, readiness)
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    add_ops_routes(app, name, readiness, token)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import sys
 import time
@@ -144,8 +145,21 @@ class Readiness(BaseModel):
     checks: dict[str, bool]
 
 
-def add_ops_routes(app: FastAPI, service: str, ready: Callable[[], Awaitable[dict[str, bool]]]) -> None:
-    """`/health` (process alive), `/ready` (dependencies reachable, 503 if not) and `/metrics`."""
+def metrics_allowed(authorization: str | None, token: str | None) -> bool:
+    """Whether `Authorization` carries the scraper's bearer token (no token configured: nobody may read)."""
+    if not token or not authorization or not authorization.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(authorization.removeprefix("Bearer ").encode(), token.encode())
+
+
+def add_ops_routes(
+    app: FastAPI,
+    service: str,
+    ready: Callable[[], Awaitable[dict[str, bool]]],
+    metrics_token: str | None = None,
+) -> None:
+    """`/health` (process alive), `/ready` (dependencies reachable, 503 if not) and `/metrics` (only with
+    `Authorization: Bearer <metrics_token>`; 404 otherwise, so its existence is no hint)."""
 
     @app.get("/health", include_in_schema=True, tags=["ops"])
     async def health() -> Health:
@@ -169,5 +183,13 @@ def add_ops_routes(app: FastAPI, service: str, ready: Callable[[], Awaitable[dic
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
     )
-    async def metrics(_: Request) -> Response:
+    async def metrics(request: Request) -> Response:
+        if not metrics_allowed(request.headers.get("authorization"), metrics_token):
+            return Response(
+                orjson.dumps(
+                    {"error": {"message": "not found", "type": "not_found", "param": None, "code": None}}
+                ),
+                status_code=404,
+                media_type="application/json",
+            )
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

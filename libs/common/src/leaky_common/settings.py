@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -13,15 +13,15 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["DEV_INTERNAL_TOKEN", "ServiceSettings"]
-
-DEV_INTERNAL_TOKEN = "dev-internal-token-change-me"
+__all__ = ["ServiceSettings"]
 
 
 class ServiceSettings(BaseSettings):
     """Common settings; each service subclasses it with its own fields and env prefix `LT_`."""
 
     model_config = SettingsConfigDict(env_prefix="LT_", extra="ignore")
+    # Whether leaky_common.guard checks JSON nesting before the app (False: the app checks it after parsing).
+    guard_checks_json: ClassVar[bool] = True
 
     service_name: str = "leaky-tokens"
     environment: Literal["development", "test", "production"] = "development"
@@ -45,8 +45,23 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
 
-    # Shared secret the gateway sends to internal services with the authenticated principal.
-    internal_token: str = Field(default=DEV_INTERNAL_TOKEN, min_length=16)
+    # Internal identity (leaky_common.auth, docs/security.md): the Ed25519 public keys (unpadded base64url of the
+    # raw key) whose signed assertions this service accepts, by key id, as JSON: {"k1": "..."}. Several while a
+    # key rotates. Without any, every internal route answers 401.
+    internal_public_keys: dict[str, str] = Field(default_factory=dict)
+    # This service's name in the assertions it accepts (their `aud`); empty: the service name.
+    internal_audience: str = ""
+    # Only in callers that sign (the gateway): the Ed25519 private key (base64url, raw) and its key id.
+    internal_signing_key: SecretStr | None = None
+    internal_signing_kid: str = ""
+    # Lifetime of the assertions this process signs (at most 60 s).
+    internal_assertion_ttl_s: int = Field(default=30, ge=1, le=60)
+    # Largest request body any route reads (bytes; 413 beyond it, before more is read), deepest JSON nesting
+    # accepted (400 beyond it).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_json_depth: int = Field(default=32, ge=2, le=256)
+    # Bearer token that may read /metrics (the scraper's); empty: /metrics answers 404 (see docs/operations.md).
+    metrics_token: SecretStr | None = None
 
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = 1.0
@@ -73,6 +88,11 @@ class ServiceSettings(BaseSettings):
         """Idempotent producers are on for real Kafka, off for tansu."""
         return self.kafka_flavour == "kafka"
 
+    @property
+    def audience(self) -> str:
+        """The `aud` of the internal assertions this service accepts."""
+        return self.internal_audience or self.service_name
+
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> ServiceSettings:
         if self.kafka_security_protocol != "PLAINTEXT" and not (
@@ -82,7 +102,7 @@ class ServiceSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _refuse_dev_secrets_in_production(self) -> ServiceSettings:
-        if self.environment == "production" and self.internal_token == DEV_INTERNAL_TOKEN:
-            raise ValueError("LT_INTERNAL_TOKEN must be set to a real secret in production")
+    def _refuse_missing_keys_in_production(self) -> ServiceSettings:
+        if self.environment == "production" and not self.internal_public_keys:
+            raise ValueError("LT_INTERNAL_PUBLIC_KEYS must name the gateway's signing keys in production")
         return self

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from leaky_common import events
-from leaky_common.auth import Principal
+from leaky_common.auth import AssertionSigner, AssertionVerifier, Principal, generate_signing_key
 
 _SAMPLES: dict[str, dict[str, object]] = {
     "UsageRecorded": {"request_id": "r1", "model": "m", "provider": "p"},
@@ -67,15 +67,24 @@ def test_unknown_type_and_missing_fields_are_rejected() -> None:
         events.parse_message('{"type": "ApprovalDecided.v1", "approval_id": "a"}')
 
 
+def _through_assertion(p: Principal) -> Principal:
+    """The principal as a service reads it from the gateway's signed assertion."""
+    private, public = generate_signing_key()
+    token = AssertionSigner(private, "k", issuer="gateway").sign("svc", p)
+    back = AssertionVerifier({"k": public}, "svc").verify(token).principal
+    assert back is not None
+    return back
+
+
 def test_principal_carries_allowed_models_through_its_header() -> None:
     p = Principal(user_id="u", org_id="o", allowed_models=("gpt-4o-mini",))
-    assert Principal.model_validate_json(p.header_value()).allowed_models == ("gpt-4o-mini",)
+    assert _through_assertion(p).allowed_models == ("gpt-4o-mini",)
     assert Principal(user_id="u", org_id="o").allowed_models is None
 
 
 def test_principal_carries_managed_teams_through_its_header() -> None:
     p = Principal(user_id="u", org_id="o", team_id="t1", managed_team_ids=("t1", "t2"))
-    back = Principal.model_validate_json(p.header_value())
+    back = _through_assertion(p)
     assert back.managed_team_ids == ("t1", "t2")
     assert back.manages("t2") and not back.manages("t3")
     # A header from a sender that predates the field still validates, managing nothing.
@@ -85,7 +94,7 @@ def test_principal_carries_managed_teams_through_its_header() -> None:
 
 def test_principal_carries_platform_admin_through_its_header_and_defaults_false() -> None:
     p = Principal(user_id="u", org_id="o", role="admin", platform_admin=True)
-    assert Principal.model_validate_json(p.header_value()).platform_admin is True
+    assert _through_assertion(p).platform_admin is True
     assert Principal(user_id="u", org_id="o", role="admin").platform_admin is False
     # A header from a sender that predates the field still validates, as no platform admin.
     assert (

@@ -16,14 +16,13 @@ from leaky_common.api import (
     error_responses,
     install_openapi,
 )
-from leaky_common.auth import Principal
+from leaky_common.auth import AssertionVerifier, Principal
 from leaky_common.dispatch import dispatcher
 from leaky_common.errors import install_error_handlers
 from leaky_common.events import CreditTokens, UsageRecorded
 from leaky_common.model_access import model_allowed, model_in_scope
 from leaky_common.settings import ServiceSettings
-
-TOKEN = "internal-token-for-tests"
+from leaky_devinfra.testing import TEST_KEYS, InternalKeys
 
 
 @pytest.mark.parametrize(
@@ -76,7 +75,8 @@ class Thing(BaseModel):
 
 def _app() -> FastAPI:
     app = FastAPI(title="t")
-    app.state.settings = ServiceSettings(internal_token=TOKEN)
+    app.state.settings = ServiceSettings(**TEST_KEYS.settings())
+    app.state.verifier = AssertionVerifier({TEST_KEYS.kid: TEST_KEYS.public}, "leaky-tokens")
     install_error_handlers(app)
     router = APIRouter(responses=error_responses(403))
 
@@ -97,22 +97,21 @@ def _app() -> FastAPI:
     return app
 
 
-def _headers(role: str = "user", token: str = TOKEN) -> dict[str, str]:
-    principal = Principal(user_id="u1", org_id="o1", role=role)
-    return {"X-LT-Principal": principal.header_value(), "X-LT-Internal-Token": token}
+def _headers(role: str = "user", keys: InternalKeys = TEST_KEYS) -> dict[str, str]:
+    return keys.headers("leaky-tokens", Principal(user_id="u1", org_id="o1", role=role))
 
 
 def test_principal_dependencies_who_may_and_who_may_not() -> None:
     client = TestClient(_app())
     assert client.get("/me", headers=_headers()).json() == {"name": "u1"}
     assert client.get("/me").status_code == 401
-    assert client.get("/me", headers=_headers(token="wrong-token-of-16")).status_code == 401
+    assert client.get("/me", headers=_headers(keys=InternalKeys.generate())).status_code == 401
     assert client.post("/admin/things", json={"name": "a"}, headers=_headers()).status_code == 403
     created = client.post("/admin/things", json={"name": "a"}, headers=_headers("admin"))
     assert (created.status_code, created.json()) == (201, {"name": "a@o1"})
-    assert client.get("/internal/ping", headers={"X-LT-Internal-Token": TOKEN}).status_code == 200
-    denied = client.get("/internal/ping", headers={"X-LT-Internal-Token": "nope"})
-    assert (denied.status_code, denied.json()["error"]["code"]) == (401, "invalid_internal_token")
+    assert client.get("/internal/ping", headers=TEST_KEYS.headers("leaky-tokens")).status_code == 200
+    denied = client.get("/internal/ping", headers=_headers("admin"))  # a user's assertion, not a caller's
+    assert (denied.status_code, denied.json()["error"]["code"]) == (401, "invalid_internal_assertion")
 
 
 def test_bad_input_is_an_openai_shaped_400_as_the_document_says() -> None:
@@ -128,7 +127,7 @@ def test_openapi_has_no_phantom_422_and_names_the_auth_and_the_error_shape() -> 
     document = TestClient(_app()).get("/openapi.json").json()
     operations = [op for item in document["paths"].values() for op in item.values()]
     assert all("422" not in op["responses"] for op in operations)
-    assert set(document["components"]["securitySchemes"]) == {"Principal", "InternalToken"}
+    assert set(document["components"]["securitySchemes"]) == {"InternalAssertion"}
     assert "HTTPValidationError" not in document["components"]["schemas"]
     me = document["paths"]["/me"]["get"]
     assert me["responses"]["200"]["content"]["application/json"]["schema"] == {
@@ -188,7 +187,7 @@ def test_service_app_has_the_shared_skeleton_and_serves_the_hot_route() -> None:
     async def hot(request: Request) -> Response:
         return JSONResponse({"hot": (await request.json())["n"] + 1})
 
-    settings = ServiceSettings(service_name="skeleton", internal_token=TOKEN)
+    settings = ServiceSettings(service_name="skeleton", metrics_token="scraper-token", **TEST_KEYS.settings())
     app = service_app(settings, title="t", lifespan=lifespan, ready=ready, hot_route=("/hot", hot))
     assert app.state.settings is settings
     with TestClient(app) as client:
@@ -199,7 +198,10 @@ def test_service_app_has_the_shared_skeleton_and_serves_the_hot_route() -> None:
             "checks": {"dependency": True},
         }
         assert client.get("/nope").json()["error"]["type"] == "not_found_error"
-        metrics = client.get("/metrics").text
+        # Only the scraper reads /metrics; anyone else sees no such route.
+        assert client.get("/metrics").status_code == 404
+        assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 404
+        metrics = client.get("/metrics", headers={"Authorization": "Bearer scraper-token"}).text
         assert 'lt_http_requests_total{method="POST",route="/hot",service="skeleton",status="200"}' in metrics
         assert "/health" in client.get("/openapi.json").json()["paths"]
     assert events == ["started", "stopped"]

@@ -41,13 +41,13 @@ def test_settings_read_a_secrets_directory_after_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = tmp_path
-    (directory / "LT_INTERNAL_TOKEN").write_text("from-a-file-0123456789")
+    (directory / "LT_INTERNAL_SIGNING_KID").write_text("from-a-file")
     (directory / "LT_KAFKA_SASL_PASSWORD").write_text("scram-password")
     monkeypatch.setenv("LT_SECRETS_DIR", str(directory))
     monkeypatch.setenv("LT_KAFKA_SASL_USERNAME", "quota")
-    monkeypatch.delenv("LT_INTERNAL_TOKEN", raising=False)
+    monkeypatch.delenv("LT_INTERNAL_SIGNING_KID", raising=False)
     settings = ServiceSettings(_env_file=None, kafka_security_protocol="SASL_PLAINTEXT")
-    assert settings.internal_token == "from-a-file-0123456789"
+    assert settings.internal_signing_kid == "from-a-file"
     assert client_options(settings)["sasl_plain_password"] == "scram-password"
-    monkeypatch.setenv("LT_INTERNAL_TOKEN", "from-the-environment-0123")
-    assert ServiceSettings(_env_file=None).internal_token == "from-the-environment-0123"
+    monkeypatch.setenv("LT_INTERNAL_SIGNING_KID", "from-the-environment")
+    assert ServiceSettings(_env_file=None).internal_signing_kid == "from-the-environment"

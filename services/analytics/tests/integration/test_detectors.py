@@ -12,6 +12,7 @@ import pytest
 
 from leaky_common.auth import Principal
 from leaky_common.events import UsageRecorded
+from leaky_devinfra.testing import TEST_KEYS
 from lt_analytics.adapters.thresholds import ThresholdStore, set_threshold_overrides
 from lt_analytics.domain.thresholds import ThresholdOverrides, Thresholds
 from lt_analytics.handlers import Outcome, UsageHandler
@@ -21,8 +22,6 @@ from lt_analytics.usecases.detect import AnomalyDetector
 from lt_analytics.usecases.ingest import Ingest
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "integration-internal-token"
 
 
 def handler(pool: asyncpg.Pool, **defaults: Any) -> UsageHandler:
@@ -210,13 +209,13 @@ async def test_replaying_changes_nothing(pool: asyncpg.Pool) -> None:
 
 def principal(user_id: str, role: str = "user", org: str = "org-1") -> dict[str, str]:
     p = Principal(user_id=user_id, org_id=org, role=role)
-    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+    return TEST_KEYS.headers("analytics", p)
 
 
 @pytest.fixture
 async def api(db_url: str, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     settings = AnalyticsSettings(
-        database_url=db_url, internal_token=TOKEN, environment="test", log_json=False
+        database_url=db_url, **TEST_KEYS.settings(), environment="test", log_json=False
     )
     app = create_app(settings)
     async with (

@@ -11,6 +11,7 @@ import pytest
 
 from leaky_common.auth import Principal
 from leaky_common.events import UsageRecorded
+from leaky_devinfra.testing import TEST_KEYS
 from lt_analytics.adapters.thresholds import ThresholdStore
 from lt_analytics.domain.thresholds import Thresholds
 from lt_analytics.handlers import UsageHandler
@@ -21,14 +22,13 @@ from lt_analytics.usecases.ingest import Ingest
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "report-access-internal-token"
 REPORT_PATHS = ("/v1/analytics/report", "/api/v1/analytics/report")
 
 
 @pytest.fixture
 async def api(db_url: str, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     settings = AnalyticsSettings(
-        database_url=db_url, internal_token=TOKEN, environment="test", log_json=False
+        database_url=db_url, **TEST_KEYS.settings(), environment="test", log_json=False
     )
     app = create_app(settings)
     async with (
@@ -42,13 +42,24 @@ def as_(
     user_id: str, org: str = "org-1", role: str = "user", manages: tuple[str, ...] = ()
 ) -> dict[str, str]:
     p = Principal(user_id=user_id, org_id=org, role=role, managed_team_ids=manages)
-    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+    return TEST_KEYS.headers("analytics", p)
 
 
-MANAGER = as_("m1", manages=("team-a",))
-MEMBER = as_("u1")
-ADMIN = as_("admin-1", role="admin")
-OTHER_ADMIN = as_("admin-2", org="org-2", role="admin")
+# Functions, not constants: an assertion lives at most 60 s, so each request gets a fresh one.
+def MANAGER() -> dict[str, str]:
+    return as_("m1", manages=("team-a",))
+
+
+def MEMBER() -> dict[str, str]:
+    return as_("u1")
+
+
+def ADMIN() -> dict[str, str]:
+    return as_("admin-1", role="admin")
+
+
+def OTHER_ADMIN() -> dict[str, str]:
+    return as_("admin-2", org="org-2", role="admin")
 
 
 def usage(user: str, team: str, org: str = "org-1", tokens: int = 10, fp: str | None = None) -> UsageRecorded:
@@ -99,7 +110,7 @@ def assert_forbidden(r: httpx.Response, code: str) -> None:
 @pytest.mark.usefixtures("seeded")
 async def test_a_manager_reads_the_reports_of_the_teams_they_manage_only(api: httpx.AsyncClient) -> None:
     for path in REPORT_PATHS:
-        r = await get(api, f"{path}?scope=team&id=team-a&days=1", MANAGER)
+        r = await get(api, f"{path}?scope=team&id=team-a&days=1", MANAGER())
         assert r.status_code == 200, r.text
         body = r.json()
         assert (body["scope"], body["id"], body["totals"]["requests"]) == ("team", "team-a", 5)
@@ -107,36 +118,36 @@ async def test_a_manager_reads_the_reports_of_the_teams_they_manage_only(api: ht
         assert body["totals"]["cost_usd_micros"] == 4 * 30 + 300
         assert [(u["name"], u["requests"]) for u in body["top_users"]] == [("m1", 1), ("u1", 4)]
 
-        assert_forbidden(await get(api, f"{path}?scope=team&id=team-b", MANAGER), "not_team_manager")
-        assert_forbidden(await get(api, f"{path}?scope=org&id=org-1", MANAGER), "admin_required")
+        assert_forbidden(await get(api, f"{path}?scope=team&id=team-b", MANAGER()), "not_team_manager")
+        assert_forbidden(await get(api, f"{path}?scope=org&id=org-1", MANAGER()), "admin_required")
         # A plain member of the team, and a member of another team, are refused.
-        assert_forbidden(await get(api, f"{path}?scope=team&id=team-a", MEMBER), "not_team_manager")
+        assert_forbidden(await get(api, f"{path}?scope=team&id=team-a", MEMBER()), "not_team_manager")
         assert_forbidden(await get(api, f"{path}?scope=team&id=team-a", as_("u2")), "not_team_manager")
-        assert_forbidden(await get(api, f"{path}?scope=org&id=org-1", MEMBER), "admin_required")
+        assert_forbidden(await get(api, f"{path}?scope=org&id=org-1", MEMBER()), "admin_required")
 
 
 @pytest.mark.usefixtures("seeded")
 async def test_admins_read_their_own_org_and_its_teams_never_another_org(api: httpx.AsyncClient) -> None:
     for path in REPORT_PATHS:
-        org = (await get(api, f"{path}?scope=org&id=org-1", ADMIN)).json()
+        org = (await get(api, f"{path}?scope=org&id=org-1", ADMIN())).json()
         assert org["totals"]["requests"] == 9 and org["totals"]["total_tokens"] == 8 * 20 + 200
         assert {u["name"] for u in org["top_users"]} == {"u1", "u2", "m1"}
-        team_b = await get(api, f"{path}?scope=team&id=team-b", ADMIN)
+        team_b = await get(api, f"{path}?scope=team&id=team-b", ADMIN())
         assert team_b.status_code == 200 and team_b.json()["totals"]["requests"] == 4
 
         # Org isolation, both ways, for org and team reports.
-        assert_forbidden(await get(api, f"{path}?scope=org&id=org-2", ADMIN), "other_org")
-        assert_forbidden(await get(api, f"{path}?scope=team&id=team-c", ADMIN), "other_org")
-        assert_forbidden(await get(api, f"{path}?scope=org&id=org-1", OTHER_ADMIN), "other_org")
-        assert_forbidden(await get(api, f"{path}?scope=team&id=team-a", OTHER_ADMIN), "other_org")
-        own = (await get(api, f"{path}?scope=team&id=team-c", OTHER_ADMIN)).json()
+        assert_forbidden(await get(api, f"{path}?scope=org&id=org-2", ADMIN()), "other_org")
+        assert_forbidden(await get(api, f"{path}?scope=team&id=team-c", ADMIN()), "other_org")
+        assert_forbidden(await get(api, f"{path}?scope=org&id=org-1", OTHER_ADMIN()), "other_org")
+        assert_forbidden(await get(api, f"{path}?scope=team&id=team-a", OTHER_ADMIN()), "other_org")
+        own = (await get(api, f"{path}?scope=team&id=team-c", OTHER_ADMIN())).json()
         assert own["totals"]["total_tokens"] == 2000 and [u["name"] for u in own["top_users"]] == ["u9"]
         # A principal naming a team of another org as managed still sees nothing of it.
         forged = as_("m9", org="org-2", manages=("team-a",))
         assert_forbidden(await get(api, f"{path}?scope=team&id=team-a", forged), "other_org")
 
     # A team without usage yet is an empty report, not an error.
-    empty = (await get(api, "/v1/analytics/report?scope=team&id=team-new", ADMIN)).json()
+    empty = (await get(api, "/v1/analytics/report?scope=team&id=team-new", ADMIN())).json()
     assert empty["totals"]["requests"] == 0 and empty["top_users"] == []
 
 
@@ -147,26 +158,24 @@ async def test_managers_see_their_teams_anomalies_and_time_series(api: httpx.Asy
         assert r.status_code == 200, r.text
         return sorted(a["user_id"] for a in r.json()["data"])
 
-    assert await anomaly_users(MANAGER) == ["u1"]  # team-a's loop; team-b's is not theirs
-    assert await anomaly_users(MEMBER) == ["u1"]
+    assert await anomaly_users(MANAGER()) == ["u1"]  # team-a's loop; team-b's is not theirs
+    assert await anomaly_users(MEMBER()) == ["u1"]
     assert await anomaly_users(as_("u2")) == ["u2"]
     assert await anomaly_users(as_("m1")) == []  # the same user without the manager role
     assert await anomaly_users(as_("m9", org="org-2", manages=("team-a",))) == []  # never another org's
-    alias = await get(api, "/api/v1/analytics/anomalies?kind=loop", MANAGER)
+    alias = await get(api, "/api/v1/analytics/anomalies?kind=loop", MANAGER())
     assert [a["team_id"] for a in alias.json()["data"]] == ["team-a"]
 
-    series = await get(api, "/v1/analytics/timeseries?scope=team&id=team-a&grain=day", MANAGER)
+    series = await get(api, "/v1/analytics/timeseries?scope=team&id=team-a&grain=day", MANAGER())
     assert series.status_code == 200 and sum(p["requests"] for p in series.json()["data"]) == 5
-    refused = await get(api, "/v1/analytics/timeseries?scope=team&id=team-b&grain=day", MANAGER)
+    refused = await get(api, "/v1/analytics/timeseries?scope=team&id=team-b&grain=day", MANAGER())
     assert_forbidden(refused, "admin_required")
 
 
-PLATFORM_ADMIN = {
-    "X-LT-Principal": Principal(
-        user_id="root", org_id="org-1", role="admin", platform_admin=True
-    ).header_value(),
-    "X-LT-Internal-Token": TOKEN,
-}
+def PLATFORM_ADMIN() -> dict[str, str]:
+    return TEST_KEYS.headers(
+        "analytics", Principal(user_id="root", org_id="org-1", role="admin", platform_admin=True)
+    )
 
 
 @pytest.mark.usefixtures("seeded")
@@ -178,26 +187,29 @@ async def test_admins_read_only_their_own_orgs_leaderboard_baseline_anomalies_an
         assert r.status_code == 200, r.text
         return r.json()
 
-    board = await ok("/v1/analytics/leaderboard?period=daily", OTHER_ADMIN)
+    board = await ok("/v1/analytics/leaderboard?period=daily", OTHER_ADMIN())
     assert (board["org_id"], [e["user_id"] for e in board["data"]]) == ("org-2", ["u9"])
-    assert (await ok("/v1/analytics/leaderboard?org_id=org-1", ADMIN))["org_id"] == "org-1"
-    base = await ok("/v1/analytics/baseline?window_minutes=5", OTHER_ADMIN)
+    assert (await ok("/v1/analytics/leaderboard?org_id=org-1", ADMIN()))["org_id"] == "org-1"
+    base = await ok("/v1/analytics/baseline?window_minutes=5", OTHER_ADMIN())
     assert (base["org_id"], base["current_tokens"]) == ("org-2", 2000)
     # The admin anomaly list holds their org's detections only (org-1 has two loops, org-2 none).
-    assert sorted(a["user_id"] for a in (await ok("/v1/analytics/anomalies", ADMIN))["data"]) == ["u1", "u2"]
-    assert (await ok("/v1/analytics/anomalies", OTHER_ADMIN))["data"] == []
-    assert (await ok("/v1/analytics/anomalies?org_id=org-2", OTHER_ADMIN))["data"] == []
-    series = await ok("/v1/analytics/timeseries?scope=org&id=org-2&grain=day", OTHER_ADMIN)
+    assert sorted(a["user_id"] for a in (await ok("/v1/analytics/anomalies", ADMIN()))["data"]) == [
+        "u1",
+        "u2",
+    ]
+    assert (await ok("/v1/analytics/anomalies", OTHER_ADMIN()))["data"] == []
+    assert (await ok("/v1/analytics/anomalies?org_id=org-2", OTHER_ADMIN()))["data"] == []
+    series = await ok("/v1/analytics/timeseries?scope=org&id=org-2&grain=day", OTHER_ADMIN())
     assert sum(p["total_tokens"] for p in series["data"]) == 2000
     # Usage recorded under org-1 is invisible to org-2's admin even when they name its user, key or team.
     for scope, id_ in (("user", "u1"), ("key", "key-u1"), ("team", "team-a")):
-        other = await ok(f"/v1/analytics/timeseries?scope={scope}&id={id_}&grain=day", OTHER_ADMIN)
+        other = await ok(f"/v1/analytics/timeseries?scope={scope}&id={id_}&grain=day", OTHER_ADMIN())
         assert other["data"] == [], scope
-    mine = await ok("/v1/analytics/timeseries?scope=team&id=team-a&grain=day", ADMIN)
+    mine = await ok("/v1/analytics/timeseries?scope=team&id=team-a&grain=day", ADMIN())
     assert sum(p["requests"] for p in mine["data"]) == 5
 
     # Naming another org is refused, platform admins included.
-    for headers, org in ((OTHER_ADMIN, "org-1"), (ADMIN, "org-2"), (PLATFORM_ADMIN, "org-2")):
+    for headers, org in ((OTHER_ADMIN(), "org-1"), (ADMIN(), "org-2"), (PLATFORM_ADMIN(), "org-2")):
         for path in (
             f"/v1/analytics/leaderboard?org_id={org}",
             f"/v1/analytics/baseline?org_id={org}",
@@ -208,7 +220,7 @@ async def test_admins_read_only_their_own_orgs_leaderboard_baseline_anomalies_an
         ):
             assert_forbidden(await get(api, path, headers), "other_org")
     # A plain user naming another org is refused too rather than silently served their own.
-    assert_forbidden(await get(api, "/v1/analytics/leaderboard?org_id=org-2", MEMBER), "other_org")
+    assert_forbidden(await get(api, "/v1/analytics/leaderboard?org_id=org-2", MEMBER()), "other_org")
 
 
 async def test_org_admins_set_their_own_thresholds_and_only_platform_admins_the_global_ones(
@@ -217,26 +229,26 @@ async def test_org_admins_set_their_own_thresholds_and_only_platform_admins_the_
     async def put(path: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
         return await api.put(path, json=body, headers=headers)
 
-    r = await put("/v1/analytics/thresholds?org_id=org-2", {"loop_consecutive": 6}, OTHER_ADMIN)
+    r = await put("/v1/analytics/thresholds?org_id=org-2", {"loop_consecutive": 6}, OTHER_ADMIN())
     assert r.status_code == 200, r.text
     assert (r.json()["org_id"], r.json()["overrides"]) == ("org-2", {"loop_consecutive": 6})
     # Another org's admin can neither change nor read org-2's overrides, nor touch the global row.
-    assert_forbidden(await put("/v1/analytics/thresholds?org_id=org-2", {}, ADMIN), "other_org")
-    assert_forbidden(await get(api, "/v1/analytics/thresholds?org_id=org-2", ADMIN), "other_org")
-    refused = await put("/v1/analytics/thresholds", {"loop_consecutive": 9}, ADMIN)
+    assert_forbidden(await put("/v1/analytics/thresholds?org_id=org-2", {}, ADMIN()), "other_org")
+    assert_forbidden(await get(api, "/v1/analytics/thresholds?org_id=org-2", ADMIN()), "other_org")
+    refused = await put("/v1/analytics/thresholds", {"loop_consecutive": 9}, ADMIN())
     assert_forbidden(refused, "platform_admin_required")
     assert refused.json()["error"]["param"] == "org_id"
-    assert (await get(api, "/v1/analytics/thresholds", ADMIN)).json()["overrides"] == {}
+    assert (await get(api, "/v1/analytics/thresholds", ADMIN())).json()["overrides"] == {}
 
     # The platform admin changes the global row; org-2's own override still wins for org-2.
     r = await put(
-        "/v1/analytics/thresholds", {"loop_consecutive": 9, "rate_max_requests": 50}, PLATFORM_ADMIN
+        "/v1/analytics/thresholds", {"loop_consecutive": 9, "rate_max_requests": 50}, PLATFORM_ADMIN()
     )
     assert r.status_code == 200, r.text
     assert r.json()["overrides"] == {"loop_consecutive": 9, "rate_max_requests": 50}
-    own = (await get(api, "/v1/analytics/thresholds?org_id=org-2", OTHER_ADMIN)).json()
+    own = (await get(api, "/v1/analytics/thresholds?org_id=org-2", OTHER_ADMIN())).json()
     assert (own["effective"]["loop_consecutive"], own["effective"]["rate_max_requests"]) == (6, 50)
-    assert (await get(api, "/v1/analytics/thresholds", OTHER_ADMIN)).json()["effective"][
+    assert (await get(api, "/v1/analytics/thresholds", OTHER_ADMIN())).json()["effective"][
         "loop_consecutive"
     ] == 9
-    assert_forbidden(await put("/v1/analytics/thresholds?org_id=org-2", {}, PLATFORM_ADMIN), "other_org")
+    assert_forbidden(await put("/v1/analytics/thresholds?org_id=org-2", {}, PLATFORM_ADMIN()), "other_org")

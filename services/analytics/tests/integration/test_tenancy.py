@@ -12,6 +12,7 @@ import pytest
 
 from leaky_common.auth import Principal
 from leaky_common.events import UsageRecorded
+from leaky_devinfra.testing import TEST_KEYS
 from lt_analytics.adapters.thresholds import ThresholdStore
 from lt_analytics.domain.thresholds import Thresholds
 from lt_analytics.handlers import UsageHandler
@@ -22,13 +23,12 @@ from lt_analytics.usecases.ingest import Ingest
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "tenancy-internal-token"
 SESSION = "agent-7"
 
 
 def internal_headers(principal: Principal) -> dict[str, str]:
     """The gateway's internal headers (one place, so a change of the internal identity touches only this)."""
-    return {"X-LT-Principal": principal.header_value(), "X-LT-Internal-Token": TOKEN}
+    return TEST_KEYS.headers("analytics", principal)
 
 
 def as_(user_id: str, org: str, role: str = "user", platform: bool = False) -> dict[str, str]:
@@ -72,7 +72,7 @@ async def freezes(pool: asyncpg.Pool) -> list[dict[str, Any]]:
 @pytest.fixture
 async def api(db_url: str, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     settings = AnalyticsSettings(
-        database_url=db_url, internal_token=TOKEN, environment="test", log_json=False
+        database_url=db_url, **TEST_KEYS.settings(), environment="test", log_json=False
     )
     app = create_app(settings)
     async with (

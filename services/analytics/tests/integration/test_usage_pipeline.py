@@ -21,13 +21,12 @@ from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import UsageRecorded
 from leaky_common.kafka import EventPublisher, ensure_topics
+from leaky_devinfra.testing import TEST_KEYS, InternalKeys
 from leaky_devinfra.testing import eventually as wait_for
 from lt_analytics.main import create_app
 from lt_analytics.settings import AnalyticsSettings
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "integration-internal-token"
 
 
 @contextlib.asynccontextmanager
@@ -67,7 +66,7 @@ async def worker_process(
 
 def principal(user_id: str, role: str = "user", org: str = "org-test") -> dict[str, str]:
     p = Principal(user_id=user_id, org_id=org, role=role)
-    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+    return TEST_KEYS.headers("analytics", p)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,7 @@ async def settings(postgres_url: str, kafka_bootstrap: str) -> AnalyticsSettings
         database_url=url,
         kafka_bootstrap=kafka_bootstrap,
         usage_topic=f"usage.test.{uuid.uuid4().hex[:8]}",
-        internal_token=TOKEN,
+        **TEST_KEYS.settings(),
         environment="test",
         log_json=False,
     )
@@ -264,7 +263,7 @@ async def test_bad_input_and_credentials_are_4xx(api: httpx.AsyncClient) -> None
         assert resp.status_code == 400, days
         assert resp.json()["error"]["param"] == "days"
     assert (await api.get("/v1/analytics/usage")).status_code == 401
-    wrong = {**principal("u"), "X-LT-Internal-Token": "not-the-token-at-all"}
+    wrong = InternalKeys.generate().headers("analytics", user_id="u", org_id="org-test")
     assert (await api.get("/v1/analytics/usage", headers=wrong)).status_code == 401
     empty = (await api.get("/v1/analytics/usage?days=366", headers=principal("never-used"))).json()
     assert (empty["days"], empty["total_requests"], empty["by_model"]) == (366, 0, [])

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
+from leaky_common.auth import AssertionSigner, generate_signing_key
 from leaky_common.kafka import EventPublisher
 from lt_gateway.adapters.management_client import ManagementClient
 from lt_gateway.adapters.model_table import ModelTable
@@ -22,6 +24,7 @@ from lt_gateway.domain.fingerprint import Fingerprinter
 from lt_gateway.domain.tokens import encoding
 from lt_gateway.settings import GatewaySettings
 from lt_gateway.usecases.completion.flow import CompletionFlow
+from lt_gateway.usecases.completion.keycheck import KeyCheck
 from lt_gateway.usecases.management import ManagementProxy
 from lt_gateway.usecases.probe import Probe
 
@@ -57,10 +60,17 @@ class Gateway:
         await self.management_client.close()
         await self.quota.close()
 
+    _quota_probe: tuple[float, bool] = field(default=(0.0, False), init=False)
+
     async def ready(self) -> dict[str, bool]:
-        """Readiness checks: quota must be reachable; a broker outage is not fatal (events are spooled)."""
+        """Readiness checks: quota must be reachable; a broker outage is not fatal (events are spooled).
+        `/ready` needs no login, so quota's answer is reused for a second: a flood of probes is one call a second."""
+        at, reachable = self._quota_probe
+        if time.monotonic() - at > 1.0:
+            reachable = await self.quota.reachable()
+            self._quota_probe = (time.monotonic(), reachable)
         return {
-            "quota_reachable": await self.quota.reachable(),
+            "quota_reachable": reachable,
             "usage_backlog_ok": self.usage.in_memory < self.settings.usage_queue_max // 2,
         }
 
@@ -76,11 +86,29 @@ def _warn_missing_keys(models: ModelTable) -> None:
             )
 
 
+def assertion_signer(settings: GatewaySettings) -> AssertionSigner:
+    """The gateway's signer of internal assertions; without a configured key (development and unit tests
+    only: the settings refuse that in production) an ephemeral one nobody trusts, so internal calls get 401."""
+    if settings.internal_signing_key is None:
+        logger.warning("LT_INTERNAL_SIGNING_KEY is not set: internal services will refuse this gateway")
+        private, _ = generate_signing_key()
+        return AssertionSigner(
+            private, "ephemeral", issuer="gateway", ttl_s=settings.internal_assertion_ttl_s
+        )
+    return AssertionSigner(
+        settings.internal_signing_key.get_secret_value(),
+        settings.internal_signing_kid,
+        issuer="gateway",
+        ttl_s=settings.internal_assertion_ttl_s,
+    )
+
+
 def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | None = None) -> Gateway:
     """Build (without connecting) everything the gateway needs; `providers` replaces the real adapters."""
     models = ModelTable.load(settings.models_file)
     _warn_missing_keys(models)
-    quota = QuotaClient(settings.quota_url, settings.internal_token, settings.internal_timeout_s)
+    signer = assertion_signer(settings)
+    quota = QuotaClient(settings.quota_url, signer, settings.internal_timeout_s)
     usage = UsageSink(
         EventPublisher(settings),
         settings.usage_queue_max,
@@ -97,8 +125,14 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
         usage=usage,
         fingerprints=Fingerprinter(secret.get_secret_value().encode()) if secret else None,
     )
-    chat = ChatHandler(flow, max_body_bytes=settings.max_body_bytes)
+    chat = ChatHandler(
+        flow,
+        KeyCheck(quota, settings.key_check_cache_s),
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+        offload_bytes=settings.offload_tokenizing_bytes,
+    )
     management_client = ManagementClient(settings)
-    management = ManagementProxy(quota, management_client, settings.internal_token)
+    management = ManagementProxy(quota, management_client, signer)
     probe = Probe(quota, models, providers)
     return Gateway(settings, models, quota, usage, upstream, management_client, chat, management, probe)

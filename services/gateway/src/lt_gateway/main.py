@@ -6,12 +6,43 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from leaky_common.api import service_app
 from lt_gateway.adapters.providers import Provider
 from lt_gateway.api import management, probe, routes
+from lt_gateway.api.limits import ClientLimits
 from lt_gateway.bootstrap import build_gateway
 from lt_gateway.settings import GatewaySettings
+
+_CORS_HEADERS = (
+    "authorization", "content-type", "x-api-key", "x-request-id", "x-session-id", "x-privacy-mode",
+    "x-project-priority", "idempotency-key",
+)  # fmt: skip
+
+
+def client_middleware(settings: GatewaySettings) -> list[Middleware]:
+    """CORS (only when origins are configured) and the per-address limits."""
+    middleware = []
+    if settings.cors_allow_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_allow_origins,
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=list(_CORS_HEADERS),
+                expose_headers=["x-request-id", "x-leaky-tokens-cost-usd", "retry-after"],
+            )
+        )
+    middleware.append(
+        Middleware(
+            ClientLimits,
+            management_rate_per_min=settings.management_rate_per_min,
+            unauthenticated_rate_per_min=settings.unauthenticated_rate_per_min,
+        )
+    )
+    return middleware
 
 
 def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None = None) -> FastAPI:
@@ -38,6 +69,7 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
         # The chat endpoint skips FastAPI's routing layers (its route below stays for the docs).
         hot_route=("/v1/chat/completions", gateway.chat.handle),
         service="gateway",
+        middleware=client_middleware(settings),
     )
     app.state.models = gateway.models
     app.state.quota = gateway.quota

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -13,6 +14,8 @@ class GatewaySettings(ServiceSettings):
     """Where the owners of management routes live, and hot-path knobs."""
 
     service_name: str = "gateway"
+    # The governed endpoints authenticate before they read a body, then check its nesting after parsing.
+    guard_checks_json: ClassVar[bool] = False
     port: int = 8080
 
     quota_url: str = "http://127.0.0.1:8082"
@@ -28,8 +31,21 @@ class GatewaySettings(ServiceSettings):
     usage_queue_max: int = 100_000
     # Usage events gather this long before being published together (fewer produce requests).
     usage_linger_s: float = 0.02
-    # Largest request body accepted (bytes).
-    max_body_bytes: int = 4 * 1024 * 1024
+    # Largest request body accepted (bytes; 413 before more is read).
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Prompts whose body is larger than this are tokenized in a worker thread (at most 2 at a time), so a few
+    # large prompts never stall the event loop.
+    offload_tokenizing_bytes: int = 64 * 1024
+    # Requests per minute per client address on management routes (`/v1/...` beyond the governed endpoints,
+    # `/api/v1/...`); 0 turns the limit off.
+    management_rate_per_min: int = Field(default=300, ge=0)
+    # Refused authentications (401) per minute per client address; beyond it that address gets 429 until its
+    # budget refills. 0 turns the limit off.
+    unauthenticated_rate_per_min: int = Field(default=60, ge=0)
+    # How long a key quota accepted is trusted to pass the pre-tokenizing check (quota still admits every request).
+    key_check_cache_s: float = Field(default=30.0, ge=0)
+    # Origins allowed by CORS (browser calls); empty: CORS off.
+    cors_allow_origins: list[str] = Field(default_factory=list)
     # Durable spool for usage events the broker has not acknowledged (default: .run/gateway-<port>-usage-spool.sqlite).
     usage_spool_path: Path | None = None
     # First retry delay for upstream 429/5xx/connection failures (doubles per attempt, with jitter).
@@ -43,6 +59,12 @@ class GatewaySettings(ServiceSettings):
     def _fingerprint_secret_in_production(self) -> GatewaySettings:
         if self.environment == "production" and self.fingerprint_secret is None:
             raise ValueError("LT_FINGERPRINT_SECRET must be set in production")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_unsigned_in_production(self) -> GatewaySettings:
+        if self.environment == "production" and self.internal_signing_key is None:
+            raise ValueError("LT_INTERNAL_SIGNING_KEY must be set in production")
         return self
 
     def spool_path(self) -> Path:

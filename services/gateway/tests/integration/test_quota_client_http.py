@@ -5,9 +5,11 @@ import pytest
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
+from leaky_common.auth import AssertionVerifier
 from leaky_common.contracts import AdmitRequest
 from leaky_common.errors import ServiceUnavailable
 from leaky_devinfra.infra import free_port
+from leaky_devinfra.testing import TEST_KEYS
 from lt_gateway.adapters.quota_client import Denial, QuotaClient
 
 pytestmark = pytest.mark.integration
@@ -34,7 +36,7 @@ async def test_admit_sends_traceparent_and_passes_denials_through() -> None:
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    client = QuotaClient(f"http://127.0.0.1:{port}", "internal-token-0123456789", 5)
+    client = QuotaClient(f"http://127.0.0.1:{port}", TEST_KEYS.signer(), 5)
     await client.start()
     try:
         tracer = TracerProvider().get_tracer("test")
@@ -48,14 +50,18 @@ async def test_admit_sends_traceparent_and_passes_denials_through() -> None:
         assert result.headers == {"retry-after": "3"}
         trace_id = f"{span.get_span_context().trace_id:032x}"
         assert seen[0]["traceparent"].split("-")[1] == trace_id
-        assert seen[0]["x-lt-internal-token"] == "internal-token-0123456789"
+        # A caller assertion for quota (no principal), verifiable with the gateway's public key.
+        assertion = AssertionVerifier({TEST_KEYS.kid: TEST_KEYS.public}, "quota").caller(
+            seen[0]["x-lt-assertion"]
+        )
+        assert assertion.principal is None
     finally:
         await client.close()
         await runner.cleanup()
 
 
 async def test_unreachable_quota_fails_closed_with_503() -> None:
-    client = QuotaClient(f"http://127.0.0.1:{free_port()}", "internal-token-0123456789", 2)
+    client = QuotaClient(f"http://127.0.0.1:{free_port()}", TEST_KEYS.signer(), 2)
     await client.start()
     try:
         with pytest.raises(ServiceUnavailable) as err:
@@ -75,8 +81,8 @@ async def test_reachable_follows_quota_health() -> None:
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    up = QuotaClient(f"http://127.0.0.1:{port}", "internal-token-0123456789", 2)
-    down = QuotaClient(f"http://127.0.0.1:{free_port()}", "internal-token-0123456789", 2)
+    up = QuotaClient(f"http://127.0.0.1:{port}", TEST_KEYS.signer(), 2)
+    down = QuotaClient(f"http://127.0.0.1:{free_port()}", TEST_KEYS.signer(), 2)
     await up.start()
     await down.start()
     try:

@@ -21,12 +21,22 @@ from lt_gateway.api.chat import ChatHandler
 from lt_gateway.domain.models import ModelSpec
 from lt_gateway.domain.pricing import format_usd
 from lt_gateway.usecases.completion.flow import CompletionFlow
+from lt_gateway.usecases.completion.keycheck import KeyCheck
 
 
 class FakeQuota:
-    def __init__(self, denial: Denial | None = None) -> None:
+    def __init__(self, denial: Denial | None = None, refuse_keys: bool = False) -> None:
         self.denial = denial
+        self.refuse_keys = refuse_keys
         self.requests: list[AdmitRequest] = []
+        self.authentications = 0
+
+    async def authenticate(self, api_key: str) -> Principal | Denial:
+        self.authentications += 1
+        if self.refuse_keys:
+            body = b'{"error": {"message": "invalid API key", "type": "authentication_error", "code": "invalid_api_key"}}'
+            return Denial(401, body, {})
+        return Principal(user_id="u1", org_id="o1", key_id="k1")
 
     async def admit(self, request: AdmitRequest) -> AdmitResponse | Denial:
         self.requests.append(request)
@@ -95,7 +105,7 @@ def handler(quota: FakeQuota, sink: RecordingSink, provider: Any = None) -> Chat
         quota=quota,  # type: ignore[arg-type]
         usage=sink,  # type: ignore[arg-type]
     )
-    return ChatHandler(flow, max_body_bytes=100_000)
+    return ChatHandler(flow, KeyCheck(quota, 30), max_body_bytes=100_000)  # type: ignore[arg-type]
 
 
 CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 500}
@@ -297,7 +307,7 @@ async def test_output_cap_uses_the_field_each_provider_understands() -> None:
         quota=FakeQuota(),  # type: ignore[arg-type]
         usage=RecordingSink(),  # type: ignore[arg-type]
     )
-    h = ChatHandler(flow, max_body_bytes=100_000)
+    h = ChatHandler(flow, KeyCheck(FakeQuota(), 30), max_body_bytes=100_000)  # type: ignore[arg-type]
     hi = [{"role": "user", "content": "hi"}]
     await h.handle(make_request({"model": "o-model", "messages": hi}))
     await h.handle(make_request({"model": "mock-gpt", "messages": hi}))

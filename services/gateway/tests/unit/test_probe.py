@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from leaky_common.contracts import ProbeResponse
 from leaky_common.errors import ServiceUnavailable
+from leaky_devinfra.testing import TEST_KEYS
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.providers import Completion, Provider
 from lt_gateway.adapters.providers.mock import MockProvider
@@ -20,12 +21,12 @@ from lt_gateway.main import create_app
 from lt_gateway.settings import GatewaySettings
 from lt_gateway.usecases.probe import Probe
 
-TOKEN = "probe-test-internal-token"
+TOKEN = "probe-test-internal-token"  # a string that is no credential at all
 
 
 class FakeQuota(QuotaClient):
     def __init__(self, fail: bool = False) -> None:
-        super().__init__("http://quota.invalid", TOKEN, 1)
+        super().__init__("http://quota.invalid", TEST_KEYS.signer(), 1)
         self.fail = fail
         self.probes = 0
         self.admissions = 0
@@ -47,7 +48,7 @@ class BrokenProvider(MockProvider):
 
 
 def client(quota: FakeQuota, provider: Provider | None = None) -> TestClient:
-    app = create_app(GatewaySettings(_env_file=None, internal_token=TOKEN))
+    app = create_app(GatewaySettings(_env_file=None, **TEST_KEYS.settings()))
     app.state.probe = Probe(quota, ModelTable.load(None), {"mock": provider or MockProvider()})
     return TestClient(app, raise_server_exceptions=False)
 
@@ -65,10 +66,10 @@ def test_only_the_internal_token_opens_the_probe() -> None:
     ]
     for headers in refused:
         r = http.get("/internal/probe", headers=headers)
-        assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_internal_token"), headers
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_internal_assertion"), headers
     assert quota.probes == 0  # refused before anything was touched
 
-    r = http.get("/internal/probe", headers={"X-LT-Internal-Token": TOKEN})
+    r = http.get("/internal/probe", headers=TEST_KEYS.headers("gateway"))
     assert r.status_code == 200, r.text
     assert {k: r.json()[k] for k in ("status", "model", "provider")} == {
         "status": "ok",
@@ -88,16 +89,16 @@ def test_only_the_internal_token_opens_the_probe() -> None:
 )
 def test_bad_input_is_a_4xx(query: str, status: int, code: str) -> None:
     quota = FakeQuota()
-    r = client(quota).get(f"/internal/probe{query}", headers={"X-LT-Internal-Token": TOKEN})
+    r = client(quota).get(f"/internal/probe{query}", headers=TEST_KEYS.headers("gateway"))
     assert (r.status_code, r.json()["error"]["code"]) == (status, code)
     assert quota.probes == 0
 
 
 def test_a_failing_leg_is_named() -> None:
-    r = client(FakeQuota(fail=True)).get("/internal/probe", headers={"X-LT-Internal-Token": TOKEN})
+    r = client(FakeQuota(fail=True)).get("/internal/probe", headers=TEST_KEYS.headers("gateway"))
     assert r.status_code == 503
     assert "invalid_internal_token" in r.json()["error"]["message"]
-    r = client(FakeQuota(), BrokenProvider()).get("/internal/probe", headers={"X-LT-Internal-Token": TOKEN})
+    r = client(FakeQuota(), BrokenProvider()).get("/internal/probe", headers=TEST_KEYS.headers("gateway"))
     assert (r.status_code, r.json()["error"]["type"]) == (502, "upstream_error")
     assert "ConnectionResetError" in r.json()["error"]["message"]
 
@@ -119,5 +120,5 @@ def test_the_probe_asks_for_one_token_in_the_mode_of_the_model() -> None:
 def test_the_probe_is_documented_as_internal_only() -> None:
     doc = client(FakeQuota()).get("/openapi.json").json()
     op = doc["paths"]["/internal/probe"]["get"]
-    assert op["security"] == [{"InternalToken": []}]
+    assert op["security"] == [{"InternalAssertion": []}]
     assert {"200", "401", "404", "503"} <= op["responses"].keys() and "422" not in op["responses"]

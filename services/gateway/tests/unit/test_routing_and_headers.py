@@ -1,8 +1,9 @@
 import pytest
 
 from leaky_common.contracts import RateLimitState
+from leaky_common.errors import InvalidRequest
 from lt_gateway.domain.headers import ratelimit_headers
-from lt_gateway.domain.routing import owner_of
+from lt_gateway.domain.routing import normal_segments, owner_of
 
 
 @pytest.mark.parametrize(
@@ -20,12 +21,36 @@ from lt_gateway.domain.routing import owner_of
         ("/api/v1/tokens/status", "quota"),
         ("/v1/analytics/usage", "analytics"),
         ("/api/v1/analytics/usage", "analytics"),
+        ("/v1/approvals/pending", "quota"),
+        ("/v1/approvals/a1/approve", "quota"),
         ("/v1/nothing", None),
         ("/v1/purchasesx", None),
+        ("/v1/users/x/internal/admit", None),
+        ("/v1/admin/users/u1/keys/k1/extra", None),
     ],
 )
-def test_owner_of(path: str, owner: str | None) -> None:
-    assert owner_of(path) == owner
+def test_owner_of_matches_only_public_routes(path: str, owner: str | None) -> None:
+    assert owner_of(normal_segments(path.encode(), path)) == owner
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        (b"/v1/users/%2e%2e/%2e%2e/internal/admit", "/v1/users/../../internal/admit"),
+        (b"/v1/users/%2E%2E/internal/authenticate", "/v1/users/../internal/authenticate"),
+        (b"/v1/users/../../internal/admit", "/v1/users/../../internal/admit"),
+        (b"/v1/users/./me", "/v1/users/./me"),
+        (b"/v1/users/me%2fkeys", "/v1/users/me/keys"),
+        (b"/v1/users/me%5ckeys", "/v1/users/me\\keys"),
+        (b"/v1/users/me\\keys", "/v1/users/me\\keys"),
+        (b"/v1/users/%252e%252e/internal", "/v1/users/%2e%2e/internal"),
+        (b"/v1/users//me", "/v1/users//me"),
+    ],
+)
+def test_paths_not_in_normal_form_are_400(raw: bytes, path: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        normal_segments(raw, path)
+    assert (err.value.status, err.value.code) == (400, "invalid_path")
 
 
 def test_ratelimit_headers_cover_openai_and_ietf_forms() -> None:

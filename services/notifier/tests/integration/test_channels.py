@@ -18,12 +18,12 @@ from leaky_common.events import AnomalyDetected, QuotaThresholdReached, Vacation
 from leaky_common.sealing import new_key
 from leaky_devinfra.fakes.chat import FakeChannels
 from leaky_devinfra.infra import free_port
+from leaky_devinfra.testing import TEST_KEYS
 from leaky_devinfra.testing import eventually as wait_for
 from lt_notifier.settings import NotifierSettings
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "integration-internal-token"
 MAX_ATTEMPTS = 3
 TELEGRAM_TOKEN = "777000:telegram-secret-token"
 WHATSAPP_TOKEN = "EAAG-whatsapp-secret-token"
@@ -71,7 +71,7 @@ async def settings(
         kafka_bootstrap=kafka_bootstrap,
         topics=[f"purchase.ch.{suffix}", f"alerts.ch.{suffix}", f"quota.ch.{suffix}"],
         consumer_group=f"notifier-ch-{suffix}",
-        internal_token=TOKEN,
+        **TEST_KEYS.settings(),
         environment="test",
         log_json=False,
         slack_webhook_url=f"{base}/slack/services/T000/B000/default",
@@ -99,7 +99,7 @@ async def settings(
 
 def admin() -> dict[str, str]:
     p = Principal(user_id="admin-1", org_id="org-1", role="admin", platform_admin=True)
-    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+    return TEST_KEYS.headers("notifier", p)
 
 
 async def of_event(api: httpx.AsyncClient, event_id: str) -> list[dict[str, Any]]:
@@ -283,7 +283,7 @@ async def test_bad_channel_definitions_are_400(api: httpx.AsyncClient) -> None:
     )
     assert nul_hook.status_code == 400
     user = Principal(user_id="u", org_id="org-1")
-    as_user = {"X-LT-Principal": user.header_value(), "X-LT-Internal-Token": TOKEN}
+    as_user = TEST_KEYS.headers("notifier", user)
     assert (await api.get("/v1/admin/notifications/channels", headers=as_user)).status_code == 403
 
 
@@ -342,7 +342,7 @@ async def test_channel_test_send(
 
 def org_admin(org: str) -> dict[str, str]:
     p = Principal(user_id=f"admin-{org}", org_id=org, role="admin")
-    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+    return TEST_KEYS.headers("notifier", p)
 
 
 async def test_org_admins_subscribe_see_and_manage_only_their_own_org(

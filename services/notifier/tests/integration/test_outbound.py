@@ -20,12 +20,12 @@ from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.sealing import new_key
 from leaky_devinfra.infra import free_port
+from leaky_devinfra.testing import TEST_KEYS
 from lt_notifier.main import create_app
 from lt_notifier.settings import NotifierSettings
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "integration-internal-token"
 KEY1 = f"k1:{new_key()}"
 KEY2 = f"k2:{new_key()}"
 CHANNELS = "/v1/admin/notifications/channels"
@@ -33,7 +33,7 @@ CHANNELS = "/v1/admin/notifications/channels"
 
 def headers() -> dict[str, str]:
     p = Principal(user_id="admin-1", org_id="org-1", role="admin", platform_admin=True)
-    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+    return TEST_KEYS.headers("notifier", p)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ async def settings(postgres_url: str, kafka_bootstrap: str) -> NotifierSettings:
         kafka_bootstrap=kafka_bootstrap,
         topics=[f"purchase.out.{suffix}", f"alerts.out.{suffix}", f"quota.out.{suffix}"],
         consumer_group=f"notifier-out-{suffix}",
-        internal_token=TOKEN,
+        **TEST_KEYS.settings(),
         environment="test",
         log_json=False,
         channel_secret_keys=KEY1,

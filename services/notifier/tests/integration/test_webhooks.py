@@ -16,12 +16,12 @@ from leaky_common.events import Message, PurchaseCompleted, PurchaseFailed, Quot
 from leaky_common.sealing import new_key
 from leaky_common.webhook_signing import new_secret, verify
 from leaky_devinfra.infra import free_port
+from leaky_devinfra.testing import TEST_KEYS
 from leaky_devinfra.testing import eventually as wait_for
 from lt_notifier.settings import NotifierSettings
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "integration-internal-token"
 MAX_ATTEMPTS = 3
 DEFAULT_SECRET = "default-hook-secret"  # made before `whsec_` secrets: its UTF-8 bytes are the key
 SECRET = new_secret()
@@ -61,7 +61,7 @@ Publish = Callable[[str, Message], Awaitable[None]]
 
 def headers(role: str = "admin") -> dict[str, str]:
     p = Principal(user_id=f"{role}-1", org_id="org-1", role=role, platform_admin=True)
-    return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
+    return TEST_KEYS.headers("notifier", p)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ async def settings(postgres_url: str, kafka_bootstrap: str, receiver: Receiver) 
         kafka_bootstrap=kafka_bootstrap,
         topics=[f"purchase.test.{suffix}", f"alerts.test.{suffix}", f"quota.test.{suffix}"],
         consumer_group=f"notifier-{suffix}",
-        internal_token=TOKEN,
+        **TEST_KEYS.settings(),
         environment="test",
         log_json=False,
         notifier_webhook_url=receiver.url("default"),

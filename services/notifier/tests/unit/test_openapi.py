@@ -17,7 +17,7 @@ def _document() -> dict[str, Any]:
 
 def test_admin_routes_name_their_auth_and_errors() -> None:
     document = _document()
-    assert set(document["components"]["securitySchemes"]) == {"Principal", "InternalToken"}
+    assert set(document["components"]["securitySchemes"]) == {"InternalAssertion"}
     admin_ops = [
         op for path, item in document["paths"].items() if path.startswith("/v1/admin") for op in item.values()
     ]

@@ -18,6 +18,8 @@ class SagaSettings(ServiceSettings):
     """Purchase-saga settings; topic names and the consumer group are settings so tests can isolate them."""
 
     service_name: str = "purchase-saga"
+    # The gateway addresses its assertions to the owner name of its routing table.
+    internal_audience: str = "saga"
     port: int = 8084
     database_url: str = "postgresql://postgres@127.0.0.1:5432/lt_saga"
 

@@ -31,9 +31,9 @@ from leaky_common.events import (
     parse_message,
 )
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
-from leaky_common.settings import DEV_INTERNAL_TOKEN
 from leaky_devinfra.fakes.payments import create_fakepay_app
 from leaky_devinfra.infra import free_port
+from leaky_devinfra.testing import TEST_KEYS
 from leaky_devinfra.testing import eventually as wait_until
 from lt_quota.main import create_app as create_quota_app
 from lt_quota.settings import QuotaSettings
@@ -48,8 +48,7 @@ FAKEPAY_HANG_S = 1.5
 
 
 def principal_headers(user_id: str = "user_1", role: str = "user", org_id: str = "org_1") -> dict[str, str]:
-    principal = Principal(user_id=user_id, org_id=org_id, role=role)
-    return {"X-LT-Principal": principal.header_value(), "X-LT-Internal-Token": DEV_INTERNAL_TOKEN}
+    return TEST_KEYS.headers("saga", user_id=user_id, org_id=org_id, role=role)
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +93,8 @@ async def settings(
         saga_replies_topic=f"saga.replies.{suffix}",
         purchase_events_topic=f"purchase.events.{suffix}",
         environment="test",
+        metrics_token="saga-scraper",
+        **TEST_KEYS.settings(),
     )
 
 
@@ -319,7 +320,7 @@ async def test_happy_path_completes_and_announces(settings: SagaSettings) -> Non
         r = await client.get("/v1/purchases?status=NOPE", headers=principal_headers())
         assert r.status_code == 400
 
-        metrics = (await client.get("/metrics")).text
+        metrics = (await client.get("/metrics", headers={"Authorization": "Bearer saga-scraper"})).text
         assert 'lt_saga_purchases_total{status="COMPLETED"}' in metrics
         assert 'lt_saga_steps_total{status="succeeded",step="credit_tokens"}' in metrics
         assert 'lt_saga_purchases_by_status{status="CREDITING"}' in metrics
@@ -638,6 +639,7 @@ async def real_quota(
         redis_url=redis_url,
         kafka_bootstrap=kafka_bootstrap,
         bootstrap_admin_key=QUOTA_ADMIN_KEY,
+        **TEST_KEYS.settings(),
         redis_prefix=f"lt:{uuid.uuid4().hex[:8]}:",
         consumer_group=f"quota-{uuid.uuid4().hex[:8]}",
         sweep_interval_s=3600,
@@ -652,10 +654,16 @@ async def real_quota(
 
 async def quota_headers(quota: httpx.AsyncClient, api_key: str) -> dict[str, str]:
     """Headers the gateway would forward for `api_key`."""
-    internal = {"X-LT-Internal-Token": DEV_INTERNAL_TOKEN}
-    r = await quota.post("/internal/authenticate", json={"api_key": api_key}, headers=internal)
+    return TEST_KEYS.headers("quota", await quota_principal(quota, api_key))
+
+
+async def quota_principal(quota: httpx.AsyncClient, api_key: str) -> Principal:
+    """The principal quota resolves `api_key` to."""
+    r = await quota.post(
+        "/internal/authenticate", json={"api_key": api_key}, headers=TEST_KEYS.headers("quota")
+    )
     assert r.status_code == 200, r.text
-    return {**internal, "X-LT-Principal": r.text}
+    return Principal.model_validate_json(r.text)
 
 
 async def buyer_with_usd_pool(quota: httpx.AsyncClient, usd_limit: int) -> tuple[Principal, dict[str, Any]]:
@@ -674,7 +682,7 @@ async def buyer_with_usd_pool(quota: httpx.AsyncClient, usd_limit: int) -> tuple
         headers=admin,
     )
     assert r.status_code == 201, r.text
-    principal = Principal.model_validate_json((await quota_headers(quota, user["api_key"]))["X-LT-Principal"])
+    principal = await quota_principal(quota, user["api_key"])
     return principal, r.json()
 
 
@@ -685,7 +693,7 @@ async def pool_limit(quota: httpx.AsyncClient, pool_id: str) -> int:
 
 
 def as_principal(principal: Principal) -> dict[str, str]:
-    return {"X-LT-Principal": principal.header_value(), "X-LT-Internal-Token": DEV_INTERNAL_TOKEN}
+    return TEST_KEYS.headers("saga", principal)
 
 
 async def finished_for(client: httpx.AsyncClient, purchase_id: str, principal: Principal) -> dict[str, Any]:
@@ -727,7 +735,7 @@ async def test_usd_top_up_raises_the_usd_pool_by_exactly_the_amount(
         assert body["status"] == "COMPLETED", body
         assert await pool_limit(quota, pool["id"]) == 5_000_000 + 2_345_678
         # The buyer sees the raised usd pool among their quota; the token pool is untouched.
-        r = await quota.get("/v1/users/me/quota", headers=as_principal(buyer))
+        r = await quota.get("/v1/users/me/quota", headers=TEST_KEYS.headers("quota", buyer))
         pools = {p["unit"]: p for p in r.json()["pools"]}
         assert pools["usd"]["limit"] == 7_345_678
         assert pools["tokens"]["limit"] == 100_000
@@ -759,7 +767,9 @@ async def test_compensated_usd_top_up_leaves_the_usd_pool_unchanged(
         # A usd purchase aimed at a token pool is refused by quota with the reason, and nothing is charged.
         tokens_pool = next(
             p
-            for p in (await quota.get("/v1/users/me/quota", headers=as_principal(buyer))).json()["pools"]
+            for p in (
+                await quota.get("/v1/users/me/quota", headers=TEST_KEYS.headers("quota", buyer))
+            ).json()["pools"]
             if p["unit"] == "tokens"
         )
         r = await client.post(

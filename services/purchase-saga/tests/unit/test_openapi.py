@@ -23,7 +23,7 @@ def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]
 
 def test_purchase_routes_name_their_auth_and_errors() -> None:
     document = _document()
-    assert set(document["components"]["securitySchemes"]) == {"Principal", "InternalToken"}
+    assert set(document["components"]["securitySchemes"]) == {"InternalAssertion"}
     purchase_ops = [(m, p, op) for m, p, op in _operations(document) if "purchase" in p]
     assert len(purchase_ops) == 6
     assert all("401" in op["responses"] for _, _, op in purchase_ops)

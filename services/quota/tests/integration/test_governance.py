@@ -3,7 +3,6 @@ calendar periods and thresholds, the balancer's rules, caps, approvals and isola
 
 import asyncio
 import contextlib
-import json
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import (
     ApprovalDecided,
@@ -24,15 +24,13 @@ from leaky_common.events import (
     VacationChanged,
     parse_message,
 )
-from leaky_devinfra.testing import ManualClock
+from leaky_devinfra.testing import TEST_KEYS, ManualClock
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 
 pytestmark = pytest.mark.integration
 
 ADMIN_KEY = "lt-test-admin-" + uuid.uuid4().hex
-TOKEN = "governance-internal-token"
-INTERNAL = {"X-LT-Internal-Token": TOKEN}
 
 
 @dataclass
@@ -40,10 +38,15 @@ class Harness:
     client: httpx.AsyncClient
     service: Any
 
-    async def headers(self, api_key: str) -> dict[str, str]:
-        r = await self.client.post("/internal/authenticate", json={"api_key": api_key}, headers=INTERNAL)
+    async def principal(self, api_key: str) -> Principal:
+        r = await self.client.post(
+            "/internal/authenticate", json={"api_key": api_key}, headers=TEST_KEYS.headers("quota")
+        )
         assert r.status_code == 200, r.text
-        return {**INTERNAL, "X-LT-Principal": r.text}
+        return Principal.model_validate_json(r.text)
+
+    async def headers(self, api_key: str) -> dict[str, str]:
+        return TEST_KEYS.headers("quota", await self.principal(api_key))
 
     async def call(self, method: str, path: str, api_key: str = ADMIN_KEY, **kw: Any) -> httpx.Response:
         return await self.client.request(method, path, headers=await self.headers(api_key), **kw)
@@ -77,7 +80,7 @@ class Harness:
         }
         body.update(fields)
         body.setdefault("prompt_tokens", 10)
-        return await self.client.post("/internal/admit", json=body, headers=INTERNAL)
+        return await self.client.post("/internal/admit", json=body, headers=TEST_KEYS.headers("quota"))
 
     async def settle(self, admitted: dict[str, Any], tokens: int, usd: int = 0, **extra: Any) -> None:
         p = admitted["principal"]
@@ -132,7 +135,7 @@ def settings(database_url: str, redis_url: str, kafka_bootstrap: str) -> QuotaSe
         database_url=database_url,
         redis_url=redis_url,
         kafka_bootstrap=kafka_bootstrap,
-        internal_token=TOKEN,
+        **TEST_KEYS.settings(),
         bootstrap_admin_key=ADMIN_KEY,
         redis_prefix=f"lt:{uuid.uuid4().hex[:8]}:",
         consumer_group=f"quota-{uuid.uuid4().hex[:8]}",
@@ -405,7 +408,9 @@ async def test_org_pool_key_cap_and_session_budget_bound_every_charge(settings: 
         key = r.json()
         assert key["allowed_models"] == ["mock-*"] and key["expires_at"]
         principal = (
-            await h.client.post("/internal/authenticate", json={"api_key": key["api_key"]}, headers=INTERNAL)
+            await h.client.post(
+                "/internal/authenticate", json={"api_key": key["api_key"]}, headers=TEST_KEYS.headers("quota")
+            )
         ).json()
         assert principal["allowed_models"] == ["mock-*"]
         r = await h.admit(key["api_key"], model="gpt-4o", max_output_tokens=16)
@@ -634,7 +639,9 @@ async def test_the_principal_names_the_teams_a_manager_manages(settings: QuotaSe
 
         async def managed(user: dict[str, Any]) -> list[str]:
             r = await h.client.post(
-                "/internal/authenticate", json={"api_key": user["api_key"]}, headers=INTERNAL
+                "/internal/authenticate",
+                json={"api_key": user["api_key"]},
+                headers=TEST_KEYS.headers("quota"),
             )
             assert r.status_code == 200, r.text
             return list(r.json()["managed_team_ids"])
@@ -887,8 +894,8 @@ async def test_platform_admins_create_orgs_and_admin_routes_stay_in_their_org(
             assert r.status_code == 403 and r.json()["error"]["code"] == "platform_admin_required"
         assert (await h.call("GET", "/v1/admin/org", admin_b)).json()["id"] == org_b["id"]
         # The principal says who is a platform admin: org A's admin is, org B's admin is not.
-        assert json.loads((await h.headers(ADMIN_KEY))["X-LT-Principal"])["platform_admin"] is True
-        assert json.loads((await h.headers(admin_b))["X-LT-Principal"])["platform_admin"] is False
+        assert (await h.principal(ADMIN_KEY)).platform_admin is True
+        assert (await h.principal(admin_b)).platform_admin is False
         assert (await h.admit(admin_b, max_output_tokens=16)).status_code == 200
 
         # Org A's user, team, key, pool, session and freeze; org B's user and team.

@@ -10,16 +10,16 @@ from typing import Any
 import httpx
 import pytest
 
+from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import QuotaThresholdReached, UsageRecorded, parse_message
+from leaky_devinfra.testing import TEST_KEYS
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 
 pytestmark = pytest.mark.integration
 
 ADMIN_KEY = "lt-test-admin-" + uuid.uuid4().hex
-TOKEN = "edges-internal-token"
-INTERNAL = {"X-LT-Internal-Token": TOKEN}
 
 
 @dataclass
@@ -28,9 +28,11 @@ class Harness:
     service: Any
 
     async def call(self, method: str, path: str, api_key: str = ADMIN_KEY, **kw: Any) -> httpx.Response:
-        r = await self.client.post("/internal/authenticate", json={"api_key": api_key}, headers=INTERNAL)
+        caller = TEST_KEYS.headers("quota")
+        r = await self.client.post("/internal/authenticate", json={"api_key": api_key}, headers=caller)
         assert r.status_code == 200, r.text
-        return await self.client.request(method, path, headers={**INTERNAL, "X-LT-Principal": r.text}, **kw)
+        principal = Principal.model_validate_json(r.text)
+        return await self.client.request(method, path, headers=TEST_KEYS.headers("quota", principal), **kw)
 
     async def user(self, quota: int = 100_000, admin_key: str = ADMIN_KEY) -> dict[str, Any]:
         body = {"email": f"{uuid.uuid4().hex[:10]}@example.com", "name": "U", "personal_quota": quota}
@@ -54,7 +56,9 @@ class Harness:
     async def admit(self, api_key: str, **fields: Any) -> httpx.Response:
         body = {"api_key": api_key, "request_id": uuid.uuid4().hex, "model": "mock-gpt", "provider": "mock"}
         return await self.client.post(
-            "/internal/admit", json={"prompt_tokens": 10, **body, **fields}, headers=INTERNAL
+            "/internal/admit",
+            json={"prompt_tokens": 10, **body, **fields},
+            headers=TEST_KEYS.headers("quota"),
         )
 
     async def spend(self, user: dict[str, Any], tokens: int) -> None:
@@ -98,9 +102,9 @@ async def database_url(postgres_url: str) -> str:
 def settings(database_url: str, redis_url: str, kafka_bootstrap: str) -> QuotaSettings:
     return QuotaSettings(
         _env_file=None, environment="test", database_url=database_url, redis_url=redis_url,
-        kafka_bootstrap=kafka_bootstrap, internal_token=TOKEN, bootstrap_admin_key=ADMIN_KEY,
+        kafka_bootstrap=kafka_bootstrap, bootstrap_admin_key=ADMIN_KEY,
         redis_prefix=f"lt:{uuid.uuid4().hex[:8]}:", consumer_group=f"quota-{uuid.uuid4().hex[:8]}",
-        sweep_interval_s=3600, key_cache_ttl_s=0, log_json=False,
+        sweep_interval_s=3600, key_cache_ttl_s=0, log_json=False, **TEST_KEYS.settings(),
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
+from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import (
     CreditTokens,
@@ -26,7 +27,7 @@ from leaky_common.events import (
 )
 from leaky_common.kafka import EventPublisher
 from leaky_devinfra.infra import free_port
-from leaky_devinfra.testing import ManualClock
+from leaky_devinfra.testing import TEST_KEYS, InternalKeys, ManualClock
 from leaky_devinfra.testing import eventually as wait_until
 from lt_quota.adapters.redis_state import RedisState
 from lt_quota.main import create_app
@@ -35,8 +36,6 @@ from lt_quota.settings import QuotaSettings
 pytestmark = pytest.mark.integration
 
 ADMIN_KEY = "lt-test-admin-" + uuid.uuid4().hex
-TOKEN = "integration-internal-token"
-INTERNAL = {"X-LT-Internal-Token": TOKEN}
 
 
 @dataclass
@@ -46,12 +45,14 @@ class Harness:
     service: Any
 
     async def principal_header(self, api_key: str) -> str:
-        r = await self.client.post("/internal/authenticate", json={"api_key": api_key}, headers=INTERNAL)
+        r = await self.client.post(
+            "/internal/authenticate", json={"api_key": api_key}, headers=TEST_KEYS.headers("quota")
+        )
         assert r.status_code == 200, r.text
         return r.text
 
     async def as_key(self, api_key: str) -> dict[str, str]:
-        return {**INTERNAL, "X-LT-Principal": await self.principal_header(api_key)}
+        return TEST_KEYS.headers("quota", Principal.model_validate_json(await self.principal_header(api_key)))
 
     async def create_user(self, quota: int | None = None, **extra: Any) -> dict[str, Any]:
         body: dict[str, Any] = {"email": f"{uuid.uuid4().hex[:8]}@example.com", "name": "Someone", **extra}
@@ -70,7 +71,7 @@ class Harness:
             **fields,
         }
         body.setdefault("prompt_tokens", 10)
-        return await self.client.post("/internal/admit", json=body, headers=INTERNAL)
+        return await self.client.post("/internal/admit", json=body, headers=TEST_KEYS.headers("quota"))
 
     async def quota(self, api_key: str) -> dict[str, Any]:
         r = await self.client.get("/v1/users/me/quota", headers=await self.as_key(api_key))
@@ -96,7 +97,7 @@ def settings(database_url: str, redis_url: str, kafka_bootstrap: str, group: str
         database_url=database_url,
         redis_url=redis_url,
         kafka_bootstrap=kafka_bootstrap,
-        internal_token=TOKEN,
+        **TEST_KEYS.settings(),
         bootstrap_admin_key=ADMIN_KEY,
         redis_prefix=f"lt:{uuid.uuid4().hex[:8]}:",
         consumer_group=group,
@@ -122,21 +123,23 @@ async def publisher(settings: QuotaSettings) -> AsyncIterator[EventPublisher]:
     await pub.stop()
 
 
-async def test_internal_token_and_principal_are_required(settings: QuotaSettings) -> None:
+async def test_a_signed_assertion_is_required(settings: QuotaSettings) -> None:
     async with running(settings) as h:
         body = {"api_key": ADMIN_KEY}
         r = await h.client.post("/internal/authenticate", json=body)
         assert r.status_code == 401
         r = await h.client.post(
-            "/internal/authenticate", json=body, headers={"X-LT-Internal-Token": "wrong-token-123"}
+            "/internal/authenticate", json=body, headers=InternalKeys.generate().headers("quota")
         )
         assert r.status_code == 401
         assert r.json()["error"]["type"] == "authentication_error"
-        r = await h.client.get("/v1/users/me", headers=INTERNAL)
+        r = await h.client.get("/v1/users/me", headers=TEST_KEYS.headers("quota"))  # a caller names no user
         assert r.status_code == 401
-        admin_principal = await h.principal_header(ADMIN_KEY)
-        r = await h.client.get("/v1/users/me", headers={"X-LT-Principal": admin_principal})
+        admin = Principal.model_validate_json(await h.principal_header(ADMIN_KEY))
+        r = await h.client.get("/v1/users/me", headers=TEST_KEYS.headers("analytics", admin))
         assert r.status_code == 401
+        r = await h.client.get("/v1/users/me", headers=TEST_KEYS.headers("quota", admin))
+        assert r.status_code == 200
         r = await h.client.get("/ready")
         assert r.status_code == 200, r.text
         assert r.json()["checks"] == {"postgres": True, "redis": True, "consumer": True}
@@ -148,7 +151,7 @@ async def test_the_probe_needs_the_internal_token_and_records_nothing(settings: 
         before = sorted(await redis.keys(settings.redis_prefix + "*"))
         async with h.service.db.acquire() as conn:
             ledger_before = await conn.fetchval("SELECT count(*) FROM ledger")
-        r = await h.client.post("/internal/probe", headers=INTERNAL)
+        r = await h.client.post("/internal/probe", headers=TEST_KEYS.headers("quota"))
         assert (r.status_code, r.json()) == (200, {"postgres": True, "redis": True})
         # Only the internal token opens it: no token, a wrong one, or a user's principal alone are refused.
         admin = await h.principal_header(ADMIN_KEY)
@@ -171,11 +174,17 @@ async def test_admin_creates_user_whose_key_authenticates(settings: QuotaSetting
         user = await h.create_user(quota=5000)
         assert user["api_key"].startswith("lt-") and user["key_prefix"] == user["api_key"][:11]
         principal = (
-            await h.client.post("/internal/authenticate", json={"api_key": user["api_key"]}, headers=INTERNAL)
+            await h.client.post(
+                "/internal/authenticate",
+                json={"api_key": user["api_key"]},
+                headers=TEST_KEYS.headers("quota"),
+            )
         ).json()
         assert principal["user_id"] == user["id"] and principal["role"] == "user"
 
-        r = await h.client.post("/internal/authenticate", json={"api_key": "lt-nope"}, headers=INTERNAL)
+        r = await h.client.post(
+            "/internal/authenticate", json={"api_key": "lt-nope"}, headers=TEST_KEYS.headers("quota")
+        )
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
 
         admin = await h.as_key(ADMIN_KEY)
@@ -657,7 +666,11 @@ async def test_admin_freezes_and_unfreezes_a_key_with_events(
         as_user = await h.as_key(user["api_key"])
         second = (await h.client.post("/v1/users/me/keys", json={"name": "b"}, headers=as_user)).json()
         key_id = (
-            await h.client.post("/internal/authenticate", json={"api_key": user["api_key"]}, headers=INTERNAL)
+            await h.client.post(
+                "/internal/authenticate",
+                json={"api_key": user["api_key"]},
+                headers=TEST_KEYS.headers("quota"),
+            )
         ).json()["key_id"]
         body = {"target_type": "key", "target_id": key_id, "reason": "runaway loop", "duration_s": 300}
         assert (await h.client.post("/v1/admin/freezes", json=body, headers=as_user)).status_code == 403

@@ -34,7 +34,7 @@ def test_the_document_lists_the_service_routes(document: dict[str, Any]) -> None
 
 def test_the_security_schemes_are_declared(document: dict[str, Any]) -> None:
     schemes = document["components"]["securitySchemes"]
-    for name, header in (("Principal", "X-LT-Principal"), ("InternalToken", "X-LT-Internal-Token")):
+    for name, header in (("InternalAssertion", "X-LT-Assertion"),):
         assert (schemes[name]["type"], schemes[name]["in"], schemes[name]["name"]) == (
             "apiKey",
             "header",

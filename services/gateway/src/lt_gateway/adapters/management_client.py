@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 from leaky_common.errors import ServiceUnavailable
 from lt_gateway.settings import GatewaySettings
@@ -53,11 +54,12 @@ class ManagementClient:
         body: bytes,
         headers: dict[str, str],
     ) -> Forwarded:
-        """One request to `owner`; 503 (`<owner>_unavailable`) if it cannot be reached."""
+        """One request to `owner` (`path` already percent-encoded and checked); 503 if it cannot be reached."""
         assert self._session is not None
+        url = URL(self._upstreams[owner] + path, encoded=True)
         try:
             async with self._session.request(
-                method, self._upstreams[owner] + path, params=list(params), data=body, headers=headers
+                method, url, params=list(params), data=body, headers=headers
             ) as resp:
                 answer = await resp.read()
                 out = {h: resp.headers[h] for h in _FORWARD_RESPONSE_HEADERS if h in resp.headers}

@@ -8,11 +8,12 @@ import aiohttp
 import orjson
 from opentelemetry import propagate
 
-from leaky_common.auth import INTERNAL_TOKEN_HEADER, Principal
+from leaky_common.auth import AssertionSigner, Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest, ProbeResponse
 from leaky_common.errors import ServiceUnavailable
 
 _FORWARDED_DENIAL_HEADERS = ("retry-after",)
+QUOTA_AUDIENCE = "quota"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +35,9 @@ class Denial:
 class QuotaClient:
     """Calls quota's internal API; fails closed (503) when quota cannot be reached."""
 
-    def __init__(self, base_url: str, internal_token: str, timeout_s: float) -> None:
+    def __init__(self, base_url: str, signer: AssertionSigner, timeout_s: float) -> None:
         self._base = base_url.rstrip("/")
-        self._headers = {INTERNAL_TOKEN_HEADER: internal_token, "content-type": "application/json"}
+        self._signer = signer
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
@@ -56,7 +57,8 @@ class QuotaClient:
     async def _post(self, path: str, payload: bytes) -> tuple[int, bytes, dict[str, str]]:
         assert self._session is not None, "QuotaClient.start() was not called"
         try:
-            headers = dict(self._headers)
+            # The caller assertion is cached by the signer (re-signed once per half-lifetime, not per request).
+            headers = {**self._signer.headers(QUOTA_AUDIENCE), "content-type": "application/json"}
             propagate.inject(headers)  # traceparent when tracing is on; nothing otherwise
             async with self._session.post(self._base + path, data=payload, headers=headers) as resp:
                 body = await resp.read()

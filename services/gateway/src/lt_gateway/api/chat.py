@@ -8,6 +8,8 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -15,14 +17,28 @@ from leaky_common.errors import ServiceError
 from lt_gateway.api.http import api_key_from, governance_headers, request_id_from
 from lt_gateway.domain.requests import PARSERS, Kind, load_body
 from lt_gateway.usecases.completion.flow import CompletionFlow, Reply
+from lt_gateway.usecases.completion.keycheck import KeyCheck
 
 
 class ChatHandler:
     """Serves the governed endpoints; one instance per app."""
 
-    def __init__(self, flow: CompletionFlow, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        flow: CompletionFlow,
+        keys: KeyCheck,
+        *,
+        max_body_bytes: int,
+        max_json_depth: int = 32,
+        offload_bytes: int = 64 * 1024,
+    ) -> None:
         self.flow = flow
+        self.keys = keys
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
+        self.offload_bytes = offload_bytes
+        # Large prompts are tokenized in worker threads, two at a time: the event loop keeps serving.
+        self._tokenizers = anyio.CapacityLimiter(2)
 
     async def handle(self, request: Request) -> Response:
         """Serve `/v1/chat/completions`."""
@@ -46,9 +62,16 @@ class ChatHandler:
             gov = governance_headers(request)
             session_id = gov.session_id
             api_key = api_key_from(request)
-            body = load_body(await request.body(), self.max_body_bytes)
+            # Authenticated before the body is read: a request without a key quota accepts costs no parsing,
+            # no tokenizing (the body read is bounded while reading by leaky_common.guard.RequestGuard).
+            await self.keys.require(api_key)
+            raw = await request.body()
+            body = load_body(raw, self.max_body_bytes, self.max_json_depth)
             model = body.get("model") if isinstance(body.get("model"), str) else None
-            parsed = PARSERS[kind](body)
+            if len(raw) > self.offload_bytes:
+                parsed = await anyio.to_thread.run_sync(PARSERS[kind], body, limiter=self._tokenizers)
+            else:
+                parsed = PARSERS[kind](body)
             spec = self.flow.resolve(parsed)
         except ServiceError as exc:
             return render(self.flow.reject(request_id, session_id, model, kind, exc, started))

@@ -12,7 +12,7 @@ from leaky_common.errors import NotFound, ServiceError, error_response
 from lt_gateway.adapters.quota_client import Denial
 from lt_gateway.api.deps import Management
 from lt_gateway.api.http import api_key_from, request_id_from
-from lt_gateway.domain.routing import FORWARD_REQUEST_HEADERS, owner_of
+from lt_gateway.domain.routing import FORWARD_REQUEST_HEADERS, normal_segments, owner_of
 from lt_gateway.usecases.completion.flow import JSON
 from lt_gateway.usecases.management import ManagementProxy, ManagementRequest
 
@@ -24,15 +24,17 @@ router = APIRouter(include_in_schema=False)
 async def forward(request: Request, proxy: ManagementProxy) -> Response:
     """Authenticate and forward one request to the service that owns its path."""
     request_id = request_id_from(request)
-    path = request.url.path
+    raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
     try:
-        owner = owner_of(path)
+        owner = owner_of(normal_segments(raw_path, request.scope["path"]))
         if owner is None:
-            raise NotFound(f"no route for {request.method} {path}", code="unknown_url")
+            raise NotFound(f"no route for {request.method} {request.scope['path']}", code="unknown_url")
         headers = {h: request.headers[h] for h in FORWARD_REQUEST_HEADERS if h in request.headers}
+        # The path goes on as the client encoded it (checked above), so the owner decodes the same segments.
         req = ManagementRequest(
-            owner, request.method, path, request.query_params.multi_items(), headers, request.body
-        )
+            owner, request.method, raw_path.decode("latin-1"), request.query_params.multi_items(), headers,
+            request.body,
+        )  # fmt: skip
         answer = await proxy.forward(api_key_from(request), request_id, req)
     except ServiceError as exc:
         return error_response(exc.status, exc.body(), {"x-request-id": request_id, **exc.headers})

@@ -37,7 +37,7 @@ async def probe(
 ) -> ProbeView:
     """Quota's zero-cost admission check, then one output token from `model`'s provider (default mock-gpt).
 
-    Needs the internal token (`X-LT-Internal-Token`), never an API key: 401 otherwise. 503 names what failed.
+    Needs a caller assertion (`X-LT-Assertion`, docs/security.md), never an API key: 401 otherwise. 503 names what failed.
     """
     report = await probe.run(model)
     return ProbeView(

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import orjson
 
 from leaky_common.errors import InvalidRequest, PayloadTooLarge
+from leaky_common.guard import nesting_exceeds
 from lt_gateway.domain.estimate import NO_EXTRAS, Extras, chat_extras, choices, prompt_for
 from lt_gateway.domain.fingerprint import prompt_digest
 from lt_gateway.domain.tokens import estimate_input_tokens, estimate_prompt_tokens
@@ -88,8 +89,8 @@ class ParsedRequest:
         return prompt_for(self.prompt_tokens, self.extras, provider, model)
 
 
-def load_body(raw: bytes, max_bytes: int) -> dict[str, Any]:
-    """The JSON object of a request body (413 / 400 otherwise)."""
+def load_body(raw: bytes, max_bytes: int, max_depth: int = 32) -> dict[str, Any]:
+    """The JSON object of a request body (413 / 400 otherwise, also when it nests deeper than `max_depth`)."""
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
     try:
@@ -98,6 +99,8 @@ def load_body(raw: bytes, max_bytes: int) -> dict[str, Any]:
         raise InvalidRequest("request body is not valid JSON", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+    if nesting_exceeds(body, max_depth):
+        raise InvalidRequest(f"JSON nests deeper than {max_depth} levels", code="json_too_deep")
     return body
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from opentelemetry import propagate
 
-from leaky_common.auth import INTERNAL_TOKEN_HEADER, PRINCIPAL_HEADER
+from leaky_common.auth import AssertionSigner
 from lt_gateway.adapters.management_client import Forwarded, ManagementClient
 from lt_gateway.adapters.quota_client import Denial, QuotaClient
 
@@ -27,10 +27,10 @@ class ManagementRequest:
 class ManagementProxy:
     """Forwards management requests to their owners on behalf of an authenticated key."""
 
-    def __init__(self, quota: QuotaClient, client: ManagementClient, internal_token: str) -> None:
+    def __init__(self, quota: QuotaClient, client: ManagementClient, signer: AssertionSigner) -> None:
         self._quota = quota
         self._client = client
-        self._internal_token = internal_token
+        self._signer = signer
 
     async def forward(self, api_key: str, request_id: str, req: ManagementRequest) -> Forwarded | Denial:
         """Authenticate `api_key` and forward `req`; quota's refusal comes back as a Denial."""
@@ -38,8 +38,8 @@ class ManagementProxy:
         if isinstance(principal, Denial):
             return principal
         headers = dict(req.headers)
-        headers[PRINCIPAL_HEADER] = principal.header_value()
-        headers[INTERNAL_TOKEN_HEADER] = self._internal_token
+        # Signed for this owner only (its audience), with the principal quota just vouched for.
+        headers.update(self._signer.headers(req.owner, principal))
         headers["x-request-id"] = request_id
         propagate.inject(headers)
         return await self._client.send(req.owner, req.method, req.path, req.params, await req.body(), headers)

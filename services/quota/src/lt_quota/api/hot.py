@@ -7,19 +7,17 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from leaky_common.auth import INTERNAL_TOKEN_HEADER, token_matches
+from leaky_common.auth import ASSERTION_HEADER, AssertionVerifier
 from leaky_common.contracts import AdmitRequest
-from leaky_common.errors import InvalidRequest, ServiceError, Unauthorized, error_response
+from leaky_common.errors import InvalidRequest, ServiceError, error_response
 from lt_quota.usecases.admission import Admission
 
 
 async def admit(request: Request) -> Response:
-    """Authenticate, rate-limit and reserve in one call (the internal token is checked before anything else)."""
+    """Authenticate, rate-limit and reserve in one call (the caller assertion is checked before anything else)."""
     try:
-        if not token_matches(
-            request.headers.get(INTERNAL_TOKEN_HEADER), request.app.state.settings.internal_token
-        ):
-            raise Unauthorized("missing or invalid internal token", code="invalid_internal_token")
+        verifier: AssertionVerifier = request.app.state.verifier
+        verifier.caller(request.headers.get(ASSERTION_HEADER))
         try:
             body = AdmitRequest.model_validate_json(await request.body())
         except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""End-to-end fixtures: a running stack (the one from `make up` if LT_GATEWAY_URL is set, else a fresh one
+"""End-to-end and security fixtures: a running stack (the one from `make up` if LT_GATEWAY_URL is set, else a fresh one
 started here on free ports and stopped afterwards), an admin HTTP client and the port local fake receivers
 listen on (the only loopback address and port the stack's notifier may send to: LT_OUTBOUND_ALLOW_NETWORKS;
 against a `make up` stack, start it with that allow-list and set LT_E2E_FAKES_PORT to the same port)."""
@@ -19,7 +19,7 @@ import pytest
 
 from leaky_devinfra.infra import free_port, pid_alive
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
