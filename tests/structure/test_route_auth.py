@@ -68,7 +68,7 @@ def test_every_route_needs_the_internal_token(package: str, settings_class: str)
     app = _app(package, settings_class)
     client = TestClient(app, raise_server_exceptions=False)
     routes = _routes(app)
-    assert len(routes) == {"lt_quota": 47, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 9}[package]
+    assert len(routes) == {"lt_quota": 48, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 9}[package]
     wrong = {"X-LT-Principal": _principal("admin")["X-LT-Principal"], "X-LT-Internal-Token": "not-the-token"}
     answers = {
         (method, path, case): client.request(method, path, json=JUNK, headers=headers).status_code

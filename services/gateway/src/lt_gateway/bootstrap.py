@@ -86,7 +86,11 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
     )
     upstream = UpstreamHTTP(settings.upstream_timeout_s, settings.upstream_retry_backoff_s)
     flow = CompletionFlow(
-        models=models, providers=providers or build_providers(upstream), quota=quota, usage=usage
+        models=models,
+        providers=providers or build_providers(upstream),
+        quota=quota,
+        usage=usage,
+        release_timeout_s=settings.release_timeout_s,
     )
     chat = ChatHandler(flow, max_body_bytes=settings.max_body_bytes)
     management_client = ManagementClient(settings)

@@ -55,6 +55,18 @@ from lt_quota.adapters.repository.pools import (
     update_pool,
 )
 from lt_quota.adapters.repository.records import Conn
+from lt_quota.adapters.repository.reservations import (
+    LedgerRow,
+    OpenReservation,
+    add_pool_usage,
+    claim_many,
+    delete_open_reservations,
+    expired_open_reservations,
+    insert_ledger_many,
+    open_reservations,
+    open_reserved,
+    upsert_open_reservations,
+)
 from lt_quota.adapters.repository.teams import (
     insert_team,
     is_manager,
@@ -75,11 +87,17 @@ from lt_quota.adapters.repository.users import (
 
 __all__ = [
     "Conn",
+    "LedgerRow",
+    "OpenReservation",
+    "add_pool_usage",
     "adjustment_for_purchase",
+    "claim_many",
     "claim_threshold",
     "decide_approval",
+    "delete_open_reservations",
     "delete_pool",
     "ensure_pool",
+    "expired_open_reservations",
     "find_adjustment",
     "get_approval",
     "get_key",
@@ -90,6 +108,7 @@ __all__ = [
     "insert_freeze",
     "insert_key",
     "insert_ledger",
+    "insert_ledger_many",
     "insert_org",
     "insert_pool",
     "insert_team",
@@ -111,6 +130,8 @@ __all__ = [
     "mark_platform_org",
     "move_key_pools",
     "my_approvals",
+    "open_reservations",
+    "open_reserved",
     "org_settings",
     "owner_exists",
     "pending_approvals",
@@ -131,6 +152,7 @@ __all__ = [
     "update_pool",
     "update_user",
     "upsert_member",
+    "upsert_open_reservations",
     "upsert_org",
     "user_id_by_email",
     "user_teams",

@@ -6,8 +6,14 @@ from fastapi import APIRouter
 
 from leaky_common.api import InternalCaller, error_responses
 from leaky_common.auth import Principal
-from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest
-from lt_quota.api.deps import AdmissionDep
+from leaky_common.contracts import (
+    AdmitRequest,
+    AdmitResponse,
+    AuthenticateRequest,
+    ReleaseRequest,
+    ReleaseResponse,
+)
+from lt_quota.api.deps import AdmissionDep, SettlementDep
 
 __all__ = ["router"]
 
@@ -24,3 +30,10 @@ async def authenticate(body: AuthenticateRequest, admission: AdmissionDep) -> Pr
 @router.post("/admit", responses=error_responses(400, 402, 403, 429))
 async def admit(body: AdmitRequest, admission: AdmissionDep) -> AdmitResponse:
     return await admission.admit(body)
+
+
+@router.post("/release", responses=error_responses(400))
+async def release(body: ReleaseRequest, settlement: SettlementDep) -> ReleaseResponse:
+    """Shrink a reservation to what its answer used (the gateway, before the client has the whole answer)."""
+    released = await settlement.release(body.reservation_id, body.total_tokens, body.cost_usd_micros)
+    return ReleaseResponse(released=released)

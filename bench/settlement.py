@@ -1,0 +1,212 @@
+"""Settlement benchmark: how many `UsageRecorded` events per second quota settles, through the broker, against
+a real quota process, PostgreSQL and Redis (started on free ports and stopped afterwards).
+
+    python bench/settlement.py [--events 20000] [--users 20] [--rate 1000]
+
+1. burst: `--events` reservations (admitted over HTTP beforehand, spread over `--users` personal pools), then
+   one usage event each published as fast as the producer goes; prints events/s from the first publish until
+   every pool holds `reserved` 0 and `used` == the sum of the events.
+2. steady: the same at `--rate` events/s (a gateway at full throughput); prints how long after the last event
+   `reserved` reached 0 (the target is <= 1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from leaky_common.db import create_database, database_url_for
+from leaky_common.events import Topics, UsageRecorded
+from leaky_common.kafka import EventPublisher
+from leaky_common.settings import ServiceSettings
+from leaky_devinfra.infra import free_port, start_broker, start_postgres, start_redis, stop_pid, wait_for_port
+
+TOKEN = "bench-internal-token"
+ADMIN_KEY = "lt-bench-admin-" + uuid.uuid4().hex
+INTERNAL = {"X-LT-Internal-Token": TOKEN}
+PREFIX = "lt:"
+LIMITS = {
+    "LT_KEY_REQUESTS_PER_PERIOD": "1000000000",
+    "LT_KEY_TOKENS_PER_PERIOD": "1000000000000",
+    "LT_USER_REQUESTS_PER_PERIOD": "1000000000",
+    "LT_USER_TOKENS_PER_PERIOD": "1000000000000",
+}
+
+
+async def admit_all(
+    session: aiohttp.ClientSession, url: str, users: list[dict[str, Any]], n: int
+) -> list[Any]:
+    """`n` reservations spread over the users (16 concurrent admissions)."""
+    out: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    queue = iter(range(n))
+
+    async def worker() -> None:
+        for i in queue:
+            user = users[i % len(users)]
+            body = {"api_key": user["api_key"], "request_id": uuid.uuid4().hex, "model": "mock-gpt",
+                    "provider": "mock", "prompt_tokens": 20, "max_output_tokens": 100}  # fmt: skip
+            async with session.post(f"{url}/internal/admit", json=body, headers=INTERNAL) as r:
+                assert r.status == 200, await r.text()
+                out.append((user, await r.json()))
+
+    await asyncio.gather(*(worker() for _ in range(16)))
+    return out
+
+
+def events_for(admitted: list[Any]) -> list[UsageRecorded]:
+    return [
+        UsageRecorded(
+            request_id=uuid.uuid4().hex,
+            reservation_id=a["reservation_id"],
+            user_id=u["id"],
+            key_id=a["principal"]["key_id"],
+            pool_id=a["pool_id"],
+            quota_source=a["quota_source"],
+            model="mock-gpt",
+            provider="mock",
+            total_tokens=50,
+        )
+        for u, a in admitted
+    ]
+
+
+async def pools_state(redis: Redis[str], pool_ids: list[str]) -> tuple[int, int]:
+    """(sum of used, sum of reserved) over the pools."""
+    pipe = redis.pipeline(transaction=False)
+    for p in pool_ids:
+        pipe.hmget(f"{PREFIX}pool:{p}", ["used", "reserved"])
+    rows = await pipe.execute()
+    return sum(int(r[0] or 0) for r in rows), sum(int(r[1] or 0) for r in rows)
+
+
+async def wait_drained(redis: Redis[str], pool_ids: list[str], used: int) -> None:
+    """Poll every 10 ms until the pools hold `used` and nothing reserved."""
+    drained = False
+    while not drained:
+        drained = await pools_state(redis, pool_ids) == (used, 0)
+        await asyncio.sleep(0 if drained else 0.01)
+
+
+async def publish(publisher: EventPublisher, events: list[UsageRecorded], rate: float | None) -> None:
+    """Publish the events, as fast as possible (concurrent sends batch in the producer) or at `rate`/s."""
+    step = 500 if rate is None else max(1, int(rate / 100))
+    t0 = time.perf_counter()
+    for i in range(0, len(events), step):
+        await asyncio.gather(
+            *(publisher.publish(Topics.USAGE, e, key=e.user_id) for e in events[i : i + step])
+        )
+        if rate is not None:
+            ahead = t0 + (i + step) / rate - time.perf_counter()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+
+async def bench(url: str, kafka: str, redis_url: str, args: argparse.Namespace) -> None:
+    redis: Redis[str] = Redis.from_url(redis_url, decode_responses=True)
+    publisher = EventPublisher(ServiceSettings(_env_file=None, kafka_bootstrap=kafka, service_name="bench"))
+    await publisher.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                f"{url}/internal/authenticate", json={"api_key": ADMIN_KEY}, headers=INTERNAL
+            ) as r:
+                admin = {**INTERNAL, "X-LT-Principal": await r.text()}
+            users = []
+            for _ in range(args.users):
+                body = {
+                    "email": f"{uuid.uuid4().hex[:10]}@bench.example",
+                    "name": "b",
+                    "personal_quota": 10**12,
+                }
+                async with s.post(f"{url}/v1/admin/users", json=body, headers=admin) as r:
+                    users.append(await r.json())
+            pool_ids = [u["pool_id"] for u in users]
+            used = 0
+            for n, rate in ((args.events, None), (args.steady_events, args.rate)):
+                admitted = await admit_all(s, url, users, n)
+                events = events_for(admitted)
+                used += 50 * len(events)
+                t0 = time.perf_counter()
+                await publish(publisher, events, rate)
+                published = time.perf_counter()
+                await wait_drained(redis, pool_ids, used)
+                done = time.perf_counter()
+                if rate is None:
+                    print(
+                        f"burst: {len(events)} events settled in {done - t0:.2f} s = {len(events) / (done - t0):,.0f}"
+                        f" events/s (publishing took {published - t0:.2f} s); used == sum of usage, reserved == 0"
+                    )
+                else:
+                    print(
+                        f"steady: {len(events)} events at {rate:,.0f}/s; reserved == 0 {1000 * (done - published):.0f} ms"
+                        " after the last event was published"
+                    )
+    finally:
+        await publisher.stop()
+        await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
+
+
+async def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            try:
+                async with s.get(f"{url}/ready") as r:
+                    if r.status == 200 and all((await r.json())["checks"].values()):
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("quota did not become ready")
+            await asyncio.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=1000.0, help="events/s of the steady run")
+    parser.add_argument("--steady-events", type=int, default=5_000)
+    args = parser.parse_args()
+
+    broker, postgres, redis = start_broker(), start_postgres(), start_redis()
+    quota: subprocess.Popen[bytes] | None = None
+    try:
+        db_url = asyncio.run(create_database(postgres.url, "lt_quota_bench"))
+        port = free_port()
+        env = {
+            **os.environ,
+            **LIMITS,
+            "LT_PORT": str(port),
+            "LT_DATABASE_URL": database_url_for(db_url, "lt_quota_bench"),
+            "LT_REDIS_URL": redis.url,
+            "LT_REDIS_PREFIX": PREFIX,
+            "LT_KAFKA_BOOTSTRAP": broker.url,
+            "LT_INTERNAL_TOKEN": TOKEN,
+            "LT_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
+            "LT_ENVIRONMENT": "development",
+            "LT_LOG_LEVEL": "WARNING",
+        }
+        quota = subprocess.Popen([sys.executable, "-m", "lt_quota"], env=env, stdout=subprocess.DEVNULL)
+        wait_for_port(port, timeout=60, popen=quota)
+        url = f"http://127.0.0.1:{port}"
+        asyncio.run(wait_ready(url))
+        asyncio.run(bench(url, broker.url, redis.url, args))
+    finally:
+        if quota is not None:
+            stop_pid(quota.pid, popen=quota)
+        for server in (redis, postgres, broker):
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+-- Settle many reservations in one call (settlement of a batch of usage events). KEYS[1] is the expiry index,
+-- KEYS[1 + j] reservation j. ARGV: per reservation its id, actual tokens, L, then L charged amounts (one per
+-- leg). Per reservation exactly what settle.lua does; returns 1 per reservation settled, 0 if it was not held.
+local out = {}
+local o = 1
+for j = 1, #KEYS - 1 do
+  local key = KEYS[1 + j]
+  local id, actual, nl = ARGV[o], tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])
+  local amounts = o + 2
+  o = o + 3 + nl
+  if redis.call('EXISTS', key) == 0 then
+    out[j] = 0
+  else
+    local r = redis.call('HGETALL', key)
+    local h = {}
+    for i = 1, #r, 2 do h[r[i]] = r[i + 1] end
+    for i = 1, math.min(tonumber(h['n']) or 0, nl) do
+      local k = h['k' .. i]
+      if redis.call('EXISTS', k) == 1 then
+        redis.call('HINCRBY', k, 'reserved', -tonumber(h['a' .. i]))
+        redis.call('HINCRBY', k, 'used', tonumber(ARGV[amounts + i]))
+      end
+    end
+    local delta = actual - (tonumber(h['btok']) or 0)
+    if delta ~= 0 then
+      for _, b in ipairs({h['bk1'], h['bk2']}) do
+        if b and redis.call('EXISTS', b) == 1 then
+          local level = (tonumber(redis.call('HGET', b, 'level')) or 0) + delta
+          if level < 0 then level = 0 end
+          redis.call('HSET', b, 'level', string.format('%.6f', level))
+        end
+      end
+    end
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], id)
+    out[j] = 1
+  end
+end
+return out
