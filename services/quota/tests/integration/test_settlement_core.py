@@ -251,11 +251,12 @@ async def test_reservation_survives_redis_loss_and_is_charged_at_expiry(settings
 
         # The first never gets a usage event: at its expiry it is charged what it reserved.
         clock.now_ms += settings.reservation_ttl_s * 1000
-        assert await h.service.settlement.sweep_expired() == 1
+        assert await h.service.settlement.sweep_expired() >= 1  # earlier tests' reservations expire too
         assert sorted(await h.ledger(user["pool_id"])) == [(50, "usage"), (300, "usage"), (1000, "expiry")]
         assert await h.pool(user["pool_id"]) == (1350, 0)
         async with h.service.db.acquire() as conn:
-            assert await conn.fetchval("SELECT count(*) FROM open_reservations") == 0
+            open_left = "SELECT count(*) FROM open_reservations WHERE pool_id = $1"
+            assert await conn.fetchval(open_left, user["pool_id"]) == 0
 
 
 async def test_reservation_lost_with_redis_before_a_restart_is_still_charged(settings: QuotaSettings) -> None:
@@ -268,7 +269,7 @@ async def test_reservation_lost_with_redis_before_a_restart_is_still_charged(set
     async with running(settings, clock) as h:
         assert await h.pool(user["pool_id"]) == (0, 40)  # loaded at start-up with what is still open
         clock.now_ms += settings.reservation_ttl_s * 1000
-        assert await h.service.settlement.sweep_expired() == 1
+        await h.service.settlement.sweep_expired()  # (the background sweeper may be the one that charges it)
         assert await h.ledger(user["pool_id"]) == [(40, "expiry")]  # what it used, not what it reserved
         assert await h.pool(user["pool_id"]) == (40, 0)
         await h.service.settlement.settle_usage(usage(admitted, 40))  # the late event changes nothing

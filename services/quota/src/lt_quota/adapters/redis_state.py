@@ -106,6 +106,7 @@ class RedisState:
         self._release = redis.register_script(_script("release"))
         self._settle_many = redis.register_script(_script("settle_many"))
         self._restore_reservation = redis.register_script(_script("restore_reservation"))
+        self._reservations = redis.register_script(_script("reservations"))
 
     def pool_key(self, pool_id: str, period_key: str = "") -> str:
         return f"{self._p}pool:{pool_id}" + (f":{period_key}" if period_key else "")
@@ -192,10 +193,10 @@ class RedisState:
 
     async def reservations(self, reservation_ids: list[str]) -> list[dict[str, str] | None]:
         """The fields of many reservations in one round trip (None where Redis holds none)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for reservation_id in reservation_ids:
-            pipe.hgetall(self.reservation_key(reservation_id))
-        return [row or None for row in await pipe.execute()]
+        if not reservation_ids:
+            return []
+        rows = await self._reservations(keys=[self.reservation_key(r) for r in reservation_ids])
+        return [reservation_fields(row) if row else None for row in rows]
 
     async def restore_reservation(self, reservation_id: str, expires_ms: int, fields: dict[str, str]) -> bool:
         """Put back a reservation Redis lost (from its durable record); False if Redis still holds it."""
