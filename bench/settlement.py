@@ -9,6 +9,10 @@ a real quota process, PostgreSQL and Redis (started on free ports and stopped af
    the producer's speed nor quota's start-up counts).
 2. steady: the same with quota running, published at `--rate` events/s (a gateway at full throughput); prints
    the rate reached and how long after the last event `reserved` reached 0 (the target is <= 1 s).
+3. release: `--releases` calls of the gateway's `QuotaClient.release`, one at a time: p50 and p99.
+
+CPU per event (quota, PostgreSQL with its backends, Redis, broker) is printed with the burst: events/s per
+idle core, a figure that holds on a busy machine where wall-clock rates do not.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import uuid
 from typing import Any
 
 import aiohttp
+import psutil
 from redis.asyncio import Redis
 
 from leaky_common.db import create_database, database_url_for
@@ -30,6 +35,7 @@ from leaky_common.events import Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
 from leaky_common.settings import ServiceSettings
 from leaky_devinfra.infra import free_port, start_broker, start_postgres, start_redis, stop_pid, wait_for_port
+from lt_gateway.adapters.quota_client import QuotaClient
 
 TOKEN = "bench-internal-token"
 ADMIN_KEY = "lt-bench-admin-" + uuid.uuid4().hex
@@ -133,7 +139,61 @@ async def progress(redis: Redis[str], pool_ids: list[str], before: int) -> float
     return time.perf_counter()
 
 
-async def bench(quota: QuotaProcess, kafka: str, redis_url: str, args: argparse.Namespace) -> None:
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds of each process and its children (PostgreSQL's backends)."""
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                continue
+        out[name] = total
+    return out
+
+
+def cpu_line(before: dict[str, float], after: dict[str, float], events: int) -> str:
+    per = {k: 1000 * (after[k] - before.get(k, 0.0)) / events for k in after}
+    total = sum(per.values())
+    parts = ", ".join(f"{k} {v:.3f}" for k, v in per.items())
+    return (
+        f"  CPU ms per event: {parts}; total {total:.3f} ms -> {1000 / total:,.0f} events/s per idle core"
+        f" (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
+
+
+async def release_cost(session: aiohttp.ClientSession, url: str, user: dict[str, Any], n: int) -> None:
+    """Latency of the gateway's release call (its QuotaClient, keep-alive), one at a time: what the release
+    adds to an answer at most (the gateway overlaps it with preparing the answer)."""
+    if n <= 0:
+        return
+    client = QuotaClient(url, TOKEN, 5)
+    await client.start()
+    took: list[float] = []
+    try:
+        for _, admitted in await admit_all(session, url, [user], n):
+            t0 = time.perf_counter()
+            assert await client.release(admitted["reservation_id"], 30, 0, timeout_s=1)
+            took.append(time.perf_counter() - t0)
+    finally:
+        await client.close()
+    took.sort()
+    print(
+        f"release: {n} calls one at a time, p50 {1000 * took[n // 2]:.3f} ms, p99 {1000 * took[int(n * 0.99)]:.3f} ms"
+        " (the gateway's QuotaClient against quota; an upper bound of what it adds to an answer)"
+    )
+
+
+async def bench(
+    quota: QuotaProcess, kafka: str, redis_url: str, args: argparse.Namespace, pids: dict[str, int]
+) -> None:
     redis: Redis[str] = Redis.from_url(redis_url, decode_responses=True)
     publisher = EventPublisher(ServiceSettings(_env_file=None, kafka_bootstrap=kafka, service_name="bench"))
     await publisher.start()
@@ -145,7 +205,10 @@ async def bench(quota: QuotaProcess, kafka: str, redis_url: str, args: argparse.
             quota.stop()
             await publish(publisher, events, None)
             quota.start()
+            assert quota.popen is not None
+            pids = {"quota": quota.popen.pid, **pids}
             t0 = await progress(redis, pool_ids, 0)
+            cpu0 = cpu_seconds(pids)
             used = 50 * len(events)
             await wait_drained(redis, pool_ids, used)
             took = time.perf_counter() - t0
@@ -153,6 +216,7 @@ async def bench(quota: QuotaProcess, kafka: str, redis_url: str, args: argparse.
                 f"burst: a backlog of {len(events)} events settled in {took:.2f} s = {len(events) / took:,.0f}"
                 " events/s; used == sum of usage, reserved == 0"
             )
+            print(cpu_line(cpu0, cpu_seconds(pids), len(events)))
             await wait_ready(quota.url)
             events = events_for(await admit_all(s, quota.url, users, args.steady_events))
             used += 50 * len(events)
@@ -165,6 +229,7 @@ async def bench(quota: QuotaProcess, kafka: str, redis_url: str, args: argparse.
                 f"steady: {len(events)} events published at {len(events) / (published - t0):,.0f}/s; reserved == 0"
                 f" {1000 * (done - published):.0f} ms after the last one; used == sum of usage"
             )
+            await release_cost(s, quota.url, users[0], args.releases)
     finally:
         await publisher.stop()
         await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
@@ -212,6 +277,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--rate", type=float, default=500.0, help="events/s of the steady run")
     parser.add_argument("--steady-events", type=int, default=3_000)
+    parser.add_argument("--releases", type=int, default=2_000, help="release calls timed one at a time")
     args = parser.parse_args()
 
     broker, postgres, redis = start_broker(), start_postgres(), start_redis()
@@ -235,7 +301,8 @@ def main() -> None:
         quota = QuotaProcess(env, port)
         quota.start()
         asyncio.run(wait_ready(quota.url))
-        asyncio.run(bench(quota, broker.url, redis.url, args))
+        pids = {"postgres": postgres.pid, "redis": redis.pid, "broker": broker.pid}
+        asyncio.run(bench(quota, broker.url, redis.url, args, pids))
     finally:
         if quota is not None:
             quota.stop()

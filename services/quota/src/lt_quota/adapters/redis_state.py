@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
 
+import orjson
 from redis.asyncio import Redis
 
 __all__ = ["AdmitArgs", "Counter", "PoolState", "RedisState", "reservation_fields"]
@@ -186,16 +187,14 @@ class RedisState:
         if not settlements:
             return []
         keys = [self.expiry_key, *(self.reservation_key(r) for r, _, _ in settlements)]
-        args: list[str | int] = []
-        for reservation_id, tokens, amounts in settlements:
-            args.extend((reservation_id, tokens, len(amounts), *amounts))
-        return [bool(v) for v in await self._settle_many(keys=keys, args=args)]
+        plans = orjson.dumps([[r, tokens, amounts] for r, tokens, amounts in settlements]).decode()
+        return [bool(v) for v in await self._settle_many(keys=keys, args=[plans])]
 
     async def reservations(self, reservation_ids: list[str]) -> list[dict[str, str] | None]:
         """The fields of many reservations in one round trip (None where Redis holds none)."""
         if not reservation_ids:
             return []
-        rows = await self._reservations(keys=[self.reservation_key(r) for r in reservation_ids])
+        rows = orjson.loads(await self._reservations(keys=[self.reservation_key(r) for r in reservation_ids]))
         return [reservation_fields(row) if row else None for row in rows]
 
     async def restore_reservation(self, reservation_id: str, expires_ms: int, fields: dict[str, str]) -> bool:
