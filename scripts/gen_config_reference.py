@@ -118,7 +118,7 @@ NOTES: dict[str, str] = {
     "LT_PURCHASE_EVENTS_TOPIC": "Topic of `PurchaseCompleted`/`Failed`/`Compensated`.",
     "LT_USAGE_TOPIC": "Topic of `UsageRecorded`.",
     "LT_TOPICS": "Topics the notifier consumes.",
-    "LT_NOTIFIER_WEBHOOK_SECRET": "Signs the default webhook's requests (`X-LT-Signature`).",
+    "LT_NOTIFIER_WEBHOOK_SECRET": "Signs the default webhook's requests (Standard Webhooks: `webhook-signature`).",
     "LT_SLACK_MIN_SEVERITY": "Lowest severity sent to `LT_SLACK_WEBHOOK_URL`.",
     "LT_TEAMS_WEBHOOK_URL": "MS Teams incoming webhook (Adaptive Card).",
     "LT_TELEGRAM_BOT_TOKEN": "Telegram Bot API token; with `LT_TELEGRAM_CHAT_ID` enables the telegram channel.",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -114,6 +115,16 @@ def _first_completion(gateway: str, admin_key: str, deadline: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("no successful completion through the gateway")
         time.sleep(0.2)
+
+
+def _channel_keys(run_dir: Path) -> str:
+    """The key sealing the notifier's channel secrets: made at the first `up` (owner-only), kept after."""
+    path = run_dir / "channel_secret_keys"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("local1:" + base64.b64encode(secrets.token_bytes(32)).decode())
+    return path.read_text().strip()
 
 
 def _read_state(run_dir: Path) -> dict[str, object] | None:
@@ -246,6 +257,8 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     "LT_PORT": str(ports["notifier"]),
                     "LT_SERVICE_NAME": "notifier",
                     "LT_DATABASE_URL": database_url_for(pg_server, DATABASES["notifier"]),
+                    "LT_CHANNEL_SECRET_KEYS": os.environ.get("LT_CHANNEL_SECRET_KEYS")
+                    or _channel_keys(run_dir),
                 },
             ),
             (

@@ -1,5 +1,7 @@
 """End-to-end fixtures: a running stack (the one from `make up` if LT_GATEWAY_URL is set, else a fresh one
-started here on free ports and stopped afterwards) and an admin HTTP client."""
+started here on free ports and stopped afterwards), an admin HTTP client and the port local fake receivers
+listen on (the only loopback address and port the stack's notifier may send to: LT_OUTBOUND_ALLOW_NETWORKS;
+against a `make up` stack, start it with that allow-list and set LT_E2E_FAKES_PORT to the same port)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from leaky_devinfra.infra import pid_alive
+from leaky_devinfra.infra import free_port, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +38,13 @@ def _read_env(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def fakes_port() -> int:
+    """Where fake chat platforms and webhook receivers of the e2e tests listen (on 127.0.0.1)."""
+    return int(os.environ.get("LT_E2E_FAKES_PORT") or free_port())
+
+
+@pytest.fixture(scope="session")
+def stack(fakes_port: int) -> Iterator[Stack]:
     url, key = os.environ.get("LT_GATEWAY_URL"), os.environ.get("LT_ADMIN_KEY")
     if url and key:
         yield Stack(url.rstrip("/"), key, None)
@@ -45,6 +53,7 @@ def stack() -> Iterator[Stack]:
     script = ROOT / "deploy" / "local" / "stack.py"
     result = subprocess.run(
         [sys.executable, str(script), "up", "--run-dir", str(run_dir), "--ports", "auto"],
+        env={**os.environ, "LT_OUTBOUND_ALLOW_NETWORKS": json.dumps([f"127.0.0.1:{fakes_port}"])},
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -25,9 +25,9 @@ DETECTION_DEADLINE_S = 5.0
 
 
 @pytest.fixture
-async def slack() -> AsyncIterator[FakeChannels]:
+async def slack(fakes_port: int) -> AsyncIterator[FakeChannels]:
     fake = FakeChannels()
-    await fake.start()
+    await fake.start(port=fakes_port)  # the address and port the stack's notifier is allowed to reach
     try:
         yield fake
     finally:

@@ -12,8 +12,9 @@ import asyncpg
 
 from leaky_common.db import apply_migrations, create_pool
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
+from leaky_common.sealing import SecretBox
 from lt_notifier.adapters.senders import ChannelSender
-from lt_notifier.adapters.subscriptions import sync_default_channels
+from lt_notifier.adapters.subscriptions import reseal_subscriptions, sync_default_channels
 from lt_notifier.handlers import handler
 from lt_notifier.settings import DEFAULT_CHANNEL_IDS, NotifierSettings
 from lt_notifier.usecases.admin import SubscriptionAdmin
@@ -41,12 +42,17 @@ async def running_notifier(settings: NotifierSettings) -> AsyncIterator[Notifier
         pool = await create_pool(settings.database_url, max_size=settings.db_pool_max)
         stack.push_async_callback(pool.close)
         await apply_migrations(pool, MIGRATIONS)
-        await sync_default_channels(pool, settings.default_channels(), DEFAULT_CHANNEL_IDS)
+        box = SecretBox(settings.channel_secret_keys)
+        defaults = settings.default_channels()
+        if not box.configured and any(c.url is not None or c.secrets for c in defaults):
+            raise RuntimeError("channels configured by environment need LT_CHANNEL_SECRET_KEYS to be stored")
+        await sync_default_channels(pool, box, defaults, DEFAULT_CHANNEL_IDS)
+        await reseal_subscriptions(pool, box)
 
         sender = ChannelSender(settings)
         await sender.start()
         stack.push_async_callback(sender.close)
-        deliverer = Deliverer(pool, settings, sender)
+        deliverer = Deliverer(pool, settings, sender, box)
         await deliverer.start()
         stack.push_async_callback(deliverer.stop)
 
@@ -64,4 +70,4 @@ async def running_notifier(settings: NotifierSettings) -> AsyncIterator[Notifier
         await consumer.start()
         # Stopped first (callbacks run in reverse): no event is handled while the pool closes.
         stack.push_async_callback(consumer.stop)
-        yield Notifier(pool, deliverer, SubscriptionAdmin(pool, deliverer, settings))
+        yield Notifier(pool, deliverer, SubscriptionAdmin(pool, deliverer, settings, box))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from leaky_common.events import Topics
+from leaky_common.outbound import OutboundPolicy
+from leaky_common.sealing import SecretBox
 from leaky_common.settings import ServiceSettings
 from lt_notifier.domain.channels import Endpoints
 from lt_notifier.domain.subscriptions import DEFAULT_SUBSCRIPTION_ID, DefaultChannel
@@ -52,6 +54,15 @@ class NotifierSettings(ServiceSettings):
     smtp_starttls: bool = False
     email_from: str = "Leaky Tokens <alerts@leaky-tokens.local>"
 
+    # Non-public destinations channel requests may reach (JSON list): networks ("10.1.0.0/16") or one address
+    # and port ("127.0.0.1:8090", "[::1]:8090"); empty = public addresses only. Local fake receivers and tests
+    # name exactly their address and port, never the services' own.
+    outbound_allow_networks: list[str] = Field(default_factory=list)
+    # Keys sealing channel URLs and secrets at rest: "<id>:<base64 of 32 bytes>[,<id>:<key>...]", the first
+    # seals, all open (rotation: docs/security.md). Unset: channels with a URL or secret are refused (400) and
+    # env-configured ones stop the start.
+    channel_secret_keys: str = ""
+
     delivery_max_attempts: int = Field(default=6, ge=1)
     # Retry n waits min(base * 2**(n-1), max) seconds.
     delivery_backoff_base_s: float = Field(default=2.0, gt=0)
@@ -61,6 +72,18 @@ class NotifierSettings(ServiceSettings):
     delivery_batch: int = Field(default=50, ge=1)
     delivery_concurrency: int = Field(default=10, ge=1)
     db_pool_max: int = 5
+
+    @field_validator("outbound_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        OutboundPolicy.from_strings(value)  # raises ValueError on a bad network
+        return value
+
+    @field_validator("channel_secret_keys")
+    @classmethod
+    def _keys(cls, value: str) -> str:
+        SecretBox(value)  # raises ValueError on a bad key
+        return value
 
     @property
     def endpoints(self) -> Endpoints:

@@ -15,6 +15,7 @@ from aiosmtpd.controller import Controller
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import AnomalyDetected, QuotaThresholdReached, VacationChanged
+from leaky_common.sealing import new_key
 from leaky_devinfra.fakes.chat import FakeChannels
 from leaky_devinfra.infra import free_port
 from leaky_devinfra.testing import eventually as wait_for
@@ -86,6 +87,8 @@ async def settings(
         email_to=["oncall@example.com"],
         smtp_host="127.0.0.1",
         smtp_port=smtp[1],
+        channel_secret_keys=f"t1:{new_key()}",
+        outbound_allow_networks=["127.0.0.1/32"],  # the fake platforms and the SMTP sink
         delivery_max_attempts=MAX_ATTEMPTS,
         delivery_backoff_base_s=0.05,
         delivery_backoff_max_s=0.2,

@@ -1,7 +1,5 @@
 """Real Postgres and broker; a local aiohttp server stands in for the customers' webhook receivers."""
 
-import hashlib
-import hmac
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,6 +13,8 @@ from aiohttp import web
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import Message, PurchaseCompleted, PurchaseFailed, QuotaThresholdReached
+from leaky_common.sealing import new_key
+from leaky_common.webhook_signing import new_secret, verify
 from leaky_devinfra.infra import free_port
 from leaky_devinfra.testing import eventually as wait_for
 from lt_notifier.settings import NotifierSettings
@@ -23,7 +23,8 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "integration-internal-token"
 MAX_ATTEMPTS = 3
-DEFAULT_SECRET = "default-hook-secret"
+DEFAULT_SECRET = "default-hook-secret"  # made before `whsec_` secrets: its UTF-8 bytes are the key
+SECRET = new_secret()
 
 
 @dataclass
@@ -90,6 +91,8 @@ async def settings(postgres_url: str, kafka_bootstrap: str, receiver: Receiver) 
         log_json=False,
         notifier_webhook_url=receiver.url("default"),
         notifier_webhook_secret=DEFAULT_SECRET,
+        channel_secret_keys=f"t1:{new_key()}",
+        outbound_allow_networks=["127.0.0.1/32"],  # the local receiver
         delivery_max_attempts=MAX_ATTEMPTS,
         delivery_backoff_base_s=0.05,
         delivery_backoff_max_s=0.2,
@@ -98,13 +101,17 @@ async def settings(postgres_url: str, kafka_bootstrap: str, receiver: Receiver) 
     )
 
 
-async def subscribe(api: httpx.AsyncClient, url: str, **body: Any) -> str:
+async def create(api: httpx.AsyncClient, url: str, **body: Any) -> dict[str, Any]:
     resp = await api.post("/v1/admin/notifications/webhooks", json={"url": url, **body}, headers=headers())
     assert resp.status_code == 201, resp.text
-    created = resp.json()
+    created: dict[str, Any] = resp.json()
     assert created["url"] == url
     assert created["event_types"] == body.get("event_types")
-    return str(created["id"])
+    return created
+
+
+async def subscribe(api: httpx.AsyncClient, url: str, **body: Any) -> str:
+    return str((await create(api, url, **body))["id"])
 
 
 async def deliveries(api: httpx.AsyncClient, **params: str) -> list[dict[str, Any]]:
@@ -125,7 +132,9 @@ async def test_purchase_delivered_once_signed_even_when_duplicated(
     api: httpx.AsyncClient, publish: Publish, receiver: Receiver
 ) -> None:
     name = f"ok-{uuid.uuid4().hex[:6]}"
-    sub = await subscribe(api, receiver.url(name), event_types=["PurchaseCompleted.v1"], secret="s3cret")
+    created = await create(api, receiver.url(name), event_types=["PurchaseCompleted.v1"], secret=SECRET)
+    sub = created["id"]
+    assert created["has_secret"] and created["signing_secret"] is None  # given, so not echoed
     event = purchase(1000)
     await publish("purchase", event)
     await publish("purchase", event)  # redelivery: same event id
@@ -140,8 +149,7 @@ async def test_purchase_delivered_once_signed_even_when_duplicated(
     hits = [h for h in receiver.to(name) if orjson.loads(h.body)["id"] == event.event_id]
     assert len(hits) == 1
     hit = hits[0]
-    expected = "sha256=" + hmac.new(b"s3cret", hit.body, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(hit.headers["X-LT-Signature"], expected)
+    assert verify(SECRET, hit.headers, hit.body) == hit.headers["X-LT-Delivery-Id"]
     assert hit.headers["X-LT-Event-Type"] == "PurchaseCompleted.v1"
     assert hit.headers["Content-Type"] == "application/json"
     body = orjson.loads(hit.body)
@@ -160,9 +168,7 @@ async def test_purchase_delivered_once_signed_even_when_duplicated(
         return [h for h in receiver.to("default") if orjson.loads(h.body)["id"] == event.event_id]
 
     (default_hit,) = await wait_for(default_got_it)
-    assert default_hit.headers["X-LT-Signature"] == (
-        "sha256=" + hmac.new(DEFAULT_SECRET.encode(), default_hit.body, hashlib.sha256).hexdigest()
-    )
+    verify(DEFAULT_SECRET, default_hit.headers, default_hit.body)
     assert (await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())).status_code == 204
 
 
@@ -171,7 +177,9 @@ async def test_retries_until_the_receiver_recovers(
 ) -> None:
     name = f"flaky-{uuid.uuid4().hex[:6]}"
     receiver.script[name] = [500, 503]
-    sub = await subscribe(api, receiver.url(name), event_types=["PurchaseCompleted.v1"])
+    created = await create(api, receiver.url(name), event_types=["PurchaseCompleted.v1"])
+    sub, generated = created["id"], created["signing_secret"]
+    assert generated.startswith("whsec_")  # no secret given: one is made and shown this once
     event = purchase()
     await publish("purchase", event)
 
@@ -185,7 +193,8 @@ async def test_retries_until_the_receiver_recovers(
     hits = receiver.to(name)
     assert len(hits) == 3
     assert {h.headers["X-LT-Delivery-Id"] for h in hits} == {row["id"]}
-    assert "X-LT-Signature" not in hits[0].headers  # no secret, no signature
+    # Every retry carries the same webhook-id (receivers deduplicate on it), each signed with the generated secret.
+    assert {verify(generated, h.headers, h.body) for h in hits} == {row["id"]}
     await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())
 
 
@@ -264,7 +273,7 @@ async def test_admin_only_and_bad_input(api: httpx.AsyncClient, receiver: Receiv
     sub = await subscribe(api, receiver.url("listed"))
     listed = (await api.get("/v1/admin/notifications/webhooks", headers=headers())).json()["data"]
     assert {w["id"] for w in listed} >= {sub, "default"}
-    assert all("secret" not in w for w in listed)
+    assert all("secret" not in w and w["signing_secret"] is None for w in listed)
     assert (await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())).status_code == 204
     assert (await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())).status_code == 404
     listed = (await api.get("/v1/admin/notifications/webhooks", headers=headers())).json()["data"]

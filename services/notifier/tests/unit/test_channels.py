@@ -1,5 +1,6 @@
 """Every event renders, on every channel, to a payload the platform's checks accept; bad payloads are refused."""
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from leaky_common.events import (
     UsageRecorded,
     VacationChanged,
 )
+from leaky_common.webhook_signing import new_secret, verify
 from leaky_devinfra.fakes.chat import slack_problems, teams_problems, telegram_problems, whatsapp_problems
 from lt_notifier.domain.channels import (
     Endpoints,
@@ -143,12 +145,11 @@ def test_render_puts_tokens_only_where_the_platform_wants_them() -> None:
     assert wa.url == "http://wa/v21.0/555/messages"
     assert wa.headers["Authorization"] == "Bearer AT"
     assert b"AT" not in wa.body
-    hook = render("webhook", note, b'{"id":"x"}', "http://h/x", {}, {"secret": "s"}, ENDPOINTS)
-    assert (
-        isinstance(hook, HttpOut)
-        and hook.body == b'{"id":"x"}'
-        and hook.headers["X-LT-Signature"].startswith("sha256=")
-    )
+    secret = new_secret()
+    hook = render("webhook", note, b'{"id":"x"}', "http://h/x", {}, {"secret": secret}, ENDPOINTS, "dlv_1")
+    assert isinstance(hook, HttpOut) and hook.body == b'{"id":"x"}'
+    assert verify(secret, hook.headers, hook.body) == "dlv_1" == hook.headers["webhook-id"]
+    assert hook.redact == (secret,)
 
 
 BAD: list[tuple[Any, Any]] = [
@@ -214,3 +215,34 @@ BAD: list[tuple[Any, Any]] = [
 def test_fakes_refuse_what_the_platforms_refuse(check: Any, payload: Any) -> None:
     assert check(payload) != []
     assert check(orjson.loads(orjson.dumps(payload))) != []
+
+
+INJECTION = "<!channel> <https://evil.example|click> [click](https://evil.example) <b>x</b> & **y**"
+
+
+def _texts(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [t for v in node.values() for t in _texts(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _texts(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_user_text_cannot_form_mentions_or_disguised_links() -> None:
+    # An approval reason and a session id are user-supplied; rendered, they must stay inert text.
+    requested = ApprovalRequested(
+        approval_id="ap1", org_id="o1", requester_user_id="u1", amount=1, reason=INJECTION
+    )
+    anomaly = AnomalyDetected(kind="loop", value=9, threshold=5, session_id=INJECTION, detail=INJECTION)
+    for event in (requested, anomaly):
+        note = describe(event)
+        assert note is not None
+        slack = _texts(slack_body(note))
+        assert not any("<!channel>" in t or "<https://" in t for t in slack)
+        assert any("&lt;!channel&gt;" in t for t in slack)
+        teams = [t for t in _texts(teams_body(note)) if "click" in t]
+        # Every bracket, angle bracket and asterisk of the user's text is backslash-escaped: no link, tag or bold.
+        assert teams and not any(re.search(r"(?<!\\)[\[\]<>*]", t) for t in teams)
+        assert any(r"\[click\](https://evil.example)" in t for t in teams)
+        telegram = telegram_body(note, "42")["text"]
+        assert "<b>x</b>" not in telegram and "&lt;b&gt;x&lt;/b&gt;" in telegram

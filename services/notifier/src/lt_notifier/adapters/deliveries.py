@@ -8,7 +8,8 @@ import asyncpg
 import orjson
 
 from leaky_common.inbox import claim
-from lt_notifier.adapters.subscriptions import new_id
+from leaky_common.sealing import SealError, SecretBox
+from lt_notifier.adapters.subscriptions import new_id, open_channel
 from lt_notifier.domain.delivery import DueDelivery
 from lt_notifier.domain.notification import Notification
 
@@ -77,8 +78,9 @@ async def record_event(pool: asyncpg.Pool, note: Notification, payload: bytes) -
         return len(subscriptions)
 
 
-async def claim_due(pool: asyncpg.Pool, limit: int, lease_s: float) -> list[DueDelivery]:
-    """Take up to `limit` due deliveries, pushing their next attempt out by `lease_s` while they are sent."""
+async def claim_due(pool: asyncpg.Pool, box: SecretBox, limit: int, lease_s: float) -> list[DueDelivery]:
+    """Take up to `limit` due deliveries, pushing their next attempt out by `lease_s` while they are sent;
+    their channel's URL and secrets opened (`sealed_shut` when they do not open)."""
     rows = await pool.fetch(
         """
         UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => $2)
@@ -87,25 +89,32 @@ async def claim_due(pool: asyncpg.Pool, limit: int, lease_s: float) -> list[DueD
             SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()
             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
         )
-        RETURNING d.id, d.event_type, s.channel, d.payload::text AS payload, d.attempts, s.url,
+        RETURNING d.id, d.subscription_id, d.event_type, s.channel, d.payload::text AS payload, d.attempts, s.url,
             s.config::text AS config, s.secrets::text AS secrets
         """,
         limit,
         lease_s,
     )
-    return [
-        DueDelivery(
-            id=r["id"],
-            event_type=r["event_type"],
-            channel=r["channel"],
-            body=r["payload"].encode(),
-            attempts=r["attempts"],
-            url=r["url"],
-            config=orjson.loads(r["config"]),
-            secrets=orjson.loads(r["secrets"]),
-        )
-        for r in rows
-    ]
+    return [_due(box, r) for r in rows]
+
+
+def _due(box: SecretBox, r: asyncpg.Record) -> DueDelivery:
+    try:
+        url, secrets = open_channel(box, r["subscription_id"], r["url"], orjson.loads(r["secrets"]))
+        shut = False
+    except SealError:
+        url, secrets, shut = None, {}, True
+    return DueDelivery(
+        id=r["id"],
+        event_type=r["event_type"],
+        channel=r["channel"],
+        body=r["payload"].encode(),
+        attempts=r["attempts"],
+        url=url,
+        config=orjson.loads(r["config"]),
+        secrets=secrets,
+        sealed_shut=shut,
+    )
 
 
 async def mark_delivered(pool: asyncpg.Pool, delivery_id: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from leaky_common.webhook_signing import check_secret
 from lt_notifier.domain.channels import ChannelName
 from lt_notifier.domain.notification import NOTIFIABLE_TYPES, Severity
 from lt_notifier.domain.subscriptions import (
@@ -36,7 +37,8 @@ DeliveryStatus = Literal["pending", "delivered", "dead"]
 
 
 class WebhookCreate(BaseModel):
-    """A URL to POST some (or all) event types to, HMAC-signed when a secret is given."""
+    """A URL to POST some (or all) event types to, signed the Standard Webhooks way (`webhook-id`,
+    `webhook-timestamp`, `webhook-signature`) with `secret`, or with a fresh secret returned once."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -48,12 +50,18 @@ class WebhookCreate(BaseModel):
     url: str = Field(min_length=1, max_length=2048)
     # Contract type names such as "PurchaseCompleted.v1"; omitted or null = every type.
     event_types: list[str] | None = Field(default=None, min_length=1, max_length=len(NOTIFIABLE_TYPES))
+    # `whsec_` + base64 of 24-64 random bytes; omitted: one is generated and returned once.
     secret: str | None = Field(default=None, min_length=1, max_length=256)
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         return check_webhook_url(value)
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: str | None) -> str | None:
+        return None if value is None else check_secret(value)
 
     @field_validator("event_types")
     @classmethod
@@ -77,6 +85,8 @@ class Webhook(BaseModel):
     has_secret: bool
     active: bool
     created_at: datetime
+    # The generated signing secret, in the answer that created the webhook only (never again).
+    signing_secret: str | None = None
 
 
 class WebhookList(BaseModel):
@@ -121,7 +131,8 @@ class ChannelCreate(BaseModel):
     # telegram: chat_id; whatsapp: phone_number_id, to, template (default leaky_tokens_alert), language
     # (default en_US); email: to (list of addresses).
     config: dict[str, str | list[str]] = Field(default_factory=dict)
-    # telegram: bot_token; whatsapp: access_token; webhook: secret (HMAC signing). Never returned.
+    # telegram: bot_token; whatsapp: access_token; webhook: secret (`whsec_...`, Standard Webhooks signing;
+    # omitted: generated and returned once). Stored encrypted, never returned.
     secrets: dict[str, str] = Field(default_factory=dict)
     event_types: list[str] | None = Field(default=None, min_length=1, max_length=len(NOTIFIABLE_TYPES))
     min_severity: Severity = "info"
@@ -177,6 +188,8 @@ class Channel(BaseModel):
     user_id: str | None
     active: bool
     created_at: datetime
+    # A webhook's generated signing secret, in the answer that created it only (never again).
+    signing_secret: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Channel:

@@ -6,7 +6,13 @@
 - Telegram Bot API: `POST <base>/bot<token>/sendMessage` with `{chat_id, text, parse_mode: "HTML"}`.
 - WhatsApp Cloud API: `POST <base>/<version>/<phone_number_id>/messages`, Bearer token, a template message.
 - Email: a plain-text message over SMTP.
-- Generic webhook: `{id, type, occurred_at, data}`, HMAC-SHA256 signed in `X-LT-Signature` when a secret is set.
+- Generic webhook: `{id, type, occurred_at, data}`, signed the Standard Webhooks way (`webhook-id`,
+  `webhook-timestamp`, `webhook-signature`; see `leaky_common.webhook_signing`).
+
+Every piece of text that can come from a user (approval reasons, session, key and user ids, ...) is escaped for
+the platform that reads it: Slack mrkdwn (`&`, `<`, `>`, so `<!channel>` and `<https://x|click>` are inert),
+Teams Markdown (backslash before the Markdown and HTML metacharacters, so `[click](https://x)` stays text),
+Telegram HTML (`html.escape`). WhatsApp template parameters and plain-text email carry no markup.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from typing import Any, Literal
 
 import orjson
 
+from leaky_common.webhook_signing import signed_headers
 from lt_notifier.domain.notification import Notification
-from lt_notifier.domain.webhook import sign
 
 __all__ = [
     "ChannelName",
@@ -30,7 +36,9 @@ __all__ = [
     "email_message",
     "render",
     "slack_body",
+    "slack_escape",
     "teams_body",
+    "teams_escape",
     "telegram_body",
     "whatsapp_body",
 ]
@@ -67,13 +75,28 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def slack_escape(text: str) -> str:
+    """Slack's required escaping for mrkdwn text: no mention, channel broadcast or link can be formed."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# Links and images need `[...]`, autolinks and HTML `<...>`; also emphasis, code and headings.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]#~<>])")
+
+
+def teams_escape(text: str) -> str:
+    """Backslash-escape the Markdown (and HTML) metacharacters that form links, images, tags and emphasis,
+    so a Teams card shows the text literally."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 def slack_body(n: Notification) -> dict[str, Any]:
     """Block Kit message; `text` is the notification fallback Slack requires alongside blocks."""
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _clip(n.title, 150), "emoji": True}},
         {
             "type": "section",
-            "text": {"type": "mrkdwn", "text": _clip(f"{_EMOJI[n.severity]} {n.text}", 3000)},
+            "text": {"type": "mrkdwn", "text": _clip(f"{_EMOJI[n.severity]} {slack_escape(n.text)}", 3000)},
         },
     ]
     if n.facts:
@@ -81,7 +104,7 @@ def slack_body(n: Notification) -> dict[str, Any]:
             {
                 "type": "section",
                 "fields": [
-                    {"type": "mrkdwn", "text": _clip(f"*{label}*\n{value}", 2000)}
+                    {"type": "mrkdwn", "text": _clip(f"*{slack_escape(label)}*\n{slack_escape(value)}", 2000)}
                     for label, value in n.facts[:10]
                 ],
             }
@@ -89,10 +112,12 @@ def slack_body(n: Notification) -> dict[str, Any]:
     blocks.append(
         {
             "type": "context",
-            "elements": [{"type": "mrkdwn", "text": f"{n.severity} · {n.event_type} · {n.event_id}"}],
+            "elements": [
+                {"type": "mrkdwn", "text": slack_escape(f"{n.severity} · {n.event_type} · {n.event_id}")}
+            ],
         }
     )
-    return {"text": _clip(f"[{n.severity}] {n.title}: {n.text}", 3000), "blocks": blocks}
+    return {"text": _clip(slack_escape(f"[{n.severity}] {n.title}: {n.text}"), 3000), "blocks": blocks}
 
 
 def teams_body(n: Notification) -> dict[str, Any]:
@@ -104,17 +129,22 @@ def teams_body(n: Notification) -> dict[str, Any]:
         "body": [
             {
                 "type": "TextBlock",
-                "text": n.title,
+                "text": teams_escape(n.title),
                 "weight": "Bolder",
                 "size": "Medium",
                 "wrap": True,
                 "color": _CARD_COLOR[n.severity],
             },
-            {"type": "TextBlock", "text": n.text, "wrap": True},
-            {"type": "FactSet", "facts": [{"title": label, "value": value} for label, value in n.facts]},
+            {"type": "TextBlock", "text": teams_escape(n.text), "wrap": True},
+            {
+                "type": "FactSet",
+                "facts": [
+                    {"title": teams_escape(label), "value": teams_escape(value)} for label, value in n.facts
+                ],
+            },
             {
                 "type": "TextBlock",
-                "text": f"{n.severity} · {n.event_type}",
+                "text": teams_escape(f"{n.severity} · {n.event_type}"),
                 "isSubtle": True,
                 "size": "Small",
             },
@@ -175,7 +205,8 @@ def email_message(n: Notification, sender: str, to: list[str]) -> EmailMessage:
     message = EmailMessage()
     message["From"] = sender
     message["To"] = ", ".join(to)
-    message["Subject"] = _clip(f"[Leaky Tokens] {n.severity}: {n.title}", 200)
+    subject = " ".join(f"[Leaky Tokens] {n.severity}: {n.title}".split())  # no header line breaks
+    message["Subject"] = _clip(subject, 200)
     facts = "\n".join(f"{label}: {value}" for label, value in n.facts)
     message.set_content(f"{n.text}\n\n{facts}\n\n{n.event_type} {n.event_id}\n")
     return message
@@ -199,8 +230,10 @@ def render(
     config: dict[str, Any],
     secrets: dict[str, str],
     endpoints: Endpoints,
+    message_id: str = "",
 ) -> HttpOut | EmailOut:
-    """The request a subscription of `channel` makes for notification `n`."""
+    """The request a subscription of `channel` makes for notification `n`; `message_id` (the same on every
+    retry) is the signed `webhook-id` of a webhook."""
     json_headers = {"Content-Type": "application/json"}
     match channel:
         case "slack" | "teams":
@@ -233,5 +266,5 @@ def render(
             headers = {**json_headers, "X-LT-Event-Type": n.event_type}
             secret = secrets.get("secret")
             if secret:
-                headers["X-LT-Signature"] = sign(secret, webhook_body)
+                headers.update(signed_headers(secret, message_id, webhook_body))
             return HttpOut(url, webhook_body, headers, redact=(secret,) if secret else ())

@@ -25,6 +25,8 @@ class DueDelivery:
     url: str | None
     config: dict[str, Any]
     secrets: dict[str, str]
+    # The channel's sealed URL or secrets did not open (key missing or retired too early, row tampered).
+    sealed_shut: bool = False
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float) -> float:

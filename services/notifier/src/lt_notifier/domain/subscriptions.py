@@ -3,11 +3,13 @@ a subscription is shown (secrets never; Slack and Teams URLs only by origin)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from leaky_common.webhook_signing import check_secret
 from lt_notifier.domain.channels import ChannelName
 from lt_notifier.domain.notification import NOTIFIABLE_TYPES
 from lt_notifier.domain.webhook import check_webhook_url
@@ -111,6 +113,22 @@ def _check_url(channel: ChannelName, url: str | None, needs_url: bool) -> None:
         raise ValueError(f"a {channel} channel takes no url")
 
 
+_TELEGRAM_TOKEN = re.compile(r"^[0-9]{1,20}:[A-Za-z0-9_-]{1,100}$")
+_DIGITS = re.compile(r"^[0-9]{1,30}$")
+
+
+def _check_path_parts(
+    channel: ChannelName, config: dict[str, str | list[str]], secrets: dict[str, str]
+) -> None:
+    # These become parts of the platform API's URL path: nothing but their documented shapes.
+    if channel == "telegram" and not _TELEGRAM_TOKEN.match(secrets.get("bot_token", "")):
+        raise ValueError("telegram bot_token must look like '<digits>:<letters, digits, _ or ->'")
+    if channel == "whatsapp" and not _DIGITS.match(str(config.get("phone_number_id", ""))):
+        raise ValueError("whatsapp phone_number_id must be digits")
+    if channel == "webhook" and "secret" in secrets:
+        check_secret(secrets["secret"])
+
+
 def check_channel_fields(
     channel: ChannelName, url: str | None, config: dict[str, str | list[str]], secrets: dict[str, str]
 ) -> None:
@@ -127,6 +145,7 @@ def check_channel_fields(
         extra = sorted(set(given) - allowed)
         if extra:
             raise ValueError(f"unknown {kind} for {channel}: {extra}")
+    _check_path_parts(channel, config, secrets)
     if channel == "email":
         to = config["to"]
         if not isinstance(to, list) or not to or not all("@" in a for a in to):

@@ -1,18 +1,17 @@
-"""The generic webhook (no I/O): its `{id, type, occurred_at, data}` body, HMAC signature and URL rule."""
+"""The generic webhook (no I/O): its `{id, type, occurred_at, data}` body and URL rule (signing:
+`leaky_common.webhook_signing`)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from leaky_common.events import AnyMessage, Message, parse_message
+from leaky_common.outbound import parse_destination
 from lt_notifier.domain.notification import event_type
 
-__all__ = ["check_webhook_url", "message_from_payload", "sign", "webhook_payload"]
+__all__ = ["check_webhook_url", "message_from_payload", "webhook_payload"]
 
 _ENVELOPE = {"event_id", "occurred_at", "type"}
 
@@ -37,14 +36,8 @@ def message_from_payload(body: bytes) -> AnyMessage:
     return parse_message(orjson.dumps(fields))
 
 
-def sign(secret: str, body: bytes) -> str:
-    """`X-LT-Signature` value: `sha256=` + hex HMAC-SHA256 of the raw body."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 def check_webhook_url(url: str) -> str:
-    """Accept absolute http(s) URLs with a host; raise ValueError otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("url must be an absolute http or https URL")
+    """Accept absolute http(s) URLs with a host and no userinfo; raise ValueError otherwise (where the host
+    resolves to is checked by the use case: `leaky_common.outbound.resolve_checked`)."""
+    parse_destination(url)
     return url

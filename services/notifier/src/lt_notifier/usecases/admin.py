@@ -15,10 +15,13 @@ import asyncpg
 
 from leaky_common.auth import Principal
 from leaky_common.errors import Forbidden, InvalidRequest, NotFound
+from leaky_common.outbound import DestinationRefused, OutboundPolicy, parse_destination, resolve_checked
+from leaky_common.sealing import SealError, SecretBox
+from leaky_common.webhook_signing import new_secret
 from lt_notifier.adapters import deliveries, subscriptions
 from lt_notifier.domain.subscriptions import NewSubscription
 from lt_notifier.settings import NotifierSettings
-from lt_notifier.usecases.delivery import Deliverer
+from lt_notifier.usecases.delivery import SEALED_SHUT, Deliverer
 
 __all__ = ["SubscriptionAdmin", "scope_for_new", "visible_org"]
 
@@ -42,19 +45,56 @@ def scope_for_new(admin: Principal, org_id: str | None) -> str | None:
 class SubscriptionAdmin:
     """What an admin may do with subscriptions and deliveries, always within what they may see."""
 
-    def __init__(self, pool: asyncpg.Pool, deliverer: Deliverer, settings: NotifierSettings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, deliverer: Deliverer, settings: NotifierSettings, box: SecretBox
+    ) -> None:
         self._pool = pool
         self._deliverer = deliverer
         self._settings = settings
+        self._box = box
+        self._policy = OutboundPolicy.from_strings(settings.outbound_allow_networks)
 
     async def subscribe(self, admin: Principal, new: NewSubscription) -> dict[str, Any]:
-        """Create a subscription scoped as `scope_for_new` says; email needs an SMTP server."""
+        """Create a subscription scoped as `scope_for_new` says: its URL must pass the outbound guard, a
+        webhook without a signing secret gets a fresh `whsec_` one (in the answer, once: `signing_secret`),
+        and URLs and secrets are sealed, so a key must be configured; email needs an SMTP server."""
         org_id = scope_for_new(admin, new.org_id)
         if new.channel == "email" and not self._settings.smtp_host:
             raise InvalidRequest(
                 "email needs an SMTP server (LT_SMTP_HOST)", param="channel", code="smtp_not_configured"
             )
-        return await subscriptions.create_subscription(self._pool, dataclasses.replace(new, org_id=org_id))
+        if new.url is not None:
+            await self._check_destination(new.url)
+        generated = None
+        if new.channel == "webhook" and "secret" not in new.secrets:
+            generated = new_secret()
+            new = dataclasses.replace(new, secrets={**new.secrets, "secret": generated})
+        if (new.url is not None or new.secrets) and not self._box.configured:
+            raise InvalidRequest(
+                "channel URLs and secrets are stored encrypted and no key is configured"
+                " (LT_CHANNEL_SECRET_KEYS)",
+                param="channel",
+                code="secrets_not_configured",
+            )
+        row = await subscriptions.create_subscription(
+            self._pool, self._box, dataclasses.replace(new, org_id=org_id)
+        )
+        return {**row, "signing_secret": generated}
+
+    async def _check_destination(self, url: str) -> None:
+        # A name that does not resolve (yet) is accepted: every send resolves and checks it again.
+        try:
+            destination = parse_destination(url)
+            await resolve_checked(destination.host, destination.port, self._policy)
+        except DestinationRefused as exc:
+            if exc.category == "unresolvable":
+                return
+            raise InvalidRequest(
+                f"url is not an allowed destination: {exc} (only public addresses, unless the operator"
+                " allows a network in LT_OUTBOUND_ALLOW_NETWORKS)",
+                param="url",
+                code="destination_not_allowed",
+            ) from None
 
     async def subscriptions(self, admin: Principal, channel: str | None) -> list[dict[str, Any]]:
         """Active subscriptions (of one channel, or all) the admin may see, oldest first."""
@@ -91,7 +131,12 @@ class SubscriptionAdmin:
 
     async def send_test(self, admin: Principal, channel_id: str) -> str | None:
         """Send a test notification to a visible channel now (404 if there is none); None when it arrived."""
-        subscription = await subscriptions.get_subscription(self._pool, channel_id, visible_org(admin))
+        try:
+            subscription = await subscriptions.get_subscription(
+                self._pool, self._box, channel_id, visible_org(admin)
+            )
+        except SealError:
+            return SEALED_SHUT
         if subscription is None:
             raise NotFound(f"no channel {channel_id!r}", param="channel_id", code="channel_not_found")
         return await self._deliverer.send_test(subscription)

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 from pydantic import ValidationError
 
+from leaky_common.sealing import SecretBox
 from lt_notifier.adapters.deliveries import claim_due, mark_delivered, mark_failed
 from lt_notifier.adapters.senders import ChannelSender
 from lt_notifier.domain.channels import EmailOut, render
@@ -27,7 +28,11 @@ from lt_notifier.domain.subscriptions import Subscription
 from lt_notifier.domain.webhook import message_from_payload
 from lt_notifier.settings import NotifierSettings
 
-__all__ = ["Deliverer"]
+__all__ = ["SEALED_SHUT", "Deliverer"]
+
+# What a send records when the channel's sealed URL or secrets do not open (is the key that sealed them
+# still in LT_CHANNEL_SECRET_KEYS?).
+SEALED_SHUT = "channel secrets do not open"
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +40,11 @@ logger = logging.getLogger(__name__)
 class Deliverer:
     """Background sender of pending deliveries; `wake()` after queueing new ones."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: NotifierSettings, sender: ChannelSender) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, settings: NotifierSettings, sender: ChannelSender, box: SecretBox
+    ) -> None:
         self._pool = pool
+        self._box = box
         self._settings = settings
         self._sender = sender
         self._wake = asyncio.Event()
@@ -61,7 +69,7 @@ class Deliverer:
     async def run_once(self) -> int:
         """Send one batch of due deliveries; returns how many were attempted."""
         lease = self._settings.delivery_timeout_s + 5
-        due = await claim_due(self._pool, self._settings.delivery_batch, lease)
+        due = await claim_due(self._pool, self._box, self._settings.delivery_batch, lease)
         await asyncio.gather(*(self._attempt(d) for d in due))
         return len(due)
 
@@ -99,6 +107,8 @@ class Deliverer:
 
     async def _send(self, delivery: DueDelivery) -> str | None:
         """Send once; None on success, else what went wrong (with every secret redacted)."""
+        if delivery.sealed_shut:
+            return SEALED_SHUT
         try:
             note = describe(message_from_payload(delivery.body))
         except ValidationError as exc:
@@ -139,8 +149,8 @@ class Deliverer:
         delivery_id: str,
     ) -> str | None:
         try:
-            out = render(channel, note, body, url, config, secrets, self._settings.endpoints)
-        except (KeyError, ValueError) as exc:
+            out = render(channel, note, body, url, config, secrets, self._settings.endpoints, delivery_id)
+        except (KeyError, ValueError, AssertionError) as exc:
             return f"cannot render: {type(exc).__name__}"
         if isinstance(out, EmailOut):
             return await self._sender.mail(out.message)

@@ -7,7 +7,8 @@ One aiohttp server answers, with each platform's documented success and error sh
   `{ok: false, error_code, description}` (401 for a wrong token).
 - WhatsApp Cloud API `POST /whatsapp/<version>/<phone_number_id>/messages` (Bearer token): a template
   message; `{messaging_product, contacts, messages}` or a Graph `{error: {message, type, code}}`.
-- Generic webhook `POST /hooks/<name>`: checks `X-LT-Signature` when a secret is registered for `name`.
+- Generic webhook `POST /hooks/<name>`: checks the Standard Webhooks signature
+  (`webhook-id`, `webhook-timestamp`, `webhook-signature`) when a secret is registered for `name`.
 
 Accepted payloads are kept in `received`, refused ones in `rejected` (with the reasons); `fail_next` scripts
 error statuses to exercise retries. `python -m leaky_devinfra.fakes.chat --port 8090` runs it on its own.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -163,9 +164,7 @@ class FakeChannels:
         raw = await request.read()
         secret = self.webhook_secrets.get(request.match_info["name"])
         problems = []
-        if secret is not None and not hmac.compare_digest(
-            request.headers.get("X-LT-Signature", ""), _signature(secret, raw)
-        ):
+        if secret is not None and not _signed(secret, request.headers, raw):
             problems.append("bad signature")
         body = await self._body(request)
         self._keep("webhook", request, body, problems)
@@ -177,7 +176,14 @@ def _graph_error(status: int, message: str, code: int) -> web.Response:
     return web.json_response({"error": error}, status=status)
 
 
-def _signature(secret: str, body: bytes) -> str:
-    # Computed here as a receiver would, from the documented scheme (`sha256=` + hex HMAC-SHA256 of the raw
-    # body), so the fake checks the notifier's signing rather than reusing it.
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def _signed(secret: str, headers: Any, body: bytes, tolerance_s: int = 300) -> bool:
+    # Checked here as a receiver would, from the Standard Webhooks scheme (base64 HMAC-SHA256 of
+    # "<webhook-id>.<webhook-timestamp>.<body>" keyed by the base64 part of a `whsec_` secret, timestamp
+    # within 5 minutes), so the fake checks the notifier's signing rather than reusing it.
+    msg_id, stamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
+    if not msg_id or not stamp.isdigit() or abs(time.time() - int(stamp)) > tolerance_s:
+        return False
+    key = base64.b64decode(secret.removeprefix("whsec_")) if secret.startswith("whsec_") else secret.encode()
+    digest = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    expected = "v1," + base64.b64encode(digest).decode()
+    return any(hmac.compare_digest(expected, s) for s in headers.get("webhook-signature", "").split(" "))
