@@ -169,19 +169,26 @@ def cpu_line(before: dict[str, float], after: dict[str, float], events: int) -> 
     )
 
 
-async def release_cost(session: aiohttp.ClientSession, url: str, user: dict[str, Any], n: int) -> None:
+async def release_cost(
+    session: aiohttp.ClientSession, url: str, user: dict[str, Any], n: int, pids: dict[str, int]
+) -> None:
     """Latency of the gateway's release call (its QuotaClient, keep-alive), one at a time: what the release
-    adds to an answer at most (the gateway overlaps it with preparing the answer)."""
+    adds to an answer at most (the gateway overlaps it with preparing the answer); and its CPU."""
     if n <= 0:
         return
     client = QuotaClient(url, TOKEN, 5)
     await client.start()
     took: list[float] = []
     try:
-        for _, admitted in await admit_all(session, url, [user], n):
+        admitted = await admit_all(session, url, [user], n)
+        await asyncio.sleep(0.5)  # the admissions' durable records written
+        cpu0, own0 = cpu_seconds(pids), time.process_time()
+        for _, a in admitted:
             t0 = time.perf_counter()
-            assert await client.release(admitted["reservation_id"], 30, 0, timeout_s=1)
+            assert await client.release(a["reservation_id"], 30, 0, timeout_s=1)
             took.append(time.perf_counter() - t0)
+        await asyncio.sleep(0.5)  # the releases' durable records written
+        cpu1, own1 = cpu_seconds(pids), time.process_time()
     finally:
         await client.close()
     took.sort()
@@ -189,6 +196,8 @@ async def release_cost(session: aiohttp.ClientSession, url: str, user: dict[str,
         f"release: {n} calls one at a time, p50 {1000 * took[n // 2]:.3f} ms, p99 {1000 * took[int(n * 0.99)]:.3f} ms"
         " (the gateway's QuotaClient against quota; an upper bound of what it adds to an answer)"
     )
+    cpu0["client"], cpu1["client"] = own0, own1
+    print(cpu_line(cpu0, cpu1, n).replace("per event", "per release"))
 
 
 async def bench(
@@ -229,7 +238,7 @@ async def bench(
                 f"steady: {len(events)} events published at {len(events) / (published - t0):,.0f}/s; reserved == 0"
                 f" {1000 * (done - published):.0f} ms after the last one; used == sum of usage"
             )
-            await release_cost(s, quota.url, users[0], args.releases)
+            await release_cost(s, quota.url, users[0], args.releases, pids)
     finally:
         await publisher.stop()
         await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
