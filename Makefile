@@ -7,7 +7,7 @@ export UV_PYTHON := $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 RUN := $(UV) run --frozen --no-sync
 PYTEST_ARGS ?=
 
-.PHONY: help sync up down status test check lint format typecheck contracts unit integration e2e bench docs clean
+.PHONY: help sync up down status test check lint format typecheck contracts unit integration e2e bench chaos docs clean
 
 # Every target documents itself with a `## text` comment on its rule line; `make help` lists them.
 help: ## list every target
@@ -67,6 +67,9 @@ test: lint typecheck contracts ## lint, types, import contracts and every test (
 
 bench: sync ## hot-path benchmark: direct vs the governed gateway vs the LiteLLM proxy
 	$(RUN) python bench/hotpath.py
+
+chaos: sync ## chaos run: every component killed and restarted under load, then the money invariants (CHAOS_ARGS)
+	$(RUN) python bench/chaos.py $(CHAOS_ARGS)
 
 docs: sync ## regenerate docs/configuration.md from the settings classes
 	$(RUN) python scripts/gen_config_reference.py --write

@@ -68,7 +68,7 @@ def test_every_route_needs_the_internal_token(package: str, settings_class: str)
     app = _app(package, settings_class)
     client = TestClient(app, raise_server_exceptions=False)
     routes = _routes(app)
-    assert len(routes) == {"lt_quota": 48, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 9}[package]
+    assert len(routes) == {"lt_quota": 51, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 9}[package]
     wrong = {"X-LT-Principal": _principal("admin")["X-LT-Principal"], "X-LT-Internal-Token": "not-the-token"}
     answers = {
         (method, path, case): client.request(method, path, json=JUNK, headers=headers).status_code
@@ -89,7 +89,7 @@ def test_admin_routes_refuse_a_user(package: str, settings_class: str) -> None:
     }
     assert {key: status for key, status in answers.items() if status != 403} == {}
     # Today's admin routes; a new one must keep the count honest (and an admin route lost shows here too).
-    assert len(admin_routes) == {"lt_quota": 26, "lt_saga": 1, "lt_analytics": 2, "lt_notifier": 9}[package]
+    assert len(admin_routes) == {"lt_quota": 28, "lt_saga": 1, "lt_analytics": 2, "lt_notifier": 9}[package]
 
 
 def test_the_gateway_answers_nothing_governed_without_a_key() -> None:
@@ -107,3 +107,17 @@ def test_the_gateway_answers_nothing_governed_without_a_key() -> None:
         response = client.request(method, path, json={"model": "mock-gpt", "messages": "junk"})
         assert (method, path, response.status_code) == (method, path, 401)
         assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_the_gateway_internal_routes_need_the_internal_token() -> None:
+    """The public gateway's own `/internal/*` routes (the deep probe) take the internal token, never an API key."""
+    from lt_gateway.main import create_app
+    from lt_gateway.settings import GatewaySettings
+
+    app = create_app(GatewaySettings(_env_file=None, internal_token=TOKEN))
+    client = TestClient(app, raise_server_exceptions=False)
+    internal = [(m, p) for m, p, _ in _routes(app) if p.startswith("/internal/")]
+    assert internal == [("GET", "/internal/probe")]
+    for headers in ({}, {"X-LT-Internal-Token": "not-the-token"}, {"Authorization": f"Bearer {TOKEN}"}):
+        answers = {(m, p): client.request(m, p, headers=headers).status_code for m, p in internal}
+        assert set(answers.values()) == {401}, (headers, answers)

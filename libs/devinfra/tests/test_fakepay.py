@@ -1,4 +1,5 @@
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
@@ -136,3 +137,36 @@ async def test_unknown_payment_method_and_bad_amount() -> None:
         r = await c.post("/v1/payment_intents", data=intent_form("pm_nope"), headers=AUTH)
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "resource_missing"
+
+
+async def test_state_file_survives_a_restart_and_the_list_shows_captures_and_refunds(tmp_path: Path) -> None:
+    state = tmp_path / "fakepay.json"
+
+    def app_client() -> httpx.AsyncClient:
+        app = create_fakepay_app(state_path=state)
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://pay")
+
+    async with app_client() as c:
+        form = {**intent_form("pm_card_visa"), "metadata[purchase_id]": "pur_1"}
+        intent = (await c.post("/v1/payment_intents", data=form, headers=AUTH)).json()
+        r = await c.post(
+            f"/v1/payment_intents/{intent['id']}/capture", headers={**AUTH, "Idempotency-Key": "cap-1"}
+        )
+        assert r.status_code == 200
+        r = await c.post("/v1/refunds", data={"payment_intent": intent["id"], "amount": "500"}, headers=AUTH)
+        assert r.status_code == 200
+    # A new process (a new app) reads the same file: the intent, the refund and the idempotent replay remain.
+    async with app_client() as c:
+        listed = await c.get("/v1/payment_intents", headers=AUTH)
+        assert listed.status_code == 200
+        body = listed.json()
+        assert [(i["id"], i["status"], i["amount_received"]) for i in body["data"]] == [
+            (intent["id"], "succeeded", 1500)
+        ]
+        assert body["data"][0]["metadata"] == {"purchase_id": "pur_1"}
+        assert [r["amount"] for r in body["refunds"]] == [500]
+        again = await c.post(
+            f"/v1/payment_intents/{intent['id']}/capture", headers={**AUTH, "Idempotency-Key": "cap-1"}
+        )
+        assert again.headers.get("Idempotent-Replayed") == "true"
+        assert (await c.get("/v1/payment_intents")).status_code == 401

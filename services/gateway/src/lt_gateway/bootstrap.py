@@ -22,6 +22,7 @@ from lt_gateway.domain.tokens import encoding
 from lt_gateway.settings import GatewaySettings
 from lt_gateway.usecases.completion.flow import CompletionFlow
 from lt_gateway.usecases.management import ManagementProxy
+from lt_gateway.usecases.probe import Probe
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Gateway:
     management_client: ManagementClient
     chat: ChatHandler
     management: ManagementProxy
+    probe: Probe
 
     async def start(self) -> None:
         """Load the tokenizer now rather than on the first request, then open every pool."""
@@ -85,9 +87,10 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
         linger_s=settings.usage_linger_s,
     )
     upstream = UpstreamHTTP(settings.upstream_timeout_s, settings.upstream_retry_backoff_s)
+    providers = providers or build_providers(upstream)
     flow = CompletionFlow(
         models=models,
-        providers=providers or build_providers(upstream),
+        providers=providers,
         quota=quota,
         usage=usage,
         release_timeout_s=settings.release_timeout_s,
@@ -95,4 +98,5 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
     chat = ChatHandler(flow, max_body_bytes=settings.max_body_bytes)
     management_client = ManagementClient(settings)
     management = ManagementProxy(quota, management_client, settings.internal_token)
-    return Gateway(settings, models, quota, usage, upstream, management_client, chat, management)
+    probe = Probe(quota, models, providers)
+    return Gateway(settings, models, quota, usage, upstream, management_client, chat, management, probe)

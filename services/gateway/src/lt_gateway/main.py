@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from leaky_common.api import service_app
 from lt_gateway.adapters.providers import Provider
-from lt_gateway.api import management, routes
+from lt_gateway.api import management, probe, routes
 from lt_gateway.bootstrap import build_gateway
 from lt_gateway.settings import GatewaySettings
 
@@ -42,8 +42,10 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
     app.state.models = gateway.models
     app.state.quota = gateway.quota
     app.state.management = gateway.management
+    app.state.probe = gateway.probe
     # Order matters: the management catch-alls come last.
     app.include_router(routes.governed_router(gateway.chat))
     app.include_router(routes.models_router)
+    app.include_router(probe.router)
     app.include_router(management.router)
     return app

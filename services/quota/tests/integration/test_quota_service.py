@@ -25,8 +25,10 @@ from leaky_common.events import (
     parse_message,
 )
 from leaky_common.kafka import EventPublisher
+from leaky_devinfra.infra import free_port
 from leaky_devinfra.testing import ManualClock
 from leaky_devinfra.testing import eventually as wait_until
+from lt_quota.adapters.redis_state import RedisState
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 
@@ -138,6 +140,30 @@ async def test_internal_token_and_principal_are_required(settings: QuotaSettings
         r = await h.client.get("/ready")
         assert r.status_code == 200, r.text
         assert r.json()["checks"] == {"postgres": True, "redis": True, "consumer": True}
+
+
+async def test_the_probe_needs_the_internal_token_and_records_nothing(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        redis = h.service.state.redis
+        before = sorted(await redis.keys(settings.redis_prefix + "*"))
+        async with h.service.db.acquire() as conn:
+            ledger_before = await conn.fetchval("SELECT count(*) FROM ledger")
+        r = await h.client.post("/internal/probe", headers=INTERNAL)
+        assert (r.status_code, r.json()) == (200, {"postgres": True, "redis": True})
+        # Only the internal token opens it: no token, a wrong one, or a user's principal alone are refused.
+        admin = await h.principal_header(ADMIN_KEY)
+        for headers in ({}, {"X-LT-Internal-Token": "wrong-token-123"}, {"X-LT-Principal": admin}):
+            r = await h.client.post("/internal/probe", headers=headers)
+            assert r.status_code == 401, headers
+        # A zero-cost check: no bucket, reservation or counter appeared, and the ledger is as it was.
+        assert sorted(await redis.keys(settings.redis_prefix + "*")) == before
+        async with h.service.db.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM ledger") == ledger_before
+        # Redis gone: the check says so (quota answers 503), rather than passing.
+        gone: Redis[str] = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", decode_responses=True)
+        assert await RedisState(gone).admission_script_ready() is False
+        closable: Any = gone  # aclose is missing from types-redis
+        await closable.aclose()
 
 
 async def test_admin_creates_user_whose_key_authenticates(settings: QuotaSettings) -> None:

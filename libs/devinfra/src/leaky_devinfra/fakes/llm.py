@@ -19,6 +19,8 @@ from uuid import uuid4
 import orjson
 from aiohttp import web
 
+from leaky_devinfra.fakes.llm_usage import Reckoner, generated
+
 FakeKind = Literal["openai", "azure", "anthropic", "gemini", "qwen", "openai_compatible"]
 DEFAULT_WORDS = ("Hello", " from", " the", " fake", " upstream", ".")
 
@@ -51,6 +53,9 @@ class FakeProvider:
     hold_after: int | None = None
     # Anthropic and Gemini: answer requests that offer tools with this call (name, arguments) instead of text.
     tool_call: tuple[str, dict[str, Any]] | None = None
+    # When set, usage is reckoned from each request body (see `llm_usage`) instead of `usage`, and replies
+    # honour max_tokens (one word a token); `n` and `best_of` are honoured either way.
+    reckoner: Reckoner | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     stream_closed_early: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
@@ -141,8 +146,21 @@ class FakeProvider:
 
     # -- OpenAI, Azure, Qwen, OpenAI-compatible --------------------------------------------------------------
 
-    def _openai_usage(self) -> dict[str, Any]:
-        u = self.usage
+    def _words(self, body: dict[str, Any]) -> tuple[str, ...]:
+        """The reply of one choice (cut at max_tokens when reckoning)."""
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        return self.words[:limit] if self.reckoner is not None and limit else self.words
+
+    def _reckoned(self, path: str, body: dict[str, Any]) -> FakeUsage:
+        """What this request is billed: `usage`, or the reckoning of its body."""
+        if self.reckoner is None:
+            return self.usage
+        if self.kind == "anthropic":
+            return FakeUsage(self.reckoner.anthropic_prompt(body), len(self._words(body)))
+        completion = 0 if path == "embeddings" else len(self._words(body)) * generated(path, body)
+        return FakeUsage(self.reckoner.openai_prompt(path, body), completion)
+
+    def _openai_usage(self, u: FakeUsage) -> dict[str, Any]:
         out: dict[str, Any] = {
             "prompt_tokens": u.prompt,
             "completion_tokens": u.completion,
@@ -176,28 +194,33 @@ class FakeProvider:
     def _openai_embeddings(self, body: dict[str, Any], model: Any) -> web.Response:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
-        usage = {"prompt_tokens": self.usage.prompt, "total_tokens": self.usage.prompt}
+        prompt = self._reckoned("embeddings", body).prompt
+        usage = {"prompt_tokens": prompt, "total_tokens": prompt}
         return _json({"object": "list", "data": data, "model": model, "usage": usage})
 
     async def _openai_completions(
         self, request: web.Request, body: dict[str, Any], model: Any
     ) -> web.StreamResponse:
         created = int(time.time())
+        u, words, n = self._reckoned("completions", body), self._words(body), int(body.get("n") or 1)
         if not body.get("stream"):
-            choice = {"index": 0, "text": self.text, "logprobs": None, "finish_reason": "stop"}
+            choices = [{"index": i, "text": "".join(words), "logprobs": None, "finish_reason": "stop"}
+                       for i in range(n)]  # fmt: skip
             return _json({"id": f"cmpl-{uuid4().hex}", "object": "text_completion", "created": created,
-                          "model": model, "choices": [choice], "usage": self._openai_usage()})  # fmt: skip
+                          "model": model, "choices": choices, "usage": self._openai_usage(u)})  # fmt: skip
         cid = f"cmpl-{uuid4().hex}"
 
-        def text_chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+        def text_chunk(text: str, i: int, finish: str | None = None) -> dict[str, Any]:
             return {"id": cid, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
+                    "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
 
-        texts: list[tuple[str | None, dict[str, Any] | str]] = [(None, text_chunk(w)) for w in self.words]
-        texts.append((None, text_chunk("", "stop")))
+        texts: list[tuple[str | None, dict[str, Any] | str]] = [
+            (None, text_chunk(w, i)) for w in words for i in range(n)
+        ]
+        texts += [(None, text_chunk("", i, "stop")) for i in range(n)]
         if self.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
             texts.append((None, {"id": cid, "object": "text_completion", "created": created, "model": model,
-                                  "choices": [], "usage": self._openai_usage()}))  # fmt: skip
+                                  "choices": [], "usage": self._openai_usage(u)}))  # fmt: skip
         texts.append((None, "[DONE]"))
         return await self._sse(request, texts)
 
@@ -206,25 +229,27 @@ class FakeProvider:
     ) -> web.StreamResponse:
         created = int(time.time())
         cid = f"chatcmpl-{uuid4().hex}"
+        u, words, n = self._reckoned("chat/completions", body), self._words(body), int(body.get("n") or 1)
         if not body.get("stream"):
-            message = {"role": "assistant", "content": self.text, "refusal": None}
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+            message = {"role": "assistant", "content": "".join(words), "refusal": None}
+            choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": "stop"}
+                       for i in range(n)]  # fmt: skip
             return _json({"id": cid, "object": "chat.completion", "created": created, "model": model,
-                          "choices": [choice], "usage": self._openai_usage()})  # fmt: skip
+                          "choices": choices, "usage": self._openai_usage(u)})  # fmt: skip
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any], i: int, finish: str | None = None) -> dict[str, Any]:
             return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
+                    "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
 
         events: list[tuple[str | None, dict[str, Any] | str]] = [
-            (None, chunk({"role": "assistant", "content": ""}))
+            (None, chunk({"role": "assistant", "content": ""}, i)) for i in range(n)
         ]
-        events += [(None, chunk({"content": w})) for w in self.words]
-        events.append((None, chunk({}, "stop")))
+        events += [(None, chunk({"content": w}, i)) for w in words for i in range(n)]
+        events += [(None, chunk({}, i, "stop")) for i in range(n)]
         opts = body.get("stream_options") or {}
         if self.stream_usage and opts.get("include_usage"):
             events.append((None, {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                  "choices": [], "usage": self._openai_usage()}))  # fmt: skip
+                                  "choices": [], "usage": self._openai_usage(u)}))  # fmt: skip
         events.append((None, "[DONE]"))
         return await self._sse(request, events)
 
@@ -236,7 +261,7 @@ class FakeProvider:
         body, error = await self._admit(request, request.headers.get("x-api-key"))
         if error is not None:
             return error
-        u = self.usage
+        u = self._reckoned("messages", body)
         usage = {
             "input_tokens": u.prompt - u.cached - u.cache_write,
             "cache_creation_input_tokens": u.cache_write,
@@ -246,7 +271,7 @@ class FakeProvider:
         mid = f"msg_{uuid4().hex[:24]}"
         call = self.tool_call if body.get("tools") else None
         if not body.get("stream"):
-            content: list[dict[str, Any]] = [{"type": "text", "text": self.text}]
+            content: list[dict[str, Any]] = [{"type": "text", "text": "".join(self._words(body))}]
             if call:
                 content = [{"type": "tool_use", "id": "toolu_1", "name": call[0], "input": call[1]}]
             return _json({"id": mid, "type": "message", "role": "assistant", "model": body["model"],
@@ -263,7 +288,7 @@ class FakeProvider:
         events += [
             ("content_block_delta", {"type": "content_block_delta", "index": 0,
                                      "delta": {"type": "text_delta", "text": w}})
-            for w in self.words
+            for w in self._words(body)
         ]  # fmt: skip
         events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
         if call:

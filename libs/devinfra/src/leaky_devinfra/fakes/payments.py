@@ -9,7 +9,10 @@ errors as `{"error": {"type", "code", "message", ...}}`. Test payment methods:
 - `pm_card_timeout`: answers only after `hang_s` seconds, later than a sane client timeout.
 - `pm_card_captureFails`: authorizes, but capture is declined.
 
-Run it with `python -m leaky_devinfra.fakes.payments` (port 8086, or `LT_FAKEPAY_PORT`).
+Run it with `python -m leaky_devinfra.fakes.payments` (port 8086, or `LT_FAKEPAY_PORT`). State is in memory,
+or, with `LT_FAKEPAY_STATE_PATH`, in that JSON file too (rewritten after every change, read at start), so a
+killed and restarted provider still knows its intents, like the real one. `GET /v1/payment_intents` lists
+every intent (with `refunds` beside them: this fake's way for tests to read what was captured).
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
+
+from leaky_devinfra.fakes.payments_store import Store as _Store
 
 __all__ = ["TEST_PAYMENT_METHODS", "create_fakepay_app", "main"]
 
@@ -41,15 +46,6 @@ class _StripeError(Exception):
             self.body["error"]["code"] = code
 
 
-@dataclass
-class _Store:
-    intents: dict[str, dict[str, Any]] = field(default_factory=dict)
-    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # (api key, idempotency key) -> (request fingerprint, status, body)
-    idempotent: dict[tuple[str, str], tuple[str, int, dict[str, Any]]] = field(default_factory=dict)
-    in_flight: set[tuple[str, str]] = field(default_factory=set)
-
-
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
@@ -62,10 +58,11 @@ Operation = Callable[[], Awaitable[dict[str, Any]]]
 router = APIRouter()
 
 
-def create_fakepay_app(*, hang_s: float = 30.0) -> FastAPI:
-    """The fake provider; `hang_s` is how long `pm_card_timeout` keeps the caller waiting."""
+def create_fakepay_app(*, hang_s: float = 30.0, state_path: Path | None = None) -> FastAPI:
+    """The fake provider; `hang_s` is how long `pm_card_timeout` keeps the caller waiting; `state_path`,
+    if given, keeps its state across restarts."""
     app = FastAPI(title="Fake payment provider (Stripe-like)", version="0.1.0")
-    app.state.store = _Store()
+    app.state.store = _Store.load(state_path)
     app.state.hang_s = hang_s
     app.include_router(router)
     return app
@@ -147,6 +144,7 @@ async def _complete(
             status, body = exc.status, exc.body
         if slot is not None:
             store.idempotent[slot] = (fingerprint, status, body)
+        store.save()
         return status, body
     finally:
         if slot is not None:
@@ -257,6 +255,21 @@ async def create_intent(request: Request) -> Response:
     return await _idempotent(request, params, run)
 
 
+@router.get("/v1/payment_intents")
+async def list_intents(request: Request) -> Response:
+    """Every PaymentIntent, Stripe's list shape, and every refund beside them (not Stripe's: for tests)."""
+    try:
+        _api_key_of(request)
+    except _StripeError as exc:
+        return _json(exc.status, exc.body)
+    store = _store_of(request)
+    return _json(
+        200,
+        {"object": "list", "data": list(store.intents.values()), "has_more": False,
+         "refunds": list(store.refunds.values())},
+    )  # fmt: skip
+
+
 @router.get("/v1/payment_intents/{intent_id}")
 async def retrieve_intent(intent_id: str, request: Request) -> Response:
     """One PaymentIntent as it stands."""
@@ -351,8 +364,9 @@ def main() -> None:
     port = int(os.environ.get("LT_FAKEPAY_PORT", os.environ.get("LT_PORT", "8086")))
     host = os.environ.get("LT_HOST", "127.0.0.1")
     hang_s = float(os.environ.get("LT_FAKEPAY_HANG_S", "30"))
+    state = os.environ.get("LT_FAKEPAY_STATE_PATH")
     uvicorn.run(
-        create_fakepay_app(hang_s=hang_s),
+        create_fakepay_app(hang_s=hang_s, state_path=Path(state) if state else None),
         host=host,
         port=port,
         loop="uvloop",

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Literal
 
 import asyncpg
+import orjson
 
 from leaky_common.events import AnomalyDetected
 from lt_analytics.domain.detection import Detection, Streak, Target, WindowStats
@@ -45,12 +46,15 @@ WHERE s.requests > t.max_requests OR s.spend > t.max_spend OR s.repeats >= t.nee
 async def load_streaks(conn: asyncpg.Connection, targets: Sequence[Target]) -> dict[Target, Streak]:
     """The stored loop streaks of `targets` (targets without one are absent)."""
     rows = await conn.fetch(
-        "SELECT scope_type, scope_id, fingerprint, count FROM loop_streaks"
+        "SELECT scope_type, scope_id, fingerprint, count, times FROM loop_streaks"
         " WHERE (scope_type, scope_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
         [t for t, _ in targets],
         [i for _, i in targets],
     )
-    return {(r["scope_type"], r["scope_id"]): Streak(r["fingerprint"], r["count"]) for r in rows}
+    return {
+        (r["scope_type"], r["scope_id"]): Streak(r["fingerprint"], r["count"], times=list(r["times"]))
+        for r in rows
+    }
 
 
 async def save_streaks(conn: asyncpg.Connection, streaks: dict[Target, Streak]) -> None:
@@ -58,16 +62,22 @@ async def save_streaks(conn: asyncpg.Connection, streaks: dict[Target, Streak]) 
     changed = [(t, s) for t, s in streaks.items() if s.last_at is not None]
     await conn.execute(
         """
-        INSERT INTO loop_streaks AS s (scope_type, scope_id, fingerprint, count, last_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[])
+        INSERT INTO loop_streaks AS s (scope_type, scope_id, fingerprint, count, last_at, times)
+        SELECT t.scope_type, t.scope_id, t.fingerprint, t.count, t.last_at,
+               ARRAY(SELECT jsonb_array_elements_text(t.times)::timestamptz)
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::jsonb[])
+            AS t (scope_type, scope_id, fingerprint, count, last_at, times)
         ON CONFLICT (scope_type, scope_id) DO UPDATE SET
-            fingerprint = EXCLUDED.fingerprint, count = EXCLUDED.count, last_at = EXCLUDED.last_at
+            fingerprint = EXCLUDED.fingerprint, count = EXCLUDED.count, last_at = EXCLUDED.last_at,
+            times = EXCLUDED.times
         """,
         [t[0] for t, _ in changed],
         [t[1] for t, _ in changed],
         [s.fingerprint for _, s in changed],
         [s.count for _, s in changed],
         [s.last_at for _, s in changed],
+        # One array per row: unnest would flatten an array of arrays, so each travels as a JSON list.
+        [orjson.dumps([t.isoformat() for t in s.times]).decode() for _, s in changed],
     )
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from leaky_common.events import UsageRecorded
@@ -17,6 +17,7 @@ __all__ = [
     "baseline_detection",
     "baseline_ratio",
     "cooldown_s",
+    "extend_run",
     "follow_loops",
     "target_of",
     "window_detections",
@@ -72,11 +73,38 @@ def cooldown_s(kind: Kind, limits: Thresholds) -> int:
 
 @dataclass(slots=True)
 class Streak:
-    """A target's current run of one prompt fingerprint; `last_at` is set once this batch extends it."""
+    """A target's current run of one prompt fingerprint; `last_at` is set once this batch extends it.
+
+    `times` holds when the run's latest repeats happened (at most `loop_consecutive` of them): a key's run
+    counts only the repeats within the loop window (see `extend_run`)."""
 
     fingerprint: str | None
     count: int
     last_at: datetime | None = None
+    times: list[datetime] = field(default_factory=list)
+
+
+def extend_run(streak: Streak, target_type: str, event: UsageRecorded, lim: Thresholds) -> None:
+    """Add `event` to `streak`: a different prompt starts a new run.
+
+    A session's run counts every consecutive repeat: a session is one agent's task, however slow. A request
+    without a session is watched by its key, which lives for months: there consecutive repeats count only
+    within `loop_window_s` of the latest one, so the same prompt sent once a day (a health check, a cron job)
+    is never a loop, while a runaway agent repeating itself within the window still is."""
+    if streak.fingerprint != event.prompt_fingerprint:
+        streak.count, streak.times = 0, []
+    at = event.occurred_at
+    if at.tzinfo is None:  # a producer's naive time is UTC (as Postgres stores it); stored times are aware
+        at = at.replace(tzinfo=UTC)
+    streak.fingerprint, streak.last_at = event.prompt_fingerprint, at
+    recent = [*streak.times, at][-lim.loop_consecutive :]
+    if target_type == "key":
+        window = timedelta(seconds=lim.loop_window_s)
+        recent = [t for t in recent if at - t < window]
+        streak.count = len(recent)
+    else:
+        streak.count += 1
+    streak.times = recent
 
 
 def follow_loops(
@@ -88,16 +116,17 @@ def follow_loops(
     found: list[tuple[UsageRecorded, Detection]] = []
     for event, target in runs:
         streak = streaks.setdefault(target, Streak(None, 0))
-        streak.count = streak.count + 1 if streak.fingerprint == event.prompt_fingerprint else 1
-        streak.fingerprint, streak.last_at = event.prompt_fingerprint, event.occurred_at
-        need = limits[event.org_id].loop_consecutive
+        lim = limits[event.org_id]
+        extend_run(streak, target[0], event, lim)
+        need = lim.loop_consecutive
         if streak.count >= need:
-            detail = f"Loop detected: the same prompt {streak.count} times in a row"
+            within = f" within {lim.loop_window_s}s" if target[0] == "key" else ""
+            detail = f"Loop detected: the same prompt {streak.count} times in a row{within}"
             found.append(
                 (event, Detection("loop", target[0], target[1], streak.count, need, detail, cools_down=False))
             )
             # Start counting afresh: after an unfreeze the agent gets a full run before the next freeze.
-            streak.count = 0
+            streak.count, streak.times = 0, []
     return found
 
 

@@ -20,7 +20,8 @@ class Thresholds(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     # Loop: the same prompt fingerprint `loop_consecutive` times in a row, or `loop_window_count` times
-    # within `loop_window_s`, per session (per key when the request had no session).
+    # within `loop_window_s`, per session (per key when the request had no session; a key's `loop_consecutive`
+    # repeats must also fall within `loop_window_s`, see detection.extend_run).
     loop_consecutive: int = Field(default=4, ge=2)
     loop_window_count: int = Field(default=10, ge=2)
     loop_window_s: int = Field(default=60, ge=1, le=3600)

@@ -10,7 +10,13 @@ import orjson
 from opentelemetry import propagate
 
 from leaky_common.auth import INTERNAL_TOKEN_HEADER, Principal
-from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest, ReleaseRequest
+from leaky_common.contracts import (
+    AdmitRequest,
+    AdmitResponse,
+    AuthenticateRequest,
+    ProbeResponse,
+    ReleaseRequest,
+)
 from leaky_common.errors import ServiceUnavailable
 
 _FORWARDED_DENIAL_HEADERS = ("retry-after",)
@@ -78,6 +84,14 @@ class QuotaClient:
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+    async def probe(self) -> ProbeResponse:
+        """Quota's zero-cost admission check, with the internal token (503 naming what failed)."""
+        status, body, _ = await self._post("/internal/probe", b"")
+        if status != 200:
+            reason = Denial(status, body, {}).code() or f"HTTP {status}"
+            raise ServiceUnavailable(f"quota probe failed: {reason}", code="quota_unavailable")
+        return ProbeResponse.model_validate_json(body)
 
     async def admit(self, request: AdmitRequest) -> AdmitResponse | Denial:
         """Authenticate, rate-limit and reserve in one call."""

@@ -14,6 +14,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.quota_client import QuotaClient
 from lt_gateway.usecases.management import ManagementProxy
+from lt_gateway.usecases.probe import Probe
 
 _bearer = HTTPBearer(
     scheme_name="BearerAuth",
@@ -47,6 +48,12 @@ def _management(request: Request) -> ManagementProxy:
     return proxy
 
 
+def _probe(request: Request) -> Probe:
+    probe: Probe = request.app.state.probe
+    return probe
+
+
 Models = Annotated[ModelTable, Depends(_models)]
 Quota = Annotated[QuotaClient, Depends(_quota)]
 Management = Annotated[ManagementProxy, Depends(_management)]
+ProbeDep = Annotated[Probe, Depends(_probe)]

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import orjson
 
 from leaky_common.errors import InvalidRequest, PayloadTooLarge
+from lt_gateway.domain.estimate import NO_EXTRAS, Extras, chat_extras, choices, prompt_for
 from lt_gateway.domain.tokens import estimate_input_tokens, estimate_prompt_tokens
 
 Kind = Literal["chat", "completion", "embedding"]
@@ -73,8 +74,17 @@ class ParsedRequest:
     include_usage: bool
     max_output_tokens: int | None
     max_tokens_field: str
+    # Text, tools and schemas (the same for every provider); `estimated_prompt` adds images and tool prompts.
     prompt_tokens: int
     fingerprint: str
+    n: int = 1
+    # Choices generated and billed: `n`, or `best_of` for legacy completions.
+    generated: int = 1
+    extras: Extras = NO_EXTRAS
+
+    def estimated_prompt(self, provider: str, model: str = "") -> int:
+        """The prompt tokens `provider` bills for this request to `model` (its image rule and tool prompt)."""
+        return prompt_for(self.prompt_tokens, self.extras, provider, model)
 
 
 def load_body(raw: bytes, max_bytes: int) -> dict[str, Any]:
@@ -109,9 +119,6 @@ def _common(body: dict[str, Any]) -> tuple[bool, bool, int | None, str]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("stream must be a boolean", param="stream")
-    n = body.get("n", 1)
-    if n != 1:
-        raise InvalidRequest("only n=1 is supported", param="n", code="unsupported_value")
     _number(body, "temperature", 0, 2)
     _number(body, "top_p", 0, 1)
     _number(body, "presence_penalty", -2, 2)
@@ -142,9 +149,12 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
                 f"messages[{i}].content must be a string or an array", param=f"messages[{i}]"
             )
     stream, include_usage, max_out, field = _common(body)
+    extras = chat_extras(body, messages)
+    n, generated = choices(body, "chat", stream)
     return ParsedRequest(
         "chat", body, model, stream, include_usage, max_out, field,
-        estimate_prompt_tokens(messages), _fingerprint(model, messages[-3:]),
+        estimate_prompt_tokens(messages) + extras.tokens, _fingerprint(model, messages[-3:]),
+        n, generated, extras,
     )  # fmt: skip
 
 
@@ -157,9 +167,13 @@ def parse_completion(body: dict[str, Any]) -> ParsedRequest:
     stream, include_usage, max_out, field = _common(body)
     if field == "max_completion_tokens":
         field = "max_tokens"
+    n, generated = choices(body, "completion", stream)
+    # A list of prompts (strings or token-id lists) is a batch: each prompt gets its own choices.
+    if isinstance(prompt, list) and not all(isinstance(p, int) for p in prompt):
+        generated *= len(prompt)
     return ParsedRequest(
         "completion", body, model, stream, include_usage, max_out, field,
-        estimate_input_tokens(prompt), _fingerprint(model, prompt),
+        estimate_input_tokens(prompt), _fingerprint(model, prompt), n, generated,
     )  # fmt: skip
 
 
@@ -171,6 +185,8 @@ def parse_embedding(body: dict[str, Any]) -> ParsedRequest:
         raise InvalidRequest("input must be a non-empty string or array", param="input")
     if isinstance(value, list) and not all(isinstance(v, str | int | list) for v in value):
         raise InvalidRequest("input must be strings or arrays of token ids", param="input")
+    if body.get("encoding_format", "float") not in ("float", "base64"):
+        raise InvalidRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
     return ParsedRequest(
         "embedding", body, model, False, False, None, "",
         estimate_input_tokens(value), _fingerprint(model, value),

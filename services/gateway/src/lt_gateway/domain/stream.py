@@ -30,8 +30,9 @@ class StreamAccount:
         self.call = call
         self.counted = 0
         self.usage: Usage | None = None
-        self.prompt = Usage(call.parsed.prompt_tokens, 0)
-        self.held: dict[str, Any] | None = None
+        self.prompt = Usage(call.parsed.estimated_prompt(call.spec.provider, call.spec.upstream_model), 0)
+        # Finish chunks held back until usage is known (one per choice when `n` > 1).
+        self.held: list[dict[str, Any]] = []
         self.sent_final = False
         self.name = call.parsed.model
         self.include_usage = call.parsed.include_usage
@@ -48,23 +49,27 @@ class StreamAccount:
         if not choices:
             return self._usage_only(body)
         if not self.include_usage and choices[0].get("finish_reason"):
-            if self.usage is None:
-                self.held = body
-                return None
-            self.sent_final = True
-            return self.final_chunk(body, self.usage)
+            self.held.append(body)
+            return None if self.usage is None else self._release(self.usage)
         body["model"] = self.name
         return sse(body)
+
+    def _release(self, usage: Usage) -> bytes:
+        """The held finish chunks, the last one carrying usage and cost."""
+        *before, last = self.held
+        self.held = []
+        self.sent_final = True
+        for body in before:
+            body["model"] = self.name
+        return b"".join(map(sse, before)) + self.final_chunk(last, usage)
 
     def _usage_only(self, body: dict[str, Any]) -> bytes | None:
         usage = self.usage
         if usage is not None and self.include_usage:
             self.sent_final = True
             return self.final_chunk(body, usage)
-        if usage is not None and self.held is not None:
-            held, self.held = self.held, None
-            self.sent_final = True
-            return self.final_chunk(held, usage)
+        if usage is not None and self.held:
+            return self._release(usage)
         return None
 
     def close(self, first: StreamChunk) -> bytes | None:
@@ -73,11 +78,13 @@ class StreamAccount:
             return None
         # The upstream reported no usage: count what was streamed.
         final = self.usage or counted(self.prompt, self.counted)
-        template = self.held or {
+        self.usage = final
+        if self.held:
+            return self._release(final)
+        template = {
             "id": first.body.get("id"), "object": first.body.get("object", "chat.completion.chunk"),
             "created": first.body.get("created"), "choices": [],
         }  # fmt: skip
-        self.usage = final
         return self.final_chunk(template, final)
 
     def settled(self) -> Usage:

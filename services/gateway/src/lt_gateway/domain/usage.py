@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,3 +78,13 @@ class StreamChunk:
     completion_tokens: int = 0
     usage: Usage | None = None
     prompt_usage: Usage | None = None
+
+
+def base64_embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    """An embedding list with each vector as base64 of little-endian float32s (OpenAI's `base64` format);
+    vectors the provider already sent as base64 stay as they are."""
+    for item in body.get("data") or ():
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(vector, list):
+            item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return body

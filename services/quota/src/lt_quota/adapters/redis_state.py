@@ -18,12 +18,15 @@ the ledger's idempotent rows, and the scripts only keep the hot copy exact betwe
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 __all__ = ["AdmitArgs", "Counter", "PoolState", "RedisState", "reservation_fields"]
 
@@ -99,7 +102,8 @@ class RedisState:
     def __init__(self, redis: Redis[str], prefix: str = "lt:") -> None:
         self.redis = redis
         self._p = prefix
-        self._admit = redis.register_script(_script("admit"))
+        self._admit_lua = _script("admit")
+        self._admit = redis.register_script(self._admit_lua)
         self._settle = redis.register_script(_script("settle"))
         self._load_counter = redis.register_script(_script("load_counter"))
         self._resync_used = redis.register_script(_script("resync_used"))
@@ -169,6 +173,16 @@ class RedisState:
         for c in a.counters:
             args.extend((c.label, c.unit, c.group, c.pct, c.leg))
         return cast(list[Any], await self._admit(keys=keys, args=args))
+
+    async def admission_script_ready(self) -> bool:
+        """Load the admission script (compiled by Redis, no key touched): True when Redis holds it."""
+        client: Any = self.redis  # SCRIPT LOAD is untyped in types-redis
+        try:
+            async with asyncio.timeout(2.0):
+                sha = await client.script_load(self._admit_lua)
+        except (RedisError, OSError, TimeoutError):
+            return False
+        return bool(sha == hashlib.sha1(self._admit_lua.encode()).hexdigest())  # noqa: S324 - Redis's own id
 
     async def settle(self, reservation_id: str, actual_tokens: int, leg_amounts: list[int]) -> bool:
         """Apply a settlement; False if the reservation was already settled (or never existed)."""

@@ -28,10 +28,12 @@ __all__ = [
     "FreezeBody",
     "FreezeTarget",
     "OrgBody",
+    "PrimaryTeamBody",
     "PrivacyBody",
     "RejectBody",
     "SessionBudgetBody",
     "StatusBody",
+    "TeamBucketsBody",
     "UpdateKeyBody",
     "UpdatePoolBody",
     "UpdateUserBody",
@@ -191,6 +193,26 @@ class OrgBody(BaseModel):
 BUCKET_FIELDS = frozenset(
     {"key_requests_per_period", "key_tokens_per_period", "user_requests_per_period", "user_tokens_per_period"}
 )
+
+
+class TeamBucketsBody(BaseModel):
+    """`PATCH /v1/admin/teams/{team_id}/buckets`: the team's bucket sizes per period; null goes back to the
+    org's (fields not given stay as they are)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key_requests_per_period: RequestsPerPeriod | None = None
+    key_tokens_per_period: TokensPerPeriod | None = None
+    user_requests_per_period: RequestsPerPeriod | None = None
+    user_tokens_per_period: TokensPerPeriod | None = None
+
+
+class PrimaryTeamBody(BaseModel):
+    """`PUT /v1/admin/users/{user_id}/primary-team`: one of the user's teams, or null (the team joined first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    team_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None
 
 
 class CreatePoolBody(BaseModel):

@@ -65,7 +65,9 @@ class UserView(BaseModel):
     email: str
     name: str
     org_id: str
+    # The team the user is charged to: the primary team if an admin set one, else the team joined first.
     team_id: str | None
+    primary_team_id: str | None = None
     role: str
     status: str
     default_priority: str = "normal"
@@ -111,6 +113,18 @@ class TeamView(BaseModel):
     name: str
     org_id: str
     pool_id: str | None
+
+
+class TeamBucketsView(BaseModel):
+    """`PATCH /v1/admin/teams/{team_id}/buckets`: the team's bucket sizes per period (null: the org's)."""
+
+    id: str
+    name: str
+    org_id: str
+    key_requests_per_period: int | None
+    key_tokens_per_period: int | None
+    user_requests_per_period: int | None
+    user_tokens_per_period: int | None
 
 
 class TeamSummaryView(BaseModel):

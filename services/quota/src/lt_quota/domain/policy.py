@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from leaky_common.errors import Forbidden, InvalidRequest
 from leaky_common.model_access import model_allowed
-from lt_quota.domain.records import KeyRecord, OrgSettings
+from lt_quota.domain.records import BucketOverrides, KeyRecord, OrgSettings
 
 __all__ = [
     "PRIORITIES",
@@ -97,27 +97,34 @@ class BucketDefaults:
 
 
 def default_bucket_sizes(
-    defaults: BucketDefaults, org: OrgSettings | None, tier: str, role: str
+    defaults: BucketDefaults,
+    org: OrgSettings | None,
+    tier: str,
+    role: str,
+    team: BucketOverrides | None = None,
 ) -> BucketSizes:
-    """The bucket sizes per period of a key without its own: the org's overrides, else the service's
-    defaults, scaled by the user's tier and (for admins) the admin multiplier."""
+    """The bucket sizes per period of a key without its own: the team's overrides, else the org's, else the
+    service's defaults, scaled by the user's tier and (for admins) the admin multiplier."""
     mult = defaults.tiers.get(tier, 1.0) * (defaults.admin_multiplier if role == "admin" else 1.0)
     base = defaults.sizes
 
-    def scaled(override: int | None, default: int) -> int:
+    def scaled(field: str, default: int) -> int:
+        override = getattr(team, field, None)
+        if override is None:
+            override = getattr(org, field, None)
         return max(1, int((default if override is None else override) * mult))
 
     return BucketSizes(
-        key_requests=scaled(org.key_requests_per_period if org else None, base.key_requests),
-        key_tokens=scaled(org.key_tokens_per_period if org else None, base.key_tokens),
-        user_requests=scaled(org.user_requests_per_period if org else None, base.user_requests),
-        user_tokens=scaled(org.user_tokens_per_period if org else None, base.user_tokens),
+        key_requests=scaled("key_requests_per_period", base.key_requests),
+        key_tokens=scaled("key_tokens_per_period", base.key_tokens),
+        user_requests=scaled("user_requests_per_period", base.user_requests),
+        user_tokens=scaled("user_tokens_per_period", base.user_tokens),
     )
 
 
 def bucket_sizes(defaults: BucketDefaults, key: KeyRecord) -> BucketSizes:
     """The sizes one admission uses: the key's own sizes exactly as set (no scaling), else the defaults."""
-    sizes = default_bucket_sizes(defaults, key.org, key.tier, key.role)
+    sizes = default_bucket_sizes(defaults, key.org, key.tier, key.role, key.team_buckets)
     return replace(
         sizes,
         key_requests=key.rate_limit_requests or sizes.key_requests,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["FreezeRecord", "KeyRecord", "OrgSettings", "PoolRecord", "UserRecord"]
+__all__ = ["BucketOverrides", "FreezeRecord", "KeyRecord", "OrgSettings", "PoolRecord", "UserRecord"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,18 @@ class UserRecord:
     allow_priority_bypass: bool = False
     privacy_default: str = "standard"
     tier: str = "standard"
+    # Set by an admin: the team charged when the user is in several (`team_id` is the one in effect).
+    primary_team_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BucketOverrides:
+    """Leaky-bucket sizes per period set on a team (None: not overridden)."""
+
+    key_requests_per_period: int | None = None
+    key_tokens_per_period: int | None = None
+    user_requests_per_period: int | None = None
+    user_tokens_per_period: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class KeyRecord:
     # The key's own leaky-bucket sizes (None: the org's, else the service's).
     rate_limit_requests: int | None = None
     rate_limit_tokens: int | None = None
+    # The bucket sizes of the team the user is charged to (None: the org's, else the service's).
+    team_buckets: BucketOverrides | None = None
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from prometheus_client import Counter as PromCounter
 
 from leaky_common.auth import Principal
-from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
-from leaky_common.errors import Forbidden, Unauthorized
+from leaky_common.contracts import AdmitRequest, AdmitResponse, ProbeResponse, RateLimitState
+from leaky_common.db import ping
+from leaky_common.errors import Forbidden, ServiceUnavailable, Unauthorized
 from lt_quota.adapters import repository as repo
 from lt_quota.adapters.redis_state import AdmitArgs, Counter, reservation_fields
 from lt_quota.domain import (
@@ -81,6 +82,15 @@ class Admission:
             ADMISSIONS.labels("unauthorized").inc()
             raise
         return await self.admit_record(record, req)
+
+    async def probe(self) -> ProbeResponse:
+        """A zero-cost check that admission could run now (the start-up probe): Postgres answers and Redis holds
+        the admission script. No key, no bucket, no reservation: nothing is counted or recorded."""
+        redis_ok = await self.ctx.state.admission_script_ready()
+        report = ProbeResponse(postgres=await ping(self.ctx.db), redis=redis_ok)
+        if not (report.postgres and report.redis):
+            raise ServiceUnavailable(f"quota cannot admit: {report.model_dump()}", code="probe_failed")
+        return report
 
     async def record_for(self, principal: Principal) -> KeyRecord:
         """The key record behind an authenticated principal (401 if the key is gone or revoked)."""

@@ -29,7 +29,7 @@ from lt_quota.domain import (
     period_of,
     plan,
 )
-from lt_quota.domain.records import KeyRecord, OrgSettings, PoolRecord
+from lt_quota.domain.records import BucketOverrides, KeyRecord, OrgSettings, PoolRecord
 from lt_quota.settings import QuotaSettings
 
 __all__ = ["Clock", "Governing", "QuotaContext", "system_clock"]
@@ -216,9 +216,12 @@ class QuotaContext:
         )
         return [self.counter(c) for c in caps], sources
 
-    def default_bucket_sizes(self, org: OrgSettings | None, tier: str, role: str) -> BucketSizes:
-        """Bucket sizes of a key without its own (the org's, else the service's, scaled by tier and role)."""
-        return default_bucket_sizes(self.buckets, org, tier, role)
+    def default_bucket_sizes(
+        self, org: OrgSettings | None, tier: str, role: str, team: BucketOverrides | None = None
+    ) -> BucketSizes:
+        """Bucket sizes of a key without its own (the team's, else the org's, else the service's, scaled by
+        tier and role)."""
+        return default_bucket_sizes(self.buckets, org, tier, role, team)
 
     def bucket_sizes(self, record: KeyRecord) -> BucketSizes:
         """The bucket sizes one admission of this key uses."""

@@ -38,6 +38,10 @@ def reply_words(messages: list[dict[str, Any]], max_tokens: int) -> tuple[list[s
     return out, used, "stop"
 
 
+def _choices(body: dict[str, Any]) -> int:
+    return int(body.get("n") or 1)
+
+
 class MockProvider:
     """Answers every request from the prompt alone; `latency_s` simulates upstream time."""
 
@@ -53,7 +57,9 @@ class MockProvider:
             messages,
             int(body.get("max_completion_tokens") or body.get("max_tokens") or spec.max_output_tokens),
         )
-        usage = Usage(estimate_prompt_tokens(messages), completion_tokens)
+        n = _choices(body)
+        usage = Usage(estimate_prompt_tokens(messages), completion_tokens * n)
+        message = {"role": "assistant", "content": "".join(words), "refusal": None}
         return Completion(
             {
                 "id": f"chatcmpl-{uuid4().hex}",
@@ -62,12 +68,8 @@ class MockProvider:
                 "model": spec.upstream_model,
                 "system_fingerprint": "fp_mock",
                 "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(words), "refusal": None},
-                        "logprobs": None,
-                        "finish_reason": finish,
-                    }
+                    {"index": i, "message": dict(message), "logprobs": None, "finish_reason": finish}
+                    for i in range(n)
                 ],
                 "usage": {
                     "prompt_tokens": usage.prompt_tokens,
@@ -93,21 +95,23 @@ class MockProvider:
             "system_fingerprint": "fp_mock",
         }
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-            return {
-                **base,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-            }
+        def chunk(delta: dict[str, Any], index: int, finish_reason: str | None = None) -> dict[str, Any]:
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return {**base, "choices": [choice]}
 
-        yield StreamChunk(chunk({"role": "assistant", "content": ""}))
+        n = _choices(body)
+        for i in range(n):
+            yield StreamChunk(chunk({"role": "assistant", "content": ""}, i))
         for word in words:
             if self._latency_s:
                 await asyncio.sleep(self._latency_s / max(len(words), 1))
             else:
                 await asyncio.sleep(0)
-            yield StreamChunk(chunk({"content": word}), completion_tokens=text_tokens(word))
-        yield StreamChunk(chunk({}, finish))
-        usage = Usage(estimate_prompt_tokens(messages), completion_tokens)
+            for i in range(n):
+                yield StreamChunk(chunk({"content": word}, i), completion_tokens=text_tokens(word))
+        for i in range(n):
+            yield StreamChunk(chunk({}, i, finish))
+        usage = Usage(estimate_prompt_tokens(messages), completion_tokens * n)
         yield StreamChunk(
             {
                 **base,
@@ -125,9 +129,11 @@ class MockProvider:
         """A `text_completion` answering the prompt like the chat mock does."""
         prompt = body.get("prompt")
         text = prompt if isinstance(prompt, str) else " ".join(str(p) for p in prompt or ())
-        chat = await self.complete(spec, {**body, "messages": [{"role": "user", "content": text}]})
+        chat = await self.complete(spec, {**body, "messages": [{"role": "user", "content": text}], "n": 1})
         choice = chat.body["choices"][0]
-        usage = Usage(estimate_input_tokens(prompt), chat.usage.completion_tokens)
+        # Like OpenAI: best_of choices are generated (and billed), the best n returned.
+        billed = int(body.get("best_of") or _choices(body))
+        usage = Usage(estimate_input_tokens(prompt), chat.usage.completion_tokens * billed)
         out = {
             "id": f"cmpl-{uuid4().hex}",
             "object": "text_completion",
@@ -135,11 +141,12 @@ class MockProvider:
             "model": spec.upstream_model,
             "choices": [
                 {
-                    "index": 0,
+                    "index": i,
                     "text": choice["message"]["content"],
                     "logprobs": None,
                     "finish_reason": choice["finish_reason"],
                 }
+                for i in range(_choices(body))
             ],
             "usage": usage.openai(),
         }
@@ -161,7 +168,8 @@ class MockProvider:
             content = choice["delta"].get("content") or ""
             if not content and not choice["finish_reason"]:
                 continue
-            out = {"index": 0, "text": content, "logprobs": None, "finish_reason": choice["finish_reason"]}
+            out = {"index": choice["index"], "text": content, "logprobs": None,
+                   "finish_reason": choice["finish_reason"]}  # fmt: skip
             yield StreamChunk({**base, "choices": [out]}, chunk.completion_tokens)
 
     async def embed(self, spec: ModelSpec, body: dict[str, Any]) -> Completion:

@@ -25,7 +25,7 @@ from lt_gateway.domain.call import Call
 from lt_gateway.domain.models import ModelSpec
 from lt_gateway.domain.pricing import ZERO_COST, format_usd
 from lt_gateway.domain.requests import GovernanceHeaders, Kind, ParsedRequest
-from lt_gateway.domain.usage import Usage
+from lt_gateway.domain.usage import Usage, base64_embeddings
 from lt_gateway.usecases.completion.ledger import UsageLedger
 from lt_gateway.usecases.completion.stream import relay
 from lt_gateway.usecases.completion.upstream import Upstream
@@ -105,7 +105,7 @@ class CompletionFlow:
         started: float,
     ) -> Reply:
         """Admit with quota, then answer from the provider (a quota refusal is passed on as is)."""
-        admit_req = admit_request(parsed, spec, api_key, request_id, gov)
+        admit_req = admit_request(parsed, self.upstream.chain(parsed, spec), api_key, request_id, gov)
         try:
             admitted = await self.quota.admit(admit_req)
         except ServiceError as exc:
@@ -119,7 +119,7 @@ class CompletionFlow:
         granted = 0 if parsed.kind == "embedding" else admitted.granted_output_tokens
         call = Call(
             parsed, spec, admitted, request_id, gov.session_id, started,
-            spec.cost_usd_micros(parsed.prompt_tokens, granted),
+            spec.cost_usd_micros(parsed.estimated_prompt(spec.provider, spec.upstream_model), granted),
         )  # fmt: skip
         return await self._answer(call)
 
@@ -139,6 +139,8 @@ class CompletionFlow:
         release = asyncio.ensure_future(self.release(call, completion.usage))
         cost = self.ledger.settle(call, completion.usage, "ok", 200, None)
         body = completion.body
+        if call.parsed.body.get("encoding_format") == "base64":
+            body = base64_embeddings(body)
         body["model"] = call.parsed.model
         body["leaky_tokens"] = call.cost_field(cost)
         headers["x-leaky-tokens-cost-usd"] = format_usd(cost)
@@ -148,7 +150,10 @@ class CompletionFlow:
 
     async def _start_stream(self, call: Call, headers: dict[str, str]) -> Reply:
         chunks, first = await self.upstream.open_stream(call)
-        max_cost = call.spec.cost_usd_micros(call.parsed.prompt_tokens, call.admitted.granted_output_tokens)
+        max_cost = call.spec.cost_usd_micros(
+            call.parsed.estimated_prompt(call.spec.provider, call.spec.upstream_model),
+            call.admitted.granted_output_tokens,
+        )
         headers["x-leaky-tokens-cost-usd-max"] = format_usd(max_cost)
         return Reply(
             200,

@@ -10,9 +10,10 @@ from leaky_common.errors import ServiceError, UpstreamError
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.providers import Provider
 from lt_gateway.adapters.providers.http import FALLBACK_STATUS
-from lt_gateway.domain.admission import upstream_body
+from lt_gateway.domain.admission import serves_choices, upstream_body
 from lt_gateway.domain.call import Call
 from lt_gateway.domain.models import ModelSpec
+from lt_gateway.domain.requests import ParsedRequest
 from lt_gateway.domain.usage import Completion, StreamChunk
 
 logger = logging.getLogger(__name__)
@@ -33,10 +34,15 @@ class Upstream:
         self.models = models
         self.providers = providers
 
+    def chain(self, parsed: ParsedRequest, spec: ModelSpec) -> list[ModelSpec]:
+        """The deployment and the fallbacks that may answer the request (the reservation covers them all)."""
+        fallbacks = (s for s in map(self.models.get, spec.fallbacks) if s is not None)
+        return [spec, *(s for s in fallbacks if serves_choices(parsed, s))]
+
     def _candidates(self, call: Call) -> list[tuple[ModelSpec, dict[str, Any]]]:
         """The deployment and its fallbacks, each with the upstream body (output capped at the grant)."""
         granted = call.admitted.granted_output_tokens
-        specs = (call.spec, *(s for s in map(self.models.get, call.spec.fallbacks) if s is not None))
+        specs = self.chain(call.parsed, call.spec)
         return [(spec, upstream_body(call.parsed, spec, granted)) for spec in specs]
 
     @staticmethod

@@ -67,6 +67,13 @@ from lt_quota.adapters.repository.reservations import (
     open_reserved,
     upsert_open_reservations,
 )
+from lt_quota.adapters.repository.team_edges import (
+    is_member,
+    set_primary_team,
+    set_team_buckets,
+    team_bucket_overrides,
+    team_buckets,
+)
 from lt_quota.adapters.repository.teams import (
     insert_team,
     is_manager,
@@ -114,6 +121,7 @@ __all__ = [
     "insert_team",
     "insert_user",
     "is_manager",
+    "is_member",
     "is_platform_org",
     "key_by_hash",
     "key_by_id",
@@ -144,6 +152,10 @@ __all__ = [
     "session_pool",
     "session_pools",
     "set_pool_limit",
+    "set_primary_team",
+    "set_team_buckets",
+    "team_bucket_overrides",
+    "team_buckets",
     "team_exists",
     "team_members",
     "teammate_on_vacation",

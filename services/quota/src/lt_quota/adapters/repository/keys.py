@@ -7,7 +7,15 @@ from typing import TypedDict, Unpack
 
 import asyncpg
 
-from lt_quota.adapters.repository.records import ORG_COLUMNS, USER_COLUMNS, Conn, org_from_row
+from lt_quota.adapters.repository.records import (
+    CHARGED_TEAM,
+    ORG_COLUMNS,
+    TEAM_BUCKET_COLUMNS,
+    USER_COLUMNS,
+    Conn,
+    org_from_row,
+    team_buckets_from_row,
+)
 from lt_quota.domain.records import KeyRecord
 
 __all__ = [
@@ -112,8 +120,9 @@ async def _key_where(conn: Conn, clause: str, value: str) -> KeyRecord | None:
                        AND p.provider = '' AND p.model = '') AS pool_id,
                    ARRAY(SELECT tm.team_id FROM team_members tm
                           WHERE tm.user_id = u.id AND tm.role = 'manager' ORDER BY tm.team_id) AS managed_team_ids,
-                   o.platform
+                   o.platform, {TEAM_BUCKET_COLUMNS}
               FROM api_keys k JOIN users u ON u.id = k.user_id JOIN orgs o ON o.id = u.org_id
+                   LEFT JOIN teams tb ON tb.id = {CHARGED_TEAM}
              WHERE {clause}""",
         value,
     )
@@ -143,6 +152,7 @@ async def _key_where(conn: Conn, clause: str, value: str) -> KeyRecord | None:
         platform=row["platform"],
         rate_limit_requests=row["rate_limit_requests_per_period"],
         rate_limit_tokens=row["rate_limit_tokens_per_period"],
+        team_buckets=team_buckets_from_row(row),
     )
 
 

@@ -6,15 +6,18 @@ from typing import TypeAlias
 
 import asyncpg
 
-from lt_quota.domain.records import OrgSettings, PoolRecord, UserRecord
+from lt_quota.domain.records import BucketOverrides, OrgSettings, PoolRecord, UserRecord
 
 __all__ = [
+    "CHARGED_TEAM",
     "ORG_COLUMNS",
     "POOL_COLUMNS",
+    "TEAM_BUCKET_COLUMNS",
     "USER_COLUMNS",
     "Conn",
     "org_from_row",
     "pool_from_row",
+    "team_buckets_from_row",
     "user_from_row",
 ]
 
@@ -23,11 +26,15 @@ __all__ = [
 Conn: TypeAlias = asyncpg.Connection
 
 
-USER_COLUMNS = """
+# The team a user is charged to: the primary team an admin set (while the user is still in it), else the
+# team they joined first.
+CHARGED_TEAM = """(SELECT tm.team_id FROM team_members tm WHERE tm.user_id = u.id
+      ORDER BY tm.team_id IS DISTINCT FROM u.primary_team_id, tm.created_at, tm.team_id LIMIT 1)"""
+
+USER_COLUMNS = f"""
     u.id, u.org_id, u.email, u.name, u.role, u.status, u.created_at, u.default_priority,
-    u.allow_priority_bypass, u.privacy_default, u.tier,
-    (SELECT tm.team_id FROM team_members tm WHERE tm.user_id = u.id ORDER BY tm.created_at, tm.team_id LIMIT 1)
-        AS team_id
+    u.allow_priority_bypass, u.privacy_default, u.tier, u.primary_team_id,
+    {CHARGED_TEAM} AS team_id
 """
 
 
@@ -45,6 +52,7 @@ def user_from_row(row: asyncpg.Record) -> UserRecord:
         allow_priority_bypass=row["allow_priority_bypass"],
         privacy_default=row["privacy_default"],
         tier=row["tier"],
+        primary_team_id=row["primary_team_id"],
     )
 
 
@@ -86,3 +94,19 @@ def org_from_row(row: asyncpg.Record) -> OrgSettings:
         user_requests_per_period=row["user_requests_per_period"],
         user_tokens_per_period=row["user_tokens_per_period"],
     )
+
+
+_BUCKET_FIELDS = (
+    "key_requests_per_period",
+    "key_tokens_per_period",
+    "user_requests_per_period",
+    "user_tokens_per_period",
+)
+# A team's bucket sizes, from a `teams tb` join (NULL columns when the user is in no team).
+TEAM_BUCKET_COLUMNS = ", ".join(f"tb.{f} AS team_{f}" for f in _BUCKET_FIELDS)
+
+
+def team_buckets_from_row(row: asyncpg.Record) -> BucketOverrides | None:
+    """A team's bucket sizes from TEAM_BUCKET_COLUMNS (None if the team overrides none)."""
+    values = {f: row[f"team_{f}"] for f in _BUCKET_FIELDS}
+    return BucketOverrides(**values) if any(v is not None for v in values.values()) else None

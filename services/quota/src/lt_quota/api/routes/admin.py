@@ -18,7 +18,9 @@ from lt_quota.api.schemas import (
     FreezeBody,
     FreezeTarget,
     OrgBody,
+    PrimaryTeamBody,
     SessionBudgetBody,
+    TeamBucketsBody,
     UpdateKeyBody,
     UpdatePoolBody,
     UpdateUserBody,
@@ -133,6 +135,29 @@ async def add_member(
     membership, created = await gov.teams.add_member(admin, team_id, user_id, role)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return membership
+
+
+@router.patch(
+    "/v1/admin/teams/{team_id}/buckets",
+    response_model=views.TeamBucketsView,
+    responses=error_responses(403, 404),
+)
+async def set_team_buckets(
+    team_id: str, body: TeamBucketsBody, admin: AdminPrincipal, gov: ManagementDep
+) -> dict[str, Any]:
+    return await gov.teams.set_bucket_sizes(admin, team_id, body.model_dump(exclude_unset=True))
+
+
+@router.put(
+    "/v1/admin/users/{user_id}/primary-team",
+    response_model=views.UserView,
+    responses=error_responses(403, 404),
+)
+async def set_primary_team(
+    user_id: str, body: PrimaryTeamBody, admin: AdminPrincipal, gov: ManagementDep
+) -> UserView:
+    user = await gov.teams.set_primary_team(admin, user_id, body.team_id)
+    return UserView.model_validate(user, from_attributes=True)
 
 
 @router.post(

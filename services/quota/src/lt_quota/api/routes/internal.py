@@ -10,6 +10,7 @@ from leaky_common.contracts import (
     AdmitRequest,
     AdmitResponse,
     AuthenticateRequest,
+    ProbeResponse,
     ReleaseRequest,
     ReleaseResponse,
 )
@@ -30,6 +31,12 @@ async def authenticate(body: AuthenticateRequest, admission: AdmissionDep) -> Pr
 @router.post("/admit", responses=error_responses(400, 402, 403, 429))
 async def admit(body: AdmitRequest, admission: AdmissionDep) -> AdmitResponse:
     return await admission.admit(body)
+
+
+@router.post("/probe", responses=error_responses(503))
+async def probe(admission: AdmissionDep) -> ProbeResponse:
+    """The gateway's deep readiness probe: could quota admit now? Touches no key and records nothing."""
+    return await admission.probe()
 
 
 @router.post("/release", responses=error_responses(400))

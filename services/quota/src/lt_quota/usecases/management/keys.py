@@ -96,14 +96,16 @@ class Keys:
     async def _within_org_key_size(
         self, conn: asyncpg.Connection, principal: Principal, fields: dict[str, Any], *, admin: bool
     ) -> None:
-        """400 if a key owner asks for bigger buckets than a key of theirs gets from the org (admins may)."""
+        """400 if a key owner asks for bigger buckets than a key of theirs gets from the team or org (admins
+        may)."""
         if admin:
             return
         user = await repo.get_user(conn, principal.user_id, principal.org_id)
         if user is None:
             raise NotFound(f"user {principal.user_id} not found", code="user_not_found")
         org = await require_org(conn, principal.org_id)
-        sizes = self.ctx.default_bucket_sizes(org, user.tier, user.role)
+        team = await repo.team_bucket_overrides(conn, user.team_id, user.org_id) if user.team_id else None
+        sizes = self.ctx.default_bucket_sizes(org, user.tier, user.role, team)
         for field, most in (
             ("rate_limit_requests_per_period", sizes.key_requests),
             ("rate_limit_tokens_per_period", sizes.key_tokens),

@@ -14,6 +14,7 @@ from lt_quota.domain import new_id
 from lt_quota.domain.records import PoolRecord
 from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.management.views import PoolViews, require_org
+from lt_quota.usecases.thresholds import Thresholds
 
 __all__ = ["Pools"]
 
@@ -31,6 +32,7 @@ class Pools:
     def __init__(self, ctx: QuotaContext, views: PoolViews) -> None:
         self.ctx = ctx
         self.views = views
+        self.thresholds = Thresholds(ctx)
 
     async def create_pool(self, admin: Principal, fields: dict[str, Any]) -> dict[str, Any]:
         """A pool for a user, team, key or the org (org pools are owned by the admin's org)."""
@@ -79,11 +81,15 @@ class Pools:
     async def update_pool(
         self, admin: Principal, pool_id: str, limit: int | None, period: str | None
     ) -> dict[str, Any]:
-        """Change a pool's limit or period; the hot copy follows at once."""
+        """Change a pool's limit or period; the hot copy follows at once. A limit lowered below the usage
+        announces the thresholds it now reaches."""
         async with self.ctx.db.acquire() as conn, conn.transaction():
             await _admin_pool(conn, admin, pool_id)
             await repo.lock_pools(conn, [pool_id])
             await repo.update_pool(conn, pool_id, limit, period)
+            changed = await repo.pool_by_id(conn, pool_id)
+            if changed is not None:
+                await self.thresholds.announce_limit(conn, changed)
         await self.ctx.sync_limit(pool_id)
         return await self.get_pool(admin, pool_id)
 

@@ -1,14 +1,16 @@
-"""Teams: an admin creates teams (with a token pool) and adds members; a member sees their teams, and a
-manager also each member's personal pool and the team's pools."""
+"""Teams: an admin creates teams (with a token pool), adds members, sets a team's bucket sizes and a user's
+primary team; a member sees their teams, and a manager also each member's personal pool and the team's
+pools."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from leaky_common.auth import Principal
-from leaky_common.errors import Conflict, NotFound
+from leaky_common.errors import Conflict, InvalidRequest, NotFound
 from lt_quota.adapters import repository as repo
 from lt_quota.domain import new_id
+from lt_quota.domain.records import UserRecord
 from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.management.views import PoolViews, iso, require_org
 
@@ -49,6 +51,40 @@ class Teams:
             created = await repo.upsert_member(conn, team_id, user_id, role)
         self.ctx.invalidate()  # principals carry the team id
         return {"team_id": team_id, "user_id": user_id, "role": role}, created
+
+    async def set_bucket_sizes(
+        self, admin: Principal, team_id: str, sizes: dict[str, int | None]
+    ) -> dict[str, Any]:
+        """Set (or clear, with None) the team's leaky-bucket sizes; they take precedence over the org's for
+        the keys of users charged to the team."""
+        async with self.ctx.db.acquire() as conn, conn.transaction():
+            if not await repo.set_team_buckets(conn, team_id, admin.org_id, sizes):
+                raise NotFound(f"team {team_id} not found", code="team_not_found")
+            team = await repo.team_buckets(conn, team_id, admin.org_id)
+        assert team is not None
+        self.ctx.invalidate()  # the sizes travel with the cached key records
+        return team
+
+    async def set_primary_team(self, admin: Principal, user_id: str, team_id: str | None) -> UserRecord:
+        """Charge a user in several teams to `team_id` (one of their teams), or again to the team they
+        joined first (None)."""
+        async with self.ctx.db.acquire() as conn, conn.transaction():
+            if await repo.get_user(conn, user_id, admin.org_id) is None:
+                raise NotFound(f"user {user_id} not found", code="user_not_found")
+            if team_id is not None:
+                if not await repo.team_exists(conn, team_id, admin.org_id):
+                    raise NotFound(f"team {team_id} not found", code="team_not_found", param="team_id")
+                if not await repo.is_member(conn, team_id, user_id):
+                    raise InvalidRequest(
+                        "the user is not a member of that team; add them first",
+                        code="not_team_member",
+                        param="team_id",
+                    )
+            await repo.set_primary_team(conn, user_id, team_id)
+            user = await repo.get_user(conn, user_id, admin.org_id)
+        assert user is not None
+        self.ctx.invalidate()  # principals carry the team id
+        return user
 
     async def list_teams(self, admin: Principal) -> list[dict[str, Any]]:
         """Teams of the admin's org with their member counts."""
