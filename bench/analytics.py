@@ -8,7 +8,7 @@ faust, detectors on, outbox relay on), and stops them afterwards. Prints:
 2. sustained rates: for each rate, events published at that pace for `--seconds`, with the worst lag seen
    (published but not yet recorded, in events and in seconds at that rate) and whether it kept up;
 3. detection latency: from publishing the 4th identical prompt of a session to the RequestFreeze command
-   appearing on `quota.commands`, idle and under the highest sustained rate (median and max of 5 tries).
+   appearing on `quota.freeze-requests`, idle and under the highest sustained rate (median and max of 5 tries).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ async def sustained(
 
 
 async def detection(producer: AIOKafkaProducer, freezes: AIOKafkaConsumer) -> float:
-    """Seconds from the 4th identical prompt of a fresh session to its RequestFreeze on quota.commands."""
+    """Seconds from the 4th identical prompt of a fresh session to its RequestFreeze on quota.freeze-requests."""
     session = f"loop-{uuid.uuid4().hex[:8]}"
     for _ in range(3):
         await producer.send(USAGE_TOPIC, usage(0, session, "same-prompt"), key=b"user-0")
@@ -132,7 +132,7 @@ async def run(args: argparse.Namespace) -> None:
         pool = await create_pool(url, max_size=2)
         await apply_migrations(pool, MIGRATIONS)
         settings = ServiceSettings(kafka_bootstrap=broker.url)
-        await ensure_topics(settings, [USAGE_TOPIC, Topics.ALERTS, Topics.QUOTA_COMMANDS])
+        await ensure_topics(settings, [USAGE_TOPIC, Topics.ALERTS, Topics.FREEZE_REQUESTS])
         env = {
             **os.environ,
             "LT_KAFKA_BOOTSTRAP": broker.url,
@@ -147,7 +147,7 @@ async def run(args: argparse.Namespace) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=broker.url, linger_ms=5, acks="all")
         await producer.start()
         freezes = AIOKafkaConsumer(
-            Topics.QUOTA_COMMANDS, bootstrap_servers=broker.url, group_id=None, auto_offset_reset="earliest"
+            Topics.FREEZE_REQUESTS, bootstrap_servers=broker.url, group_id=None, auto_offset_reset="earliest"
         )
         await freezes.start()
         try:

@@ -33,6 +33,7 @@ import urllib.request
 from pathlib import Path
 
 from stack_chaos import kill, outage, restart, start_proxied_broker
+from stack_secrets import ensure_secrets, write_private
 from startup_check import admin_freeze_notices, wait_for_probe
 
 from leaky_common.db import create_database, database_url_for
@@ -171,16 +172,9 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
             asyncio.run(create_database(pg_server, db))
         _log(f"infrastructure up in {time.monotonic() - started:.1f}s (kafka {kafka}, postgres, redis)")
 
-        key_file = run_dir / "admin_key"
-        if not key_file.exists():
-            key_file.write_text("lt-admin-" + secrets.token_urlsafe(32))
-            key_file.chmod(0o600)
-        admin_key = key_file.read_text().strip()
-        token_file = run_dir / "internal_token"
-        if not token_file.exists():
-            token_file.write_text(secrets.token_urlsafe(32))
-            token_file.chmod(0o600)
-        internal_token = token_file.read_text().strip()
+        secret_env = ensure_secrets(run_dir)
+        admin_key = secret_env["LT_BOOTSTRAP_ADMIN_KEY"]
+        internal_token = secret_env["LT_INTERNAL_TOKEN"]
 
         ports = _choose_ports(port_mode)
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -262,6 +256,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     "LT_ANALYTICS_URL": url["analytics"],
                     "LT_NOTIFIER_URL": url["notifier"],
                     "LT_USAGE_SPOOL_PATH": str(run_dir / "gateway-usage-spool.sqlite"),
+                    "LT_FINGERPRINT_SECRET": secret_env["LT_FINGERPRINT_SECRET"],
                 },
             ),
         ]
@@ -300,10 +295,10 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
         down(run_dir)
         return 1
 
-    for notice in admin_freeze_notices(url["gateway"], admin_key, key_file):
+    for notice in admin_freeze_notices(url["gateway"], admin_key, run_dir / "admin_key"):
         _log(notice)
     env_text = f"LT_GATEWAY_URL={url['gateway']}\nLT_ADMIN_KEY={admin_key}\n"
-    (run_dir / "stack.env").write_text(env_text)
+    write_private(run_dir / "stack.env", env_text)
     _log(f"stack ready in {time.monotonic() - started:.1f}s; logs in {logs}")
     sys.stdout.write(env_text)
     _log(f"metrics: {url['gateway']}/metrics (each service serves /metrics); API docs: {url['gateway']}/docs")

@@ -13,7 +13,6 @@ import pytest
 from aiohttp import web
 from openai import AsyncOpenAI, OpenAI
 
-from leaky_devinfra.infra import free_port
 from leaky_devinfra.testing import eventually
 
 pytestmark = pytest.mark.e2e
@@ -39,9 +38,10 @@ def user_http(stack_url: str, key: str) -> httpx.AsyncClient:
 
 
 async def test_full_flow_chat_usage_exhaust_purchase_and_webhook(
-    stack: Any, admin: httpx.AsyncClient
+    stack: Any, admin: httpx.AsyncClient, fakes_port: int
 ) -> None:
-    # A local webhook receiver stands in for the customer's endpoint.
+    # A local webhook receiver stands in for the customer's endpoint, on the one port the stack's outbound
+    # guard allows (every other loopback address stays refused).
     received: list[dict[str, Any]] = []
 
     async def hook(request: web.Request) -> web.Response:
@@ -53,7 +53,7 @@ async def test_full_flow_chat_usage_exhaust_purchase_and_webhook(
     runner = web.AppRunner(app)
     await runner.setup()
     runner_cleanup: list[Callable[[], Awaitable[None]]] = [runner.cleanup]
-    port = free_port()
+    port = fakes_port
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         resp = await admin.post(

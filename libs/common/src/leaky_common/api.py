@@ -22,7 +22,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from leaky_common.auth import Principal, principal_from_headers, token_matches
+from leaky_common.auth import Principal, principal_from_headers, refuse_if_blocked, token_matches
 from leaky_common.errors import Unauthorized, install_error_handlers
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
 from leaky_common.serve import HotRoute
@@ -69,15 +69,20 @@ def _internal_token(request: Request) -> str:
 async def current_principal(
     request: Request, principal: PrincipalHeader = None, token: InternalTokenHeader = None
 ) -> Principal:
-    """The caller, from the gateway's internal headers (401 without them)."""
-    return principal_from_headers(principal, token, _internal_token(request))
+    """The caller, from the gateway's internal headers (401 without them); a blocked caller changes nothing."""
+    found = principal_from_headers(principal, token, _internal_token(request))
+    refuse_if_blocked(found, request.method)
+    return found
 
 
 async def admin_principal(
     request: Request, principal: PrincipalHeader = None, token: InternalTokenHeader = None
 ) -> Principal:
-    """The caller, who must be an admin (401 without credentials, 403 for a non-admin)."""
-    return principal_from_headers(principal, token, _internal_token(request), admin=True)
+    """The caller, who must be an admin (401 without credentials, 403 for a non-admin); a blocked caller or a
+    restricted key changes nothing."""
+    found = principal_from_headers(principal, token, _internal_token(request), admin=True)
+    refuse_if_blocked(found, request.method, admin=True)
+    return found
 
 
 async def require_internal(request: Request, token: InternalTokenHeader = None) -> None:

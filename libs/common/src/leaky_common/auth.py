@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from leaky_common.errors import Forbidden, Unauthorized
 
-__all__ = ["INTERNAL_TOKEN_HEADER", "PRINCIPAL_HEADER", "Principal", "principal_from_headers"]
+__all__ = [
+    "INTERNAL_TOKEN_HEADER",
+    "PRINCIPAL_HEADER",
+    "Principal",
+    "principal_from_headers",
+    "refuse_if_blocked",
+]
 
 PRINCIPAL_HEADER = "x-lt-principal"
 INTERNAL_TOKEN_HEADER = "x-lt-internal-token"
@@ -40,6 +46,13 @@ class Principal(BaseModel):
     # True for admins of the platform org (`orgs.platform` in quota): they may also change platform-wide settings
     # (the global anomaly thresholds, all-org notifier subscriptions). Every other admin stays within `org_id`.
     platform_admin: bool = False
+    # Why this caller may change nothing (`user_suspended`, `key_frozen`, `user_frozen`), or None. Quota sets it
+    # when it authenticates a management call; every service refuses state-changing requests with a 403 of
+    # this code (`refuse_if_blocked`), so a suspension or freeze cannot be sidestepped by managing around it.
+    management_block: str | None = None
+    # True when the key is restricted (allowed models or priorities, own caps or bucket sizes, an expiry): it
+    # may not change admin settings, and the keys it makes are at least as narrow as itself.
+    key_restricted: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -53,6 +66,26 @@ class Principal(BaseModel):
     def header_value(self) -> str:
         """The value to send in `X-LT-Principal`."""
         return self.model_dump_json()
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def refuse_if_blocked(principal: Principal, method: str, *, admin: bool = False) -> None:
+    """403 for a state-changing request by a suspended user or a frozen key (any route), or by a restricted
+    key on an admin route (see docs/security.md, "Authorization and tenancy")."""
+    if method.upper() in SAFE_METHODS:
+        return
+    if principal.management_block is not None:
+        raise Forbidden(
+            "a suspended user or a frozen key may not change anything", code=principal.management_block
+        )
+    if admin and principal.key_restricted:
+        raise Forbidden(
+            "a restricted key (allowed models or priorities, own caps, an expiry) may not change admin "
+            "settings; use an unrestricted admin key",
+            code="restricted_key",
+        )
 
 
 def token_matches(given: str | None, expected: str) -> bool:

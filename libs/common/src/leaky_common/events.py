@@ -41,7 +41,10 @@ class Topics:
     """Kafka topic names; a topic's dead-letter queue is `<topic>.dlq`."""
 
     USAGE = "usage.recorded"
+    # CreditTokens/DebitTokens, produced only by the purchase saga (the broker's ACLs allow no one else).
     QUOTA_COMMANDS = "quota.commands"
+    # RequestFreeze, produced only by the analytics worker.
+    FREEZE_REQUESTS = "quota.freeze-requests"
     SAGA_REPLIES = "saga.replies"
     PURCHASE_EVENTS = "purchase.events"
     QUOTA_EVENTS = "quota.events"
@@ -56,6 +59,7 @@ class Topics:
 ALL_TOPICS = (
     Topics.USAGE,
     Topics.QUOTA_COMMANDS,
+    Topics.FREEZE_REQUESTS,
     Topics.SAGA_REPLIES,
     Topics.PURCHASE_EVENTS,
     Topics.QUOTA_EVENTS,

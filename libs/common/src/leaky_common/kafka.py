@@ -20,6 +20,7 @@ import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from pydantic import BaseModel, ValidationError
@@ -33,6 +34,7 @@ __all__ = [
     "EventPublisher",
     "Handler",
     "broker_reachable",
+    "client_options",
     "ensure_topics",
 ]
 
@@ -68,6 +70,23 @@ def _context_from_headers(headers: Sequence[tuple[str, bytes]] | None) -> otel_c
     return propagate.extract(carrier)
 
 
+def client_options(settings: ServiceSettings) -> dict[str, Any]:
+    """The connection options of every aiokafka client: bootstrap servers and, when set, SASL."""
+    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap}
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return options
+    assert settings.kafka_sasl_password is not None  # the settings validator requires it with SASL
+    options |= {
+        "security_protocol": settings.kafka_security_protocol,
+        "sasl_mechanism": settings.kafka_sasl_mechanism,
+        "sasl_plain_username": settings.kafka_sasl_username,
+        "sasl_plain_password": settings.kafka_sasl_password.get_secret_value(),
+    }
+    if settings.kafka_security_protocol == "SASL_SSL":
+        options["ssl_context"] = create_ssl_context()
+    return options
+
+
 async def broker_reachable(bootstrap: str, timeout_s: float = 1.0) -> bool:
     """A TCP connection to one of the bootstrap servers opens within `timeout_s` (for /ready)."""
     for address in filter(None, (a.strip() for a in bootstrap.split(","))):
@@ -89,7 +108,7 @@ async def broker_reachable(bootstrap: str, timeout_s: float = 1.0) -> bool:
 async def ensure_topics(settings: ServiceSettings, topics: Iterable[str], partitions: int = 1) -> None:
     """Create topics (and their DLQs) if missing; safe to call from every service at start-up."""
     names = sorted({t for topic in topics for t in (topic, Topics.dlq(topic))})
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -118,7 +137,7 @@ class EventPublisher:
         if self._producer is not None:
             return
         producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
+            **client_options(self._settings),
             acks="all",
             enable_idempotence=self._settings.kafka_idempotence,
             linger_ms=2,
@@ -196,7 +215,7 @@ class EventConsumer:
         settings = self._settings
         self._consumer = AIOKafkaConsumer(
             *self._topics,
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_options(settings),
             group_id=self._group_id,
             client_id=f"{settings.service_name}-{self._group_id}",
             enable_auto_commit=False,

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 __all__ = ["DEV_INTERNAL_TOKEN", "ServiceSettings"]
 
@@ -32,6 +38,12 @@ class ServiceSettings(BaseSettings):
     kafka_flavour: Literal["tansu", "kafka"] = "tansu"
     kafka_session_timeout_ms: int = 2000
     kafka_heartbeat_interval_ms: int = 500
+    # Broker authentication (off for tansu, which has none): SASL/SCRAM in the compose stack, each service with
+    # its own user, the broker's ACLs granting it only its own topics and groups (see docs/security.md).
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
 
     # Shared secret the gateway sends to internal services with the authenticated principal.
     internal_token: str = Field(default=DEV_INTERNAL_TOKEN, min_length=16)
@@ -39,10 +51,35 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = 1.0
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then `.env`, then one file per setting in `LT_SECRETS_DIR` (if set):
+        a file named like the variable (`LT_DATABASE_URL`) holds its value, so secrets stay out of the
+        environment and out of the compose file (the compose stack mounts each service's own directory)."""
+        sources = [init_settings, env_settings, dotenv_settings]
+        if secrets_dir := os.environ.get("LT_SECRETS_DIR"):
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
+        return tuple(sources)
+
     @property
     def kafka_idempotence(self) -> bool:
         """Idempotent producers are on for real Kafka, off for tansu."""
         return self.kafka_flavour == "kafka"
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> ServiceSettings:
+        if self.kafka_security_protocol != "PLAINTEXT" and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError("LT_KAFKA_SASL_USERNAME and LT_KAFKA_SASL_PASSWORD are required with SASL")
+        return self
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_production(self) -> ServiceSettings:

@@ -76,7 +76,7 @@ async def start_worker(settings: AnalyticsSettings) -> WorkerRuntime:
     """Everything the faust worker needs before it starts: topics, handler and the outbox relay (one relay
     per service, elected among the worker instances)."""
     analytics = await open_analytics(settings)
-    await ensure_topics(settings, [settings.usage_topic, Topics.ALERTS, Topics.QUOTA_COMMANDS])
+    await ensure_topics(settings, [settings.usage_topic, Topics.ALERTS, Topics.FREEZE_REQUESTS])
     publisher = EventPublisher(settings)
     await publisher.start()
     relay = ElectedRelay(settings.database_url, analytics.pool, publisher, interval_s=RELAY_INTERVAL_S)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.helpers import create_ssl_context
 
 from leaky_common.events import Topics
 from leaky_common.observability import setup_logging, setup_tracing
@@ -30,12 +31,26 @@ __all__ = ["build_faust_app", "main"]
 logger = logging.getLogger(__name__)
 
 
+def _credentials(settings: AnalyticsSettings) -> faust.SASLCredentials | None:
+    """SASL credentials when the broker wants them (the same settings as every other Kafka client)."""
+    if settings.kafka_security_protocol == "PLAINTEXT" or settings.kafka_sasl_password is None:
+        return None
+    ssl = create_ssl_context() if settings.kafka_security_protocol == "SASL_SSL" else None
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password.get_secret_value(),
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=ssl,
+    )
+
+
 def build_faust_app(settings: AnalyticsSettings, handler: UsageHandler) -> faust.App:
     """A faust app (id = consumer group) whose one agent feeds the usage topic to `handler`."""
     datadir = settings.faust_datadir or Path(tempfile.gettempdir()) / "lt-analytics-faust"
     app = faust.App(
         settings.consumer_group,
         broker=[f"kafka://{address.strip()}" for address in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",

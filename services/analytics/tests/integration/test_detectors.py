@@ -69,7 +69,7 @@ async def test_loop_freezes_the_session_at_the_configured_count_and_rearms(pool:
     assert await outbox(pool) == []  # a refused request is not part of the run
     await feed(h, event())
     sent = await outbox(pool)
-    assert [t for t, _ in sent] == ["alerts", "quota.commands"]
+    assert [t for t, _ in sent] == ["alerts", "quota.freeze-requests"]
     alert, freeze = sent[0][1], sent[1][1]
     assert alert["type"] == "AnomalyDetected.v1"
     assert (alert["kind"], alert["severity"], alert["session_id"], alert["frozen"]) == (
@@ -123,7 +123,7 @@ async def test_loop_within_a_window_even_when_interleaved(pool: asyncpg.Pool) ->
     ]
     await feed(h, *events)
     kinds = [(t, m.get("kind")) for t, m in await outbox(pool)]
-    assert kinds == [("alerts", "loop"), ("quota.commands", None)]
+    assert kinds == [("alerts", "loop"), ("quota.freeze-requests", None)]
     await feed(h, event(fp="fp-x", occurred_at=now + timedelta(seconds=11)))
     assert len(await outbox(pool)) == 2  # cooling down: one alert per window, not one per request
 
@@ -149,7 +149,7 @@ async def test_request_rate_and_spend_velocity(pool: asyncpg.Pool) -> None:
     sent = await outbox(pool)
     assert [(t, m.get("kind"), m.get("target_id")) for t, m in sent[2:]] == [
         ("alerts", "spend_velocity", None),
-        ("quota.commands", None, "s-spend"),
+        ("quota.freeze-requests", None, "s-spend"),
     ]
     assert (sent[2][1]["severity"], sent[2][1]["value"]) == ("critical", 1_000_001.0)
 
@@ -289,7 +289,8 @@ async def test_api_anomalies_thresholds_leaderboard_report(
     team = (
         await api.get("/v1/analytics/report?id=team-1&scope=team&days=1", headers=principal("a", "admin"))
     ).json()
-    assert team["totals"]["requests"] == 7  # u3's event also carries team-1
+    # u3's event also names team-1 but was recorded under org-2: it counts only for org-2 (rollups are per org).
+    assert team["totals"]["requests"] == 6
 
     assert (await api.get("/v1/analytics/thresholds", headers=principal("u1"))).status_code == 403
     put = await api.put(
@@ -341,7 +342,8 @@ async def test_api_anomalies_thresholds_leaderboard_report(
 async def test_a_batch_records_and_detects_like_single_events(pool: asyncpg.Pool) -> None:
     h = handler(pool)
     loop = [event(session="s-batch") for _ in range(4)]
-    # Same key in two orgs within one batch lands on one rollup row per key (no double-update conflict).
+    # Same key id in two orgs within one batch: one rollup row per org (rows are per org; no double-update
+    # conflict).
     other_org = event(session=None, key_id="key-shared", org_id="org-x", fp="q")
     same_key = event(session=None, key_id="key-shared", org_id="org-y", fp="r")
     raws = [e.model_dump_json().encode() for e in (*loop[:2], loop[0], *loop[2:], other_org, same_key)]
@@ -359,12 +361,13 @@ async def test_a_batch_records_and_detects_like_single_events(pool: asyncpg.Pool
     sent = await outbox(pool)
     assert [(t, m.get("kind"), m.get("target_id")) for t, m in sent] == [
         ("alerts", "loop", None),
-        ("quota.commands", None, "s-batch"),
+        ("quota.freeze-requests", None, "s-batch"),
     ]
     key_rows = await pool.fetch(
-        "SELECT requests FROM usage_rollup WHERE scope_type = 'key' AND scope_id = 'key-shared' AND grain = 'day'"
+        "SELECT org_id, requests FROM usage_rollup"
+        " WHERE scope_type = 'key' AND scope_id = 'key-shared' AND grain = 'day' ORDER BY org_id"
     )
-    assert [r["requests"] for r in key_rows] == [2]
+    assert [(r["org_id"], r["requests"]) for r in key_rows] == [("org-x", 1), ("org-y", 1)]
     assert await h.handle_batch(raws[:2]) == [Outcome.DUPLICATE, Outcome.DUPLICATE]
 
 

@@ -72,5 +72,5 @@ async def test_four_spread_wider_than_the_window_do_not_freeze_four_within_do(po
     await feed_one_by_one(h, *(ping("key-fast", start + timedelta(seconds=5 * i)) for i in range(4)))
     [alert] = await alerts(pool, "key-fast")
     assert (alert["kind"], alert["frozen"], alert["session_id"]) == ("loop", True, None)
-    freezes = await pool.fetch("SELECT value FROM outbox WHERE topic = 'quota.commands'")
+    freezes = await pool.fetch("SELECT value FROM outbox WHERE topic = 'quota.freeze-requests'")
     assert [orjson.loads(bytes(r["value"]))["target_id"] for r in freezes] == ["key-fast"]

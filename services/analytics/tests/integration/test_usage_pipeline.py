@@ -65,8 +65,8 @@ async def worker_process(
             print(log_path.read_text())
 
 
-def principal(user_id: str, role: str = "user") -> dict[str, str]:
-    p = Principal(user_id=user_id, org_id="org-test", role=role)
+def principal(user_id: str, role: str = "user", org: str = "org-test") -> dict[str, str]:
+    p = Principal(user_id=user_id, org_id=org, role=role)
     return {"X-LT-Principal": p.header_value(), "X-LT-Internal-Token": TOKEN}
 
 
@@ -212,16 +212,21 @@ async def test_totals_exact_with_duplicates_replay_and_isolation(
         denied = await api.get(f"/v1/analytics/usage?user_id={alice}", headers=principal(bob))
         assert denied.status_code == 403
         assert denied.json()["error"]["type"] == "permission_error"
-        as_admin = await api.get(f"/v1/analytics/usage?user_id={bob}", headers=principal("root", "admin"))
+        # Admins read their own org's users; another org's user is a 404 (issue 17, finding 5).
+        as_admin = await api.get(
+            f"/v1/analytics/usage?user_id={bob}", headers=principal("root", "admin", "org-b")
+        )
         assert as_admin.status_code == 200
         assert as_admin.json()["total_tokens"] == 44
+        elsewhere = await api.get(f"/v1/analytics/usage?user_id={bob}", headers=principal("root", "admin"))
+        assert elsewhere.status_code == 404
 
         before = await aggregates(settings)
         assert len(before["log"]) == 11
         assert sum(r[2] for r in before["minute"]) == 11
         assert sum(r[3] for r in before["daily"]) == 11
         assert [(a[1], a[4]) for a in before["anomalies"]] == [("loop", "loop-session")]
-        assert [o[1] for o in before["outbox"]] == ["alerts", "quota.commands"]
+        assert [o[1] for o in before["outbox"]] == ["alerts", "quota.freeze-requests"]
 
         # Replay the whole topic with a fresh consumer group: nothing may change.
         sentinel = UsageRecorded(request_id="sentinel", model="m", provider="p")  # no user/org: no aggregate

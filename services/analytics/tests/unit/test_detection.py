@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from leaky_common.events import UsageRecorded
-from lt_analytics.domain.detection import Detection, baseline_ratio
+from lt_analytics.domain.detection import Detection, baseline_ratio, target_of
 from lt_analytics.domain.rollups import efficiency, grain_buckets, rollup_scopes
 from lt_analytics.domain.thresholds import ThresholdOverrides, Thresholds
 
@@ -65,3 +65,16 @@ def test_rollup_scopes_and_grains() -> None:
         ("hour", datetime(2026, 5, 1, 13, tzinfo=UTC)),
         ("day", datetime(2026, 5, 1, tzinfo=UTC)),
     ]
+
+
+def test_sessions_are_per_org_and_requests_of_no_org_are_nobodys() -> None:
+    def ev(org: str | None, session: str | None = "s", key: str | None = "k") -> UsageRecorded:
+        return UsageRecorded(
+            request_id="r", model="m", provider="p", org_id=org, session_id=session, key_id=key
+        )
+
+    assert target_of(ev("o1")) == ("session", "o1", "s")
+    assert target_of(ev("o1")) != target_of(ev("o2"))
+    assert target_of(ev("o1", session=None)) == ("key", "o1", "k")
+    assert target_of(ev(None)) is None  # an unauthenticated request (bad key, unknown model)
+    assert rollup_scopes(ev(None)) == []

@@ -25,7 +25,7 @@ def request(after_s: float, *, session: str | None = None, fp: str = "fp-a") -> 
 
 def loops(*events: UsageRecorded, streaks: dict[Target, Streak] | None = None) -> list[float]:
     runs: list[tuple[UsageRecorded, Target]] = [
-        (e, ("session", e.session_id) if e.session_id else ("key", "k1")) for e in events
+        (e, ("session", "o1", e.session_id) if e.session_id else ("key", "o1", "k1")) for e in events
     ]
     found = follow_loops(runs, {} if streaks is None else streaks, {"o1": LIMITS})
     return [(e.occurred_at - START).total_seconds() for e, _ in found]
@@ -64,11 +64,11 @@ def test_a_different_prompt_restarts_the_run_and_a_detection_rearms_it() -> None
 def test_a_run_continues_across_batches_from_its_stored_times() -> None:
     streaks: dict[Target, Streak] = {}
     assert loops(request(0), request(10), streaks=streaks) == []
-    stored = streaks[("key", "k1")]
+    stored = streaks[("key", "o1", "k1")]
     assert (stored.count, stored.times) == (2, [START, START + timedelta(seconds=10)])
     # Stored, then loaded as a new Streak (as the adapter does): the run goes on where it stopped.
     loaded: dict[Target, Streak] = {
-        ("key", "k1"): Streak(stored.fingerprint, stored.count, times=list(stored.times))
+        ("key", "o1", "k1"): Streak(stored.fingerprint, stored.count, times=list(stored.times))
     }
     assert loops(request(20), request(30), streaks=loaded) == [30]
 

@@ -18,6 +18,7 @@ from lt_gateway.adapters.providers.registry import build_providers
 from lt_gateway.adapters.quota_client import QuotaClient
 from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.api.chat import ChatHandler
+from lt_gateway.domain.fingerprint import Fingerprinter
 from lt_gateway.domain.tokens import encoding
 from lt_gateway.settings import GatewaySettings
 from lt_gateway.usecases.completion.flow import CompletionFlow
@@ -88,12 +89,14 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
     )
     upstream = UpstreamHTTP(settings.upstream_timeout_s, settings.upstream_retry_backoff_s)
     providers = providers or build_providers(upstream)
+    secret = settings.fingerprint_secret
     flow = CompletionFlow(
         models=models,
         providers=providers,
         quota=quota,
         usage=usage,
         release_timeout_s=settings.release_timeout_s,
+        fingerprints=Fingerprinter(secret.get_secret_value().encode()) if secret else None,
     )
     chat = ChatHandler(flow, max_body_bytes=settings.max_body_bytes)
     management_client = ManagementClient(settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
 from leaky_common.settings import ServiceSettings
 
@@ -37,6 +37,16 @@ class GatewaySettings(ServiceSettings):
     usage_spool_path: Path | None = None
     # First retry delay for upstream 429/5xx/connection failures (doubles per attempt, with jitter).
     upstream_retry_backoff_s: float = 0.25
+
+    # Keys the loop fingerprints of usage events (HMAC per org, derived from it; see docs/security.md). Unset:
+    # a random secret per process (fingerprints then differ between gateway processes); required in production.
+    fingerprint_secret: SecretStr | None = Field(default=None, min_length=16)
+
+    @model_validator(mode="after")
+    def _fingerprint_secret_in_production(self) -> GatewaySettings:
+        if self.environment == "production" and self.fingerprint_secret is None:
+            raise ValueError("LT_FINGERPRINT_SECRET must be set in production")
+        return self
 
     def spool_path(self) -> Path:
         """Where this gateway spools usage events."""

@@ -158,3 +158,17 @@ def test_spool_survives_reopening(tmp_path: Path) -> None:
     again = UsageSpool(path)
     assert again.count == 1
     again.close()
+
+
+def test_the_spool_and_its_wal_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    path.write_bytes(b"")
+    path.chmod(0o644)  # left world-readable by an older gateway: tightened at start
+    spool = UsageSpool(path)
+    try:
+        spool.append([event(1, "mode")])
+        files = [p for p in tmp_path.iterdir() if p.name.startswith("spool.sqlite")]
+        assert {p.name for p in files} >= {"spool.sqlite", "spool.sqlite-wal"}
+        assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o600 for p in files}
+    finally:
+        spool.close()

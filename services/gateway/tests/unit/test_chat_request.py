@@ -13,8 +13,8 @@ def parse(body: object, max_bytes: int = 10_000) -> ParsedRequest:
     return parse_chat_request(orjson.dumps(body), max_bytes)
 
 
-def prompt_fingerprint(model: str, messages: list[dict[str, str]]) -> str:
-    return parse({"model": model, "messages": messages}).fingerprint
+def prompt_digest(model: str, messages: list[dict[str, str]]) -> bytes:
+    return parse({"model": model, "messages": messages}).digest
 
 
 def test_minimal_request_is_accepted_and_passes_unknown_fields_through() -> None:
@@ -87,9 +87,9 @@ def test_max_completion_tokens_takes_precedence_and_stream_usage_flag() -> None:
     assert chat.include_usage is True
 
 
-def test_fingerprint_is_stable_and_text_free() -> None:
+def test_prompt_digest_is_stable_and_text_free() -> None:
     messages = [{"role": "user", "content": "secret prompt text"}]
-    a = prompt_fingerprint("m", messages)
-    assert a == prompt_fingerprint("m", [dict(messages[0])])
-    assert a != prompt_fingerprint("m", [{"role": "user", "content": "other"}])
-    assert "secret" not in a
+    a = prompt_digest("m", messages)
+    assert a == prompt_digest("m", [dict(messages[0])])
+    assert a != prompt_digest("m", [{"role": "user", "content": "other"}])
+    assert b"secret" not in a

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from leaky_common.events import Topics
 from leaky_common.settings import ServiceSettings
 
-__all__ = ["SagaSettings"]
+__all__ = ["DEV_PAYMENT_API_KEY", "SagaSettings"]
+
+DEV_PAYMENT_API_KEY = "sk_test_leaky"
 
 
 class SagaSettings(ServiceSettings):
@@ -20,7 +22,8 @@ class SagaSettings(ServiceSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/lt_saga"
 
     payment_provider_url: str = "http://127.0.0.1:8086"
-    payment_api_key: str = "sk_test_leaky"
+    # The fake provider's well-known key: refused in production (the compose stack generates one).
+    payment_api_key: str = DEV_PAYMENT_API_KEY
     payment_timeout_s: float = Field(default=10.0, gt=0)
     payment_currency: str = "usd"
 
@@ -58,3 +61,9 @@ class SagaSettings(ServiceSettings):
     def owner_id(self) -> str:
         """This instance's lease owner id."""
         return self.instance_id or f"{socket.gethostname()}:{self.port}"
+
+    @model_validator(mode="after")
+    def _refuse_the_dev_payment_key_in_production(self) -> SagaSettings:
+        if self.environment == "production" and self.payment_api_key == DEV_PAYMENT_API_KEY:
+            raise ValueError("LT_PAYMENT_API_KEY must be set to a real key in production")
+        return self

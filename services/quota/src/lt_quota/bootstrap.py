@@ -22,7 +22,7 @@ from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.kafka_batch import BatchEventConsumer
 from leaky_common.outbox import ElectedRelay
 from lt_quota.adapters.redis_state import RedisState
-from lt_quota.handlers import make_command_handler, make_usage_batch_handler, make_usage_handler
+from lt_quota.handlers import make_handler, make_usage_batch_handler
 from lt_quota.settings import QuotaSettings
 from lt_quota.usecases.admission import Admission
 from lt_quota.usecases.context import Clock, QuotaContext, system_clock
@@ -163,7 +163,14 @@ async def _start_sweeper(quota: Quota, interval_s: float, stack: contextlib.Asyn
 async def _start_messaging(quota: Quota, settings: QuotaSettings, stack: contextlib.AsyncExitStack) -> None:
     """The publisher, the elected outbox relay and the consumer of usage and commands."""
     await ensure_topics(
-        settings, [Topics.USAGE, Topics.QUOTA_COMMANDS, Topics.SAGA_REPLIES, Topics.QUOTA_EVENTS]
+        settings,
+        [
+            Topics.USAGE,
+            Topics.QUOTA_COMMANDS,
+            Topics.FREEZE_REQUESTS,
+            Topics.SAGA_REPLIES,
+            Topics.QUOTA_EVENTS,
+        ],
     )
     publisher = EventPublisher(settings)
     await publisher.start()
@@ -176,15 +183,15 @@ async def _start_messaging(quota: Quota, settings: QuotaSettings, stack: context
         settings,
         group_id=settings.consumer_group,
         topics=[Topics.USAGE],
-        handler=make_usage_handler(quota.settlement),
+        handler=make_handler(quota.settlement, quota.topups, quota.freezes),
         batch_handler=make_usage_batch_handler(BatchSettlement(quota.settlement)),
         publisher=publisher,
     )
     commands = EventConsumer(
         settings,
         group_id=f"{settings.consumer_group}-commands",
-        topics=[Topics.QUOTA_COMMANDS],
-        handler=make_command_handler(quota.topups, quota.freezes),
+        topics=[Topics.QUOTA_COMMANDS, Topics.FREEZE_REQUESTS],
+        handler=make_handler(quota.settlement, quota.topups, quota.freezes),
         publisher=publisher,
     )
     for c in (consumer, commands):

@@ -46,6 +46,14 @@ class QuotaSettings(ServiceSettings):
     reservation_ttl_s: int = Field(default=600, ge=1)
     sweep_interval_s: float = Field(default=5.0, gt=0)
 
+    # Self-service vacation (`PUT /v1/users/me/status`): it ends at most this many days ahead (the default end).
+    vacation_max_days: int = Field(default=30, ge=1, le=366)
+    # How many times in 24 hours a user may change their own status (each change is in the audit log).
+    status_changes_per_day: int = Field(default=4, ge=1)
+    # At most this many new sessions (session budgets) per org in any 24 hours; a request naming one more new
+    # session id gets 429 `too_many_sessions` (sessions already seen keep working, admins may still set budgets).
+    sessions_per_org_per_day: int = Field(default=10_000, ge=1)
+
     # How long an API-key lookup is trusted from process memory.
     key_cache_ttl_s: float = Field(default=5.0, ge=0)
 

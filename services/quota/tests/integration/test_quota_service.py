@@ -441,7 +441,7 @@ async def test_freeze_command_blocks_admission(settings: QuotaSettings, publishe
     async with running(settings) as h:
         user = await h.create_user(quota=1000)
         await publisher.publish(
-            Topics.QUOTA_COMMANDS,
+            Topics.FREEZE_REQUESTS,
             RequestFreeze(target_type="user", target_id=user["id"], reason="loop", duration_s=300),
         )
 
@@ -762,8 +762,8 @@ async def test_freeze_command_announces_the_freeze(
     async with running(settings) as h:
         user = await h.create_user(quota=1000)
         cmd = RequestFreeze(target_type="user", target_id=user["id"], reason="spend velocity", duration_s=300)
-        await publisher.publish(Topics.QUOTA_COMMANDS, cmd)
-        await publisher.publish(Topics.QUOTA_COMMANDS, cmd)  # redelivery: one freeze, one event
+        await publisher.publish(Topics.FREEZE_REQUESTS, cmd)
+        await publisher.publish(Topics.FREEZE_REQUESTS, cmd)  # redelivery: one freeze, one event
         (event,) = await read_quota_events(kafka_bootstrap, user["id"], 1)
         assert event.frozen and event.source == "anomaly" and event.causation_id == cmd.event_id
         r = await h.admit(user["api_key"], max_output_tokens=16)

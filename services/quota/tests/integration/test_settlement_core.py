@@ -208,7 +208,7 @@ async def test_a_command_is_applied_while_a_usage_backlog_waits(
             for a in admitted:
                 await publisher.publish(Topics.USAGE, usage(a, 5), key=payer["id"])
             await publisher.publish(
-                Topics.QUOTA_COMMANDS,
+                Topics.FREEZE_REQUESTS,
                 RequestFreeze(target_type="user", target_id=other["id"], reason="loop", duration_s=300),
             )
 

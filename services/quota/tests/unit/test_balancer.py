@@ -118,7 +118,15 @@ def test_key_policy_models_and_priorities() -> None:
         policy(record(), admit(priority="critical"))
     assert exc.value.code == "priority_not_allowed"
     assert policy(record(allow_priority_bypass=True), admit(priority="critical")) is True
-    assert policy(record(allowed_priorities=("normal", "critical")), admit(priority="critical")) is True
+    # A key's allowed priorities only narrow: critical on the key without the user's bypass right is refused
+    # (issue 17, finding 2), and with the right it may be used.
+    with pytest.raises(Forbidden) as exc:
+        policy(record(allowed_priorities=("normal", "critical")), admit(priority="critical"))
+    assert exc.value.code == "priority_not_allowed"
+    both = record(allowed_priorities=("normal", "critical"), allow_priority_bypass=True)
+    assert policy(both, admit(priority="critical")) is True
+    with pytest.raises(Forbidden):
+        policy(record(allowed_priorities=("normal",), allow_priority_bypass=True), admit(priority="critical"))
     with pytest.raises(Forbidden):
         policy(record(allowed_priorities=("low",)), admit(priority="high"))
     with pytest.raises(InvalidRequest):

@@ -27,8 +27,8 @@ _COLUMN = {"session": "session_id", "key": "key_id"}
 _WINDOW_STATS = """
 SELECT t.i, s.requests, s.spend, s.repeats
 FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::float8[], $5::float8[], $6::bigint[],
-            $7::bigint[], $8::bigint[], $9::int[])
-    AS t (id, at, fp, rate_s, loop_s, max_requests, max_spend, need, i)
+            $7::bigint[], $8::bigint[], $9::int[], $10::text[])
+    AS t (id, at, fp, rate_s, loop_s, max_requests, max_spend, need, i, org)
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE r.occurred_at > t.at - make_interval(secs => t.rate_s)) AS requests,
            coalesce(sum(r.cost_usd_micros)
@@ -36,7 +36,7 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE r.prompt_fingerprint = t.fp
                AND r.occurred_at > t.at - make_interval(secs => t.loop_s)) AS repeats
     FROM request_log r
-    WHERE r.{column} = t.id AND r.status <> 'blocked' AND r.occurred_at <= t.at
+    WHERE r.{column} = t.id AND r.org_id = t.org AND r.status <> 'blocked' AND r.occurred_at <= t.at
       AND r.occurred_at > t.at - make_interval(secs => greatest(t.rate_s, t.loop_s, 60))
 ) s
 WHERE s.requests > t.max_requests OR s.spend > t.max_spend OR s.repeats >= t.need
@@ -46,13 +46,16 @@ WHERE s.requests > t.max_requests OR s.spend > t.max_spend OR s.repeats >= t.nee
 async def load_streaks(conn: asyncpg.Connection, targets: Sequence[Target]) -> dict[Target, Streak]:
     """The stored loop streaks of `targets` (targets without one are absent)."""
     rows = await conn.fetch(
-        "SELECT scope_type, scope_id, fingerprint, count, times FROM loop_streaks"
-        " WHERE (scope_type, scope_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-        [t for t, _ in targets],
-        [i for _, i in targets],
+        "SELECT scope_type, org_id, scope_id, fingerprint, count, times FROM loop_streaks"
+        " WHERE (scope_type, org_id, scope_id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))",
+        [t for t, _, _ in targets],
+        [o for _, o, _ in targets],
+        [i for _, _, i in targets],
     )
     return {
-        (r["scope_type"], r["scope_id"]): Streak(r["fingerprint"], r["count"], times=list(r["times"]))
+        (r["scope_type"], r["org_id"], r["scope_id"]): Streak(
+            r["fingerprint"], r["count"], times=list(r["times"])
+        )
         for r in rows
     }
 
@@ -62,17 +65,18 @@ async def save_streaks(conn: asyncpg.Connection, streaks: dict[Target, Streak]) 
     changed = [(t, s) for t, s in streaks.items() if s.last_at is not None]
     await conn.execute(
         """
-        INSERT INTO loop_streaks AS s (scope_type, scope_id, fingerprint, count, last_at, times)
-        SELECT t.scope_type, t.scope_id, t.fingerprint, t.count, t.last_at,
+        INSERT INTO loop_streaks AS s (scope_type, org_id, scope_id, fingerprint, count, last_at, times)
+        SELECT t.scope_type, t.org_id, t.scope_id, t.fingerprint, t.count, t.last_at,
                ARRAY(SELECT jsonb_array_elements_text(t.times)::timestamptz)
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::jsonb[])
-            AS t (scope_type, scope_id, fingerprint, count, last_at, times)
-        ON CONFLICT (scope_type, scope_id) DO UPDATE SET
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::jsonb[])
+            AS t (scope_type, org_id, scope_id, fingerprint, count, last_at, times)
+        ON CONFLICT (scope_type, org_id, scope_id) DO UPDATE SET
             fingerprint = EXCLUDED.fingerprint, count = EXCLUDED.count, last_at = EXCLUDED.last_at,
             times = EXCLUDED.times
         """,
         [t[0] for t, _ in changed],
         [t[1] for t, _ in changed],
+        [t[2] for t, _ in changed],
         [s.fingerprint for _, s in changed],
         [s.count for _, s in changed],
         [s.last_at for _, s in changed],
@@ -85,9 +89,11 @@ async def window_stats(
     conn: asyncpg.Connection,
     target_type: Literal["session", "key"],
     last: Sequence[tuple[str, datetime, str | None, Thresholds]],
+    orgs: Sequence[str],
 ) -> dict[int, WindowStats]:
-    """One scan of each target's recent requests up to its last event (id, at, fingerprint, limits); only the
-    targets over some limit come back, by their index in `last`."""
+    """One scan of each target's recent requests up to its last event (id, at, fingerprint, limits), counting
+    only requests of the target's org (`orgs`, in the same order); only the targets over some limit come back,
+    by their index in `last`."""
     rows = await conn.fetch(
         _WINDOW_STATS.format(column=_COLUMN[target_type]),
         [i for i, _, _, _ in last],
@@ -99,22 +105,26 @@ async def window_stats(
         [lim.spend_max_usd_micros_per_minute for *_, lim in last],
         [lim.loop_window_count for *_, lim in last],
         list(range(len(last))),
+        list(orgs),
     )
     return {r["i"]: WindowStats(r["requests"], int(r["spend"]), r["repeats"]) for r in rows}
 
 
 async def raised_within(
-    conn: asyncpg.Connection, kind: str, target_type: str, target_id: str, window_s: int
+    conn: asyncpg.Connection, kind: str, target_type: str, target_id: str, window_s: int, org_id: str | None
 ) -> bool:
-    """True when the same anomaly was already raised for this target within `window_s`."""
+    """True when the same anomaly was already raised for this target of this org within `window_s` (another
+    org's detection of the same session id does not silence this org's)."""
     return bool(
         await conn.fetchval(
             "SELECT 1 FROM anomalies WHERE kind = $1 AND target_type = $2 AND target_id = $3"
+            " AND org_id IS NOT DISTINCT FROM $5"
             " AND detected_at > now() - make_interval(secs => $4) LIMIT 1",
             kind,
             target_type,
             target_id,
             float(window_s),
+            org_id,
         )
     )
 

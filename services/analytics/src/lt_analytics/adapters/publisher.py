@@ -13,7 +13,7 @@ __all__ = ["announce"]
 async def announce(
     conn: asyncpg.Connection, alert: AnomalyDetected, freeze: RequestFreeze | None, key: str
 ) -> None:
-    """Queue the alert on `alerts` and the freeze (if any) on `quota.commands`, both keyed by the target."""
+    """Queue the alert on `alerts` and the freeze (if any) on `quota.freeze-requests`, both keyed by the target."""
     await write_outbox(conn, Topics.ALERTS, alert, key=key)
     if freeze is not None:
-        await write_outbox(conn, Topics.QUOTA_COMMANDS, freeze, key=key)
+        await write_outbox(conn, Topics.FREEZE_REQUESTS, freeze, key=key)

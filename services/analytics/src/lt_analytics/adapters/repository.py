@@ -24,6 +24,7 @@ __all__ = [
     "scope_rows",
     "team_of_other_org",
     "timeseries",
+    "user_of_other_org",
 ]
 
 
@@ -75,7 +76,7 @@ INSERT INTO usage_rollup AS r (
 )
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
     $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[])
-ON CONFLICT (scope_type, scope_id, grain, bucket, model, provider) DO UPDATE SET
+ON CONFLICT (scope_type, scope_id, org_id, grain, bucket, model, provider) DO UPDATE SET
     requests = r.requests + EXCLUDED.requests,
     prompt_tokens = r.prompt_tokens + EXCLUDED.prompt_tokens,
     completion_tokens = r.completion_tokens + EXCLUDED.completion_tokens,
@@ -106,10 +107,7 @@ async def add_aggregates(conn: asyncpg.Connection, sums: Aggregates) -> None:
     if sums.minute:
         await conn.execute(_UPSERT_MINUTE, *_columns(sums.minute))
     if sums.rollup:
-        columns = _columns(sums.rollup)
-        # The org is an attribute of the row, not part of its key.
-        orgs = [sums.rollup_org[k] for k in sums.rollup]
-        await conn.execute(_UPSERT_ROLLUP, *columns[:6], orgs, *columns[6:])
+        await conn.execute(_UPSERT_ROLLUP, *_columns(sums.rollup))
 
 
 async def daily_usage(pool: asyncpg.Pool, user_id: str, since: date) -> list[DailyUsage]:
@@ -125,13 +123,14 @@ async def daily_usage(pool: asyncpg.Pool, user_id: str, since: date) -> list[Dai
     return [DailyUsage(**dict(r)) for r in rows]
 
 
-async def efficiency_sums(pool: asyncpg.Pool, user_id: str, since: datetime) -> tuple[int, int]:
-    """(sum of per-request efficiencies, requests) of a user's requests since `since`."""
+async def efficiency_sums(pool: asyncpg.Pool, user_id: str, org_id: str, since: datetime) -> tuple[int, int]:
+    """(sum of per-request efficiencies, requests) of a user's requests recorded under `org_id` since `since`."""
     row = await pool.fetchrow(
         "SELECT sum(requests) AS n, sum(efficiency_sum) AS e FROM usage_rollup"
-        " WHERE scope_type = 'user' AND scope_id = $1 AND grain = 'day' AND bucket >= $2",
+        " WHERE scope_type = 'user' AND scope_id = $1 AND grain = 'day' AND bucket >= $2 AND org_id = $3",
         user_id,
         since,
+        org_id,
     )
     if row is None or not row["n"]:
         return 0, 0
@@ -202,6 +201,23 @@ async def scope_rows(
         org_id,
     )
     return [dict(r) for r in rows], [dict(u) for u in users]
+
+
+async def user_of_other_org(pool: asyncpg.Pool, user_id: str, org_id: str) -> bool:
+    """True if the user's usage was recorded under another org and never under `org_id` (user ids are unique,
+    so the org their usage carries is the user's org)."""
+    return bool(
+        await pool.fetchval(
+            """
+            SELECT NOT EXISTS (SELECT 1 FROM usage_rollup
+                                WHERE scope_type = 'user' AND scope_id = $1 AND org_id = $2)
+               AND EXISTS (SELECT 1 FROM usage_rollup
+                            WHERE scope_type = 'user' AND scope_id = $1 AND org_id <> $2)
+            """,
+            user_id,
+            org_id,
+        )
+    )
 
 
 async def team_of_other_org(pool: asyncpg.Pool, team_id: str, org_id: str) -> bool:

@@ -35,8 +35,8 @@ Days = Annotated[int, Query(ge=1, le=366)]
 async def usage(
     caller: CurrentPrincipal, reports: ReportsDep, days: Days = 7, user_id: OptionalId = None
 ) -> UsageSummary:
-    """Token use, cost and average efficiency of the caller (or, for admins, of `user_id`) over the last
-    `days` UTC days, with breakdowns by model and day."""
+    """Token use, cost and average efficiency of the caller (or, for admins, of `user_id` of their org; a user
+    of another org is a 404) over the last `days` UTC days, with breakdowns by model and day."""
     return await reports.usage(caller, user_id, days)
 
 
@@ -163,7 +163,12 @@ async def put_thresholds(
 
 for path in ("/v1/analytics/usage", "/api/v1/analytics/usage"):
     router.add_api_route(
-        path, usage, methods=["GET"], response_model=UsageSummary, include_in_schema="/api/" not in path
+        path,
+        usage,
+        methods=["GET"],
+        response_model=UsageSummary,
+        include_in_schema="/api/" not in path,
+        responses=error_responses(404),
     )
 for path in ("/v1/analytics/report", "/api/v1/analytics/report"):
     router.add_api_route(

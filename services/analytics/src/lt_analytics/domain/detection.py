@@ -23,8 +23,9 @@ __all__ = [
     "window_detections",
 ]
 
-# A per-agent detector's target: the session, or the key when the request had no session.
-Target = tuple[Literal["session", "key"], str]
+# A per-agent detector's target: (kind, org, id) of the session, or of the key when the request had no
+# session. A session id is the client's, so it names a session only within its org.
+Target = tuple[Literal["session", "key"], str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +54,14 @@ class Detection:
 
 
 def target_of(event: UsageRecorded) -> Target | None:
-    """Per-agent detectors watch the session, or the key when the client sent no session id."""
+    """Per-agent detectors watch the session, or the key when the client sent no session id, within the
+    request's org; a request of no org (unauthenticated: a bad key, an unknown model) is nobody's agent."""
+    if not event.org_id:
+        return None
     if event.session_id:
-        return "session", event.session_id
+        return "session", event.org_id, event.session_id
     if event.key_id:
-        return "key", event.key_id
+        return "key", event.org_id, event.key_id
     return None
 
 
@@ -123,7 +127,7 @@ def follow_loops(
             within = f" within {lim.loop_window_s}s" if target[0] == "key" else ""
             detail = f"Loop detected: the same prompt {streak.count} times in a row{within}"
             found.append(
-                (event, Detection("loop", target[0], target[1], streak.count, need, detail, cools_down=False))
+                (event, Detection("loop", target[0], target[2], streak.count, need, detail, cools_down=False))
             )
             # Start counting afresh: after an unfreeze the agent gets a full run before the next freeze.
             streak.count, streak.times = 0, []
@@ -143,7 +147,7 @@ def window_detections(
     target: Target, event: UsageRecorded, stats: WindowStats, lim: Thresholds
 ) -> list[Detection]:
     """Loop-in-a-window (for the last event's fingerprint), request rate and spend velocity of one target."""
-    target_type, target_id = target
+    target_type, _, target_id = target
     found: list[Detection] = []
     if event.prompt_fingerprint and stats.repeats >= lim.loop_window_count:
         detail = f"Loop detected: the same prompt {stats.repeats} times within {lim.loop_window_s}s"

@@ -44,7 +44,11 @@ def grain_buckets(at: datetime) -> list[tuple[str, datetime]]:
 
 
 def rollup_scopes(event: UsageRecorded) -> list[tuple[str, str]]:
-    """(scope type, id) pairs an event is aggregated under: user, team, org, key and session when known."""
+    """(scope type, id) pairs an event is aggregated under: user, team, org, key and session when known. Every
+    rollup row is its org's (a session id names a session only within its org), so a request of no org (an
+    unauthenticated one) is aggregated under none."""
+    if not event.org_id:
+        return []
     pairs = (
         ("user", event.user_id),
         ("team", event.team_id),
@@ -83,10 +87,8 @@ class Aggregates:
 
     daily: Sums = field(default_factory=dict)  # (user, model, day): requests, p, c, t, x
     minute: Sums = field(default_factory=dict)  # (org, minute): requests, t, x
-    # (scope type, id, grain, bucket, model, provider): p, c, t, x, e
+    # (scope type, id, grain, bucket, model, provider, org): p, c, t, x, e
     rollup: Sums = field(default_factory=dict)
-    # The org is an attribute of a rollup row, not part of its key: the first event's.
-    rollup_org: dict[tuple[Any, ...], str | None] = field(default_factory=dict)
 
 
 def aggregate(events: Iterable[UsageRecorded]) -> Aggregates:
@@ -99,9 +101,8 @@ def aggregate(events: Iterable[UsageRecorded]) -> Aggregates:
             _add(acc.minute, (e.org_id, minute_bucket(e.occurred_at)), e, "tx")
         for scope_type, scope_id in rollup_scopes(e):
             for grain, bucket in grain_buckets(e.occurred_at):
-                key = (scope_type, scope_id, grain, bucket, e.model, e.provider)
+                key = (scope_type, scope_id, grain, bucket, e.model, e.provider, e.org_id)
                 _add(acc.rollup, key, e, "pctxe")
-                acc.rollup_org.setdefault(key, e.org_id)
     return acc
 
 

@@ -2,7 +2,7 @@
 
 Because it runs only on events that are new (the request log is the inbox), a replayed topic detects
 nothing twice. Detections are written to `anomalies` and announced through the outbox: `AnomalyDetected` on
-`alerts` and, where configured, `RequestFreeze` on `quota.commands`.
+`alerts` and, where configured, `RequestFreeze` on `quota.freeze-requests`.
 """
 
 from __future__ import annotations
@@ -71,17 +71,19 @@ class AnomalyDetector:
             found += [(trigger, d) for d in await self._baseline(conn, org, limits[org])]
         emitted: list[Detection] = []
         for event, detection in found:
-            if await self._cooled(conn, detection, limits[event.org_id]):
+            if await self._cooled(conn, detection, event.org_id, limits[event.org_id]):
                 await _emit(conn, event, detection, limits[event.org_id])
                 emitted.append(detection)
         return emitted
 
-    async def _cooled(self, conn: asyncpg.Connection, d: Detection, limits: Thresholds) -> bool:
-        """Consecutive loops always fire (the run restarts after each); the others once per window."""
+    async def _cooled(
+        self, conn: asyncpg.Connection, d: Detection, org_id: str | None, limits: Thresholds
+    ) -> bool:
+        """Consecutive loops always fire (the run restarts after each); the others once per window, per org."""
         if not d.cools_down:
             return True
         window = cooldown_s(d.kind, limits)
-        return not await sql.raised_within(conn, d.kind, d.target_type, d.target_id, window)
+        return not await sql.raised_within(conn, d.kind, d.target_type, d.target_id, window, org_id)
 
     async def _consecutive_loops(
         self, conn: asyncpg.Connection, events: list[UsageRecorded], limits: Limits
@@ -107,10 +109,10 @@ class AnomalyDetector:
                 continue
             lims = [limits[e.org_id] for _, e in targets]
             scans = [
-                (t[1], e.occurred_at, e.prompt_fingerprint, lim)
+                (t[2], e.occurred_at, e.prompt_fingerprint, lim)
                 for (t, e), lim in zip(targets, lims, strict=True)
             ]
-            over = await sql.window_stats(conn, target_type, scans)
+            over = await sql.window_stats(conn, target_type, scans, [t[1] for t, _ in targets])
             for i, stats in over.items():
                 target, event = targets[i]
                 found += [(event, d) for d in window_detections(target, event, stats, lims[i])]

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from leaky_common.auth import Principal
-from leaky_common.errors import Forbidden, InvalidRequest
+from leaky_common.errors import Forbidden, InvalidRequest, NotFound
 from lt_analytics.adapters import repository
 from lt_analytics.adapters.thresholds import set_threshold_overrides, threshold_overrides
 from lt_analytics.domain.detection import baseline_ratio
@@ -61,15 +61,20 @@ class Reports:
         self._defaults = default_thresholds
 
     async def usage(self, caller: Principal, user_id: str | None, days: int) -> UsageSummary:
-        """A user's usage over the last `days` UTC days: the caller's own, or for admins anyone's."""
+        """A user's usage over the last `days` UTC days: the caller's own, or for admins any user of their org
+        (a user whose usage was recorded under another org: 404, for platform admins too)."""
         target = user_id or caller.user_id
         if target != caller.user_id and not caller.is_admin:
             raise Forbidden(
                 "only admins may read another user's usage", param="user_id", code="admin_required"
             )
+        if target != caller.user_id and await repository.user_of_other_org(self._pool, target, caller.org_id):
+            raise NotFound(f"no user {target} in your org", param="user_id", code="user_not_found")
         since = day_window_since(datetime.now(UTC), days)
         summary = summarise(target, days, await repository.daily_usage(self._pool, target, since.date()))
-        efficiency = mean_efficiency(*await repository.efficiency_sums(self._pool, target, since))
+        efficiency = mean_efficiency(
+            *await repository.efficiency_sums(self._pool, target, caller.org_id, since)
+        )
         return summary.model_copy(update={"average_efficiency": efficiency})
 
     async def report(self, caller: Principal, scope: str, scope_id: str, days: int) -> dict[str, Any]:

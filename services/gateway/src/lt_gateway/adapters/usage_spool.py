@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -12,12 +13,22 @@ from leaky_common.events import UsageRecorded
 USAGE_SPOOLED = Gauge("lt_gateway_usage_events_spooled", "Usage events waiting in the durable spool")
 
 
+def _private(path: Path) -> None:
+    """Create `path` readable by its owner only (the spool holds user and org ids), or make it so."""
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if part.exists():
+            part.chmod(0o600)
+
+
 class UsageSpool:
     """An append-only SQLite file of events the broker has not acknowledged yet."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # SQLite gives its -wal and -shm files the database file's mode.
+        _private(path)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a process crash (the case that matters here), not a power cut.

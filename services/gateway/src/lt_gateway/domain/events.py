@@ -12,9 +12,15 @@ from lt_gateway.domain.usage import Usage
 
 
 def settled_event(
-    call: Call, usage: Usage, cost: int, latency_ms: int, outcome: tuple[str, int, str | None]
+    call: Call,
+    usage: Usage,
+    cost: int,
+    latency_ms: int,
+    outcome: tuple[str, int, str | None],
+    fingerprint: str | None,
 ) -> UsageRecorded:
-    """An admitted request's usage; `outcome` is (status, HTTP status, error code)."""
+    """An admitted request's usage; `outcome` is (status, HTTP status, error code); `fingerprint` is keyed
+    (`Fingerprinter`), never the prompt's plain digest."""
     admitted, p = call.admitted, call.admitted.principal
     status, http_status, error_code = outcome
     return UsageRecorded(
@@ -42,14 +48,14 @@ def settled_event(
         error_code=error_code,
         stream=call.parsed.stream,
         privacy_strict=admitted.privacy_strict,
-        prompt_fingerprint=call.parsed.fingerprint,
+        prompt_fingerprint=fingerprint,
     )
 
 
 def blocked_event(
     req: AdmitRequest, parsed: ParsedRequest, http_status: int, code: str | None, latency_ms: int
 ) -> UsageRecorded:
-    """A request quota refused (no reservation)."""
+    """A request quota refused (no reservation; no fingerprint either: without an org there is no key)."""
     return UsageRecorded(
         producer="gateway",
         correlation_id=req.request_id,
@@ -62,7 +68,6 @@ def blocked_event(
         http_status=http_status,
         error_code=code,
         stream=parsed.stream,
-        prompt_fingerprint=parsed.fingerprint,
     )
 
 

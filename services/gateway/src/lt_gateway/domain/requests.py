@@ -5,7 +5,6 @@ Fields the gateway does not need pass through to the provider untouched.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,6 +12,7 @@ import orjson
 
 from leaky_common.errors import InvalidRequest, PayloadTooLarge
 from lt_gateway.domain.estimate import NO_EXTRAS, Extras, chat_extras, choices, prompt_for
+from lt_gateway.domain.fingerprint import prompt_digest
 from lt_gateway.domain.tokens import estimate_input_tokens, estimate_prompt_tokens
 
 Kind = Literal["chat", "completion", "embedding"]
@@ -76,7 +76,8 @@ class ParsedRequest:
     max_tokens_field: str
     # Text, tools and schemas (the same for every provider); `estimated_prompt` adds images and tool prompts.
     prompt_tokens: int
-    fingerprint: str
+    # Unkeyed, so it never leaves the process: events carry `Fingerprinter.fingerprint` of it.
+    digest: bytes
     n: int = 1
     # Choices generated and billed: `n`, or `best_of` for legacy completions.
     generated: int = 1
@@ -108,11 +109,6 @@ def model_of(body: dict[str, Any]) -> str:
             "you must provide a model parameter", param="model", code="missing_required_parameter"
         )
     return model
-
-
-def _fingerprint(model: str, payload: Any) -> str:
-    """A hash identifying a repeated prompt (loop detection) without revealing its text."""
-    return hashlib.blake2b(orjson.dumps([model, payload]), digest_size=12).hexdigest()
 
 
 def _common(body: dict[str, Any]) -> tuple[bool, bool, int | None, str]:
@@ -153,7 +149,7 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
     n, generated = choices(body, "chat", stream)
     return ParsedRequest(
         "chat", body, model, stream, include_usage, max_out, field,
-        estimate_prompt_tokens(messages) + extras.tokens, _fingerprint(model, messages[-3:]),
+        estimate_prompt_tokens(messages) + extras.tokens, prompt_digest(model, messages[-3:]),
         n, generated, extras,
     )  # fmt: skip
 
@@ -173,7 +169,7 @@ def parse_completion(body: dict[str, Any]) -> ParsedRequest:
         generated *= len(prompt)
     return ParsedRequest(
         "completion", body, model, stream, include_usage, max_out, field,
-        estimate_input_tokens(prompt), _fingerprint(model, prompt), n, generated,
+        estimate_input_tokens(prompt), prompt_digest(model, prompt), n, generated,
     )  # fmt: skip
 
 
@@ -189,7 +185,7 @@ def parse_embedding(body: dict[str, Any]) -> ParsedRequest:
         raise InvalidRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
     return ParsedRequest(
         "embedding", body, model, False, False, None, "",
-        estimate_input_tokens(value), _fingerprint(model, value),
+        estimate_input_tokens(value), prompt_digest(model, value),
     )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -132,6 +133,9 @@ class StatusBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal["active", "on_vacation"]
+    # When the vacation ends (at most LT_VACATION_MAX_DAYS ahead, which is also the default); only with
+    # `on_vacation`.
+    until: datetime | None = None
 
 
 class PrivacyBody(BaseModel):
@@ -183,11 +187,15 @@ class OrgBody(BaseModel):
     key_tokens_per_period: TokensPerPeriod | None = None
     user_requests_per_period: RequestsPerPeriod | None = None
     user_tokens_per_period: TokensPerPeriod | None = None
+    # The most a manager (not an admin) may approve per request; null: up to what was requested.
+    manager_approval_limit: Annotated[int, Field(ge=1, le=10**15)] | None = None
 
     def changes(self) -> dict[str, object]:
-        """The fields given: settings without null, bucket sizes with null (= back to the default)."""
+        """The fields given: settings without null, bucket sizes and the manager limit with null (= back to
+        the default)."""
         given = self.model_dump(exclude_unset=True)
-        return {k: v for k, v in given.items() if v is not None or k in BUCKET_FIELDS}
+        nullable = {*BUCKET_FIELDS, "manager_approval_limit"}
+        return {k: v for k, v in given.items() if v is not None or k in nullable}
 
 
 BUCKET_FIELDS = frozenset(

@@ -6,6 +6,7 @@ Timestamps are ISO 8601 strings as the service formats them; amounts are tokens 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel
@@ -74,6 +75,8 @@ class UserView(BaseModel):
     allow_priority_bypass: bool = False
     privacy_default: str = "standard"
     tier: str = "standard"
+    # When a vacation the user set themselves ends (null: no end set).
+    vacation_until: datetime | None = None
 
 
 class UserList(ListView[UserView]):
@@ -163,6 +166,8 @@ class OrgView(BaseModel):
     key_tokens_per_period: int | None
     user_requests_per_period: int | None
     user_tokens_per_period: int | None
+    # The most a manager (not an admin) approves per request; null: up to what was requested.
+    manager_approval_limit: int | None = None
     bucket_period_s: float
 
 

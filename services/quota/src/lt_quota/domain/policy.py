@@ -39,15 +39,15 @@ def _asked_priority(priority: str | None) -> str | None:
 
 def check_key_policy(key: KeyRecord, model: str, priority: str | None) -> bool:
     """Check the key's model and priority rules; True if the request may draw on the team pool (a critical
-    request with the right to bypass). A default priority of critical without that right is just normal."""
+    request with the right to bypass). A default priority of critical without that right is just normal.
+    The right comes only from the user's admin-granted `allow_priority_bypass`: a key's
+    `allowed_priorities` can only narrow what the user may ask for, never grant the bypass."""
     if not model_allowed(key.allowed_models, model):
         raise Forbidden(f"this API key may not use model {model}", code="model_not_allowed", param="model")
     asked = _asked_priority(priority)
     if asked is not None and key.allowed_priorities is not None and asked not in key.allowed_priorities:
         raise Forbidden(f"this API key may not use priority {asked}", code="priority_not_allowed")
-    may_bypass = key.allow_priority_bypass or (
-        key.allowed_priorities is not None and "critical" in key.allowed_priorities
-    )
+    may_bypass = key.allow_priority_bypass
     if (asked or key.default_priority) != "critical":
         return False
     if not may_bypass and asked == "critical":

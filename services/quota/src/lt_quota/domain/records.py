@@ -25,6 +25,8 @@ class UserRecord:
     allow_priority_bypass: bool = False
     privacy_default: str = "standard"
     tier: str = "standard"
+    # When a vacation the user set themselves ends (None: not on vacation, or set by an admin without an end).
+    vacation_until: datetime | None = None
     # Set by an admin: the team charged when the user is in several (`team_id` is the one in effect).
     primary_team_id: str | None = None
 
@@ -87,6 +89,8 @@ class OrgSettings:
     key_tokens_per_period: int | None = None
     user_requests_per_period: int | None = None
     user_tokens_per_period: int | None = None
+    # The most a manager (not an admin) may approve per request (None: up to what was requested).
+    manager_approval_limit: int | None = None
 
 
 @dataclass(frozen=True)

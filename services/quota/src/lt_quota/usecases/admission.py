@@ -71,8 +71,23 @@ class Admission:
         self.durable = durable
 
     async def authenticate(self, api_key: str) -> Principal:
-        """Resolve a key to its principal; 401 if unknown, revoked or expired."""
-        return principal_of(await self.ctx.key_record(api_key))
+        """Resolve a key to its principal for a management call; 401 if unknown, revoked or expired. The
+        principal says whether the caller may change anything (`management_block`: a suspended user, a frozen
+        key or user) and whether the key is restricted; every service enforces both (`refuse_if_blocked`)."""
+        record = await self.ctx.key_record(api_key)
+        async with self.ctx.db.acquire() as conn:
+            frozen = await repo.caller_freezes(conn, self.ctx.now(), record.key_id, record.user_id)
+            limits = await repo.key_limits(conn, record.key_id)
+        block = None
+        if record.status == "suspended":
+            block = "user_suspended"
+        elif "user" in frozen:
+            block = "user_frozen"
+        elif "key" in frozen:
+            block = "key_frozen"
+        return principal_of(record).model_copy(
+            update={"management_block": block, "key_restricted": limits.restricted}
+        )
 
     async def admit(self, req: AdmitRequest) -> AdmitResponse:
         """Authenticate, check policy, freezes and buckets, and reserve against every cap in one Redis call."""

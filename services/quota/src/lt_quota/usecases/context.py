@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -30,6 +30,7 @@ from lt_quota.domain import (
     plan,
 )
 from lt_quota.domain.records import BucketOverrides, KeyRecord, OrgSettings, PoolRecord
+from lt_quota.domain.rights import check_session_room
 from lt_quota.settings import QuotaSettings
 
 __all__ = ["Clock", "Governing", "QuotaContext", "system_clock"]
@@ -144,22 +145,30 @@ class QuotaContext:
             self._sessions.clear()
         self._sessions[key] = pool
 
-    async def session_pool(self, org: OrgSettings, session_id: str) -> PoolRecord:
-        """The session's budget (a usd pool), created at the org's default on first use."""
+    async def session_pool(self, org: OrgSettings, session_id: str, *, bounded: bool = False) -> PoolRecord:
+        """The session's budget (a usd pool), created at the org's default on first use. `bounded` (admission):
+        a new session beyond the org's `sessions_per_org_per_day` is a 429 (an admin's budget is not bounded)."""
         cached = self._sessions.get((org.id, session_id))
         if cached is not None:
             return cached
-        async with self.db.acquire() as conn:
-            pool_id = await repo.ensure_pool(
-                conn,
-                new_id(),
-                "session",
-                f"{org.id}/{session_id}",
-                org.id,
-                "usd",
-                org.default_session_budget_usd_micros,
-            )
-            pool = await repo.pool_by_id(conn, pool_id)
+        async with self.db.acquire() as conn, conn.transaction():
+            pool = await repo.session_pool(conn, org.id, session_id)
+            if pool is None:
+                if bounded:
+                    await repo.lock_org_sessions(conn, org.id)
+                    since = self.now() - timedelta(days=1)
+                    started = await repo.new_sessions_since(conn, org.id, since)
+                    check_session_room(started, self.settings.sessions_per_org_per_day)
+                pool_id = await repo.ensure_pool(
+                    conn,
+                    new_id(),
+                    "session",
+                    f"{org.id}/{session_id}",
+                    org.id,
+                    "usd",
+                    org.default_session_budget_usd_micros,
+                )
+                pool = await repo.pool_by_id(conn, pool_id)
         assert pool is not None
         self._remember_session((org.id, session_id), pool)
         return pool
@@ -171,7 +180,7 @@ class QuotaContext:
         if key in self._sessions:
             return self._sessions[key]
         if org.default_session_budget_usd_micros > 0:
-            return await self.session_pool(org, session_id)
+            return await self.session_pool(org, session_id, bounded=True)
         async with self.db.acquire() as conn:
             pool = await repo.session_pool(conn, org.id, session_id)
         self._remember_session(key, pool)

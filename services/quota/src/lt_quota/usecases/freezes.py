@@ -3,6 +3,7 @@ freeze into Redis. Postgres holds each freeze; Redis holds the longest live one 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,6 +21,8 @@ from lt_quota.domain.records import FreezeRecord
 from lt_quota.usecases.context import QuotaContext
 
 __all__ = ["Freezes", "freeze_view"]
+
+logger = logging.getLogger(__name__)
 
 
 def freeze_view(f: FreezeRecord) -> dict[str, Any]:
@@ -56,9 +59,13 @@ class Freezes:
         self.ctx = ctx
 
     async def freeze(self, cmd: RequestFreeze) -> None:
-        """Apply a `RequestFreeze` command once; a duration of 0 or less freezes until lifted."""
+        """Apply a `RequestFreeze` command once; a duration of 0 or less freezes until lifted. A session is
+        an id the client chose, so a session freeze naming no org belongs to nobody and is dropped."""
         async with self.ctx.db.acquire() as conn, conn.transaction():
             if not await claim(conn, cmd.event_id):
+                return
+            if cmd.target_type == "session" and not cmd.org_id:
+                logger.warning("session freeze without an org dropped", extra={"event_id": cmd.event_id})
                 return
             order = _Order(
                 cmd.target_type,
@@ -83,9 +90,11 @@ class Freezes:
         return freeze_view(record)
 
     async def list_freezes(self, admin: Principal) -> list[dict[str, Any]]:
-        """Live freezes of the admin's org."""
+        """Live freezes of the admin's org (platform admins also see freezes of no org)."""
         async with self.ctx.db.acquire() as conn:
-            records = await repo.live_freezes(conn, self.ctx.now(), org_id=admin.org_id)
+            records = await repo.live_freezes(
+                conn, self.ctx.now(), org_id=admin.org_id, orgless=admin.platform_admin
+            )
         return [freeze_view(r) for r in records]
 
     async def unfreeze(self, admin: Principal, target_type: str, target_id: str) -> dict[str, Any]:
@@ -93,7 +102,9 @@ class Freezes:
         now = self.ctx.now()
         async with self.ctx.db.acquire() as conn, conn.transaction():
             user_id, org_id = await self._owner(conn, target_type, target_id, admin.org_id)
-            lifted = await repo.lift_freezes(conn, target_type, target_id, now, admin.org_id)
+            lifted = await repo.lift_freezes(
+                conn, target_type, target_id, now, admin.org_id, orgless=admin.platform_admin
+            )
             if lifted:
                 event = FreezeChanged(
                     producer="quota",
@@ -147,6 +158,8 @@ class Freezes:
             if admin:
                 raise
             user_id, owner_org = None, o.org_id  # a detector may name a key we do not know: freeze it anyway
+        if o.target_type == "session":
+            owner_org = o.org_id  # a session is its org's (the detector's command names it)
         now = self.ctx.now()
         expires_at = None if o.duration_s is None else now + timedelta(seconds=o.duration_s)
         freeze_id = new_id()
@@ -184,7 +197,11 @@ class Freezes:
         session = target_type == "session"
         async with self.ctx.db.acquire() as conn:
             live = await repo.live_freezes(
-                conn, self.ctx.now(), target=(target_type, target_id), org_id=org_id if session else None
+                conn,
+                self.ctx.now(),
+                target=(target_type, target_id),
+                org_id=org_id if session else None,
+                exact_org=session,
             )
         if session:
             target_id = session_target(org_id, target_id)

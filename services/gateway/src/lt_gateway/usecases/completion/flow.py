@@ -9,6 +9,7 @@ the reservation from. Every request produces exactly one usage event and one JSO
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from lt_gateway.adapters.quota_client import Denial, QuotaClient
 from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.domain.admission import admit_request, servable
 from lt_gateway.domain.call import Call
+from lt_gateway.domain.fingerprint import Fingerprinter
 from lt_gateway.domain.models import ModelSpec
 from lt_gateway.domain.pricing import ZERO_COST, format_usd
 from lt_gateway.domain.requests import GovernanceHeaders, Kind, ParsedRequest
@@ -63,11 +65,13 @@ class CompletionFlow:
         quota: QuotaClient,
         usage: UsageSink,
         release_timeout_s: float = 0.5,
+        fingerprints: Fingerprinter | None = None,
     ) -> None:
         self.models = models
         self.quota = quota
         self.upstream = Upstream(models, providers)
-        self.ledger = UsageLedger(usage, models)
+        # Without a configured secret, fingerprints are keyed by a secret of this process only.
+        self.ledger = UsageLedger(usage, models, fingerprints or Fingerprinter(os.urandom(32)))
         self.release_timeout_s = release_timeout_s
 
     async def release(self, call: Call, usage: Usage) -> None:

@@ -21,6 +21,7 @@ from lt_gateway.adapters.quota_client import Denial
 from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.domain.call import Call
 from lt_gateway.domain.events import blocked_event, rejected_event, settled_event
+from lt_gateway.domain.fingerprint import Fingerprinter
 from lt_gateway.domain.pricing import format_usd
 from lt_gateway.domain.requests import Kind, ParsedRequest
 from lt_gateway.domain.usage import Usage
@@ -81,15 +82,18 @@ def _elapsed_ms(started: float) -> int:
 class UsageLedger:
     """Records the outcome of each request: admitted, blocked by quota, or rejected before admission."""
 
-    def __init__(self, usage: UsageSink, models: ModelTable) -> None:
+    def __init__(self, usage: UsageSink, models: ModelTable, fingerprints: Fingerprinter) -> None:
         self.usage = usage
         self.models = models
+        self.fingerprints = fingerprints
 
     def settle(self, call: Call, usage: Usage, status: str, http_status: int, error_code: str | None) -> int:
         """An admitted request's usage (quota settles the reservation from it); returns its cost."""
         cost = call.cost(usage)
         latency_ms = _elapsed_ms(call.started)
-        self.usage.record(settled_event(call, usage, cost, latency_ms, (status, http_status, error_code)))
+        fingerprint = self.fingerprints.fingerprint(call.admitted.principal.org_id, call.parsed.digest)
+        outcome = (status, http_status, error_code)
+        self.usage.record(settled_event(call, usage, cost, latency_ms, outcome, fingerprint))
         prompt_counter, completion_counter, cost_counter = _model_metrics(call.spec.name)
         prompt_counter.inc(usage.prompt_tokens)
         completion_counter.inc(usage.completion_tokens)

@@ -15,6 +15,15 @@ from lt_quota.adapters.repository.approvals import (
     my_approvals,
     pending_approvals,
 )
+from lt_quota.adapters.repository.authz import (
+    audit,
+    audit_count,
+    caller_freezes,
+    key_limits,
+    lock_org_sessions,
+    new_sessions_since,
+    set_own_status,
+)
 from lt_quota.adapters.repository.freezes import insert_freeze, lift_freezes, live_freezes
 from lt_quota.adapters.repository.keys import (
     get_key,
@@ -25,6 +34,7 @@ from lt_quota.adapters.repository.keys import (
     list_keys,
     move_key_pools,
     revoke_key,
+    revoke_named_keys_except,
     update_key_rate_limits,
 )
 from lt_quota.adapters.repository.ledger import claim_threshold, insert_ledger, ledger_sum, period_totals
@@ -98,6 +108,9 @@ __all__ = [
     "OpenReservation",
     "add_pool_usage",
     "adjustment_for_purchase",
+    "audit",
+    "audit_count",
+    "caller_freezes",
     "claim_many",
     "claim_threshold",
     "decide_approval",
@@ -125,6 +138,7 @@ __all__ = [
     "is_platform_org",
     "key_by_hash",
     "key_by_id",
+    "key_limits",
     "key_owner",
     "ledger_sum",
     "lift_freezes",
@@ -134,10 +148,12 @@ __all__ = [
     "list_teams",
     "list_users",
     "live_freezes",
+    "lock_org_sessions",
     "lock_pools",
     "mark_platform_org",
     "move_key_pools",
     "my_approvals",
+    "new_sessions_since",
     "open_reservations",
     "open_reserved",
     "org_settings",
@@ -149,8 +165,10 @@ __all__ = [
     "pools_by_ids",
     "pools_to_load",
     "revoke_key",
+    "revoke_named_keys_except",
     "session_pool",
     "session_pools",
+    "set_own_status",
     "set_pool_limit",
     "set_primary_team",
     "set_team_buckets",

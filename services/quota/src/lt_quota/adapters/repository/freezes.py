@@ -69,33 +69,42 @@ async def live_freezes(
     *,
     org_id: str | None = None,
     target: tuple[str, str] | None = None,
+    exact_org: bool = False,
+    orgless: bool = False,
 ) -> list[FreezeRecord]:
-    """Freezes neither lifted nor expired at `now`; optionally of one org (plus org-less ones) or one target."""
+    """Freezes neither lifted nor expired at `now`, optionally of one target. `org_id`: only that org's (plus
+    org-less ones with `orgless`, for platform admins); `exact_org`: only freezes whose org is exactly `org_id`
+    (None: org-less ones), which is how a session (an id the client chose) is told apart between orgs."""
     rows = await conn.fetch(
         f"""SELECT {_FREEZE_COLUMNS} FROM freezes
              WHERE {_LIVE}
-               AND ($2::text IS NULL OR org_id = $2 OR org_id IS NULL)
+               AND CASE WHEN $6 THEN org_id IS NOT DISTINCT FROM $2::text
+                        ELSE ($2::text IS NULL OR org_id = $2 OR ($5 AND org_id IS NULL)) END
                AND ($3::text IS NULL OR (target_type = $3 AND target_id = $4))
              ORDER BY created_at""",
         now,
         org_id,
         target[0] if target else None,
         target[1] if target else None,
+        orgless,
+        exact_org,
     )
     return [_freeze(r) for r in rows]
 
 
 async def lift_freezes(
-    conn: Conn, target_type: str, target_id: str, now: datetime, org_id: str
+    conn: Conn, target_type: str, target_id: str, now: datetime, org_id: str, *, orgless: bool = False
 ) -> list[FreezeRecord]:
-    """Lift every live freeze of a target in `org_id` (or of no org); returns the ones lifted."""
+    """Lift every live freeze of a target in `org_id` (and of no org with `orgless`, for platform admins);
+    returns the ones lifted."""
     rows = await conn.fetch(
         f"""UPDATE freezes SET lifted_at = $1
-             WHERE {_LIVE} AND target_type = $2 AND target_id = $3 AND (org_id IS NULL OR org_id = $4)
+             WHERE {_LIVE} AND target_type = $2 AND target_id = $3 AND (org_id = $4 OR ($5 AND org_id IS NULL))
          RETURNING {_FREEZE_COLUMNS}""",
         now,
         target_type,
         target_id,
         org_id,
+        orgless,
     )
     return [_freeze(r) for r in rows]

@@ -28,6 +28,7 @@ __all__ = [
     "list_keys",
     "move_key_pools",
     "revoke_key",
+    "revoke_named_keys_except",
     "update_key_rate_limits",
 ]
 
@@ -187,3 +188,15 @@ async def key_owner(conn: Conn, key_id: str) -> tuple[str, str] | None:
     """(user id, org id) of an API key."""
     row = await conn.fetchrow("SELECT user_id, org_id FROM api_keys WHERE id = $1", key_id)
     return None if row is None else (row["user_id"], row["org_id"])
+
+
+async def revoke_named_keys_except(conn: Conn, user_id: str, name: str, keep_hash: str) -> list[str]:
+    """Revoke the user's live keys called `name` other than `keep_hash`; returns their ids."""
+    rows = await conn.fetch(
+        """UPDATE api_keys SET revoked_at = now()
+            WHERE user_id = $1 AND name = $2 AND hash <> $3 AND revoked_at IS NULL RETURNING id""",
+        user_id,
+        name,
+        keep_hash,
+    )
+    return [str(r["id"]) for r in rows]

@@ -72,6 +72,7 @@ async def update_org(conn: Conn, org_id: str, fields: dict[str, object]) -> None
         "privacy_strict",
         "key_requests_per_period",
         "key_tokens_per_period",
+        "manager_approval_limit",
         "user_requests_per_period",
         "user_tokens_per_period",
     }

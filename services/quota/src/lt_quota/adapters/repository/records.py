@@ -33,7 +33,7 @@ CHARGED_TEAM = """(SELECT tm.team_id FROM team_members tm WHERE tm.user_id = u.i
 
 USER_COLUMNS = f"""
     u.id, u.org_id, u.email, u.name, u.role, u.status, u.created_at, u.default_priority,
-    u.allow_priority_bypass, u.privacy_default, u.tier, u.primary_team_id,
+    u.allow_priority_bypass, u.privacy_default, u.tier, u.primary_team_id, u.vacation_until,
     {CHARGED_TEAM} AS team_id
 """
 
@@ -53,6 +53,7 @@ def user_from_row(row: asyncpg.Record) -> UserRecord:
         privacy_default=row["privacy_default"],
         tier=row["tier"],
         primary_team_id=row["primary_team_id"],
+        vacation_until=row["vacation_until"],
     )
 
 
@@ -76,7 +77,7 @@ def pool_from_row(row: asyncpg.Record) -> PoolRecord:
 ORG_COLUMNS = """o.id AS org_id_, o.name AS org_name, o.timezone, o.vacation_share_percent,
     o.allow_vacation_sharing, o.default_session_budget_usd_micros, o.strict_sessions,
     o.privacy_strict AS org_privacy_strict, o.key_requests_per_period, o.key_tokens_per_period,
-    o.user_requests_per_period, o.user_tokens_per_period"""
+    o.user_requests_per_period, o.user_tokens_per_period, o.manager_approval_limit"""
 
 
 def org_from_row(row: asyncpg.Record) -> OrgSettings:
@@ -93,6 +94,7 @@ def org_from_row(row: asyncpg.Record) -> OrgSettings:
         key_tokens_per_period=row["key_tokens_per_period"],
         user_requests_per_period=row["user_requests_per_period"],
         user_tokens_per_period=row["user_tokens_per_period"],
+        manager_approval_limit=row["manager_approval_limit"],
     )
 
 

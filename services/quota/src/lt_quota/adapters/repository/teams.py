@@ -90,11 +90,12 @@ async def is_manager(conn: Conn, team_id: str, user_id: str) -> bool:
 
 
 async def teammate_on_vacation(conn: Conn, team_id: str, user_id: str) -> bool:
-    """True if another member of the team is on vacation."""
+    """True if another member of the team is on vacation (a self-set vacation past its end is over)."""
     return bool(
         await conn.fetchval(
             """SELECT EXISTS (SELECT 1 FROM team_members tm JOIN users u ON u.id = tm.user_id
-                               WHERE tm.team_id = $1 AND u.id <> $2 AND u.status = 'on_vacation')""",
+                               WHERE tm.team_id = $1 AND u.id <> $2 AND u.status = 'on_vacation'
+                                 AND (u.vacation_until IS NULL OR u.vacation_until > now()))""",
             team_id,
             user_id,
         )

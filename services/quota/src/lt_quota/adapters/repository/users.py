@@ -58,6 +58,8 @@ async def update_user(conn: Conn, user_id: str, org_id: str, fields: dict[str, o
     if not cols:
         return bool(await conn.fetchval("SELECT 1 FROM users WHERE id = $1 AND org_id = $2", user_id, org_id))
     sets = ", ".join(f"{c} = ${i + 3}" for i, c in enumerate(cols))
+    if "status" in cols:
+        sets += ", vacation_until = NULL"  # an admin's status change has no end date
     value = await conn.fetchval(
         f"UPDATE users SET {sets} WHERE id = $1 AND org_id = $2 RETURNING id",
         user_id,

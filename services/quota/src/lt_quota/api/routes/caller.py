@@ -41,10 +41,12 @@ async def my_quota(principal: CurrentPrincipal, gov: ManagementDep) -> dict[str,
     return await gov.views.my_quota(principal)
 
 
-@router.put("/v1/users/me/status", response_model=views.UserView, responses=error_responses(403, 404))
+@router.put("/v1/users/me/status", response_model=views.UserView, responses=error_responses(400, 403, 404))
 async def set_status(body: StatusBody, principal: CurrentPrincipal, gov: ManagementDep) -> UserView:
+    """Go on vacation (ending `until`, at most `LT_VACATION_MAX_DAYS` ahead, the default) or come back; at
+    most `LT_STATUS_CHANGES_PER_DAY` changes a day, each recorded in the audit log."""
     return UserView.model_validate(
-        await gov.users.set_my_status(principal, body.status), from_attributes=True
+        await gov.users.set_my_status(principal, body.status, body.until), from_attributes=True
     )
 
 

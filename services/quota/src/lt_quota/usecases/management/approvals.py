@@ -14,6 +14,7 @@ from leaky_common.events import ApprovalDecided, ApprovalRequested, Topics
 from leaky_common.outbox import write_outbox
 from lt_quota.adapters import repository as repo
 from lt_quota.domain import new_id
+from lt_quota.domain.rights import approved_amount
 from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.management.views import iso
 
@@ -105,11 +106,16 @@ class Approvals:
     async def decide_approval(
         self, principal: Principal, approval_id: str, *, approve: bool, amount: int | None, reason: str | None
     ) -> dict[str, Any]:
-        """Approve (raising the requester's personal pool by `amount`, default what was asked) or reject."""
+        """Approve (raising the requester's personal pool by `amount`, default what was asked; never more than
+        was asked, nor for a manager more than the org's `manager_approval_limit`) or reject; audited."""
         changed_pool: str | None = None
         async with self.ctx.db.acquire() as conn, conn.transaction():
             row = await _pending_for(conn, principal, approval_id)
-            granted = (amount if amount is not None else row["amount"]) if approve else None
+            granted = None
+            if approve:
+                org = await repo.org_settings(conn, principal.org_id)
+                limit = org.manager_approval_limit if org is not None else None
+                granted = approved_amount(row["amount"], amount, limit, admin=principal.is_admin)
             if granted is not None:
                 pool = await repo.pool_by_id(conn, row["pool_id"], for_update=True)
                 assert pool is not None
@@ -131,6 +137,8 @@ class Approvals:
                 reason=reason or "",
             )
             await write_outbox(conn, Topics.QUOTA_EVENTS, event, key=approval_id)
+            detail = {"decision": event.decision, "requested": row["amount"], "granted": granted or 0}
+            await repo.audit(conn, row["org_id"], principal.user_id, "approval", approval_id, detail)
         if changed_pool is not None:
             await self.ctx.sync_limit(changed_pool)
         return approval_view(decided)

@@ -3,6 +3,7 @@ changes its settings (time zone, vacation sharing, session budgets, privacy, buc
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
@@ -15,7 +16,12 @@ from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.management.users import NewUser, insert_user
 from lt_quota.usecases.management.views import iso, require_org
 
-__all__ = ["Orgs"]
+__all__ = ["BOOTSTRAP_KEY_NAME", "Orgs"]
+
+logger = logging.getLogger(__name__)
+
+# The name of the key start-up makes from LT_BOOTSTRAP_ADMIN_KEY (rotation through the API keeps it).
+BOOTSTRAP_KEY_NAME = "bootstrap"
 
 
 async def _require_platform_admin(conn: asyncpg.Connection, admin: Principal) -> None:
@@ -34,19 +40,32 @@ class Orgs:
 
     async def bootstrap_admin(self, api_key: str) -> None:
         """Ensure the default org (the platform org, whose admins manage orgs), an admin user holding
-        `api_key` and its personal pool (idempotent; at start-up)."""
+        `api_key` and its personal pool (idempotent; at start-up).
+
+        The configured key replaces every earlier bootstrap key of that admin: a changed
+        `LT_BOOTSTRAP_ADMIN_KEY` revokes the old one. A revoked key never comes back: if the configured key
+        was revoked (say, rotated through the API), nothing changes and a warning says so."""
+        key_hash = hash_api_key(api_key)
         async with self.ctx.db.acquire() as conn, conn.transaction():
             org_id = await repo.upsert_org(conn, new_id(), "default", "UTC")
             await repo.mark_platform_org(conn, org_id)
             await repo.insert_user(conn, new_id(), org_id, "admin@localhost", "Administrator", "admin")
             user_id = await repo.user_id_by_email(conn, org_id, "admin@localhost")
             assert user_id is not None
-            await repo.insert_key(
-                conn, new_id(), user_id, org_id, key_prefix(api_key), hash_api_key(api_key), "bootstrap"
-            )
             await repo.ensure_pool(
                 conn, new_id(), "user", user_id, org_id, "tokens", self.ctx.settings.bootstrap_admin_quota
             )
+            existing = await repo.key_by_hash(conn, key_hash)
+            if existing is not None and existing.revoked:
+                logger.warning("LT_BOOTSTRAP_ADMIN_KEY was revoked; it stays revoked (set a new value)")
+                return
+            await repo.insert_key(
+                conn, new_id(), user_id, org_id, key_prefix(api_key), key_hash, BOOTSTRAP_KEY_NAME
+            )
+            replaced = await repo.revoke_named_keys_except(conn, user_id, BOOTSTRAP_KEY_NAME, key_hash)
+        if replaced:
+            self.ctx.invalidate()
+            logger.warning("LT_BOOTSTRAP_ADMIN_KEY changed: revoked the earlier bootstrap keys %s", replaced)
 
     async def create_org(
         self, admin: Principal, *, name: str, timezone: str, first_admin: NewUser
@@ -95,6 +114,7 @@ class Orgs:
             "key_tokens_per_period": org.key_tokens_per_period,
             "user_requests_per_period": org.user_requests_per_period,
             "user_tokens_per_period": org.user_tokens_per_period,
+            "manager_approval_limit": org.manager_approval_limit,
             "bucket_period_s": self.ctx.settings.bucket_period_s,
         }
 

@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from leaky_common.auth import Principal
-from leaky_common.errors import Conflict, Forbidden, NotFound
+from leaky_common.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from leaky_common.events import Topics, VacationChanged
 from leaky_common.outbox import write_outbox
 from lt_quota.adapters import repository as repo
 from lt_quota.domain import generate_api_key, hash_api_key, key_prefix, new_id
 from lt_quota.domain.records import UserRecord
+from lt_quota.domain.rights import VacationRule, check_status_changes, vacation_end
 from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.management.views import require_user
 
@@ -100,19 +102,35 @@ class Users:
                 raise NotFound(f"user {user_id} not found", code="user_not_found")
             after = await repo.get_user(conn, user_id, admin.org_id)
             assert after is not None
+            if before.status != after.status:
+                detail = {"from": before.status, "to": after.status}
+                await repo.audit(conn, admin.org_id, admin.user_id, "status.admin", user_id, detail)
             await _announce_vacation(conn, before, after)
         self.ctx.invalidate()
         return after
 
-    async def set_my_status(self, principal: Principal, status: str) -> UserRecord:
-        """A user goes on vacation or comes back (a suspended user cannot lift their own suspension)."""
+    async def set_my_status(
+        self, principal: Principal, status: str, until: datetime | None = None
+    ) -> UserRecord:
+        """A user goes on vacation (ending `until`, at most `vacation_max_days` ahead) or comes back; at most
+        `status_changes_per_day` changes in 24 hours, each in the audit log. A suspended user cannot lift their
+        own suspension."""
+        now = self.ctx.now()
+        rule = VacationRule(self.ctx.settings.vacation_max_days, self.ctx.settings.status_changes_per_day)
+        if status != "on_vacation" and until is not None:
+            raise InvalidRequest("until goes only with on_vacation", code="invalid_until", param="until")
+        end = vacation_end(rule, now, until) if status == "on_vacation" else None
         async with self.ctx.db.acquire() as conn, conn.transaction():
             before = await repo.get_user(conn, principal.user_id, principal.org_id)
             if before is None:
                 raise NotFound("user not found", code="user_not_found")
             if before.status == "suspended":
                 raise Forbidden("this user is suspended", code="user_suspended")
-            await repo.update_user(conn, before.id, before.org_id, {"status": status})
+            changes = await repo.audit_count(conn, before.id, "status.self", now - timedelta(days=1))
+            check_status_changes(rule, changes)
+            await repo.set_own_status(conn, before.id, before.org_id, status, end)
+            detail = {"from": before.status, "to": status, "until": end.isoformat() if end else None}
+            await repo.audit(conn, before.org_id, before.id, "status.self", before.id, detail)
             after = await repo.get_user(conn, before.id, before.org_id)
             assert after is not None
             await _announce_vacation(conn, before, after)
