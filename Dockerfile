@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One Dockerfile, one small image per process: `docker build --target quota -t leaky-tokens-quota .`
-# Targets: gateway, quota, saga, analytics (the API and the faust worker), notifier, and devtools (the
-# third-party fakes from libs/devinfra, for local stacks only; never deploy it).
+# Targets: gateway, quota, saga, analytics (the API and the faust worker), notifier, cli (`lt`), and devtools
+# (the third-party fakes from libs/devinfra, for local stacks only; never deploy it).
 #
 # Build stages resolve from uv.lock and install ONE package's run-time dependencies (never the dev group,
 # never libs/devinfra unless it is the package) as wheels into /app/.venv. The final stages start again from
@@ -29,6 +29,7 @@ COPY services/quota/pyproject.toml services/quota/pyproject.toml
 COPY services/purchase-saga/pyproject.toml services/purchase-saga/pyproject.toml
 COPY services/analytics/pyproject.toml services/analytics/pyproject.toml
 COPY services/notifier/pyproject.toml services/notifier/pyproject.toml
+COPY libs/cli/pyproject.toml libs/cli/pyproject.toml
 
 # One build stage per package; BuildKit builds only the stages a target needs. Each installs that package's
 # dependencies first (a layer reused until a pyproject.toml or uv.lock changes), then copies only the sources
@@ -75,6 +76,13 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 COPY libs/common/src libs/common/src
 COPY libs/devinfra/src libs/devinfra/src
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-devinfra
+
+# `lt`, the command line (it needs no other workspace package).
+FROM build-base AS build-cli
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable --no-install-workspace --package leaky-cli
+COPY libs/cli/src libs/cli/src
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-cli
 
 # ---------------------------------------------------------------- run
 FROM python:3.11-slim AS runtime
@@ -126,3 +134,8 @@ FROM runtime AS devtools
 COPY --from=build-devtools /app/.venv /app/.venv
 EXPOSE 8086
 CMD ["python", "-m", "leaky_devinfra.fakes.payments"]
+
+# `docker run --rm -e LT_GATEWAY_URL -e LT_API_KEY leaky-tokens-cli quota`
+FROM runtime AS cli
+COPY --from=build-cli /app/.venv /app/.venv
+ENTRYPOINT ["lt"]

@@ -1,0 +1,126 @@
+"""The `lt` command: the root app, error handling (API errors exit 1, bad usage 2) and sign-in commands."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from leaky_cli import config as cfg
+from leaky_cli.client import ApiClient, ApiError, BadInput
+from leaky_cli.commands import admin, approvals, keys, me, purchases, sessions, team, top
+from leaky_cli.context import JsonOpt, State, api
+from leaky_cli.output import console, err_console, list_table, record_table, show
+
+__all__ = ["app", "main"]
+
+
+class _Group(TyperGroup):
+    """Turns our errors into a message on stderr and an exit code, for every command below the root."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ApiError as exc:
+            err_console.print(
+                f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(1) from None
+        except (cfg.ConfigError, BadInput) as exc:
+            err_console.print(
+                f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="lt",
+    help="Leaky Tokens from the command line: quota, usage, keys, sessions, purchases, approvals, admin.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile of the config file (else LT_PROFILE).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, max=600, help="HTTP timeout in seconds.")] = 30.0,
+) -> None:
+    ctx.obj = State(profile=profile, timeout=timeout)
+
+
+@app.command()
+def login(
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Profile to write.")] = cfg.DEFAULT_PROFILE,
+    gateway_url: Annotated[
+        str | None, typer.Option(help="Gateway URL (else LT_GATEWAY_URL or asked).")
+    ] = None,
+    default: Annotated[bool, typer.Option(help="Make this the default profile.")] = True,
+) -> None:
+    """Check an API key against the gateway and store it in a profile (file mode 0600). The key is read
+    from LT_API_KEY or asked for without echo; it is never printed."""
+    name = cfg.check_profile_name(profile)
+    url = gateway_url or os.environ.get("LT_GATEWAY_URL") or typer.prompt("Gateway URL")
+    url = cfg.check_gateway_url(url)
+    key = os.environ.get("LT_API_KEY") or typer.prompt("API key", hide_input=True)
+    with ApiClient(cfg.Profile(name, url, api_key=key.strip())) as client:
+        me_ = client.get("/v1/users/me")
+    stored = cfg.load()
+    stored.profiles[name] = {"gateway_url": url, "api_key": key.strip()}
+    if default or len(stored.profiles) == 1:
+        stored.default_profile = name
+    path = cfg.save(stored)
+    console.print(f"Signed in to {url} as {me_.get('email')} ({me_.get('role')}); profile {name!r} in {path}")
+
+
+@app.command()
+def logout(
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Profile to forget.")] = cfg.DEFAULT_PROFILE,
+) -> None:
+    """Forget a profile's credential (removes the profile from the config file)."""
+    stored = cfg.load()
+    if stored.profiles.pop(cfg.check_profile_name(profile), None) is None:
+        raise cfg.ConfigError(f"no profile {profile!r}")
+    cfg.save(stored)
+    console.print(f"Profile {profile!r} removed.")
+
+
+@app.command()
+def profiles() -> None:
+    """List the profiles of the config file (gateway URLs only, never credentials)."""
+    stored = cfg.load()
+    rows = [
+        {"profile": n, "gateway_url": p.get("gateway_url"), "default": n == stored.default_profile}
+        for n, p in sorted(stored.profiles.items())
+    ]
+    console.print(
+        list_table(rows, [("profile", "profile"), ("gateway", "gateway_url"), ("default", "default")])
+    )
+
+
+@app.command()
+def whoami(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Who the credential belongs to (`GET /v1/users/me`)."""
+    show(api(ctx).get("/v1/users/me"), as_json, record_table)
+
+
+me.register(app)
+team.register(app)
+keys.register(app)
+sessions.register(app)
+purchases.register(app)
+approvals.register(app)
+top.register(app)
+app.add_typer(admin.app, name="admin")
+
+
+def main() -> None:
+    app()
