@@ -177,23 +177,22 @@ def service_app(
     lifespan: Lifespan,
     ready: ReadinessCheck,
     description: str = "",
-    hot_route: tuple[str, HotEndpoint] | None = None,
+    hot_route: tuple[str, HotEndpoint] | list[tuple[str, HotEndpoint]] | None = None,
     service: str | None = None,
     middleware: Sequence[Middleware] = (),
 ) -> FastAPI:
     """A service's FastAPI app with the shared skeleton; the caller adds its routers.
 
-    `ready(app)` reports each dependency for `/ready`; `hot_route` is `(path, endpoint)` for one POST endpoint
-    served without FastAPI's routing layers (its documented route stays in a router). Request metrics wrap the
-    hot route too. `middleware` wraps everything but the guard.
+    `ready(app)` reports each dependency for `/ready`; `hot_route` is `(path, endpoint)` (or a list of them)
+    for POST endpoints served without FastAPI's routing layers (their documented routes stay in a router).
+    Request metrics wrap the hot routes too. `middleware` wraps everything but the guard.
     """
     app = FastAPI(title=title, version="0.1.0", description=description, lifespan=lifespan)
     app.state.settings = settings
     app.state.verifier = AssertionVerifier(settings.internal_public_keys, settings.audience)
     install_error_handlers(app)
     install_openapi(app)
-    if hot_route is not None:
-        path, endpoint = hot_route
+    for path, endpoint in [hot_route] if isinstance(hot_route, tuple) else hot_route or []:
         app.add_middleware(HotRoute, method="POST", path=path, endpoint=endpoint)
     name = service or settings.service_name
     app.add_middleware(MetricsMiddleware, service=name)

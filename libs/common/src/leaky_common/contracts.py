@@ -6,7 +6,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from leaky_common.auth import Principal
 
-__all__ = ["AdmitRequest", "AdmitResponse", "AuthenticateRequest", "ProbeResponse", "RateLimitState"]
+__all__ = [
+    "AdmitRequest",
+    "AdmitResponse",
+    "AuthenticateRequest",
+    "ProbeResponse",
+    "RateLimitState",
+    "ReleaseRequest",
+    "ReleaseResponse",
+]
 
 
 class AuthenticateRequest(BaseModel):
@@ -73,3 +81,23 @@ class ProbeResponse(BaseModel):
 
     postgres: bool
     redis: bool
+
+
+class ReleaseRequest(BaseModel):
+    """`POST /internal/release`: the answer is complete; shrink its reservation to what it used.
+
+    Sent before the last bytes reach the client, so the next request sees the unused part free again. The
+    `UsageRecorded` event stays the durable settlement; a reservation released and never settled is charged
+    at its expiry what it used, not what it reserved."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reservation_id: str = Field(min_length=1, max_length=64)
+    total_tokens: int = Field(ge=0)
+    cost_usd_micros: int = Field(ge=0)
+
+
+class ReleaseResponse(BaseModel):
+    """200 from `/internal/release`: `released` is false when it was released or settled before (or unknown)."""
+
+    released: bool

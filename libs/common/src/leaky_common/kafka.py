@@ -249,9 +249,13 @@ class EventConsumer:
                 await asyncio.sleep(0.5)
                 continue
             for tp, records in batches.items():
-                for record in records:
-                    await self._process(record)
+                await self._process_records(records)
                 await self._commit(tp, records[-1].offset + 1)
+
+    async def _process_records(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Handle one partition's fetched records, in order (`BatchEventConsumer` handles them at once)."""
+        for record in records:
+            await self._process(record)
 
     async def _commit(self, tp: TopicPartition, offset: int) -> None:
         for attempt in range(5):

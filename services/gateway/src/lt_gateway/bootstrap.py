@@ -123,6 +123,7 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
         providers=providers,
         quota=quota,
         usage=usage,
+        release_timeout_s=settings.release_timeout_s,
         fingerprints=Fingerprinter(secret.get_secret_value().encode()) if secret else None,
     )
     chat = ChatHandler(

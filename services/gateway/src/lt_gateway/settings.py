@@ -27,6 +27,9 @@ class GatewaySettings(ServiceSettings):
     models_file: Path | None = None
     upstream_timeout_s: float = 120.0
     internal_timeout_s: float = 10.0
+    # The release of a reservation's unused part, sent before the last bytes of an answer, waits at most this
+    # long (the answer goes out anyway; the usage event settles the reservation).
+    release_timeout_s: float = Field(default=0.5, gt=0)
     # Usage events waiting in memory for the broker (beyond this they are dropped; the spool takes over first).
     usage_queue_max: int = 100_000
     # Usage events gather this long before being published together (fewer produce requests).

@@ -1,5 +1,8 @@
 """QuotaClient over real HTTP: trace context goes out, denials come back as they are, outages are 503."""
 
+import asyncio
+import time
+
 import orjson
 import pytest
 from aiohttp import web
@@ -90,5 +93,41 @@ async def test_reachable_follows_quota_health() -> None:
         assert await down.reachable() is False
     finally:
         await up.close()
+        await down.close()
+        await runner.cleanup()
+
+
+async def test_release_never_raises_and_gives_up_after_its_timeout() -> None:
+    seen: list[dict[str, object]] = []
+
+    async def release(request: web.Request) -> web.Response:
+        seen.append(await request.json())
+        if len(seen) == 1:
+            return web.json_response({"released": True})
+        if len(seen) == 2:
+            return web.Response(status=500)
+        await asyncio.sleep(5)  # a hung quota: the answer must not wait for it
+        return web.json_response({"released": True})
+
+    app = web.Application()
+    app.router.add_post("/internal/release", release)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    client = QuotaClient(f"http://127.0.0.1:{port}", "internal-token-0123456789", 5)
+    down = QuotaClient(f"http://127.0.0.1:{free_port()}", "internal-token-0123456789", 5)
+    await client.start()
+    await down.start()
+    try:
+        assert await client.release("res_1", 120, 7, timeout_s=1) is True
+        assert seen[0] == {"reservation_id": "res_1", "total_tokens": 120, "cost_usd_micros": 7}
+        assert await client.release("res_1", 120, 7, timeout_s=1) is False  # a 500
+        started = time.perf_counter()
+        assert await client.release("res_1", 120, 7, timeout_s=0.2) is False  # hung
+        assert time.perf_counter() - started < 2
+        assert await down.release("res_1", 120, 7, timeout_s=1) is False  # unreachable
+    finally:
+        await client.close()
         await down.close()
         await runner.cleanup()

@@ -30,6 +30,7 @@ class FakeQuota:
         self.refuse_keys = refuse_keys
         self.requests: list[AdmitRequest] = []
         self.authentications = 0
+        self.releases: list[tuple[str, int, int]] = []
 
     async def authenticate(self, api_key: str) -> Principal | Denial:
         self.authentications += 1
@@ -37,6 +38,10 @@ class FakeQuota:
             body = b'{"error": {"message": "invalid API key", "type": "authentication_error", "code": "invalid_api_key"}}'
             return Denial(401, body, {})
         return Principal(user_id="u1", org_id="o1", key_id="k1")
+
+    async def release(self, reservation_id: str, tokens: int, cost: int, timeout_s: float) -> bool:
+        self.releases.append((reservation_id, tokens, cost))
+        return False  # as when quota cannot be reached: the answer goes out all the same
 
     async def admit(self, request: AdmitRequest) -> AdmitResponse | Denial:
         self.requests.append(request)
@@ -125,6 +130,8 @@ async def test_success_caps_upstream_at_grant_and_records_provider_usage() -> No
     assert event.cost_usd_micros == body["leaky_tokens"]["cost_usd_micros"]
     assert resp.headers["x-leaky-tokens-cost-usd"] == body["leaky_tokens"]["cost_usd"]
     assert quota.requests[0].max_output_tokens == 500
+    # released (down to what was used) before the answer was handed back, even though the release failed
+    assert quota.releases == [("res_1", event.total_tokens, event.cost_usd_micros)]
 
 
 async def test_provider_failure_is_502_and_releases_the_reservation() -> None:
@@ -136,6 +143,7 @@ async def test_provider_failure_is_502_and_releases_the_reservation() -> None:
     assert "went away" not in error["message"]  # no upstream internals leak
     (event,) = sink.events
     assert (event.status, event.total_tokens, event.reservation_id) == ("error", 0, "res_1")
+    assert quota.releases == [("res_1", 0, 0)]
 
 
 async def test_denial_is_passed_through_and_recorded_as_blocked() -> None:
@@ -235,7 +243,11 @@ async def test_stream_failure_sends_an_error_event_and_settles_what_was_counted(
 async def test_stream_without_include_usage_carries_usage_and_cost_on_the_finish_chunk() -> None:
     quota, sink = FakeQuota(), RecordingSink()
     resp = await handler(quota, sink).handle(make_request({**CHAT, "stream": True}))
-    chunks = [c async for c in resp.body_iterator]  # type: ignore[attr-defined]
+    chunks: list[bytes] = []
+    async for chunk in resp.body_iterator:  # type: ignore[attr-defined]
+        if b'"usage":{' in chunk:  # the finish chunk carries usage: released before it left
+            assert len(quota.releases) == 1
+        chunks.append(chunk)
     events = [orjson.loads(c[6:]) for c in chunks if c.startswith(b"data: {")]
     assert all(e["choices"] for e in events)  # no usage-only chunk the client did not ask for
     last = events[-1]
@@ -249,9 +261,14 @@ async def test_streamed_usage_matches_provider_and_is_recorded_once() -> None:
     quota, sink = FakeQuota(), RecordingSink()
     req = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     resp = await handler(quota, sink).handle(make_request(req))
-    chunks = [c async for c in resp.body_iterator]  # type: ignore[attr-defined]
+    chunks: list[bytes] = []
+    async for chunk in resp.body_iterator:  # type: ignore[attr-defined]
+        if b'"usage":{' in chunk:  # the last event: released before it left
+            assert [r[0] for r in quota.releases] == ["res_1"]
+        chunks.append(chunk)
     events = [orjson.loads(c[6:]) for c in chunks if c.startswith(b"data: {")]
     usage = events[-1]["usage"]
+    assert quota.releases == [("res_1", usage["total_tokens"], events[-1]["leaky_tokens"]["cost_usd_micros"])]
     assert chunks[-1] == b"data: [DONE]\n\n"
     (event,) = sink.events
     assert event.status == "ok" and event.total_tokens == usage["total_tokens"]

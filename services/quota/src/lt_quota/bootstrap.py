@@ -19,9 +19,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from leaky_common.db import apply_migrations, create_database, create_pool, database_url_for
 from leaky_common.events import Topics
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
+from leaky_common.kafka_batch import BatchEventConsumer
 from leaky_common.outbox import ElectedRelay
 from lt_quota.adapters.redis_state import RedisState
-from lt_quota.handlers import make_handler
+from lt_quota.handlers import make_handler, make_usage_batch_handler
 from lt_quota.settings import QuotaSettings
 from lt_quota.usecases.admission import Admission
 from lt_quota.usecases.context import Clock, QuotaContext, system_clock
@@ -38,7 +39,9 @@ from lt_quota.usecases.management import (
     TokenAliases,
     Users,
 )
+from lt_quota.usecases.reservations import DurableReservations
 from lt_quota.usecases.settlement import Settlement
+from lt_quota.usecases.settlement_batch import BatchSettlement
 from lt_quota.usecases.thresholds import Thresholds
 from lt_quota.usecases.topups import TopUps
 
@@ -60,7 +63,9 @@ class Quota:
     freezes: Freezes
     thresholds: Thresholds
     management: Management
-    consumer: EventConsumer | None = None
+    durable: DurableReservations
+    consumer: BatchEventConsumer | None = None
+    commands: EventConsumer | None = None
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -93,8 +98,9 @@ def compose(settings: QuotaSettings, db: asyncpg.Pool, state: RedisState, clock:
     ctx = QuotaContext(settings, db, state, clock)
     freezes = Freezes(ctx)
     thresholds = Thresholds(ctx)
-    admission = Admission(ctx, freezes)
-    settlement = Settlement(ctx, thresholds)
+    durable = DurableReservations(ctx, freezes)
+    admission = Admission(ctx, freezes, durable)
+    settlement = Settlement(ctx, thresholds, durable)
     return Quota(
         ctx=ctx,
         admission=admission,
@@ -103,6 +109,7 @@ def compose(settings: QuotaSettings, db: asyncpg.Pool, state: RedisState, clock:
         freezes=freezes,
         thresholds=thresholds,
         management=_management(ctx, admission, settlement),
+        durable=durable,
     )
 
 
@@ -171,16 +178,26 @@ async def _start_messaging(quota: Quota, settings: QuotaSettings, stack: context
     relay = ElectedRelay(settings.database_url, quota.db, publisher)
     await relay.start()
     stack.push_async_callback(relay.stop)
-    consumer = EventConsumer(
+    # Usage events and commands on separate consumers: a command never waits behind a usage backlog.
+    consumer = BatchEventConsumer(
         settings,
         group_id=settings.consumer_group,
-        topics=[Topics.USAGE, Topics.QUOTA_COMMANDS, Topics.FREEZE_REQUESTS],
+        topics=[Topics.USAGE],
+        handler=make_handler(quota.settlement, quota.topups, quota.freezes),
+        batch_handler=make_usage_batch_handler(BatchSettlement(quota.settlement)),
+        publisher=publisher,
+    )
+    commands = EventConsumer(
+        settings,
+        group_id=f"{settings.consumer_group}-commands",
+        topics=[Topics.QUOTA_COMMANDS, Topics.FREEZE_REQUESTS],
         handler=make_handler(quota.settlement, quota.topups, quota.freezes),
         publisher=publisher,
     )
-    await consumer.start()
-    stack.push_async_callback(consumer.stop)
-    quota.consumer = consumer
+    for c in (consumer, commands):
+        await c.start()
+        stack.push_async_callback(c.stop)
+    quota.consumer, quota.commands = consumer, commands
 
 
 @contextlib.asynccontextmanager
@@ -195,9 +212,14 @@ async def run_quota(settings: QuotaSettings, clock: Clock | None = None) -> Asyn
         quota = compose(settings, db, state, clock or system_clock)
         if settings.bootstrap_admin_key:
             await quota.management.orgs.bootstrap_admin(settings.bootstrap_admin_key)
+        # Redis may have lost its data while quota was down: open reservations back first (restore_freezes
+        # marks Redis restored), then the counters (they start with what the open reservations hold).
+        await quota.durable.recover()
         loaded = await quota.ctx.load_pools()
         frozen = await quota.freezes.restore_freezes()
         logger.info("loaded %d pools and %d frozen targets into redis", loaded, frozen)
+        await quota.durable.start()
+        stack.push_async_callback(quota.durable.stop)
         await _start_messaging(quota, settings, stack)
         await _start_sweeper(quota, settings.sweep_interval_s, stack)
         yield quota

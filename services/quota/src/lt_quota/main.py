@@ -35,7 +35,7 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
         checks["postgres"] = await ping(quota.db)
         with contextlib.suppress(Exception):
             checks["redis"] = bool(await quota.state.redis.ping())
-        checks["consumer"] = quota.consumer is not None and quota.consumer.running
+        checks["consumer"] = all(c is not None and c.running for c in (quota.consumer, quota.commands))
         return checks
 
     app = service_app(
@@ -43,7 +43,7 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
         title="Leaky Tokens quota",
         lifespan=lifespan,
         ready=ready,
-        hot_route=("/internal/admit", hot.admit),
+        hot_route=[("/internal/admit", hot.admit), ("/internal/release", hot.release)],
     )
     app.include_router(internal_router)
     app.include_router(public_router)

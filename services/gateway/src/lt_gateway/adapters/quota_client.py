@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import aiohttp
@@ -9,11 +10,19 @@ import orjson
 from opentelemetry import propagate
 
 from leaky_common.auth import AssertionSigner, Principal
-from leaky_common.contracts import AdmitRequest, AdmitResponse, AuthenticateRequest, ProbeResponse
+from leaky_common.contracts import (
+    AdmitRequest,
+    AdmitResponse,
+    AuthenticateRequest,
+    ProbeResponse,
+    ReleaseRequest,
+)
 from leaky_common.errors import ServiceUnavailable
 
 _FORWARDED_DENIAL_HEADERS = ("retry-after",)
 QUOTA_AUDIENCE = "quota"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +114,27 @@ class QuotaClient:
         if status >= 500:
             raise ServiceUnavailable("quota service error", code="quota_unavailable")
         return Denial(status, body, headers)
+
+    async def release(
+        self, reservation_id: str, total_tokens: int, cost_usd_micros: int, timeout_s: float
+    ) -> bool:
+        """Shrink a reservation to what the answer used, before the client has all of it. Never raises: on any
+        failure the answer still goes out and the usage event settles the reservation later."""
+        assert self._session is not None, "QuotaClient.start() was not called"
+        payload = ReleaseRequest(
+            reservation_id=reservation_id, total_tokens=total_tokens, cost_usd_micros=cost_usd_micros
+        )
+        try:
+            async with self._session.post(
+                self._base + "/internal/release",
+                data=payload.model_dump_json().encode(),
+                headers={**self._signer.headers(QUOTA_AUDIENCE), "content-type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    return True
+                logger.warning("quota answered %d to a release; the usage event settles it", resp.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("release failed (%r); the usage event settles it", exc)
+        return False

@@ -5,6 +5,7 @@ Layout (every key starts with the configured prefix, `lt:` by default):
     vac:<team_pool_id>:<period_key>     hash  used, reserved          (vacation share borrowed from a team pool)
     res:<reservation_id>                hash  n, k<i>/a<i>/u<i>/d<i> per leg, pool, amount, src, btok, bk1, bk2,
                                               user, request, expires
+                                              rel (set once released: a<i> and amount are then what was used)
     res:by_expiry                       zset  reservation_id scored by expiry (ms)
     bucket:<key|user>:<id>:<req|tok>    hash  level (float: what is used), ts (ms), win (fixed windows)
     freeze:<user|key|session>:<id>      string reason, with the freeze's TTL (none: until lifted); a
@@ -23,10 +24,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-__all__ = ["AdmitArgs", "Counter", "PoolState", "RedisState"]
+__all__ = ["AdmitArgs", "Counter", "PoolState", "RedisState", "reservation_fields"]
 
 
 def _script(name: str) -> str:
@@ -88,6 +90,12 @@ class PoolState:
     reserved: int
 
 
+def reservation_fields(raw: Any) -> dict[str, str]:
+    """A hash's fields from a script's HGETALL reply (a flat list of field, value)."""
+    items = [str(v) for v in raw]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
 class RedisState:
     """Typed access to the Lua scripts (`adapters/lua/*.lua`) and the keys above."""
 
@@ -100,6 +108,10 @@ class RedisState:
         self._load_counter = redis.register_script(_script("load_counter"))
         self._resync_used = redis.register_script(_script("resync_used"))
         self._set_limit = redis.register_script(_script("set_limit"))
+        self._release = redis.register_script(_script("release"))
+        self._settle_many = redis.register_script(_script("settle_many"))
+        self._restore_reservation = redis.register_script(_script("restore_reservation"))
+        self._reservations = redis.register_script(_script("reservations"))
 
     def pool_key(self, pool_id: str, period_key: str = "") -> str:
         return f"{self._p}pool:{pool_id}" + (f":{period_key}" if period_key else "")
@@ -177,6 +189,34 @@ class RedisState:
         keys = [self.reservation_key(reservation_id), self.expiry_key]
         return bool(await self._settle(keys=keys, args=[reservation_id, actual_tokens, *leg_amounts]))
 
+    async def release(self, reservation_id: str, tokens: int, usd_micros: int) -> dict[str, str] | None:
+        """Shrink an open reservation to what its answer used; its fields after, or None if it was released or
+        settled before (or never existed)."""
+        raw = await self._release(keys=[self.reservation_key(reservation_id)], args=[tokens, usd_micros])
+        return reservation_fields(raw) if raw else None
+
+    async def settle_many(self, settlements: list[tuple[str, int, list[int]]]) -> list[bool]:
+        """Apply many settlements (reservation id, actual tokens, amount per leg) in one call; per settlement,
+        False if Redis did not hold the reservation (settled before, or lost)."""
+        if not settlements:
+            return []
+        keys = [self.expiry_key, *(self.reservation_key(r) for r, _, _ in settlements)]
+        plans = orjson.dumps([[r, tokens, amounts] for r, tokens, amounts in settlements]).decode()
+        return [bool(v) for v in await self._settle_many(keys=keys, args=[plans])]
+
+    async def reservations(self, reservation_ids: list[str]) -> list[dict[str, str] | None]:
+        """The fields of many reservations in one round trip (None where Redis holds none)."""
+        if not reservation_ids:
+            return []
+        rows = orjson.loads(await self._reservations(keys=[self.reservation_key(r) for r in reservation_ids]))
+        return [reservation_fields(row) if row else None for row in rows]
+
+    async def restore_reservation(self, reservation_id: str, expires_ms: int, fields: dict[str, str]) -> bool:
+        """Put back a reservation Redis lost (from its durable record); False if Redis still holds it."""
+        flat = [v for item in fields.items() for v in item]
+        keys = [self.reservation_key(reservation_id), self.expiry_key]
+        return bool(await self._restore_reservation(keys=keys, args=[expires_ms, reservation_id, *flat]))
+
     async def reservation(self, reservation_id: str) -> dict[str, str] | None:
         """The reservation's fields, or None once settled. A reservation made before legs existed (one
         personal pool, no period) is given its one leg, so an upgrade settles it like the others."""
@@ -203,9 +243,10 @@ class RedisState:
         """Drop a dangling expiry entry whose reservation hash is gone."""
         await self.redis.zrem(self.expiry_key, reservation_id)
 
-    async def load_counter(self, key: str, limit: int, used: int, ttl_ms: int = 0) -> bool:
-        """Create a counter if missing (expiring after `ttl_ms` if > 0); True if it was created."""
-        return bool(await self._load_counter(keys=[key], args=[limit, used, ttl_ms]))
+    async def load_counter(self, key: str, limit: int, used: int, ttl_ms: int = 0, reserved: int = 0) -> bool:
+        """Create a counter if missing (expiring after `ttl_ms` if > 0), holding `reserved` for the open
+        reservations it already has; True if it was created."""
+        return bool(await self._load_counter(keys=[key], args=[limit, used, ttl_ms, reserved]))
 
     async def resync_used(self, key: str, used: int) -> bool:
         """Set a loaded counter's `used` to the ledger's figure; False if the counter is not loaded."""

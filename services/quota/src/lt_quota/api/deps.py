@@ -13,8 +13,9 @@ from fastapi import Depends, Request
 from lt_quota.usecases.admission import Admission
 from lt_quota.usecases.freezes import Freezes
 from lt_quota.usecases.management import Management
+from lt_quota.usecases.settlement import Settlement
 
-__all__ = ["AdmissionDep", "FreezesDep", "ManagementDep"]
+__all__ = ["AdmissionDep", "FreezesDep", "ManagementDep", "SettlementDep"]
 
 
 async def get_admission(request: Request) -> Admission:
@@ -35,6 +36,13 @@ async def get_management(request: Request) -> Management:
     return management
 
 
+async def get_settlement(request: Request) -> Settlement:
+    """Releases and settlement of reservations."""
+    settlement: Settlement = request.app.state.quota.settlement
+    return settlement
+
+
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 FreezesDep = Annotated[Freezes, Depends(get_freezes)]
 ManagementDep = Annotated[Management, Depends(get_management)]
+SettlementDep = Annotated[Settlement, Depends(get_settlement)]

@@ -10,7 +10,7 @@ from leaky_common.contracts import AdmitRequest, AdmitResponse, ProbeResponse, R
 from leaky_common.db import ping
 from leaky_common.errors import Forbidden, ServiceUnavailable, Unauthorized
 from lt_quota.adapters import repository as repo
-from lt_quota.adapters.redis_state import AdmitArgs, Counter
+from lt_quota.adapters.redis_state import AdmitArgs, Counter, reservation_fields
 from lt_quota.domain import (
     AdmitDenied,
     AdmitGranted,
@@ -28,6 +28,7 @@ from lt_quota.domain import (
 from lt_quota.domain.records import KeyRecord
 from lt_quota.usecases.context import QuotaContext
 from lt_quota.usecases.freezes import Freezes
+from lt_quota.usecases.reservations import DurableReservations
 
 __all__ = ["ADMISSIONS", "Admission", "principal_of"]
 
@@ -61,11 +62,13 @@ def _ratelimit(outcome: AdmitGranted) -> RateLimitState:
 
 
 class Admission:
-    """Authentication and admission over the shared context; `freezes` restores what Redis lost."""
+    """Authentication and admission over the shared context; `durable` keeps the open reservations and
+    restores what Redis lost."""
 
-    def __init__(self, ctx: QuotaContext, freezes: Freezes) -> None:
+    def __init__(self, ctx: QuotaContext, freezes: Freezes, durable: DurableReservations) -> None:
         self.ctx = ctx
         self.freezes = freezes
+        self.durable = durable
 
     async def authenticate(self, api_key: str) -> Principal:
         """Resolve a key to its principal for a management call; 401 if unknown, revoked or expired. The
@@ -148,15 +151,19 @@ class Admission:
             ADMISSIONS.labels("insufficient_quota").inc()
             raise no_pool_for_model()
         args = self._admit_args(record, req, counters, sources)
-        outcome = parse_admit_result(await self.ctx.state.admit(args))
+        raw = await self.ctx.state.admit(args)
+        outcome = parse_admit_result(raw)
         if isinstance(outcome, AdmitDenied) and outcome.reason == "no_pool":
             # A counter is missing: a new period or session, or Redis lost its state. Rebuild from Postgres.
             await self._restore(counters)
-            outcome = parse_admit_result(await self.ctx.state.admit(args))
+            raw = await self.ctx.state.admit(args)
+            outcome = parse_admit_result(raw)
         if isinstance(outcome, AdmitDenied):
             ADMISSIONS.labels(decision_label(outcome)).inc()
             raise denial(outcome, session.limit if session is not None else None)
         ADMISSIONS.labels("admitted").inc()
+        if len(raw) > 11:  # the reservation's fields: into its durable record (queued, written in batches)
+            self.durable.record(args.reservation_id, reservation_fields(raw[11]))
         # The script only answers with a source of the plan: anything else is a bug, not a default.
         chosen = next((c for c in counters if c.group == sources.index(outcome.source) + 1), None)
         return AdmitResponse(
@@ -207,7 +214,7 @@ class Admission:
         )
 
     async def _restore(self, counters: list[Counter]) -> None:
+        # Redis lost its data (flushed or restarted empty)? Open reservations and freezes went with it: put
+        # them back first, then rebuild the counters from the ledger and the open reservations.
+        await self.durable.recover()
         await self.ctx.load_missing(counters)
-        if await self.ctx.state.was_lost():
-            # Redis lost its data (flushed or restarted empty): the freezes went with it.
-            await self.freezes.restore_freezes()

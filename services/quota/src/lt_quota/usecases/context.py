@@ -239,7 +239,8 @@ class QuotaContext:
     # --- hot counters from the ledger ----------------------------------------------------------------------
 
     async def load_pools(self, pool_ids: list[str] | None = None) -> int:
-        """Load the current-period counters of pools missing from Redis (used = ledger); returns how many.
+        """Load the current-period counters of pools missing from Redis (used = ledger, reserved = the open
+        reservations' durable records); returns how many.
         One transaction holds the pools' share locks while the totals are read."""
         now = self.clock()
         loaded = 0
@@ -249,13 +250,16 @@ class QuotaContext:
             zones = {o: await self.timezone(conn, o) for o in {p.org_id for p in pools}}
             periods = {p.id: period_of(p.period, now, zones[p.org_id]) for p in pools}
             used = await repo.period_totals(conn, [(p.id, periods[p.id].key) for p in pools])
+            keys = {p.id: self.state.pool_key(p.id, periods[p.id].key) for p in pools}
+            reserved = await repo.open_reserved(conn, list(keys.values()))
             for pool in pools:
                 per = periods[pool.id]
                 loaded += await self.state.load_counter(
-                    self.state.pool_key(pool.id, per.key),
+                    keys[pool.id],
                     pool.limit,
                     used.get(pool.id, 0),
                     counter_ttl_ms(per.end, self.clock()),
+                    reserved.get(keys[pool.id], 0),
                 )
         return loaded
 
@@ -268,7 +272,8 @@ class QuotaContext:
             used = await repo.ledger_sum(conn, pool_id, period_key, "vacation_share" if vacation else None)
             per = period_of(pool.period, self.clock(), await self.timezone(conn, pool.org_id))
             ttl_ms = counter_ttl_ms(per.end, self.clock()) if period_key else 0
-            return await self.state.load_counter(key, 0 if vacation else pool.limit, used, ttl_ms)
+            reserved = (await repo.open_reserved(conn, [key])).get(key, 0)
+            return await self.state.load_counter(key, 0 if vacation else pool.limit, used, ttl_ms, reserved)
 
     async def load_missing(self, counters: list[Counter]) -> None:
         """Rebuild from the ledger the counters Redis lacks (a new period or session, or Redis lost them)."""

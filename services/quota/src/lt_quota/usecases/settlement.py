@@ -13,15 +13,16 @@ from lt_quota.adapters import repository as repo
 from lt_quota.domain import Leg, legs_of_reservation, period_of, source_group
 from lt_quota.domain.records import KeyRecord, PoolRecord
 from lt_quota.usecases.context import QuotaContext
+from lt_quota.usecases.reservations import DurableReservations
 from lt_quota.usecases.thresholds import Thresholds
 
-__all__ = ["Settlement"]
+__all__ = ["Charge", "Settlement"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class _Charge:
+class Charge:
     """What to charge for one reservation, and where it was found."""
 
     reservation_id: str
@@ -35,25 +36,53 @@ class _Charge:
     from_redis: bool  # Redis still holds the reservation
 
 
+def _expiry(reservation_id: str, reservation: dict[str, str], *, from_redis: bool) -> Charge:
+    """The charge of a reservation that expired unsettled: what each leg holds."""
+    legs = legs_of_reservation(reservation)
+    return Charge(
+        reservation_id,
+        legs,
+        [leg.reserved for leg in legs],
+        int(reservation.get("amount", "0")),
+        kind="expiry",
+        source=reservation.get("src", "personal"),
+        request_id=reservation.get("request"),
+        inbox_event_id=None,
+        from_redis=from_redis,
+    )
+
+
 class Settlement:
     """Charge reservations once, whether their usage arrives or they expire."""
 
-    def __init__(self, ctx: QuotaContext, thresholds: Thresholds) -> None:
+    def __init__(self, ctx: QuotaContext, thresholds: Thresholds, durable: DurableReservations) -> None:
         self.ctx = ctx
         self.thresholds = thresholds
+        self.durable = durable
+
+    async def release(self, reservation_id: str, tokens: int, usd_micros: int) -> bool:
+        """Shrink an open reservation to what its answer used (the gateway calls this before the client has the
+        whole answer); False if it was released or settled before. The usage event charges it later."""
+        fields = await self.ctx.state.release(reservation_id, tokens, usd_micros)
+        if fields is None:
+            return False
+        self.durable.record(reservation_id, fields)
+        return True
 
     async def settle_usage(self, event: UsageRecorded) -> None:
         """Charge a reservation at the actual usage, per leg (idempotent on the reservation id)."""
         if not event.reservation_id:
             return
         reservation = await self.ctx.state.reservation(event.reservation_id)
+        if reservation is None and await self.durable.recover():
+            reservation = await self.ctx.state.reservation(event.reservation_id)
         if reservation is not None:
             legs, source = legs_of_reservation(reservation), reservation.get("src", "personal")
         else:
-            legs, source = await self._legs_for_event(event), event.quota_source or "personal"
+            legs, source = await self.legs_for_event(event), event.quota_source or "personal"
             if not legs:
                 logger.warning("usage for reservation %s has no known pool; ignored", event.reservation_id)
-        charge = _Charge(
+        charge = Charge(
             event.reservation_id,
             legs,
             [event.total_tokens if leg.unit == "t" else event.cost_usd_micros for leg in legs],
@@ -67,29 +96,29 @@ class Settlement:
         await self._charge(charge)
 
     async def sweep_expired(self) -> int:
-        """Charge reservations past their TTL at their reserved amount; returns how many were charged."""
+        """Charge reservations past their TTL at their reserved amount (what they used, once released);
+        returns how many were charged. Those Redis lost are charged from their durable records."""
+        await self.durable.recover()
+        now = self.ctx.clock()
         charged = 0
-        for reservation_id in await self.ctx.state.expired_reservations(self.ctx.clock()):
+        for reservation_id in await self.ctx.state.expired_reservations(now):
             reservation = await self.ctx.state.reservation(reservation_id)
             if reservation is None:
                 await self.ctx.state.forget_reservation(reservation_id)
                 continue
-            legs = legs_of_reservation(reservation)
-            charge = _Charge(
-                reservation_id,
-                legs,
-                [leg.reserved for leg in legs],
-                int(reservation.get("amount", "0")),
-                kind="expiry",
-                source=reservation.get("src", "personal"),
-                request_id=reservation.get("request"),
-                inbox_event_id=None,
-                from_redis=True,
-            )
-            charged += await self._charge(charge)
+            charged += await self._charge(_expiry(reservation_id, reservation, from_redis=True))
+        async with self.ctx.db.acquire() as conn:
+            records = await repo.expired_open_reservations(conn, now)
+        held = await self.ctx.state.reservations([r.reservation_id for r in records])
+        for record, fields in zip(records, held, strict=True):
+            if (
+                fields is None
+            ):  # Redis lost it (or it was charged meanwhile: the ledger row makes this a no-op)
+                await self._charge(_expiry(record.reservation_id, record.fields, from_redis=False))
+                charged += 1
         return charged
 
-    async def _legs_for_event(self, event: UsageRecorded) -> list[Leg]:
+    async def legs_for_event(self, event: UsageRecorded) -> list[Leg]:
         """The legs of a reservation Redis no longer holds, rebuilt from the usage event and the pools."""
         if not event.user_id:
             return []
@@ -135,7 +164,7 @@ class Settlement:
                 legs.append(Leg(self.ctx.state.pool_key(pool.id, per.key), pool.id, per.key, False, unit))
         return legs
 
-    async def _charge(self, c: _Charge) -> int:
+    async def _charge(self, c: Charge) -> int:
         """Write one ledger row per pool leg and apply the settlement to Redis, under the pools' row locks;
         then announce the thresholds the charge made a pool reach. Returns 1 if Redis was settled."""
         settled = 0
@@ -143,6 +172,7 @@ class Settlement:
             if c.inbox_event_id is not None and not await claim(conn, c.inbox_event_id):
                 return 0
             pools = await repo.lock_pools(conn, [leg.pool_id for leg in c.legs])
+            await repo.delete_open_reservations(conn, [c.reservation_id])
             recorded: list[int] = []
             charged: list[tuple[PoolRecord, str, int, int]] = []  # pool, period, total, this charge
             for leg, amount in zip(c.legs, c.amounts, strict=True):

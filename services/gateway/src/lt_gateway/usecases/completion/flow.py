@@ -1,12 +1,14 @@
 """The governed hot path of `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
 
 validate -> one call to quota (auth, freezes, buckets, reservation) -> provider (capped at the granted output
-budget; retries and fallbacks inside) -> respond with usage and cost -> queue a UsageRecorded event, which
-quota settles the reservation from. Every request produces exactly one usage event and one JSON log line.
+budget; retries and fallbacks inside) -> release the reservation's unused part (before the last bytes of the
+answer reach the client) -> respond with usage and cost -> queue a UsageRecorded event, which quota settles
+the reservation from. Every request produces exactly one usage event and one JSON log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -62,6 +64,7 @@ class CompletionFlow:
         providers: dict[str, Provider],
         quota: QuotaClient,
         usage: UsageSink,
+        release_timeout_s: float = 0.5,
         fingerprints: Fingerprinter | None = None,
     ) -> None:
         self.models = models
@@ -69,6 +72,14 @@ class CompletionFlow:
         self.upstream = Upstream(models, providers)
         # Without a configured secret, fingerprints are keyed by a secret of this process only.
         self.ledger = UsageLedger(usage, models, fingerprints or Fingerprinter(os.urandom(32)))
+        self.release_timeout_s = release_timeout_s
+
+    async def release(self, call: Call, usage: Usage) -> None:
+        """Give back the unused part of the reservation before the client has the whole answer, so its next
+        request finds it free (the usage event stays the settlement; a failed release only delays that)."""
+        await self.quota.release(
+            call.admitted.reservation_id, usage.total_tokens, call.cost(usage), self.release_timeout_s
+        )
 
     def resolve(self, parsed: ParsedRequest) -> ModelSpec:
         """The model the request is for (404/400 if it cannot serve it)."""
@@ -123,10 +134,13 @@ class CompletionFlow:
                 return await self._start_stream(call, headers)
             completion = await self.upstream.complete(call)
         except ServiceError as exc:
-            # Nothing was generated: the event settles the reservation at zero.
+            # Nothing was generated: released now, and the event settles the reservation at zero.
+            await self.release(call, Usage(0, 0))
             self.ledger.settle(call, Usage(0, 0), "error", exc.status, exc.code)
             headers["x-leaky-tokens-cost-usd"] = ZERO_COST
             return error_reply(exc.status, exc.body(), call.request_id, {**headers, **exc.headers})
+        # The release travels to quota while the answer is prepared; the answer leaves once it is back.
+        release = asyncio.ensure_future(self.release(call, completion.usage))
         cost = self.ledger.settle(call, completion.usage, "ok", 200, None)
         body = completion.body
         if call.parsed.body.get("encoding_format") == "base64":
@@ -134,7 +148,9 @@ class CompletionFlow:
         body["model"] = call.parsed.model
         body["leaky_tokens"] = call.cost_field(cost)
         headers["x-leaky-tokens-cost-usd"] = format_usd(cost)
-        return Reply(200, headers, orjson.dumps(body))
+        reply = Reply(200, headers, orjson.dumps(body))
+        await release
+        return reply
 
     async def _start_stream(self, call: Call, headers: dict[str, str]) -> Reply:
         chunks, first = await self.upstream.open_stream(call)
@@ -146,6 +162,6 @@ class CompletionFlow:
         return Reply(
             200,
             {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
-            stream=relay(call, chunks, first, self.ledger),
+            stream=relay(call, chunks, first, self.ledger, self.release),
             media_type="text/event-stream",
         )

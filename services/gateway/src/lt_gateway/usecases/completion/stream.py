@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from lt_gateway.domain.call import Call
 from lt_gateway.domain.stream import DONE, StreamAccount, sse
-from lt_gateway.domain.usage import StreamChunk
+from lt_gateway.domain.usage import StreamChunk, Usage
 from lt_gateway.usecases.completion.ledger import UsageLedger
 from lt_gateway.usecases.completion.upstream import upstream_error
 
+Release = Callable[[Call, Usage], Awaitable[None]]
+
 
 async def relay(
-    call: Call, chunks: AsyncIterator[StreamChunk], first: StreamChunk, ledger: UsageLedger
+    call: Call, chunks: AsyncIterator[StreamChunk], first: StreamChunk, ledger: UsageLedger, release: Release
 ) -> AsyncGenerator[bytes, None]:
-    """Forward chunks as they arrive; the last one carries usage and cost. Settles exactly once."""
+    """Forward chunks as they arrive; the last one carries usage and cost. The reservation's unused part is
+    released before that last event leaves; settles exactly once."""
     account = StreamAccount(call)
     status, http_status, error_code = "ok", 200, None
+    released = False
     try:
         chunk: StreamChunk | None = first
         while chunk is not None:
             event = account.feed(chunk)
             if event is not None:
+                if account.sent_final and not released:
+                    released = True
+                    await release(call, account.settled())
                 yield event
             chunk = await anext(chunks, None)
         final = account.close(first)
+        if not released:
+            released = True
+            await release(call, account.settled())
         if final is not None:
             yield final
         yield DONE

@@ -173,4 +173,4 @@ local function view(i1, i2)
 end
 local lr, rr, tr = view(1, 3)
 local lt, rt, tt = view(2, 4)
-return {'ok', reserved, grant, lr, rr, tr, lt, rt, tt, src, reserved_usd}
+return {'ok', reserved, grant, lr, rr, tr, lt, rt, tt, src, reserved_usd, redis.call('HGETALL', KEYS[8])}

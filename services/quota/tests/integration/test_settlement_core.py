@@ -1,0 +1,294 @@
+"""Money exact on every path: the release before the answer's end, batched settlement (idempotent per event,
+also inside one batch), commands that never wait behind usage, and reservations that survive Redis loss."""
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from leaky_common.db import create_database
+from leaky_common.events import RequestFreeze, Topics, UsageRecorded
+from leaky_common.kafka import EventPublisher
+from leaky_devinfra.testing import ManualClock
+from leaky_devinfra.testing import eventually as wait_until
+from lt_quota.main import create_app
+from lt_quota.settings import QuotaSettings
+from lt_quota.usecases.settlement_batch import BatchSettlement
+
+pytestmark = pytest.mark.integration
+
+ADMIN_KEY = "lt-test-admin-" + uuid.uuid4().hex
+TOKEN = "integration-internal-token"
+INTERNAL = {"X-LT-Internal-Token": TOKEN}
+
+
+@dataclass
+class Harness:
+    client: httpx.AsyncClient
+    service: Any
+
+    async def create_user(self, quota: int) -> dict[str, Any]:
+        r = await self.client.post("/internal/authenticate", json={"api_key": ADMIN_KEY}, headers=INTERNAL)
+        admin = {**INTERNAL, "X-LT-Principal": r.text}
+        body = {"email": f"{uuid.uuid4().hex[:8]}@example.com", "name": "Someone", "personal_quota": quota}
+        r = await self.client.post("/v1/admin/users", json=body, headers=admin)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def admit(self, api_key: str, **fields: Any) -> httpx.Response:
+        body: dict[str, Any] = {
+            "api_key": api_key,
+            "request_id": uuid.uuid4().hex,
+            "model": "mock-gpt",
+            "provider": "mock",
+        }
+        body.update({"prompt_tokens": 10, **fields})
+        return await self.client.post("/internal/admit", json=body, headers=INTERNAL)
+
+    async def release(
+        self, reservation_id: str, tokens: int, headers: dict[str, str] = INTERNAL
+    ) -> httpx.Response:
+        body = {"reservation_id": reservation_id, "total_tokens": tokens, "cost_usd_micros": 0}
+        return await self.client.post("/internal/release", json=body, headers=headers)
+
+    async def pool(self, pool_id: str) -> tuple[int, int]:
+        """(used, reserved) of a personal pool in Redis."""
+        state = (await self.service.state.pool_states([pool_id]))[pool_id]
+        return state.used, state.reserved
+
+    async def ledger(self, pool_id: str) -> list[tuple[int, str]]:
+        async with self.service.db.acquire() as conn:
+            rows = await conn.fetch("SELECT amount, kind FROM ledger WHERE pool_id = $1 ORDER BY id", pool_id)
+        return [(int(r["amount"]), str(r["kind"])) for r in rows]
+
+
+def usage(admitted: dict[str, Any], tokens: int, event_id: str | None = None) -> UsageRecorded:
+    extra = {"event_id": event_id} if event_id else {}
+    return UsageRecorded(
+        request_id=uuid.uuid4().hex,
+        reservation_id=admitted["reservation_id"],
+        user_id=admitted["principal"]["user_id"],
+        model="mock-gpt",
+        provider="mock",
+        total_tokens=tokens,
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+async def database_url(postgres_url: str) -> str:
+    return await create_database(postgres_url, f"quota_{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, kafka_bootstrap: str) -> QuotaSettings:
+    return QuotaSettings(
+        _env_file=None,
+        environment="test",
+        database_url=database_url,
+        redis_url=redis_url,
+        kafka_bootstrap=kafka_bootstrap,
+        internal_token=TOKEN,
+        bootstrap_admin_key=ADMIN_KEY,
+        redis_prefix=f"lt:{uuid.uuid4().hex[:8]}:",
+        consumer_group=f"quota-{uuid.uuid4().hex[:8]}",
+        sweep_interval_s=3600,
+        log_json=False,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(settings: QuotaSettings, clock: ManualClock | None = None) -> AsyncIterator[Harness]:
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
+            yield Harness(client, app.state.quota)
+
+
+@pytest.fixture
+async def publisher(settings: QuotaSettings) -> AsyncIterator[EventPublisher]:
+    pub = EventPublisher(settings)
+    await pub.start()
+    yield pub
+    await pub.stop()
+
+
+async def lose_redis(settings: QuotaSettings) -> None:
+    """Redis loses everything this service had (its keys; other tests share the server)."""
+    redis: Redis[bytes] = Redis.from_url(settings.redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
+        if keys:
+            await redis.delete(*keys)
+    finally:
+        await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
+
+
+async def test_release_frees_the_unused_part_for_back_to_back_requests(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=3000)
+        used = 0
+        for _ in range(20):  # no max_tokens: each reserves everything left, then releases what it did not use
+            r = await h.admit(user["api_key"], prompt_tokens=40, model_max_output_tokens=4096)
+            assert r.status_code == 200, r.text
+            admitted = r.json()
+            assert admitted["reserved_tokens"] == 3000 - used  # all that is left
+            released = await h.release(admitted["reservation_id"], 100)
+            assert released.status_code == 200 and released.json() == {"released": True}
+            used += 100
+            assert await h.pool(user["pool_id"]) == (0, used)  # held: only what was used, until settled
+        again = await h.release(admitted["reservation_id"], 100)
+        assert again.json() == {"released": False}  # idempotent
+
+
+async def test_release_needs_the_internal_token_and_valid_input(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=1000)
+        admitted = (await h.admit(user["api_key"], max_output_tokens=90)).json()
+        for headers in ({}, {"X-LT-Internal-Token": "wrong-token-123"}):
+            r = await h.release(admitted["reservation_id"], 0, headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_internal_token"
+        r = await h.client.post(
+            "/internal/release", json={"reservation_id": admitted["reservation_id"], "total_tokens": -1,
+                                       "cost_usd_micros": 0}, headers=INTERNAL,
+        )  # fmt: skip
+        assert r.status_code == 400 and r.json()["error"]["param"] == "total_tokens"
+        assert await h.pool(user["pool_id"]) == (0, 100)  # nothing released by the refused calls
+
+
+async def test_release_then_settlement_charges_once(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=5000)
+        admitted = (await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=900)).json()
+        await h.release(admitted["reservation_id"], 250)
+        batch = BatchSettlement(h.service.settlement)
+        event = usage(admitted, 250)
+        await batch.settle([event, event])  # the same event twice in one batch
+        await batch.settle([event, usage(admitted, 250)])  # redelivered, and a second event for it
+        await h.service.settlement.settle_usage(event)
+        assert await h.ledger(user["pool_id"]) == [(250, "usage")]
+        assert await h.pool(user["pool_id"]) == (250, 0)
+
+
+async def test_a_batch_settles_many_reservations_in_one_go(settings: QuotaSettings) -> None:
+    async with running(settings) as h:
+        users = [await h.create_user(quota=100_000) for _ in range(3)]
+        admitted = [
+            (await h.admit(u["api_key"], prompt_tokens=10, max_output_tokens=500)).json()
+            for u in users
+            for _ in range(20)
+        ]
+        events = [usage(a, 7 + i) for i, a in enumerate(admitted)]
+        await BatchSettlement(h.service.settlement).settle([*events, *events[:5]])
+        for n, u in enumerate(users):
+            expected = [7 + i for i in range(20 * n, 20 * (n + 1))]
+            assert await h.ledger(u["pool_id"]) == [(a, "usage") for a in expected]
+            assert await h.pool(u["pool_id"]) == (sum(expected), 0)
+
+
+async def test_a_command_is_applied_while_a_usage_backlog_waits(
+    settings: QuotaSettings, publisher: EventPublisher, database_url: str
+) -> None:
+    async with running(settings) as h:
+        payer, other = await h.create_user(quota=10**9), await h.create_user(quota=1000)
+        admitted = [(await h.admit(payer["api_key"], max_output_tokens=20)).json() for _ in range(300)]
+        blocker = await asyncpg.connect(database_url)
+        tx = blocker.transaction()
+        await tx.start()
+        # Settlement of the payer's usage waits on this row lock: a usage backlog that cannot move.
+        await blocker.execute("SELECT 1 FROM pools WHERE id = $1 FOR UPDATE", payer["pool_id"])
+        try:
+            for a in admitted:
+                await publisher.publish(Topics.USAGE, usage(a, 5), key=payer["id"])
+            await publisher.publish(
+                Topics.FREEZE_REQUESTS,
+                RequestFreeze(target_type="user", target_id=other["id"], reason="loop", duration_s=300),
+            )
+
+            async def frozen() -> bool:
+                return bool(
+                    await h.service.state.redis.exists(h.service.state.freeze_key("user", other["id"]))
+                )
+
+            await wait_until(frozen, timeout=15, what="the freeze applied")
+            assert (await h.admit(other["api_key"], max_output_tokens=20)).status_code == 403
+            assert (await h.pool(payer["pool_id"]))[1] == 300 * 30  # no usage settled yet
+        finally:
+            await tx.rollback()
+            await blocker.close()
+
+        async def drained() -> bool:
+            return await h.pool(payer["pool_id"]) == (300 * 5, 0)
+
+        await wait_until(drained, timeout=90, what="the backlog settled")
+
+
+async def test_reservation_survives_redis_loss_and_is_charged_at_expiry(settings: QuotaSettings) -> None:
+    clock = ManualClock()
+    async with running(settings, clock) as h:
+        user = await h.create_user(quota=10_000)
+        never_used = await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=900)
+        assert never_used.status_code == 200
+        released = (await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=900)).json()
+        await h.release(released["reservation_id"], 300)
+        await h.service.durable.flush()
+        await lose_redis(settings)
+
+        # The next admission finds Redis empty: open reservations are put back, counters start holding them.
+        third = await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=900)
+        assert third.status_code == 200
+        assert await h.pool(user["pool_id"]) == (0, 1000 + 300 + 1000)  # never below what is owed
+
+        await BatchSettlement(h.service.settlement).settle([usage(released, 300), usage(third.json(), 50)])
+        assert await h.pool(user["pool_id"]) == (350, 1000)
+
+        # The first never gets a usage event: at its expiry it is charged what it reserved.
+        clock.now_ms += settings.reservation_ttl_s * 1000
+        assert await h.service.settlement.sweep_expired() >= 1  # earlier tests' reservations expire too
+        assert sorted(await h.ledger(user["pool_id"])) == [(50, "usage"), (300, "usage"), (1000, "expiry")]
+        assert await h.pool(user["pool_id"]) == (1350, 0)
+        async with h.service.db.acquire() as conn:
+            open_left = "SELECT count(*) FROM open_reservations WHERE pool_id = $1"
+            assert await conn.fetchval(open_left, user["pool_id"]) == 0
+
+
+async def test_reservation_lost_with_redis_before_a_restart_is_still_charged(settings: QuotaSettings) -> None:
+    clock = ManualClock()
+    async with running(settings, clock) as h:
+        user = await h.create_user(quota=10_000)
+        admitted = (await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=90)).json()
+        await h.release(admitted["reservation_id"], 40)
+    await lose_redis(settings)  # quota stopped (its writer flushed), then Redis came back empty
+    async with running(settings, clock) as h:
+        assert await h.pool(user["pool_id"]) == (0, 40)  # loaded at start-up with what is still open
+        clock.now_ms += settings.reservation_ttl_s * 1000
+        await h.service.settlement.sweep_expired()  # (the background sweeper may be the one that charges it)
+        assert await h.ledger(user["pool_id"]) == [(40, "expiry")]  # what it used, not what it reserved
+        assert await h.pool(user["pool_id"]) == (40, 0)
+        await h.service.settlement.settle_usage(usage(admitted, 40))  # the late event changes nothing
+        assert await h.ledger(user["pool_id"]) == [(40, "expiry")]
+
+
+async def test_usage_published_while_quota_is_down_is_settled_once_after_restart(
+    settings: QuotaSettings, publisher: EventPublisher
+) -> None:
+    async with running(settings) as h:
+        user = await h.create_user(quota=10_000)
+        admitted = [(await h.admit(user["api_key"], max_output_tokens=90)).json() for _ in range(5)]
+    for i, a in enumerate(admitted):  # quota is down: the events wait in the broker
+        await publisher.publish(Topics.USAGE, usage(a, 10 + i), key=user["id"])
+    async with running(settings) as h:
+
+        async def settled() -> bool:
+            return await h.pool(user["pool_id"]) == (60, 0)
+
+        # (a fresh consumer group reads the usage topic from the start: earlier tests' events come first)
+        await wait_until(settled, timeout=90, what="settled after the restart")
+        assert sorted(await h.ledger(user["pool_id"])) == [(10 + i, "usage") for i in range(5)]
