@@ -107,7 +107,7 @@ def test_internal_routes_refuse_a_user_assertion() -> None:
     app = _app("lt_quota", "QuotaSettings")
     client = TestClient(app, raise_server_exceptions=False)
     internal = [(m, p) for m, p, _ in _routes(app) if p.startswith("/internal/")]
-    assert len(internal) == 3
+    assert len(internal) == 4
     user_admin = _principal("admin", "quota")
     assert {(m, p): client.request(m, p, json=JUNK, headers=user_admin).status_code for m, p in internal} == {
         (m, p): 401 for m, p in internal

@@ -115,8 +115,8 @@ async def test_release_never_raises_and_gives_up_after_its_timeout() -> None:
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    client = QuotaClient(f"http://127.0.0.1:{port}", "internal-token-0123456789", 5)
-    down = QuotaClient(f"http://127.0.0.1:{free_port()}", "internal-token-0123456789", 5)
+    client = QuotaClient(f"http://127.0.0.1:{port}", TEST_KEYS.signer(), 5)
+    down = QuotaClient(f"http://127.0.0.1:{free_port()}", TEST_KEYS.signer(), 5)
     await client.start()
     await down.start()
     try:
