@@ -30,16 +30,16 @@ import aiohttp
 import psutil
 from redis.asyncio import Redis
 
+from leaky_common.auth import Principal
 from leaky_common.db import create_database, database_url_for
 from leaky_common.events import Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
 from leaky_common.settings import ServiceSettings
 from leaky_devinfra.infra import free_port, start_broker, start_postgres, start_redis, stop_pid, wait_for_port
+from leaky_devinfra.testing import TEST_KEYS
 from lt_gateway.adapters.quota_client import QuotaClient
 
-TOKEN = "bench-internal-token"
 ADMIN_KEY = "lt-bench-admin-" + uuid.uuid4().hex
-INTERNAL = {"X-LT-Internal-Token": TOKEN}
 PREFIX = "lt:"
 LIMITS = {
     "LT_KEY_REQUESTS_PER_PERIOD": "1000000000",
@@ -61,7 +61,9 @@ async def admit_all(
             user = users[i % len(users)]
             body = {"api_key": user["api_key"], "request_id": uuid.uuid4().hex, "model": "mock-gpt",
                     "provider": "mock", "prompt_tokens": 20, "max_output_tokens": 100}  # fmt: skip
-            async with session.post(f"{url}/internal/admit", json=body, headers=INTERNAL) as r:
+            async with session.post(
+                f"{url}/internal/admit", json=body, headers=TEST_KEYS.headers("quota")
+            ) as r:
                 assert r.status == 200, await r.text()
                 out.append((user, await r.json()))
 
@@ -119,13 +121,15 @@ async def publish(publisher: EventPublisher, events: list[UsageRecorded], rate: 
 
 async def setup_users(session: aiohttp.ClientSession, url: str, n: int) -> list[dict[str, Any]]:
     async with session.post(
-        f"{url}/internal/authenticate", json={"api_key": ADMIN_KEY}, headers=INTERNAL
+        f"{url}/internal/authenticate", json={"api_key": ADMIN_KEY}, headers=TEST_KEYS.headers("quota")
     ) as r:
-        admin = {**INTERNAL, "X-LT-Principal": await r.text()}
+        admin = Principal.model_validate_json(await r.text())  # signed per call: assertions live 30 s
     users = []
     for _ in range(n):
         body = {"email": f"{uuid.uuid4().hex[:10]}@bench.example", "name": "b", "personal_quota": 10**12}
-        async with session.post(f"{url}/v1/admin/users", json=body, headers=admin) as r:
+        async with session.post(
+            f"{url}/v1/admin/users", json=body, headers=TEST_KEYS.headers("quota", admin)
+        ) as r:
             users.append(await r.json())
     return users
 
@@ -176,7 +180,7 @@ async def release_cost(
     adds to an answer at most (the gateway overlaps it with preparing the answer); and its CPU."""
     if n <= 0:
         return
-    client = QuotaClient(url, TOKEN, 5)
+    client = QuotaClient(url, TEST_KEYS.signer(), 5)  # signs as the gateway does
     await client.start()
     took: list[float] = []
     try:
@@ -302,7 +306,7 @@ def main() -> None:
             "LT_REDIS_URL": redis.url,
             "LT_REDIS_PREFIX": PREFIX,
             "LT_KAFKA_BOOTSTRAP": broker.url,
-            "LT_INTERNAL_TOKEN": TOKEN,
+            **TEST_KEYS.env(),
             "LT_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
             "LT_ENVIRONMENT": "development",
             "LT_LOG_LEVEL": "WARNING",

@@ -7,7 +7,7 @@
 NAME is any process `up` started: gateway, quota, saga, analytics, analytics-worker, notifier, fakepay,
 redis, postgres (and broker, broker-proxy). `kill` sends the signal to the process's whole process group
 (each was started in its own session) and records how it was started (command, environment, working
-directory, read from /proc; the record is mode 0600 in `<run-dir>/chaos/`, as it holds the internal token);
+directory, read from /proc; the record is mode 0600 in `<run-dir>/chaos/`, as it holds the internal signing key);
 `restart` starts it again the same way on the same port, killing it first if it still runs, and updates
 `stack.json` so `down` stops the new PID.
 

@@ -1,6 +1,6 @@
 """`make up`'s start-up check, beside stack.py: the gateway's deep probe, and a word about a frozen admin.
 
-The check calls the gateway's `GET /internal/probe` with the internal token: gateway -> quota (its zero-cost
+The check calls the gateway's `GET /internal/probe` with a caller assertion (signed with the stack's key): gateway -> quota (its zero-cost
 admission check) -> the provider, end to end. It is not a governed request (no API key, no admission, no usage
 event), so no detector, usage report or budget sees it, however often the stack restarts, and no freeze can
 fail it. Then, if the bootstrap admin's key or user is frozen, `make up` says so and prints the command that

@@ -89,10 +89,12 @@ def test_the_compose_files_hold_no_literal_secret(config: dict[str, Any]) -> Non
 def test_the_literal_secret_check_catches_literal_secrets() -> None:
     fake = {
         "services": {
-            "x": {"environment": {"LT_INTERNAL_TOKEN": "abc", "LT_DATABASE_URL": "postgresql://u:p@h/d"}}
+            "x": {
+                "environment": {"LT_INTERNAL_SIGNING_KEY": "abc", "LT_DATABASE_URL": "postgresql://u:p@h/d"}
+            }
         }
     }
-    assert literal_secrets(fake) == ["x: LT_INTERNAL_TOKEN", "x: LT_DATABASE_URL (password in a URL)"]
+    assert literal_secrets(fake) == ["x: LT_INTERNAL_SIGNING_KEY", "x: LT_DATABASE_URL (password in a URL)"]
 
 
 def test_secrets_are_generated_once_and_each_app_mounts_only_its_own(config: dict[str, Any]) -> None:

@@ -78,7 +78,9 @@ async def test_the_local_stacks_secret_files_are_owner_only(traced_stack: Any) -
             json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
         )
     assert reply.status_code == 200
-    secret_files = [run_dir / "stack.env", run_dir / "admin_key", run_dir / "internal_token"]
+    secret_files = [
+        run_dir / name for name in ("stack.env", "admin_key", "internal_signing_key", "metrics_token")
+    ]
     secret_files += sorted(run_dir.glob("*spool*"))
     assert any("spool" in p.name for p in secret_files)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in secret_files}

@@ -148,8 +148,8 @@ def test_the_gateway_answers_nothing_governed_without_a_key() -> None:
         assert response.json()["error"]["type"] == "authentication_error"
 
 
-def test_the_gateway_internal_routes_need_the_internal_token() -> None:
-    """The public gateway's own `/internal/*` routes (the deep probe) take the internal token, never an API key."""
+def test_the_gateway_internal_routes_need_a_caller_assertion() -> None:
+    """The public gateway's own `/internal/*` routes (the deep probe) take a caller assertion, never an API key."""
     from lt_gateway.main import create_app
     from lt_gateway.settings import GatewaySettings
 

@@ -1,4 +1,4 @@
-"""`GET /internal/probe`: only the internal token opens it (never an API key, an admin's included); it proves
+"""`GET /internal/probe`: only a caller assertion opens it (never an API key, an admin's included); it proves
 quota and the provider answer, and records nothing (it has no usage sink to record with)."""
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ class FakeQuota(QuotaClient):
     async def probe(self) -> ProbeResponse:
         self.probes += 1
         if self.fail:
-            raise ServiceUnavailable("quota probe failed: invalid_internal_token", code="quota_unavailable")
+            raise ServiceUnavailable(
+                "quota probe failed: invalid_internal_assertion", code="quota_unavailable"
+            )
         return ProbeResponse(postgres=True, redis=True)
 
     async def admit(self, request: Any) -> Any:
@@ -53,7 +55,7 @@ def client(quota: FakeQuota, provider: Provider | None = None) -> TestClient:
     return TestClient(app, raise_server_exceptions=False)
 
 
-def test_only_the_internal_token_opens_the_probe() -> None:
+def test_only_a_caller_assertion_opens_the_probe() -> None:
     quota = FakeQuota()
     http = client(quota)
     refused = [
@@ -97,7 +99,7 @@ def test_bad_input_is_a_4xx(query: str, status: int, code: str) -> None:
 def test_a_failing_leg_is_named() -> None:
     r = client(FakeQuota(fail=True)).get("/internal/probe", headers=TEST_KEYS.headers("gateway"))
     assert r.status_code == 503
-    assert "invalid_internal_token" in r.json()["error"]["message"]
+    assert "invalid_internal_assertion" in r.json()["error"]["message"]
     r = client(FakeQuota(), BrokenProvider()).get("/internal/probe", headers=TEST_KEYS.headers("gateway"))
     assert (r.status_code, r.json()["error"]["type"]) == (502, "upstream_error")
     assert "ConnectionResetError" in r.json()["error"]["message"]

@@ -12,23 +12,24 @@ from typing import Any
 import httpx
 import pytest
 
+from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import FreezeChanged, RequestFreeze, parse_message
+from leaky_devinfra.testing import TEST_KEYS
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 
 pytestmark = pytest.mark.integration
 
 ADMIN_KEY = "lt-test-admin-" + uuid.uuid4().hex
-TOKEN = "authz-internal-token"
 
 
 def internal_headers(principal_json: str | None = None) -> dict[str, str]:
-    """The gateway's internal headers (one place, so a change of the internal identity touches only this)."""
-    headers = {"X-LT-Internal-Token": TOKEN}
-    if principal_json is not None:
-        headers["X-LT-Principal"] = principal_json
-    return headers
+    """The gateway's signed assertion for quota: a caller's, or a user's with the principal quota authenticated
+    (one place, so a change of the internal identity touches only this)."""
+    if principal_json is None:
+        return TEST_KEYS.headers("quota")
+    return TEST_KEYS.headers("quota", Principal.model_validate_json(principal_json))
 
 
 @dataclass
@@ -81,7 +82,7 @@ def settings(database_url: str, redis_url: str, kafka_bootstrap: str) -> QuotaSe
         database_url=database_url,
         redis_url=redis_url,
         kafka_bootstrap=kafka_bootstrap,
-        internal_token=TOKEN,
+        **TEST_KEYS.settings(),
         bootstrap_admin_key=ADMIN_KEY,
         redis_prefix=f"lt:{uuid.uuid4().hex[:8]}:",
         consumer_group=f"quota-{uuid.uuid4().hex[:8]}",

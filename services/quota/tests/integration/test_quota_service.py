@@ -145,7 +145,7 @@ async def test_a_signed_assertion_is_required(settings: QuotaSettings) -> None:
         assert r.json()["checks"] == {"postgres": True, "redis": True, "consumer": True}
 
 
-async def test_the_probe_needs_the_internal_token_and_records_nothing(settings: QuotaSettings) -> None:
+async def test_the_probe_needs_a_caller_assertion_and_records_nothing(settings: QuotaSettings) -> None:
     async with running(settings) as h:
         redis = h.service.state.redis
         before = sorted(await redis.keys(settings.redis_prefix + "*"))
@@ -153,9 +153,10 @@ async def test_the_probe_needs_the_internal_token_and_records_nothing(settings: 
             ledger_before = await conn.fetchval("SELECT count(*) FROM ledger")
         r = await h.client.post("/internal/probe", headers=TEST_KEYS.headers("quota"))
         assert (r.status_code, r.json()) == (200, {"postgres": True, "redis": True})
-        # Only the internal token opens it: no token, a wrong one, or a user's principal alone are refused.
+        # Only a caller assertion opens it: none, one from an untrusted key, or a user's (an admin's) are refused.
         admin = await h.principal_header(ADMIN_KEY)
-        for headers in ({}, {"X-LT-Internal-Token": "wrong-token-123"}, {"X-LT-Principal": admin}):
+        user_assertion = TEST_KEYS.headers("quota", Principal.model_validate_json(admin))
+        for headers in ({}, InternalKeys.generate().headers("quota"), user_assertion):
             r = await h.client.post("/internal/probe", headers=headers)
             assert r.status_code == 401, headers
         # A zero-cost check: no bucket, reservation or counter appeared, and the ledger is as it was.

@@ -12,10 +12,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import RequestFreeze, Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
-from leaky_devinfra.testing import ManualClock
+from leaky_devinfra.testing import TEST_KEYS, InternalKeys, ManualClock
 from leaky_devinfra.testing import eventually as wait_until
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
@@ -24,8 +25,13 @@ from lt_quota.usecases.settlement_batch import BatchSettlement
 pytestmark = pytest.mark.integration
 
 ADMIN_KEY = "lt-test-admin-" + uuid.uuid4().hex
-TOKEN = "integration-internal-token"
-INTERNAL = {"X-LT-Internal-Token": TOKEN}
+
+
+def internal(principal_json: str | None = None) -> dict[str, str]:
+    """The gateway's signed assertion for quota (fresh each call: it lives 30 s): a caller's, or a user's."""
+    if principal_json is None:
+        return TEST_KEYS.headers("quota")
+    return TEST_KEYS.headers("quota", Principal.model_validate_json(principal_json))
 
 
 @dataclass
@@ -34,8 +40,8 @@ class Harness:
     service: Any
 
     async def create_user(self, quota: int) -> dict[str, Any]:
-        r = await self.client.post("/internal/authenticate", json={"api_key": ADMIN_KEY}, headers=INTERNAL)
-        admin = {**INTERNAL, "X-LT-Principal": r.text}
+        r = await self.client.post("/internal/authenticate", json={"api_key": ADMIN_KEY}, headers=internal())
+        admin = internal(r.text)
         body = {"email": f"{uuid.uuid4().hex[:8]}@example.com", "name": "Someone", "personal_quota": quota}
         r = await self.client.post("/v1/admin/users", json=body, headers=admin)
         assert r.status_code == 201, r.text
@@ -49,13 +55,15 @@ class Harness:
             "provider": "mock",
         }
         body.update({"prompt_tokens": 10, **fields})
-        return await self.client.post("/internal/admit", json=body, headers=INTERNAL)
+        return await self.client.post("/internal/admit", json=body, headers=internal())
 
     async def release(
-        self, reservation_id: str, tokens: int, headers: dict[str, str] = INTERNAL
+        self, reservation_id: str, tokens: int, headers: dict[str, str] | None = None
     ) -> httpx.Response:
         body = {"reservation_id": reservation_id, "total_tokens": tokens, "cost_usd_micros": 0}
-        return await self.client.post("/internal/release", json=body, headers=headers)
+        return await self.client.post(
+            "/internal/release", json=body, headers=internal() if headers is None else headers
+        )
 
     async def pool(self, pool_id: str) -> tuple[int, int]:
         """(used, reserved) of a personal pool in Redis."""
@@ -94,7 +102,7 @@ def settings(database_url: str, redis_url: str, kafka_bootstrap: str) -> QuotaSe
         database_url=database_url,
         redis_url=redis_url,
         kafka_bootstrap=kafka_bootstrap,
-        internal_token=TOKEN,
+        **TEST_KEYS.settings(),
         bootstrap_admin_key=ADMIN_KEY,
         redis_prefix=f"lt:{uuid.uuid4().hex[:8]}:",
         consumer_group=f"quota-{uuid.uuid4().hex[:8]}",
@@ -148,16 +156,16 @@ async def test_release_frees_the_unused_part_for_back_to_back_requests(settings:
         assert again.json() == {"released": False}  # idempotent
 
 
-async def test_release_needs_the_internal_token_and_valid_input(settings: QuotaSettings) -> None:
+async def test_release_needs_the_gateways_assertion_and_valid_input(settings: QuotaSettings) -> None:
     async with running(settings) as h:
         user = await h.create_user(quota=1000)
         admitted = (await h.admit(user["api_key"], max_output_tokens=90)).json()
-        for headers in ({}, {"X-LT-Internal-Token": "wrong-token-123"}):
+        for headers in ({}, InternalKeys.generate().headers("quota"), TEST_KEYS.headers("analytics")):
             r = await h.release(admitted["reservation_id"], 0, headers)
-            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_internal_token"
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_internal_assertion"
         r = await h.client.post(
             "/internal/release", json={"reservation_id": admitted["reservation_id"], "total_tokens": -1,
-                                       "cost_usd_micros": 0}, headers=INTERNAL,
+                                       "cost_usd_micros": 0}, headers=internal(),
         )  # fmt: skip
         assert r.status_code == 400 and r.json()["error"]["param"] == "total_tokens"
         assert await h.pool(user["pool_id"]) == (0, 100)  # nothing released by the refused calls

@@ -88,7 +88,7 @@ class QuotaClient:
             return False
 
     async def probe(self) -> ProbeResponse:
-        """Quota's zero-cost admission check, with the internal token (503 naming what failed)."""
+        """Quota's zero-cost admission check, with the gateway's caller assertion (503 naming what failed)."""
         status, body, _ = await self._post("/internal/probe", b"")
         if status != 200:
             reason = Denial(status, body, {}).code() or f"HTTP {status}"

@@ -1,4 +1,5 @@
-"""`GET /internal/probe`: the deep readiness probe (gateway -> quota -> provider), for the internal token only.
+"""`GET /internal/probe`: the deep readiness probe (gateway -> quota -> provider), for internal callers only
+(a caller assertion, `X-LT-Assertion`).
 
 `make up` calls it instead of sending a completion with the admin key: it proves the whole path without being
 a governed request (see `usecases.probe`). Nothing it does is charged, counted, detected or reported.

@@ -1,7 +1,7 @@
 """The deep readiness probe: gateway -> quota -> provider, end to end, as no one.
 
-`make up` (and any operator with the internal token) calls it to prove the path a governed request takes
-works: the gateway reaches quota with the internal token, quota could admit (its Postgres answers and Redis
+`make up` (and any operator with a key the gateway trusts, signing a caller assertion) calls it to prove the
+path a governed request takes works: the gateway reaches quota with its caller assertion, quota could admit (its Postgres answers and Redis
 holds the admission script), and the model's provider answers. It is not a governed request: no API key, no
 principal, no admission or reservation, no usage event. So no detector, usage report or budget ever sees it,
 and a freeze (of the bootstrap admin key or anyone) cannot fail it.

@@ -1,4 +1,5 @@
-"""Internal routes: only the gateway (or another internal service) calls them, with the internal token."""
+"""Internal routes: only the gateway (or another internal service) calls them, with a signed caller
+assertion (`X-LT-Assertion`)."""
 
 from __future__ import annotations
 
