@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from leaky_common.events import PurchaseCompleted, UsageRecorded
-from lt_notifier.api.schemas import WebhookCreate
+from lt_notifier.api.schemas import ChannelCreate, WebhookCreate
 from lt_notifier.domain.delivery import backoff_s
 from lt_notifier.domain.notification import NOTIFIABLE_TYPES
 from lt_notifier.domain.webhook import check_webhook_url, webhook_payload
@@ -80,3 +80,21 @@ def test_webhook_create_validation() -> None:
     ):
         with pytest.raises(ValidationError):
             WebhookCreate.model_validate(bad)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"config": {"to": [2**70]}},
+        {"secrets": {"secret": 10**30}},
+        {"name": "a\x00b"},
+        {"config": {"x\x00": "y"}},
+    ],
+)
+def test_a_channel_body_with_a_huge_integer_or_a_nul_is_a_validation_error_not_a_crash(
+    extra: dict[str, object],
+) -> None:
+    # The NUL check once serialised the body with orjson, which raises TypeError on integers beyond 64 bits: a
+    # 500 found by the OpenAPI fuzzing.
+    with pytest.raises(ValidationError):
+        ChannelCreate.model_validate({"channel": "webhook", "url": "https://hooks.example/x", **extra})

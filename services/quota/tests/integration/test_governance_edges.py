@@ -206,3 +206,21 @@ async def test_the_primary_team_set_by_an_admin_is_charged_and_shown_in_users_me
         their_team = await h.team(admin_key=other)
         r = await h.call("PUT", path, json={"team_id": their_team["id"]})
         assert r.status_code == 404 and r.json()["error"]["code"] == "team_not_found"
+
+
+async def test_consume_settles_a_zero_usd_leg_of_a_key_with_a_usd_cap(settings: QuotaSettings) -> None:
+    """A charge priced at 0 micro-dollars against a usd cap reserves 0 on that leg; settling it once sent Redis
+    `HINCRBY reserved -0` (Lua's negative zero), which Redis refuses as "not an integer": a 500 (found by the
+    OpenAPI fuzzing after another case had given a key a usd cap)."""
+    async with running(settings) as h:
+        user = await h.user(quota=1000)
+        r = await h.call("POST", "/v1/users/me/keys", user["api_key"], json={"max_usd_micros": 5_000_000})
+        assert r.status_code == 201, r.text
+        key = r.json()["api_key"]
+        r = await h.call("POST", "/api/v1/tokens/consume", key, json={"tokens": 7})
+        assert r.status_code == 200, r.text
+        r = await h.call("POST", "/api/v1/tokens/consume", key, json={"tokens": 3})
+        assert r.status_code == 200, r.text
+        assert r.json()["remaining"] == 990
+        r = await h.call("POST", "/api/v1/tokens/consume", key, json={"tokens": 1.5})
+        assert r.status_code == 400, r.text

@@ -7,8 +7,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from leaky_common.webhook_signing import check_secret
 from lt_notifier.domain.channels import ChannelName
 from lt_notifier.domain.notification import NOTIFIABLE_TYPES
@@ -68,9 +66,20 @@ class NewSubscription:
 
 
 def reject_nul(data: Any) -> Any:
-    """PostgreSQL cannot store a NUL character in text or JSON: refuse it up front (400, not 500)."""
-    if b"\\u0000" in orjson.dumps(data, default=str):  # JSON escapes NUL as \u0000
-        raise ValueError("values must not contain NUL characters")
+    """PostgreSQL cannot store a NUL character in text or JSON: refuse it up front (400, not 500). Walks the
+    strings (keys and values) without serialising: an integer beyond 64 bits or a deep nesting is left to the
+    model's own validation (400), never an exception here (500)."""
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("values must not contain NUL characters")
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
     return data
 
 

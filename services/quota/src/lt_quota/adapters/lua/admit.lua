@@ -145,7 +145,7 @@ for i = 1, nc do
     local amount = cost(i, grant)
     if unit[i] == 'u' and amount > reserved_usd then reserved_usd = amount end
     if pool == '' and grp[i] == chosen then pool = leg[i] end
-    redis.call('HINCRBY', KEYS[9 + i], 'reserved', amount)
+    redis.call('HINCRBY', KEYS[9 + i], 'reserved', string.format('%d', amount))
     redis.call('HSET', KEYS[8], 'k' .. n, KEYS[9 + i], 'a' .. n, amount, 'u' .. n, unit[i], 'd' .. n, leg[i])
   end
 end

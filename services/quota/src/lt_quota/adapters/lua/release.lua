@@ -15,7 +15,7 @@ for i = 1, tonumber(h['n']) or 0 do
   if h['u' .. i] == 'u' then used = usd end
   if used < a then
     local k = h['k' .. i]
-    if redis.call('EXISTS', k) == 1 then redis.call('HINCRBY', k, 'reserved', used - a) end
+    if redis.call('EXISTS', k) == 1 then redis.call('HINCRBY', k, 'reserved', string.format('%d', used - a)) end
     redis.call('HSET', KEYS[1], 'a' .. i, used)
   end
 end

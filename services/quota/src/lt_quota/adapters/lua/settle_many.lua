@@ -16,7 +16,7 @@ for j = 1, #KEYS - 1 do
     for i = 1, math.min(tonumber(h['n']) or 0, #amounts) do
       local k = h['k' .. i]
       if redis.call('EXISTS', k) == 1 then
-        redis.call('HINCRBY', k, 'reserved', -tonumber(h['a' .. i]))
+        redis.call('HINCRBY', k, 'reserved', string.format('%d', -tonumber(h['a' .. i])))
         redis.call('HINCRBY', k, 'used', string.format('%d', amounts[i]))
       end
     end
