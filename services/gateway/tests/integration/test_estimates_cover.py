@@ -80,7 +80,9 @@ class GrantingQuota:
             ratelimit=limits,
         )
 
-    async def release(self, reservation_id: str, total_tokens: int, cost_usd_micros: int, timeout_s: float) -> bool:
+    async def release(
+        self, reservation_id: str, total_tokens: int, cost_usd_micros: int, timeout_s: float
+    ) -> bool:
         return True  # the unused part goes back; settlement is quota's (tested there)
 
 
