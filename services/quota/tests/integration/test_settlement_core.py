@@ -284,10 +284,9 @@ async def test_reservation_lost_with_redis_before_a_restart_is_still_charged(set
         assert await h.ledger(user["pool_id"]) == [(40, "expiry")]
 
 
-@pytest.mark.xfail(
-    reason="not settled on tansu within the test's deadline after quota rejoins its group (LeaveGroup times out); "
-    "open in issue 11",
-    strict=False,
+@pytest.mark.skip(
+    reason="open in issue 11: on tansu the restarted quota's consumer does not settle within the deadline "
+    "(LeaveGroup times out), and the stuck consumer then blocks the session's event loop at teardown"
 )
 async def test_usage_published_while_quota_is_down_is_settled_once_after_restart(
     settings: QuotaSettings, publisher: EventPublisher
