@@ -10,8 +10,10 @@ printed (`pytest -s`) and the failures listed in the assertion.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
+import pkgutil
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +31,20 @@ from schemathesis.core.result import Ok
 from leaky_common.auth import AssertionSigner, Principal
 
 pytestmark = pytest.mark.e2e
+
+
+def _import_schemathesis_eagerly() -> None:
+    """Import now, at collection, every schemathesis module the run would import lazily. pytest rewrites
+    schemathesis' modules (it is a pytest plugin), and CPython 3.11.7's AST constructor can raise a spurious
+    `SystemError: AST constructor recursion depth mismatch` (cpython#106905) when that rewrite runs deep inside a
+    busy test; at collection the stack is shallow and nothing else runs."""
+    for name in ("specs.openapi", "generation", "transport", "openapi", "core", "engine", "python"):
+        package = importlib.import_module(f"schemathesis.{name}")
+        for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            importlib.import_module(module.name)
+
+
+_import_schemathesis_eagerly()
 
 EXAMPLES = int(os.environ.get("LT_FUZZ_EXAMPLES", "4"))
 OWNERS = {"quota": "quota", "saga": "saga", "analytics": "analytics", "notifier": "notifier"}

@@ -25,6 +25,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from pydantic import BaseModel, ValidationError
 
+from leaky_common import kafka_uvloop
 from leaky_common.events import AnyMessage, Message, Topics, parse_message
 from leaky_common.settings import ServiceSettings
 
@@ -40,6 +41,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("leaky_common.kafka")
+kafka_uvloop.install()  # the services run on uvloop (leaky_common.serve)
 
 # Failures of the infrastructure rather than of the message: retried, never dead-lettered.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -191,8 +193,10 @@ class EventConsumer:
         publisher: EventPublisher,
         max_attempts: int = 5,
         retry_backoff_s: float = 0.2,
+        commit_timeout_s: float = 30.0,
     ) -> None:
         self._settings = settings
+        self._commit_timeout_s = commit_timeout_s
         self._topics = list(topics)
         self._handler = handler
         self._publisher = publisher
@@ -212,8 +216,12 @@ class EventConsumer:
 
     async def start(self) -> None:
         """Join the group and start consuming in a background task."""
+        self._consumer = await self._open()
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{','.join(self._topics)}")
+
+    async def _open(self) -> AIOKafkaConsumer:
         settings = self._settings
-        self._consumer = AIOKafkaConsumer(
+        consumer = AIOKafkaConsumer(
             *self._topics,
             **client_options(settings),
             group_id=self._group_id,
@@ -225,8 +233,31 @@ class EventConsumer:
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             metadata_max_age_ms=5_000,
         )
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name=f"consumer:{','.join(self._topics)}")
+        await consumer.start()
+        return consumer
+
+    async def _reopen(self) -> None:
+        """Replace a wedged consumer (a commit that never ends: the client can no longer find the group's
+        coordinator) with a new one; it resumes from the committed offsets, so the batch in hand is redelivered
+        and the idempotent handlers absorb it."""
+        old, self._consumer = self._consumer, None
+        if old is not None:
+            try:
+                await asyncio.wait_for(old.stop(), self._commit_timeout_s)
+            except Exception:  # stop() wedges too (leaving the group needs the coordinator): drop its sockets
+                for part in (old._fetcher, old._client):
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(part.close(), 5.0)
+        delay = self._retry_backoff_s
+        while not self._stopping.is_set():
+            try:
+                self._consumer = await self._open()
+                logger.warning("consumer of %s re-opened", ",".join(self._topics))
+                return
+            except KafkaError:
+                logger.exception("could not re-open the consumer of %s; retrying", ",".join(self._topics))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
         """Stop after the message in hand, commit, leave the group."""
@@ -250,25 +281,34 @@ class EventConsumer:
                 continue
             for tp, records in batches.items():
                 await self._process_records(records)
-                await self._commit(tp, records[-1].offset + 1)
+                if not await self._commit(tp, records[-1].offset + 1):
+                    await self._reopen()
+                    break
 
     async def _process_records(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Handle one partition's fetched records, in order (`BatchEventConsumer` handles them at once)."""
         for record in records:
             await self._process(record)
 
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+    async def _commit(self, tp: TopicPartition, offset: int) -> bool:
+        """Commit `offset`; False when the consumer is wedged (the commit did not end in time)."""
         for attempt in range(5):
             try:
                 assert self._consumer is not None
-                await self._consumer.commit({tp: offset})
-                return
+                await asyncio.wait_for(self._consumer.commit({tp: offset}), self._commit_timeout_s)
+                return True
+            except TimeoutError:
+                logger.error(
+                    "commit for %s at %d took over %.0fs; re-opening", tp, offset, self._commit_timeout_s
+                )
+                return False
             except KafkaError:
                 if attempt == 4:
                     # Not committing means a redelivery, which idempotent handlers absorb.
                     logger.exception("commit failed for %s at %d", tp, offset)
-                    return
+                    return True
                 await asyncio.sleep(0.2 * (attempt + 1))
+        return True
 
     async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:

@@ -3,6 +3,7 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import NodeNotReadyError
 
 from leaky_common.events import AnyMessage, Topics, UsageRecorded
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
@@ -120,6 +121,55 @@ async def test_infrastructure_errors_are_retried_not_dead_lettered(kafka_bootstr
             assert not any(batch.values())
         finally:
             await dlq.stop()
+    finally:
+        await consumer.stop()
+        await publisher.stop()
+
+
+async def test_a_wedged_consumer_is_reopened_and_consumes_on(kafka_bootstrap: str) -> None:
+    """The state a broker outage left quota's command consumer in (aiokafka#1038 under uvloop): the client's
+    metadata task dead and the coordinator unknown, so a commit waits for ever. The commit times out, the
+    consumer is replaced, the batch in hand is redelivered (the idempotent handler absorbs it) and later
+    messages are consumed."""
+    topic = f"test.{uuid.uuid4().hex[:8]}"
+    settings = ServiceSettings(service_name="t", kafka_bootstrap=kafka_bootstrap)
+    await ensure_topics(settings, [topic])
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    seen: list[str] = []
+    wedge = asyncio.Event()
+
+    async def handler(message: AnyMessage, _record: object) -> None:
+        assert isinstance(message, UsageRecorded)
+        seen.append(message.request_id)
+        if message.request_id == "wedge" and not wedge.is_set():
+            wedge.set()
+            inner = consumer._consumer
+            assert inner is not None
+            inner._client._sync_task.cancel()  # the task aiokafka#1038 kills
+            inner._client.coordinator_lookup = _broker_unreachable  # as during the outage
+            inner._coordinator.coordinator_dead()
+
+    async def _broker_unreachable(*_args: object) -> int:
+        raise NodeNotReadyError("test: the broker is unreachable")
+
+    consumer = EventConsumer(
+        settings,
+        group_id=f"g-{topic}",
+        topics=[topic],
+        handler=handler,
+        publisher=publisher,
+        commit_timeout_s=1.0,
+    )
+    await consumer.start()
+    wedged = consumer._consumer
+    try:
+        await publisher.publish(topic, UsageRecorded(request_id="wedge", model="m", provider="p"))
+        await wait_until(lambda: seen.count("wedge") == 2, timeout=30)  # redelivered by the new consumer
+        assert consumer._consumer is not wedged
+        await publisher.publish(topic, UsageRecorded(request_id="after", model="m", provider="p"))
+        await wait_until(lambda: "after" in seen, timeout=30)
+        assert consumer.running
     finally:
         await consumer.stop()
         await publisher.stop()
