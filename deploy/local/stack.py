@@ -3,6 +3,7 @@
     python deploy/local/stack.py up   [--run-dir .run] [--ports default|auto]
     python deploy/local/stack.py down [--run-dir .run]
     python deploy/local/stack.py status [--run-dir .run]
+    python deploy/local/stack.py unfreeze-admin [--run-dir .run]
     python deploy/local/stack.py kill|restart NAME [--run-dir .run] [--signal KILL|TERM]
     python deploy/local/stack.py outage broker --seconds N [--mode drop|hang|delay] [--delay-ms MS]
 
@@ -13,6 +14,8 @@ quota -> provider, recording nothing: startup_check.py), then writes
 `<run-dir>/stack.env` with LT_GATEWAY_URL and LT_ADMIN_KEY. Logs go to `<run-dir>/logs/`. `down` stops
 exactly the processes `up` started, by PID. The services reach the broker through a proxy that `outage`
 can make drop, hold or delay traffic; `kill` and `restart` are chaos for one process (see stack_chaos.py).
+`unfreeze-admin` is the operator's break-glass: it lifts every freeze on the bootstrap admin, which the admin's
+own frozen key may not do (`up` prints it when it finds one; startup_check.py).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from stack_chaos import kill, outage, restart, start_proxied_broker
 from stack_secrets import ensure_secrets, write_private
-from startup_check import admin_freeze_notices, wait_for_probe
+from startup_check import admin_freeze_notices, lift_admin_freezes, wait_for_probe
 
 from leaky_common.auth import AssertionSigner, generate_signing_key, public_key_of
 from leaky_common.db import create_database, database_url_for
@@ -326,7 +329,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
         down(run_dir)
         return 1
 
-    for notice in admin_freeze_notices(url["gateway"], admin_key, run_dir / "admin_key"):
+    for notice in admin_freeze_notices(url["gateway"], admin_key, run_dir):
         _log(notice)
     env_text = f"LT_GATEWAY_URL={url['gateway']}\nLT_ADMIN_KEY={admin_key}\n"
     write_private(run_dir / "stack.env", env_text)
@@ -379,11 +382,28 @@ def status(run_dir: Path) -> int:
     return 0 if _alive_pids(state) else 1
 
 
+def unfreeze_admin(run_dir: Path) -> int:
+    """Lift every freeze on the bootstrap admin (break-glass; startup_check.lift_admin_freezes)."""
+    if _read_state(run_dir) is None:
+        _log(f"not running (no stack in {run_dir})")
+        return 1
+    try:
+        lifted = lift_admin_freezes(run_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        _log(f"could not lift the bootstrap admin's freezes: {exc!r}")
+        return 1
+    for line in lifted or ["nothing of the bootstrap admin is frozen"]:
+        _log(line)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["up", "down", "status", "kill", "restart", "outage"])
+    parser.add_argument(
+        "command", choices=["up", "down", "status", "unfreeze-admin", "kill", "restart", "outage"]
+    )
     parser.add_argument(
         "name", nargs="?", help="kill/restart/outage: the process (gateway, quota, redis, ...)"
     )
@@ -405,6 +425,8 @@ def main() -> int:
         return up(run_dir, args.ports, args.timeout)
     if args.command == "down":
         return down(run_dir)
+    if args.command == "unfreeze-admin":
+        return unfreeze_admin(run_dir)
     if args.command in ("kill", "restart", "outage"):
         if not args.name:
             parser.error(f"{args.command} needs the name of a process")
