@@ -8,7 +8,10 @@ Starts one mock OpenAI upstream process (bench/mock_upstream.py), then:
   model `bench-gpt` routed to the upstream as an OpenAI-compatible provider. Governance is fully on: auth,
   leaky buckets, reservation, pricing, usage event and its settlement;
 - litellm: LiteLLM proxy 1.106.2 (1 worker, master key, no database: governance off), installed on demand
-  into .run/litellm-venv (never into the workspace); skipped with a message if it cannot be installed.
+  into .run/litellm-venv (never into the workspace); skipped with a message if it cannot be installed;
+- gateway, no release before the end: a second gateway process of the same stack started with
+  LT_RELEASE_BEFORE_END=false (the unused part of a reservation is freed only by the usage event), so the
+  difference between the two gateways is what releasing before the last bytes costs.
 
 Figures are medians of `--runs` interleaved runs. Prints for each path: p50/p99 latency at concurrency 1 (non-streamed) and the added latency vs direct,
 streamed time-to-first-token p50, req/s at the given concurrency, CPU milliseconds per request summed over
@@ -42,6 +45,7 @@ from leaky_devinfra.infra import free_port, stop_pid, wait_for_port  # noqa: E40
 LITELLM_VERSION = "1.106.2"
 LITELLM_VENV = ROOT / ".run" / "litellm-venv"
 MODEL = "bench-gpt"
+NO_RELEASE = "gateway, no release before the end"
 BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "benchmark"}], "max_tokens": 16})
 STREAM_BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "benchmark"}], "max_tokens": 16, "stream": True}
@@ -207,6 +211,23 @@ def start_stack(run_dir: Path, upstream: str) -> tuple[str, str, dict[str, int]]
     return env["LT_GATEWAY_URL"], env["LT_ADMIN_KEY"], state["pids"]
 
 
+def start_twin_gateway(run_dir: Path, gateway_pid: int) -> tuple[subprocess.Popen[bytes], str]:
+    """A second gateway of the same stack (same quota, broker and models), as the first was started but on
+    its own port and spool, without the release before the end."""
+    proc = psutil.Process(gateway_pid)
+    port = free_port()
+    env = {
+        **proc.environ(),
+        "LT_PORT": str(port),
+        "LT_RELEASE_BEFORE_END": "false",
+        "LT_USAGE_SPOOL_PATH": str(run_dir / "twin-gateway-spool.sqlite"),
+    }
+    log = (run_dir / "logs" / "gateway-twin.log").open("ab")
+    twin = subprocess.Popen(proc.cmdline(), env=env, cwd=proc.cwd(), stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port, timeout=60, popen=twin)
+    return twin, f"http://127.0.0.1:{port}"
+
+
 async def create_bench_user(gateway: str, admin_key: str) -> str:
     async with (
         aiohttp.ClientSession() as s,
@@ -326,8 +347,15 @@ def report(paths: list[BenchPath], args: argparse.Namespace, stack_pids: dict[st
         f"CPU {gw.cpu_ms or 0.0:.2f} ms/request (target <= 2)"
     )
     print(f"streamed TTFT added p50 {gw.ttft50 - direct.ttft50:.2f} ms (target <= 1.5)")
-    if len(paths) > 2 and paths[2].rps:
-        print(f"throughput gateway / LiteLLM proxy: {gw.rps / paths[2].rps:.1f}x (target >= 10x)")
+    litellm = next((p for p in paths if p.name.startswith("LiteLLM") and p.rps), None)
+    if litellm is not None:
+        print(f"throughput gateway / LiteLLM proxy: {gw.rps / litellm.rps:.1f}x (target >= 10x)")
+    base = next((p for p in paths if p.name == NO_RELEASE), None)
+    if base is not None:
+        print(
+            f"the release before the end costs p50 {gw.p50 - base.p50:+.2f} ms (target <= 0.2), "
+            f"TTFT p50 {gw.ttft50 - base.ttft50:+.2f} ms, CPU {(gw.cpu_ms or 0.0) - (base.cpu_ms or 0.0):+.2f} ms/request"
+        )
 
 
 def main() -> None:
@@ -345,6 +373,7 @@ def main() -> None:
     upstream_url = f"http://127.0.0.1:{up_port}"
     upstream = start_upstream(up_port)
     litellm: subprocess.Popen[bytes] | None = None
+    twin: subprocess.Popen[bytes] | None = None
     stack_pids: dict[str, int] = {}
     try:
         gateway, admin_key, stack_pids = start_stack(run_dir, upstream_url)
@@ -374,6 +403,18 @@ def main() -> None:
                     pids={"litellm": litellm.pid},
                 )
             )
+        twin, twin_url = start_twin_gateway(run_dir, stack_pids["gateway"])
+        paths.append(
+            BenchPath(
+                NO_RELEASE,
+                f"{twin_url}/v1/chat/completions",
+                {"Authorization": f"Bearer {user_key}"},
+                pids={
+                    "gateway-twin": twin.pid,
+                    **{k: v for k, v in stack_pids.items() if k in ("quota", "redis", "broker")},
+                },
+            )
+        )
         # Runs interleave the paths so machine noise falls on all of them alike.
         for i in range(args.runs):
             for path in paths:
@@ -387,6 +428,8 @@ def main() -> None:
             + ", ".join(f"{k} {v:.0f}" for k, v in idle_rss.items())
         )
     finally:
+        if twin is not None:
+            stop_pid(twin.pid, popen=twin)
         if litellm is not None:
             for child in psutil.Process(litellm.pid).children(recursive=True):
                 child.terminate()

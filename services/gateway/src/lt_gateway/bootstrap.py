@@ -124,6 +124,7 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
         quota=quota,
         usage=usage,
         release_timeout_s=settings.release_timeout_s,
+        release_before_end=settings.release_before_end,
         fingerprints=Fingerprinter(secret.get_secret_value().encode()) if secret else None,
     )
     chat = ChatHandler(

@@ -30,6 +30,10 @@ class GatewaySettings(ServiceSettings):
     # The release of a reservation's unused part, sent before the last bytes of an answer, waits at most this
     # long (the answer goes out anyway; the usage event settles the reservation).
     release_timeout_s: float = Field(default=0.5, gt=0)
+    # Off: the unused part of a reservation is freed only when quota settles the usage event, tens of ms after
+    # the answer, so a client's next request may find its budget still held (a 402 near the end of a budget).
+    # Only for measuring what the release costs (`make bench`); keep it on.
+    release_before_end: bool = True
     # Usage events waiting in memory for the broker (beyond this they are dropped; the spool takes over first).
     usage_queue_max: int = 100_000
     # Usage events gather this long before being published together (fewer produce requests).

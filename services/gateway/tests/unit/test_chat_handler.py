@@ -103,12 +103,15 @@ def make_request(body: dict[str, Any], headers: dict[str, str] | None = None) ->
     return Request(scope, receive)
 
 
-def handler(quota: FakeQuota, sink: RecordingSink, provider: Any = None) -> ChatHandler:
+def handler(
+    quota: FakeQuota, sink: RecordingSink, provider: Any = None, *, release_before_end: bool = True
+) -> ChatHandler:
     flow = CompletionFlow(
         models=ModelTable.load(None),
         providers={"mock": provider or MockProvider()},
         quota=quota,  # type: ignore[arg-type]
         usage=sink,  # type: ignore[arg-type]
+        release_before_end=release_before_end,
     )
     return ChatHandler(flow, KeyCheck(quota, 30), max_body_bytes=100_000)  # type: ignore[arg-type]
 
@@ -132,6 +135,20 @@ async def test_success_caps_upstream_at_grant_and_records_provider_usage() -> No
     assert quota.requests[0].max_output_tokens == 500
     # released (down to what was used) before the answer was handed back, even though the release failed
     assert quota.releases == [("res_1", event.total_tokens, event.cost_usd_micros)]
+
+
+async def test_without_the_release_before_the_end_only_the_usage_event_settles() -> None:
+    """`LT_RELEASE_BEFORE_END=false` (the benchmark's baseline for what the release costs): no release call,
+    the same answer and the same usage event."""
+    quota, sink = FakeQuota(), RecordingSink()
+    resp = await handler(quota, sink, release_before_end=False).handle(make_request(CHAT))
+    assert resp.status_code == 200
+    (event,) = sink.events
+    assert (
+        event.reservation_id == "res_1"
+        and event.total_tokens == orjson.loads(resp.body)["usage"]["total_tokens"]
+    )
+    assert quota.releases == []
 
 
 async def test_provider_failure_is_502_and_releases_the_reservation() -> None:

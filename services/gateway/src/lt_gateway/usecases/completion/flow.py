@@ -65,6 +65,7 @@ class CompletionFlow:
         quota: QuotaClient,
         usage: UsageSink,
         release_timeout_s: float = 0.5,
+        release_before_end: bool = True,
         fingerprints: Fingerprinter | None = None,
     ) -> None:
         self.models = models
@@ -73,10 +74,13 @@ class CompletionFlow:
         # Without a configured secret, fingerprints are keyed by a secret of this process only.
         self.ledger = UsageLedger(usage, models, fingerprints or Fingerprinter(os.urandom(32)))
         self.release_timeout_s = release_timeout_s
+        self.release_before_end = release_before_end
 
     async def release(self, call: Call, usage: Usage) -> None:
         """Give back the unused part of the reservation before the client has the whole answer, so its next
         request finds it free (the usage event stays the settlement; a failed release only delays that)."""
+        if not self.release_before_end:
+            return
         await self.quota.release(
             call.admitted.reservation_id, usage.total_tokens, call.cost(usage), self.release_timeout_s
         )
