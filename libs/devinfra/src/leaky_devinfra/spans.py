@@ -53,12 +53,17 @@ _SWITCH = _Switch()
 _EXPORTER = InMemorySpanExporter()
 
 
+_PROVIDER = TracerProvider(resource=Resource.create({"service.name": "tests"}), sampler=_SWITCH)
+_PROVIDER.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+
+
 def _install() -> None:
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
+    current = trace.get_tracer_provider()
+    if current is _PROVIDER:
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": "tests"}), sampler=_SWITCH)
-    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-    trace.set_tracer_provider(provider)
+    if isinstance(current, TracerProvider):  # set once per process: spans would silently go elsewhere
+        raise RuntimeError("another tracer provider is installed in this test process")
+    trace.set_tracer_provider(_PROVIDER)
 
 
 @contextmanager

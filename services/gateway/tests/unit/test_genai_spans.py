@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
 from leaky_common.events import Topics, UsageRecorded
 from leaky_devinfra.spans import capture_spans
+from lt_gateway.adapters.genai_trace import span_for
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.providers.mock import MockProvider
 from lt_gateway.adapters.usage_sink import UsageSink
@@ -197,3 +199,38 @@ async def test_the_usage_event_carries_the_requests_trace_in_its_kafka_headers(t
     (published,) = [e for e in request_span.events if e.name == f"publish {Topics.USAGE}"]
     assert published.attributes is not None and published.attributes["messaging.message.id"]
     assert dict(plain) == {"type": b"UsageRecorded.v1"}
+
+
+def test_operation_names_and_the_providers_host() -> None:
+    embedding = ModelTable.load(None).get("mock-embedding")
+    assert embedding is not None
+    remote = ModelSpec(
+        name="gpt-x", provider="openai", upstream_model="gpt-4o", base_url="https://llm.example.com/v1",
+        input_usd_micros_per_mtok=1, output_usd_micros_per_mtok=1,
+    )  # fmt: skip
+    with capture_spans() as spans:
+        with tracer.start_as_current_span("request"):
+            with span_for(embedding, "embedding"):
+                pass
+            with span_for(remote, "completion"):
+                pass
+        finished = {s.name: dict(s.attributes or {}) for s in spans.get_finished_spans()}
+    assert finished["embeddings mock-embedding"]["gen_ai.operation.name"] == "embeddings"
+    assert "server.address" not in finished["embeddings mock-embedding"]  # the mock has no host
+    completion = finished["text_completion gpt-4o"]
+    assert (completion["server.address"], completion["server.port"]) == ("llm.example.com", 443)
+    assert (completion["gen_ai.provider.name"], completion["lt.model"]) == ("openai", "gpt-x")
+
+
+async def test_a_stream_the_client_leaves_ends_its_span() -> None:
+    with capture_spans() as spans:
+        with tracer.start_as_current_span("POST /v1/chat/completions"):
+            response = await chat().handle(request(stream=True))
+            assert isinstance(response, StreamingResponse)
+            body = response.body_iterator
+            assert isinstance(body, AsyncGenerator)
+            await anext(body)  # the first event reaches the client, which then goes away
+            await body.aclose()
+        (call,) = [s for s in spans.get_finished_spans() if s.name == "chat mock-gpt"]
+    # Ended with what was counted so far (the mock reports the prompt side only with its final usage).
+    assert isinstance((call.attributes or {})["gen_ai.usage.output_tokens"], int)
