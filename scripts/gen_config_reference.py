@@ -78,11 +78,6 @@ NOTES: dict[str, str] = {
         "the default suits tansu."
     ),
     "LT_KAFKA_HEARTBEAT_INTERVAL_MS": "Consumer heartbeat interval.",
-    "LT_OTLP_ENDPOINT": (
-        "OTLP/HTTP endpoint, e.g. `http://host:4318`; tracing (FastAPI request spans included) is "
-        "installed only when set."
-    ),
-    "LT_TRACE_SAMPLE_RATIO": "Share of new traces sampled (parent-based).",
     "LT_QUOTA_URL": "quota: authentication, admission and the management routes it owns.",
     "LT_SAGA_URL": "purchase-saga: `/v1/purchases` and `/v1/admin/purchases`.",
     "LT_ANALYTICS_URL": "analytics API: `/v1/analytics/`.",

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import APIKeyHeader
+from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
 from starlette.middleware import Middleware
 from starlette.responses import Response
@@ -165,6 +166,14 @@ def install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+# Probes and scrapes are not traced; one request span per request (FastAPI's per-dependency and per-endpoint
+# operation spans would double the cost of every traced request for little insight).
+UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+TELEMETRY: TelemetryConfig = {
+    "exclude": lambda scope: scope.get("path") in UNTRACED_PATHS,
+    "operation_spans": False,
+}
+
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 ReadinessCheck = Callable[[FastAPI], Awaitable[dict[str, bool]]]
 HotEndpoint = Callable[[Request], Awaitable[Response]]
@@ -187,7 +196,9 @@ def service_app(
     for POST endpoints served without FastAPI's routing layers (their documented routes stay in a router).
     Request metrics wrap the hot routes too. `middleware` wraps everything but the guard.
     """
-    app = FastAPI(title=title, version="0.1.0", description=description, lifespan=lifespan)
+    app = FastAPI(
+        title=title, version="0.1.0", description=description, lifespan=lifespan, telemetry=TELEMETRY
+    )
     app.state.settings = settings
     app.state.verifier = AssertionVerifier(settings.internal_public_keys, settings.audience)
     install_error_handlers(app)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from leaky_common import kafka_uvloop
 from leaky_common.events import AnyMessage, Message, Topics, parse_message
 from leaky_common.settings import ServiceSettings
+from leaky_common.tracing import context_headers
 
 __all__ = [
     "TRANSIENT_ERRORS",
@@ -60,11 +61,8 @@ Handler = Callable[[AnyMessage, ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 
 def _headers_from_context(extra: dict[str, str] | None = None) -> list[tuple[str, bytes]]:
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    if extra:
-        carrier.update(extra)
-    return [(k, v.encode()) for k, v in carrier.items()]
+    """The current trace context (when there is one) as Kafka headers, plus `extra`."""
+    return context_headers(extra)
 
 
 def _context_from_headers(headers: Sequence[tuple[str, bytes]] | None) -> otel_context.Context:
@@ -167,8 +165,9 @@ class EventPublisher:
     async def publish(self, topic: str, message: Message, key: str | None = None) -> None:
         """Send one message and wait for the broker's acknowledgement."""
         value = message.model_dump_json().encode()
-        headers = _headers_from_context({"type": str(getattr(message, "type", ""))})
         with tracer.start_as_current_span(f"publish {topic}", kind=trace.SpanKind.PRODUCER):
+            # Inside the PRODUCER span: the consumer's span becomes its child.
+            headers = _headers_from_context({"type": str(getattr(message, "type", ""))})
             await self._ready_producer().send_and_wait(
                 topic, value, key=key.encode() if key else None, headers=headers
             )

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from leaky_common.events import AnyMessage, parse_message
 from leaky_common.kafka import TRANSIENT_ERRORS, EventConsumer, EventPublisher, Handler
 from leaky_common.settings import ServiceSettings
+from leaky_common.tracing import batch_span
 
 __all__ = ["BatchEventConsumer", "BatchHandler"]
 
@@ -61,10 +62,10 @@ class BatchEventConsumer(EventConsumer):
         delay = self._retry_backoff_s
         while True:
             try:
-                with tracer.start_as_current_span(
-                    f"consume {records[0].topic} batch", kind=trace.SpanKind.CONSUMER
-                ) as span:
-                    span.set_attribute("messaging.batch.message_count", len(messages))
+                # One span for the batch, linked to each message's trace (the request that published it).
+                with batch_span(
+                    tracer, f"consume {records[0].topic} batch", (r.headers for r in parsed), len(messages)
+                ):
                     await self._batch_handler(messages)
             except asyncio.CancelledError:
                 raise

@@ -63,8 +63,15 @@ class ServiceSettings(BaseSettings):
     # Bearer token that may read /metrics (the scraper's); empty: /metrics answers 404 (see docs/operations.md).
     metrics_token: SecretStr | None = None
 
+    # OTLP/HTTP collector to send traces to (`http://host:4318`; `/v1/traces` is appended). Empty: no tracer
+    # provider is installed and every span is a no-op (the default for tests and benchmarks).
     otlp_endpoint: str | None = None
-    trace_sample_ratio: float = 1.0
+    # Share of new traces kept (parent-based: a request arriving with a `traceparent` follows its caller's
+    # decision, and so does everything downstream of it, across HTTP and Kafka).
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # Below a ratio of 1, still export the spans that failed (status ERROR: 5xx answers, provider errors) of
+    # traces not sampled. Costs recording every span; off makes unsampled spans free.
+    trace_keep_errors: bool = True
 
     @classmethod
     def settings_customise_sources(

@@ -12,10 +12,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from leaky_devinfra.infra import start_broker, start_postgres, start_redis
+from leaky_devinfra.spans import capture_spans
 
-__all__ = ["kafka_bootstrap", "make_database", "postgres_url", "redis_url"]
+__all__ = ["kafka_bootstrap", "make_database", "postgres_url", "redis_url", "spans"]
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +70,10 @@ def make_database(postgres_url: str) -> Callable[[str], Awaitable[str]]:
         return await create_database(postgres_url, f"{prefix}_{uuid.uuid4().hex[:10]}")
 
     return make
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Every span the test starts is sampled and lands in this in-memory exporter (see leaky_devinfra.spans)."""
+    with capture_spans() as exporter:
+        yield exporter

@@ -19,9 +19,11 @@ from typing import Any
 
 import faust
 from aiokafka.helpers import create_ssl_context
+from opentelemetry import trace
 
 from leaky_common.events import Topics
 from leaky_common.observability import setup_logging, setup_tracing
+from leaky_common.tracing import batch_span
 from lt_analytics.bootstrap import start_worker
 from lt_analytics.handlers import Outcome, UsageHandler
 from lt_analytics.settings import AnalyticsSettings
@@ -29,6 +31,7 @@ from lt_analytics.settings import AnalyticsSettings
 __all__ = ["build_faust_app", "main"]
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("lt_analytics.worker")
 
 
 def _credentials(settings: AnalyticsSettings) -> faust.SASLCredentials | None:
@@ -74,7 +77,12 @@ def build_faust_app(settings: AnalyticsSettings, handler: UsageHandler) -> faust
         # wait a lone event has before it is recorded and checked.
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             raws = [e.value if isinstance(e.value, bytes) else str(e.value).encode() for e in events]
-            outcomes = await handler.handle_batch(raws)
+            # One span per batch, linked to each event's request; alerts and freezes it writes to the outbox
+            # carry this span's context onwards.
+            with batch_span(
+                tracer, f"consume {settings.usage_topic} batch", (e.headers for e in events), len(raws)
+            ):
+                outcomes = await handler.handle_batch(raws)
             for event, raw, outcome in zip(events, raws, outcomes, strict=True):
                 if outcome is Outcome.INVALID:
                     await dlq_topic.send(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -101,13 +102,46 @@ async def delivered(bootstrap: str, run: str, expected: int) -> dict[str, int]:
 def test_spool_keeps_an_event_once_and_returns_oldest_first(tmp_path: Path) -> None:
     spool = UsageSpool(tmp_path / "s.sqlite")
     a, b = event(1, "x"), event(2, "x")
-    spool.append([a, b])
-    spool.append([a])
+    spool.append([(a, {}), (b, {})])
+    spool.append([(a, {})])
     assert spool.count == 2
     rows = spool.oldest(10)
-    assert [e.event_id for _, e in rows] == [a.event_id, b.event_id]
+    assert [e.event_id for _, (e, _) in rows] == [a.event_id, b.event_id]
     spool.remove([rows[0][0]])
-    assert spool.count == 1 and spool.oldest(10)[0][1] == b
+    assert spool.count == 1 and spool.oldest(10)[0][1] == (b, {})
+    spool.close()
+
+
+TRACE = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+
+
+def test_spool_keeps_each_events_trace_headers_across_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    spool = UsageSpool(path)
+    spool.append([(event(1, "t"), TRACE), (event(2, "t"), {})])
+    spool.close()
+    again = UsageSpool(path)
+    assert [t for _, (_, t) in again.oldest(10)] == [TRACE, {}]
+    again.close()
+
+
+def test_a_spool_from_before_trace_headers_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE usage_spool (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " event_id TEXT NOT NULL UNIQUE, body BLOB NOT NULL)"
+    )
+    left = event(1, "old")
+    old.execute(
+        "INSERT INTO usage_spool (event_id, body) VALUES (?, ?)", (left.event_id, left.model_dump_json())
+    )
+    old.commit()
+    old.close()
+    spool = UsageSpool(path)
+    new = event(2, "old")
+    spool.append([(new, TRACE)])
+    assert [(e.event_id, t) for _, (e, t) in spool.oldest(10)] == [(left.event_id, {}), (new.event_id, TRACE)]
     spool.close()
 
 
@@ -153,7 +187,7 @@ async def test_broker_dying_mid_run_spools_events_until_it_is_back(tmp_path: Pat
 def test_spool_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     spool = UsageSpool(path)
-    spool.append([event(1, "y")])
+    spool.append([(event(1, "y"), {})])
     spool.close()
     again = UsageSpool(path)
     assert again.count == 1
@@ -166,7 +200,7 @@ def test_the_spool_and_its_wal_are_readable_by_their_owner_only(tmp_path: Path) 
     path.chmod(0o644)  # left world-readable by an older gateway: tightened at start
     spool = UsageSpool(path)
     try:
-        spool.append([event(1, "mode")])
+        spool.append([(event(1, "mode"), {})])
         files = [p for p in tmp_path.iterdir() if p.name.startswith("spool.sqlite")]
         assert {p.name for p in files} >= {"spool.sqlite", "spool.sqlite-wal"}
         assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o600 for p in files}

@@ -9,6 +9,8 @@ import httpx
 import orjson
 import pytest
 from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
 
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
@@ -16,6 +18,7 @@ from leaky_common.events import Message, PurchaseCompleted, PurchaseFailed, Quot
 from leaky_common.sealing import new_key
 from leaky_common.webhook_signing import new_secret, verify
 from leaky_devinfra.infra import free_port
+from leaky_devinfra.spans import capture_spans
 from leaky_devinfra.testing import TEST_KEYS
 from leaky_devinfra.testing import eventually as wait_for
 from lt_notifier.settings import NotifierSettings
@@ -278,3 +281,32 @@ async def test_admin_only_and_bad_input(api: httpx.AsyncClient, receiver: Receiv
     assert (await api.delete(f"/v1/admin/notifications/webhooks/{sub}", headers=headers())).status_code == 404
     listed = (await api.get("/v1/admin/notifications/webhooks", headers=headers())).json()["data"]
     assert sub not in {w["id"] for w in listed}
+
+
+async def test_each_send_continues_the_trace_of_the_event_it_tells_about(
+    api: httpx.AsyncClient, publish: Publish, receiver: Receiver
+) -> None:
+    name = f"traced-{uuid.uuid4().hex[:6]}"
+    await subscribe(api, receiver.url(name), event_types=["PurchaseCompleted.v1"])
+    event = purchase(7)
+    with capture_spans() as spans:
+        with trace.get_tracer("test.saga").start_as_current_span("saga step") as step:
+            await publish("purchase", event)
+        trace_id = step.get_span_context().trace_id
+
+        def sends() -> list[ReadableSpan]:
+            return [
+                s
+                for s in spans.get_finished_spans()
+                if s.name.startswith("deliver ") and s.context is not None and s.context.trace_id == trace_id
+            ]
+
+        # The subscription's send and the default webhook's: both in the event's trace.
+        found = await wait_for(lambda: len(sends()) == 2 and sends(), what="two sends in the event's trace")
+        finished = spans.get_finished_spans()
+    (consumed,) = [s for s in finished if s.name.startswith("consume ") and s.context is not None
+                   and s.context.trace_id == trace_id]  # fmt: skip
+    assert consumed.context is not None
+    assert {s.parent.span_id for s in found if s.parent is not None} == {consumed.context.span_id}
+    assert all(s.kind is trace.SpanKind.CLIENT and s.status.is_ok for s in found)
+    assert receiver.to(name)

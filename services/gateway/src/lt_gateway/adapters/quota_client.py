@@ -124,11 +124,13 @@ class QuotaClient:
         payload = ReleaseRequest(
             reservation_id=reservation_id, total_tokens=total_tokens, cost_usd_micros=cost_usd_micros
         )
+        headers = {**self._signer.headers(QUOTA_AUDIENCE), "content-type": "application/json"}
+        propagate.inject(headers)  # the request's trace continues at quota's release
         try:
             async with self._session.post(
                 self._base + "/internal/release",
                 data=payload.model_dump_json().encode(),
-                headers={**self._signer.headers(QUOTA_AUDIENCE), "content-type": "application/json"},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
                 await resp.read()

@@ -16,11 +16,13 @@ import sqlite3
 from collections import deque
 from pathlib import Path
 
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge
 
 from leaky_common.events import Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
-from lt_gateway.adapters.usage_spool import UsageSpool
+from leaky_common.tracing import headers_carrier
+from lt_gateway.adapters.usage_spool import Traced, UsageSpool
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class UsageSink:
         # long an event lives in memory only while the broker is dying. (If it is delivered after all, the
         # spooled copy is a duplicate with the same event_id, which consumers ignore.)
         self._publish_timeout_s = publish_timeout_s
-        self._queue: deque[UsageRecorded] = deque()
+        self._queue: deque[Traced] = deque()
         self._maxsize = maxsize
         self._batch = batch
         self._spool_path = spool_path
@@ -65,11 +67,22 @@ class UsageSink:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    @staticmethod
+    def _trace_headers(event: UsageRecorded) -> dict[str, str]:
+        """The request's trace context for the event's headers ({} without tracing). A traced request gets a
+        `publish usage.recorded` span event with the event id rather than a PRODUCER span: half the cost, and
+        the consumers' links lead to the request span all the same."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(f"publish {Topics.USAGE}", {"messaging.message.id": event.event_id})
+        return headers_carrier()  # an unsampled trace still propagates its decision
+
     def record(self, event: UsageRecorded) -> None:
-        """Queue an event; never waits for the broker."""
+        """Queue an event with the current trace context; never waits for the broker."""
+        traced = (event, self._trace_headers(event))
         if self._degraded and self._spool is not None:
             try:
-                self._spool.append([event])
+                self._spool.append([traced])
             except sqlite3.Error:
                 logger.exception("usage spool write failed; keeping the event in memory")
             else:
@@ -80,7 +93,7 @@ class UsageSink:
             USAGE_DROPPED.inc()
             logger.error("usage queue full; dropping event", extra={"request_id": event.request_id})
             return
-        self._queue.append(event)
+        self._queue.append(traced)
         self._idle.clear()
         USAGE_QUEUED.set(len(self._queue))
         self._wake.set()
@@ -144,15 +157,18 @@ class UsageSink:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def _publish(self, events: list[UsageRecorded]) -> list[bool]:
-        # publish_raw: these events are sent from this background task, which has no request span to
-        # propagate, so the per-message span and trace-header work of `publish` would be wasted.
+    async def _publish(self, events: list[Traced]) -> list[bool]:
+        # publish_raw: this background task has no request span; each event carries the trace headers of the
+        # request that recorded it (captured in `record`).
         sends = asyncio.gather(
             *(
                 self._publisher.publish_raw(
-                    Topics.USAGE, e.model_dump_json().encode(), (e.user_id or e.request_id).encode(), _HEADERS
+                    Topics.USAGE,
+                    e.model_dump_json().encode(),
+                    (e.user_id or e.request_id).encode(),
+                    [*_HEADERS, *((k, v.encode()) for k, v in t.items())] if t else _HEADERS,
                 )
-                for e in events
+                for e, t in events
             ),
             return_exceptions=True,
         )
@@ -171,7 +187,7 @@ class UsageSink:
         while True:
             if spool.count:
                 rows = spool.oldest(self._batch)
-                ok = await self._publish([e for _, e in rows])
+                ok = await self._publish([traced for _, traced in rows])
                 spool.remove([seq for (seq, _), sent in zip(rows, ok, strict=True) if sent])
                 failed = not all(ok)
             elif self._queue:

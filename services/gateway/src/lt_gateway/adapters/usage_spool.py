@@ -6,9 +6,13 @@ import os
 import sqlite3
 from pathlib import Path
 
+import orjson
 from prometheus_client import Gauge
 
 from leaky_common.events import UsageRecorded
+
+# An event and the trace headers (`traceparent`, `tracestate`) of the request that recorded it.
+Traced = tuple[UsageRecorded, dict[str, str]]
 
 USAGE_SPOOLED = Gauge("lt_gateway_usage_events_spooled", "Usage events waiting in the durable spool")
 
@@ -35,25 +39,33 @@ class UsageSpool:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS usage_spool (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " event_id TEXT NOT NULL UNIQUE, body BLOB NOT NULL)"
+            " event_id TEXT NOT NULL UNIQUE, body BLOB NOT NULL, trace TEXT NOT NULL DEFAULT '')"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(usage_spool)")}
+        if "trace" not in columns:  # a spool written before events kept their trace context
+            self._db.execute("ALTER TABLE usage_spool ADD COLUMN trace TEXT NOT NULL DEFAULT ''")
         self.count = int(self._db.execute("SELECT count(*) FROM usage_spool").fetchone()[0])
         USAGE_SPOOLED.set(self.count)
 
-    def append(self, events: list[UsageRecorded]) -> None:
-        """Store events durably (an event already spooled is kept once)."""
+    def append(self, events: list[Traced]) -> None:
+        """Store events with their trace headers durably (an event already spooled is kept once)."""
         with self._db:
             cur = self._db.executemany(
-                "INSERT OR IGNORE INTO usage_spool (event_id, body) VALUES (?, ?)",
-                [(e.event_id, e.model_dump_json()) for e in events],
+                "INSERT OR IGNORE INTO usage_spool (event_id, body, trace) VALUES (?, ?, ?)",
+                [(e.event_id, e.model_dump_json(), orjson.dumps(t).decode() if t else "") for e, t in events],
             )
         self.count += max(cur.rowcount, 0)
         USAGE_SPOOLED.set(self.count)
 
-    def oldest(self, limit: int) -> list[tuple[int, UsageRecorded]]:
-        """Up to `limit` spooled events, oldest first, with their sequence numbers."""
-        rows = self._db.execute("SELECT seq, body FROM usage_spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
-        return [(int(seq), UsageRecorded.model_validate_json(body)) for seq, body in rows]
+    def oldest(self, limit: int) -> list[tuple[int, Traced]]:
+        """Up to `limit` spooled events with their trace headers, oldest first, with their sequence numbers."""
+        rows = self._db.execute(
+            "SELECT seq, body, trace FROM usage_spool ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        return [
+            (int(seq), (UsageRecorded.model_validate_json(body), orjson.loads(trace) if trace else {}))
+            for seq, body, trace in rows
+        ]
 
     def remove(self, seqs: list[int]) -> None:
         """Forget events the broker acknowledged."""

@@ -9,6 +9,7 @@ import orjson
 
 from leaky_common.inbox import claim
 from leaky_common.sealing import SealError, SecretBox
+from leaky_common.tracing import headers_carrier
 from lt_notifier.adapters.subscriptions import new_id, open_channel
 from lt_notifier.domain.delivery import DueDelivery
 from lt_notifier.domain.notification import Notification
@@ -58,10 +59,12 @@ async def record_event(pool: asyncpg.Pool, note: Notification, payload: bytes) -
             note.team_id,
             note.user_id,
         )
+        traceparent = headers_carrier().get("traceparent")  # the consumer span's, for the sends to continue
         if subscriptions:
             await conn.executemany(
-                "INSERT INTO deliveries (id, event_id, event_type, channel, severity, subscription_id, payload)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) ON CONFLICT (event_id, subscription_id) DO NOTHING",
+                "INSERT INTO deliveries (id, event_id, event_type, channel, severity, subscription_id, payload,"
+                " traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)"
+                " ON CONFLICT (event_id, subscription_id) DO NOTHING",
                 [
                     (
                         new_id("dlv"),
@@ -71,6 +74,7 @@ async def record_event(pool: asyncpg.Pool, note: Notification, payload: bytes) -
                         note.severity,
                         s["id"],
                         payload.decode(),
+                        traceparent,
                     )
                     for s in subscriptions
                 ],
@@ -90,7 +94,7 @@ async def claim_due(pool: asyncpg.Pool, box: SecretBox, limit: int, lease_s: flo
             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
         )
         RETURNING d.id, d.subscription_id, d.event_type, s.channel, d.payload::text AS payload, d.attempts, s.url,
-            s.config::text AS config, s.secrets::text AS secrets
+            s.config::text AS config, s.secrets::text AS secrets, d.traceparent
         """,
         limit,
         lease_s,
@@ -114,6 +118,7 @@ def _due(box: SecretBox, r: asyncpg.Record) -> DueDelivery:
         config=orjson.loads(r["config"]),
         secrets=secrets,
         sealed_shut=shut,
+        traceparent=r["traceparent"],
     )
 
 

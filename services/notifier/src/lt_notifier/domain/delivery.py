@@ -27,6 +27,8 @@ class DueDelivery:
     secrets: dict[str, str]
     # The channel's sealed URL or secrets did not open (key missing or retired too early, row tampered).
     sealed_shut: bool = False
+    # The W3C traceparent of the event's consumer span (None without tracing): the send continues its trace.
+    traceparent: str | None = None
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float) -> float:

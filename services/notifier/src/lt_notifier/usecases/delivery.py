@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from leaky_common.sealing import SecretBox
@@ -35,6 +37,7 @@ __all__ = ["SEALED_SHUT", "Deliverer"]
 SEALED_SHUT = "channel secrets do not open"
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer("lt_notifier.delivery")
 
 
 class Deliverer:
@@ -86,9 +89,30 @@ class Deliverer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._settings.delivery_poll_interval_s)
 
+    async def _traced_send(self, delivery: DueDelivery) -> str | None:
+        """Send in a span continuing the trace of the event that queued the delivery (no text on it: the
+        error is redacted for the log, and the span only says that it failed)."""
+        parent = propagate.extract({"traceparent": delivery.traceparent}) if delivery.traceparent else None
+        with tracer.start_as_current_span(
+            f"deliver {delivery.channel}",
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "lt.notifier.channel": delivery.channel,
+                "lt.notifier.event_type": delivery.event_type,
+                "lt.notifier.attempt": delivery.attempts + 1,
+            },
+            record_exception=False,
+        ) as span:
+            error = await self._send(delivery)
+            if error is not None:
+                span.set_attribute("error.type", "delivery_failed")
+                span.set_status(Status(StatusCode.ERROR))
+            return error
+
     async def _attempt(self, delivery: DueDelivery) -> None:
         async with self._limit:
-            error = await self._send(delivery)
+            error = await self._traced_send(delivery)
         log = {"delivery_id": delivery.id, "event_type": delivery.event_type, "channel": delivery.channel}
         if error is None:
             await mark_delivered(self._pool, delivery.id)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from leaky_common.errors import ServiceError, UpstreamError
+from lt_gateway.adapters.genai_trace import ProviderSpan, error_type, span_for
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.providers import Provider
 from lt_gateway.adapters.providers.http import FALLBACK_STATUS
@@ -62,12 +63,14 @@ class Upstream:
         for i, (spec, body) in enumerate(candidates):
             provider = self.providers[spec.provider]
             try:
-                if call.parsed.kind == "chat":
-                    result = await provider.complete(spec, body)
-                elif call.parsed.kind == "completion":
-                    result = await provider.text_complete(spec, body)
-                else:
-                    result = await provider.embed(spec, body)
+                with span_for(spec, call.parsed.kind) as span:  # one span per deployment tried
+                    if call.parsed.kind == "chat":
+                        result = await provider.complete(spec, body)
+                    elif call.parsed.kind == "completion":
+                        result = await provider.text_complete(spec, body)
+                    else:
+                        result = await provider.embed(spec, body)
+                    span.usage(result.usage, result.body.get("model"))
             except Exception as exc:
                 err = upstream_error(exc, call, spec)
                 if self._give_up(err, call, spec, i == len(candidates) - 1):
@@ -83,9 +86,11 @@ class Upstream:
         for i, (spec, body) in enumerate(candidates):
             provider = self.providers[spec.provider]
             opener = provider.stream if call.parsed.kind == "chat" else provider.text_stream
+            span = ProviderSpan(spec, call.parsed.kind, stream=True)
             chunks = opener(spec, body)
             try:
-                first = await anext(chunks)
+                with span.current():
+                    first = await anext(chunks)
             except StopAsyncIteration:
                 err: ServiceError = UpstreamError(
                     f"{spec.provider} sent an empty stream", code="upstream_error"
@@ -94,7 +99,11 @@ class Upstream:
                 err = upstream_error(exc, call, spec)
             else:
                 call.spec = spec
-                return chunks, first
+                span.first_token()
+                # The span ends with the stream (the relay closes it however it ends).
+                return span.watch(chunks, first), first
+            span.fail(error_type(err))
+            span.end()
             if self._give_up(err, call, spec, i == len(candidates) - 1):
                 raise err
         raise AssertionError("unreachable")
