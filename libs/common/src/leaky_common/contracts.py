@@ -72,6 +72,11 @@ class AdmitResponse(BaseModel):
     reserved_usd_micros: int = 0
     privacy_strict: bool = False
     ratelimit: RateLimitState
+    # The gateway waits for the release of the unused part before the answer's last bytes only when this is
+    # true: some cap or token bucket keeps less than twice this reservation free, so the next request (up to
+    # twice this one) could be refused or shortened for tokens this one will not use. Otherwise the release
+    # goes out without the answer waiting for it (it lands within a round trip).
+    release_wait: bool = True
 
 
 class ProbeResponse(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from starlette.requests import Request
 from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
 from leaky_common.events import UsageRecorded
+from leaky_devinfra.testing import eventually
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.providers import Completion, StreamChunk
 from lt_gateway.adapters.providers.mock import MockProvider
@@ -25,9 +27,14 @@ from lt_gateway.usecases.completion.keycheck import KeyCheck
 
 
 class FakeQuota:
-    def __init__(self, denial: Denial | None = None, refuse_keys: bool = False) -> None:
+    def __init__(
+        self, denial: Denial | None = None, refuse_keys: bool = False, release_wait: bool = True
+    ) -> None:
         self.denial = denial
         self.refuse_keys = refuse_keys
+        self.release_wait = release_wait
+        self.quota_answers = asyncio.Event()  # a release finishes when this is set (set by default)
+        self.quota_answers.set()
         self.requests: list[AdmitRequest] = []
         self.authentications = 0
         self.releases: list[tuple[str, int, int]] = []
@@ -40,6 +47,7 @@ class FakeQuota:
         return Principal(user_id="u1", org_id="o1", key_id="k1")
 
     async def release(self, reservation_id: str, tokens: int, cost: int, timeout_s: float) -> bool:
+        await self.quota_answers.wait()
         self.releases.append((reservation_id, tokens, cost))
         return False  # as when quota cannot be reached: the answer goes out all the same
 
@@ -55,6 +63,7 @@ class FakeQuota:
             quota_source="personal",
             reserved_tokens=request.prompt_tokens + grant,
             granted_output_tokens=grant,
+            release_wait=self.release_wait,
             ratelimit=RateLimitState(
                 limit_requests=600,
                 remaining_requests=599,
@@ -149,6 +158,29 @@ async def test_without_the_release_before_the_end_only_the_usage_event_settles()
         and event.total_tokens == orjson.loads(resp.body)["usage"]["total_tokens"]
     )
     assert quota.releases == []
+
+
+async def test_with_room_to_spare_the_answer_does_not_wait_for_the_release() -> None:
+    """Quota says twice the reservation stays free (`release_wait` false): the answer leaves while the release
+    is still on its way, and the release lands afterwards."""
+    quota, sink = FakeQuota(release_wait=False), RecordingSink()
+    quota.quota_answers.clear()  # quota has not answered the release yet
+    resp = await handler(quota, sink).handle(make_request(CHAT))
+    assert resp.status_code == 200 and quota.releases == []
+    quota.quota_answers.set()
+    await eventually(
+        lambda: quota.releases == [("res_1", sink.events[0].total_tokens, sink.events[0].cost_usd_micros)]
+    )
+
+
+async def test_on_a_snug_budget_the_answer_waits_for_the_release() -> None:
+    quota, sink = FakeQuota(release_wait=True), RecordingSink()
+    quota.quota_answers.clear()
+    answer = asyncio.ensure_future(handler(quota, sink).handle(make_request(CHAT)))
+    await eventually(lambda: len(sink.events) == 1)  # the answer is ready, its release is on its way
+    assert not answer.done()
+    quota.quota_answers.set()
+    assert (await answer).status_code == 200 and len(quota.releases) == 1
 
 
 async def test_provider_failure_is_502_and_releases_the_reservation() -> None:

@@ -156,6 +156,22 @@ async def test_release_frees_the_unused_part_for_back_to_back_requests(settings:
         assert again.json() == {"released": False}  # idempotent
 
 
+async def test_the_gateway_waits_for_the_release_only_on_a_snug_budget(settings: QuotaSettings) -> None:
+    """`release_wait`: true when some cap keeps less than twice the reservation free (the next request could
+    need the unused part at once), false with room to spare (the answer need not wait for the release)."""
+    async with running(settings) as h:
+        roomy = await h.create_user(quota=100_000)
+        r = await h.admit(roomy["api_key"], prompt_tokens=10, max_output_tokens=90)  # 100 held, 99,900 free
+        assert r.status_code == 200 and r.json()["release_wait"] is False, r.text
+        snug = await h.create_user(quota=250)
+        r = await h.admit(snug["api_key"], prompt_tokens=10, max_output_tokens=90)  # 100 held, 150 free
+        assert r.status_code == 200 and r.json()["release_wait"] is True, r.text
+        r = await h.admit(roomy["api_key"], prompt_tokens=40, model_max_output_tokens=4096)
+        assert r.json()["reserved_tokens"] == 4136 and r.json()["release_wait"] is False
+        r = await h.admit(snug["api_key"], prompt_tokens=10, model_max_output_tokens=4096)
+        assert r.json()["reserved_tokens"] == 150 and r.json()["release_wait"] is True  # all that was left
+
+
 async def test_release_needs_the_gateways_assertion_and_valid_input(settings: QuotaSettings) -> None:
     async with running(settings) as h:
         user = await h.create_user(quota=1000)

@@ -28,6 +28,9 @@ class AdmitGranted:
     reset_tokens_ms: int
     source: str = "personal"
     reserved_usd: int = 0
+    # Less than twice this reservation stays free on some counter or token bucket: the gateway must wait for
+    # the release before the answer's last bytes (otherwise it sends it without waiting).
+    snug: bool = True
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ def parse_admit_result(raw: list[object]) -> AdmitGranted | AdmitDenied:
             reset_tokens_ms=n[7],
             source=str(raw[9]) if len(raw) > 9 else "personal",
             reserved_usd=int(str(raw[10])) if len(raw) > 10 else 0,
+            snug=int(str(raw[12])) != 0 if len(raw) > 12 else True,
         )
     if tag == "frozen":
         return AdmitDenied("frozen", detail=str(raw[1]), reason_text=str(raw[2]) if len(raw) > 2 else "")

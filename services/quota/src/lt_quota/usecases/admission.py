@@ -176,6 +176,7 @@ class Admission:
             reserved_usd_micros=outcome.reserved_usd,
             privacy_strict=privacy_strict(req.privacy, record),
             ratelimit=_ratelimit(outcome),
+            release_wait=outcome.snug,
         )
 
     def _admit_args(

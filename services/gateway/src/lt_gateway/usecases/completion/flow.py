@@ -75,15 +75,23 @@ class CompletionFlow:
         self.ledger = UsageLedger(usage, models, fingerprints or Fingerprinter(os.urandom(32)))
         self.release_timeout_s = release_timeout_s
         self.release_before_end = release_before_end
+        self._releasing: set[asyncio.Future[bool]] = set()  # releases the answer did not wait for
 
     async def release(self, call: Call, usage: Usage) -> None:
         """Give back the unused part of the reservation before the client has the whole answer, so its next
         request finds it free (the usage event stays the settlement; a failed release only delays that)."""
         if not self.release_before_end:
             return
-        await self.quota.release(
+        sent = self.quota.release(
             call.admitted.reservation_id, usage.total_tokens, call.cost(usage), self.release_timeout_s
         )
+        if call.admitted.release_wait:  # a snug budget: the next request could need these tokens at once
+            await sent
+            return
+        # Twice this reservation stays free everywhere: the release goes out, the answer does not wait for it.
+        task = asyncio.ensure_future(sent)
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def resolve(self, parsed: ParsedRequest) -> ModelSpec:
         """The model the request is for (404/400 if it cannot serve it)."""

@@ -138,11 +138,16 @@ if denial then return denial end
 
 local reserved, reserved_usd, pool = prompt + grant, 0, ''
 local n = 0
+-- snug: on some counter, less than twice this reservation stays free. Only then can the next request (up to
+-- twice this one) be refused or shortened for tokens this one holds and will not use, so only then must the
+-- gateway wait for the release before the answer's last bytes.
+local snug = 0
 redis.call('DEL', KEYS[8])
 for i = 1, nc do
   if grp[i] == 0 or grp[i] == chosen then
     n = n + 1
     local amount = cost(i, grant)
+    if rem[i] - amount < 2 * amount then snug = 1 end
     if unit[i] == 'u' and amount > reserved_usd then reserved_usd = amount end
     if pool == '' and grp[i] == chosen then pool = leg[i] end
     redis.call('HINCRBY', KEYS[9 + i], 'reserved', string.format('%d', amount))
@@ -173,4 +178,5 @@ local function view(i1, i2)
 end
 local lr, rr, tr = view(1, 3)
 local lt, rt, tt = view(2, 4)
-return {'ok', reserved, grant, lr, rr, tr, lt, rt, tt, src, reserved_usd, redis.call('HGETALL', KEYS[8])}
+if rt < 2 * btok then snug = 1 end
+return {'ok', reserved, grant, lr, rr, tr, lt, rt, tt, src, reserved_usd, redis.call('HGETALL', KEYS[8]), snug}
