@@ -45,6 +45,9 @@ class QuotaSettings(ServiceSettings):
     # A reservation never settled is charged at its reserved amount after this long.
     reservation_ttl_s: int = Field(default=600, ge=1)
     sweep_interval_s: float = Field(default=5.0, gt=0)
+    # A release's update of the durable record of a reservation waits this long: the usage event usually
+    # settles the reservation first, and the update is then never written (0: write at once).
+    release_record_delay_s: float = Field(default=1.0, ge=0)
 
     # Self-service vacation (`PUT /v1/users/me/status`): it ends at most this many days ahead (the default end).
     vacation_max_days: int = Field(default=30, ge=1, le=366)

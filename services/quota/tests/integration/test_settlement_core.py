@@ -172,6 +172,40 @@ async def test_the_gateway_waits_for_the_release_only_on_a_snug_budget(settings:
         assert r.json()["reserved_tokens"] == 150 and r.json()["release_wait"] is True  # all that was left
 
 
+async def test_a_release_settled_soon_costs_postgres_no_second_write(settings: QuotaSettings) -> None:
+    """The release's update of the durable record waits `release_record_delay_s`: settled within it, it is never
+    written (one write per request, the admission's); not settled, it is written once due."""
+    settings = settings.model_copy(update={"release_record_delay_s": 2.0})
+    async with running(settings) as h:
+        durable = h.service.durable
+        user = await h.create_user(quota=10_000)
+
+        async def stored(reservation_id: str) -> list[int] | None:
+            async with h.service.db.acquire() as conn:
+                row = await conn.fetchrow(
+                    "SELECT amounts FROM open_reservations WHERE reservation_id = $1", reservation_id
+                )
+            return None if row is None else list(row["amounts"])
+
+        settled = (await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=90)).json()
+        await wait_until(lambda: stored(settled["reservation_id"]), what="the admission's record")
+        written = durable.written
+        await h.release(settled["reservation_id"], 40)
+        await h.service.settlement.settle_usage(usage(settled, 40))
+        assert await stored(settled["reservation_id"]) is None
+        kept = (await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=90)).json()
+        await wait_until(lambda: _eq(stored(kept["reservation_id"]), [100]), what="the admission's record")
+        await h.release(kept["reservation_id"], 30)
+        assert await stored(kept["reservation_id"]) == [100]  # not yet: the release's update is deferred
+        await wait_until(lambda: _eq(stored(kept["reservation_id"]), [30]), what="the deferred update")
+        assert durable.written == written + 2  # the second admission and its release; never the settled one's
+        assert await stored(settled["reservation_id"]) is None
+
+
+async def _eq(value: Any, expected: object) -> bool:
+    return bool(await value == expected)
+
+
 async def test_release_needs_the_gateways_assertion_and_valid_input(settings: QuotaSettings) -> None:
     async with running(settings) as h:
         user = await h.create_user(quota=1000)

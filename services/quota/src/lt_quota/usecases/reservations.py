@@ -3,7 +3,10 @@ loses its data.
 
 Admission and release only hand the reservation's fields to `record` (no I/O on the hot path); one writer
 task writes whatever accumulated in one statement (group commit: while a write is in flight the next batch
-gathers). The transaction that charges a reservation deletes its record. When Redis is found empty, `recover`
+gathers). The transaction that charges a reservation deletes its record. A release's update waits
+`LT_RELEASE_RECORD_DELAY_S` first: the usage event usually settles the reservation within that time, and the
+settlement drops the update (`forget`), so most requests cost Postgres one write, not two. Should Redis lose
+its data meanwhile, the record still holds what admission reserved (a larger hold, never a smaller one). When Redis is found empty, `recover`
 puts the open reservations back (the sweep then charges those never settled) and counters rebuilt from the
 ledger start with what the open reservations hold."""
 
@@ -45,7 +48,9 @@ class DurableReservations:
     def __init__(self, ctx: QuotaContext, freezes: Freezes) -> None:
         self.ctx = ctx
         self.freezes = freezes
+        self.release_delay_s = ctx.settings.release_record_delay_s
         self._pending: dict[str, OpenReservation] = {}
+        self._deferred: dict[str, tuple[float, OpenReservation]] = {}  # releases' updates: (due, record)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._recovering = asyncio.Lock()
@@ -58,8 +63,39 @@ class DurableReservations:
             self._pending[reservation_id] = record
             self._wake.set()
 
-    async def flush(self) -> None:
-        """Write what is queued now."""
+    def record_release(self, reservation_id: str, fields: dict[str, str]) -> None:
+        """Queue a released reservation's fields, to be written `release_delay_s` from now unless settled first."""
+        record = open_record(reservation_id, fields)
+        if record is None:
+            return
+        if self.release_delay_s <= 0:
+            self.record(reservation_id, fields)
+            return
+        if not self._deferred:
+            self._wake.set()  # the writer sleeps until the first due update
+        self._deferred[reservation_id] = (asyncio.get_running_loop().time() + self.release_delay_s, record)
+
+    def forget(self, reservation_ids: list[str]) -> None:
+        """The reservations were charged: their deferred release updates need not be written."""
+        for reservation_id in reservation_ids:
+            self._deferred.pop(reservation_id, None)
+
+    def _due(self, everything: bool = False) -> float | None:
+        """Move the deferred updates that are due (or all) to the next write; seconds until the next one is due
+        (None: none deferred). Deferred in order of their due times (one delay for all): the first not due ends
+        the scan."""
+        now = asyncio.get_running_loop().time()
+        while self._deferred:
+            reservation_id, (due, record) = next(iter(self._deferred.items()))
+            if due > now and not everything:
+                return due - now
+            del self._deferred[reservation_id]
+            self._pending[reservation_id] = record  # newer than an admission record still queued
+        return None
+
+    async def flush(self, *, everything: bool = False) -> None:
+        """Write what is queued now (with `everything`, the deferred release updates too)."""
+        self._due(everything)
         batch, self._pending = self._pending, {}
         if not batch:
             return
@@ -74,7 +110,10 @@ class DurableReservations:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            wait = self._due()
+            if not self._pending:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
             try:
                 await self.flush()
@@ -96,7 +135,7 @@ class DurableReservations:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(Exception):
-            await self.flush()
+            await self.flush(everything=True)
 
     async def recover(self) -> int:
         """If Redis lost its data: put every open reservation back, then the freezes (which marks Redis as
@@ -104,7 +143,7 @@ class DurableReservations:
         async with self._recovering:
             if not await self.ctx.state.was_lost():
                 return 0
-            await self.flush()
+            await self.flush(everything=True)
             async with self.ctx.db.acquire() as conn:
                 records = await repo.open_reservations(conn)
             restored = 0

@@ -66,7 +66,7 @@ class Settlement:
         fields = await self.ctx.state.release(reservation_id, tokens, usd_micros)
         if fields is None:
             return False
-        self.durable.record(reservation_id, fields)
+        self.durable.record_release(reservation_id, fields)
         return True
 
     async def settle_usage(self, event: UsageRecorded) -> None:
@@ -173,6 +173,7 @@ class Settlement:
                 return 0
             pools = await repo.lock_pools(conn, [leg.pool_id for leg in c.legs])
             await repo.delete_open_reservations(conn, [c.reservation_id])
+            self.durable.forget([c.reservation_id])
             recorded: list[int] = []
             charged: list[tuple[PoolRecord, str, int, int]] = []  # pool, period, total, this charge
             for leg, amount in zip(c.legs, c.amounts, strict=True):

@@ -78,6 +78,7 @@ class BatchSettlement:
         """Ledger rows, running totals, Redis counters and thresholds of the charges, under the pools' locks."""
         pools = await repo.lock_pools(conn, [leg.pool_id for c in todo for leg in c.legs])
         await repo.delete_open_reservations(conn, [c.reservation_id for c in todo])
+        self.settlement.durable.forget([c.reservation_id for c in todo])
         rows = [
             LedgerRow(
                 leg.pool_id,
