@@ -77,9 +77,15 @@ def fold(value: str | None, allowed: Collection[str]) -> str:
 def denied_labels(registry: CollectorRegistry = REGISTRY) -> list[tuple[str, str]]:
     """(metric, label) pairs of `registry` whose label name is in `DENIED_LABELS` (structure tests)."""
     found: list[tuple[str, str]] = []
+    # Declared label names first: a labelled metric with no series yet shows none in `collect()`.
+    for collector in list(getattr(registry, "_collector_to_names", {})):
+        name = getattr(collector, "_name", type(collector).__name__)
+        found.extend(
+            (name, label) for label in getattr(collector, "_labelnames", ()) if label in DENIED_LABELS
+        )
     for family in registry.collect():
         for sample in family.samples:
-            found.extend((family.name, name) for name in sample.labels if name in DENIED_LABELS)
+            found.extend((family.name, label) for label in sample.labels if label in DENIED_LABELS)
     return sorted(set(found))
 
 

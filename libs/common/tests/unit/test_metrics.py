@@ -24,7 +24,8 @@ def test_denied_labels_finds_id_labels() -> None:
     registry = CollectorRegistry()
     Counter("t_ok_total", "fine", ["model", "status"], registry=registry).labels("m", "200").inc()
     Counter("t_bad_total", "per user", ["user_id", "model"], registry=registry).labels("u1", "m").inc()
-    assert denied_labels(registry) == [("t_bad", "user_id")]
+    Counter("t_unused_total", "no series yet", ["session_id"], registry=registry)
+    assert denied_labels(registry) == [("t_bad", "user_id"), ("t_unused", "session_id")]
     assert {
         "user_id",
         "key_id",
