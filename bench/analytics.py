@@ -139,6 +139,7 @@ async def run(args: argparse.Namespace) -> None:
             "LT_DATABASE_URL": url,
             "LT_FAUST_DATADIR": str(work / "faust"),
             "LT_LOG_LEVEL": "WARNING",
+            "LT_WORKER_METRICS_PORT": "0",  # any free port: 8087 may belong to a running stack's worker
         }
         with (work / "worker.log").open("wb") as log:
             worker = await asyncio.create_subprocess_exec(

@@ -59,6 +59,7 @@ DEFAULT_PORTS = {
     "saga": 8084,
     "notifier": 8085,
     "fakepay": 8086,
+    "analytics-worker": 8087,  # its /metrics (LT_WORKER_METRICS_PORT)
 }
 
 
@@ -75,7 +76,7 @@ def _port_free(port: int) -> bool:
 def _choose_ports(mode: str) -> dict[str, int]:
     ports: dict[str, int] = {}
     for name, default in DEFAULT_PORTS.items():
-        env = os.environ.get(f"LT_{name.upper()}_PORT")
+        env = os.environ.get(f"LT_{name.upper().replace('-', '_')}_PORT")
         if env:
             ports[name] = int(env)
         elif mode == "default" and _port_free(default):
@@ -258,6 +259,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                 ["-m", "lt_analytics.worker"],
                 {
                     "LT_SERVICE_NAME": "analytics-worker",
+                    "LT_WORKER_METRICS_PORT": str(ports["analytics-worker"]),
                     "LT_DATABASE_URL": database_url_for(pg_server, DATABASES["analytics"]),
                 },
             ),
@@ -318,10 +320,9 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
         save()
 
         deadline = time.monotonic() + timeout
-        for name in ("quota", "fakepay", "saga", "analytics", "notifier", "gateway"):
-            _wait_http(
-                f"{url[name]}/ready" if name != "fakepay" else f"{url[name]}/health", deadline, procs, name
-            )
+        for name in ("quota", "fakepay", "saga", "analytics", "analytics-worker", "notifier", "gateway"):
+            probe = "/health" if name in ("fakepay", "analytics-worker") else "/ready"
+            _wait_http(f"{url[name]}{probe}", deadline, procs, name)
         prober = AssertionSigner(identity["LT_INTERNAL_SIGNING_KEY"], "dev-1", issuer="stack")
         wait_for_probe(url["gateway"], lambda: prober.headers("gateway"), deadline)
     except BaseException as exc:

@@ -9,6 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from leaky_common.metrics import track_pool
+
 __all__ = ["apply_migrations", "create_database", "create_pool", "database_url_for", "ping"]
 
 logger = logging.getLogger(__name__)
@@ -43,10 +45,11 @@ async def create_database(server_url: str, database: str) -> str:
     return database_url_for(server_url, database)
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """An asyncpg pool; statements are cached per connection."""
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "main") -> asyncpg.Pool:
+    """An asyncpg pool; statements are cached per connection. Its size is reported as `lt_db_pool_*{pool=name}`."""
     pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=30)
     assert pool is not None
+    track_pool(pool, name)
     return pool
 
 

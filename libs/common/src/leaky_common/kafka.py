@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from leaky_common import kafka_uvloop
 from leaky_common.events import AnyMessage, Message, Topics, parse_message
+from leaky_common.metrics import CONSUMER_LAG, DEAD_LETTERS
 from leaky_common.settings import ServiceSettings
 from leaky_common.tracing import context_headers
 
@@ -207,6 +208,11 @@ class EventConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.processed = 0
+        self._lag: dict[TopicPartition, int] = {}
+        # Children made once (a label lookup costs about a microsecond); every series exists from the start.
+        self._lag_gauges = {topic: CONSUMER_LAG.labels(group_id, topic) for topic in self._topics}
+        for topic in self._topics:
+            DEAD_LETTERS.labels(topic)
 
     @property
     def running(self) -> bool:
@@ -280,9 +286,20 @@ class EventConsumer:
                 continue
             for tp, records in batches.items():
                 await self._process_records(records)
+                self._sample_lag(tp, records[-1].offset + 1)
                 if not await self._commit(tp, records[-1].offset + 1):
                     await self._reopen()
                     break
+
+    def _sample_lag(self, tp: TopicPartition, position: int) -> None:
+        """Lag of `tp` after handling up to `position`, from the high watermark of the last fetch (no I/O)."""
+        highwater = self._consumer.highwater(tp) if self._consumer is not None else None
+        if highwater is None:
+            return
+        self._lag[tp] = max(highwater - position, 0)
+        gauge = self._lag_gauges.get(tp.topic)
+        if gauge is not None:
+            gauge.set(sum(lag for p, lag in self._lag.items() if p.topic == tp.topic))
 
     async def _process_records(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Handle one partition's fetched records, in order (`BatchEventConsumer` handles them at once)."""
@@ -361,6 +378,7 @@ class EventConsumer:
         await self._publisher.publish_raw(
             Topics.dlq(record.topic), record.value or b"", record.key, list(headers)
         )
+        DEAD_LETTERS.labels(record.topic).inc()
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

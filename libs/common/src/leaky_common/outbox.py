@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import asyncpg
 import orjson
 
 from leaky_common.events import Message
 from leaky_common.kafka import EventPublisher, _headers_from_context
+from leaky_common.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE
 
 __all__ = ["OUTBOX_DDL", "RELAY_LOCK", "ElectedRelay", "OutboxRelay", "write_outbox"]
 
@@ -62,7 +64,13 @@ class OutboxRelay:
     """Publishes unpublished outbox rows in id order; wakes on NOTIFY or every `interval_s`."""
 
     def __init__(
-        self, pool: asyncpg.Pool, publisher: EventPublisher, *, interval_s: float = 0.5, batch: int = 200
+        self,
+        pool: asyncpg.Pool,
+        publisher: EventPublisher,
+        *,
+        interval_s: float = 0.5,
+        batch: int = 200,
+        sample_every_s: float = 1.0,
     ) -> None:
         self._pool = pool
         self._publisher = publisher
@@ -71,6 +79,8 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listen_conn: asyncpg.Connection | None = None
+        self._sample_every_s = sample_every_s
+        self._sampled = -sample_every_s
 
     async def start(self) -> None:
         """Listen for NOTIFY and start relaying in the background."""
@@ -108,11 +118,33 @@ class OutboxRelay:
                 await conn.execute("UPDATE outbox SET published_at = now() WHERE id = $1", row["id"])
             return len(rows)
 
+    async def sample(self) -> tuple[int, float]:
+        """Set `lt_outbox_backlog_messages` and `lt_outbox_oldest_age_seconds` from the table; returns them."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age"
+                " FROM outbox WHERE published_at IS NULL"
+            )
+        assert row is not None
+        backlog, age = int(row["n"]), max(float(row["age"]), 0.0)
+        OUTBOX_BACKLOG.set(backlog)
+        OUTBOX_OLDEST_AGE.set(age)
+        return backlog, age
+
+    async def _sample_now_and_then(self) -> None:
+        # At most once per `sample_every_s`: one indexed count of the unpublished rows (the partial index).
+        now = time.monotonic()
+        if now - self._sampled < self._sample_every_s:
+            return
+        self._sampled = now
+        await self.sample()
+
     async def _run(self) -> None:
         while True:
             try:
                 while await self.relay_once() == self._batch:
-                    pass
+                    await self._sample_now_and_then()
+                await self._sample_now_and_then()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -23,6 +23,8 @@ class AnalyticsSettings(ServiceSettings):
     # The worker records up to `batch_max` events per transaction, waiting at most `batch_within_s` to fill one.
     batch_max: int = 500
     batch_within_s: float = 0.05
+    # The worker's own /metrics (and /health) port, on `host` (faust's web server is off); 0: any free port.
+    worker_metrics_port: int = 8087
 
     # Global detector defaults, as JSON (LT_ANOMALY_THRESHOLDS='{"loop_consecutive": 3}'); unset fields keep
     # their defaults. The thresholds API overrides them globally and per org at run time.

@@ -19,11 +19,15 @@ from typing import Any
 
 import faust
 from aiokafka.helpers import create_ssl_context
+from faust.exceptions import FaustError
 from opentelemetry import trace
 
 from leaky_common.events import Topics
+from leaky_common.metrics import CONSUMER_LAG, DEAD_LETTERS
+from leaky_common.metrics_server import MetricsServer
 from leaky_common.observability import setup_logging, setup_tracing
 from leaky_common.tracing import batch_span
+from lt_analytics.adapters.metrics import BATCH_SIZE, EVENTS
 from lt_analytics.bootstrap import start_worker
 from lt_analytics.handlers import Outcome, UsageHandler
 from lt_analytics.settings import AnalyticsSettings
@@ -71,6 +75,8 @@ def build_faust_app(settings: AnalyticsSettings, handler: UsageHandler) -> faust
     )
     usage_topic = app.topic(settings.usage_topic, value_serializer="raw", key_serializer="raw")
     dlq_topic = app.topic(Topics.dlq(settings.usage_topic), value_serializer="raw", key_serializer="raw")
+    dead_letters = DEAD_LETTERS.labels(settings.usage_topic)
+    sample_lag = _lag_sampler(app, settings.consumer_group, settings.usage_topic)
 
     async def aggregate_usage(stream: Any) -> None:
         # Batches (one transaction each) keep up with thousands of events per second; `within` bounds the
@@ -90,9 +96,52 @@ def build_faust_app(settings: AnalyticsSettings, handler: UsageHandler) -> faust
                         value=raw,
                         headers={"dlq-reason": b"invalid", "dlq-source": settings.usage_topic.encode()},
                     )
+                    dead_letters.inc()
+            _observe_batch(outcomes)
+            sample_lag(events)
 
     app.agent(usage_topic, name="aggregate_usage", concurrency=1)(aggregate_usage)
     return app
+
+
+def _highwater(app: faust.App, tp: Any) -> int | None:
+    """The partition's high watermark as of the last fetch; None before the consumer started, or once the
+    partition was revoked (aiokafka asserts it is assigned)."""
+    try:
+        return app.consumer.highwater(tp)
+    except (FaustError, AssertionError):
+        return None
+
+
+def _lag_sampler(app: faust.App, group: str, topic: str) -> Any:
+    """Records each partition's lag (high watermark of the last fetch minus the batch's end) after a batch."""
+    lags: dict[Any, int] = {}
+    gauge = CONSUMER_LAG.labels(group, topic)
+    gauge.set(0)
+
+    def sample(events: list[Any]) -> None:
+        ends: dict[Any, int] = {}
+        for event in events:
+            ends[event.message.tp] = event.message.offset + 1
+        for tp, end in ends.items():
+            highwater = _highwater(app, tp)
+            if highwater is not None:
+                lags[tp] = max(int(highwater) - end, 0)
+        gauge.set(sum(lags.values()))
+
+    return sample
+
+
+def _observe_batch(outcomes: list[Outcome]) -> None:
+    BATCH_SIZE.observe(len(outcomes))
+    for outcome in set(outcomes):
+        EVENTS.labels(outcome.value).inc(outcomes.count(outcome))
+
+
+def _metrics_server(settings: AnalyticsSettings) -> MetricsServer:
+    """`/metrics` on `worker_metrics_port` (faust's own web server stays off)."""
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    return MetricsServer(settings.host, settings.worker_metrics_port, token)
 
 
 def main() -> None:
@@ -103,6 +152,8 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     runtime = loop.run_until_complete(start_worker(settings))
+    metrics = _metrics_server(settings)
+    loop.run_until_complete(metrics.start())
     app = build_faust_app(settings, runtime.handler)
     # quiet: no banner or spinner in the JSON log stream.
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, override_logging=False, quiet=True)
@@ -112,6 +163,8 @@ def main() -> None:
         if not loop.is_closed():
             with contextlib.suppress(Exception):
                 loop.run_until_complete(runtime.stop())
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(metrics.stop())
 
 
 if __name__ == "__main__":

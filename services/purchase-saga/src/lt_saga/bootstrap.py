@@ -66,7 +66,7 @@ async def running_saga(settings: SagaSettings) -> AsyncIterator[Saga]:
         runner = SagaRunner(pool, SagaSteps(pool, await _payments(settings, stack), settings), settings)
         # Replies get connections of their own: behind hundreds of running sagas in the shared pool they
         # would wait, and a reply handled late is a step that times out.
-        reply_pool = await create_pool(settings.database_url, max_size=2)
+        reply_pool = await create_pool(settings.database_url, max_size=2, name="replies")
         stack.push_async_callback(reply_pool.close)
         consumer = EventConsumer(
             settings,

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from leaky_common.auth import Principal
@@ -354,3 +355,52 @@ async def test_usage_published_while_quota_is_down_is_settled_once_after_restart
         # (a fresh consumer group reads the usage topic from the start: earlier tests' events come first)
         await wait_until(settled, timeout=90, what="settled after the restart")
         assert sorted(await h.ledger(user["pool_id"])) == [(10 + i, "usage") for i in range(5)]
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_reservation_metrics_follow_admission_release_settlement_and_expiry(
+    settings: QuotaSettings,
+) -> None:
+    clock = ManualClock()
+    async with running(settings, clock) as h:
+        before = {
+            name: metric(name)
+            for name in (
+                "lt_quota_reservations_released_total",
+                "lt_quota_reservations_settled_total",
+                "lt_quota_reservations_expired_charged_total",
+                "lt_quota_settlement_lag_seconds_count",
+            )
+        }
+        admitted_before, denied_before = (
+            metric("lt_quota_admissions_total", decision="admitted", cap="none"),
+            metric("lt_quota_admissions_total", decision="insufficient_quota", cap="personal"),
+        )
+        user = await h.create_user(quota=2000)
+        settled = (await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=500)).json()
+        await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=500)  # never settled: expires
+        denied = await h.admit(user["api_key"], prompt_tokens=5000, max_output_tokens=500)
+        assert denied.status_code == 402
+        assert metric("lt_quota_admissions_total", decision="admitted", cap="none") == admitted_before + 2
+        assert (
+            metric("lt_quota_admissions_total", decision="insufficient_quota", cap="personal")
+            == denied_before + 1
+        )
+
+        await h.release(settled["reservation_id"], 150)
+        await BatchSettlement(h.service.settlement).settle([usage(settled, 150)])
+        clock.now_ms += settings.reservation_ttl_s * 1000
+        expired = await h.service.settlement.sweep_expired()
+        assert expired >= 1
+        delta = {name: metric(name) - value for name, value in before.items()}
+        assert delta == {
+            "lt_quota_reservations_released_total": 1,
+            "lt_quota_reservations_settled_total": 1,
+            "lt_quota_reservations_expired_charged_total": expired,
+            "lt_quota_settlement_lag_seconds_count": 1,
+        }
+        # Sampled by the sweep: what Redis still holds (nothing of this test's; earlier tests' are swept too).
+        assert metric("lt_quota_reservations_open") == await h.service.state.open_reservations()

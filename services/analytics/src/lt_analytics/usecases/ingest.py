@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import asyncpg
@@ -14,6 +15,8 @@ from asyncpg.exceptions._base import DataError as ClientDataError
 
 from leaky_common.events import UsageRecorded
 from lt_analytics.adapters import repository
+from lt_analytics.adapters.metrics import DETECTIONS, LAG
+from lt_analytics.domain.detection import Detection
 from lt_analytics.domain.rollups import aggregate
 from lt_analytics.usecases.detect import AnomalyDetector
 
@@ -78,6 +81,7 @@ class Ingest:
         unique: dict[str, UsageRecorded] = {}
         for e in events:  # the first copy of a redelivered event, in stream order (loops depend on it)
             unique.setdefault(e.event_id, e)
+        detections: list[Detection] = []
         async with self._pool.acquire() as conn, conn.transaction():
             new_ids = await repository.log_requests(conn, list(unique.values()))
             new = [e for e in unique.values() if e.event_id in new_ids]
@@ -85,5 +89,16 @@ class Ingest:
                 return new_ids
             await repository.add_aggregates(conn, aggregate(new))
             if self._detector is not None:
-                await self._detector.check(conn, new)
-            return new_ids
+                detections = await self._detector.check(conn, new)
+        _observe(new, detections)  # after the commit: what is counted happened
+        return new_ids
+
+
+def _observe(new: list[UsageRecorded], detections: list[Detection]) -> None:
+    """Lag of the newly recorded events behind their occurrence, and the detections announced."""
+    now = datetime.now(UTC)
+    for event in new:
+        occurred = event.occurred_at if event.occurred_at.tzinfo else event.occurred_at.replace(tzinfo=UTC)
+        LAG.observe(max((now - occurred).total_seconds(), 0.0))
+    for detection in detections:
+        DETECTIONS.labels(detection.kind).inc()

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from leaky_common.sealing import SecretBox
 from lt_notifier.adapters.deliveries import claim_due, mark_delivered, mark_failed
+from lt_notifier.adapters.metrics import delivery_attempted
 from lt_notifier.adapters.senders import ChannelSender
 from lt_notifier.domain.channels import EmailOut, render
 from lt_notifier.domain.delivery import DueDelivery, backoff_s, probe_notification, redact
@@ -116,6 +117,7 @@ class Deliverer:
         log = {"delivery_id": delivery.id, "event_type": delivery.event_type, "channel": delivery.channel}
         if error is None:
             await mark_delivered(self._pool, delivery.id)
+            delivery_attempted(delivery.channel, "delivered")
             logger.info("notification delivered", extra=log)
             return
         attempts = delivery.attempts + 1
@@ -127,6 +129,7 @@ class Deliverer:
             s.delivery_max_attempts,
             backoff_s(attempts, s.delivery_backoff_base_s, s.delivery_backoff_max_s),
         )
+        delivery_attempted(delivery.channel, "dead" if attempts >= s.delivery_max_attempts else "retrying")
         logger.warning("delivery attempt failed", extra={**log, "attempts": attempts, "error": error})
 
     async def _send(self, delivery: DueDelivery) -> str | None:

@@ -239,6 +239,10 @@ class RedisState:
         ids = await self.redis.zrangebyscore(self.expiry_key, "-inf", now_ms, start=0, num=limit)
         return [str(i) for i in ids]
 
+    async def open_reservations(self) -> int:
+        """How many reservations Redis holds (charged or not yet swept)."""
+        return int(await self.redis.zcard(self.expiry_key))
+
     async def forget_reservation(self, reservation_id: str) -> None:
         """Drop a dangling expiry entry whose reservation hash is gone."""
         await self.redis.zrem(self.expiry_key, reservation_id)

@@ -2,7 +2,7 @@
 and freezes. No I/O: nothing here reads Postgres or Redis, so every rule is unit-tested on plain records."""
 
 from lt_quota.domain.balancer import Cap, Leg, legs_of_reservation, plan, source_group
-from lt_quota.domain.denials import APPROVAL_GUIDE, decision_label, denial, no_pool_for_model
+from lt_quota.domain.denials import APPROVAL_GUIDE, decision_label, denial, denied_cap, no_pool_for_model
 from lt_quota.domain.freezes import longest_freeze, session_target, ttl_ms
 from lt_quota.domain.keys import KEY_PREFIX_LEN, generate_api_key, hash_api_key, key_prefix, new_id
 from lt_quota.domain.outcomes import AdmitDenied, AdmitGranted, parse_admit_result, retry_after_seconds
@@ -42,6 +42,7 @@ __all__ = [
     "decision_label",
     "default_bucket_sizes",
     "denial",
+    "denied_cap",
     "generate_api_key",
     "hash_api_key",
     "key_prefix",

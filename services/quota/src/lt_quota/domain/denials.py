@@ -7,7 +7,7 @@ from typing import Any
 from leaky_common.errors import Forbidden, QuotaExceeded, RateLimited, ServiceError
 from lt_quota.domain.outcomes import AdmitDenied, retry_after_seconds
 
-__all__ = ["APPROVAL_GUIDE", "decision_label", "denial", "no_pool_for_model"]
+__all__ = ["APPROVAL_GUIDE", "decision_label", "denial", "denied_cap", "no_pool_for_model"]
 
 APPROVAL_GUIDE = {
     "message": "Your personal token pool cannot cover this request. Ask a manager of your team for more "
@@ -43,6 +43,11 @@ def decision_label(outcome: AdmitDenied) -> str:
     if outcome.reason in ("frozen", "rate_limited"):
         return outcome.reason
     return "insufficient_quota"
+
+
+def denied_cap(outcome: AdmitDenied) -> str:
+    """The cap (402) or rate-limit bucket (429) that refused, for the admissions metric; `none` otherwise."""
+    return outcome.detail if outcome.reason in ("quota", "rate_limited") else "none"
 
 
 def denial(outcome: AdmitDenied, session_budget: int | None) -> ServiceError:

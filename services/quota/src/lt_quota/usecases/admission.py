@@ -3,13 +3,12 @@ cap with the balancer's alternatives, and reserve, all in one Redis call."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter as PromCounter
-
 from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, ProbeResponse, RateLimitState
 from leaky_common.db import ping
 from leaky_common.errors import Forbidden, ServiceUnavailable, Unauthorized
 from lt_quota.adapters import repository as repo
+from lt_quota.adapters.metrics import ADMISSIONS, admission
 from lt_quota.adapters.redis_state import AdmitArgs, Counter, reservation_fields
 from lt_quota.domain import (
     AdmitDenied,
@@ -19,6 +18,7 @@ from lt_quota.domain import (
     check_session,
     decision_label,
     denial,
+    denied_cap,
     new_id,
     no_pool_for_model,
     parse_admit_result,
@@ -31,8 +31,6 @@ from lt_quota.usecases.freezes import Freezes
 from lt_quota.usecases.reservations import DurableReservations
 
 __all__ = ["ADMISSIONS", "Admission", "principal_of"]
-
-ADMISSIONS = PromCounter("lt_quota_admissions_total", "Admission decisions", ["decision"])
 
 
 def principal_of(record: KeyRecord) -> Principal:
@@ -94,7 +92,7 @@ class Admission:
         try:
             record = await self.ctx.key_record(req.api_key)
         except Unauthorized:
-            ADMISSIONS.labels("unauthorized").inc()
+            admission("unauthorized").inc()
             raise
         return await self.admit_record(record, req)
 
@@ -120,12 +118,12 @@ class Admission:
     def _check_policy(self, record: KeyRecord, req: AdmitRequest) -> bool:
         """The key's rules (403 suspended or not allowed); True if the request may draw on the team pool."""
         if record.status == "suspended":
-            ADMISSIONS.labels("suspended").inc()
+            admission("suspended").inc()
             raise Forbidden("this user is suspended", code="user_suspended")
         try:
             critical = check_key_policy(record, req.model, req.priority)
         except Forbidden:
-            ADMISSIONS.labels("forbidden").inc()
+            admission("forbidden").inc()
             raise
         check_session(record.org, req.session_id)
         return critical
@@ -148,7 +146,7 @@ class Admission:
             session=session,
         )
         if not sources:
-            ADMISSIONS.labels("insufficient_quota").inc()
+            admission("insufficient_quota").inc()
             raise no_pool_for_model()
         args = self._admit_args(record, req, counters, sources)
         raw = await self.ctx.state.admit(args)
@@ -159,9 +157,9 @@ class Admission:
             raw = await self.ctx.state.admit(args)
             outcome = parse_admit_result(raw)
         if isinstance(outcome, AdmitDenied):
-            ADMISSIONS.labels(decision_label(outcome)).inc()
+            admission(decision_label(outcome), denied_cap(outcome)).inc()
             raise denial(outcome, session.limit if session is not None else None)
-        ADMISSIONS.labels("admitted").inc()
+        admission("admitted").inc()
         if len(raw) > 11:  # the reservation's fields: into its durable record (queued, written in batches)
             self.durable.record(args.reservation_id, reservation_fields(raw[11]))
         # The script only answers with a source of the plan: anything else is a bug, not a default.

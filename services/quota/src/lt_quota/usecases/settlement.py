@@ -10,6 +10,13 @@ from dataclasses import dataclass
 from leaky_common.events import UsageRecorded
 from leaky_common.inbox import claim
 from lt_quota.adapters import repository as repo
+from lt_quota.adapters.metrics import (
+    RESERVATIONS_EXPIRED_CHARGED,
+    RESERVATIONS_OPEN,
+    RESERVATIONS_RELEASED,
+    RESERVATIONS_SETTLED,
+    observe_settled,
+)
 from lt_quota.domain import Leg, legs_of_reservation, period_of, source_group
 from lt_quota.domain.records import KeyRecord, PoolRecord
 from lt_quota.usecases.context import QuotaContext
@@ -67,6 +74,7 @@ class Settlement:
         if fields is None:
             return False
         self.durable.record_release(reservation_id, fields)
+        RESERVATIONS_RELEASED.inc()
         return True
 
     async def settle_usage(self, event: UsageRecorded) -> None:
@@ -93,7 +101,9 @@ class Settlement:
             inbox_event_id=event.event_id,
             from_redis=reservation is not None,
         )
-        await self._charge(charge)
+        if await self._charge(charge):
+            RESERVATIONS_SETTLED.inc()
+        observe_settled([event])
 
     async def sweep_expired(self) -> int:
         """Charge reservations past their TTL at their reserved amount (what they used, once released);
@@ -116,6 +126,8 @@ class Settlement:
             ):  # Redis lost it (or it was charged meanwhile: the ledger row makes this a no-op)
                 await self._charge(_expiry(record.reservation_id, record.fields, from_redis=False))
                 charged += 1
+        RESERVATIONS_EXPIRED_CHARGED.inc(charged)
+        RESERVATIONS_OPEN.set(await self.ctx.state.open_reservations())
         return charged
 
     async def legs_for_event(self, event: UsageRecorded) -> list[Leg]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from leaky_common.events import UsageRecorded
 from lt_quota.adapters import repository as repo
+from lt_quota.adapters.metrics import RESERVATIONS_SETTLED, observe_settled
 from lt_quota.adapters.repository import Conn, LedgerRow
 from lt_quota.domain import Leg, legs_of_reservation
 from lt_quota.usecases.settlement import Charge, Settlement
@@ -58,6 +59,9 @@ class BatchSettlement:
             todo = [c for c in charges if c.inbox_event_id in claimed and c.legs]
             if todo:
                 await self._apply(conn, todo)
+        # After the commit: what is counted was charged.
+        RESERVATIONS_SETTLED.inc(len(todo))
+        observe_settled([e for e in unique.values() if e.event_id in claimed])
 
     async def _charges(self, events: list[UsageRecorded]) -> list[Charge]:
         """What to charge per event: the legs of its reservation in Redis, or rebuilt when Redis lost it."""

@@ -10,12 +10,10 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Any
 
 from leaky_common.contracts import AdmitRequest
 from leaky_common.errors import ServiceError, Unauthorized
-from lt_gateway.adapters.metrics import COST_MICROS, TOKENS
+from lt_gateway.adapters.metrics import usage_metrics
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.quota_client import Denial
 from lt_gateway.adapters.usage_sink import UsageSink
@@ -69,12 +67,6 @@ class RequestLine:
         )
 
 
-@lru_cache(maxsize=1024)
-def _model_metrics(model: str) -> tuple[Any, Any, Any]:
-    """The per-model counters (label lookups cached: they hash and lock on every call)."""
-    return TOKENS.labels(model, "prompt"), TOKENS.labels(model, "completion"), COST_MICROS.labels(model)
-
-
 def _elapsed_ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
@@ -94,10 +86,9 @@ class UsageLedger:
         fingerprint = self.fingerprints.fingerprint(call.admitted.principal.org_id, call.parsed.digest)
         outcome = (status, http_status, error_code)
         self.usage.record(settled_event(call, usage, cost, latency_ms, outcome, fingerprint))
-        prompt_counter, completion_counter, cost_counter = _model_metrics(call.spec.name)
-        prompt_counter.inc(usage.prompt_tokens)
-        completion_counter.inc(usage.completion_tokens)
-        cost_counter.inc(cost)
+        usage_metrics(call.spec.name, call.spec.provider, call.admitted.quota_source).add(
+            usage.prompt_tokens, usage.completion_tokens, cost
+        )
         RequestLine(
             call.request_id, call.session_id, call.spec.name, "allowed", error_code, http_status, latency_ms,
             call.estimated_cost, cost, usage.prompt_tokens, usage.completion_tokens,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from leaky_common.errors import ServiceError, UpstreamError
 from lt_gateway.adapters.genai_trace import ProviderSpan, error_type, span_for
+from lt_gateway.adapters.metrics import provider_metrics
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.providers import Provider
 from lt_gateway.adapters.providers.http import FALLBACK_STATUS
@@ -62,6 +64,8 @@ class Upstream:
         candidates = self._candidates(call)
         for i, (spec, body) in enumerate(candidates):
             provider = self.providers[spec.provider]
+            metrics = provider_metrics(spec.name, spec.provider)
+            started = time.perf_counter()
             try:
                 with span_for(spec, call.parsed.kind) as span:  # one span per deployment tried
                     if call.parsed.kind == "chat":
@@ -73,9 +77,11 @@ class Upstream:
                     span.usage(result.usage, result.body.get("model"))
             except Exception as exc:
                 err = upstream_error(exc, call, spec)
+                metrics.failed(err.status, time.perf_counter() - started)
                 if self._give_up(err, call, spec, i == len(candidates) - 1):
                     raise err from exc
             else:
+                metrics.ok.observe(time.perf_counter() - started)
                 call.spec = spec
                 return result
         raise AssertionError("unreachable")
@@ -87,6 +93,8 @@ class Upstream:
             provider = self.providers[spec.provider]
             opener = provider.stream if call.parsed.kind == "chat" else provider.text_stream
             span = ProviderSpan(spec, call.parsed.kind, stream=True)
+            metrics = provider_metrics(spec.name, spec.provider)
+            started = time.perf_counter()
             chunks = opener(spec, body)
             try:
                 with span.current():
@@ -98,10 +106,14 @@ class Upstream:
             except Exception as exc:
                 err = upstream_error(exc, call, spec)
             else:
+                elapsed = time.perf_counter() - started
+                metrics.ok.observe(elapsed)
+                metrics.first_token.observe(elapsed)
                 call.spec = spec
                 span.first_token()
                 # The span ends with the stream (the relay closes it however it ends).
                 return span.watch(chunks, first), first
+            metrics.failed(err.status, time.perf_counter() - started)
             span.fail(error_type(err))
             span.end()
             if self._give_up(err, call, spec, i == len(candidates) - 1):
