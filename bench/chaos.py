@@ -323,8 +323,8 @@ async def run(config: Config) -> Report:
     """One chaos run."""
     run_dir = config.run_dir or Path(tempfile.mkdtemp(prefix="lt-chaos-"))
     h = Harness(config, run_dir)
-    h.up()
     try:
+        h.up()
         await h.make_users()
         load = Load(h.gateway, h.keys, workers=config.workers, seed=config.seed)
         started = time.monotonic()
