@@ -6,13 +6,10 @@ from typing import Any
 
 import orjson
 from prometheus_client import REGISTRY
-from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from leaky_common.auth import Principal
-from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
 from leaky_common.errors import UpstreamTimeout
-from leaky_common.events import UsageRecorded
+from leaky_devinfra.gateway_fakes import GrantingQuota, RecordingSink, chat_request
 from lt_gateway.adapters.metrics import status_label, usage_metrics
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.providers.mock import MockProvider
@@ -24,65 +21,18 @@ from lt_gateway.usecases.completion.keycheck import KeyCheck
 MOCK = {"provider": "mock", "model": "mock-gpt"}
 
 
-class Quota:
-    def __init__(self, source: str = "personal") -> None:
-        self.source = source
-
-    async def authenticate(self, api_key: str) -> Principal:
-        return Principal(user_id="u1", org_id="o1", key_id="k1")
-
-    async def release(self, reservation_id: str, tokens: int, cost: int, timeout_s: float) -> bool:
-        return True
-
-    async def admit(self, request: AdmitRequest) -> AdmitResponse:
-        rl = RateLimitState(
-            limit_requests=600, remaining_requests=599, reset_requests_s=0.1,
-            limit_tokens=1000, remaining_tokens=900, reset_tokens_s=1.0,
-        )  # fmt: skip
-        return AdmitResponse(
-            reservation_id="res_1", principal=Principal(user_id="u1", org_id="o1", key_id="k1"), pool_id="p1",
-            quota_source=self.source, reserved_tokens=100, granted_output_tokens=50, ratelimit=rl,
-        )  # fmt: skip
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[UsageRecorded] = []
-
-    def record(self, event: UsageRecorded) -> None:
-        self.events.append(event)
-
-
 class TimingOut:
     async def complete(self, spec: ModelSpec, body: dict[str, Any]) -> Any:
         raise UpstreamTimeout("the provider did not answer in time")
 
 
-def request(stream: bool = False) -> Request:
-    raw = orjson.dumps(
-        {
-            "model": "mock-gpt",
-            "messages": [{"role": "user", "content": "hi"}],
-            "stream": stream,
-            "max_tokens": 40,
-        }
-    )
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
-             "headers": [(b"authorization", b"Bearer lt-test")]}  # fmt: skip
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": raw, "more_body": False}
-
-    return Request(scope, receive)
-
-
-def chat(provider: Any = None, sink: Sink | None = None, source: str = "personal") -> ChatHandler:
-    quota = Quota(source)
+def chat(provider: Any = None, sink: RecordingSink | None = None, source: str = "personal") -> ChatHandler:
+    quota = GrantingQuota(source)
     flow = CompletionFlow(
         models=ModelTable.load(None),
         providers={"mock": provider or MockProvider()},
         quota=quota,  # type: ignore[arg-type]
-        usage=sink or Sink(),  # type: ignore[arg-type]
+        usage=sink or RecordingSink(),  # type: ignore[arg-type]
     )
     return ChatHandler(flow, KeyCheck(quota, 30), max_body_bytes=100_000)  # type: ignore[arg-type]
 
@@ -97,8 +47,8 @@ async def test_a_call_counts_its_latency_tokens_and_cost_by_model_provider_and_s
     prompt = value("lt_gateway_tokens_total", **usage, kind="prompt")
     completion = value("lt_gateway_tokens_total", **usage, kind="completion")
     cost = value("lt_gateway_cost_usd_total", **usage)
-    sink = Sink()
-    response = await chat(sink=sink, source="vacation_share").handle(request())
+    sink = RecordingSink()
+    response = await chat(sink=sink, source="vacation_share").handle(chat_request())
     assert response.status_code == 200
     body = orjson.loads(response.body)
     assert value("lt_gateway_provider_request_duration_seconds_count", **MOCK, status="ok") == duration + 1
@@ -113,7 +63,7 @@ async def test_a_call_counts_its_latency_tokens_and_cost_by_model_provider_and_s
 
 async def test_a_stream_records_its_time_to_first_token() -> None:
     before = value("lt_gateway_provider_time_to_first_token_seconds_count", **MOCK)
-    response = await chat().handle(request(stream=True))
+    response = await chat().handle(chat_request(stream=True))
     assert isinstance(response, StreamingResponse)
     async for _ in response.body_iterator:
         pass
@@ -123,7 +73,7 @@ async def test_a_stream_records_its_time_to_first_token() -> None:
 async def test_a_failed_call_counts_an_error_by_status() -> None:
     errors = value("lt_gateway_provider_errors_total", **MOCK, status="504")
     failed = value("lt_gateway_provider_request_duration_seconds_count", **MOCK, status="504")
-    response = await chat(TimingOut()).handle(request())
+    response = await chat(TimingOut()).handle(chat_request())
     assert response.status_code == 504
     assert value("lt_gateway_provider_errors_total", **MOCK, status="504") == errors + 1
     assert value("lt_gateway_provider_request_duration_seconds_count", **MOCK, status="504") == failed + 1

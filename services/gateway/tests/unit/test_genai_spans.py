@@ -9,12 +9,10 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
-from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from leaky_common.auth import Principal
-from leaky_common.contracts import AdmitRequest, AdmitResponse, RateLimitState
-from leaky_common.events import Topics, UsageRecorded
+from leaky_common.events import Topics
+from leaky_devinfra.gateway_fakes import GrantingQuota, RecordingSink, chat_request
 from leaky_devinfra.spans import capture_spans
 from lt_gateway.adapters.genai_trace import span_for
 from lt_gateway.adapters.model_table import ModelTable
@@ -29,62 +27,18 @@ PROMPT = "my secret plan is purple elephants"
 tracer = trace.get_tracer("test")
 
 
-class Quota:
-    async def authenticate(self, api_key: str) -> Principal:
-        return Principal(user_id="u1", org_id="o1", key_id="k1")
-
-    async def release(self, reservation_id: str, tokens: int, cost: int, timeout_s: float) -> bool:
-        return True
-
-    async def admit(self, request: AdmitRequest) -> AdmitResponse:
-        rl = RateLimitState(
-            limit_requests=600, remaining_requests=599, reset_requests_s=0.1,
-            limit_tokens=1000, remaining_tokens=900, reset_tokens_s=1.0,
-        )  # fmt: skip
-        return AdmitResponse(
-            reservation_id="res_1", principal=Principal(user_id="u1", org_id="o1", key_id="k1"), pool_id="p1",
-            quota_source="personal", reserved_tokens=100, granted_output_tokens=50, ratelimit=rl,
-        )  # fmt: skip
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[UsageRecorded] = []
-
-    def record(self, event: UsageRecorded) -> None:
-        self.events.append(event)
-
-
 class Failing:
     async def complete(self, spec: ModelSpec, body: dict[str, Any]) -> Any:
         raise ConnectionResetError(f"upstream went away while reading {PROMPT}")
 
 
-def request(stream: bool = False) -> Request:
-    raw = orjson.dumps(
-        {
-            "model": "mock-gpt",
-            "messages": [{"role": "user", "content": PROMPT}],
-            "stream": stream,
-            "max_tokens": 40,
-        }
-    )
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
-             "headers": [(b"authorization", b"Bearer lt-test")]}  # fmt: skip
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": raw, "more_body": False}
-
-    return Request(scope, receive)
-
-
 def chat(provider: Any = None, sink: Any = None) -> ChatHandler:
-    quota = Quota()
+    quota = GrantingQuota()
     flow = CompletionFlow(
         models=ModelTable.load(None),
         providers={"mock": provider or MockProvider()},
         quota=quota,  # type: ignore[arg-type]
-        usage=sink or Sink(),  # type: ignore[arg-type]
+        usage=sink or RecordingSink(),  # type: ignore[arg-type]
     )
     return ChatHandler(flow, KeyCheck(quota, 30), max_body_bytes=100_000)  # type: ignore[arg-type]
 
@@ -100,7 +54,7 @@ def no_text(spans: tuple[ReadableSpan, ...]) -> None:
 async def test_a_provider_call_is_a_genai_client_span_under_the_request() -> None:
     with capture_spans() as spans:
         with tracer.start_as_current_span("POST /v1/chat/completions") as root:
-            response = await chat().handle(request())
+            response = await chat().handle(chat_request(PROMPT))
         finished = spans.get_finished_spans()
     usage = orjson.loads(response.body)["usage"]
     (call,) = [s for s in finished if s.name == "chat mock-gpt"]
@@ -121,7 +75,7 @@ async def test_a_provider_call_is_a_genai_client_span_under_the_request() -> Non
 async def test_a_stream_span_ends_with_the_stream_and_marks_the_first_token() -> None:
     with capture_spans() as spans:
         with tracer.start_as_current_span("POST /v1/chat/completions"):
-            response = await chat().handle(request(stream=True))
+            response = await chat().handle(chat_request(PROMPT, stream=True))
             assert isinstance(response, StreamingResponse)
             assert not [s for s in spans.get_finished_spans() if s.name == "chat mock-gpt"]  # still open
             body = b"".join(
@@ -143,7 +97,7 @@ async def test_a_stream_span_ends_with_the_stream_and_marks_the_first_token() ->
 async def test_a_failed_provider_call_is_an_error_span_without_the_message() -> None:
     with capture_spans() as spans:
         with tracer.start_as_current_span("POST /v1/chat/completions"):
-            response = await chat(Failing()).handle(request())
+            response = await chat(Failing()).handle(chat_request(PROMPT))
         finished = spans.get_finished_spans()
     assert response.status_code == 502
     (call,) = [s for s in finished if s.name == "chat mock-gpt"]
@@ -154,7 +108,7 @@ async def test_a_failed_provider_call_is_an_error_span_without_the_message() -> 
 
 async def test_nothing_is_traced_without_a_sampled_request_span() -> None:
     with capture_spans() as spans:
-        await chat().handle(request())  # no request span: the provider call opens none either
+        await chat().handle(chat_request(PROMPT))  # no request span: the provider call opens none either
         assert spans.get_finished_spans() == ()
 
 
@@ -181,10 +135,12 @@ async def test_the_usage_event_carries_the_requests_trace_in_its_kafka_headers(t
     try:
         with capture_spans() as spans:
             with tracer.start_as_current_span("POST /v1/chat/completions") as root:
-                await chat(sink=sink).handle(request())
+                await chat(sink=sink).handle(chat_request(PROMPT))
             await sink.drain(10)
             finished = spans.get_finished_spans()
-        untraced = await chat(sink=sink).handle(request())  # after the test's spans: no trace headers
+        untraced = await chat(sink=sink).handle(
+            chat_request(PROMPT)
+        )  # after the test's spans: no trace headers
         assert untraced.status_code == 200
         assert await sink.drain(10)
     finally:
@@ -225,7 +181,7 @@ def test_operation_names_and_the_providers_host() -> None:
 async def test_a_stream_the_client_leaves_ends_its_span() -> None:
     with capture_spans() as spans:
         with tracer.start_as_current_span("POST /v1/chat/completions"):
-            response = await chat().handle(request(stream=True))
+            response = await chat().handle(chat_request(PROMPT, stream=True))
             assert isinstance(response, StreamingResponse)
             body = response.body_iterator
             assert isinstance(body, AsyncGenerator)
