@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
+import asyncpg
 import orjson
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -166,6 +168,20 @@ def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | 
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+# A store this service needs is down or restarting (its connection refused, reset or closed mid-transaction):
+# the request may succeed shortly, so it is a 503 with Retry-After, not a 500.
+STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error, expected or not, in OpenAI's shape; never leak a stack trace."""
 
@@ -192,6 +208,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, STORE_UNAVAILABLE):
+            logger.warning("store unavailable on %s %s: %r", request.method, request.url.path, exc)
+            unavailable = ServiceUnavailable("a store this service needs is unavailable; retry shortly")
+            return error_response(503, unavailable.body(), {"Retry-After": "1"})
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, error_body("internal error", "api_error", "internal_error"))
 
