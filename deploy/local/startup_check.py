@@ -62,6 +62,13 @@ def _call(url: str, headers: dict[str, str], method: str = "GET", body: bytes | 
         return json.loads(resp.read())
 
 
+def _shown(value: object) -> str:
+    """A stored value (a freeze's reason is an admin's text, a session id a client's) as printed to the
+    operator's terminal: control characters (escape sequences, new lines) replaced, at most 200 characters."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def _admin_freezes(get: Callable[[str], Any]) -> list[dict[str, Any]]:
     """The freezes on the bootstrap admin (its user, keys or sessions), read with `get(path)` as the admin."""
     me = get("/v1/users/me")["id"]
@@ -94,8 +101,9 @@ def admin_freeze_notices(gateway: str, admin_key: str, run_dir: Path) -> list[st
     for f in found:
         until = f"until {f['expires_at']}" if f.get("expires_at") else "until lifted"
         notices.append(
-            f"the bootstrap admin's {f['target_type']} {f['target_id']} is frozen {until} ({f['source']}: "
-            f"{f['reason']}); its completions and changes get 403. Lift every freeze on it with:\n  {command}"
+            f"the bootstrap admin's {_shown(f['target_type'])} {_shown(f['target_id'])} is frozen {_shown(until)} "
+            f"({_shown(f['source'])}: {_shown(f['reason'])}); its completions and changes get 403. Lift every "
+            f"freeze on it with:\n  {command}"
         )
     return notices
 
@@ -126,6 +134,6 @@ def lift_admin_freezes(run_dir: Path) -> list[str]:
     for f in _admin_freezes(lambda path: _call(f"{quota}{path}", as_admin())):
         path = f"/v1/admin/freezes/{f['target_type']}/{urllib.parse.quote(f['target_id'], safe='')}"
         answer = _call(f"{quota}{path}", as_admin(), "DELETE")
-        lifted.append(f"lifted the freeze on the bootstrap admin's {f['target_type']} {f['target_id']} "
-                      f"({f['source']}: {f['reason']}): {answer}")  # fmt: skip
+        lifted.append(f"lifted the freeze on the bootstrap admin's {_shown(f['target_type'])} "
+                      f"{_shown(f['target_id'])} ({_shown(f['source'])}: {_shown(f['reason'])}): {_shown(answer)}")  # fmt: skip
     return lifted
