@@ -99,6 +99,7 @@ class Config:
     seed: int = 7
     run_dir: Path | None = None
     keep: bool = False
+    chunk_delay_ms: int = 15  # the metered provider's pause between streamed tokens
 
 
 def _stack(run_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> str:
@@ -134,7 +135,8 @@ class Harness:
         with (self.run_dir / "provider.log").open("ab") as log:
             self.provider = subprocess.Popen(
                 [sys.executable, "-m", "leaky_devinfra.fakes.metered", "--port", str(port),
-                 "--log", str(self.provider_log), "--chunk-delay-ms", "15"],
+                 "--log", str(self.provider_log), "--chunk-delay-ms",
+                 str(self.config.chunk_delay_ms)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         wait_for_port(port, popen=self.provider)
@@ -334,7 +336,8 @@ async def run(config: Config) -> Report:
         await load.stop()
         load_s = time.monotonic() - started
         rows, outside = _verdicts(windows, load.ops, started)
-        cut = {op.rid for op in load.ops if op.kind == "cut"}
+        # Streams the client never read to the end: cut by the client, or broken by a gateway killed mid-stream.
+        cut = {op.rid for op in load.ops if op.kind == "cut" or op.broken}
         inv = await _converge(h, cut, {op.rid: op.answered for op in load.ops})
     finally:
         if not config.keep:

@@ -2,10 +2,11 @@
 
 - `ledger`: per request the metered provider billed, every token pool charged for it (quota's `ledger` rows
   with that request id, usage or expiry) was charged exactly the provider's total; nothing is charged for a
-  request the provider never billed. A stream the client cut is the exception: the gateway closes the
-  upstream when its client goes away, so it never sees the provider's usage and charges its own count (its
-  prompt estimate plus the tokens relayed); for those the check is only that they are charged (never free),
-  and the totals billed and charged are printed.
+  request the provider never billed. A stream that did not reach its client's end is the exception (the
+  client cut it, or the gateway relaying it was killed): the gateway never sees the provider's usage and
+  charges its own count (its prompt estimate plus the tokens relayed, taken from a killed gateway's crash
+  journal by the next one); for those the check is that they are charged that count, a usage row, never
+  free and never the whole reservation at expiry, and the totals billed and charged are printed.
 - `reservations`: no reservation is still open in Redis past its expiry (plus the sweep interval).
 - `counted_once`: every request the provider billed has exactly one ledger row per pool charged (quota) and
   exactly one row in analytics' request log, with the provider's tokens (cut streams: the ledger's); no
@@ -120,8 +121,8 @@ def check_ledger(
             if complete and row["amount"] != total:
                 found.append(f"{rid}: provider billed {total}, pool {row['pool_id']} charged {row['amount']} "
                              f"({row['kind']})")  # fmt: skip
-            elif not complete and row["amount"] <= 0:
-                found.append(f"{rid}: cut stream charged {row['amount']}")
+            elif not complete and (row["amount"] <= 0 or row["kind"] != "usage"):
+                found.append(f"{rid}: unfinished stream charged {row['amount']} ({row['kind']})")
         first = rows[0]["amount"]
         if complete:
             billed, charged = billed + total, charged + first
@@ -268,7 +269,8 @@ def settlement_lag(ledger: list[asyncpg.Record], answered: dict[str, float], inv
 
 
 async def check_all(stores: Stores, cut: set[str], answered: dict[str, float] | None = None) -> Invariants:
-    """Every invariant, once; `cut` are the request ids of the streams the clients cut, `answered` when each
+    """Every invariant, once; `cut` are the request ids of the streams that did not reach their client's end
+    (cut by the client, or broken by a gateway killed mid-stream), `answered` when each
     request's answer ended (wall clock), for the settlement-lag figure."""
     inv = Invariants()
     bills = _provider_bills(stores.provider_log)

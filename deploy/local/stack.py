@@ -285,6 +285,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     "LT_ANALYTICS_URL": url["analytics"],
                     "LT_NOTIFIER_URL": url["notifier"],
                     "LT_USAGE_SPOOL_PATH": str(run_dir / "gateway-usage-spool.sqlite"),
+                    "LT_USAGE_JOURNAL_DIR": str(run_dir / "gateway-journal"),
                     "LT_FINGERPRINT_SECRET": secret_env["LT_FINGERPRINT_SECRET"],
                     # Every local client shares 127.0.0.1: the per-address limits are raised for the dev stack
                     # (tests, fuzzing) unless set in the environment.

@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-SHORT = ("quota", "redis", "postgres", "broker")
+SHORT = ("gateway", "quota", "redis", "postgres", "broker")
 
 
 def _chaos() -> ModuleType:
@@ -30,7 +30,7 @@ def _chaos() -> ModuleType:
     return module
 
 
-@pytest.mark.timeout(420)  # four outages and the convergence wait; 45-150 s depending on the machine's load
+@pytest.mark.timeout(420)  # five outages and the convergence wait; 55-170 s depending on the machine's load
 async def test_short_chaos_run_keeps_the_money_invariants_and_fails_closed(tmp_path: Path) -> None:
     chaos = _chaos()
     config = chaos.Config(
@@ -48,10 +48,10 @@ async def test_short_chaos_run_keeps_the_money_invariants_and_fails_closed(tmp_p
     report = "\n".join(result.lines)
     rows = {row.window.name: row for row in result.rows}
     assert list(rows) == list(SHORT), report
-    # The outages were real: clients were refused while quota, Redis and PostgreSQL were down, and served
-    # around them.
-    for name in ("quota", "redis", "postgres"):
-        assert sum(n for s, n in rows[name].seen.items() if s in chaos.FAIL_CLOSED) > 0, report
+    # The outages were real: clients were refused while the gateway, quota, Redis and PostgreSQL were down,
+    # and served around them.
+    for name in ("gateway", "quota", "redis", "postgres"):
+        assert sum(n for s, n in rows[name].seen.items() if s != "2xx" and chaos._closed(s, name)) > 0, report
     assert all(row.seen["2xx"] > 0 for row in rows.values()), report
     assert set(result.invariants.violations) == {"ledger", "reservations", "counted_once", "purchases"}
     assert result.invariants.failed() == [], report

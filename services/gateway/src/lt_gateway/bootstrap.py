@@ -18,6 +18,7 @@ from lt_gateway.adapters.providers import Provider
 from lt_gateway.adapters.providers.http import UpstreamHTTP
 from lt_gateway.adapters.providers.registry import build_providers
 from lt_gateway.adapters.quota_client import QuotaClient
+from lt_gateway.adapters.usage_journal import UsageJournal
 from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.api.chat import ChatHandler
 from lt_gateway.domain.fingerprint import Fingerprinter
@@ -114,6 +115,7 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
         settings.usage_queue_max,
         spool_path=settings.spool_path(),
         linger_s=settings.usage_linger_s,
+        journal=UsageJournal(settings.journal_dir()),
     )
     upstream = UpstreamHTTP(settings.upstream_timeout_s, settings.upstream_retry_backoff_s)
     providers = providers or build_providers(upstream)

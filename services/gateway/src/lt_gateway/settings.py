@@ -55,6 +55,9 @@ class GatewaySettings(ServiceSettings):
     cors_allow_origins: list[str] = Field(default_factory=list)
     # Durable spool for usage events the broker has not acknowledged (default: .run/gateway-<port>-usage-spool.sqlite).
     usage_spool_path: Path | None = None
+    # Crash journal of usage events in memory and streams being relayed, taken over by the next gateway after
+    # a kill (default: .run/gateway-<port>-journal; see docs/architecture.md). Gateways sharing a port share it.
+    usage_journal_dir: Path | None = None
     # First retry delay for upstream 429/5xx/connection failures (doubles per attempt, with jitter).
     upstream_retry_backoff_s: float = 0.25
 
@@ -73,6 +76,10 @@ class GatewaySettings(ServiceSettings):
         if self.environment == "production" and self.internal_signing_key is None:
             raise ValueError("LT_INTERNAL_SIGNING_KEY must be set in production")
         return self
+
+    def journal_dir(self) -> Path:
+        """Where this gateway journals what only its memory holds."""
+        return self.usage_journal_dir or Path(".run") / f"gateway-{self.port}-journal"
 
     def spool_path(self) -> Path:
         """Where this gateway spools usage events."""

@@ -3,8 +3,9 @@
 While the broker acknowledges, events wait a few milliseconds in memory for the background publisher.
 When it does not (down at start-up, or a publish fails), events go to a durable local spool (SQLite, WAL)
 instead, synchronously in `record`, and are published from there once the broker is back, oldest first;
-a gateway restart meanwhile loses nothing. On shutdown, whatever is still in memory is spooled. Delivery is
-at-least-once (an event published just before a crash may be sent again); consumers dedupe on event_id.
+a gateway restart meanwhile loses nothing. On shutdown, whatever is still in memory is spooled; a gateway
+killed outright leaves its in-memory events in its crash journal (`UsageJournal`), which the next gateway to
+start records again. Delivery is at-least-once (an event published just before a crash may be sent again); consumers dedupe on event_id.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prometheus_client import Counter, Gauge
 from leaky_common.events import Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
 from leaky_common.tracing import headers_carrier
+from lt_gateway.adapters.usage_journal import UsageJournal
 from lt_gateway.adapters.usage_spool import Traced, UsageSpool
 
 logger = logging.getLogger(__name__)
@@ -46,8 +48,10 @@ class UsageSink:
         batch: int = 256,
         linger_s: float = 0.02,
         publish_timeout_s: float = 2.0,
+        journal: UsageJournal | None = None,
     ) -> None:
         self._publisher = publisher
+        self.journal = journal
         # Events gather this long before a publish: one produce request per batch instead of per event
         # (on loopback each send costs as much CPU as serving a request).
         self._linger_s = linger_s
@@ -94,6 +98,8 @@ class UsageSink:
             logger.error("usage queue full; dropping event", extra={"request_id": event.request_id})
             return
         self._queue.append(traced)
+        if self.journal is not None:
+            self.journal.event(event)
         self._idle.clear()
         USAGE_QUEUED.set(len(self._queue))
         self._wake.set()
@@ -116,10 +122,22 @@ class UsageSink:
     async def start(self) -> None:
         """Open the spool (publishing what a previous run left in it) and start the publishing task."""
         self._spool = UsageSpool(self._spool_path)
+        if self.journal is not None:
+            self._take_over(self.journal)
         if self._spool.count:
             logger.warning("%d usage events left in the spool; publishing them", self._spool.count)
             self._idle.clear()
         self._task = asyncio.create_task(self._run(), name="usage-sink")
+
+    def _take_over(self, journal: UsageJournal) -> None:
+        """Open this process's journal, and spool what killed gateways' journals still owed."""
+        journal.open()
+        owed, segments = journal.take_over()
+        if owed:
+            logger.warning("%d usage events owed by a gateway that was killed; recording them", len(owed))
+            assert self._spool is not None
+            self._spool.append([(event, {}) for event in owed])
+        journal.forget(segments)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every event was published (or `timeout` passed)."""
@@ -139,10 +157,13 @@ class UsageSink:
         if self._spool is not None:
             if self._queue:
                 self._spool.append(list(self._queue))
+                self._acked(list(self._queue))
                 self._queue.clear()
             if self._spool.count:
                 logger.warning("stopping with %d usage events in the spool", self._spool.count)
             self._spool.close()
+        if self.journal is not None:
+            self.journal.close()
         await self._publisher.stop()
 
     async def _connect(self) -> None:
@@ -179,6 +200,10 @@ class UsageSink:
             return [False] * len(events)
         return [not isinstance(r, BaseException) for r in results]
 
+    def _acked(self, events: list[Traced]) -> None:
+        if self.journal is not None:
+            self.journal.acked([event.event_id for event, _ in events])
+
     async def _run(self) -> None:
         assert self._spool is not None
         spool = self._spool
@@ -200,6 +225,7 @@ class UsageSink:
                 if unsent:
                     self._degraded = True
                     spool.append(unsent)
+                self._acked(batch)  # published, or in the spool
                 USAGE_QUEUED.set(len(self._queue))
             else:
                 # Everything acknowledged: back to the in-memory fast path.

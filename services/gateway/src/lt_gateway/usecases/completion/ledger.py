@@ -16,6 +16,7 @@ from leaky_common.errors import ServiceError, Unauthorized
 from lt_gateway.adapters.metrics import usage_metrics
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.quota_client import Denial
+from lt_gateway.adapters.usage_journal import INTERRUPTED, StreamEntry, UsageJournal
 from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.domain.call import Call
 from lt_gateway.domain.events import blocked_event, rejected_event, settled_event
@@ -76,6 +77,7 @@ class UsageLedger:
 
     def __init__(self, usage: UsageSink, models: ModelTable, fingerprints: Fingerprinter) -> None:
         self.usage = usage
+        self.journal: UsageJournal | None = getattr(usage, "journal", None)
         self.models = models
         self.fingerprints = fingerprints
 
@@ -95,6 +97,27 @@ class UsageLedger:
             call.admitted.principal.user_id,
         ).emit()  # fmt: skip
         return cost
+
+    def stream_opened(self, call: Call, prompt: Usage) -> StreamEntry | None:
+        """Journal a stream about to be relayed, so that a gateway killed while relaying it still has it
+        charged what was relayed (`UsageJournal`); None without a journal."""
+        journal = self.journal
+        if journal is None:
+            return None
+        fingerprint = self.fingerprints.fingerprint(call.admitted.principal.org_id, call.parsed.digest)
+        outcome = ("error", 502, INTERRUPTED)
+        event = settled_event(call, prompt, call.cost(prompt), 0, outcome, fingerprint)
+        return journal.stream_opened(event, call.spec)
+
+    def stream_progress(self, entry: StreamEntry | None, usage: Usage) -> None:
+        """The journalled stream's usage so far."""
+        if entry is not None and self.journal is not None:
+            self.journal.stream_progress(entry, usage)
+
+    def stream_closed(self, entry: StreamEntry | None) -> None:
+        """The journalled stream ended; its usage event was recorded."""
+        if entry is not None and self.journal is not None:
+            self.journal.stream_closed(entry)
 
     def blocked(self, req: AdmitRequest, parsed: ParsedRequest, denial: Denial, started: float) -> None:
         """A request quota refused."""

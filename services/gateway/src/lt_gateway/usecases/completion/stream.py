@@ -21,10 +21,13 @@ async def relay(
     account = StreamAccount(call)
     status, http_status, error_code = "ok", 200, None
     released = False
+    # Journalled until settled: a gateway killed mid-stream leaves what was relayed for the next one to charge.
+    journal = ledger.stream_opened(call, account.settled())
     try:
         chunk: StreamChunk | None = first
         while chunk is not None:
             event = account.feed(chunk)
+            ledger.stream_progress(journal, account.settled())
             if event is not None:
                 if account.sent_final and not released:
                     released = True
@@ -49,6 +52,7 @@ async def relay(
             raise
     finally:
         ledger.settle(call, account.settled(), status, http_status, error_code)
+        ledger.stream_closed(journal)
         # Closing the provider's generator closes its upstream connection: generation stops there too.
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
