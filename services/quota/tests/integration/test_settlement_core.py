@@ -301,6 +301,9 @@ async def test_reservation_survives_redis_loss_and_is_charged_at_expiry(settings
         await lose_redis(settings)
 
         # The next admission finds Redis empty: open reservations are put back, counters start holding them.
+        # The lost rate-limit buckets count as full from that moment: it waits for them to drain a little.
+        assert (await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=900)).status_code == 429
+        clock.now_ms += 1_000
         third = await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=900)
         assert third.status_code == 200
         assert await h.pool(user["pool_id"]) == (0, 1000 + 300 + 1000)  # never below what is owed
@@ -316,6 +319,49 @@ async def test_reservation_survives_redis_loss_and_is_charged_at_expiry(settings
         async with h.service.db.acquire() as conn:
             open_left = "SELECT count(*) FROM open_reservations WHERE pool_id = $1"
             assert await conn.fetchval(open_left, user["pool_id"]) == 0
+
+
+async def test_rate_limit_buckets_redis_lost_count_as_full_and_drain_from_then(
+    settings: QuotaSettings,
+) -> None:
+    tight = settings.model_copy(update={"key_requests_per_period": 3, "bucket_period_s": 60.0})
+    clock = ManualClock()
+    async with running(tight, clock) as h:
+        user = await h.create_user(quota=100_000)
+        for _ in range(3):
+            assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 200
+        assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 429
+        await h.service.durable.flush()
+        await lose_redis(tight)
+
+        # Redis came back empty while requests were open: the key's bucket counts as full (3 of 3) at the moment
+        # the loss was found, not empty (which would admit 3 more at once, twice the limit within a period).
+        refused = await h.admit(user["api_key"], max_output_tokens=10)
+        assert refused.status_code == 429, refused.text
+        assert await h.service.state.buckets_full_at() == clock.now_ms
+        # ... and drains from then at the usual rate: one request per 20 s.
+        clock.now_ms += 20_000
+        assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 200
+        assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 429
+        # A full period after the loss every bucket has drained whatever it held.
+        clock.now_ms += 60_000
+        for _ in range(3):
+            assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 200
+
+
+async def test_a_quiet_redis_loss_leaves_the_buckets_empty(
+    settings: QuotaSettings, postgres_url: str
+) -> None:
+    # Its own database: nothing charged, nothing open (a first start, or a loss after a quiet spell).
+    quiet = settings.model_copy(
+        update={"database_url": await create_database(postgres_url, f"quota_{uuid.uuid4().hex[:10]}")}
+    )
+    async with running(quiet, ManualClock()) as h:
+        assert await h.service.state.buckets_full_at() == 0
+        user = await h.create_user(quota=100_000)
+        await lose_redis(quiet)
+        assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 200
+        assert await h.service.state.buckets_full_at() == 0
 
 
 async def test_reservation_lost_with_redis_before_a_restart_is_still_charged(settings: QuotaSettings) -> None:

@@ -11,6 +11,8 @@ Layout (every key starts with the configured prefix, `lt:` by default):
     freeze:<user|key|session>:<id>      string reason, with the freeze's TTL (none: until lifted); a
                                         session's id is `<org>/<session>`
     restored                            string set once freezes are restored; gone = Redis lost its data
+    buckets_full_at                     string ms when Redis was found to have lost recent bucket levels;
+                                        until it expires, a missing bucket counts as full at that time
 
 Postgres is the truth: every counter can be rebuilt from the ledger (`used`), reservations are charged from
 the ledger's idempotent rows, and the scripts only keep the hot copy exact between rebuilds.
@@ -79,6 +81,8 @@ class AdmitArgs:
     burst: float
     sources: tuple[str, ...]
     counters: tuple[Counter, ...] = field(default_factory=tuple)
+    # When Redis lost recent bucket levels (0: not lately): a bucket it no longer holds counts as full then.
+    buckets_full_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,7 @@ class RedisState:
             len(a.counters),
             len(a.sources),
             a.burst,
+            a.buckets_full_at,
             *a.sources,
         ]
         for c in a.counters:
@@ -279,6 +284,15 @@ class RedisState:
     async def mark_restored(self) -> None:
         """Note that freezes were written from Postgres; the marker vanishes when Redis loses its data."""
         await self.redis.set(f"{self._p}restored", "1")
+
+    async def set_buckets_full_at(self, now_ms: int, window_ms: int) -> None:
+        """Buckets Redis lost count as full at `now_ms` for `window_ms` (the longest a full bucket drains)."""
+        await self.redis.set(f"{self._p}buckets_full_at", str(now_ms), px=max(window_ms, 1))
+
+    async def buckets_full_at(self) -> int:
+        """When Redis lost recent bucket levels (0: not within a bucket's drain time)."""
+        value = await self.redis.get(f"{self._p}buckets_full_at")
+        return int(value) if value else 0
 
     async def was_lost(self) -> bool:
         """True if Redis lost its data since the last `mark_restored`."""

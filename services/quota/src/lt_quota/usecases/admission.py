@@ -3,6 +3,8 @@ cap with the balancer's alternatives, and reserve, all in one Redis call."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from leaky_common.auth import Principal
 from leaky_common.contracts import AdmitRequest, AdmitResponse, ProbeResponse, RateLimitState
 from leaky_common.db import ping
@@ -148,12 +150,13 @@ class Admission:
         if not sources:
             admission("insufficient_quota").inc()
             raise no_pool_for_model()
-        args = self._admit_args(record, req, counters, sources)
+        args = self._admit_args(record, req, counters, sources, await self.ctx.buckets_full_at())
         raw = await self.ctx.state.admit(args)
         outcome = parse_admit_result(raw)
         if isinstance(outcome, AdmitDenied) and outcome.reason == "no_pool":
             # A counter is missing: a new period or session, or Redis lost its state. Rebuild from Postgres.
             await self._restore(counters)
+            args = replace(args, buckets_full_at=await self.ctx.buckets_full_at())
             raw = await self.ctx.state.admit(args)
             outcome = parse_admit_result(raw)
         if isinstance(outcome, AdmitDenied):
@@ -178,7 +181,7 @@ class Admission:
         )
 
     def _admit_args(
-        self, record: KeyRecord, req: AdmitRequest, counters: list[Counter], sources: list[str]
+        self, record: KeyRecord, req: AdmitRequest, counters: list[Counter], sources: list[str], full_at: int
     ) -> AdmitArgs:
         """The admission script's inputs for one request."""
         now = self.ctx.clock()
@@ -210,6 +213,7 @@ class Admission:
             burst=s.bucket_burst,
             sources=tuple(sources),
             counters=tuple(counters),
+            buckets_full_at=full_at,
         )
 
     async def _restore(self, counters: list[Counter]) -> None:

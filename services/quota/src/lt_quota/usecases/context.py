@@ -83,6 +83,27 @@ class QuotaContext:
         self._keys: dict[str, _CachedKey] = {}
         self._governing: dict[str, Governing] = {}
         self._sessions: dict[tuple[str, str], PoolRecord | None] = {}
+        self._full_at = 0  # see `buckets_full_at`
+        self._full_at_read = -1e9
+
+    def bucket_drain_ms(self) -> int:
+        """The longest a full bucket takes to empty (and how long an idle bucket lives in Redis)."""
+        s = self.settings
+        return int(s.bucket_period_s * 1000 * (s.bucket_burst + 1)) + 1000
+
+    async def buckets_full_at(self) -> int:
+        """When Redis lost recent bucket levels (0: not lately), as every quota process learns it: read from
+        Redis at most once a second (the process that found the loss knows it at once)."""
+        now = time.monotonic()
+        if now - self._full_at_read >= 1.0:
+            self._full_at_read = now
+            self._full_at = await self.state.buckets_full_at()
+        return self._full_at
+
+    async def buckets_lost(self, at_ms: int) -> None:
+        """Redis lost bucket levels that may have been high: count the missing ones as full at `at_ms`."""
+        await self.state.set_buckets_full_at(at_ms, self.bucket_drain_ms())
+        self._full_at, self._full_at_read = at_ms, time.monotonic()
 
     def invalidate(self) -> None:
         """Forget cached keys and governing pools (after a management change that affects admission)."""

@@ -138,14 +138,23 @@ class DurableReservations:
             await self.flush(everything=True)
 
     async def recover(self) -> int:
-        """If Redis lost its data: put every open reservation back, then the freezes (which marks Redis as
-        restored). Returns how many reservations were put back."""
+        """If Redis lost its data: count its rate-limit buckets as full (if anything was charged lately), put
+        every open reservation back, then the freezes (which marks Redis as restored). Returns how many
+        reservations were put back."""
         async with self._recovering:
             if not await self.ctx.state.was_lost():
                 return 0
             await self.flush(everything=True)
+            drain_ms = self.ctx.bucket_drain_ms()
             async with self.ctx.db.acquire() as conn:
                 records = await repo.open_reservations(conn)
+                seen = await repo.seen_redis_prefix(conn, self.ctx.settings.redis_prefix)
+                busy = seen and (bool(records) or await repo.charged_within(conn, drain_ms / 1000))
+            if busy:
+                # Rate-limit buckets went too, and some may have been full: count them as full now (they drain
+                # from here) rather than empty. A first start (a prefix never used), or a loss after a quiet
+                # spell (nothing open, nothing charged within a bucket's drain time), starts them empty.
+                await self.ctx.buckets_lost(self.ctx.clock())
             restored = 0
             for r in records:
                 restored += await self.ctx.state.restore_reservation(r.reservation_id, r.expires_ms, r.fields)

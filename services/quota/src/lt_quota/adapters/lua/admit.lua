@@ -24,15 +24,24 @@ for i = 1, 4 do
 end
 local lv, ts, win = {}, {}, {}
 local window = math.floor(now / period)
+-- Redis lost recent bucket levels at this time (ms; 0: not lately): a bucket it does not hold counts as full
+-- then, and has drained since; never as empty, which would let a burst past the limit.
+local full_at = tonumber(ARGV[22])
 for i = 1, 4 do
   local v = redis.call('HMGET', KEYS[3 + i], 'level', 'ts', 'win')
   local level = tonumber(v[1]) or 0
+  local lost = full_at > 0 and not v[2]
   if strategy == 'fixed_window' then
-    if tonumber(v[3]) ~= window then level = 0 end
+    if lost and math.floor(full_at / period) == window then
+      level = caps[i]
+    elseif tonumber(v[3]) ~= window then
+      level = 0
+    end
     ts[i] = now
   else
     -- leaky bucket (level drains) or token bucket (tokens = capacity - level refill): same rate either way
     local last = tonumber(v[2]) or now
+    if lost then level, last = caps[i], full_at end
     local elapsed = now - last
     if elapsed < 0 then elapsed = 0 end
     level = level - elapsed * rates[i]
@@ -70,7 +79,7 @@ local pin = tonumber(ARGV[5])
 local pout = tonumber(ARGV[6])
 local nc = tonumber(ARGV[19])
 local na = tonumber(ARGV[20])
-local base = 21 + na
+local base = 22 + na
 local lim, rem, unit, grp, label, leg = {}, {}, {}, {}, {}, {}
 for i = 1, nc do
   local o = base + 5 * (i - 1)
@@ -162,7 +171,7 @@ for i = 1, 4 do
     'win', window)
   redis.call('PEXPIRE', KEYS[3 + i], math.ceil(period * (burst + 1)) + 1000)
 end
-local src = ARGV[21 + chosen]
+local src = ARGV[22 + chosen]
 redis.call('HSET', KEYS[8], 'n', n, 'pool', pool, 'amount', reserved, 'src', src, 'btok', btok,
   'bk1', KEYS[5], 'bk2', KEYS[7], 'user', ARGV[16], 'request', ARGV[17], 'expires', ARGV[14])
 redis.call('ZADD', KEYS[9], ARGV[14], ARGV[13])

@@ -88,6 +88,25 @@ async def open_reservations(conn: Conn) -> list[OpenReservation]:
     return [_open_from_row(r) for r in rows]
 
 
+async def seen_redis_prefix(conn: Conn, prefix: str) -> bool:
+    """Whether quota kept state under this Redis prefix before (and note that it does now)."""
+    inserted = await conn.fetchval(
+        "INSERT INTO redis_prefixes (prefix) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", prefix
+    )
+    return inserted is None
+
+
+async def charged_within(conn: Conn, seconds: float) -> bool:
+    """Whether the ledger's latest row is younger than `seconds` (by PostgreSQL's clock)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT coalesce((SELECT created_at FROM ledger ORDER BY id DESC LIMIT 1)"
+            " > now() - make_interval(secs => $1), false)",
+            float(seconds),
+        )
+    )
+
+
 async def expired_open_reservations(conn: Conn, now_ms: int, limit: int = 100) -> list[OpenReservation]:
     """Open reservations whose TTL ended at or before `now_ms`, oldest first."""
     rows = await conn.fetch(
