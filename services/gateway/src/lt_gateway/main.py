@@ -11,7 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from leaky_common.api import service_app
 from lt_gateway.adapters.providers import Provider
-from lt_gateway.api import management, probe, routes
+from lt_gateway.api import management, probe, routes, signin
 from lt_gateway.api.limits import ClientLimits
 from lt_gateway.bootstrap import build_gateway
 from lt_gateway.settings import GatewaySettings
@@ -79,5 +79,6 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
     app.include_router(routes.governed_router(gateway.chat))
     app.include_router(routes.models_router)
     app.include_router(probe.router)
+    app.include_router(signin.router)
     app.include_router(management.router)
     return app
