@@ -75,6 +75,9 @@ class QuotaSettings(ServiceSettings):
     login_attempts_per_address: int = Field(default=50, ge=1)
     login_window_s: int = Field(default=900, ge=1)
     password_min_length: int = Field(default=12, ge=8, le=128)
+    # At most this many argon2 computations at once per quota process (each takes 64 MiB and a core for about
+    # 0.1 s): a flood of logins waits for its turn instead of starving admission.
+    password_hash_concurrency: int = Field(default=2, ge=1, le=16)
 
     # How long an API-key lookup is trusted from process memory.
     key_cache_ttl_s: float = Field(default=5.0, ge=0)

@@ -3,6 +3,7 @@ rotation), rotating refresh tokens (reuse revokes the session), logout, login ra
 and what a signed-in user may reach."""
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -42,6 +43,7 @@ class Clock:
 class Harness:
     client: httpx.AsyncClient
     clock: Clock
+    service: Any
 
     async def principal(self, credential: str) -> httpx.Response:
         if credential.startswith("eyJ"):
@@ -118,7 +120,7 @@ async def running(settings: QuotaSettings, clock: Clock | None = None) -> AsyncI
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
-            yield Harness(client, clock)
+            yield Harness(client, clock, app.state.quota)
 
 
 def code(r: httpx.Response) -> str:
@@ -300,6 +302,16 @@ async def test_changing_the_password(make_settings: Callable[..., QuotaSettings]
         assert (await h.internal("refresh", refresh_token=pair["refresh_token"])).status_code == 401
         assert (await h.login(user["email"])).status_code == 401
         assert (await h.login(user["email"], "a new long password")).status_code == 200
+        async with h.service.db.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT detail FROM audit_log WHERE actor_user_id = $1 AND action = 'password.self' ORDER BY id",
+                user["id"],
+            )
+        details = [json.loads(r["detail"]) for r in rows]
+        assert details == [
+            {"changed": False, "sessions_ended": 0, "with_key": True},
+            {"changed": True, "sessions_ended": 1, "with_key": False},
+        ]
 
 
 async def test_bad_input_is_a_400(make_settings: Callable[..., QuotaSettings]) -> None:

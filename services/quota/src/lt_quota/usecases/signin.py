@@ -28,7 +28,7 @@ from leaky_common.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from lt_quota.adapters.repository import caller_freezes
+from lt_quota.adapters.repository import audit, caller_freezes
 from lt_quota.adapters.repository import signin as repo
 from lt_quota.domain import new_id
 from lt_quota.domain.signin import AccessTokens, Passwords, hash_refresh_token, new_refresh_token
@@ -80,6 +80,15 @@ class SignIn:
             ttl_s=s.access_token_ttl_s,
         )
         self.passwords = Passwords()
+        self._hashing = asyncio.Semaphore(s.password_hash_concurrency)
+
+    async def _hash(self, password: str) -> str:
+        async with self._hashing:
+            return await asyncio.to_thread(self.passwords.hash, password)
+
+    async def _check(self, stored: str | None, password: str) -> bool:
+        async with self._hashing:
+            return await asyncio.to_thread(self.passwords.check, stored, password)
 
     def _now_s(self) -> int:
         return self.ctx.clock() // 1000
@@ -93,7 +102,7 @@ class SignIn:
                 code="password_too_short",
                 param="password",
             )
-        new_hash = await asyncio.to_thread(self.passwords.hash, password)
+        new_hash = await self._hash(password)
         now = self.ctx.now()
         async with self.ctx.db.acquire() as conn, conn.transaction():
             stored = await repo.password_hash_of(conn, principal.user_id)
@@ -108,10 +117,16 @@ class SignIn:
                 raise Conflict(
                     "another account already signs in with this email", code="sign_in_email_taken"
                 ) from exc
-            await repo.revoke_user_sign_in_sessions(conn, principal.user_id, "password_changed", now)
+            ended = await repo.revoke_user_sign_in_sessions(conn, principal.user_id, "password_changed", now)
+            detail = {
+                "changed": stored is not None,
+                "sessions_ended": ended,
+                "with_key": principal.key_id is not None,
+            }
+            await audit(conn, principal.org_id, principal.user_id, "password.self", principal.user_id, detail)
 
     async def _current_matches(self, stored: str | None, current: str | None) -> bool:
-        return current is not None and await asyncio.to_thread(self.passwords.check, stored, current)
+        return current is not None and await self._check(stored, current)
 
     async def _count(self, kind: str, subject: str, limit: int) -> None:
         window_ms = self.ctx.settings.login_window_s * 1000
@@ -137,7 +152,7 @@ class SignIn:
         async with self.ctx.db.acquire() as conn:
             user = await repo.sign_in_user_by_email(conn, account)
         stored = user.password_hash if user else None
-        if not await asyncio.to_thread(self.passwords.check, stored, password) or user is None:
+        if not await self._check(stored, password) or user is None:
             raise Unauthorized(_BAD_LOGIN, code="invalid_credentials")
         await self.ctx.state.clear_attempts(self.ctx.state.login_key("acct", account))
         now = self.ctx.now()
@@ -145,7 +160,7 @@ class SignIn:
         refresh = new_refresh_token()
         async with self.ctx.db.acquire() as conn, conn.transaction():
             if stored is not None and self.passwords.needs_rehash(stored):
-                rehashed = await asyncio.to_thread(self.passwords.hash, password)
+                rehashed = await self._hash(password)
                 await repo.set_password_hash(conn, user.id, rehashed, now)
             expires = now + timedelta(seconds=s.refresh_session_ttl_s)
             await repo.insert_sign_in_session(conn, session_id, user.id, now, expires)
