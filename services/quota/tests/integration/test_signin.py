@@ -271,6 +271,15 @@ async def test_logins_are_rate_limited_per_account_and_per_address(
         assert r.status_code == 401  # the sixth from this address
         r = await h.login(f"z{uuid.uuid4().hex[:6]}@example.com", address="198.51.100.7")
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+        # Guessing the current password over an access token counts against the account too.
+        third = await h.user()
+        token = (await h.login(third["email"], address="203.0.113.9")).json()["access_token"]
+        body = {"password": "a new long password", "current_password": "a wrong guess"}
+        for _ in range(3):
+            r = await h.call("PUT", "/v1/users/me/password", token, json=body)
+            assert r.status_code == 401 and code(r) == "invalid_current_password"
+        r = await h.call("PUT", "/v1/users/me/password", token, json={**body, "current_password": PASSWORD})
+        assert r.status_code == 429 and code(r) == "too_many_login_attempts"
         # A success clears the account's count (another user, another address).
         other = await h.user()
         for _ in range(2):

@@ -95,13 +95,18 @@ class SignIn:
 
     async def set_password(self, principal: Principal, password: str, current: str | None) -> None:
         """Set or change the caller's password; every sign-in session of theirs ends. Changing a password
-        over an access token (no key) needs the current one; an API key is proof enough by itself."""
+        over an access token (no key) needs the current one, and counts as a login attempt of the account; an
+        API key is proof enough by itself."""
         if len(password) < self.ctx.settings.password_min_length:
             raise InvalidRequest(
                 f"the password needs at least {self.ctx.settings.password_min_length} characters",
                 code="password_too_short",
                 param="password",
             )
+        if principal.key_id is None and principal.email:
+            # Guessing the current password counts against the account's login attempts.
+            limit = self.ctx.settings.login_attempts_per_account
+            await self._count("acct", principal.email.strip().lower(), limit)
         new_hash = await self._hash(password)
         now = self.ctx.now()
         async with self.ctx.db.acquire() as conn, conn.transaction():
