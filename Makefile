@@ -74,8 +74,9 @@ bench: sync ## hot-path benchmark: direct vs the governed gateway vs the LiteLLM
 chaos: sync ## chaos run: every component killed and restarted under load, then the money invariants (CHAOS_ARGS)
 	$(RUN) python bench/chaos.py $(CHAOS_ARGS)
 
-docs: sync ## regenerate docs/configuration.md from the settings classes
+docs: sync ## regenerate docs/configuration.md and the gateway's merged OpenAPI part from the code
 	$(RUN) python scripts/gen_config_reference.py --write
+	$(RUN) python scripts/gen_public_openapi.py --write
 
 clean: down ## stop the stack and delete .run, .tools, .venv and tool caches
 	rm -rf .run .tools .venv .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -155,6 +156,14 @@ def _internal_identity(run_dir: Path) -> dict[str, str]:
     }
 
 
+def _sign_in_identity(run_dir: Path) -> dict[str, str]:
+    """Quota's key for signing access tokens (only quota holds it), generated into `run_dir` (0600) at the
+    first start and kept; its kid is derived from the public key, so a new key gets a new kid."""
+    private = _secret_file(run_dir / "auth_signing_key", lambda: generate_signing_key()[0])
+    kid = "a-" + hashlib.sha256(public_key_of(private).encode()).hexdigest()[:12]
+    return {"LT_AUTH_SIGNING_KEY": private, "LT_AUTH_SIGNING_KID": kid}
+
+
 def up(run_dir: Path, port_mode: str, timeout: float) -> int:
     """Start everything; returns a process exit code."""
     started = time.monotonic()
@@ -224,6 +233,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     "LT_SERVICE_NAME": "quota",
                     "LT_DATABASE_URL": database_url_for(pg_server, DATABASES["quota"]),
                     "LT_BOOTSTRAP_ADMIN_KEY": admin_key,
+                    **_sign_in_identity(run_dir),
                 },
             ),
             (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -197,6 +198,55 @@ def test_login_writes_a_0600_profile_used_without_environment(
     assert "e2e" in listed.stdout and person["api_key"] not in listed.stdout
     wrong = lt("login", "--profile", "bad", env={"LT_API_KEY": "lt-wrong"})
     assert wrong.exit_code == 1 and "bad" not in config.read_text()
+
+
+def test_login_with_email_and_password_keeps_a_refreshing_session(
+    stack: Any, person: dict[str, Any], tmp_path: Path
+) -> None:
+    password = "cli sign-in password"
+    with http(stack, person["api_key"]) as client:
+        assert client.put("/v1/users/me/password", json={"password": password}).status_code == 204
+    config = tmp_path / "cfg" / "config.toml"
+    lt = Lt(stack, person["api_key"], config)
+    bare = {"LT_GATEWAY_URL": None, "LT_API_KEY": None}
+    wrong = lt(
+        "login",
+        "--email",
+        person["email"],
+        "--gateway-url",
+        stack.gateway_url,
+        env={**bare, "LT_PASSWORD": "nope"},
+    )
+    assert wrong.exit_code == 1 and "invalid email or password" in wrong.stderr
+    login = lt(
+        "login",
+        "--email",
+        person["email"],
+        "--gateway-url",
+        stack.gateway_url,
+        env={**bare, "LT_PASSWORD": password},
+    )
+    assert login.exit_code == 0, login.output
+    assert password not in login.output and person["email"] in login.output
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    stored = tomllib.loads(config.read_text())["profiles"]["default"]
+    assert set(stored) == {"gateway_url", "access_token", "refresh_token"}
+    me = json.loads(lt("whoami", "--json", env=bare).stdout)
+    assert me["id"] == person["id"]
+    # A refused access token (here: its signature spoiled) is refreshed once and the new pair stored.
+    spoiled = stored["access_token"][:-6] + (
+        "AAAAAA" if not stored["access_token"].endswith("AAAAAA") else "BBBBBB"
+    )
+    config.write_text(config.read_text().replace(stored["access_token"], spoiled))
+    assert json.loads(lt("whoami", "--json", env=bare).stdout)["id"] == person["id"]
+    refreshed = tomllib.loads(config.read_text())["profiles"]["default"]
+    assert refreshed["access_token"] not in (stored["access_token"], spoiled)
+    assert refreshed["refresh_token"] != stored["refresh_token"]
+    # Logging out ends the session at the gateway: the stored refresh token no longer works.
+    assert lt("logout", env=bare).exit_code == 0
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        r = client.post("/v1/auth/refresh", json={"refresh_token": refreshed["refresh_token"]})
+        assert r.status_code == 401
 
 
 def test_reports_for_admins_and_managers_only(lt_user: Lt, lt_admin: Lt, admin_http: httpx.Client) -> None:

@@ -160,9 +160,11 @@ def test_every_openapi_operation_survives_fuzzing(stack: Any) -> None:
     )
     key_headers = {"Authorization": f"Bearer {admin['api_key']}"}
     figures: dict[str, Tally] = {}
+    owners_paths: set[str] = set()
     for owner, audience in OWNERS.items():
         url = f"http://127.0.0.1:{ports[owner]}"
         document = httpx.get(f"{url}/openapi.json").json()
+        owners_paths |= set(document["paths"])
         direct = figures.setdefault(f"{owner} direct", Tally())
         _fuzz(
             document,
@@ -176,6 +178,8 @@ def test_every_openapi_operation_survives_fuzzing(stack: Any) -> None:
         via = figures.setdefault(f"{owner} via gateway", Tally())
         _fuzz(document, stack.gateway_url, lambda _: key_headers, via, internal=False)
     gateway_doc = httpx.get(f"{stack.gateway_url}/openapi.json").json()
+    # The gateway's document also lists the owners' public routes: those were fuzzed through it just above.
+    gateway_doc["paths"] = {p: item for p, item in gateway_doc["paths"].items() if p not in owners_paths}
     _fuzz(
         gateway_doc,
         stack.gateway_url,

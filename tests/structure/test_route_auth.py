@@ -94,7 +94,7 @@ def test_every_route_needs_a_valid_assertion(package: str, settings_class: str) 
     app = _app(package, settings_class)
     client = TestClient(app, raise_server_exceptions=False)
     routes = _routes(app)
-    assert len(routes) == {"lt_quota": 51, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 9}[package]
+    assert len(routes) == {"lt_quota": 57, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 9}[package]
     answers = {
         (method, path, case): client.request(method, path, json=JUNK, headers=headers).status_code
         for method, path, _ in routes
@@ -107,7 +107,7 @@ def test_internal_routes_refuse_a_user_assertion() -> None:
     app = _app("lt_quota", "QuotaSettings")
     client = TestClient(app, raise_server_exceptions=False)
     internal = [(m, p) for m, p, _ in _routes(app) if p.startswith("/internal/")]
-    assert len(internal) == 4
+    assert len(internal) == 9
     user_admin = _principal("admin", "quota")
     assert {(m, p): client.request(m, p, json=JUNK, headers=user_admin).status_code for m, p in internal} == {
         (m, p): 401 for m, p in internal

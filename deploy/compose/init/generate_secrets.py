@@ -10,7 +10,8 @@ mounts only its own directory (a volume subpath) and reads only its own secrets:
                                  (LT_INTERNAL_PUBLIC_KEYS) and the scraper's LT_METRICS_TOKEN for every app;
                                  the gateway's Ed25519 signing key and kid (LT_INTERNAL_SIGNING_KEY,
                                  LT_INTERNAL_SIGNING_KID), its fingerprint secret, the notifier's
-                                 channel-secret key, ...
+                                 channel-secret key, quota's access-token signing key and kid
+                                 (LT_AUTH_SIGNING_KEY, LT_AUTH_SIGNING_KID), ...
     /secrets/postgres/           (uid 999) superuser password and one password per service database
     /secrets/redis/users.acl     (uid 999) ACL users: default off, quota only on lt:* keys
     /secrets/kafka/<user>        (uid 1000) SCRAM passwords of the broker's users
@@ -131,6 +132,19 @@ def internal_identity(root: Path, gateway: Path) -> dict[str, str]:
     return {"LT_INTERNAL_PUBLIC_KEYS": json.dumps({kid: public})}
 
 
+def sign_in_identity(quota: Path) -> None:
+    """Quota's key for signing access tokens (kept once made; only quota holds it) and its kid, derived from
+    the public key. Rotation keeps the old public key accepted: docs/security.md ("Sign-in")."""
+    private = put(quota / "LT_AUTH_SIGNING_KEY", b64url(secrets.token_bytes(32)), UIDS["app"])
+    public = b64url(ed25519_public(unb64url(private)))
+    put(
+        quota / "LT_AUTH_SIGNING_KID",
+        "a-" + hashlib.sha256(public.encode()).hexdigest()[:12],
+        UIDS["app"],
+        replace=True,
+    )
+
+
 def main(root: Path) -> None:
     root.chmod(0o711)
     made: list[str] = []
@@ -159,6 +173,7 @@ def main(root: Path) -> None:
 
     apps = {app: private_dir(root, app, UIDS["app"]) for app in [*APPS, "gateway"]}
     shared = internal_identity(root, apps["gateway"])
+    sign_in_identity(apps["quota"])
     metrics_token = put(root / "metrics_token", token(), 0)
     shared["LT_METRICS_TOKEN"] = metrics_token
     scraper = private_dir(root, "prometheus", UIDS["prometheus"])

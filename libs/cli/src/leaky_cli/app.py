@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Annotated, Any
 
@@ -63,18 +64,36 @@ def login(
     gateway_url: Annotated[
         str | None, typer.Option(help="Gateway URL (else LT_GATEWAY_URL or asked).")
     ] = None,
+    email: Annotated[
+        str | None, typer.Option(help="Sign in with this email and a password instead of an API key.")
+    ] = None,
     default: Annotated[bool, typer.Option(help="Make this the default profile.")] = True,
 ) -> None:
-    """Check an API key against the gateway and store it in a profile (file mode 0600). The key is read
-    from LT_API_KEY or asked for without echo; it is never printed."""
+    """Store a credential in a profile (file mode 0600) after checking it against the gateway. With --email,
+    sign in with a password (read from LT_PASSWORD or asked for without echo) and keep the access and refresh
+    tokens; else an API key (from LT_API_KEY or asked for without echo). Nothing secret is ever printed."""
     name = cfg.check_profile_name(profile)
     url = gateway_url or os.environ.get("LT_GATEWAY_URL") or typer.prompt("Gateway URL")
     url = cfg.check_gateway_url(url)
-    key = os.environ.get("LT_API_KEY") or typer.prompt("API key", hide_input=True)
-    with ApiClient(cfg.Profile(name, url, api_key=key.strip())) as client:
+    entry: dict[str, str]
+    if email is not None:
+        password = os.environ.get("LT_PASSWORD") or typer.prompt("Password", hide_input=True)
+        with ApiClient(cfg.Profile(name, url)) as anonymous:
+            pair = anonymous.post("/v1/auth/login", {"email": email.strip(), "password": password})
+        entry = {
+            "gateway_url": url,
+            "access_token": pair["access_token"],
+            "refresh_token": pair["refresh_token"],
+        }
+        checking = cfg.Profile(name, url, access_token=pair["access_token"])
+    else:
+        key = (os.environ.get("LT_API_KEY") or typer.prompt("API key", hide_input=True)).strip()
+        entry = {"gateway_url": url, "api_key": key}
+        checking = cfg.Profile(name, url, api_key=key)
+    with ApiClient(checking) as client:
         me_ = client.get("/v1/users/me")
     stored = cfg.load()
-    stored.profiles[name] = {"gateway_url": url, "api_key": key.strip()}
+    stored.profiles[name] = entry
     if default or len(stored.profiles) == 1:
         stored.default_profile = name
     path = cfg.save(stored)
@@ -85,10 +104,15 @@ def login(
 def logout(
     profile: Annotated[str, typer.Option("--profile", "-p", help="Profile to forget.")] = cfg.DEFAULT_PROFILE,
 ) -> None:
-    """Forget a profile's credential (removes the profile from the config file)."""
+    """Forget a profile's credential (removes the profile from the config file); a signed-in profile's
+    session is ended at the gateway first (best effort)."""
     stored = cfg.load()
-    if stored.profiles.pop(cfg.check_profile_name(profile), None) is None:
+    removed = stored.profiles.pop(cfg.check_profile_name(profile), None)
+    if removed is None:
         raise cfg.ConfigError(f"no profile {profile!r}")
+    if removed.get("refresh_token") and removed.get("gateway_url"):
+        with contextlib.suppress(ApiError), ApiClient(cfg.Profile(profile, removed["gateway_url"])) as client:
+            client.post("/v1/auth/logout", {"refresh_token": removed["refresh_token"]})
     cfg.save(stored)
     console.print(f"Profile {profile!r} removed.")
 

@@ -5,8 +5,9 @@ Precedence: `LT_GATEWAY_URL` / `LT_API_KEY` in the environment, then the chosen 
 `$LT_CONFIG`, else `$XDG_CONFIG_HOME/leaky-tokens/config.toml` (`~/.config/...`); it is written with mode
 0600 in a 0700 directory because it holds credentials.
 
-A profile carries one credential sent as `Authorization: Bearer ...`: an API key today (`api_key`); an
-`access_token` (a JWT from a future sign-in) takes precedence when present, so both fit the same header.
+A profile carries one credential sent as `Authorization: Bearer ...`: an API key (`api_key`), or after
+`lt login --email` an `access_token` (a short-lived JWT) with its `refresh_token`; the access token takes
+precedence when present, and the client refreshes it (and stores the new pair) when it has expired.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "Profile",
     "config_path",
     "load",
+    "remember_tokens",
     "resolve",
     "save",
 ]
@@ -144,3 +146,13 @@ def resolve(profile: str | None = None, path: Path | None = None) -> Profile:
         access_token=None if env_key else stored.get("access_token"),
         refresh_token=None if env_key else stored.get("refresh_token"),
     )
+
+
+def remember_tokens(profile: str, access_token: str, refresh_token: str, path: Path | None = None) -> None:
+    """Store a refreshed pair in the profile it came from (the old refresh token no longer works)."""
+    config = load(path)
+    stored = config.profiles.get(profile)
+    if stored is None:
+        return
+    stored.update({"access_token": access_token, "refresh_token": refresh_token})
+    save(config, path)

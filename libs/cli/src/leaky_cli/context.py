@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from leaky_cli.client import ApiClient
-from leaky_cli.config import resolve
+from leaky_cli.config import remember_tokens, resolve
 
 __all__ = ["JsonOpt", "State", "api"]
 
@@ -33,7 +33,12 @@ def api(ctx: typer.Context) -> ApiClient:
     """The client of this run (made on first use, closed when the command ends)."""
     state = _state(ctx)
     if state.client is None:
-        client = ApiClient(resolve(state.profile), timeout=state.timeout)
+        profile = resolve(state.profile)
+        client = ApiClient(
+            profile,
+            timeout=state.timeout,
+            on_refresh=lambda access, refresh: remember_tokens(profile.name, access, refresh),
+        )
         state.client = client
         ctx.find_root().call_on_close(client.close)
     return state.client

@@ -32,6 +32,7 @@ __all__ = [
     "AssertionVerifier",
     "Principal",
     "generate_signing_key",
+    "looks_like_access_token",
     "public_key_of",
     "refuse_if_blocked",
 ]
@@ -106,6 +107,12 @@ def refuse_if_blocked(principal: Principal, method: str, *, admin: bool = False)
             "settings; use an unrestricted admin key",
             code="restricted_key",
         )
+
+
+def looks_like_access_token(credential: str) -> bool:
+    """True for a sign-in access token (a compact JWS: three dot-separated parts, a JSON header first), which
+    no API key is; the gateway sends those to quota's `/internal/authenticate-token` (docs/security.md)."""
+    return credential.startswith("eyJ") and credential.count(".") == 2
 
 
 def generate_signing_key() -> tuple[str, str]:

@@ -7,13 +7,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from leaky_common.auth import Principal
 
 __all__ = [
+    "AccessTokenRequest",
     "AdmitRequest",
     "AdmitResponse",
     "AuthenticateRequest",
+    "Jwk",
+    "JwkSet",
+    "LoginBody",
+    "LoginRequest",
     "ProbeResponse",
     "RateLimitState",
+    "RefreshBody",
     "ReleaseRequest",
     "ReleaseResponse",
+    "TokenResponse",
 ]
 
 
@@ -21,6 +28,62 @@ class AuthenticateRequest(BaseModel):
     """`POST /internal/authenticate`: resolve an API key to its principal (401 if unknown, revoked or expired)."""
 
     api_key: str
+
+
+class AccessTokenRequest(BaseModel):
+    """`POST /internal/authenticate-token`: resolve a sign-in access token (JWT) to its principal (401 if invalid,
+    expired, signed with an unknown key or its sign-in session has ended)."""
+
+    access_token: str = Field(min_length=1, max_length=4096)
+
+
+class LoginBody(BaseModel):
+    """`POST /v1/auth/login`: the email and password of an account that has set one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class LoginRequest(LoginBody):
+    """`POST /internal/auth/login`: the login and the client's address (attempts are counted per address)."""
+
+    client_address: str = Field(min_length=1, max_length=64)
+
+
+class RefreshBody(BaseModel):
+    """`POST /v1/auth/refresh` and `POST /v1/auth/logout`: the refresh token of a sign-in session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    refresh_token: str = Field(min_length=1, max_length=512)
+
+
+class TokenResponse(BaseModel):
+    """A login's or a refresh's answer: a short-lived access token (EdDSA JWT) and a single-use refresh token."""
+
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int = Field(description="Seconds until the access token expires")
+    refresh_token: str
+
+
+class Jwk(BaseModel):
+    """One public key access tokens are verified with (RFC 8037: an Ed25519 OKP key)."""
+
+    kty: str = "OKP"
+    crv: str = "Ed25519"
+    alg: str = "EdDSA"
+    use: str = "sig"
+    kid: str
+    x: str = Field(description="The raw public key, unpadded base64url")
+
+
+class JwkSet(BaseModel):
+    """`GET /.well-known/jwks.json`: every key an access token may be signed with (the newest signs)."""
+
+    keys: list[Jwk]
 
 
 class AdmitRequest(BaseModel):

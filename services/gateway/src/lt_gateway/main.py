@@ -11,7 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from leaky_common.api import service_app
 from lt_gateway.adapters.providers import Provider
-from lt_gateway.api import management, probe, routes
+from lt_gateway.api import docs, management, probe, routes, signin
 from lt_gateway.api.limits import ClientLimits
 from lt_gateway.bootstrap import build_gateway
 from lt_gateway.settings import GatewaySettings
@@ -63,7 +63,12 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
     app = service_app(
         settings,
         title="Leaky Tokens gateway",
-        description="OpenAI-compatible, governed LLM gateway. Management paths are forwarded to their owners.",
+        description=(
+            "OpenAI-compatible, governed LLM gateway. Management paths are forwarded to their owners "
+            "(quota, purchase-saga, analytics, notifier); their operations are listed here as the owners "
+            "document them. Authenticate with an API key, or on management routes with a sign-in access "
+            "token (`POST /v1/auth/login`)."
+        ),
         lifespan=lifespan,
         ready=ready,
         # The chat endpoint skips FastAPI's routing layers (its route below stays for the docs).
@@ -79,5 +84,7 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
     app.include_router(routes.governed_router(gateway.chat))
     app.include_router(routes.models_router)
     app.include_router(probe.router)
+    app.include_router(signin.router)
     app.include_router(management.router)
+    docs.install_public_openapi(app)
     return app

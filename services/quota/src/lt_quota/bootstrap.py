@@ -42,6 +42,7 @@ from lt_quota.usecases.management import (
 from lt_quota.usecases.reservations import DurableReservations
 from lt_quota.usecases.settlement import Settlement
 from lt_quota.usecases.settlement_batch import BatchSettlement
+from lt_quota.usecases.signin import SignIn
 from lt_quota.usecases.thresholds import Thresholds
 from lt_quota.usecases.topups import TopUps
 
@@ -64,6 +65,7 @@ class Quota:
     thresholds: Thresholds
     management: Management
     durable: DurableReservations
+    signin: SignIn
     consumer: BatchEventConsumer | None = None
     commands: EventConsumer | None = None
 
@@ -110,6 +112,7 @@ def compose(settings: QuotaSettings, db: asyncpg.Pool, state: RedisState, clock:
         thresholds=thresholds,
         management=_management(ctx, admission, settlement),
         durable=durable,
+        signin=SignIn(ctx),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
 from leaky_common.settings import ServiceSettings
 
@@ -57,6 +57,28 @@ class QuotaSettings(ServiceSettings):
     # session id gets 429 `too_many_sessions` (sessions already seen keep working, admins may still set budgets).
     sessions_per_org_per_day: int = Field(default=10_000, ge=1)
 
+    # Sign-in (docs/security.md, "Sign-in"): access tokens are EdDSA JWTs signed with this Ed25519 private key
+    # (unpadded base64url of the raw key, as `leaky_common.auth.generate_signing_key` makes it) under this kid.
+    # Unset: `POST /v1/auth/login` answers 503 and no access token is accepted (API keys still work).
+    auth_signing_key: SecretStr | None = None
+    auth_signing_kid: str = ""
+    # Earlier public keys still accepted, by kid, as JSON: {"k1": "..."} (the signing key's own is added).
+    # Keep a retired key here for one access-token lifetime after rotating, so nobody is signed out.
+    auth_public_keys: dict[str, str] = Field(default_factory=dict)
+    auth_issuer: str = "leaky-tokens"
+    access_token_ttl_s: int = Field(default=900, ge=30, le=3600)
+    # A sign-in session (the family of its rotating refresh tokens) ends this long after the login.
+    refresh_session_ttl_s: int = Field(default=30 * 86400, ge=300)
+    # Login attempts counted per account (the email) and per client address in a fixed window; one more is
+    # answered 429 with Retry-After until the window ends. A successful login clears the account's count.
+    login_attempts_per_account: int = Field(default=10, ge=1)
+    login_attempts_per_address: int = Field(default=50, ge=1)
+    login_window_s: int = Field(default=900, ge=1)
+    password_min_length: int = Field(default=12, ge=8, le=128)
+    # At most this many argon2 computations at once per quota process (each takes 64 MiB and a core for about
+    # 0.1 s): a flood of logins waits for its turn instead of starving admission.
+    password_hash_concurrency: int = Field(default=2, ge=1, le=16)
+
     # How long an API-key lookup is trusted from process memory.
     key_cache_ttl_s: float = Field(default=5.0, ge=0)
 
@@ -64,3 +86,9 @@ class QuotaSettings(ServiceSettings):
     redis_max_connections: int = Field(default=64, ge=1)
     consumer_group: str = "quota"
     db_pool_size: int = Field(default=10, ge=2)
+
+    @model_validator(mode="after")
+    def _signing_key_needs_kid(self) -> QuotaSettings:
+        if self.auth_signing_key is not None and not self.auth_signing_kid:
+            raise ValueError("LT_AUTH_SIGNING_KID must name LT_AUTH_SIGNING_KEY")
+        return self

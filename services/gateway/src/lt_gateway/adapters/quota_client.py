@@ -9,8 +9,9 @@ import aiohttp
 import orjson
 from opentelemetry import propagate
 
-from leaky_common.auth import AssertionSigner, Principal
+from leaky_common.auth import AssertionSigner, Principal, looks_like_access_token
 from leaky_common.contracts import (
+    AccessTokenRequest,
     AdmitRequest,
     AdmitResponse,
     AuthenticateRequest,
@@ -104,16 +105,24 @@ class QuotaClient:
             raise ServiceUnavailable("quota service error", code="quota_unavailable")
         return Denial(status, body, headers)
 
-    async def authenticate(self, api_key: str) -> Principal | Denial:
-        """Resolve an API key to its principal."""
-        status, body, headers = await self._post(
-            "/internal/authenticate", AuthenticateRequest(api_key=api_key).model_dump_json().encode()
-        )
+    async def authenticate(self, credential: str) -> Principal | Denial:
+        """Resolve an API key, or a sign-in access token (JWT), to its principal."""
+        if looks_like_access_token(credential):
+            path = "/internal/authenticate-token"
+            payload = AccessTokenRequest(access_token=credential).model_dump_json().encode()
+        else:
+            path = "/internal/authenticate"
+            payload = AuthenticateRequest(api_key=credential).model_dump_json().encode()
+        status, body, headers = await self._post(path, payload)
         if status == 200:
             return Principal.model_validate_json(body)
         if status >= 500:
             raise ServiceUnavailable("quota service error", code="quota_unavailable")
         return Denial(status, body, headers)
+
+    async def sign_in(self, path: str, payload: bytes) -> tuple[int, bytes, dict[str, str]]:
+        """One of quota's `/internal/auth/*` calls, its answer passed on as is (with any Retry-After)."""
+        return await self._post(path, payload)
 
     async def release(
         self, reservation_id: str, total_tokens: int, cost_usd_micros: int, timeout_s: float

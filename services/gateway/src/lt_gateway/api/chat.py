@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from leaky_common.errors import ServiceError
-from lt_gateway.api.http import api_key_from, governance_headers, request_id_from
+from lt_gateway.api.http import governance_headers, governed_key_from, request_id_from
 from lt_gateway.domain.requests import PARSERS, Kind, load_body
 from lt_gateway.usecases.completion.flow import CompletionFlow, Reply
 from lt_gateway.usecases.completion.keycheck import KeyCheck
@@ -61,7 +61,7 @@ class ChatHandler:
         try:
             gov = governance_headers(request)
             session_id = gov.session_id
-            api_key = api_key_from(request)
+            api_key = governed_key_from(request)
             # Authenticated before the body is read: a request without a key quota accepts costs no parsing,
             # no tokenizing (the body read is bounded while reading by leaky_common.guard.RequestGuard).
             await self.keys.require(api_key)

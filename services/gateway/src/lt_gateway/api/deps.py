@@ -18,7 +18,7 @@ from lt_gateway.usecases.probe import Probe
 
 _bearer = HTTPBearer(
     scheme_name="BearerAuth",
-    description="The API key as `Authorization: Bearer <key>`.",
+    description="An API key as `Authorization: Bearer <key>`.",
     auto_error=False,
 )
 _api_key = APIKeyHeader(

@@ -6,6 +6,7 @@ from uuid import uuid4
 
 from starlette.requests import Request
 
+from leaky_common.auth import looks_like_access_token
 from leaky_common.errors import Unauthorized
 from lt_gateway.domain.requests import GovernanceHeaders, governance
 
@@ -23,6 +24,18 @@ def api_key_from(request: Request) -> str:
     raise Unauthorized(
         "Missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'.", code="missing_api_key"
     )
+
+
+def governed_key_from(request: Request) -> str:
+    """The API key of a governed request (chat, completions, embeddings): a sign-in access token is refused
+    with 401 `api_key_required`, since spending is tied to a key (its caps, models and rate limits)."""
+    key = api_key_from(request)
+    if looks_like_access_token(key):
+        raise Unauthorized(
+            "chat, completions and embeddings take an API key; sign-in access tokens are for management routes",
+            code="api_key_required",
+        )
+    return key
 
 
 def request_id_from(request: Request) -> str:

@@ -73,6 +73,9 @@ def governed_router(chat: ChatHandler) -> APIRouter:
     return router
 
 
+# FastAPI appends an operation's `security` to the one its dependencies make (the API key schemes).
+_ALSO_ACCESS_TOKEN: dict[str, Any] = {"security": [{"AccessToken": []}]}
+
 models_router = APIRouter(tags=["openai"], dependencies=PUBLIC_AUTH, responses=error_responses(401, 403, 503))
 
 
@@ -80,9 +83,9 @@ def _denied(denial: Denial) -> Response:
     return Response(denial.body, status_code=denial.status, media_type=JSON)
 
 
-@models_router.get("/v1/models", response_model=ModelList)
+@models_router.get("/v1/models", response_model=ModelList, openapi_extra=_ALSO_ACCESS_TOKEN)
 async def list_models(request: Request, models: Models, quota: Quota) -> Response:
-    """The models this key may call."""
+    """The models this key (or, with an access token, this user) may call."""
     principal = await quota.authenticate(api_key_from(request))
     if isinstance(principal, Denial):
         return _denied(principal)
@@ -90,7 +93,12 @@ async def list_models(request: Request, models: Models, quota: Quota) -> Respons
     return Response(orjson.dumps(cards.model_dump()), media_type=JSON)
 
 
-@models_router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=error_responses(404))
+@models_router.get(
+    "/v1/models/{model_id:path}",
+    response_model=ModelCard,
+    responses=error_responses(404),
+    openapi_extra=_ALSO_ACCESS_TOKEN,
+)
 async def get_model(model_id: str, request: Request, models: Models, quota: Quota) -> Response:
     """One model, if this key may call it (404 otherwise, as if it did not exist)."""
     principal = await quota.authenticate(api_key_from(request))

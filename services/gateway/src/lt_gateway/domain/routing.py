@@ -37,6 +37,7 @@ PUBLIC_ROUTES: dict[str, tuple[str, ...]] = {
         "/v1/users/me",
         "/v1/users/me/quota",
         "/v1/users/me/status",
+        "/v1/users/me/password",
         "/v1/users/me/privacy",
         "/v1/users/me/teams",
         "/v1/users/me/keys",

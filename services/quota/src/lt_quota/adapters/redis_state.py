@@ -13,6 +13,7 @@ Layout (every key starts with the configured prefix, `lt:` by default):
     restored                            string set once freezes are restored; gone = Redis lost its data
     buckets_full_at                     string ms when Redis was found to have lost recent bucket levels;
                                         until it expires, a missing bucket counts as full at that time
+    login:<acct|addr>:<sha256>          string login attempts in the current window (expires with it)
 
 Postgres is the truth: every counter can be rebuilt from the ledger (`used`), reservations are charged from
 the ledger's idempotent rows, and the scripts only keep the hot copy exact between rebuilds.
@@ -116,6 +117,7 @@ class RedisState:
         self._settle_many = redis.register_script(_script("settle_many"))
         self._restore_reservation = redis.register_script(_script("restore_reservation"))
         self._reservations = redis.register_script(_script("reservations"))
+        self._count_attempt = redis.register_script(_script("count_attempt"))
 
     def pool_key(self, pool_id: str, period_key: str = "") -> str:
         return f"{self._p}pool:{pool_id}" + (f":{period_key}" if period_key else "")
@@ -297,6 +299,19 @@ class RedisState:
     async def was_lost(self) -> bool:
         """True if Redis lost its data since the last `mark_restored`."""
         return not await self.redis.exists(f"{self._p}restored")
+
+    def login_key(self, kind: str, subject: str) -> str:
+        """The attempt counter of one account or client address (hashed: no email or address in Redis)."""
+        return f"{self._p}login:{kind}:{hashlib.sha256(subject.encode()).hexdigest()}"
+
+    async def count_attempt(self, key: str, window_ms: int) -> tuple[int, int]:
+        """Count one attempt in `key`'s fixed window: (attempts so far in it, ms until it ends)."""
+        n, ttl = await self._count_attempt(keys=[key], args=[window_ms])
+        return int(n), int(ttl)
+
+    async def clear_attempts(self, key: str) -> None:
+        """Forget the attempts counted in `key` (a successful login clears its account's count)."""
+        await self.redis.delete(key)
 
     async def freeze(self, target_type: str, target_id: str, reason: str, ttl_ms: int | None) -> None:
         """Freeze a user, key or session for `ttl_ms` (None: until unfrozen)."""

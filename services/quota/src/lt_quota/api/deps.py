@@ -14,8 +14,9 @@ from lt_quota.usecases.admission import Admission
 from lt_quota.usecases.freezes import Freezes
 from lt_quota.usecases.management import Management
 from lt_quota.usecases.settlement import Settlement
+from lt_quota.usecases.signin import SignIn
 
-__all__ = ["AdmissionDep", "FreezesDep", "ManagementDep", "SettlementDep"]
+__all__ = ["AdmissionDep", "FreezesDep", "ManagementDep", "SettlementDep", "SignInDep"]
 
 
 async def get_admission(request: Request) -> Admission:
@@ -42,7 +43,14 @@ async def get_settlement(request: Request) -> Settlement:
     return settlement
 
 
+async def get_signin(request: Request) -> SignIn:
+    """Passwords, sign-in sessions and access tokens."""
+    signin: SignIn = request.app.state.quota.signin
+    return signin
+
+
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 FreezesDep = Annotated[Freezes, Depends(get_freezes)]
 ManagementDep = Annotated[Management, Depends(get_management)]
 SettlementDep = Annotated[Settlement, Depends(get_settlement)]
+SignInDep = Annotated[SignIn, Depends(get_signin)]

@@ -29,6 +29,7 @@ __all__ = [
     "FreezeBody",
     "FreezeTarget",
     "OrgBody",
+    "PasswordBody",
     "PrimaryTeamBody",
     "PrivacyBody",
     "RejectBody",
@@ -136,6 +137,16 @@ class StatusBody(BaseModel):
     # When the vacation ends (at most LT_VACATION_MAX_DAYS ahead, which is also the default); only with
     # `on_vacation`.
     until: datetime | None = None
+
+
+class PasswordBody(BaseModel):
+    """`PUT /v1/users/me/password`: the new password, and the current one when changing it over a sign-in
+    access token (an API key is proof enough by itself)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password: str = Field(min_length=1, max_length=1024)
+    current_password: str | None = Field(default=None, min_length=1, max_length=1024)
 
 
 class PrivacyBody(BaseModel):

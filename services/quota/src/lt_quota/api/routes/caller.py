@@ -9,12 +9,13 @@ from fastapi import APIRouter, Body, Query, status
 
 from leaky_common.api import CurrentPrincipal, error_responses
 from lt_quota.api import alias_views, views
-from lt_quota.api.deps import ManagementDep
+from lt_quota.api.deps import ManagementDep, SignInDep
 from lt_quota.api.schemas import (
     ApprovalBody,
     ApproveBody,
     ConsumeBody,
     CreateKeyBody,
+    PasswordBody,
     PrivacyBody,
     RejectBody,
     StatusBody,
@@ -48,6 +49,19 @@ async def set_status(body: StatusBody, principal: CurrentPrincipal, gov: Managem
     return UserView.model_validate(
         await gov.users.set_my_status(principal, body.status, body.until), from_attributes=True
     )
+
+
+@router.put(
+    "/v1/users/me/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(400, 401, 403, 409),
+)
+async def set_password(body: PasswordBody, principal: CurrentPrincipal, signin: SignInDep) -> None:
+    """Set or change the caller's sign-in password (argon2id; at least `LT_PASSWORD_MIN_LENGTH` characters).
+    Every sign-in session of the caller ends. Over an access token, `current_password` is required once a
+    password is set; with an API key it is not. 409 if a user of another org already signs in with the same
+    email."""
+    await signin.set_password(principal, body.password, body.current_password)
 
 
 @router.put(
