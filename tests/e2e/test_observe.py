@@ -172,7 +172,9 @@ async def test_every_dashboard_panel_returns_data_and_no_alert_fires_on_a_health
         async def saga_gauge_caught_up() -> bool:
             return bool(await query(prom, "lt:saga_purchases_unfinished == 0"))
 
-        await eventually(saga_gauge_caught_up, 30, "the saga's gauge shows no unfinished purchase", interval=0.5)
+        await eventually(
+            saga_gauge_caught_up, 30, "the saga's gauge shows no unfinished purchase", interval=0.5
+        )
         settled = time.time()
 
         async def rules_evaluated_since_the_workload() -> list[dict[str, Any]] | None:
