@@ -1,5 +1,6 @@
 """The alert rules (deploy/prometheus/rules.yml) pass `promtool check rules` and their unit tests
-(`promtool test rules deploy/prometheus/tests/*.yml`), and every alert has a unit test in which it fires.
+(`promtool test rules deploy/prometheus/tests/*.yml`), every alert has a unit test in which it fires, and
+Alertmanager's configuration passes `amtool check-config` (Debian's `prometheus-alertmanager`).
 
 promtool comes with Prometheus (Debian's `prometheus` package, `brew install prometheus`); `.ci/run` installs
 it. Missing on a developer's machine this module is skipped with that hint; in CI (`CI` set) it fails."""
@@ -21,20 +22,21 @@ RULES = PROMETHEUS_DIR / "rules.yml"
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 
 
-def _promtool() -> str:
-    found = shutil.which("promtool")
+def _tool(name: str, package: str) -> str:
+    found = shutil.which(name)
     if found:
         return found
-    hint = "promtool not on PATH: `apt-get install prometheus` (Debian, Ubuntu) or `brew install prometheus`"
+    hint = f"{name} not on PATH: `apt-get install {package}` (Debian, Ubuntu) or `brew install {package.rsplit('-', maxsplit=1)[-1]}`"
     if os.environ.get("CI"):
-        pytest.fail(f"{hint}; CI must run the rule tests (.ci/run installs it)")
+        pytest.fail(f"{hint}; CI must run these tests (.ci/run installs it)")
     pytest.skip(hint)
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [_promtool(), *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+def _run(*args: str, tool: str = "promtool") -> subprocess.CompletedProcess[str]:
+    binary = (
+        _tool("promtool", "prometheus") if tool == "promtool" else _tool("amtool", "prometheus-alertmanager")
     )
+    return subprocess.run([binary, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
 
 
 def _alerts() -> list[str]:
@@ -52,6 +54,12 @@ def test_promtool_check_config() -> None:
     # The compose config names the scraper's token file of the secrets volume: check the syntax only.
     result = _run("check", "config", "--syntax-only", str(PROMETHEUS_DIR / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_amtool_check_config() -> None:
+    result = _run("check-config", str(ROOT / "deploy" / "alertmanager" / "alertmanager.yml"), tool="amtool")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
