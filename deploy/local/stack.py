@@ -147,7 +147,8 @@ def _secret_file(path: Path, make: Callable[[], str]) -> str:
 
 def _internal_identity(run_dir: Path) -> dict[str, str]:
     """The gateway's Ed25519 signing key (kid `dev-1`), the public keys every service accepts, and the
-    scraper's /metrics token; generated into `run_dir` (0600) at the first start and kept."""
+    scraper's /metrics token; generated into `run_dir` (0600) at the first start and kept. (Alertmanager's
+    token for the notifier, `alertmanager_token`, goes to the notifier only: see `up`.)"""
     private = _secret_file(run_dir / "internal_signing_key", lambda: generate_signing_key()[0])
     metrics = _secret_file(run_dir / "metrics_token", lambda: secrets.token_urlsafe(32))
     return {
@@ -275,6 +276,10 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     "LT_DATABASE_URL": database_url_for(pg_server, DATABASES["notifier"]),
                     "LT_CHANNEL_SECRET_KEYS": os.environ.get("LT_CHANNEL_SECRET_KEYS")
                     or _channel_keys(run_dir),
+                    # What `make observe`'s Alertmanager posts alerts with (stack_observe.py).
+                    "LT_ALERTMANAGER_TOKEN": _secret_file(
+                        run_dir / "alertmanager_token", lambda: secrets.token_urlsafe(32)
+                    ),
                 },
             ),
             (
@@ -434,12 +439,18 @@ def main() -> int:
         return unfreeze_admin(run_dir)
     if args.command == "observe":
         try:
-            url = observe(run_dir, args.scrape_interval)
+            urls = observe(run_dir, args.scrape_interval)
         except RuntimeError as exc:
             _log(str(exc))
             return 1
-        _log(f"prometheus: {url} (rules: deploy/prometheus/rules.yml; `make down` stops it)")
-        sys.stdout.write(f"LT_PROMETHEUS_URL={url}\n")
+        _log(
+            f"prometheus: {urls['LT_PROMETHEUS_URL']} (rules: deploy/prometheus/rules.yml; `make down` stops it)"
+        )
+        if "LT_ALERTMANAGER_URL" not in urls:
+            _log(
+                "no `alertmanager` on PATH: alerts stay in Prometheus (apt-get install prometheus-alertmanager)"
+            )
+        sys.stdout.write("".join(f"{key}={value}\n" for key, value in urls.items()))
         return 0
     if args.command in ("kill", "restart", "outage"):
         if not args.name:

@@ -2,7 +2,8 @@
 starts Prometheus with the project's rules scraping the live stack every second; after a workload (chats, a
 stream, a denial, a purchase, a freeze) every expression of every panel of every dashboard in
 deploy/grafana/dashboards returns data, every rule evaluates without error, the recording rules return data
-and no alert fires or is pending on the healthy stack."""
+and no alert fires or is pending on the healthy stack. With Alertmanager installed (CI: always), it runs with
+the project's routing, and an alert given to it reaches a platform Slack channel through the notifier."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from leaky_devinfra.fakes.chat import FakeChannels
 from leaky_devinfra.infra import stop_pid
 from leaky_devinfra.testing import eventually
 
@@ -64,7 +67,18 @@ def finite(result: list[dict[str, Any]]) -> bool:
 
 
 @pytest.fixture
-def prometheus_url(stack: Any) -> Any:
+async def slack(fakes_port: int) -> AsyncIterator[FakeChannels]:
+    fake = FakeChannels()
+    await fake.start(port=fakes_port)  # the address and port the stack's notifier is allowed to reach
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+def observed(stack: Any) -> Any:
+    """`stack.py observe` on the test's stack: its stack.env lines (LT_PROMETHEUS_URL, LT_ALERTMANAGER_URL)."""
     if stack.run_dir is None:
         pytest.skip("needs the stack's run dir (ports, metrics token): not against a `make up` stack")
     if shutil.which("prometheus") is None:
@@ -79,11 +93,15 @@ def prometheus_url(stack: Any) -> Any:
     assert result.returncode == 0, result.stdout + result.stderr
     env = dict(line.split("=", 1) for line in (stack.run_dir / "stack.env").read_text().splitlines())
     assert env["LT_PROMETHEUS_URL"] in result.stdout
-    pid = int(json.loads((stack.run_dir / "stack.json").read_text())["pids"]["prometheus"])
+    if shutil.which("alertmanager") or os.environ.get("CI"):  # CI installs it (.ci/run): it must run there
+        assert env.get("LT_ALERTMANAGER_URL"), result.stdout
+    pids = json.loads((stack.run_dir / "stack.json").read_text())["pids"]
     try:
-        yield env["LT_PROMETHEUS_URL"]
+        yield env
     finally:
-        stop_pid(pid)
+        for name in ("prometheus", "alertmanager"):
+            if name in pids:
+                stop_pid(int(pids[name]))
 
 
 async def workload(stack: Any, admin: httpx.AsyncClient, *, freeze: bool) -> None:
@@ -131,8 +149,9 @@ async def workload(stack: Any, admin: httpx.AsyncClient, *, freeze: bool) -> Non
 
 
 async def test_every_dashboard_panel_returns_data_and_no_alert_fires_on_a_healthy_stack(
-    stack: Any, admin: httpx.AsyncClient, prometheus_url: str
+    stack: Any, admin: httpx.AsyncClient, observed: dict[str, str], slack: FakeChannels
 ) -> None:
+    prometheus_url = observed["LT_PROMETHEUS_URL"]
     queries = panel_queries()
     assert len(DASHBOARDS) >= 6 and len(queries) >= 60, (len(DASHBOARDS), len(queries))
     async with httpx.AsyncClient(base_url=prometheus_url, timeout=10) as prom:
@@ -205,6 +224,38 @@ async def test_every_dashboard_panel_returns_data_and_no_alert_fires_on_a_health
                 assert rule["state"] == "inactive", rule
         alerts = (await prom.get("/api/v1/alerts")).json()["data"]["alerts"]
         assert alerts == [], alerts
+
+        if "LT_ALERTMANAGER_URL" in observed:
+            await alerts_reach_the_notifier(prom, observed["LT_ALERTMANAGER_URL"], admin, slack)
+
+
+async def alerts_reach_the_notifier(
+    prom: httpx.AsyncClient, alertmanager_url: str, admin: httpx.AsyncClient, slack: FakeChannels
+) -> None:
+    """Prometheus knows the Alertmanager; an alert given to it (the project's routing, a page: 10 s group wait)
+    reaches a platform Slack channel through the notifier's webhook."""
+    active = (await prom.get("/api/v1/alertmanagers")).json()["data"]["activeAlertmanagers"]
+    assert [a["url"] for a in active] == [f"{alertmanager_url}/api/v2/alerts"]
+    hook = f"/slack/services/T0OBS/B0OBS/{uuid.uuid4().hex[:12]}"
+    channel = await admin.post(
+        "/v1/admin/notifications/channels",
+        json={"channel": "slack", "url": f"{slack.base_url}{hook}", "event_types": ["PlatformAlert.v1"]},
+    )
+    assert channel.status_code == 201, channel.text
+    name = f"LtObserveProbe{uuid.uuid4().hex[:6]}"
+    alert = {
+        "labels": {"alertname": name, "severity": "page", "app": "quota"},
+        "annotations": {"summary": "the observe test's alert"},
+    }
+    async with httpx.AsyncClient(base_url=alertmanager_url, timeout=10) as am:
+        assert (await am.post("/api/v2/alerts", json=[alert])).status_code == 200
+
+    async def delivered() -> list[Any]:
+        return [r.body for r in slack.of("slack") if r.path == hook]
+
+    (body,) = await eventually(delivered, 40, "the alert at the platform's Slack channel", interval=0.5)
+    assert f"Alert: {name}" in json.dumps(body)
+    assert slack.rejected == []
 
 
 def _epoch(timestamp: str) -> float:
