@@ -10,8 +10,8 @@ file's, so the rules and the dashboards read the same series. Its configuration,
 `<run-dir>/prometheus/` and `<run-dir>/logs/prometheus.log`; its PID joins `stack.json`, so `make down` stops
 it, and `LT_PROMETHEUS_URL=...` is added to `<run-dir>/stack.env`.
 
-When an `alertmanager` binary is on PATH too (`apt-get install prometheus-alertmanager`, `brew install
-alertmanager`), it runs beside Prometheus with deploy/alertmanager/alertmanager.yml, its webhook pointed at the
+When Alertmanager is on PATH too (`alertmanager`, or Debian's `prometheus-alertmanager`: `apt-get install
+prometheus-alertmanager`, `brew install alertmanager`), it runs beside Prometheus with deploy/alertmanager/alertmanager.yml, its webhook pointed at the
 stack's notifier with the token `up` gave the notifier (`<run-dir>/alertmanager_token`), clustering off, and
 `LT_ALERTMANAGER_URL=...` is added to `stack.env`: alerts then reach the notifier as in compose.
 """
@@ -33,7 +33,15 @@ import yaml
 
 from leaky_devinfra.infra import free_port, pid_alive, stop_pid
 
-__all__ = ["ALERTMANAGER_CONFIG", "APPS", "RULES", "alertmanager_config", "observe", "prometheus_config"]
+__all__ = [
+    "ALERTMANAGER_CONFIG",
+    "APPS",
+    "RULES",
+    "alertmanager_binary",
+    "alertmanager_config",
+    "observe",
+    "prometheus_config",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
@@ -211,9 +219,14 @@ def _start(
     return url
 
 
+def alertmanager_binary() -> str | None:
+    """Alertmanager on PATH: `alertmanager` (upstream, Homebrew) or `prometheus-alertmanager` (Debian's)."""
+    return shutil.which("alertmanager") or shutil.which("prometheus-alertmanager")
+
+
 def _start_alertmanager(run_dir: Path, state: dict[str, Any], timeout: float) -> str | None:
     """Alertmanager routing to the stack's notifier, when the binary is installed; its URL, else None."""
-    binary = shutil.which("alertmanager")
+    binary = alertmanager_binary()
     token_file = run_dir / "alertmanager_token"
     if binary is None or not token_file.exists():
         return None
