@@ -134,7 +134,7 @@ OVERVIEW = Dashboard(
                     (
                         q(
                             f'1 - (sum(increase(lt_http_request_duration_seconds_count{{service=~"$service",route!~"/metrics|/health|/ready|{LLM}"}}[$__range]))'
-                            f' - sum(increase(lt_http_request_duration_seconds_bucket{{service=~"$service",route!~"/metrics|/health|/ready|{LLM}",le="1.0"}}[$__range])))'
+                            f' - sum(increase(lt_http_request_duration_seconds_bucket{{service=~"$service",route!~"/metrics|/health|/ready|{LLM}",le=~"1|1\\\\.0"}}[$__range])))'
                             f' / clamp_min(sum(increase(lt_http_request_duration_seconds_count{{service=~"$service",route!~"/metrics|/health|/ready|{LLM}"}}[$__range])), 1e-9)'
                         ),
                     ),
