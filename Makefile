@@ -7,7 +7,7 @@ export UV_PYTHON := $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 RUN := $(UV) run --frozen --no-sync
 PYTEST_ARGS ?=
 
-.PHONY: help sync up down status unfreeze-admin test check lint format typecheck contracts unit integration e2e bench chaos docs clean
+.PHONY: help sync up down status observe unfreeze-admin test check lint format typecheck contracts unit integration e2e bench chaos docs clean
 
 # Every target documents itself with a `## text` comment on its rule line; `make help` lists them.
 help: ## list every target
@@ -33,6 +33,9 @@ up: sync ## start the whole stack locally (no Docker); writes .run/stack.env
 
 down: ## stop everything 'make up' started
 	@if [ -x .venv/bin/python ]; then .venv/bin/python deploy/local/stack.py down; else echo "nothing to stop"; fi
+
+observe: sync ## start a Prometheus (the `prometheus` binary on PATH) scraping the `make up` stack, with the alert rules
+	$(RUN) python deploy/local/stack.py observe
 
 unfreeze-admin: sync ## break-glass: lift every freeze on the bootstrap admin of the stack in .run
 	$(RUN) python deploy/local/stack.py unfreeze-admin

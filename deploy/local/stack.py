@@ -4,6 +4,7 @@
     python deploy/local/stack.py down [--run-dir .run]
     python deploy/local/stack.py status [--run-dir .run]
     python deploy/local/stack.py unfreeze-admin [--run-dir .run]
+    python deploy/local/stack.py observe [--run-dir .run] [--scrape-interval 15s]
     python deploy/local/stack.py kill|restart NAME [--run-dir .run] [--signal KILL|TERM]
     python deploy/local/stack.py outage broker --seconds N [--mode drop|hang|delay] [--delay-ms MS]
 
@@ -15,7 +16,8 @@ quota -> provider, recording nothing: startup_check.py), then writes
 exactly the processes `up` started, by PID. The services reach the broker through a proxy that `outage`
 can make drop, hold or delay traffic; `kill` and `restart` are chaos for one process (see stack_chaos.py).
 `unfreeze-admin` is the operator's break-glass: it lifts every freeze on the bootstrap admin, which the admin's
-own frozen key may not do (`up` prints it when it finds one; startup_check.py).
+own frozen key may not do (`up` prints it when it finds one; startup_check.py). `observe` starts a Prometheus
+scraping every process with the rules of deploy/prometheus/ (stack_observe.py); `down` stops it too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stack_chaos import kill, outage, restart, start_proxied_broker
+from stack_observe import observe
 from stack_secrets import ensure_secrets, write_private
 from startup_check import admin_freeze_notices, lift_admin_freezes, wait_for_probe
 
@@ -145,7 +148,8 @@ def _secret_file(path: Path, make: Callable[[], str]) -> str:
 
 def _internal_identity(run_dir: Path) -> dict[str, str]:
     """The gateway's Ed25519 signing key (kid `dev-1`), the public keys every service accepts, and the
-    scraper's /metrics token; generated into `run_dir` (0600) at the first start and kept."""
+    scraper's /metrics token; generated into `run_dir` (0600) at the first start and kept. (Alertmanager's
+    token for the notifier, `alertmanager_token`, goes to the notifier only: see `up`.)"""
     private = _secret_file(run_dir / "internal_signing_key", lambda: generate_signing_key()[0])
     metrics = _secret_file(run_dir / "metrics_token", lambda: secrets.token_urlsafe(32))
     return {
@@ -282,6 +286,10 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     "LT_DATABASE_URL": database_url_for(pg_server, DATABASES["notifier"]),
                     "LT_CHANNEL_SECRET_KEYS": os.environ.get("LT_CHANNEL_SECRET_KEYS")
                     or _channel_keys(run_dir),
+                    # What `make observe`'s Alertmanager posts alerts with (stack_observe.py).
+                    "LT_ALERTMANAGER_TOKEN": _secret_file(
+                        run_dir / "alertmanager_token", lambda: secrets.token_urlsafe(32)
+                    ),
                 },
             ),
             (
@@ -414,7 +422,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "command", choices=["up", "down", "status", "unfreeze-admin", "kill", "restart", "outage"]
+        "command", choices=["up", "down", "status", "unfreeze-admin", "observe", "kill", "restart", "outage"]
     )
     parser.add_argument(
         "name", nargs="?", help="kill/restart/outage: the process (gateway, quota, redis, ...)"
@@ -424,6 +432,7 @@ def main() -> int:
     parser.add_argument("--mode", choices=["drop", "hang", "delay"], default="drop", help="outage: what")
     parser.add_argument("--delay-ms", type=float, default=500.0, help="outage --mode delay: per chunk")
     parser.add_argument("--run-dir", type=Path, default=ROOT / ".run")
+    parser.add_argument("--scrape-interval", default="15s", help="observe: Prometheus' scrape interval")
     parser.add_argument(
         "--ports",
         choices=["default", "auto"],
@@ -439,6 +448,21 @@ def main() -> int:
         return down(run_dir)
     if args.command == "unfreeze-admin":
         return unfreeze_admin(run_dir)
+    if args.command == "observe":
+        try:
+            urls = observe(run_dir, args.scrape_interval)
+        except RuntimeError as exc:
+            _log(str(exc))
+            return 1
+        _log(
+            f"prometheus: {urls['LT_PROMETHEUS_URL']} (rules: deploy/prometheus/rules.yml; `make down` stops it)"
+        )
+        if "LT_ALERTMANAGER_URL" not in urls:
+            _log(
+                "no `alertmanager` on PATH: alerts stay in Prometheus (apt-get install prometheus-alertmanager)"
+            )
+        sys.stdout.write("".join(f"{key}={value}\n" for key, value in urls.items()))
+        return 0
     if args.command in ("kill", "restart", "outage"):
         if not args.name:
             parser.error(f"{args.command} needs the name of a process")

@@ -1,7 +1,8 @@
 """What `secrets-init` generates is what the services' settings parse: each app's directory, read through
 LT_SECRETS_DIR with LT_ENVIRONMENT=production, validates; the gateway's signing key (a stdlib Ed25519
 derivation, as the init image has no `cryptography`) signs assertions that quota verifies with the key set it
-was given; Prometheus' token file is the services' LT_METRICS_TOKEN; the old static internal token is gone."""
+was given; Prometheus' token file is the services' LT_METRICS_TOKEN, Alertmanager's the notifier's
+LT_ALERTMANAGER_TOKEN; the old static internal token is gone."""
 
 from __future__ import annotations
 
@@ -86,6 +87,11 @@ def test_every_service_starts_in_production_from_its_own_directory(
     tokens = {s.metrics_token.get_secret_value() for s in loaded.values() if s.metrics_token is not None}
     assert tokens == {(secrets_root / "prometheus" / "metrics_token").read_text()}
     assert len(next(iter(tokens))) >= 32
+    # Alertmanager posts to the notifier with the notifier's own token; no other app has one.
+    notifier_token = loaded["notifier"].alertmanager_token  # type: ignore[attr-defined]
+    assert notifier_token is not None
+    assert notifier_token.get_secret_value() == (secrets_root / "alertmanager" / "notifier_token").read_text()
+    assert len(notifier_token.get_secret_value()) >= 32 and notifier_token.get_secret_value() not in tokens
     assert not list(secrets_root.rglob("*internal_token*")) and not list(
         secrets_root.rglob("*INTERNAL_TOKEN")
     )

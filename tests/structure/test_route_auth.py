@@ -94,7 +94,8 @@ def test_every_route_needs_a_valid_assertion(package: str, settings_class: str) 
     app = _app(package, settings_class)
     client = TestClient(app, raise_server_exceptions=False)
     routes = _routes(app)
-    assert len(routes) == {"lt_quota": 57, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 9}[package]
+    # The notifier's tenth is Alertmanager's webhook: its own bearer token, 401 to every assertion too.
+    assert len(routes) == {"lt_quota": 57, "lt_saga": 6, "lt_analytics": 11, "lt_notifier": 10}[package]
     answers = {
         (method, path, case): client.request(method, path, json=JUNK, headers=headers).status_code
         for method, path, _ in routes

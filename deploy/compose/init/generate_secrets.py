@@ -17,6 +17,8 @@ mounts only its own directory (a volume subpath) and reads only its own secrets:
     /secrets/kafka/<user>        (uid 1000) SCRAM passwords of the broker's users
     /secrets/grafana/admin_password  (uid 472)
     /secrets/prometheus/metrics_token (uid 65534) the bearer token Prometheus scrapes /metrics with
+    /secrets/alertmanager/notifier_token (uid 65534) the bearer token Alertmanager posts alerts to the
+                                 notifier with (the notifier's LT_ALERTMANAGER_TOKEN)
 
 Existing files are kept (restarts change nothing). Three values may come from the environment instead:
 LT_BOOTSTRAP_ADMIN_KEY (changing it replaces the old admin key: quota revokes the previous one at start),
@@ -48,6 +50,7 @@ KAFKA_USERS = ("gateway", "quota", "saga", "analytics", "notifier")
 KAFKA_USER_OF = {"gateway": "gateway", "quota": "quota", "purchase-saga": "saga"}
 KAFKA_USER_OF |= {"analytics": "analytics", "notifier": "notifier"}
 UIDS = {"app": 10001, "postgres": 999, "redis": 999, "kafka": 1000, "grafana": 472, "prometheus": 65534}
+UIDS["alertmanager"] = 65534
 
 # Ed25519 (RFC 8032): only what deriving a public key from a private key needs.
 _P = 2**255 - 19
@@ -191,6 +194,9 @@ def main(root: Path) -> None:
     # The key sealing channel secrets at rest (rotation: docs/security.md, "Channel secrets at rest").
     sealing = "k1:" + base64.b64encode(secrets.token_bytes(32)).decode()
     put(apps["notifier"] / "LT_CHANNEL_SECRET_KEYS", sealing, UIDS["app"])
+    alert_token = put(apps["notifier"] / "LT_ALERTMANAGER_TOKEN", token(), UIDS["app"])
+    alertmanager = private_dir(root, "alertmanager", UIDS["alertmanager"])
+    put(alertmanager / "notifier_token", alert_token, UIDS["alertmanager"], replace=True)
     put(
         apps["quota"] / "LT_REDIS_URL", f"redis://quota:{quota_redis}@redis:6379/0", UIDS["app"], replace=True
     )

@@ -23,6 +23,7 @@ __all__ = [
     "DebitTokens",
     "FreezeChanged",
     "Message",
+    "PlatformAlert",
     "PurchaseCompensated",
     "PurchaseCompleted",
     "PurchaseFailed",
@@ -294,6 +295,21 @@ class FreezeChanged(Message):
     source: Literal["admin", "anomaly", "system"] = "admin"
 
 
+class PlatformAlert(Message):
+    """A Prometheus alert about the platform itself (deploy/prometheus/rules.yml), received from Alertmanager by
+    the notifier (never published on Kafka). Concerns no org: only platform-wide subscriptions receive it."""
+
+    type: Literal["PlatformAlert.v1"] = "PlatformAlert.v1"
+    alertname: str = Field(max_length=200)
+    status: Literal["firing", "resolved"]
+    severity: str = Field(default="", max_length=50)
+    summary: str = Field(default="", max_length=1000)
+    description: str = Field(default="", max_length=2000)
+    labels: dict[str, str] = Field(default_factory=dict)
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+
+
 AnyMessage = Annotated[
     UsageRecorded
     | CreditTokens
@@ -309,7 +325,8 @@ AnyMessage = Annotated[
     | ApprovalRequested
     | ApprovalDecided
     | VacationChanged
-    | FreezeChanged,
+    | FreezeChanged
+    | PlatformAlert,
     Field(discriminator="type"),
 ]
 

@@ -39,6 +39,7 @@ _SAMPLES: dict[str, dict[str, object]] = {
     },
     "VacationChanged": {"user_id": "u", "on_vacation": True},
     "FreezeChanged": {"target_type": "key", "target_id": "k", "frozen": True, "source": "anomaly"},
+    "PlatformAlert": {"alertname": "LtTargetDown", "status": "firing", "labels": {"app": "quota"}},
 }
 
 

@@ -33,6 +33,7 @@ class Notifier:
     pool: asyncpg.Pool
     deliverer: Deliverer
     subscriptions: SubscriptionAdmin
+    queue: NotificationQueue
 
 
 @contextlib.asynccontextmanager
@@ -60,14 +61,15 @@ async def running_notifier(settings: NotifierSettings) -> AsyncIterator[Notifier
         publisher = EventPublisher(settings)
         await publisher.start()
         stack.push_async_callback(publisher.stop)
+        queue = NotificationQueue(pool, deliverer)
         consumer = EventConsumer(
             settings,
             group_id=settings.consumer_group,
             topics=settings.topics,
-            handler=handler(NotificationQueue(pool, deliverer)),
+            handler=handler(queue),
             publisher=publisher,
         )
         await consumer.start()
         # Stopped first (callbacks run in reverse): no event is handled while the pool closes.
         stack.push_async_callback(consumer.stop)
-        yield Notifier(pool, deliverer, SubscriptionAdmin(pool, deliverer, settings, box))
+        yield Notifier(pool, deliverer, SubscriptionAdmin(pool, deliverer, settings, box), queue)

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from leaky_common.api import service_app
 from leaky_common.db import ping
+from lt_notifier.api.alertmanager import router as alertmanager_router
 from lt_notifier.api.routes import router
 from lt_notifier.bootstrap import running_notifier
 from lt_notifier.settings import NotifierSettings
@@ -25,6 +26,7 @@ def create_app(settings: NotifierSettings) -> FastAPI:
             app.state.pool = notifier.pool
             app.state.deliverer = notifier.deliverer
             app.state.subscriptions = notifier.subscriptions
+            app.state.queue = notifier.queue
             yield
 
     async def ready(app: FastAPI) -> dict[str, bool]:
@@ -32,4 +34,5 @@ def create_app(settings: NotifierSettings) -> FastAPI:
 
     app = service_app(settings, title="Leaky Tokens notifier", lifespan=lifespan, ready=ready)
     app.include_router(router)
+    app.include_router(alertmanager_router)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from leaky_common.events import Topics
 from leaky_common.outbound import OutboundPolicy
@@ -24,6 +24,10 @@ class NotifierSettings(ServiceSettings):
     topics: list[str] = Field(
         default_factory=lambda: [Topics.PURCHASE_EVENTS, Topics.ALERTS, Topics.QUOTA_EVENTS]
     )
+
+    # Bearer token Alertmanager posts alerts with (POST /v1/alertmanager/alerts); unset: the route answers 401
+    # to everyone. In compose secrets-init generates it (docs/observability.md#alertmanager).
+    alertmanager_token: SecretStr | None = None
 
     # A webhook every event goes to (LT_NOTIFIER_WEBHOOK_URL), kept as the subscription with id "default".
     notifier_webhook_url: str | None = None

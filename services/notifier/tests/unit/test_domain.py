@@ -22,6 +22,7 @@ def test_notifiable_types_are_the_announced_events() -> None:
         "ApprovalDecided.v1",
         "VacationChanged.v1",
         "FreezeChanged.v1",
+        "PlatformAlert.v1",
     } == NOTIFIABLE_TYPES
     assert UsageRecorded(request_id="r", model="m", provider="p").type not in NOTIFIABLE_TYPES
 

@@ -21,6 +21,9 @@ from lt_notifier.domain.subscriptions import (
 from lt_notifier.domain.webhook import check_webhook_url
 
 __all__ = [
+    "AlertmanagerAlert",
+    "AlertmanagerReceipt",
+    "AlertmanagerWebhook",
     "Channel",
     "ChannelCreate",
     "ChannelList",
@@ -208,3 +211,47 @@ class ChannelTest(BaseModel):
 
     ok: bool
     error: str | None
+
+
+_LABELS = 64
+
+
+def _bounded(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > _LABELS or any(len(k) > 200 or len(v) > 4000 for k, v in value.items()):
+        raise ValueError(f"at most {_LABELS} entries, names of 200 and values of 4000 characters")
+    return value
+
+
+class AlertmanagerAlert(BaseModel):
+    """One alert of Alertmanager's webhook (payload version 4); other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: datetime | None = None  # Alertmanager's field names
+    endsAt: datetime | None = None
+    fingerprint: str = Field(default="", max_length=64, pattern=r"^[0-9a-fA-F]*$")
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _small(cls, value: dict[str, str]) -> dict[str, str]:
+        return _bounded(value)
+
+
+class AlertmanagerWebhook(BaseModel):
+    """The body Alertmanager's `webhook_config` posts (https://prometheus.io/docs/alerting/latest/configuration/#webhook_config)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: str = Field(max_length=10)
+    status: Literal["firing", "resolved"]
+    alerts: list[AlertmanagerAlert] = Field(max_length=200)
+
+
+class AlertmanagerReceipt(BaseModel):
+    """How many alerts were received and how many notifications were queued for the first time."""
+
+    received: int
+    new: int

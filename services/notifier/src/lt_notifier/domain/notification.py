@@ -16,6 +16,7 @@ from leaky_common.events import (
     ApprovalRequested,
     FreezeChanged,
     Message,
+    PlatformAlert,
     PurchaseCompensated,
     PurchaseCompleted,
     PurchaseFailed,
@@ -184,6 +185,30 @@ def _purchase(message: PurchaseCompleted | PurchaseFailed | PurchaseCompensated)
     )
 
 
+# Alertmanager's severities (deploy/prometheus/rules.yml) as the notifier's; a resolved alert is info.
+_ALERT_SEVERITY: dict[str, Severity] = {"page": "critical", "critical": "critical", "error": "error"}
+# Labels shown as facts (the rest stay in the webhook payload): those of the rules' groupings.
+_ALERT_FACTS = ("service", "app", "instance", "group", "topic", "provider", "model")
+
+
+def _platform_alert(message: PlatformAlert) -> Notification:
+    firing = message.status == "firing"
+    severity: Severity = _ALERT_SEVERITY.get(message.severity, "warning") if firing else "info"
+    facts = [("Status", message.status), ("Severity", message.severity or "-")]
+    facts += [
+        (label.capitalize(), message.labels[label]) for label in _ALERT_FACTS if label in message.labels
+    ]
+    if message.starts_at is not None:
+        facts.append(("Since", message.starts_at.isoformat()))
+    return Notification(
+        **_base(message),
+        severity=severity,
+        title=f"{'Alert' if firing else 'Resolved'}: {message.alertname}",
+        text=message.summary or message.alertname,
+        facts=facts,
+    )
+
+
 # Each describer takes the message type it is listed under.
 DESCRIBERS: Mapping[type[Message], Callable[[Any], Notification]] = {
     QuotaThresholdReached: _threshold,
@@ -195,6 +220,7 @@ DESCRIBERS: Mapping[type[Message], Callable[[Any], Notification]] = {
     PurchaseCompleted: _purchase,
     PurchaseFailed: _purchase,
     PurchaseCompensated: _purchase,
+    PlatformAlert: _platform_alert,
 }
 
 NOTIFIABLE_TYPES: frozenset[str] = frozenset(str(cls.model_fields["type"].default) for cls in DESCRIBERS)

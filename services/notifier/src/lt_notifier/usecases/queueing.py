@@ -24,9 +24,14 @@ class NotificationQueue:
 
     async def queue(self, message: Message) -> None:
         """Queue a delivery per subscription the event matches (none for events nobody is told about)."""
+        await self.notify(message)
+
+    async def notify(self, message: Message) -> bool:
+        """`queue`, returning whether the event was new (False: already handled, or nobody is told about it)."""
         note = describe(message)
         if note is None:
-            return
+            return False
         queued = await record_event(self._pool, note, webhook_payload(message))
         if queued:
             self._deliverer.wake()
+        return queued is not None
