@@ -333,14 +333,15 @@ async def test_rate_limit_buckets_redis_lost_count_as_full_and_drain_from_then(
         assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 429
         await h.service.durable.flush()
         await lose_redis(tight)
+        clock.now_ms += 10_000  # Redis is gone for 10 s: nothing is admitted, the buckets would have drained
 
-        # Redis came back empty while requests were open: the key's bucket counts as full (3 of 3) at the moment
-        # the loss was found, not empty (which would admit 3 more at once, twice the limit within a period).
+        # Redis came back empty while requests were open: the key's bucket counts as full (3 of 3) at the last
+        # admission, and drained since (10 s: half a request), not as empty (3 more at once, twice the limit).
         refused = await h.admit(user["api_key"], max_output_tokens=10)
         assert refused.status_code == 429, refused.text
-        assert await h.service.state.buckets_full_at() == clock.now_ms
-        # ... and drains from then at the usual rate: one request per 20 s.
-        clock.now_ms += 20_000
+        assert await h.service.state.buckets_full_at() == clock.now_ms - 10_000
+        # ... and drains at the usual rate: one request per 20 s.
+        clock.now_ms += 10_000
         assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 200
         assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 429
         # A full period after the loss every bucket has drained whatever it held.

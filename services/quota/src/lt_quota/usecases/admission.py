@@ -163,6 +163,7 @@ class Admission:
             admission(decision_label(outcome), denied_cap(outcome)).inc()
             raise denial(outcome, session.limit if session is not None else None)
         admission("admitted").inc()
+        self.ctx.last_admitted_ms = max(self.ctx.last_admitted_ms, args.now_ms)
         if len(raw) > 11:  # the reservation's fields: into its durable record (queued, written in batches)
             self.durable.record(args.reservation_id, reservation_fields(raw[11]))
         # The script only answers with a source of the plan: anything else is a bug, not a default.

@@ -84,6 +84,9 @@ class QuotaContext:
         self._governing: dict[str, Governing] = {}
         self._sessions: dict[tuple[str, str], PoolRecord | None] = {}
         self._full_at = 0  # see `buckets_full_at`
+        # The latest admission this process made (ms): buckets only fill by admissions, so none held more
+        # than its capacity then, and they only drained afterwards.
+        self.last_admitted_ms = 0
         self._full_at_read = -1e9
 
     def bucket_drain_ms(self) -> int:

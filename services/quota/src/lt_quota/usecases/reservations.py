@@ -137,6 +137,14 @@ class DurableReservations:
         with contextlib.suppress(Exception):
             await self.flush(everything=True)
 
+    def _last_admission(self, records: list[repo.OpenReservation]) -> int:
+        """The latest admission known (ms): this process's, or any process's still open reservation (admitted
+        its TTL before it expires); now if neither is known."""
+        now = self.ctx.clock()
+        ttl_ms = self.ctx.settings.reservation_ttl_s * 1000
+        latest = max([self.ctx.last_admitted_ms, *(r.expires_ms - ttl_ms for r in records)])
+        return min(latest, now) if latest > 0 else now
+
     async def recover(self) -> int:
         """If Redis lost its data: count its rate-limit buckets as full (if anything was charged lately), put
         every open reservation back, then the freezes (which marks Redis as restored). Returns how many
@@ -151,10 +159,11 @@ class DurableReservations:
                 seen = await repo.seen_redis_prefix(conn, self.ctx.settings.redis_prefix)
                 busy = seen and (bool(records) or await repo.charged_within(conn, drain_ms / 1000))
             if busy:
-                # Rate-limit buckets went too, and some may have been full: count them as full now (they drain
-                # from here) rather than empty. A first start (a prefix never used), or a loss after a quiet
-                # spell (nothing open, nothing charged within a bucket's drain time), starts them empty.
-                await self.ctx.buckets_lost(self.ctx.clock())
+                # Rate-limit buckets went too, and some may have been full: count them as full at the last
+                # admission known (buckets only fill by admissions, and drained since) rather than empty. A
+                # first start (a prefix never used), or a loss after a quiet spell (nothing open, nothing
+                # charged within a bucket's drain time), starts them empty.
+                await self.ctx.buckets_lost(self._last_admission(records))
             restored = 0
             for r in records:
                 restored += await self.ctx.state.restore_reservation(r.reservation_id, r.expires_ms, r.fields)
