@@ -72,6 +72,10 @@ class ServiceSettings(BaseSettings):
     # Below a ratio of 1, still export the spans that failed (status ERROR: 5xx answers, provider errors) of
     # traces not sampled. Costs recording every span; off makes unsampled spans free.
     trace_keep_errors: bool = True
+    # CLIENT spans for Redis commands, PostgreSQL queries and outbound HTTP calls in sampled traces
+    # (`leaky_common.client_spans`; see docs/observability.md for what they cost). Off: server, provider and
+    # messaging spans only.
+    trace_client_spans: bool = True
 
     @classmethod
     def settings_customise_sources(
