@@ -16,8 +16,8 @@ Starts one mock OpenAI upstream process (bench/mock_upstream.py), then:
 
 - `--trace on`: the stack exports every trace (`LT_TRACE_SAMPLE_RATIO=1.0`) over OTLP/HTTP to an in-process fake
   collector (leaky_devinfra.fakes.otlp, in a thread of this script, so its CPU is not the stack's), with the
-  Redis, PostgreSQL and HTTP client spans on; `--trace no-client-spans` the same with
-  `LT_TRACE_CLIENT_SPANS=false`. `bench/client_spans.py` alternates the two and compares the CPU.
+  Redis, PostgreSQL and HTTP client spans in every trace (`LT_TRACE_CLIENT_SPAN_RATIO=1.0`); `--trace default`
+  the same with the default client span ratio; `--trace no-client-spans` with `LT_TRACE_CLIENT_SPANS=false`. `bench/client_spans.py` alternates the two and compares the CPU.
 
 Figures are medians of `--runs` interleaved runs. Prints for each path: p50/p99 latency at concurrency 1 (non-streamed) and the added latency vs direct,
 streamed time-to-first-token p50, req/s at the given concurrency, CPU milliseconds per request summed over
@@ -201,6 +201,8 @@ def trace_env(mode: str, collector_url: str) -> dict[str, str]:
         "LT_OTLP_ENDPOINT": collector_url,
         "LT_TRACE_SAMPLE_RATIO": "1.0",
         "LT_TRACE_CLIENT_SPANS": "false" if mode == "no-client-spans" else "true",
+        # `on`: client spans in every trace; `default`: in the default share of them.
+        **({"LT_TRACE_CLIENT_SPAN_RATIO": "1.0"} if mode == "on" else {}),
     }
 
 
@@ -395,7 +397,7 @@ def main() -> None:
     parser.add_argument("--no-install", action="store_true", help="do not install LiteLLM if it is missing")
     parser.add_argument(
         "--trace",
-        choices=("off", "on", "no-client-spans"),
+        choices=("off", "on", "default", "no-client-spans"),
         default="off",
         help="export every trace to a fake OTLP collector, with or without the Redis/PostgreSQL/HTTP spans",
     )

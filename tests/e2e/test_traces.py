@@ -42,7 +42,12 @@ async def traced_stack() -> AsyncIterator[tuple[FakeCollector, dict[str, str]]]:
     collector = FakeCollector()
     await collector.start()
     run_dir = Path(tempfile.mkdtemp(prefix="lt-e2e-traces-"))
-    env = {**os.environ, "LT_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    env = {
+        **os.environ,
+        "LT_OTLP_ENDPOINT": collector.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "LT_TRACE_CLIENT_SPAN_RATIO": "1.0",  # every trace gets its Redis, PostgreSQL and HTTP spans
+    }
     env.pop("LT_GATEWAY_URL", None)
     env["LT_OUTBOUND_ALLOW_NETWORKS"] = "[]"
     code, out = await _stack("up", run_dir, env)

@@ -18,8 +18,9 @@ sampled one gets a span with only:
 
 Failures get `error.type` (the exception's class or the HTTP status) and status ERROR, never a message.
 Spans are made only inside a sampled trace: an unsampled request keeps its server span's decision
-(`LT_TRACE_KEEP_ERRORS` still exports a failed server span) and pays no span here. `LT_TRACE_CLIENT_SPANS`
-turns them off altogether.
+(`LT_TRACE_KEEP_ERRORS` still exports a failed server span) and pays no span here. They cost more than the
+issue's 5% of hot-path CPU when every trace has them (docs/observability.md), so only a share of the sampled
+traces gets them (`LT_TRACE_CLIENT_SPAN_RATIO`); `LT_TRACE_CLIENT_SPANS=false` turns them off altogether.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ __all__ = [
 
 _tracer = trace.get_tracer("leaky_common.client_spans")
 _enabled = True
+_TRACE_ID_LOW = (1 << 64) - 1
+# A trace gets client spans when its id's low 64 bits fall under this (OpenTelemetry's TraceIdRatioBased rule).
+_bound = 1 << 64
 # EVALSHA's sha1 -> the script's name (`admit`), registered by whoever loads the scripts.
 _SCRIPTS: dict[str, str] = {}
 _SUMMARIES: dict[str, tuple[str, str | None]] = {}
@@ -54,15 +58,24 @@ _TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+(?:ONLY\s+)?([A-Za-z_]
 HttpHandler = Callable[[ClientRequest], Awaitable[ClientResponse]]
 
 
-def configure(enabled: bool) -> None:
-    """`LT_TRACE_CLIENT_SPANS`: whether to make these spans at all (set by `setup_tracing`)."""
-    global _enabled
-    _enabled = enabled
+def configure(enabled: bool, ratio: float = 1.0) -> None:
+    """`LT_TRACE_CLIENT_SPANS` and `LT_TRACE_CLIENT_SPAN_RATIO` (set by `setup_tracing`).
+
+    The ratio is decided from the trace id, as the SDK's `TraceIdRatioBased` does, so every service agrees: a
+    trace has all its client spans or none. Since the head sampler uses the same bits, a trace starting here
+    gets client spans with probability min(`LT_TRACE_SAMPLE_RATIO`, `LT_TRACE_CLIENT_SPAN_RATIO`).
+    """
+    global _enabled, _bound
+    _enabled = enabled and ratio > 0
+    _bound = round(ratio * (1 << 64))
 
 
 def sampled() -> bool:
-    """Whether the current trace is sampled and client spans are on: the one check an unsampled call pays."""
-    return _enabled and trace.get_current_span().get_span_context().trace_flags.sampled
+    """Whether the current trace is sampled and gets client spans: the one check an unsampled call pays."""
+    if not _enabled:
+        return False
+    ctx = trace.get_current_span().get_span_context()
+    return ctx.trace_flags.sampled and (ctx.trace_id & _TRACE_ID_LOW) < _bound
 
 
 def name_script(sha: str, name: str) -> None:

@@ -79,7 +79,7 @@ def setup_tracing(settings: ServiceSettings) -> TracerProvider | None:
     Sampling is parent-based at `trace_sample_ratio`; with `trace_keep_errors`, failed spans of unsampled
     traces are exported too (`leaky_common.sampling`).
     """
-    client_spans.configure(settings.trace_client_spans)
+    client_spans.configure(settings.trace_client_spans, settings.trace_client_span_ratio)
     if not settings.otlp_endpoint:
         return None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

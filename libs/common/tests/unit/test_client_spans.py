@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from yarl import URL
 
 from leaky_common import client_spans
@@ -79,3 +80,18 @@ async def test_a_webhook_span_hides_the_path_and_unsampled_calls_make_no_span() 
     exported.clear()
     headers = await _call("https://api.example.com/")  # no sampled trace
     assert "traceparent" not in headers and not exported.get_finished_spans()
+
+
+def test_the_ratio_is_decided_by_the_trace_id_so_every_service_agrees() -> None:
+    def in_trace(trace_id: int) -> bool:
+        ctx = SpanContext(trace_id, 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        with trace.use_span(NonRecordingSpan(ctx)):
+            return sampled()
+
+    low, high = 0xABC << 64 | 1, (1 << 64) - 2  # the low 64 bits decide
+    client_spans.configure(True, 0.5)
+    assert in_trace(low) and not in_trace(high)
+    client_spans.configure(True, 1.0)
+    assert in_trace(low) and in_trace(high)
+    client_spans.configure(True, 0.0)
+    assert not in_trace(low)
