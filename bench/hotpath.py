@@ -1,6 +1,7 @@
 """Hot-path benchmark: direct vs the governed gateway vs the LiteLLM proxy, against ONE mock upstream.
 
     python bench/hotpath.py [--requests 2000] [--concurrency 32] [--sequential 500] [--no-litellm]
+                            [--trace off|on|no-client-spans] [--no-twin] [--json PATH]
 
 Starts one mock OpenAI upstream process (bench/mock_upstream.py), then:
 - direct: the client calls the upstream;
@@ -12,6 +13,11 @@ Starts one mock OpenAI upstream process (bench/mock_upstream.py), then:
 - gateway, no release before the end: a second gateway process of the same stack started with
   LT_RELEASE_BEFORE_END=false (the unused part of a reservation is freed only by the usage event), so the
   difference between the two gateways is what releasing before the last bytes costs.
+
+- `--trace on`: the stack exports every trace (`LT_TRACE_SAMPLE_RATIO=1.0`) over OTLP/HTTP to an in-process fake
+  collector (leaky_devinfra.fakes.otlp, in a thread of this script, so its CPU is not the stack's), with the
+  Redis, PostgreSQL and HTTP client spans in every trace (`LT_TRACE_CLIENT_SPAN_RATIO=1.0`); `--trace default`
+  the same with the default client span ratio; `--trace no-client-spans` with `LT_TRACE_CLIENT_SPANS=false`. `bench/client_spans.py` alternates the two and compares the CPU.
 
 Figures are medians of `--runs` interleaved runs. Prints for each path: p50/p99 latency at concurrency 1 (non-streamed) and the added latency vs direct,
 streamed time-to-first-token p50, req/s at the given concurrency, CPU milliseconds per request summed over
@@ -29,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +47,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
+from leaky_devinfra.fakes.otlp import FakeCollector  # noqa: E402
 from leaky_devinfra.infra import free_port, stop_pid, wait_for_port  # noqa: E402
 
 LITELLM_VERSION = "1.106.2"
@@ -177,7 +185,28 @@ def start_upstream(port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_stack(run_dir: Path, upstream: str) -> tuple[str, str, dict[str, int]]:
+def start_collector() -> tuple[FakeCollector, str]:
+    """A fake OTLP collector served by its own event loop in a daemon thread (the benchmark runs several
+    `asyncio.run` in turn); returns it and its URL."""
+    collector = FakeCollector()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True, name="otlp-collector").start()
+    url = asyncio.run_coroutine_threadsafe(collector.start(), loop).result(timeout=30)
+    return collector, url
+
+
+def trace_env(mode: str, collector_url: str) -> dict[str, str]:
+    """The stack's environment for `--trace on|no-client-spans`."""
+    return {
+        "LT_OTLP_ENDPOINT": collector_url,
+        "LT_TRACE_SAMPLE_RATIO": "1.0",
+        "LT_TRACE_CLIENT_SPANS": "false" if mode == "no-client-spans" else "true",
+        # `on`: client spans in every trace; `default`: in the default share of them.
+        **({"LT_TRACE_CLIENT_SPAN_RATIO": "1.0"} if mode == "on" else {}),
+    }
+
+
+def start_stack(run_dir: Path, upstream: str, extra_env: dict[str, str]) -> tuple[str, str, dict[str, int]]:
     models = run_dir / "bench-models.json"
     models.write_text(
         json.dumps(
@@ -203,7 +232,7 @@ def start_stack(run_dir: Path, upstream: str) -> tuple[str, str, dict[str, int]]
             "auto",
         ],
         check=True,
-        env={**os.environ, **BENCH_LIMITS, "LT_MODELS_FILE": str(models)},
+        env={**os.environ, **BENCH_LIMITS, "LT_MODELS_FILE": str(models), **extra_env},
         stdout=subprocess.DEVNULL,
     )
     env = dict(line.split("=", 1) for line in (run_dir / "stack.env").read_text().split())
@@ -366,7 +395,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="figures are medians over this many runs")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
     parser.add_argument("--no-install", action="store_true", help="do not install LiteLLM if it is missing")
+    parser.add_argument(
+        "--trace",
+        choices=("off", "on", "default", "no-client-spans"),
+        default="off",
+        help="export every trace to a fake OTLP collector, with or without the Redis/PostgreSQL/HTTP spans",
+    )
+    parser.add_argument("--no-twin", action="store_true", help="skip the gateway without the release")
+    parser.add_argument("--json", type=Path, help="also write the governed gateway's figures here")
     args = parser.parse_args()
+    collector: FakeCollector | None = None
+    extra_env: dict[str, str] = {}
+    if args.trace != "off":
+        collector, collector_url = start_collector()
+        extra_env = trace_env(args.trace, collector_url)
+        print(
+            f"tracing: every trace exported to {collector_url}, client spans {extra_env['LT_TRACE_CLIENT_SPANS']}"
+        )
 
     run_dir = Path(tempfile.mkdtemp(prefix="lt-bench-"))
     up_port = free_port()
@@ -376,7 +421,7 @@ def main() -> None:
     twin: subprocess.Popen[bytes] | None = None
     stack_pids: dict[str, int] = {}
     try:
-        gateway, admin_key, stack_pids = start_stack(run_dir, upstream_url)
+        gateway, admin_key, stack_pids = start_stack(run_dir, upstream_url, extra_env)
         idle_rss = {k: rss_mb(v) for k, v in stack_pids.items()}
         user_key = asyncio.run(create_bench_user(gateway, admin_key))
         paths = [
@@ -403,18 +448,19 @@ def main() -> None:
                     pids={"litellm": litellm.pid},
                 )
             )
-        twin, twin_url = start_twin_gateway(run_dir, stack_pids["gateway"])
-        paths.append(
-            BenchPath(
-                NO_RELEASE,
-                f"{twin_url}/v1/chat/completions",
-                {"Authorization": f"Bearer {user_key}"},
-                pids={
-                    "gateway-twin": twin.pid,
-                    **{k: v for k, v in stack_pids.items() if k in ("quota", "redis", "broker")},
-                },
+        if not args.no_twin:
+            twin, twin_url = start_twin_gateway(run_dir, stack_pids["gateway"])
+            paths.append(
+                BenchPath(
+                    NO_RELEASE,
+                    f"{twin_url}/v1/chat/completions",
+                    {"Authorization": f"Bearer {user_key}"},
+                    pids={
+                        "gateway-twin": twin.pid,
+                        **{k: v for k, v in stack_pids.items() if k in ("quota", "redis", "broker")},
+                    },
+                )
             )
-        )
         # Runs interleave the paths so machine noise falls on all of them alike.
         for i in range(args.runs):
             for path in paths:
@@ -423,6 +469,22 @@ def main() -> None:
         for path in paths:
             path.summarise()
         report(paths, args, stack_pids)
+        gw = paths[1]
+        if collector is not None:
+            print(f"spans received by the collector: {len(collector.spans)}")
+        if args.json is not None:
+            figures = {
+                "trace": args.trace,
+                "cpu_ms": gw.cpu_ms,
+                "breakdown": gw.breakdown,
+                "p50": gw.p50,
+                "p99": gw.p99,
+                "rps": gw.rps,
+                "direct_p50": paths[0].p50,
+                "spans": len(collector.spans) if collector is not None else 0,
+                "load": os.getloadavg(),
+            }
+            args.json.write_text(json.dumps(figures))
         print(
             "idle RSS (MB) after start-up (target < 120 each): "
             + ", ".join(f"{k} {v:.0f}" for k, v in idle_rss.items())

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from leaky_common import client_spans
 from leaky_common.sampling import KeepErrorsProcessor, make_sampler
 from leaky_common.settings import ServiceSettings
 
@@ -78,6 +79,7 @@ def setup_tracing(settings: ServiceSettings) -> TracerProvider | None:
     Sampling is parent-based at `trace_sample_ratio`; with `trace_keep_errors`, failed spans of unsampled
     traces are exported too (`leaky_common.sampling`).
     """
+    client_spans.configure(settings.trace_client_spans, settings.trace_client_span_ratio)
     if not settings.otlp_endpoint:
         return None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

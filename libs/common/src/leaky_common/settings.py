@@ -72,6 +72,13 @@ class ServiceSettings(BaseSettings):
     # Below a ratio of 1, still export the spans that failed (status ERROR: 5xx answers, provider errors) of
     # traces not sampled. Costs recording every span; off makes unsampled spans free.
     trace_keep_errors: bool = True
+    # CLIENT spans for Redis commands, PostgreSQL queries and outbound HTTP calls in sampled traces
+    # (`leaky_common.client_spans`). Off: server, provider and messaging spans only.
+    trace_client_spans: bool = True
+    # Share of traces that get those client spans, decided from the trace id so every service agrees (a trace
+    # has all of them or none). Below 1 because in every trace they cost more than 5% of the hot path's CPU
+    # (docs/observability.md).
+    trace_client_span_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
 
     @classmethod
     def settings_customise_sources(

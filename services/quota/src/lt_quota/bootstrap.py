@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from leaky_common.client_spans import TracedRedis
 from leaky_common.db import apply_migrations, create_database, create_pool, database_url_for
 from leaky_common.events import Topics
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
@@ -135,7 +136,7 @@ async def _open_state(settings: QuotaSettings, stack: contextlib.AsyncExitStack)
         decode_responses=True,
     )
     stack.push_async_callback(redis_pool.aclose)  # type: ignore[attr-defined]  # stubs predate aclose
-    redis: Redis[str] = Redis(connection_pool=redis_pool, decode_responses=True)
+    redis: Redis[str] = TracedRedis(connection_pool=redis_pool, decode_responses=True)
     return RedisState(redis, settings.redis_prefix)
 
 

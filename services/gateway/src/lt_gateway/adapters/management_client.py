@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
+from leaky_common.client_spans import http_client_spans
 from leaky_common.errors import ServiceUnavailable
 from lt_gateway.settings import GatewaySettings
 
@@ -38,7 +39,11 @@ class ManagementClient:
 
     async def start(self) -> None:
         """Open the connection pool."""
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64), timeout=self._timeout)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64),
+            timeout=self._timeout,
+            middlewares=(http_client_spans(),),
+        )
 
     async def close(self) -> None:
         """Close the pool."""

@@ -10,6 +10,7 @@ import orjson
 from opentelemetry import propagate
 
 from leaky_common.auth import AssertionSigner, Principal, looks_like_access_token
+from leaky_common.client_spans import http_client_spans
 from leaky_common.contracts import (
     AccessTokenRequest,
     AdmitRequest,
@@ -57,6 +58,7 @@ class QuotaClient:
             connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60, ttl_dns_cache=300),
             timeout=self._timeout,
             json_serialize=lambda o: orjson.dumps(o).decode(),
+            middlewares=(http_client_spans(),),
         )
 
     async def close(self) -> None:

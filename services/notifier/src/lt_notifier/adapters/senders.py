@@ -17,6 +17,7 @@ from email.message import EmailMessage
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from leaky_common.client_spans import http_client_spans
 from leaky_common.outbound import DestinationRefused, OutboundPolicy, parse_destination, resolve_checked
 from lt_notifier.domain.channels import HttpOut
 from lt_notifier.settings import NotifierSettings
@@ -66,6 +67,8 @@ class ChannelSender:
             timeout=aiohttp.ClientTimeout(total=self._settings.delivery_timeout_s),
             headers={"User-Agent": "leaky-tokens-notifier/0.1"},
             trust_env=False,
+            # A webhook's path is its secret (Slack, Teams, a Telegram bot token): the spans show the origin.
+            middlewares=(http_client_spans(with_path=False),),
         )
 
     async def close(self) -> None:

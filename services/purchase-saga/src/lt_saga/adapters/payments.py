@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 
+from leaky_common.client_spans import http_client_spans
 from lt_saga.domain.payment import PaymentOutcome, PaymentResult
 
 __all__ = ["PaymentClient"]
@@ -26,7 +27,9 @@ class PaymentClient:
     async def start(self) -> None:
         """Open the connection pool."""
         self._session = aiohttp.ClientSession(
-            timeout=self._timeout, headers={"Authorization": f"Bearer {self._api_key}"}
+            timeout=self._timeout,
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            middlewares=(http_client_spans(),),
         )
 
     async def close(self) -> None:

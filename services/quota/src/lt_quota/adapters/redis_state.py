@@ -29,7 +29,10 @@ from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
+
+from leaky_common.client_spans import name_script
 
 __all__ = ["AdmitArgs", "Counter", "PoolState", "RedisState", "reservation_fields"]
 
@@ -108,16 +111,22 @@ class RedisState:
         self.redis = redis
         self._p = prefix
         self._admit_lua = _script("admit")
-        self._admit = redis.register_script(self._admit_lua)
-        self._settle = redis.register_script(_script("settle"))
-        self._load_counter = redis.register_script(_script("load_counter"))
-        self._resync_used = redis.register_script(_script("resync_used"))
-        self._set_limit = redis.register_script(_script("set_limit"))
-        self._release = redis.register_script(_script("release"))
-        self._settle_many = redis.register_script(_script("settle_many"))
-        self._restore_reservation = redis.register_script(_script("restore_reservation"))
-        self._reservations = redis.register_script(_script("reservations"))
-        self._count_attempt = redis.register_script(_script("count_attempt"))
+        self._admit = self._register("admit", self._admit_lua)
+        self._settle = self._register("settle")
+        self._load_counter = self._register("load_counter")
+        self._resync_used = self._register("resync_used")
+        self._set_limit = self._register("set_limit")
+        self._release = self._register("release")
+        self._settle_many = self._register("settle_many")
+        self._restore_reservation = self._register("restore_reservation")
+        self._reservations = self._register("reservations")
+        self._count_attempt = self._register("count_attempt")
+
+    def _register(self, name: str, source: str | None = None) -> AsyncScript:
+        """Register a script with redis-py, and its name for the EVALSHA spans (`client_spans`)."""
+        text = source if source is not None else _script(name)
+        name_script(hashlib.sha1(text.encode()).hexdigest(), name)  # noqa: S324 - Redis's own script id
+        return self.redis.register_script(text)
 
     def pool_key(self, pool_id: str, period_key: str = "") -> str:
         return f"{self._p}pool:{pool_id}" + (f":{period_key}" if period_key else "")

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from leaky_common.client_spans import http_client_spans
 from leaky_common.errors import (
     InvalidRequest,
     ServiceError,
@@ -87,6 +88,8 @@ class UpstreamHTTP:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=60),
             json_serialize=lambda o: orjson.dumps(o).decode(),
+            # URLs without their query string: Gemini's API key travels as `?key=`.
+            middlewares=(http_client_spans(),),
         )
 
     async def close(self) -> None:
