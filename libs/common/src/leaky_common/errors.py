@@ -177,6 +177,9 @@ STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # A pooled connection PostgreSQL dropped while it was still reading the error of its end ("cannot switch
+    # to state 15; another operation (2) is in progress"), seen when PostgreSQL is killed under load.
+    asyncpg.exceptions.InternalClientError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )

@@ -17,6 +17,9 @@ RAISED: dict[str, BaseException] = {
     ),
     "postgres-refused": ConnectionRefusedError(111, "Connection refused"),
     "postgres-starting": asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    "postgres-dropped": asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"
+    ),
     "redis-down": redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379"),
     "bug": ValueError("a bug with a secret in it"),
 }
@@ -33,13 +36,16 @@ def _client() -> TestClient:
     return TestClient(app, raise_server_exceptions=False)
 
 
-@pytest.mark.parametrize("what", ["postgres-closed", "postgres-refused", "postgres-starting", "redis-down"])
+@pytest.mark.parametrize(
+    "what", ["postgres-closed", "postgres-refused", "postgres-starting", "postgres-dropped", "redis-down"]
+)
 def test_a_store_down_is_503_with_retry_after(what: str) -> None:
     resp = _client().post(f"/boom/{what}")
     assert resp.status_code == 503, resp.text
     assert resp.headers["retry-after"] == "1"
     assert resp.json()["error"]["code"] == "service_unavailable"
     assert "Connection" not in resp.text and "Transaction" not in resp.text  # no exception text echoed
+    assert "operation" not in resp.text
 
 
 def test_anything_else_stays_a_500_without_its_text() -> None:
