@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -31,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from leaky_devinfra.infra import free_port, pid_alive, stop_pid
+from leaky_devinfra.infra import free_port, pid_alive, port_bindable, stop_pid
 
 __all__ = [
     "ALERTMANAGER_CONFIG",
@@ -97,15 +96,6 @@ def alertmanager_config(notifier_port: int, token_file: Path) -> dict[str, objec
             hook["url"] = f"http://127.0.0.1:{notifier_port}/{path}"
             hook["http_config"]["authorization"]["credentials_file"] = str(token_file)
     return config
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def _ready(url: str) -> bool:
@@ -187,7 +177,7 @@ def _urls(state: dict[str, Any]) -> dict[str, str]:
 
 def _choose_port(variable: str, default: int) -> int:
     wanted = os.environ.get(variable)
-    return int(wanted) if wanted else (default if _port_free(default) else free_port())
+    return int(wanted) if wanted else (default if port_bindable(default) else free_port())
 
 
 def _start(

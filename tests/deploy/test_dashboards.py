@@ -6,16 +6,15 @@ tests/e2e/test_observe.py then evaluates each against a Prometheus scraping a li
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from leaky_devinfra.testing import required_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = ROOT / "deploy" / "grafana" / "dashboards"
@@ -94,14 +93,7 @@ def test_every_metric_a_panel_reads_is_exported_or_recorded() -> None:
 
 
 def test_every_panel_query_parses_as_promql(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        hint = (
-            "promtool not on PATH: `apt-get install prometheus` (Debian, Ubuntu) or `brew install prometheus`"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(hint)
-        pytest.skip(hint)
+    promtool = required_tool("promtool", "prometheus")
     rules = [{"record": f"panel_{i}", "expr": _expand(expr)} for i, (_, _, expr) in enumerate(_expressions())]
     path = tmp_path / "panels.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))

@@ -7,14 +7,13 @@ it. Missing on a developer's machine this module is skipped with that hint; in C
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from leaky_devinfra.testing import required_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -23,13 +22,7 @@ RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 
 
 def _tool(name: str, package: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    hint = f"{name} not on PATH: `apt-get install {package}` (Debian, Ubuntu) or `brew install {package.rsplit('-', maxsplit=1)[-1]}`"
-    if os.environ.get("CI"):
-        pytest.fail(f"{hint}; CI must run these tests (.ci/run installs it)")
-    pytest.skip(hint)
+    return required_tool(name, package, brew=package.rsplit("-", maxsplit=1)[-1])
 
 
 def _run(*args: str, tool: str = "promtool") -> subprocess.CompletedProcess[str]:

@@ -24,7 +24,7 @@ import pytest
 
 from leaky_devinfra.fakes.chat import FakeChannels
 from leaky_devinfra.infra import stop_pid
-from leaky_devinfra.testing import eventually
+from leaky_devinfra.testing import eventually, required_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -81,11 +81,7 @@ def observed(stack: Any) -> Any:
     """`stack.py observe` on the test's stack: its stack.env lines (LT_PROMETHEUS_URL, LT_ALERTMANAGER_URL)."""
     if stack.run_dir is None:
         pytest.skip("needs the stack's run dir (ports, metrics token): not against a `make up` stack")
-    if shutil.which("prometheus") is None:
-        hint = "no `prometheus` on PATH: `apt-get install prometheus` (Debian) or `brew install prometheus`"
-        if os.environ.get("CI"):
-            pytest.fail(f"{hint}; CI must run this test (.ci/run installs it)")
-        pytest.skip(hint)
+    required_tool("prometheus", "prometheus")
     result = subprocess.run(
         [sys.executable, str(STACK), "observe", "--run-dir", str(stack.run_dir), "--scrape-interval", "1s"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,

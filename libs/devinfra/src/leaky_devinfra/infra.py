@@ -99,7 +99,8 @@ def _ephemeral_low() -> int:
         return 49152  # the IANA dynamic range (macOS, BSD)
 
 
-def _bindable(port: int) -> bool:
+def port_bindable(port: int) -> bool:
+    """Whether 127.0.0.1:`port` can be bound right now (nothing listens on it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -117,7 +118,7 @@ def free_port() -> int:
     low = _ephemeral_low()
     for _ in range(200):
         port = random.randint(max(1024, low - 12000), low - 1)
-        if port not in _HANDED_OUT and _bindable(port):
+        if port not in _HANDED_OUT and port_bindable(port):
             _HANDED_OUT.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -7,12 +7,15 @@ import asyncio
 import base64
 import inspect
 import json
+import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from leaky_common.auth import (
@@ -23,7 +26,19 @@ from leaky_common.auth import (
     public_key_of,
 )
 
-__all__ = ["TEST_KEYS", "InternalKeys", "ManualClock", "eventually"]
+__all__ = ["TEST_KEYS", "InternalKeys", "ManualClock", "eventually", "required_tool"]
+
+
+def required_tool(name: str, package: str, brew: str | None = None) -> str:
+    """The path of an external tool a test needs (promtool, prometheus, amtool). Missing, the test is skipped
+    with how to install it on a developer's machine, and fails in CI (`CI` set: `.ci/run` installs it)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    hint = f"{name} not on PATH: `apt-get install {package}` (Debian, Ubuntu) or `brew install {brew or package}`"
+    if os.environ.get("CI"):
+        pytest.fail(f"{hint}; CI must run this test (.ci/run installs it)")
+    pytest.skip(hint)
 
 
 async def eventually(
