@@ -188,8 +188,14 @@ async def test_a_release_settled_soon_costs_postgres_no_second_write(settings: Q
                 )
             return None if row is None else list(row["amounts"])
 
+        before = durable.written
         settled = (await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=90)).json()
         await wait_until(lambda: stored(settled["reservation_id"]), what="the admission's record")
+
+        async def counted() -> bool:  # the writer counts a batch after its commit (visible a moment earlier)
+            return durable.written > before
+
+        await wait_until(counted, what="the admission's write counted")
         written = durable.written
         await h.release(settled["reservation_id"], 40)
         await h.service.settlement.settle_usage(usage(settled, 40))
