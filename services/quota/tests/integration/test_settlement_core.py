@@ -193,7 +193,7 @@ async def test_a_release_settled_soon_costs_postgres_no_second_write(settings: Q
         await wait_until(lambda: stored(settled["reservation_id"]), what="the admission's record")
 
         async def counted() -> bool:  # the writer counts a batch after its commit (visible a moment earlier)
-            return durable.written > before
+            return bool(durable.written > before)
 
         await wait_until(counted, what="the admission's write counted")
         written = durable.written
