@@ -31,6 +31,7 @@ APP_SERVICES = {
     "notifier": ("lt_notifier", 8085),
     "fakepay": ("leaky_devinfra.fakes.payments", 8086),
 }
+KAFKA_BROKERS = ("kafka-1", "kafka-2", "kafka-3")
 PUBLISHED = {"gateway": {8080}, "grafana": {3000}, "jaeger": {16686}, "prometheus": {9090}}
 
 
@@ -76,7 +77,7 @@ def test_compose_config_is_valid() -> None:
 
 def test_expected_services_exist(config: dict[str, Any]) -> None:
     expected = set(APP_SERVICES) | {
-        "kafka",
+        *KAFKA_BROKERS,
         "postgres",
         "redis",
         "jaeger",
@@ -85,7 +86,7 @@ def test_expected_services_exist(config: dict[str, Any]) -> None:
         "alertmanager",
     }
     assert expected <= set(config["services"])
-    assert config["services"]["kafka"]["image"].startswith("apache/kafka:")
+    assert all(config["services"][b]["image"].startswith("apache/kafka:") for b in KAFKA_BROKERS)
     assert config["services"]["postgres"]["image"].startswith("postgres:16")
     assert config["services"]["redis"]["image"].startswith("redis:7")
 
@@ -166,7 +167,7 @@ def test_only_intended_ports_are_published(config: dict[str, Any]) -> None:
 def test_app_services_depend_on_healthy_infra(config: dict[str, Any]) -> None:
     for name in ("quota", "purchase-saga", "analytics", "analytics-worker", "notifier"):
         deps = config["services"][name]["depends_on"]
-        for infra in ("postgres", "redis", "kafka"):
+        for infra in ("postgres", "redis", *KAFKA_BROKERS):
             assert deps[infra]["condition"] == "service_healthy", (name, infra)
 
 
@@ -321,3 +322,38 @@ def test_the_fakes_image_leaves_the_launchers_out_and_the_dev_group_keeps_them()
     assert "fastapi" in fakes and fakes & (DEV_INFRA - {"leaky-devinfra"}) == set()
     root = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "leaky-devinfra[infra]" in root["dependency-groups"]["dev"]
+
+
+def test_kafka_is_a_three_broker_cluster_that_survives_one_broker_down(config: dict[str, Any]) -> None:
+    brokers = {name: config["services"][name]["environment"] for name in KAFKA_BROKERS}
+    assert sorted(int(env["KAFKA_NODE_ID"]) for env in brokers.values()) == [1, 2, 3]
+    voters = {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in brokers.values()}
+    assert voters == {"1@kafka-1-peer:9093,2@kafka-2-peer:9093,3@kafka-3-peer:9093"}
+    for env in brokers.values():
+        assert int(env["KAFKA_NUM_PARTITIONS"]) == 12
+        assert int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == 3
+        assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2
+        assert int(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == 3
+    # Each broker keeps its own log directory.
+    sources = [
+        v["source"]
+        for name in KAFKA_BROKERS
+        for v in config["services"][name]["volumes"]
+        if v["target"] == "/var/lib/kafka/data"
+    ]
+    assert len(set(sources)) == 3
+    # The services create topics the same way, and know every broker.
+    for name in APP_SERVICES:
+        if name == "fakepay":
+            continue
+        env = config["services"][name]["environment"]
+        assert env["LT_KAFKA_BOOTSTRAP"] == "kafka-1:9092,kafka-2:9092,kafka-3:9092", name
+        assert (
+            env["LT_KAFKA_PARTITIONS"],
+            env["LT_KAFKA_REPLICATION_FACTOR"],
+            env["LT_KAFKA_MIN_INSYNC_REPLICAS"],
+        ) == (
+            "12",
+            "3",
+            "2",
+        ), name

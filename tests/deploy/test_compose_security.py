@@ -122,14 +122,28 @@ def test_secrets_are_generated_once_and_each_app_mounts_only_its_own(config: dic
 
 def test_infrastructure_requires_authentication(config: dict[str, Any]) -> None:
     services = config["services"]
-    kafka = services["kafka"]["environment"]
-    protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
-    for listener in kafka["KAFKA_LISTENERS"].split(","):
-        name, address = listener.split("://")
-        assert protocols[name] == "SASL_PLAINTEXT" or address.startswith("127.0.0.1:"), listener
-    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
-    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    brokers = [name for name in services if name.startswith("kafka-")]
+    assert len(brokers) == 3
+    peers = config["networks"]["kafka-peers"]
+    assert peers["internal"] is True
+    # Only the brokers join the peers' network.
+    assert {name for name, s in services.items() if "kafka-peers" in (s.get("networks") or {})} == set(
+        brokers
+    )
+    for name in brokers:
+        kafka = services[name]["environment"]
+        aliases = set(services[name]["networks"]["kafka-peers"]["aliases"])
+        protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        for listener in kafka["KAFKA_LISTENERS"].split(","):
+            listener_name, address = listener.split("://")
+            host = address.rsplit(":", 1)[0]
+            # Unauthenticated listeners bind to loopback or to the broker's address on the peers' network.
+            assert protocols[listener_name] == "SASL_PLAINTEXT" or host == "127.0.0.1" or host in aliases, (
+                listener
+            )
+        assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+        assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
     assert "--aclfile" in services["redis"]["command"]
     postgres = services["postgres"]["environment"]
     assert "POSTGRES_PASSWORD" not in postgres and postgres["POSTGRES_PASSWORD_FILE"].startswith(

@@ -1,9 +1,11 @@
 #!/bin/bash
-# The compose broker's entrypoint: start Kafka (the image's own /etc/kafka/docker/run), then, over the
-# loopback-only PLAINTEXT listener (127.0.0.1:19092, reachable only inside this container), create the SCRAM
-# users (passwords from secrets-init, /run/secrets/kafka/<user>), the topics and the ACLs. Idempotent: run on
-# every start. Clients on the network get only the SASL/SCRAM listener (kafka:9092) and only what the ACLs
-# below grant their user; /tmp/lt-kafka-ready tells the health check that set-up finished.
+# Each compose broker's entrypoint: start Kafka (the image's own /etc/kafka/docker/run). Broker 1 then, over
+# its loopback-only PLAINTEXT listener (127.0.0.1:19092, reachable only inside this container), creates the
+# SCRAM users (passwords from secrets-init, /run/secrets/kafka/<user>), the topics (KAFKA_NUM_PARTITIONS
+# partitions, KAFKA_DEFAULT_REPLICATION_FACTOR replicas, min.insync.replicas KAFKA_MIN_INSYNC_REPLICAS) and the
+# ACLs; they live in the cluster's metadata, so the other brokers only wait until the topics exist. Idempotent:
+# run on every start. Clients get only the SASL/SCRAM listener (kafka-N:9092) and only what the ACLs below grant
+# their user; /tmp/lt-kafka-ready tells the health check that set-up finished.
 set -euo pipefail
 BIN=/opt/kafka/bin
 LOCAL=127.0.0.1:19092
@@ -17,6 +19,17 @@ until "$BIN/kafka-broker-api-versions.sh" --bootstrap-server "$LOCAL" >/dev/null
     sleep 1
 done
 
+if [ "${KAFKA_NODE_ID:-1}" != "1" ]; then
+    until "$BIN/kafka-topics.sh" --bootstrap-server "$LOCAL" --list 2>/dev/null | grep -qx 'alerts.dlq'; do
+        kill -0 "$broker" 2>/dev/null || exit 1
+        sleep 2
+    done
+    touch /tmp/lt-kafka-ready
+    echo "kafka ${KAFKA_NODE_ID}: the cluster's topics are in place"
+    wait "$broker"
+    exit $?
+fi
+
 umask 077
 for user in gateway quota saga analytics notifier; do
     printf 'SCRAM-SHA-512=[iterations=8192,password=%s]\n' "$(cat "/run/secrets/kafka/$user")" >/tmp/scram.properties
@@ -28,8 +41,15 @@ rm -f /tmp/scram.properties
 TOPICS="usage.recorded quota.commands quota.freeze-requests saga.replies purchase.events quota.events alerts"
 for topic in $TOPICS; do
     for name in "$topic" "$topic.dlq"; do
-        "$BIN/kafka-topics.sh" --bootstrap-server "$LOCAL" --create --if-not-exists --topic "$name" \
-            --partitions "${KAFKA_NUM_PARTITIONS:-3}" --replication-factor 1 >/dev/null
+        retention=""  # the broker's default (7 days); dead letters are kept 30 days for an operator to look at
+        [ "$name" = "$topic.dlq" ] && retention="--config retention.ms=2592000000"
+        # Retried until every broker has joined: replication needs as many brokers as replicas.
+        until "$BIN/kafka-topics.sh" --bootstrap-server "$LOCAL" --create --if-not-exists --topic "$name" \
+            --partitions "${KAFKA_NUM_PARTITIONS:-12}" --replication-factor "${KAFKA_DEFAULT_REPLICATION_FACTOR:-3}" \
+            --config "min.insync.replicas=${KAFKA_MIN_INSYNC_REPLICAS:-2}" $retention >/dev/null; do
+            kill -0 "$broker" 2>/dev/null || exit 1
+            sleep 2
+        done
     done
 done
 

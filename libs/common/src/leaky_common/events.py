@@ -116,6 +116,16 @@ class UsageRecorded(Message):
     privacy_strict: bool = False
     prompt_fingerprint: str | None = None
 
+    @property
+    def partition_key(self) -> str:
+        """The Kafka key: the agent the detectors watch (the session, else the key, within the org), so one
+        agent's events reach one consumer in order; a request of no org or key falls back to its own id."""
+        if self.org_id and self.session_id:
+            return f"{self.org_id}:s:{self.session_id}"
+        if self.org_id and self.key_id:
+            return f"{self.org_id}:k:{self.key_id}"
+        return f"-:r:{self.request_id}"
+
 
 class CreditTokens(Message):
     """Command to quota: raise a pool's limit by `amount` for a purchase (idempotent on event_id)."""
@@ -129,6 +139,12 @@ class CreditTokens(Message):
     amount: int
     unit: Literal["tokens", "usd"] = "tokens"
 
+    @property
+    def partition_key(self) -> str:
+        """The Kafka key: the pool the command changes (the user's own pool when none is named), so one
+        pool's credits and debits apply in the order they were sent."""
+        return f"pool:{self.pool_id}" if self.pool_id else f"user:{self.user_id}"
+
 
 class DebitTokens(Message):
     """Compensation command to quota: take back a credit made for `purchase_id`."""
@@ -141,6 +157,12 @@ class DebitTokens(Message):
     pool_id: str | None = None
     amount: int
     unit: Literal["tokens", "usd"] = "tokens"
+
+    @property
+    def partition_key(self) -> str:
+        """The Kafka key: the pool the command changes (the user's own pool when none is named), so one
+        pool's credits and debits apply in the order they were sent."""
+        return f"pool:{self.pool_id}" if self.pool_id else f"user:{self.user_id}"
 
 
 class TokensCredited(Message):

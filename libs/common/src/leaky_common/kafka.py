@@ -11,22 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from aiokafka.helpers import create_ssl_context
+from aiokafka.errors import KafkaError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from pydantic import BaseModel, ValidationError
 
 from leaky_common import kafka_uvloop
 from leaky_common.events import AnyMessage, Message, Topics, parse_message
+from leaky_common.kafka_admin import client_options, ensure_topics
 from leaky_common.metrics import CONSUMER_LAG, DEAD_LETTERS
 from leaky_common.settings import ServiceSettings
 from leaky_common.tracing import context_headers
@@ -71,23 +70,6 @@ def _context_from_headers(headers: Sequence[tuple[str, bytes]] | None) -> otel_c
     return propagate.extract(carrier)
 
 
-def client_options(settings: ServiceSettings) -> dict[str, Any]:
-    """The connection options of every aiokafka client: bootstrap servers and, when set, SASL."""
-    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap}
-    if settings.kafka_security_protocol == "PLAINTEXT":
-        return options
-    assert settings.kafka_sasl_password is not None  # the settings validator requires it with SASL
-    options |= {
-        "security_protocol": settings.kafka_security_protocol,
-        "sasl_mechanism": settings.kafka_sasl_mechanism,
-        "sasl_plain_username": settings.kafka_sasl_username,
-        "sasl_plain_password": settings.kafka_sasl_password.get_secret_value(),
-    }
-    if settings.kafka_security_protocol == "SASL_SSL":
-        options["ssl_context"] = create_ssl_context()
-    return options
-
-
 async def broker_reachable(bootstrap: str, timeout_s: float = 1.0) -> bool:
     """A TCP connection to one of the bootstrap servers opens within `timeout_s` (for /ready)."""
     for address in filter(None, (a.strip() for a in bootstrap.split(","))):
@@ -104,25 +86,6 @@ async def broker_reachable(bootstrap: str, timeout_s: float = 1.0) -> bool:
             await writer.wait_closed()
         return True
     return False
-
-
-async def ensure_topics(settings: ServiceSettings, topics: Iterable[str], partitions: int = 1) -> None:
-    """Create topics (and their DLQs) if missing; safe to call from every service at start-up."""
-    names = sorted({t for topic in topics for t in (topic, Topics.dlq(topic))})
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1)
-            for name in names
-            if name not in existing
-        ]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
-    finally:
-        await admin.close()
 
 
 class EventPublisher:
@@ -218,6 +181,11 @@ class EventConsumer:
     def running(self) -> bool:
         """True while the consume loop is alive."""
         return self._task is not None and not self._task.done()
+
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions the group gave this consumer (empty before it joined or while it rebalances)."""
+        return frozenset(self._consumer.assignment()) if self._consumer is not None else frozenset()
 
     async def start(self) -> None:
         """Join the group and start consuming in a background task."""

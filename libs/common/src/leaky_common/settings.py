@@ -44,6 +44,13 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    # Topics a service creates at start-up (ensure_topics): partitions per topic (consumers of one group share
+    # them; the message key decides the partition, so one key's messages stay in order, see
+    # docs/architecture.md), replicas per partition, and the replicas that must hold a write before it counts
+    # (topic config `min.insync.replicas`; empty: the broker's default). Existing topics are not changed.
+    kafka_partitions: int = Field(default=4, ge=1, le=1000)
+    kafka_replication_factor: int = Field(default=1, ge=1, le=16)
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1, le=16)
 
     # Internal identity (leaky_common.auth, docs/security.md): the Ed25519 public keys (unpadded base64url of the
     # raw key) whose signed assertions this service accepts, by key id, as JSON: {"k1": "..."}. Several while a
@@ -113,6 +120,12 @@ class ServiceSettings(BaseSettings):
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
             raise ValueError("LT_KAFKA_SASL_USERNAME and LT_KAFKA_SASL_PASSWORD are required with SASL")
+        return self
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> ServiceSettings:
+        if (self.kafka_min_insync_replicas or 0) > self.kafka_replication_factor:
+            raise ValueError("LT_KAFKA_MIN_INSYNC_REPLICAS cannot exceed LT_KAFKA_REPLICATION_FACTOR")
         return self
 
     @model_validator(mode="after")

@@ -42,15 +42,20 @@ async def test_batches_are_handled_at_once_and_a_poisoned_batch_one_by_one(kafka
         publisher=publisher,
     )
     try:
+        # One key: one partition, so the batches keep the order the events were sent in.
         for i in range(30):  # waiting before the consumer starts: fetched as batches
-            await publisher.publish(topic, UsageRecorded(request_id=f"r{i}", model="m", provider="p"))
+            await publisher.publish(
+                topic, UsageRecorded(request_id=f"r{i}", model="m", provider="p"), key="agent"
+            )
         await consumer.start()
         await wait_until(lambda: sum(map(len, batches)) == 30, what="30 handled in batches")
         assert [i for b in batches for i in b] == [f"r{i}" for i in range(30)]
         assert max(map(len, batches)) > 1 and one_by_one == []
 
         for request_id in ("a", "poison", "b"):
-            await publisher.publish(topic, UsageRecorded(request_id=request_id, model="m", provider="p"))
+            await publisher.publish(
+                topic, UsageRecorded(request_id=request_id, model="m", provider="p"), key="agent"
+            )
         await publisher.publish_raw(topic, b"not json", None, [])
         await wait_until(lambda: {"a", "b"} <= set(one_by_one) | {i for b in batches for i in b})
         assert "poison" not in one_by_one

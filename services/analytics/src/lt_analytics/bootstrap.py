@@ -11,6 +11,7 @@ from leaky_common.db import apply_migrations, create_pool
 from leaky_common.events import Topics
 from leaky_common.kafka import EventPublisher, ensure_topics
 from leaky_common.outbox import ElectedRelay
+from lt_analytics.adapters.partitions import PartitionKeeper, partitioned_tables
 from lt_analytics.adapters.repository import MIGRATIONS
 from lt_analytics.adapters.thresholds import ThresholdStore
 from lt_analytics.handlers import UsageHandler
@@ -64,9 +65,11 @@ class WorkerRuntime:
     handler: UsageHandler
     publisher: EventPublisher
     relay: ElectedRelay
+    partitions: PartitionKeeper
 
     async def stop(self) -> None:
-        """Stop relaying, then the publisher, then the pool."""
+        """Stop relaying and partition upkeep, then the publisher, then the pool."""
+        await self.partitions.stop()
         await self.relay.stop()
         await self.publisher.stop()
         await self.analytics.close()
@@ -81,4 +84,7 @@ async def start_worker(settings: AnalyticsSettings) -> WorkerRuntime:
     await publisher.start()
     relay = ElectedRelay(settings.database_url, analytics.pool, publisher, interval_s=RELAY_INTERVAL_S)
     await relay.start()
-    return WorkerRuntime(analytics, UsageHandler(analytics.ingest), publisher, relay)
+    specs = partitioned_tables(settings.request_log_retention_days, settings.rollup_retention_days)
+    partitions = PartitionKeeper(analytics.pool, specs, settings.partition_maintenance_interval_s)
+    await partitions.start()
+    return WorkerRuntime(analytics, UsageHandler(analytics.ingest), publisher, relay, partitions)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from leaky_common.events import Topics
 from leaky_common.settings import ServiceSettings
 from lt_analytics.domain.thresholds import Thresholds
@@ -23,6 +25,11 @@ class AnalyticsSettings(ServiceSettings):
     # The worker records up to `batch_max` events per transaction, waiting at most `batch_within_s` to fill one.
     batch_max: int = 500
     batch_within_s: float = 0.05
+    # Retention: the request log is partitioned by UTC day and the rollups by UTC month; the worker drops a
+    # partition once all of it is older than this many days, and creates the next week's partitions ahead.
+    request_log_retention_days: int = Field(default=90, ge=1, le=3650)
+    rollup_retention_days: int = Field(default=800, ge=1, le=36500)
+    partition_maintenance_interval_s: float = Field(default=3600.0, ge=1.0)
     # The worker's own /metrics (and /health) port, on `host` (faust's web server is off); 0: any free port.
     worker_metrics_port: int = 8087
 

@@ -42,7 +42,7 @@ _LOG_TYPES = (
 _INSERT_LOG = f"""
 INSERT INTO request_log ({_LOG_COLUMNS})
 SELECT * FROM unnest({", ".join(f"${i + 1}::{t.strip()}" for i, t in enumerate(_LOG_TYPES.split(",")))})
-ON CONFLICT (event_id) DO NOTHING
+ON CONFLICT (event_id, occurred_at) DO NOTHING
 RETURNING event_id
 """
 

@@ -186,7 +186,7 @@ class UsageSink:
                 self._publisher.publish_raw(
                     Topics.USAGE,
                     e.model_dump_json().encode(),
-                    (e.user_id or e.request_id).encode(),
+                    e.partition_key.encode(),
                     [*_HEADERS, *((k, v.encode()) for k, v in t.items())] if t else _HEADERS,
                 )
                 for e, t in events

@@ -134,7 +134,7 @@ class SagaSteps:
                 resend_at=at + timedelta(seconds=self._settings.command_resend_s),
                 resends=0,
             )
-            await write_outbox(conn, self._settings.quota_commands_topic, command, key=purchase.id)
+            await write_outbox(conn, self._settings.quota_commands_topic, command, key=command.partition_key)
 
     async def _await_reply(self, purchase: Purchase, step: str, wakeup: asyncio.Event) -> None:
         """Wait for the reply; re-send the same command now and then; at the deadline, give up or go on."""
@@ -163,7 +163,9 @@ class SagaSteps:
                     resends=purchase.resends + 1,
                 )
                 command = self._command(purchase, step, purchase.command_id or new_event_id())
-                await write_outbox(conn, self._settings.quota_commands_topic, command, key=purchase.id)
+                await write_outbox(
+                    conn, self._settings.quota_commands_topic, command, key=command.partition_key
+                )
             return
         async with self._pool.acquire() as conn, conn.transaction():
             await log_step(conn, purchase.id, step, "timed_out", "no reply before the step deadline")
