@@ -10,7 +10,7 @@ from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from lt_console.gateway import ApiError, seg
-from lt_console.web import PREFIX, FormDep, SessionDep, act, field, gateway_of, load, render
+from lt_console.web import PREFIX, FormDep, SessionDep, act, back, field, gateway_of, load, render
 
 router = APIRouter(prefix="/console/admin")
 
@@ -40,7 +40,8 @@ def _optional_ints(form: FormData, names: tuple[str, ...]) -> dict[str, int | No
 async def users(request: Request, s: SessionDep) -> Response:
     gw = gateway_of(request)
     listing = await load(lambda: gw.call(s, "GET", "/v1/admin/users"))
-    return render(request, "admin_users.html", s, users=listing, created=None)
+    created, s.reveal = s.reveal, None
+    return render(request, "admin_users.html", s, users=listing, created=created)
 
 
 @router.post("/users")
@@ -52,11 +53,10 @@ async def create_user(request: Request, s: SessionDep, form: FormDep) -> Respons
     try:
         created = await gw.call(s, "POST", "/v1/admin/users", json=body)
     except ApiError as exc:
-        s.flash, s.flash_error = exc.message, True
-        created = None
-    listing = await load(lambda: gw.call(s, "GET", "/v1/admin/users"))
-    # The new user's API key is shown once, in this answer only.
-    return render(request, "admin_users.html", s, users=listing, created=created)
+        return back("/admin/users", s, exc.message, error=True)
+    # The new user's API key is shown once, by the page this redirects to.
+    s.reveal = created
+    return back("/admin/users", s, "User created.")
 
 
 @router.get("/teams")

@@ -73,7 +73,8 @@ async def overview_pools(request: Request, s: SessionDep) -> Response:
 async def keys(request: Request, s: SessionDep) -> Response:
     gw = gateway_of(request)
     listing = await load(lambda: gw.call(s, "GET", "/v1/users/me/keys"))
-    return render(request, "keys.html", s, keys=listing, new_key=None)
+    new_key, s.reveal = s.reveal, None
+    return render(request, "keys.html", s, keys=listing, new_key=new_key)
 
 
 @router.post("/keys")
@@ -84,9 +85,9 @@ async def create_key(request: Request, s: SessionDep, form: FormDep) -> Response
         created = await gw.call(s, "POST", "/v1/users/me/keys", json={"name": name} if name else None)
     except ApiError as exc:
         return back("/keys", s, exc.message, error=True)
-    listing = await load(lambda: gw.call(s, "GET", "/v1/users/me/keys"))
-    # Rendered, not redirected: the key exists only in this answer (no-store), never in a later page.
-    return render(request, "keys.html", s, keys=listing, new_key=created)
+    # Shown by the page this redirects to, once (a reload of it never posts again, nor shows the key again).
+    s.reveal = created
+    return back("/keys", s, "Key created.")
 
 
 @router.post("/keys/{key_id}/revoke")

@@ -34,6 +34,8 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
     flash: str | None = None
     flash_error: bool = False
+    # A secret made by the last POST (a new API key), shown by the next page only, then forgotten.
+    reveal: dict[str, object] | None = None
 
     def needs_refresh(self, now: float, margin_s: float = 30.0) -> bool:
         """True when the access token expires within `margin_s` and can be refreshed."""

@@ -169,7 +169,7 @@ def test_an_api_refusal_is_shown_as_its_message(client: TestClient) -> None:
     sign_in(client, api_key="lt-key")
     token = _csrf(client.get("/console/keys").text)
     r = client.post("/console/keys", data={"name": "x", "csrf_token": token})
-    assert r.status_code == 200 and "keys cannot be made while frozen" in r.text
+    assert r.status_code == 200 and "keys cannot be made while frozen" in r.text  # the redirected-to page
     page = client.get("/console/admin/users")
     assert "Not for your role." in page.text and "admins only" in page.text
 
