@@ -125,6 +125,12 @@ def test_password_sign_in_shows_the_pools_the_api_returns_and_sign_out_ends_it(
         for name in ("limit", "used", "reserved", "remaining"):
             expect(card.locator(f'[data-field="{name}"]')).to_have_text(f"{pool[name]:,}")
     expect(page.get_by_role("link", name="Users")).to_have_count(0)  # no admin links for a member
+    # By keyboard: the first Tab reaches the skip link, the next ones the navigation.
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Overview")).to_be_focused()
 
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(re.compile(r"/console/login$"))
@@ -249,6 +255,16 @@ def test_admin_pages_load_and_a_freeze_is_lifted(
         expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         expect(page.locator(".state.error, .state.forbidden")).to_have_count(0)
 
+    # At phone width every page fits: nothing wider than the screen (tables scroll inside their box).
+    page.set_viewport_size({"width": 375, "height": 740})
+    for path in ["overview", "keys", "sessions", "purchases", "approvals", "team"] + [
+        f"admin/{p}" for p in ("users", "teams", "pools", "org", "anomalies", "thresholds", "channels")
+    ]:
+        page.goto(f"{stack.gateway_url}/console/{path}")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, (path, width)
+    page.set_viewport_size({"width": 1280, "height": 900})
+
     member = people["member"]
     page.get_by_role("link", name="Anomalies", exact=True).click()
     page.get_by_label("What").select_option("user")
@@ -264,6 +280,16 @@ def test_admin_pages_load_and_a_freeze_is_lifted(
     expect(page.locator(f'[data-freeze="user:{member["id"]}"]')).to_have_count(0)
     left = [f for f in api.get("/v1/admin/freezes").json()["data"] if f["target_id"] == member["id"]]
     assert left == []
+
+    # A channel added here and a test send: offline its host does not resolve, and the page says so.
+    page.get_by_role("link", name="Channels", exact=True).click()
+    name = f"e2e hook {uuid.uuid4().hex[:6]}"
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("URL").fill("https://hooks.example.com/leaky-tokens-e2e")
+    page.get_by_role("button", name="Add", exact=True).click()
+    expect(page.locator(".flash.ok")).to_have_text("Channel added.")
+    page.get_by_role("row", name=re.compile(name)).get_by_role("button", name="Send a test").click()
+    expect(page.locator(".flash")).to_contain_text("Test")
 
 
 def test_a_member_sees_the_apis_refusal_and_posts_without_the_token_are_403(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from lt_console.charts import PALETTE, Series, line_chart
+from lt_console.charts import PALETTE, Series, hourly, line_chart
 from lt_console.gateway import ApiError, Gateway, seg
 from lt_console.sessions import Session
 from lt_console.web import FormDep, Loaded, SessionDep, act, back, field, gateway_of, load, render
@@ -41,14 +42,10 @@ async def _spend_chart(gw: Gateway, s: Session) -> Loaded:
                 s, "GET", "/v1/analytics/timeseries",
                 params={"scope": "user", "id": s.user_id, "grain": "hour", "hours": 24, "model": model},
             )  # fmt: skip
-            points = ts.get("data", [])
-            buckets = buckets or [p["bucket"] for p in points]
-            series.append(Series(model, [p["cost_usd_micros"] / 1_000_000 for p in points]))
-        svg = (
-            line_chart(buckets, series, title="Spend per hour by model, last 24 hours", unit="")
-            if series
-            else ""
-        )
+            buckets, micros = hourly(ts.get("data", []), "cost_usd_micros", 24, datetime.now(UTC))
+            series.append(Series(model, [m / 1_000_000 for m in micros]))
+        title = "Spend per hour by model (USD), last 24 hours"
+        svg = line_chart(buckets, series, title=title, unit="$") if series else ""
         return {"svg": svg, "series": series, "usage": usage}
 
     return await load(make)
@@ -212,7 +209,8 @@ async def decide(approval_id: str, decision: str, request: Request, s: SessionDe
 async def team(request: Request, s: SessionDep) -> Response:
     gw = gateway_of(request)
     teams = await load(lambda: gw.call(s, "GET", "/v1/users/me/teams"))
-    board = await load(
-        lambda: gw.call(s, "GET", "/v1/analytics/leaderboard", params={"period": "weekly", "limit": 10})
-    )
-    return render(request, "team.html", s, teams=teams, board=board)
+    params = {"period": "weekly", "limit": 10}
+    board = await load(lambda: gw.call(s, "GET", "/v1/analytics/leaderboard", params=params))
+    # The leaderboard names users by id; the members of the teams I manage have names.
+    names = {m["id"]: m["name"] for t in (teams.data or {}).get("data", []) for m in (t.get("members") or [])}
+    return render(request, "team.html", s, teams=teams, board=board, names=names)
