@@ -281,6 +281,18 @@ def test_admin_pages_load_and_a_freeze_is_lifted(
     left = [f for f in api.get("/v1/admin/freezes").json()["data"] if f["target_id"] == member["id"]]
     assert left == []
 
+    # Org settings: a bucket size saved through the form is what the API then answers.
+    before = api.get("/v1/admin/org").json()["key_requests_per_period"]
+    page.get_by_role("link", name="Org", exact=True).click()
+    page.get_by_label("Key requests per period").fill("12345")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator(".flash.ok")).to_have_text("Org settings saved.")
+    assert api.get("/v1/admin/org").json()["key_requests_per_period"] == 12345
+    page.get_by_label("Key requests per period").fill("" if before is None else str(before))  # as it was
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator(".flash.ok")).to_have_text("Org settings saved.")
+    assert api.get("/v1/admin/org").json()["key_requests_per_period"] == before
+
     # A channel added here and a test send: offline its host does not resolve, and the page says so.
     page.get_by_role("link", name="Channels", exact=True).click()
     name = f"e2e hook {uuid.uuid4().hex[:6]}"

@@ -207,3 +207,12 @@ def test_ids_that_are_not_plain_segments_never_reach_the_api(client: TestClient,
 def test_static_assets_are_shipped(client: TestClient) -> None:
     assert client.get("/console/static/htmx.min.js").status_code == 200
     assert client.get("/console/static/console.css").status_code == 200
+
+
+def test_the_cookie_is_secure_when_configured(fake: FakeGateway) -> None:
+    settings = ConsoleSettings(gateway_url="http://gw.test", console_secure_cookie=True)
+    app = create_app(settings, transport=httpx.MockTransport(fake))
+    with TestClient(app, base_url="https://testserver") as c:
+        r = sign_in(c, api_key="lt-key")
+    cookie = next(v for v in r.headers.get_list("set-cookie") if v.startswith(COOKIE + "="))
+    assert "secure" in cookie.lower()
