@@ -72,7 +72,7 @@ class FakeGateway:
         if path == "/v1/users/me/keys" and request.method == "POST":
             return _error(403, "Your key is frozen: keys cannot be made while frozen.", "frozen")
         if path == "/v1/admin/users":
-            return _error(403, "admins only", "forbidden")
+            return _error(403, "admins only <script>alert(1)</script>", "forbidden")
         return _error(404, "no route", "unknown_url")
 
     def _pair(self) -> dict[str, Any]:
@@ -171,7 +171,10 @@ def test_an_api_refusal_is_shown_as_its_message(client: TestClient) -> None:
     r = client.post("/console/keys", data={"name": "x", "csrf_token": token})
     assert r.status_code == 200 and "keys cannot be made while frozen" in r.text  # the redirected-to page
     page = client.get("/console/admin/users")
-    assert "Not for your role." in page.text and "admins only" in page.text
+    assert (
+        "Not for your role." in page.text and "admins only &lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    )
+    assert "<script>alert(1)" not in page.text  # the API's words are text, never markup
 
 
 def test_an_expiring_access_token_is_refreshed(client: TestClient, fake: FakeGateway) -> None:
