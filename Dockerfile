@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One Dockerfile, one small image per process: `docker build --target quota -t leaky-tokens-quota .`
-# Targets: gateway, quota, saga, analytics (the API and the faust worker), notifier, cli (`lt`), and devtools
+# Targets: gateway, quota, saga, analytics (the API and the faust worker), notifier, console, cli (`lt`), and devtools
 # (the third-party fakes from libs/devinfra, for local stacks only; never deploy it).
 #
 # Build stages resolve from uv.lock and install ONE package's run-time dependencies (never the dev group,
@@ -30,6 +30,7 @@ COPY services/purchase-saga/pyproject.toml services/purchase-saga/pyproject.toml
 COPY services/analytics/pyproject.toml services/analytics/pyproject.toml
 COPY services/notifier/pyproject.toml services/notifier/pyproject.toml
 COPY libs/cli/pyproject.toml libs/cli/pyproject.toml
+COPY services/console/pyproject.toml services/console/pyproject.toml
 
 # One build stage per package; BuildKit builds only the stages a target needs. Each installs that package's
 # dependencies first (a layer reused until a pyproject.toml or uv.lock changes), then copies only the sources
@@ -84,6 +85,13 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 COPY libs/cli/src libs/cli/src
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-cli
 
+# The web console (it needs no other workspace package: it speaks the gateway's public API).
+FROM build-base AS build-console
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-editable --no-install-workspace --package leaky-console
+COPY services/console/src services/console/src
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-editable --package leaky-console
+
 # ---------------------------------------------------------------- run
 FROM python:3.11-slim AS runtime
 # No package manager in the final image: pip, setuptools and wheel go; uv was never here.
@@ -128,6 +136,11 @@ FROM runtime AS notifier
 COPY --from=build-notifier /app/.venv /app/.venv
 EXPOSE 8085
 CMD ["python", "-m", "lt_notifier"]
+
+FROM runtime AS console
+COPY --from=build-console /app/.venv /app/.venv
+EXPOSE 8088
+CMD ["python", "-m", "lt_console"]
 
 # Local stacks only: the fake payment provider (and the other third-party fakes).
 FROM runtime AS devtools

@@ -41,6 +41,7 @@ MODULES = (
     ("lt_saga.settings", "purchase-saga"),
     ("lt_analytics.settings", "analytics (API and worker)"),
     ("lt_notifier.settings", "notifier"),
+    ("lt_console.settings", "console (the web console)"),
 )
 
 HEADER = """# Configuration reference

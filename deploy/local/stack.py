@@ -64,6 +64,7 @@ DEFAULT_PORTS = {
     "notifier": 8085,
     "fakepay": 8086,
     "analytics-worker": 8087,  # its /metrics (LT_WORKER_METRICS_PORT)
+    "console": 8088,  # the web console, served on the gateway's address at /console/
 }
 
 
@@ -302,6 +303,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     "LT_SAGA_URL": url["saga"],
                     "LT_ANALYTICS_URL": url["analytics"],
                     "LT_NOTIFIER_URL": url["notifier"],
+                    "LT_CONSOLE_URL": url["console"],
                     "LT_USAGE_SPOOL_PATH": str(run_dir / "gateway-usage-spool.sqlite"),
                     "LT_USAGE_JOURNAL_DIR": str(run_dir / "gateway-journal"),
                     "LT_FINGERPRINT_SECRET": secret_env["LT_FINGERPRINT_SECRET"],
@@ -311,6 +313,15 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
                     "LT_UNAUTHENTICATED_RATE_PER_MIN": os.environ.get(
                         "LT_UNAUTHENTICATED_RATE_PER_MIN", "2000"
                     ),
+                },
+            ),
+            (
+                "console",
+                ["-m", "lt_console"],
+                {
+                    "LT_PORT": str(ports["console"]),
+                    "LT_SERVICE_NAME": "console",
+                    "LT_GATEWAY_URL": url["gateway"],
                 },
             ),
         ]
@@ -339,8 +350,17 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
         save()
 
         deadline = time.monotonic() + timeout
-        for name in ("quota", "fakepay", "saga", "analytics", "analytics-worker", "notifier", "gateway"):
-            probe = "/health" if name in ("fakepay", "analytics-worker") else "/ready"
+        for name in (
+            "quota",
+            "fakepay",
+            "saga",
+            "analytics",
+            "analytics-worker",
+            "notifier",
+            "gateway",
+            "console",
+        ):
+            probe = "/health" if name in ("fakepay", "analytics-worker", "console") else "/ready"
             _wait_http(f"{url[name]}{probe}", deadline, procs, name)
         prober = AssertionSigner(identity["LT_INTERNAL_SIGNING_KEY"], "dev-1", issuer="stack")
         wait_for_probe(url["gateway"], lambda: prober.headers("gateway"), deadline)
@@ -357,7 +377,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
     sys.stdout.write(env_text)
     _log(
         f"metrics: {url['gateway']}/metrics with 'Authorization: Bearer' and the token in {run_dir / 'metrics_token'}"
-        f" (each service serves /metrics); API docs: {url['gateway']}/docs"
+        f" (each service serves /metrics); API docs: {url['gateway']}/docs; web console: {url['gateway']}/console/"
     )
     return 0
 

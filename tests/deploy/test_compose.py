@@ -30,6 +30,7 @@ APP_SERVICES = {
     "purchase-saga": ("lt_saga", 8084),
     "notifier": ("lt_notifier", 8085),
     "fakepay": ("leaky_devinfra.fakes.payments", 8086),
+    "console": ("lt_console", 8088),
 }
 KAFKA_BROKERS = ("kafka-1", "kafka-2", "kafka-3")
 PUBLISHED = {"gateway": {8080}, "grafana": {3000}, "jaeger": {16686}, "prometheus": {9090}}
@@ -202,8 +203,12 @@ def test_prometheus_targets_are_compose_services(config: dict[str, Any]) -> None
     assert hosts, "no scrape targets"
     assert hosts <= set(config["services"]), hosts - set(config["services"])
     # Every app of ours is scraped, the worker on its metrics port; the fake payment provider (a third
-    # party's stand-in, dev profile only) is not.
-    http_apps = {name for name, (_m, port) in APP_SERVICES.items() if port is not None} - {"fakepay"}
+    # party's stand-in, dev profile only) is not, nor the console (no /metrics: each of its requests is a
+    # gateway request, measured there).
+    http_apps = {name for name, (_m, port) in APP_SERVICES.items() if port is not None} - {
+        "fakepay",
+        "console",
+    }
     assert http_apps | {"analytics-worker"} <= hosts, http_apps - hosts
     assert "fakepay" not in hosts
 
@@ -275,6 +280,7 @@ def test_final_images_hold_one_package_and_no_package_manager() -> None:
     stages = _stages()
     packages = {"gateway": "leaky-gateway", "quota": "leaky-quota", "saga": "leaky-saga"}
     packages |= {"analytics": "leaky-analytics", "notifier": "leaky-notifier", "devtools": "leaky-devinfra"}
+    packages |= {"console": "leaky-console"}
     runtime = stages["runtime"]
     assert re.search(r"^FROM python:3\.11-slim AS runtime$", DOCKERFILE.read_text(), re.M)
     assert "pip uninstall --yes --quiet pip setuptools wheel" in runtime

@@ -11,7 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from leaky_common.api import service_app
 from lt_gateway.adapters.providers import Provider
-from lt_gateway.api import docs, management, probe, routes, signin
+from lt_gateway.api import console, docs, management, probe, routes, signin
 from lt_gateway.api.limits import ClientLimits
 from lt_gateway.bootstrap import build_gateway
 from lt_gateway.settings import GatewaySettings
@@ -80,11 +80,13 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
     app.state.quota = gateway.quota
     app.state.management = gateway.management
     app.state.probe = gateway.probe
+    app.state.console = gateway.management_client
     # Order matters: the management catch-alls come last.
     app.include_router(routes.governed_router(gateway.chat))
     app.include_router(routes.models_router)
     app.include_router(probe.router)
     app.include_router(signin.router)
+    app.include_router(console.router)
     app.include_router(management.router)
     docs.install_public_openapi(app)
     return app

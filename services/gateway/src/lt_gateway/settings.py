@@ -22,6 +22,8 @@ class GatewaySettings(ServiceSettings):
     saga_url: str = "http://127.0.0.1:8084"
     analytics_url: str = "http://127.0.0.1:8083"
     notifier_url: str = "http://127.0.0.1:8085"
+    # The web console service: `/console/...` on this address is forwarded to it (path checked, cookies passed).
+    console_url: str = "http://127.0.0.1:8088"
 
     # A JSON model routing file; the built-in table (mock-gpt and friends) is used when unset.
     models_file: Path | None = None

@@ -13,6 +13,12 @@ from leaky_common.errors import ServiceUnavailable
 from lt_gateway.settings import GatewaySettings
 
 _FORWARD_RESPONSE_HEADERS = ("content-type", "location", "retry-after", "etag")
+# The console's pages also set cookies, caching and security policy, and steer htmx.
+_CONSOLE_RESPONSE_HEADERS = (
+    "content-type", "location", "set-cookie", "cache-control", "hx-redirect", "hx-refresh", "hx-trigger",
+    "content-security-policy", "x-content-type-options", "referrer-policy", "x-frame-options", "etag",
+    "last-modified",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +40,7 @@ class ManagementClient:
             "analytics": settings.analytics_url.rstrip("/"),
             "notifier": settings.notifier_url.rstrip("/"),
         }
+        self._console = settings.console_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=settings.internal_timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
@@ -71,3 +78,19 @@ class ManagementClient:
                 return Forwarded(resp.status, answer, out)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServiceUnavailable(f"{owner} service unavailable", code=f"{owner}_unavailable") from exc
+
+    async def send_console(
+        self, method: str, path: str, query: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, list[tuple[str, str]]]:
+        """One request to the web console (`path` and `query` already checked); 503 if it cannot be reached."""
+        assert self._session is not None
+        url = URL(self._console + path + (f"?{query}" if query else ""), encoded=True)
+        try:
+            async with self._session.request(
+                method, url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                answer = await resp.read()
+                out = [(k, v) for k, v in resp.headers.items() if k.lower() in _CONSOLE_RESPONSE_HEADERS]
+                return resp.status, answer, out
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ServiceUnavailable("console service unavailable", code="console_unavailable") from exc

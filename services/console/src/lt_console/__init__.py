@@ -1,0 +1,1 @@
+"""The Leaky Tokens web console: server-rendered pages over the gateway's public API (no internal access)."""
