@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import importlib
 import importlib.util
 import ipaddress
@@ -26,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
 from pydantic import SecretStr
@@ -128,6 +130,15 @@ def _load_render() -> ModuleType:
 
 
 render_module = _load_render()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _schemas_read_once() -> Iterator[None]:
+    """kubernetes-validate reads the schema files (megabytes of JSON) for every object: read each once."""
+    with pytest.MonkeyPatch.context() as mp:
+        cached = functools.lru_cache(maxsize=None)(kubernetes_validate.utils.schema_contents)
+        mp.setattr(kubernetes_validate.utils, "schema_contents", cached)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -280,11 +291,13 @@ def test_every_object_is_valid_against_the_kubernetes_schemas(
     overlay: str, rendered: dict[str, list[Obj]]
 ) -> None:
     errors = []
-    for obj in rendered[overlay]:
-        try:
-            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            errors.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+    # The oldest supported minor and the newest the wheel knows (nothing removed since).
+    for version in (K8S_VERSION, kubernetes_validate.utils.latest_version()):
+        for obj in rendered[overlay]:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                errors.append(f"{version} {obj['kind']}/{obj['metadata']['name']}: {exc.message}")
     assert not errors, "\n".join(errors)
 
 
