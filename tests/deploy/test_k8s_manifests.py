@@ -650,6 +650,28 @@ def test_every_process_may_reach_its_data_stores(overlay: str, rendered: dict[st
         assert reached == needing, policy_name
     # DNS for everyone.
     assert policies["allow-dns"]["spec"]["podSelector"] == {}
+    # The broker's port in the bootstrap list is the one the policy opens.
+    bootstrap = _by_kind(objects, "ConfigMap")["lt-common"]["data"]["LT_KAFKA_BOOTSTRAP"]
+    opened = {int(p["port"]) for rule in policies["to-kafka"]["spec"]["egress"] for p in rule["ports"]}
+    assert {int(address.rsplit(":", 1)[1]) for address in bootstrap.split(",")} <= opened
+    # Prometheus may scrape every process it is told to (the annotation) on that port, and only those ports.
+    scraped = {
+        int(p["port"])
+        for rule in policies["metrics-from-prometheus"]["spec"]["ingress"]
+        for p in rule["ports"]
+    }
+    annotated = set()
+    for name, deployment in _by_kind(objects, "Deployment").items():
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        if name in DEV_ONLY:
+            assert "prometheus.io/scrape" not in annotations, "a third party's fake has no /metrics of ours"
+            continue
+        port = _container(deployment)["ports"][0]["containerPort"]
+        assert (
+            annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == port
+        )
+        annotated.add(port)
+    assert scraped == annotated
 
 
 # ---------------------------------------------------------------- settings and secrets
