@@ -1,6 +1,6 @@
 """Run the whole Leaky Tokens stack on one machine without Docker.
 
-    python deploy/local/stack.py up   [--run-dir .run] [--ports default|auto]
+    python deploy/local/stack.py up   [--run-dir .run] [--ports default|auto] [--replicas N]
     python deploy/local/stack.py down [--run-dir .run]
     python deploy/local/stack.py status [--run-dir .run]
     python deploy/local/stack.py unfreeze-admin [--run-dir .run]
@@ -18,6 +18,14 @@ can make drop, hold or delay traffic; `kill` and `restart` are chaos for one pro
 `unfreeze-admin` is the operator's break-glass: it lifts every freeze on the bootstrap admin, which the admin's
 own frozen key may not do (`up` prints it when it finds one; startup_check.py). `observe` starts a Prometheus
 scraping every process with the rules of deploy/prometheus/ (stack_observe.py); `down` stops it too.
+
+`--replicas N` (default 1) runs N instances of every service process: gateway, quota, saga, analytics and
+notifier share their service's port (SO_REUSEPORT, `LT_REUSE_PORT`: the kernel spreads connections across
+the instances), analytics workers and every Kafka consumer join the same consumer groups (they share the
+partitions), each outbox relay is elected among the instances. Instance 1 keeps the plain name (`gateway`),
+the others are `gateway-2`, `gateway-3`...; each has its own log, and the gateway its own crash journal and
+usage spool, the worker its own faust data directory and /metrics port. The console (sessions in memory) and
+the fake payment provider stay single.
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ from leaky_devinfra.infra import (
 
 ROOT = Path(__file__).resolve().parents[2]
 DATABASES = {"quota": "lt_quota", "saga": "lt_saga", "analytics": "lt_analytics", "notifier": "lt_notifier"}
+# Run N times with `--replicas N`; the console keeps its sessions in memory and fakepay is a third party's fake.
+REPLICATED = ("quota", "saga", "analytics", "analytics-worker", "notifier", "gateway")
 DEFAULT_PORTS = {
     "gateway": 8080,
     "quota": 8082,
@@ -169,7 +179,54 @@ def _sign_in_identity(run_dir: Path) -> dict[str, str]:
     return {"LT_AUTH_SIGNING_KEY": private, "LT_AUTH_SIGNING_KID": kid}
 
 
-def up(run_dir: Path, port_mode: str, timeout: float) -> int:
+def instance_name(name: str, index: int) -> str:
+    """The name of instance `index` (1-based) of process `name`: the first keeps the plain name."""
+    return name if index == 1 else f"{name}-{index}"
+
+
+def _per_instance(name: str, index: int, env: dict[str, str], run_dir: Path) -> dict[str, str]:
+    """`env` for instance `index` of `name`: its own crash journal, spool, faust data and metrics port."""
+    me = instance_name(name, index)
+    out = dict(env)
+    if name == "gateway":
+        out["LT_USAGE_SPOOL_PATH"] = str(run_dir / f"{me}-usage-spool.sqlite")
+        out["LT_USAGE_JOURNAL_DIR"] = str(run_dir / f"{me}-journal")
+    if name == "analytics-worker":
+        out["LT_FAUST_DATADIR"] = str(run_dir / f"{me}-faust")
+        if index > 1:
+            out["LT_WORKER_METRICS_PORT"] = str(free_port())
+    return out
+
+
+def _listeners(port: int) -> int:
+    """How many sockets listen on 127.0.0.1/0.0.0.0:`port` (/proc/net/tcp; Linux), or -1 where unknown."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return -1
+    count = 0
+    for line in lines:
+        fields = line.split()
+        local, state = fields[1], fields[3]
+        if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+            count += 1
+    return count
+
+
+def _wait_listeners(
+    port: int, n: int, deadline: float, procs: dict[str, subprocess.Popen[bytes]], name: str
+) -> None:
+    """Until `n` instances listen on `port` (each listens once its start-up is done)."""
+    while 0 <= _listeners(port) < n:
+        for other, proc in procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{other} exited with {proc.returncode}; see its log")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {n} instances of {name} listen on port {port}")
+        time.sleep(0.1)
+
+
+def up(run_dir: Path, port_mode: str, timeout: float, replicas: int = 1) -> int:
     """Start everything; returns a process exit code."""
     started = time.monotonic()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +241,7 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
         return 0
 
     pids: dict[str, int] = {}
-    state = {"pids": pids}
+    state: dict[str, object] = {"pids": pids, "replicas": replicas}
 
     def save() -> None:
         (run_dir / "stack.json").write_text(json.dumps(state, indent=2))
@@ -326,21 +383,31 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
             ),
         ]
         procs: dict[str, subprocess.Popen[bytes]] = {}
+        # The analytics workers' /metrics ports (each has its own; the HTTP services share theirs).
+        instance_ports: dict[str, int] = {}
+        if replicas > 1:
+            common["LT_REUSE_PORT"] = "true"
         for name, args, env in processes:
-            log = (logs / f"{name}.log").open("ab")
-            procs[name] = subprocess.Popen(
-                [sys.executable, *args],
-                env={**common, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=ROOT,
-                start_new_session=True,
-            )
-            pids[name] = procs[name].pid
+            for index in range(1, (replicas if name in REPLICATED else 1) + 1):
+                me = instance_name(name, index)
+                own = _per_instance(name, index, env, run_dir)
+                if name == "analytics-worker":
+                    instance_ports[me] = int(own["LT_WORKER_METRICS_PORT"])
+                with (logs / f"{me}.log").open("ab") as log:
+                    procs[me] = subprocess.Popen(
+                        [sys.executable, *args],
+                        env={**common, **own},
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        cwd=ROOT,
+                        start_new_session=True,
+                    )
+                pids[me] = procs[me].pid
         state.update(
             {
                 "ports": ports,
+                "instance_ports": instance_ports,
                 "gateway_url": url["gateway"],
                 "kafka": kafka,
                 "postgres": pg_server,
@@ -362,6 +429,10 @@ def up(run_dir: Path, port_mode: str, timeout: float) -> int:
         ):
             probe = "/health" if name in ("fakepay", "analytics-worker", "console") else "/ready"
             _wait_http(f"{url[name]}{probe}", deadline, procs, name)
+            if replicas > 1 and name in REPLICATED and name != "analytics-worker":
+                _wait_listeners(ports[name], replicas, deadline, procs, name)
+        for me, port in instance_ports.items():
+            _wait_http(f"http://127.0.0.1:{port}/health", deadline, procs, me)
         prober = AssertionSigner(identity["LT_INTERNAL_SIGNING_KEY"], "dev-1", issuer="stack")
         wait_for_probe(url["gateway"], lambda: prober.headers("gateway"), deadline)
     except BaseException as exc:
@@ -460,10 +531,15 @@ def main() -> int:
         help="default: 8080.. when free; auto: free ports",
     )
     parser.add_argument("--timeout", type=float, default=90.0)
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="up: instances of each service (one address each)"
+    )
     args = parser.parse_args()
     run_dir = args.run_dir.resolve()
     if args.command == "up":
-        return up(run_dir, args.ports, args.timeout)
+        if not 1 <= args.replicas <= 16:
+            parser.error("--replicas must be between 1 and 16")
+        return up(run_dir, args.ports, args.timeout, args.replicas)
     if args.command == "down":
         return down(run_dir)
     if args.command == "unfreeze-admin":

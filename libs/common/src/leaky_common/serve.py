@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -16,16 +17,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from leaky_common.observability import setup_logging, setup_tracing
 from leaky_common.settings import ServiceSettings
 
-__all__ = ["HotRoute", "serve"]
+__all__ = ["HotRoute", "listening_socket", "serve"]
 
 S = TypeVar("S", bound=ServiceSettings)
 
 
 def serve(settings: S, create_app: Callable[[S], FastAPI]) -> None:
-    """Set up JSON logs and tracing for `settings`, build the app and serve it (uvloop, httptools)."""
+    """Set up JSON logs and tracing for `settings`, build the app and serve it (uvloop, httptools).
+
+    With `reuse_port`, the listening socket is bound with SO_REUSEPORT: several instances of the service
+    listen on the same address and the kernel spreads incoming connections across them."""
     setup_logging(settings)
     setup_tracing(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -35,6 +39,29 @@ def serve(settings: S, create_app: Callable[[S], FastAPI]) -> None:
         log_config=None,
         timeout_graceful_shutdown=10,
     )
+    server = uvicorn.Server(config)
+    if not settings.reuse_port:
+        server.run()
+        return
+    sock = listening_socket(settings.host, settings.port, reuse_port=True)
+    server.run(sockets=[sock])
+
+
+def listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to `host:port` (SO_REUSEADDR, and SO_REUSEPORT when `reuse_port`), not yet
+    listening: uvicorn listens on it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 class HotRoute:

@@ -27,6 +27,10 @@ class ServiceSettings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     host: str = "127.0.0.1"
     port: int = 8080
+    # Bind the HTTP port with SO_REUSEPORT, so several instances of this service share one address and the
+    # kernel spreads connections across them (`stack.py up --replicas N`; Linux). Off: a second instance on
+    # the same port fails to start.
+    reuse_port: bool = False
     log_level: str = "INFO"
     log_json: bool = True
 
