@@ -109,7 +109,9 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
     models = ModelTable.load(settings.models_file)
     _warn_missing_keys(models)
     signer = assertion_signer(settings)
-    quota = QuotaClient(settings.quota_url, signer, settings.internal_timeout_s)
+    quota = QuotaClient(
+        settings.quota_url, signer, settings.internal_timeout_s, settings.quota_connection_max_age_s
+    )
     usage = UsageSink(
         EventPublisher(settings),
         settings.usage_queue_max,

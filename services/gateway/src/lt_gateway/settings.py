@@ -19,6 +19,10 @@ class GatewaySettings(ServiceSettings):
     port: int = 8080
 
     quota_url: str = "http://127.0.0.1:8082"
+    # Seconds after which the pool of keep-alive connections to quota is replaced by a fresh one (0: never).
+    # With several quota instances on one address, new connections spread over all of them, so one that
+    # (re)started after the pool filled up gets its share of admissions within this time.
+    quota_connection_max_age_s: float = Field(default=30.0, ge=0)
     saga_url: str = "http://127.0.0.1:8084"
     analytics_url: str = "http://127.0.0.1:8083"
     notifier_url: str = "http://127.0.0.1:8085"

@@ -131,3 +131,42 @@ async def test_release_never_raises_and_gives_up_after_its_timeout() -> None:
         await client.close()
         await down.close()
         await runner.cleanup()
+
+
+async def test_pool_is_replaced_after_its_max_age_so_new_connections_reach_every_instance() -> None:
+    """Two quota "instances" on one port (SO_REUSEPORT): a keep-alive pool sticks to the instance its
+    connection landed on; replacing the pool when it ages spreads the calls over both."""
+    seen: list[int] = []
+
+    def instance(index: int) -> web.Application:
+        async def probe(request: web.Request) -> web.Response:
+            seen.append(index)
+            return web.json_response({"ok": True, "checks": {}})
+
+        app = web.Application()
+        app.router.add_post("/internal/probe", probe)
+        return app
+
+    port = free_port()
+    runners = [web.AppRunner(instance(i)) for i in (0, 1)]
+    for runner in runners:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, reuse_port=True).start()
+    sticky = QuotaClient(f"http://127.0.0.1:{port}", TEST_KEYS.signer(), 5)
+    aging = QuotaClient(f"http://127.0.0.1:{port}", TEST_KEYS.signer(), 5, max_connection_age_s=1e-9)
+    await sticky.start()
+    await aging.start()
+    try:
+        for _ in range(20):  # one call at a time: one keep-alive connection, one instance
+            await sticky._post("/internal/probe", b"")
+        assert len(set(seen)) == 1
+        seen.clear()
+        deadline = time.monotonic() + 10
+        while set(seen) != {0, 1}:
+            assert time.monotonic() < deadline, f"only instance {set(seen)} was reached"
+            await aging._post("/internal/probe", b"")  # each call finds the pool aged: a new connection
+    finally:
+        await sticky.close()
+        await aging.close()
+        for runner in runners:
+            await runner.cleanup()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -44,27 +46,59 @@ class Denial:
 
 
 class QuotaClient:
-    """Calls quota's internal API; fails closed (503) when quota cannot be reached."""
+    """Calls quota's internal API; fails closed (503) when quota cannot be reached.
 
-    def __init__(self, base_url: str, signer: AssertionSigner, timeout_s: float) -> None:
+    Its keep-alive pool is replaced every `max_connection_age_s` (the old one closes once its calls are done):
+    with several quota instances on one address (SO_REUSEPORT), each new connection lands on any of them, so
+    an instance that (re)started after the pool filled up gets its share within that time."""
+
+    def __init__(
+        self, base_url: str, signer: AssertionSigner, timeout_s: float, max_connection_age_s: float = 0
+    ) -> None:
         self._base = base_url.rstrip("/")
         self._signer = signer
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._max_age = max_connection_age_s
+        self._born = 0.0
+        self._pool: aiohttp.ClientSession | None = None
+        self._retiring: dict[asyncio.Task[None], aiohttp.ClientSession] = {}
 
-    async def start(self) -> None:
-        """Open the connection pool."""
-        self._session = aiohttp.ClientSession(
+    def _new_session(self) -> aiohttp.ClientSession:
+        self._born = time.monotonic()
+        return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60, ttl_dns_cache=300),
             timeout=self._timeout,
             json_serialize=lambda o: orjson.dumps(o).decode(),
             middlewares=(http_client_spans(),),
         )
 
+    @property
+    def _session(self) -> aiohttp.ClientSession | None:
+        """The current pool, replaced by a fresh one once it is older than the maximum age."""
+        current = self._pool
+        if current is not None and self._max_age > 0 and time.monotonic() - self._born > self._max_age:
+            self._pool = self._new_session()
+            task = asyncio.get_running_loop().create_task(self._retire(current))
+            self._retiring[task] = current
+            task.add_done_callback(lambda t: self._retiring.pop(t, None))
+        return self._pool
+
+    async def _retire(self, session: aiohttp.ClientSession) -> None:
+        """Close a replaced pool once the calls still using it are over (they are bounded by the timeout)."""
+        await asyncio.sleep((self._timeout.total or 30.0) + 1.0)
+        await session.close()
+
+    async def start(self) -> None:
+        """Open the connection pool."""
+        self._pool = self._new_session()
+
     async def close(self) -> None:
-        """Close the pool."""
-        if self._session is not None:
-            await self._session.close()
+        """Close the pool (and any replaced one still closing)."""
+        for task, session in list(self._retiring.items()):
+            task.cancel()
+            await session.close()
+        if self._pool is not None:
+            await self._pool.close()
 
     async def _post(self, path: str, payload: bytes) -> tuple[int, bytes, dict[str, str]]:
         assert self._session is not None, "QuotaClient.start() was not called"

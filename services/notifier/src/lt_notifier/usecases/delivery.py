@@ -2,8 +2,10 @@
 backoff, and marks a delivery dead after N tries; also the immediate test send of a channel.
 
 It runs as its own background task, never on the consumer path: a slow or dead receiver cannot hold up
-Kafka consumption. Deliveries are claimed with a lease (next_attempt_at pushed out), so several notifier
-instances never send the same delivery concurrently.
+Kafka consumption. Deliveries are claimed with a lease (next_attempt_at pushed out, FOR UPDATE SKIP LOCKED),
+so several notifier instances never send the same delivery concurrently: a claimed delivery is sent only
+while its lease still outlasts a whole send (one that waited too long behind the concurrency limit is left
+to be claimed again when its lease runs out), so no other instance can claim it while it is being sent.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +39,8 @@ __all__ = ["SEALED_SHUT", "Deliverer"]
 # What a send records when the channel's sealed URL or secrets do not open (is the key that sealed them
 # still in LT_CHANNEL_SECRET_KEYS?).
 SEALED_SHUT = "channel secrets do not open"
+# A claim's lease is the send timeout plus this: the time a claimed delivery may wait for a sending slot.
+LEASE_MARGIN_S = 5.0
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("lt_notifier.delivery")
@@ -72,9 +77,11 @@ class Deliverer:
 
     async def run_once(self) -> int:
         """Send one batch of due deliveries; returns how many were attempted."""
-        lease = self._settings.delivery_timeout_s + 5
+        lease = self._settings.delivery_timeout_s + LEASE_MARGIN_S
         due = await claim_due(self._pool, self._box, self._settings.delivery_batch, lease)
-        await asyncio.gather(*(self._attempt(d) for d in due))
+        # Our clock starts after the database's: the lease ends no earlier than this.
+        lease_ends = time.monotonic() + lease
+        await asyncio.gather(*(self._attempt(d, lease_ends) for d in due))
         return len(due)
 
     async def _run(self) -> None:
@@ -111,10 +118,15 @@ class Deliverer:
                 span.set_status(Status(StatusCode.ERROR))
             return error
 
-    async def _attempt(self, delivery: DueDelivery) -> None:
-        async with self._limit:
-            error = await self._traced_send(delivery)
+    async def _attempt(self, delivery: DueDelivery, lease_ends: float) -> None:
         log = {"delivery_id": delivery.id, "event_type": delivery.event_type, "channel": delivery.channel}
+        async with self._limit:
+            if lease_ends - time.monotonic() < self._settings.delivery_timeout_s + 1:
+                # Waited too long for a sending slot: the lease could run out mid-send and another instance
+                # claim it. Left alone; it is claimed again (by any instance) once the lease is over.
+                logger.info("delivery lease too short to send; left for the next claim", extra=log)
+                return
+            error = await self._traced_send(delivery)
         if error is None:
             await mark_delivered(self._pool, delivery.id)
             delivery_attempted(delivery.channel, "delivered")
