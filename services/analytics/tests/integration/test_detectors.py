@@ -1,5 +1,6 @@
 """Anomaly detectors against real Postgres: what they detect, what they freeze, and that replays detect nothing."""
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -396,3 +397,43 @@ async def test_outcomes_when_a_refused_event_splits_a_batch_with_redeliveries(po
     poison = event(session="s-split", fp="p", cost_usd_micros=2**64)
     raws = [e.model_dump_json().encode() for e in (good, poison, good)]
     assert await h.handle_batch(raws) == [Outcome.RECORDED, Outcome.INVALID, Outcome.DUPLICATE]
+
+
+async def test_two_workers_at_once_raise_an_org_anomaly_once_and_do_not_deadlock(pool: asyncpg.Pool) -> None:
+    """Two workers (an org's sessions sit on different partitions) record batches of one org at the same time
+    and both find its baseline ratio exceeded: one alert. First with batches that share no rollup row (only the
+    detector's advisory lock serialises their cooldown checks; whether they overlap depends on timing), then
+    with batches adding to the same rows in opposite orders (no deadlock, every event recorded)."""
+    org = f"org-{uuid.uuid4().hex[:6]}"
+    limits = {"baseline_window_minutes": 2, "baseline_windows": 3, "baseline_min_tokens": 0}
+    workers = [handler(pool, **limits), handler(pool, **limits)]
+    now = datetime.now(UTC)
+    old = [now - timedelta(seconds=s) for s in (130, 250, 370)]  # one in each of the 3 windows before
+    await feed(workers[0], *(event(session=None, key_id=None, org_id=org, occurred_at=t) for t in old))
+    # Both in the current (2-minute) window, in different minutes, models and users: no row in common.
+    this_minute = now.replace(second=0, microsecond=0)
+    apart = [(now, "model-a", "a"), (this_minute - timedelta(seconds=1), "model-b", "b")]
+
+    def batch(users: list[str], model: str, at: datetime) -> list[bytes]:
+        session = uuid.uuid4().hex
+        return [
+            event(session=session, fp=f"{session}-{u}", org_id=org, user_id=u, model=model, occurred_at=at)
+            .model_dump_json()
+            .encode()
+            for u in users
+        ]
+
+    users = [f"u-{i}" for i in range(6)]
+    for shared in (False, True, True):
+        outcomes = await asyncio.gather(
+            *(
+                w.handle_batch(batch(users if shared else [f"{tag}-{u}" for u in users], model, at))
+                for w, (at, model, tag) in zip(workers, apart, strict=True)
+            )
+        )
+        assert {o for batch_outcomes in outcomes for o in batch_outcomes} == {Outcome.RECORDED}
+        users.reverse()
+    raised = await pool.fetchval(
+        "SELECT count(*) FROM anomalies WHERE kind = 'baseline_ratio' AND org_id = $1", org
+    )
+    assert raised == 1

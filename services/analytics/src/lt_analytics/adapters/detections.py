@@ -110,6 +110,13 @@ async def window_stats(
     return {r["i"]: WindowStats(r["requests"], int(r["spend"]), r["repeats"]) for r in rows}
 
 
+async def lock_anomaly_targets(conn: asyncpg.Connection, keys: Sequence[str]) -> None:
+    """Transaction-scoped advisory locks on `keys` (anomaly kind and target), one at a time in the given
+    order: concurrent batches finding the same anomaly check its cooldown and record it one after the other."""
+    for key in keys:
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+
+
 async def raised_within(
     conn: asyncpg.Connection, kind: str, target_type: str, target_id: str, window_s: int, org_id: str | None
 ) -> bool:

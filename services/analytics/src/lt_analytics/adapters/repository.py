@@ -87,10 +87,12 @@ ON CONFLICT (scope_type, scope_id, org_id, grain, bucket, model, provider) DO UP
 
 
 def _columns(rows: dict[tuple[Any, ...], list[int]]) -> list[list[Any]]:
-    """{key tuple: sums} -> one list per column (keys first), the shape `unnest` takes."""
+    """{key tuple: sums} -> one list per column (keys first), the shape `unnest` takes; in one order of the
+    keys, so two workers' batches lock the rows they both add to in the same order (no deadlock)."""
     if not rows:
         return []
-    return [list(col) for col in zip(*(list(k) + v for k, v in rows.items()), strict=True)]
+    ordered = sorted(rows.items(), key=lambda kv: tuple("" if k is None else str(k) for k in kv[0]))
+    return [list(col) for col in zip(*(list(k) + v for k, v in ordered), strict=True)]
 
 
 async def log_requests(conn: asyncpg.Connection, events: list[UsageRecorded]) -> set[str]:

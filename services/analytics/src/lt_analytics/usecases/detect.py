@@ -69,6 +69,12 @@ class AnomalyDetector:
         for org in sorted({e.org_id for e in live if e.org_id}):
             trigger = next(e for e in reversed(live) if e.org_id == org)
             found += [(trigger, d) for d in await self._baseline(conn, org, limits[org])]
+        # Two workers can find the same org-wide anomaly at once (an org's sessions and keys are spread over
+        # partitions, so over workers): the cooldown check and the insert are serialised per anomaly target by
+        # transaction-scoped advisory locks, taken in one order so two batches cannot deadlock on them.
+        await sql.lock_anomaly_targets(
+            conn, sorted({_lock_key(d, e.org_id) for e, d in found if d.cools_down})
+        )
         emitted: list[Detection] = []
         for event, detection in found:
             if await self._cooled(conn, detection, event.org_id, limits[event.org_id]):
@@ -128,6 +134,10 @@ class AnomalyDetector:
         )
         detection = baseline_detection(org_id, current, previous, limits)
         return [] if detection is None else [detection]
+
+
+def _lock_key(d: Detection, org_id: str | None) -> str:
+    return f"{d.kind}\x1f{d.target_type}\x1f{d.target_id}\x1f{org_id or ''}"
 
 
 async def _emit(
