@@ -100,6 +100,8 @@ class Config:
     run_dir: Path | None = None
     keep: bool = False
     chunk_delay_ms: int = 15  # the metered provider's pause between streamed tokens
+    replicas: int = 1  # instances of each service (`stack.py up --replicas`)
+    env: tuple[tuple[str, str], ...] = ()  # more settings for the stack's processes
 
 
 def _stack(run_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> str:
@@ -160,9 +162,10 @@ class Harness:
             "LT_KEY_TOKENS_PER_PERIOD": "1000000000",
             "LT_USER_TOKENS_PER_PERIOD": "1000000000",
         }
+        env.update(self.config.env)
         for name in ("LT_GATEWAY_URL", "LT_ADMIN_KEY"):
             env.pop(name, None)
-        _stack(self.run_dir, "up", "--ports", "auto", env=env)
+        _stack(self.run_dir, "up", "--ports", "auto", "--replicas", str(self.config.replicas), env=env)
         self.state = json.loads((self.run_dir / "stack.json").read_text())
         self.gateway = str(self.state["gateway_url"])
         self.admin_key = (self.run_dir / "admin_key").read_text().strip()
