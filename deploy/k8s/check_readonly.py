@@ -8,7 +8,8 @@ then a second instance of every process inside bubblewrap (a user namespace: the
 filesystem bound read-only, fresh tmpfs on the two writable paths, uid and gid 10001, HOME unwritable,
 PYTHONDONTWRITEBYTECODE=1 as in the image), with the environment the stack gave the first one and the
 manifests' paths (spool, journal, faust data dir). Each must pass the probes of its Deployment (readiness
-on /ready, /health for the analytics worker) within the deadline. Stops everything it started, by PID.
+on /ready, /health for the analytics worker and the console) within the deadline. Stops everything it
+started, by PID.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ PROCESSES = {
     "analytics-worker": ("/health", {"LT_FAUST_DATADIR": f"{STATE}/faust"}),
     "saga": ("/ready", {}),
     "notifier": ("/ready", {}),
+    "console": ("/health", {}),
     "gateway": (
         "/ready",
         {

@@ -31,10 +31,12 @@ import kubernetes_validate.utils
 import pytest
 import yaml
 from pydantic import SecretStr
+from pydantic_settings import BaseSettings
 
 from leaky_common.metrics_server import answer
 from leaky_common.settings import ServiceSettings
 from lt_analytics.settings import AnalyticsSettings
+from lt_console.settings import ConsoleSettings
 from lt_gateway.settings import GatewaySettings
 from lt_notifier.settings import NotifierSettings
 from lt_quota.settings import QuotaSettings
@@ -58,18 +60,27 @@ Obj = dict[str, Any]
 
 # Every app process, as deploy/local/stack.py and deploy/compose/docker-compose.yml run it:
 # name -> (module, Dockerfile target, settings class or None for the third-party fake, port).
-PROCESSES: dict[str, tuple[str, str, type[ServiceSettings] | None, int]] = {
+PROCESSES: dict[str, tuple[str, str, type[BaseSettings] | None, int]] = {
     "gateway": ("lt_gateway", "gateway", GatewaySettings, 8080),
     "quota": ("lt_quota", "quota", QuotaSettings, 8082),
     "analytics": ("lt_analytics", "analytics", AnalyticsSettings, 8083),
     "analytics-worker": ("lt_analytics.worker", "analytics", AnalyticsSettings, 8087),
     "purchase-saga": ("lt_saga", "saga", SagaSettings, 8084),
     "notifier": ("lt_notifier", "notifier", NotifierSettings, 8085),
+    "console": ("lt_console", "console", ConsoleSettings, 8088),
     "fakepay": ("leaky_devinfra.fakes.payments", "devtools", None, 8086),
 }
 DEV_ONLY = {"fakepay"}
 # Processes with no dependencies to report (no /ready): readiness is their /health.
-HEALTH_ONLY = {"analytics-worker", "fakepay"}
+HEALTH_ONLY = {"analytics-worker", "fakepay", "console"}
+# Processes that serve no /metrics (not scraped), and those that hold no secret (no Secret, no lt-common: not a
+# ServiceSettings, no Kafka). The web console is both: it speaks only the gateway's public API.
+UNSCRAPED = DEV_ONLY | {"console"}
+NO_SECRET = {"console"}
+# Peak RSS (MB) of processes bench/capacity.py does not load, measured by hand: the console through the
+# gateway of a local stack (deploy/local/stack.py), 20 sessions x 10 rounds of its 12 pages (2,400 pages,
+# 3.2 ms of CPU each), 2026-12-01: 68.7 MB, flat from idle.
+RSS_MEASURED_BY_HAND = {"console": 68.7}
 # The keys each Secret must hold (created outside the repository: deploy/k8s/README.md lists them too).
 SECRET_KEYS = {
     "lt-gateway": {
@@ -468,7 +479,11 @@ def test_the_probed_paths_are_served(name: str) -> None:
     main = importlib.import_module(f"{module}.main")
     app = main.create_app(settings_cls())
     paths = {getattr(r, "path", None) for r in app.routes}
-    assert {"/ready", "/health", "/metrics"} <= paths
+    if name in HEALTH_ONLY:
+        assert "/health" in paths and "/ready" not in paths
+    else:
+        assert {"/ready", "/health"} <= paths
+    assert ("/metrics" in paths) == (name not in UNSCRAPED)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -522,7 +537,7 @@ def test_resources_are_no_smaller_than_measured(rendered: dict[str, list[Obj]]) 
     stack_names = {"purchase-saga": "saga"}
     for name, deployment in _by_kind(rendered["prod"], "Deployment").items():
         resources = _container(deployment)["resources"]
-        peak = figures["rss_peak_mb"][stack_names.get(name, name)] * 1e6
+        peak = {**figures["rss_peak_mb"], **RSS_MEASURED_BY_HAND}[stack_names.get(name, name)] * 1e6
         assert _quantity(resources["requests"]["memory"]) >= 1.2 * peak, name
         assert _quantity(resources["limits"]["memory"]) >= 2 * peak, name
     # quota hashes passwords with argon2 (64 MiB each, LT_PASSWORD_HASH_CONCURRENCY at a time) on top.
@@ -678,8 +693,8 @@ def test_every_process_may_reach_its_data_stores(overlay: str, rendered: dict[st
     annotated = set()
     for name, deployment in _by_kind(objects, "Deployment").items():
         annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
-        if name in DEV_ONLY:
-            assert "prometheus.io/scrape" not in annotations, "a third party's fake has no /metrics of ours"
+        if name in UNSCRAPED:
+            assert "prometheus.io/scrape" not in annotations, f"{name} serves no /metrics of ours"
             continue
         port = _container(deployment)["ports"][0]["containerPort"]
         assert (
@@ -707,6 +722,7 @@ def _needed_settings(name: str) -> set[str]:
             "lt_analytics": "analytics",
             "lt_saga": "purchase-saga",
             "lt_notifier": "notifier",
+            "lt_console": "console",
         }[module.split(".")[0]]
         / "src"
         / module.split(".")[0]
@@ -717,7 +733,7 @@ def _needed_settings(name: str) -> set[str]:
     elif name == "analytics":
         sources = [p for p in sources if p.name != "worker.py"]
     code = "\n".join(p.read_text() for p in sources)
-    needed = {"LT_KAFKA_BOOTSTRAP"}
+    needed = set() if name in NO_SECRET else {"LT_KAFKA_BOOTSTRAP"}
     for field, info in settings_cls.model_fields.items():
         default = str(info.default)
         if ("127.0.0.1" in default or "localhost" in default) and re.search(rf"settings\.{field}\b", code):
@@ -737,24 +753,32 @@ def test_every_process_gets_the_settings_it_needs(overlay: str, rendered: dict[s
             continue
         env = _env_of(objects, deployment)
         secret = _secret_of(deployment)
-        assert secret is not None, f"{name} mounts no Secret"
-        secret_name, mount = secret
-        assert env["LT_SECRETS_DIR"] == mount
-        keys = SECRET_KEYS[secret_name]
+        keys: set[str] = set()
+        if name in NO_SECRET:
+            assert secret is None and "LT_SECRETS_DIR" not in env, f"{name} has no secret to mount"
+        else:
+            assert secret is not None, f"{name} mounts no Secret"
+            secret_name, mount = secret
+            assert env["LT_SECRETS_DIR"] == mount
+            keys = SECRET_KEYS[secret_name]
         provided = set(env) | keys
         missing = _needed_settings(name) - provided
         assert not missing, f"{name}: {sorted(missing)} not set"
         fields = {f"LT_{f.upper()}" for f in settings_cls.model_fields} | {"LT_SECRETS_DIR"}
         assert set(env) <= fields, f"{name}: unknown settings {sorted(set(env) - fields)}"
         values = {**env, **{k: SECRET_SAMPLES.get(k, "sample-value-" + "x" * 24) for k in keys}}
-        values.pop("LT_SECRETS_DIR")
+        values.pop("LT_SECRETS_DIR", None)
         with pytest.MonkeyPatch.context() as mp:
             for key in [k for k in os.environ if k.startswith("LT_")]:
                 mp.delenv(key)
             for key, value in values.items():
                 mp.setenv(key, value)
             settings = settings_cls()
-        assert settings.environment == ("production" if overlay == "prod" else "development")
+        if isinstance(settings, ServiceSettings):
+            assert settings.environment == ("production" if overlay == "prod" else "development")
+        for key, value in env.items():
+            if key.endswith("_URL"):
+                assert str(getattr(settings, key.removeprefix("LT_").lower())) == value, (name, key)
         for url_field in ("database_url", "redis_url"):
             if f"LT_{url_field.upper()}" in _needed_settings(name):
                 assert "127.0.0.1" not in getattr(settings, url_field)

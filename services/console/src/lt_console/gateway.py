@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +20,17 @@ import httpx
 from lt_console.sessions import Session
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,200}$")
+
+
+# The caller's address and the gateway's proof of it, as the gateway sent them with the page request; sent back
+# on every API call made for that page, so the gateway counts the call against the caller, not the console.
+RELAYED_HEADERS = ("x-lt-client-address", "x-lt-client-proof")
+_relayed: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("lt_console_relayed", default=())
+
+
+def relay_from(headers: Mapping[str, str]) -> None:
+    """Keep the relayed headers of the page request being served (a context variable: one per request)."""
+    _relayed.set(tuple((h, headers[h]) for h in RELAYED_HEADERS if h in headers))
 
 
 class ApiError(Exception):
@@ -81,7 +94,7 @@ class Gateway:
         params: Any = None,
         headers: Any = None,
     ) -> httpx.Response:
-        hdrs = {"accept": "application/json", **(headers or {})}
+        hdrs = {"accept": "application/json", **(headers or {}), **dict(_relayed.get())}
         if token is not None:
             hdrs["authorization"] = f"Bearer {token}"
         try:

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from lt_console import admin, pages, signin
-from lt_console.gateway import ApiError, Gateway, SignedOut
+from lt_console.gateway import ApiError, Gateway, SignedOut, relay_from
 from lt_console.sessions import COOKIE, SessionStore
 from lt_console.settings import ConsoleSettings
 from lt_console.web import PREFIX, CsrfRefused, NotSignedIn, render, store_of, to_sign_in
@@ -62,6 +62,7 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _security_headers(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
+    relay_from(request.headers)
     response = await call_next(request)
     for key, value in _SECURITY_HEADERS.items():
         response.headers.setdefault(key, value)

@@ -40,12 +40,18 @@ class FakeGateway:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str | None]] = []
+        # (path, x-lt-client-address, x-lt-client-proof) of every call
+        self.relayed: list[tuple[str, str | None, str | None]] = []
         self.expires_in = 900
         self.access = "at-1"
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         auth = request.headers.get("authorization")
         self.calls.append((request.method, request.url.path, auth))
+        headers = request.headers
+        self.relayed.append(
+            (request.url.path, headers.get("x-lt-client-address"), headers.get("x-lt-client-proof"))
+        )
         path = request.url.path
         if path == "/v1/auth/login":
             body = json.loads(request.content)
@@ -219,3 +225,28 @@ def test_the_cookie_is_secure_when_configured(fake: FakeGateway) -> None:
         r = sign_in(c, api_key="lt-key")
     cookie = next(v for v in r.headers.get_list("set-cookie") if v.startswith(COOKIE + "="))
     assert "secure" in cookie.lower()
+
+
+def test_the_callers_address_and_proof_go_back_to_the_gateway_with_that_pages_calls_only(
+    client: TestClient, fake: FakeGateway
+) -> None:
+    relayed = {"x-lt-client-address": "203.0.113.7", "x-lt-client-proof": "p" * 64}
+    page = client.get("/console/login", headers=relayed)
+    r = client.post(
+        "/console/login",
+        data={"csrf_token": _csrf(page.text), "email": "ada@example.com", "password": "right"},
+        headers=relayed,
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    login = [row for row in fake.relayed if row[0] == "/v1/auth/login"]
+    assert login == [("/v1/auth/login", "203.0.113.7", "p" * 64)]
+    fake.relayed.clear()
+    client.get(
+        "/console/overview", headers={"x-lt-client-address": "198.51.100.4", "x-lt-client-proof": "q" * 64}
+    )
+    assert fake.relayed and {(a, p) for _, a, p in fake.relayed} == {("198.51.100.4", "q" * 64)}
+    # A page request without them sends none: nothing carries over from another request.
+    fake.relayed.clear()
+    client.get("/console/overview")
+    assert fake.relayed and {(a, p) for _, a, p in fake.relayed} == {(None, None)}

@@ -14,6 +14,7 @@ from lt_gateway.adapters.providers import Provider
 from lt_gateway.api import console, docs, management, probe, routes, signin
 from lt_gateway.api.limits import ClientLimits
 from lt_gateway.bootstrap import build_gateway
+from lt_gateway.domain.client_address import AddressProof
 from lt_gateway.settings import GatewaySettings
 
 _CORS_HEADERS = (
@@ -22,7 +23,14 @@ _CORS_HEADERS = (
 )  # fmt: skip
 
 
-def client_middleware(settings: GatewaySettings) -> list[Middleware]:
+def address_proof(settings: GatewaySettings) -> AddressProof:
+    """The key client addresses relayed by the console are proven with: derived from a secret every gateway
+    instance shares (the internal signing key, else the fingerprint secret)."""
+    secrets = (settings.internal_signing_key, settings.fingerprint_secret)
+    return AddressProof.from_secrets(s.get_secret_value() if s else None for s in secrets)
+
+
+def client_middleware(settings: GatewaySettings, proof: AddressProof | None = None) -> list[Middleware]:
     """CORS (only when origins are configured) and the per-address limits."""
     middleware = []
     if settings.cors_allow_origins:
@@ -40,6 +48,7 @@ def client_middleware(settings: GatewaySettings) -> list[Middleware]:
             ClientLimits,
             management_rate_per_min=settings.management_rate_per_min,
             unauthenticated_rate_per_min=settings.unauthenticated_rate_per_min,
+            proof=proof,
         )
     )
     return middleware
@@ -48,6 +57,7 @@ def client_middleware(settings: GatewaySettings) -> list[Middleware]:
 def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None = None) -> FastAPI:
     """Build the gateway app; connections are opened in the lifespan."""
     gateway = build_gateway(settings, providers)
+    proof = address_proof(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -74,8 +84,9 @@ def create_app(settings: GatewaySettings, providers: dict[str, Provider] | None 
         # The chat endpoint skips FastAPI's routing layers (its route below stays for the docs).
         hot_route=("/v1/chat/completions", gateway.chat.handle),
         service="gateway",
-        middleware=client_middleware(settings),
+        middleware=client_middleware(settings, proof),
     )
+    app.state.address_proof = proof
     app.state.models = gateway.models
     app.state.quota = gateway.quota
     app.state.management = gateway.management

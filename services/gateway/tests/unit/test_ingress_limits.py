@@ -33,7 +33,7 @@ def test_buckets_refill_and_say_how_long_to_wait() -> None:
     assert AddressBuckets(0).take("a", 0.0) is None  # 0: off
 
 
-def _echo_app(**limits: int) -> TestClient:
+def _echo_app(*, management_rate_per_min: int, unauthenticated_rate_per_min: int) -> TestClient:
     async def echo(request: Request) -> JSONResponse:
         status = 401 if request.headers.get("authorization") != "Bearer ok" else 200
         return JSONResponse({"body": len(await request.body())}, status_code=status)
@@ -46,7 +46,12 @@ def _echo_app(**limits: int) -> TestClient:
         routes=[Route("/{path:path}", echo, methods=["GET", "POST"])],
         exception_handlers={ServiceError: service_error},
     )  # as install_error_handlers does for every service
-    guarded = RequestGuard(ClientLimits(app, **limits), max_body_bytes=1024, max_json_depth=4)
+    limits = ClientLimits(
+        app,
+        management_rate_per_min=management_rate_per_min,
+        unauthenticated_rate_per_min=unauthenticated_rate_per_min,
+    )
+    guarded = RequestGuard(limits, max_body_bytes=1024, max_json_depth=4)
     return TestClient(guarded)
 
 

@@ -10,11 +10,11 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import asyncpg
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from leaky_common.client_spans import TracedRedis
 from leaky_common.db import apply_migrations, create_database, create_pool, database_url_for
@@ -128,6 +128,13 @@ async def _open_database(url: str, size: int) -> asyncpg.Pool:
 
 
 async def _open_state(settings: QuotaSettings, stack: contextlib.AsyncExitStack) -> RedisState:
+    if settings.redis_cluster:
+        cluster: RedisCluster[str] = RedisCluster.from_url(
+            settings.redis_url, decode_responses=True, max_connections=settings.redis_max_connections
+        )
+        stack.push_async_callback(cluster.aclose)  # type: ignore[attr-defined]  # stubs predate aclose
+        # The same command API for everything RedisState uses (scripts, pipelines without transactions, strings).
+        return RedisState(cast("Redis[str]", cluster), settings.redis_prefix)
     # Bounded, waiting pool: a burst of admissions queues for a connection instead of opening hundreds.
     redis_pool: BlockingConnectionPool[Any] = BlockingConnectionPool.from_url(
         settings.redis_url,

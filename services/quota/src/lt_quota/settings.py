@@ -84,6 +84,10 @@ class QuotaSettings(ServiceSettings):
 
     redis_prefix: str = "lt:"
     redis_max_connections: int = Field(default=64, ge=1)
+    # LT_REDIS_URL names one node of a Redis Cluster: the client discovers the others and sends each admission
+    # to the node of its org's hash slot (every key of one admission carries the org's tag; see
+    # adapters/redis_state.py). Commands are then not traced as client spans.
+    redis_cluster: bool = False
     consumer_group: str = "quota"
     db_pool_size: int = Field(default=10, ge=2)
 

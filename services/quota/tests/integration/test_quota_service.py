@@ -623,7 +623,7 @@ async def test_flushed_redis_is_rebuilt_from_the_ledger_on_restart(
         await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
 
     async with running(settings) as h:
-        state = await h.service.state.pool_states([user["pool_id"]])
+        state = await h.service.state.pool_states(user["org_id"], [user["pool_id"]])
         assert state[user["pool_id"]].used == 321  # loaded at start-up, before any request
         q = await h.quota(user["api_key"])
         assert (q["used_tokens"], q["personal_quota"], q["available_quota"]) == (321, 10_000, 10_000 - 321)

@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
@@ -19,6 +19,7 @@ from leaky_common.events import RequestFreeze, Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
 from leaky_devinfra.testing import TEST_KEYS, InternalKeys, ManualClock
 from leaky_devinfra.testing import eventually as wait_until
+from lt_quota.adapters.redis_state import org_tag
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
 from lt_quota.usecases.settlement_batch import BatchSettlement
@@ -68,7 +69,9 @@ class Harness:
 
     async def pool(self, pool_id: str) -> tuple[int, int]:
         """(used, reserved) of a personal pool in Redis."""
-        state = (await self.service.state.pool_states([pool_id]))[pool_id]
+        async with self.service.db.acquire() as conn:
+            org_id = await conn.fetchval("SELECT org_id FROM pools WHERE id = $1", pool_id)
+        state = (await self.service.state.pool_states(org_id, [pool_id]))[pool_id]
         return state.used, state.reserved
 
     async def ledger(self, pool_id: str) -> list[tuple[int, str]]:
@@ -90,18 +93,22 @@ def usage(admitted: dict[str, Any], tokens: int, event_id: str | None = None) ->
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def database_url(postgres_url: str) -> str:
+    """A database per test: open reservations of one test must not move another's clock-sensitive checks."""
     return await create_database(postgres_url, f"quota_{uuid.uuid4().hex[:10]}")
 
 
-@pytest.fixture
-def settings(database_url: str, redis_url: str, kafka_bootstrap: str) -> QuotaSettings:
+@pytest.fixture(params=["redis", "redis-cluster"])
+def settings(request: pytest.FixtureRequest, database_url: str, kafka_bootstrap: str) -> QuotaSettings:
+    """Every test runs on one Redis server and on a 3-master Redis Cluster (each org's keys in one slot)."""
+    cluster = request.param == "redis-cluster"
     return QuotaSettings(
         _env_file=None,
         environment="test",
         database_url=database_url,
-        redis_url=redis_url,
+        redis_url=request.getfixturevalue("redis_cluster_url" if cluster else "redis_url"),
+        redis_cluster=cluster,
         kafka_bootstrap=kafka_bootstrap,
         **TEST_KEYS.settings(),
         bootstrap_admin_key=ADMIN_KEY,
@@ -130,14 +137,19 @@ async def publisher(settings: QuotaSettings) -> AsyncIterator[EventPublisher]:
 
 
 async def lose_redis(settings: QuotaSettings) -> None:
-    """Redis loses everything this service had (its keys; other tests share the server)."""
-    redis: Redis[bytes] = Redis.from_url(settings.redis_url)
+    """Redis loses everything this service had (its keys; other tests share the server, or the cluster's
+    nodes: each key is deleted on its own node)."""
+    redis: Any = (
+        RedisCluster.from_url(settings.redis_url)
+        if settings.redis_cluster
+        else Redis.from_url(settings.redis_url)
+    )
     try:
         keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
+        for key in keys:
+            await redis.delete(key)
     finally:
-        await redis.aclose()  # type: ignore[attr-defined]  # the stubs predate aclose
+        await redis.aclose()
 
 
 async def test_release_frees_the_unused_part_for_back_to_back_requests(settings: QuotaSettings) -> None:
@@ -279,7 +291,9 @@ async def test_a_command_is_applied_while_a_usage_backlog_waits(
 
             async def frozen() -> bool:
                 return bool(
-                    await h.service.state.redis.exists(h.service.state.freeze_key("user", other["id"]))
+                    await h.service.state.redis.exists(
+                        h.service.state.freeze_key(other["org_id"], "user", other["id"])
+                    )
                 )
 
             await wait_until(frozen, timeout=15, what="the freeze applied")
@@ -458,4 +472,8 @@ async def test_reservation_metrics_follow_admission_release_settlement_and_expir
             "lt_quota_settlement_lag_seconds_count": 1,
         }
         # Sampled by the sweep: what Redis still holds (nothing of this test's; earlier tests' are swept too).
-        assert metric("lt_quota_reservations_open") == await h.service.state.open_reservations()
+        async with h.service.db.acquire() as conn:
+            tags = sorted(
+                {org_tag(r["id"]) for r in await conn.fetch("SELECT id FROM orgs")} | {org_tag(None)}
+            )
+        assert metric("lt_quota_reservations_open") == await h.service.state.open_reservations(tags)

@@ -5,10 +5,11 @@ from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from leaky_common.contracts import AdmitRequest
 from leaky_common.errors import Forbidden, InvalidRequest
-from lt_quota.adapters.redis_state import RedisState
+from lt_quota.adapters.redis_state import RedisState, org_tag
 from lt_quota.domain import BucketSizes, check_key_policy
 from lt_quota.domain.records import KeyRecord, OrgSettings, PoolRecord
 from lt_quota.settings import QuotaSettings
@@ -76,9 +77,11 @@ def test_caps_and_alternatives_in_balancer_order() -> None:
         (3, "vacation_share", "p-team"),
     ]
     vac = counters[-1]
-    assert vac.pct == 10 and vac.key == "t:vac:p-team:m:2026-11" and vac.leg == "p-team|m:2026-11|v"
-    assert counters[4].key == "t:pool:p-user-usd:d:2026-11-23" and counters[4].unit == "u"
-    assert counters[3].key == "t:pool:p-user" and counters[3].unit == "t"
+    tag = "{" + org_tag(record().org_id) + "}"  # every key of one admission in its org's hash slot
+    assert vac.pct == 10 and vac.key == f"t:{tag}:vac:p-team:m:2026-11" and vac.leg == "p-team|m:2026-11|v"
+    assert counters[4].key == f"t:{tag}:pool:p-user-usd:d:2026-11-23" and counters[4].unit == "u"
+    assert counters[3].key == f"t:{tag}:pool:p-user" and counters[3].unit == "t"
+    assert len({key_slot(c.key.encode()) for c in counters}) == 1
 
 
 def test_no_bypass_without_critical_and_no_share_when_the_org_disallows_it() -> None:

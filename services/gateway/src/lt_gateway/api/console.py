@@ -4,12 +4,15 @@ headers a page needs travel either way, and bodies are small forms."""
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
 from leaky_common.errors import PayloadTooLarge, ServiceError, error_response
 from lt_gateway.adapters.management_client import ManagementClient
-from lt_gateway.api.http import request_id_from
+from lt_gateway.api.http import client_address, request_id_from
+from lt_gateway.domain.client_address import ADDRESS_HEADER, PROOF_HEADER, AddressProof
 from lt_gateway.domain.console_path import CONSOLE_PREFIX, console_target
 
 router = APIRouter(include_in_schema=False)
@@ -49,6 +52,11 @@ async def console(rest: str, request: Request) -> Response:
         path, query = console_target(raw_path, request.scope["path"], request.scope.get("query_string", b""))
         headers = {h: request.headers[h] for h in _REQUEST_HEADERS if h in request.headers}
         headers["x-request-id"] = request_id
+        # The caller's address, proven, for the console to send back on the API calls it makes for this page.
+        address = client_address(request)
+        proof: AddressProof = request.app.state.address_proof
+        headers[ADDRESS_HEADER] = address
+        headers[PROOF_HEADER] = proof.sign(address, time.time())
         body = await _small_body(request) if request.method == "POST" else b""
         status, answer, out = await client.send_console(request.method, path, query, body, headers)
     except ServiceError as exc:

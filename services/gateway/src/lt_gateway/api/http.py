@@ -54,3 +54,11 @@ def governance_headers(request: Request) -> GovernanceHeaders:
         headers.get("x-privacy-mode"),
         headers.get("x-project-priority"),
     )
+
+
+def client_address(request: Request) -> str:
+    """The caller's address as the per-address limits counted it (`api.limits`), at most 64 characters."""
+    address = request.scope.get("state", {}).get("client_address")
+    if not isinstance(address, str):
+        address = request.client.host if request.client else "unknown"
+    return address[:64]

@@ -1,6 +1,7 @@
 """Per-address limits in front of everything: management routes get `management_rate_per_min`, and an address
 whose requests keep failing authentication (401) is refused with 429 until its budget refills. Ops routes
-(`/health`, `/ready`, `/metrics`) are never limited."""
+(`/health`, `/ready`, `/metrics`) are never limited. The address is the peer's, or the one the web console
+relays with a valid proof (`domain.client_address`); it is left in `request.state.client_address`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leaky_common.errors import RateLimited
+from lt_gateway.domain.client_address import ADDRESS_HEADER, PROOF_HEADER, AddressProof
 from lt_gateway.domain.ratelimit import AddressBuckets
 
 _OPS = frozenset({"/health", "/ready", "/metrics"})
@@ -27,9 +29,15 @@ class ClientLimits:
     """Pure ASGI middleware applying the two per-address budgets."""
 
     def __init__(
-        self, app: ASGIApp, *, management_rate_per_min: int, unauthenticated_rate_per_min: int
+        self,
+        app: ASGIApp,
+        *,
+        management_rate_per_min: int,
+        unauthenticated_rate_per_min: int,
+        proof: AddressProof | None = None,
     ) -> None:
         self.app = app
+        self.proof = proof
         self.management = AddressBuckets(management_rate_per_min)
         self.failures = AddressBuckets(unauthenticated_rate_per_min)
 
@@ -37,8 +45,8 @@ class ClientLimits:
         if scope["type"] != "http" or scope["path"] in _OPS:
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        address = client[0] if client else "unknown"
+        address = self._address(scope)
+        scope.setdefault("state", {})["client_address"] = address
         now = time.monotonic()
         wait = self.failures.retry_after(address, now)
         if wait is None and is_management(scope["path"]):
@@ -53,6 +61,21 @@ class ClientLimits:
             await send(message)
 
         await self.app(scope, receive, counting_send)
+
+    def _address(self, scope: Scope) -> str:
+        client = scope.get("client")
+        peer: str = client[0] if client else "unknown"
+        if self.proof is None:
+            return peer
+        relayed = proof = None
+        for name, value in scope.get("headers") or ():
+            if name == ADDRESS_HEADER.encode():
+                relayed = value.decode("latin-1")
+            elif name == PROOF_HEADER.encode():
+                proof = value.decode("latin-1")
+        if relayed is None:
+            return peer
+        return self.proof.verified(relayed, proof, time.time()) or peer
 
 
 async def _too_many(send: Send, wait: int) -> None:

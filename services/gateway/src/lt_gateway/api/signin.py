@@ -14,7 +14,7 @@ from starlette.responses import Response
 from leaky_common.api import error_responses
 from leaky_common.contracts import JwkSet, LoginBody, LoginRequest, RefreshBody, TokenResponse
 from lt_gateway.api.deps import Quota
-from lt_gateway.api.http import request_id_from
+from lt_gateway.api.http import client_address, request_id_from
 from lt_gateway.usecases.completion.flow import JSON
 
 __all__ = ["router"]
@@ -37,8 +37,8 @@ async def login(body: LoginBody, request: Request, quota: Quota) -> Response:
     """Sign in with email and password: a short-lived access token (an EdDSA JWT, `Authorization: Bearer` on
     every management route) and a single-use refresh token. Every failure is the same 401
     (`invalid_credentials`); too many attempts for the account or from the address are 429 with Retry-After."""
-    address = request.client.host if request.client else "unknown"
-    payload = LoginRequest(email=body.email, password=body.password, client_address=address[:64])
+    address = client_address(request)
+    payload = LoginRequest(email=body.email, password=body.password, client_address=address)
     answer = await quota.sign_in("/internal/auth/login", payload.model_dump_json().encode())
     return _answer(request, answer, _NO_STORE)
 

@@ -1,15 +1,19 @@
 """Quota's hot state in Redis: counters, reservations, rate-limit buckets and freezes, changed only by Lua.
 
-Layout (every key starts with the configured prefix, `lt:` by default):
-    pool:<pool_id>[:<period_key>]       hash  limit, used, reserved   (a pool's counter for one period)
-    vac:<team_pool_id>:<period_key>     hash  used, reserved          (vacation share borrowed from a team pool)
-    res:<reservation_id>                hash  n, k<i>/a<i>/u<i>/d<i> per leg, pool, amount, src, btok, bk1, bk2,
-                                              user, request, expires
-                                              rel (set once released: a<i> and amount are then what was used)
-    res:by_expiry                       zset  reservation_id scored by expiry (ms)
-    bucket:<key|user>:<id>:<req|tok>    hash  level (float: what is used), ts (ms), win (fixed windows)
-    freeze:<user|key|session>:<id>      string reason, with the freeze's TTL (none: until lifted); a
-                                        session's id is `<org>/<session>`
+Layout (every key starts with the configured prefix, `lt:` by default). The keys one admission touches all
+carry their org's hash tag `{<tag>}` (`org_tag`: 8 hex digits of the org id's SHA-1), so they share one hash slot
+and the scripts run unchanged on Redis Cluster, each org's keys on one node; a reservation id begins with its
+org's tag, so the keys of a settlement or release follow from the id alone:
+    {tag}:pool:<pool_id>[:<period_key>]    hash  limit, used, reserved   (a pool's counter for one period)
+    {tag}:vac:<team_pool_id>:<period_key>  hash  used, reserved          (vacation share borrowed from a team pool)
+    {tag}:res:<reservation_id>             hash  n, k<i>/a<i>/u<i>/d<i> per leg, pool, amount, src, btok, bk1,
+                                                 bk2, user, request, expires
+                                                 rel (set once released: a<i> and amount are then what was used)
+    {tag}:res:by_expiry                    zset  the org's reservation ids scored by expiry (ms)
+    {tag}:bucket:<key|user>:<id>:<req|tok> hash  level (float: what is used), ts (ms), win (fixed windows)
+    {tag}:freeze:<user|key|session>:<id>   string reason, with the freeze's TTL (none: until lifted); a
+                                                 session's id is `<org>/<session>`
+Service-wide keys, each used alone:
     restored                            string set once freezes are restored; gone = Redis lost its data
     buckets_full_at                     string ms when Redis was found to have lost recent bucket levels;
                                         until it expires, a missing bucket counts as full at that time
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
@@ -34,7 +39,22 @@ from redis.exceptions import RedisError
 
 from leaky_common.client_spans import name_script
 
-__all__ = ["AdmitArgs", "Counter", "PoolState", "RedisState", "reservation_fields"]
+__all__ = ["AdmitArgs", "Counter", "PoolState", "RedisState", "org_tag", "reservation_fields"]
+
+_TAG_LEN = 8
+
+
+def org_tag(org_id: str | None) -> str:
+    """The hash tag of an org's keys: 8 hex digits of its id's SHA-1 (short keys whatever the id)."""
+    return hashlib.sha1((org_id or "").encode()).hexdigest()[:_TAG_LEN]  # noqa: S324 - a slot, not a secret
+
+
+def _grouped(ids: list[str]) -> dict[str, list[int]]:
+    """Positions of `ids` by their reservation's tag (one script call per hash slot)."""
+    groups: dict[str, list[int]] = {}
+    for i, rid in enumerate(ids):
+        groups.setdefault(rid[:_TAG_LEN], []).append(i)
+    return groups
 
 
 def _script(name: str) -> str:
@@ -64,6 +84,7 @@ class AdmitArgs:
     """Inputs of one admission."""
 
     now_ms: int
+    org_id: str
     user_id: str
     key_id: str
     session_id: str | None  # `<org>/<session>`: what a session freeze is kept under
@@ -128,37 +149,45 @@ class RedisState:
         name_script(hashlib.sha1(text.encode()).hexdigest(), name)  # noqa: S324 - Redis's own script id
         return self.redis.register_script(text)
 
-    def pool_key(self, pool_id: str, period_key: str = "") -> str:
-        return f"{self._p}pool:{pool_id}" + (f":{period_key}" if period_key else "")
+    def _t(self, org_id: str | None) -> str:
+        return f"{self._p}{{{org_tag(org_id)}}}:"
 
-    def vacation_key(self, team_pool_id: str, period_key: str) -> str:
-        return f"{self._p}vac:{team_pool_id}:{period_key}"
+    def new_reservation_id(self, org_id: str | None) -> str:
+        """A fresh reservation id: the org's tag, then 32 random hex digits."""
+        return org_tag(org_id) + uuid.uuid4().hex
+
+    def pool_key(self, org_id: str | None, pool_id: str, period_key: str = "") -> str:
+        return f"{self._t(org_id)}pool:{pool_id}" + (f":{period_key}" if period_key else "")
+
+    def vacation_key(self, org_id: str | None, team_pool_id: str, period_key: str) -> str:
+        return f"{self._t(org_id)}vac:{team_pool_id}:{period_key}"
 
     def reservation_key(self, reservation_id: str) -> str:
-        return f"{self._p}res:{reservation_id}"
+        return f"{self._p}{{{reservation_id[:_TAG_LEN]}}}:res:{reservation_id}"
 
-    @property
-    def expiry_key(self) -> str:
-        return f"{self._p}res:by_expiry"
+    def expiry_key(self, reservation_id: str) -> str:
+        """The expiry set of the reservation's org (`reservation_id` or a bare tag)."""
+        return f"{self._p}{{{reservation_id[:_TAG_LEN]}}}:res:by_expiry"
 
-    def freeze_key(self, target_type: str, target_id: str) -> str:
-        return f"{self._p}freeze:{target_type}:{target_id}"
+    def freeze_key(self, org_id: str | None, target_type: str, target_id: str) -> str:
+        return f"{self._t(org_id)}freeze:{target_type}:{target_id}"
 
-    def bucket_key(self, scope: str, scope_id: str, kind: str) -> str:
-        return f"{self._p}bucket:{scope}:{scope_id}:{kind}"
+    def bucket_key(self, org_id: str | None, scope: str, scope_id: str, kind: str) -> str:
+        return f"{self._t(org_id)}bucket:{scope}:{scope_id}:{kind}"
 
     async def admit(self, a: AdmitArgs) -> list[Any]:
         """Run the admission script once (EVALSHA); returns its raw reply."""
+        org = a.org_id
         keys = [
-            self.freeze_key("user", a.user_id),
-            self.freeze_key("key", a.key_id),
-            self.freeze_key("session", a.session_id or ""),
-            self.bucket_key("key", a.key_id, "req"),
-            self.bucket_key("key", a.key_id, "tok"),
-            self.bucket_key("user", a.user_id, "req"),
-            self.bucket_key("user", a.user_id, "tok"),
+            self.freeze_key(org, "user", a.user_id),
+            self.freeze_key(org, "key", a.key_id),
+            self.freeze_key(org, "session", a.session_id or ""),
+            self.bucket_key(org, "key", a.key_id, "req"),
+            self.bucket_key(org, "key", a.key_id, "tok"),
+            self.bucket_key(org, "user", a.user_id, "req"),
+            self.bucket_key(org, "user", a.user_id, "tok"),
             self.reservation_key(a.reservation_id),
-            self.expiry_key,
+            self.expiry_key(a.reservation_id),
             *(c.key for c in a.counters),
         ]
         args: list[str | int | float] = [
@@ -202,7 +231,7 @@ class RedisState:
 
     async def settle(self, reservation_id: str, actual_tokens: int, leg_amounts: list[int]) -> bool:
         """Apply a settlement; False if the reservation was already settled (or never existed)."""
-        keys = [self.reservation_key(reservation_id), self.expiry_key]
+        keys = [self.reservation_key(reservation_id), self.expiry_key(reservation_id)]
         return bool(await self._settle(keys=keys, args=[reservation_id, actual_tokens, *leg_amounts]))
 
     async def release(self, reservation_id: str, tokens: int, usd_micros: int) -> dict[str, str] | None:
@@ -212,56 +241,73 @@ class RedisState:
         return reservation_fields(raw) if raw else None
 
     async def settle_many(self, settlements: list[tuple[str, int, list[int]]]) -> list[bool]:
-        """Apply many settlements (reservation id, actual tokens, amount per leg) in one call; per settlement,
-        False if Redis did not hold the reservation (settled before, or lost)."""
+        """Apply many settlements (reservation id, actual tokens, amount per leg), one call per org's hash slot
+        (the calls run concurrently); per settlement, False if Redis did not hold the reservation (settled
+        before, or lost)."""
         if not settlements:
             return []
-        keys = [self.expiry_key, *(self.reservation_key(r) for r, _, _ in settlements)]
-        plans = orjson.dumps([[r, tokens, amounts] for r, tokens, amounts in settlements]).decode()
-        return [bool(v) for v in await self._settle_many(keys=keys, args=[plans])]
+        out = [False] * len(settlements)
+        groups = _grouped([r for r, _, _ in settlements])
+
+        async def one(positions: list[int]) -> None:
+            part = [settlements[i] for i in positions]
+            keys = [self.expiry_key(part[0][0]), *(self.reservation_key(r) for r, _, _ in part)]
+            plans = orjson.dumps([[r, tokens, amounts] for r, tokens, amounts in part]).decode()
+            for i, v in zip(positions, await self._settle_many(keys=keys, args=[plans]), strict=True):
+                out[i] = bool(v)
+
+        await asyncio.gather(*(one(p) for p in groups.values()))
+        return out
 
     async def reservations(self, reservation_ids: list[str]) -> list[dict[str, str] | None]:
-        """The fields of many reservations in one round trip (None where Redis holds none)."""
+        """The fields of many reservations, one round trip per org's hash slot (None where Redis holds none)."""
         if not reservation_ids:
             return []
-        rows = orjson.loads(await self._reservations(keys=[self.reservation_key(r) for r in reservation_ids]))
-        return [reservation_fields(row) if row else None for row in rows]
+        out: list[dict[str, str] | None] = [None] * len(reservation_ids)
+
+        async def one(positions: list[int]) -> None:
+            keys = [self.reservation_key(reservation_ids[i]) for i in positions]
+            rows = orjson.loads(await self._reservations(keys=keys))
+            for i, row in zip(positions, rows, strict=True):
+                out[i] = reservation_fields(row) if row else None
+
+        await asyncio.gather(*(one(p) for p in _grouped(reservation_ids).values()))
+        return out
 
     async def restore_reservation(self, reservation_id: str, expires_ms: int, fields: dict[str, str]) -> bool:
         """Put back a reservation Redis lost (from its durable record); False if Redis still holds it."""
         flat = [v for item in fields.items() for v in item]
-        keys = [self.reservation_key(reservation_id), self.expiry_key]
+        keys = [self.reservation_key(reservation_id), self.expiry_key(reservation_id)]
         return bool(await self._restore_reservation(keys=keys, args=[expires_ms, reservation_id, *flat]))
 
     async def reservation(self, reservation_id: str) -> dict[str, str] | None:
-        """The reservation's fields, or None once settled. A reservation made before legs existed (one
-        personal pool, no period) is given its one leg, so an upgrade settles it like the others."""
-        key = self.reservation_key(reservation_id)
-        data = await self.redis.hgetall(key)
-        if data and "n" not in data and "pool" in data:
-            legacy: dict[str | bytes, str] = {
-                "n": "1",
-                "k1": self.pool_key(data["pool"]),
-                "a1": data.get("amount", "0"),
-                "u1": "t",
-                "d1": f"{data['pool']}||p",
-            }
-            await self.redis.hset(key, mapping=legacy)
-            data.update({str(k): v for k, v in legacy.items()})
+        """The reservation's fields, or None once settled (or lost, or left under the key layout before hash
+        tags: such a reservation is settled from its usage event and the ledger, like a lost one)."""
+        data = await self.redis.hgetall(self.reservation_key(reservation_id))
         return data or None
 
-    async def expired_reservations(self, now_ms: int, limit: int = 100) -> list[str]:
-        """Reservation ids whose TTL ended at or before `now_ms`."""
-        ids = await self.redis.zrangebyscore(self.expiry_key, "-inf", now_ms, start=0, num=limit)
-        return [str(i) for i in ids]
+    async def expired_reservations(self, tags: list[str], now_ms: int, limit: int = 100) -> list[str]:
+        """Reservation ids of the orgs with these tags whose TTL ended at or before `now_ms` (one pipeline)."""
+        if not tags:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for tag in tags:
+            pipe.zrangebyscore(self.expiry_key(tag), "-inf", now_ms, start=0, num=limit)
+        found = [str(i) for ids in await pipe.execute() for i in ids]
+        return found[:limit]
 
-    async def open_reservations(self) -> int:
-        """How many reservations Redis holds (charged or not yet swept)."""
-        return int(await self.redis.zcard(self.expiry_key))
+    async def open_reservations(self, tags: list[str]) -> int:
+        """How many reservations Redis holds for the orgs with these tags (charged or not yet swept)."""
+        if not tags:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for tag in tags:
+            pipe.zcard(self.expiry_key(tag))
+        return sum(int(n) for n in await pipe.execute())
 
     async def forget_reservation(self, reservation_id: str) -> None:
         """Drop a dangling expiry entry whose reservation hash is gone."""
-        await self.redis.zrem(self.expiry_key, reservation_id)
+        await self.redis.zrem(self.expiry_key(reservation_id), reservation_id)
 
     async def load_counter(self, key: str, limit: int, used: int, ttl_ms: int = 0, reserved: int = 0) -> bool:
         """Create a counter if missing (expiring after `ttl_ms` if > 0), holding `reserved` for the open
@@ -287,10 +333,10 @@ class RedisState:
             out[key] = None if row[1] is None else PoolState(int(row[0] or 0), int(row[1]), int(row[2] or 0))
         return out
 
-    async def pool_states(self, pool_ids: list[str]) -> dict[str, PoolState | None]:
-        """Live numbers of pools without a period, by pool id."""
-        states = await self.counter_states([self.pool_key(p) for p in pool_ids])
-        return {p: states[self.pool_key(p)] for p in pool_ids}
+    async def pool_states(self, org_id: str, pool_ids: list[str]) -> dict[str, PoolState | None]:
+        """Live numbers of an org's pools without a period, by pool id."""
+        states = await self.counter_states([self.pool_key(org_id, p) for p in pool_ids])
+        return {p: states[self.pool_key(org_id, p)] for p in pool_ids}
 
     async def mark_restored(self) -> None:
         """Note that freezes were written from Postgres; the marker vanishes when Redis loses its data."""
@@ -322,14 +368,16 @@ class RedisState:
         """Forget the attempts counted in `key` (a successful login clears its account's count)."""
         await self.redis.delete(key)
 
-    async def freeze(self, target_type: str, target_id: str, reason: str, ttl_ms: int | None) -> None:
-        """Freeze a user, key or session for `ttl_ms` (None: until unfrozen)."""
-        key = self.freeze_key(target_type, target_id)
+    async def freeze(
+        self, org_id: str | None, target_type: str, target_id: str, reason: str, ttl_ms: int | None
+    ) -> None:
+        """Freeze one of an org's users, keys or sessions for `ttl_ms` (None: until unfrozen)."""
+        key = self.freeze_key(org_id, target_type, target_id)
         if ttl_ms is None:
             await self.redis.set(key, reason)
         else:
             await self.redis.set(key, reason, px=max(ttl_ms, 1))
 
-    async def unfreeze(self, target_type: str, target_id: str) -> None:
+    async def unfreeze(self, org_id: str | None, target_type: str, target_id: str) -> None:
         """Lift a freeze."""
-        await self.redis.delete(self.freeze_key(target_type, target_id))
+        await self.redis.delete(self.freeze_key(org_id, target_type, target_id))

@@ -21,7 +21,6 @@ from lt_quota.domain import (
     decision_label,
     denial,
     denied_cap,
-    new_id,
     no_pool_for_model,
     parse_admit_result,
     privacy_strict,
@@ -191,10 +190,11 @@ class Admission:
         sizes = self.ctx.bucket_sizes(record)
         return AdmitArgs(
             now_ms=now,
+            org_id=record.org_id,
             user_id=record.user_id,
             key_id=record.key_id,
             session_id=session_target(record.org_id, req.session_id) if req.session_id else None,
-            reservation_id=new_id(),
+            reservation_id=self.ctx.state.new_reservation_id(record.org_id),
             request_id=req.request_id,
             expires_ms=now + s.reservation_ttl_s * 1000,
             prompt_tokens=req.prompt_tokens,

@@ -216,12 +216,12 @@ class QuotaContext:
 
     # --- the balancer and bucket sizes, bound to this service's settings, clock and Redis keys -------------
 
-    def counter(self, cap: Cap) -> Counter:
-        """The admission script's counter for a cap (its Redis key)."""
+    def counter(self, org_id: str, cap: Cap) -> Counter:
+        """The admission script's counter for a cap of one of `org_id`'s pools (its Redis key)."""
         key = (
-            self.state.vacation_key(cap.pool_id, cap.period_key or "-")
+            self.state.vacation_key(org_id, cap.pool_id, cap.period_key or "-")
             if cap.vacation
-            else self.state.pool_key(cap.pool_id, cap.period_key)
+            else self.state.pool_key(org_id, cap.pool_id, cap.period_key)
         )
         return Counter(key, cap.label, cap.unit, cap.group, cap.leg, cap.pct)
 
@@ -247,7 +247,7 @@ class QuotaContext:
             vacation=vacation,
             now_ms=self.clock(),
         )
-        return [self.counter(c) for c in caps], sources
+        return [self.counter(record.org_id, c) for c in caps], sources
 
     def default_bucket_sizes(
         self, org: OrgSettings | None, tier: str, role: str, team: BucketOverrides | None = None
@@ -274,7 +274,7 @@ class QuotaContext:
             zones = {o: await self.timezone(conn, o) for o in {p.org_id for p in pools}}
             periods = {p.id: period_of(p.period, now, zones[p.org_id]) for p in pools}
             used = await repo.period_totals(conn, [(p.id, periods[p.id].key) for p in pools])
-            keys = {p.id: self.state.pool_key(p.id, periods[p.id].key) for p in pools}
+            keys = {p.id: self.state.pool_key(p.org_id, p.id, periods[p.id].key) for p in pools}
             reserved = await repo.open_reserved(conn, list(keys.values()))
             for pool in pools:
                 per = periods[pool.id]
@@ -315,6 +315,6 @@ class QuotaContext:
         self._governing.clear()
         if pool is None:
             return
-        key = self.state.pool_key(pool.id, period_of(pool.period, self.clock(), tz).key)
+        key = self.state.pool_key(pool.org_id, pool.id, period_of(pool.period, self.clock(), tz).key)
         if not await self.state.set_limit(key, pool.limit):
             await self.load_pools([pool_id])

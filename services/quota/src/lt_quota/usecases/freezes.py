@@ -203,12 +203,25 @@ class Freezes:
                 org_id=org_id if session else None,
                 exact_org=session,
             )
+            # Redis keeps it under the org the target belongs to (the hash slot of that org's admissions).
+            owner_org = org_id if session else await self._owner_org(conn, target_type, target_id, org_id)
         if session:
             target_id = session_target(org_id, target_id)
         if not live:
-            await self.ctx.state.unfreeze(target_type, target_id)
+            await self.ctx.state.unfreeze(owner_org, target_type, target_id)
             return
         longest = longest_freeze(live)
         await self.ctx.state.freeze(
-            target_type, target_id, longest.reason, ttl_ms(longest.expires_at, self.ctx.clock())
+            owner_org, target_type, target_id, longest.reason, ttl_ms(longest.expires_at, self.ctx.clock())
         )
+
+    @staticmethod
+    async def _owner_org(
+        conn: asyncpg.Connection, target_type: str, target_id: str, fallback: str | None
+    ) -> str | None:
+        """The org of a key's or user's owner; `fallback` for a key we do not know (a detector may name one)."""
+        if target_type == "key":
+            owner = await repo.key_owner(conn, target_id)
+            return owner[1] if owner else fallback
+        user = await repo.get_user(conn, target_id)
+        return user.org_id if user else fallback

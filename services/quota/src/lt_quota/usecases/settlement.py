@@ -17,6 +17,7 @@ from lt_quota.adapters.metrics import (
     RESERVATIONS_SETTLED,
     observe_settled,
 )
+from lt_quota.adapters.redis_state import org_tag
 from lt_quota.domain import Leg, legs_of_reservation, period_of, source_group
 from lt_quota.domain.records import KeyRecord, PoolRecord
 from lt_quota.usecases.context import QuotaContext
@@ -111,7 +112,10 @@ class Settlement:
         await self.durable.recover()
         now = self.ctx.clock()
         charged = 0
-        for reservation_id in await self.ctx.state.expired_reservations(now):
+        # Each org's reservations expire in its own set (its hash slot): look in every org's.
+        async with self.ctx.db.acquire() as conn:
+            tags = sorted({org_tag(o) for o in await repo.org_ids(conn)} | {org_tag(None)})
+        for reservation_id in await self.ctx.state.expired_reservations(tags, now):
             reservation = await self.ctx.state.reservation(reservation_id)
             if reservation is None:
                 await self.ctx.state.forget_reservation(reservation_id)
@@ -127,7 +131,7 @@ class Settlement:
                 await self._charge(_expiry(record.reservation_id, record.fields, from_redis=False))
                 charged += 1
         RESERVATIONS_EXPIRED_CHARGED.inc(charged)
-        RESERVATIONS_OPEN.set(await self.ctx.state.open_reservations())
+        RESERVATIONS_OPEN.set(await self.ctx.state.open_reservations(tags))
         return charged
 
     async def legs_for_event(self, event: UsageRecorded) -> list[Leg]:
@@ -173,7 +177,8 @@ class Settlement:
             if pool is not None:
                 per = period_of(pool.period, self.ctx.clock(), org.timezone)
                 unit = "t" if pool.unit == "tokens" else "u"
-                legs.append(Leg(self.ctx.state.pool_key(pool.id, per.key), pool.id, per.key, False, unit))
+                key = self.ctx.state.pool_key(pool.org_id, pool.id, per.key)
+                legs.append(Leg(key, pool.id, per.key, False, unit))
         return legs
 
     async def _charge(self, c: Charge) -> int:

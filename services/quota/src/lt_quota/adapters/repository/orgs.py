@@ -47,6 +47,10 @@ async def is_platform_org(conn: Conn, org_id: str) -> bool:
     return bool(await conn.fetchval("SELECT platform FROM orgs WHERE id = $1", org_id))
 
 
+async def org_ids(conn: Conn) -> list[str]:
+    return [str(r["id"]) for r in await conn.fetch("SELECT id FROM orgs")]
+
+
 async def list_orgs(conn: Conn) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(

@@ -80,7 +80,7 @@ class Sessions:
             if spent:
                 await repo.insert_ledger(conn, pool.id, -spent, "reset", f"reset:{new_id()}", None)
             await repo.set_pool_limit(conn, pool.id, org.default_session_budget_usd_micros)
-            await self.ctx.state.resync_used(self.ctx.state.pool_key(pool.id), 0)
+            await self.ctx.state.resync_used(self.ctx.state.pool_key(pool.org_id, pool.id), 0)
         self.ctx.forget_session(admin.org_id, session_id)
         await self.ctx.sync_limit(pool.id)
         return await self.get_session(admin, session_id)

@@ -73,7 +73,7 @@ class PoolViews:
         state = self.ctx.state
         now = self.ctx.clock()
         periods = [period_of(p.period, now, timezone) for p in pools]
-        keys = [state.pool_key(p.id, per.key) for p, per in zip(pools, periods, strict=True)]
+        keys = [state.pool_key(p.org_id, p.id, per.key) for p, per in zip(pools, periods, strict=True)]
         states = await state.counter_states(keys)
         for pool, per, key in zip(pools, periods, keys, strict=True):
             if states[key] is None:
@@ -121,7 +121,7 @@ class PoolViews:
             if not _is_team_tokens(v):
                 continue
             per = period_of(v["period"], self.ctx.clock(), org.timezone)
-            key = state.vacation_key(v["id"], per.key or "-")
+            key = state.vacation_key(org.id, v["id"], per.key or "-")
             st = (await state.counter_states([key]))[key]
             if st is None and await self.ctx.load_counter(key, v["id"], per.key, True):
                 st = (await state.counter_states([key]))[key]
