@@ -137,15 +137,18 @@ def check_ledger(
 
 
 async def check_reservations(stores: Stores, inv: Invariants) -> None:
-    """No reservation open past its TTL."""
+    """No reservation open past its TTL (in every org's expiry set: `lt:{<org tag>}:res:by_expiry`)."""
     found = inv.violations.setdefault("reservations", [])
     client = aioredis.from_url(stores.redis, decode_responses=True)
+    late: list[tuple[str, float]] = []
+    open_now = 0
     try:
         now_ms = int(time.time() * 1000)
-        late = await client.zrangebyscore(
-            "lt:res:by_expiry", "-inf", now_ms - int(stores.reservation_grace_s * 1000), withscores=True
-        )
-        open_now = await client.zcard("lt:res:by_expiry")
+        async for key in client.scan_iter(match="lt:*res:by_expiry", count=500):
+            late += await client.zrangebyscore(
+                key, "-inf", now_ms - int(stores.reservation_grace_s * 1000), withscores=True
+            )
+            open_now += await client.zcard(key)
     finally:
         await client.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
     for rid, score in late[:50]:
