@@ -266,11 +266,29 @@ async def _open_reservations(r: Replicas) -> int:
         await client.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
 
 
+async def _open_at_the_end(r: Replicas) -> list[str]:
+    """Reservations still open once the load stopped: whose request, and what its client saw."""
+    client = aioredis.from_url(str(r.h.state["redis"]), decode_responses=True)
+    seen = {op.rid: f"{op.kind} {op.status}{'/broken' if op.broken else ''}" for op in r.ops}
+    try:
+        found = []
+        async for key in client.scan_iter(match="lt:*res:by_expiry"):
+            for rid in await client.zrange(key, 0, -1):
+                request = await client.hget(key.replace("by_expiry", rid), "request")
+                found.append(
+                    f"  open after the load: reservation {rid} of {request} ({seen.get(str(request))})"
+                )
+        return found
+    finally:
+        await client.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
+
+
 async def _invariants(r: Replicas, load: Any, *, all_settled: bool = False) -> Any:
     """Every invariant over every request of the module so far (this load's included); with `all_settled`,
     once no reservation is open any more (those nothing settled are charged at expiry, within the TTL)."""
     r.ops += load.ops
     if all_settled:
+        r.figures += await _open_at_the_end(r)
         waited = time.monotonic()
         await eventually(lambda: _zero(_open_reservations(r)), timeout=TTL_S + 20, what="no reservation open")
         r.figures.append(
