@@ -71,8 +71,8 @@ check: lint typecheck contracts unit ## lint, types, contracts and the fast unit
 test: lint typecheck contracts ## lint, types, import contracts and every test (unit, integration, e2e)
 	$(RUN) pytest $(PYTEST_ARGS)
 
-bench: sync ## hot-path benchmark: direct vs the governed gateway vs the LiteLLM proxy
-	$(RUN) python bench/hotpath.py
+bench: sync ## hot-path benchmark: direct vs the governed gateway vs Portkey and LiteLLM (BENCH_ARGS)
+	$(RUN) python bench/hotpath.py $(BENCH_ARGS)
 
 chaos: sync ## chaos run: every component killed and restarted under load, then the money invariants (CHAOS_ARGS)
 	$(RUN) python bench/chaos.py $(CHAOS_ARGS)

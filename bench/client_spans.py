@@ -36,7 +36,7 @@ def one_run(mode: str, args: argparse.Namespace) -> dict[str, object]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     cmd = [
-        sys.executable, str(ROOT / "bench" / "hotpath.py"), "--runs", "1", "--no-litellm", "--no-install",
+        sys.executable, str(ROOT / "bench" / "hotpath.py"), "--runs", "1", "--no-litellm", "--no-portkey", "--no-install",
         "--no-twin", "--trace", mode, "--requests", str(args.requests), "--sequential", str(args.sequential),
         "--json", str(out),
     ]  # fmt: skip

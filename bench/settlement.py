@@ -88,11 +88,25 @@ def events_for(admitted: list[Any]) -> list[UsageRecorded]:
     ]
 
 
+# Each pool's counter key: quota prefixes it with its org's hash tag (`lt:{tag}:pool:<id>`, Redis Cluster).
+_POOL_KEYS: dict[str, str] = {}
+
+
+async def pool_key(redis: Redis[str], pool_id: str) -> str:
+    """The counter key of `pool_id` (found once by its suffix; it exists once the pool has an admission)."""
+    if pool_id not in _POOL_KEYS:
+        async for key in redis.scan_iter(match=f"{PREFIX}*pool:{pool_id}"):
+            _POOL_KEYS[pool_id] = key
+            break
+    return _POOL_KEYS.get(pool_id, f"{PREFIX}pool:{pool_id}")
+
+
 async def pools_state(redis: Redis[str], pool_ids: list[str]) -> tuple[int, int]:
     """(sum of used, sum of reserved) over the pools."""
+    keys = [await pool_key(redis, p) for p in pool_ids]
     pipe = redis.pipeline(transaction=False)
-    for p in pool_ids:
-        pipe.hmget(f"{PREFIX}pool:{p}", ["used", "reserved"])
+    for key in keys:
+        pipe.hmget(key, ["used", "reserved"])
     rows = await pipe.execute()
     return sum(int(r[0] or 0) for r in rows), sum(int(r[1] or 0) for r in rows)
 
