@@ -69,7 +69,7 @@ e2e: sync ## end-to-end tests against a whole stack
 check: lint typecheck contracts unit ## lint, types, contracts and the fast unit tests
 
 test: lint typecheck contracts ## lint, types, import contracts and every test (unit, integration, e2e)
-	$(RUN) pytest $(PYTEST_ARGS)
+	$(RUN) pytest --durations=25 $(PYTEST_ARGS)
 
 bench: sync ## hot-path benchmark: direct vs the governed gateway vs Portkey and LiteLLM (BENCH_ARGS)
 	$(RUN) python bench/hotpath.py $(BENCH_ARGS)

@@ -114,6 +114,10 @@ async def kafka_records(bootstrap: str) -> dict[str, bytes]:
     await admin.start()
     try:
         topics = [t for t in await admin.list_topics() if not t.startswith("__")]
+        # Every partition of every topic (a consumer without a subscription has no metadata to ask).
+        partitions = {
+            d["topic"]: {p["partition"] for p in d["partitions"]} for d in await admin.describe_topics(topics)
+        }
     finally:
         await admin.close()
     out: dict[str, bytes] = {}
@@ -121,8 +125,8 @@ async def kafka_records(bootstrap: str) -> dict[str, bytes]:
     await consumer.start()
     try:
         for topic in topics:
-            parts = consumer.partitions_for_topic(topic) or {0}
-            consumer.assign([TopicPartition(topic, p) for p in parts])
+            parts = partitions.get(topic) or {0}
+            consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
             chunks: list[bytes] = []
             empty = 0
             while empty < 2:  # a topic is read out when two fetches in a row bring nothing
