@@ -64,7 +64,15 @@ class Ingest:
                 for event in events:
                     status.update(await self.record([event]))
                 return status
-            except (asyncpg.PostgresError, OSError, TimeoutError):
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+                TimeoutError,
+            ):
+                # InternalClientError: a pooled connection PostgreSQL dropped mid-operation (PostgreSQL killed);
+                # raised out of here it would crash the faust agent and drop the batch from analytics.
                 logger.exception("recording %d usage events failed; retrying in %.1fs", len(events), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)
