@@ -68,8 +68,12 @@ e2e: sync ## end-to-end tests against a whole stack
 
 check: lint typecheck contracts unit ## lint, types, contracts and the fast unit tests
 
+# Tests run on TEST_WORKERS pytest-xdist workers, each with its own broker, PostgreSQL and Redis; a module's tests,
+# and all tests of one stack fixture, stay on one worker (leaky_devinfra.pytest_plugin). TEST_WORKERS=0: in-process.
+TEST_WORKERS ?= 2
+
 test: lint typecheck contracts ## lint, types, import contracts and every test (unit, integration, e2e)
-	$(RUN) pytest --durations=25 $(PYTEST_ARGS)
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 bench: sync ## hot-path benchmark: direct vs the governed gateway vs Portkey and LiteLLM (BENCH_ARGS)
 	$(RUN) python bench/hotpath.py $(BENCH_ARGS)

@@ -73,7 +73,8 @@ async def read_rest(resp: aiohttp.ClientResponse) -> tuple[int, bool]:
 
 async def test_a_stream_whose_gateway_was_killed_is_charged_what_was_relayed(tmp_path: Path) -> None:
     chaos = _chaos()
-    config = chaos.Config(components=(), users=1, chunk_delay_ms=100, reservation_ttl_s=300, converge_s=60.0)
+    # 40 tokens 250 ms apart: a 10 s stream, time enough to start the kill command on a loaded machine.
+    config = chaos.Config(components=(), users=1, chunk_delay_ms=250, reservation_ttl_s=300, converge_s=60.0)
     h = chaos.Harness(config, tmp_path / "run")
     try:
         h.up()

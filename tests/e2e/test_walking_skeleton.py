@@ -114,9 +114,10 @@ async def test_full_flow_chat_usage_exhaust_purchase_and_webhook(
 
             # Exhaust the pool: the SDK raises on 402 with an OpenAI-shaped insufficient_quota error.
             with pytest.raises(openai.APIStatusError) as denied:
-                for _ in range(50):
+                for i in range(50):  # each prompt its own: four identical ones in a row are a loop (a freeze)
+                    prompt = f"request {i}: " + "more " * 20
                     await client.chat.completions.create(
-                        model="mock-gpt", messages=[{"role": "user", "content": "more " * 20}], max_tokens=64
+                        model="mock-gpt", messages=[{"role": "user", "content": prompt}], max_tokens=64
                     )
             assert denied.value.status_code == 402
             error = denied.value.body

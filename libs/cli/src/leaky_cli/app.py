@@ -14,7 +14,7 @@ from leaky_cli import config as cfg
 from leaky_cli.client import ApiClient, ApiError, BadInput
 from leaky_cli.commands import admin, approvals, keys, me, purchases, sessions, team, top
 from leaky_cli.context import JsonOpt, State, api
-from leaky_cli.output import console, err_console, list_table, record_table, show
+from leaky_cli.output import console, err_console, follow_terminal_width, list_table, record_table, show
 
 __all__ = ["app", "main"]
 
@@ -55,6 +55,7 @@ def _root(
     ] = None,
     timeout: Annotated[float, typer.Option(min=0.1, max=600, help="HTTP timeout in seconds.")] = 30.0,
 ) -> None:
+    follow_terminal_width()
     ctx.obj = State(profile=profile, timeout=timeout)
 
 

@@ -4,6 +4,7 @@ writing to the consoles."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -17,6 +18,7 @@ __all__ = [
     "console",
     "emit_json",
     "err_console",
+    "follow_terminal_width",
     "list_table",
     "record_table",
     "show",
@@ -27,6 +29,15 @@ __all__ = [
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+
+def follow_terminal_width() -> None:
+    """Re-read `COLUMNS` (Rich reads it once, when the consoles are made): each run of the CLI in one process,
+    say from a test's runner, gets the width its environment names, else the terminal's."""
+    columns = os.environ.get("COLUMNS", "")
+    for each in (console, err_console):
+        each.width = int(columns) if columns.isdigit() and int(columns) > 0 else None  # type: ignore[assignment]
+
 
 Column = tuple[str, str | Callable[[Mapping[str, Any]], str]]
 

@@ -147,6 +147,16 @@ class EventPublisher:
         await self._ready_producer().send_and_wait(topic, value, key=key, headers=headers)
 
 
+def _cancel_group_tasks(consumer: AIOKafkaConsumer) -> None:
+    """Cancel the group tasks a wedged consumer's stop() left running (it timed out before reaching them): else
+    its heartbeats go on for the life of the process, a member of the group nobody consumes for."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    for name in ("_coordination_task", "_heartbeat_task", "_commit_refresh_task", "_reset_committed_task"):
+        task = getattr(coordinator, name, None)
+        if isinstance(task, asyncio.Task) and not task.done():
+            task.cancel()
+
+
 class EventConsumer:
     """A consumer-group loop: parse, handle (with retries), commit; poison messages go to the DLQ."""
 
@@ -222,6 +232,7 @@ class EventConsumer:
             try:
                 await asyncio.wait_for(old.stop(), self._commit_timeout_s)
             except Exception:  # stop() wedges too (leaving the group needs the coordinator): drop its sockets
+                _cancel_group_tasks(old)
                 for part in (old._fetcher, old._client):
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(part.close(), 5.0)

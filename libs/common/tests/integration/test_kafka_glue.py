@@ -166,7 +166,10 @@ async def test_a_wedged_consumer_is_reopened_and_consumes_on(kafka_bootstrap: st
     try:
         await publisher.publish(topic, UsageRecorded(request_id="wedge", model="m", provider="p"))
         await wait_until(lambda: seen.count("wedge") == 2, timeout=30)  # redelivered by the new consumer
-        assert consumer._consumer is not wedged
+        assert wedged is not None and consumer._consumer is not wedged
+        # Nothing of the old consumer lives on (its heartbeats would keep a dead member in the group).
+        group = [getattr(wedged._coordinator, f"_{n}_task", None) for n in ("heartbeat", "commit_refresh")]
+        await wait_until(lambda: all(t is None or t.done() for t in group), timeout=10)
         await publisher.publish(topic, UsageRecorded(request_id="after", model="m", provider="p"))
         await wait_until(lambda: "after" in seen, timeout=30)
         assert consumer.running

@@ -58,6 +58,7 @@ def test_rotation_new_key_first_old_values_still_open_and_need_resealing() -> No
 @pytest.mark.parametrize(
     "keys",
     ["k1", "k1:notbase64!", "k1:" + base64.b64encode(b"short").decode(), f"k1:{K1},k1:{K2}", f"bad id:{K1}"],
+    ids=["no-key", "not-base64", "short-key", "duplicate-id", "bad-id"],  # the keys are random: stable ids
 )
 def test_bad_key_settings_are_refused(keys: str) -> None:
     with pytest.raises(SealError):

@@ -130,7 +130,11 @@ async def _open_database(url: str, size: int) -> asyncpg.Pool:
 async def _open_state(settings: QuotaSettings, stack: contextlib.AsyncExitStack) -> RedisState:
     if settings.redis_cluster:
         cluster: RedisCluster[str] = RedisCluster.from_url(
-            settings.redis_url, decode_responses=True, max_connections=settings.redis_max_connections
+            settings.redis_url,
+            decode_responses=True,
+            max_connections=settings.redis_max_connections,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
         )
         stack.push_async_callback(cluster.aclose)  # type: ignore[attr-defined]  # stubs predate aclose
         # The same command API for everything RedisState uses (scripts, pipelines without transactions, strings).
@@ -141,6 +145,8 @@ async def _open_state(settings: QuotaSettings, stack: contextlib.AsyncExitStack)
         max_connections=settings.redis_max_connections,
         timeout=5,
         decode_responses=True,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
     )
     stack.push_async_callback(redis_pool.aclose)  # type: ignore[attr-defined]  # stubs predate aclose
     redis: Redis[str] = TracedRedis(connection_pool=redis_pool, decode_responses=True)

@@ -84,6 +84,9 @@ class QuotaSettings(ServiceSettings):
 
     redis_prefix: str = "lt:"
     redis_max_connections: int = Field(default=64, ge=1)
+    # How long a Redis connect or command may take before quota treats Redis as unavailable (503, retried by
+    # the caller) instead of waiting for ever on a server that stopped answering (a dropped network path).
+    redis_timeout_s: float = Field(default=3.0, gt=0, le=60)
     # LT_REDIS_URL names one node of a Redis Cluster: the client discovers the others and sends each admission
     # to the node of its org's hash slot (every key of one admission carries the org's tag; see
     # adapters/redis_state.py). Commands are then not traced as client spans.

@@ -1,13 +1,16 @@
 """Quota on a real 3-master Redis Cluster: every key of one admission lies in its org's hash slot (the scripts
 run unchanged), orgs spread over the nodes, and admission, freezes, release, settlement and expiry stay exact.
-(test_settlement_core.py runs its whole suite on the cluster as well.)"""
+(test_settlement_core.py runs its whole suite on the cluster as well.) Last, a single Redis that stops
+answering: quota gives up after `redis_timeout_s` instead of waiting for ever."""
 
+import asyncio
 import contextlib
 import os
 import signal
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +20,8 @@ from redis.crc import key_slot
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
 from leaky_common.events import RequestFreeze, UsageRecorded
+from leaky_devinfra.infra import free_port
+from leaky_devinfra.proxy import FaultyProxy
 from leaky_devinfra.redis_cluster import start_redis_cluster
 from leaky_devinfra.testing import TEST_KEYS, ManualClock, eventually
 from lt_quota.main import create_app
@@ -223,3 +228,43 @@ async def test_a_dead_primary_fails_only_its_orgs_closed(
     finally:
         for node in nodes:
             node.stop()
+
+
+async def test_a_redis_that_stops_answering_is_a_503_not_a_hang(
+    settings: QuotaSettings, redis_url: str, tmp_path: Path
+) -> None:
+    # A single server behind a proxy that, on `hang`, keeps every connection open and moves no byte: a
+    # dropped network path. Without a socket timeout the admission would wait for ever.
+    target = redis_url.split("//", 1)[1].split("/", 1)[0]
+    host, port = target.rsplit(":", 1)
+    proxy = FaultyProxy(free_port(), host, int(port))
+    control = tmp_path / "proxy.sock"
+    serving = asyncio.create_task(proxy.serve(control))
+    await eventually(control.exists)
+    own = settings.model_copy(
+        update={
+            "redis_url": f"redis://127.0.0.1:{proxy.listen_port}/0",
+            "redis_cluster": False,
+            "redis_timeout_s": 0.5,
+        }
+    )
+    try:
+        async with running(own) as h:
+            user = await h.org_with_user(quota=10_000)
+            assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 200
+            proxy.set_fault("hang", 60)
+            r = await asyncio.wait_for(h.admit(user["api_key"], max_output_tokens=10), timeout=20)
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "1"
+            proxy.set_fault("none", 0)
+
+            async def admitted() -> bool:
+                return (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 200
+
+            await eventually(admitted, timeout=30, what="admitted once Redis answers again")
+            # (The held script of the 503 may still reach Redis when the path heals: a reservation nobody
+            # holds, charged at expiry. A timeout cannot tell whether the server ran the command.)
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving

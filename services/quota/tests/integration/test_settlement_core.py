@@ -402,12 +402,6 @@ async def test_reservation_lost_with_redis_before_a_restart_is_still_charged(set
         assert await h.ledger(user["pool_id"]) == [(40, "expiry")]
 
 
-@pytest.mark.skip(
-    reason="open in issue 11: hangs in about half the runs (2026-12-01: 4 of 9) after the restarted quota has "
-    "settled and committed all 5 events (aiokafka DEBUG log): the test task's next Redis call, on a new "
-    "connection of the second app's pool, never returns, and teardown's LeaveGroup then times out. With the "
-    "wait in a task of its own (asyncio.wait_for) it passed 10 of 10; cause not found, so not papered over"
-)
 async def test_usage_published_while_quota_is_down_is_settled_once_after_restart(
     settings: QuotaSettings, publisher: EventPublisher
 ) -> None:
