@@ -28,6 +28,7 @@ from leaky_common.events import AnyMessage, Message, Topics, parse_message
 from leaky_common.kafka_admin import client_options, ensure_topics
 from leaky_common.metrics import CONSUMER_LAG, DEAD_LETTERS
 from leaky_common.settings import ServiceSettings
+from leaky_common.tasks import cancel_and_wait
 from leaky_common.tracing import context_headers
 
 __all__ = [
@@ -251,9 +252,7 @@ class EventConsumer:
         """Stop after the message in hand, commit, leave the group."""
         self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None

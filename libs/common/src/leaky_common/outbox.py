@@ -21,6 +21,7 @@ import orjson
 from leaky_common.events import Message
 from leaky_common.kafka import EventPublisher, _headers_from_context
 from leaky_common.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE
+from leaky_common.tasks import cancel_and_wait
 
 __all__ = ["OUTBOX_DDL", "RELAY_LOCK", "ElectedRelay", "OutboxRelay", "write_outbox"]
 
@@ -91,9 +92,7 @@ class OutboxRelay:
     async def stop(self) -> None:
         """Stop relaying; unpublished rows stay for the next start."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._listen_conn is not None:
             # Releasing with a listener attached warns (an error under pytest -W error) and leaks the connection.
             await self._listen_conn.remove_listener("outbox", self._on_notify)
@@ -181,9 +180,7 @@ class ElectedRelay:
     async def stop(self) -> None:
         """Stop relaying and give the lock up (closing the session releases it)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

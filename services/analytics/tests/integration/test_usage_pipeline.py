@@ -45,6 +45,7 @@ async def worker_process(
         "LT_FAUST_DATADIR": str(datadir),
         "LT_SERVICE_NAME": "analytics-worker",
         "LT_LOG_JSON": "false",
+        "LT_WORKER_METRICS_PORT": "0",  # any free port: 8087 may be another worker's (xdist, a running stack)
     }
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(

@@ -30,8 +30,9 @@ tracer = trace.get_tracer("test.gateway")
 
 
 @contextlib.asynccontextmanager
-async def traced_worker(settings: AnalyticsSettings, collector_url: str) -> AsyncIterator[None]:
-    """`python -m lt_analytics.worker` exporting its spans to the fake collector; stopped by its PID."""
+async def traced_worker(settings: AnalyticsSettings, collector_url: str) -> AsyncIterator[Path]:
+    """`python -m lt_analytics.worker` exporting its spans to the fake collector; stopped by its PID. Gives
+    the path of its log."""
     datadir = Path(tempfile.mkdtemp(prefix="lt-analytics-trace-"))
     env = {
         **os.environ,
@@ -42,6 +43,7 @@ async def traced_worker(settings: AnalyticsSettings, collector_url: str) -> Asyn
         "LT_FAUST_DATADIR": str(datadir),
         "LT_SERVICE_NAME": "analytics-worker",
         "LT_LOG_JSON": "false",
+        "LT_WORKER_METRICS_PORT": "0",  # any free port: 8087 may be another worker's (xdist, a running stack)
         "LT_OTLP_ENDPOINT": collector_url,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
@@ -50,7 +52,7 @@ async def traced_worker(settings: AnalyticsSettings, collector_url: str) -> Asyn
             sys.executable, "-m", "lt_analytics.worker", env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        yield
+        yield datadir / "worker.log"
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -88,13 +90,19 @@ async def test_each_batch_span_links_to_the_requests_of_its_events(
                     )  # fmt: skip
                     await publisher.publish(settings.usage_topic, event, key=event.user_id)
                 requests.add(f"{request.get_span_context().trace_id:032x}")
-        async with traced_worker(settings, collector.url):
+        async with traced_worker(settings, collector.url) as log:
 
             def linked() -> set[str]:
                 batches = collector.named(f"consume {settings.usage_topic} batch", "analytics-worker")
                 return {t for b in batches for t in b.links} & requests
 
-            await wait_for(lambda: linked() == requests, 90, "batch spans linked to all three requests")
+            try:
+                await wait_for(lambda: linked() == requests, 90, "batch spans linked to all three requests")
+            except AssertionError as exc:
+                spans = sorted({(s.service, s.name) for s in collector.spans})
+                raise AssertionError(
+                    f"{exc}\nspans received: {spans}\nworker log (end):\n{log.read_text(errors='replace')[-6000:]}"
+                ) from None
         batch = collector.named(f"consume {settings.usage_topic} batch")[0]
         assert batch.kind == "consumer" and batch.attributes["messaging.batch.message_count"] >= 1
         assert batch.trace_id not in requests

@@ -22,6 +22,7 @@ from leaky_common.events import Topics
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.kafka_batch import BatchEventConsumer
 from leaky_common.outbox import ElectedRelay
+from leaky_common.tasks import cancel_and_wait
 from lt_quota.adapters.redis_state import RedisState
 from lt_quota.handlers import make_handler, make_usage_batch_handler
 from lt_quota.settings import QuotaSettings
@@ -170,9 +171,7 @@ async def _start_sweeper(quota: Quota, interval_s: float, stack: contextlib.Asyn
     sweeper = asyncio.create_task(_sweep_forever(quota.settlement, interval_s), name="sweeper")
 
     async def stop_sweeper() -> None:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        await cancel_and_wait(sweeper)
 
     stack.push_async_callback(stop_sweeper)
 

@@ -10,7 +10,6 @@ ever dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 import asyncpg
+
+from leaky_common.tasks import cancel_and_wait
 
 __all__ = ["PartitionKeeper", "PartitionReport", "TimePartitioned", "maintain", "partitioned_tables"]
 
@@ -196,7 +197,5 @@ class PartitionKeeper:
     async def stop(self) -> None:
         """Stop the background task."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None

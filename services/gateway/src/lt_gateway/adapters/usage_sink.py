@@ -11,7 +11,6 @@ start records again. Delivery is at-least-once (an event published just before a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 from collections import deque
@@ -22,6 +21,7 @@ from prometheus_client import Counter, Gauge
 
 from leaky_common.events import Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
+from leaky_common.tasks import cancel_and_wait
 from leaky_common.tracing import headers_carrier
 from lt_gateway.adapters.usage_journal import UsageJournal
 from lt_gateway.adapters.usage_spool import Traced, UsageSpool
@@ -151,9 +151,7 @@ class UsageSink:
         """Publish what is pending (up to `drain_timeout`), spool the rest, then stop."""
         await self.drain(drain_timeout)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._spool is not None:
             if self._queue:
                 self._spool.append(list(self._queue))

@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from leaky_common.sealing import SecretBox
+from leaky_common.tasks import cancel_and_wait
 from lt_notifier.adapters.deliveries import claim_due, mark_delivered, mark_failed
 from lt_notifier.adapters.metrics import delivery_attempted
 from lt_notifier.adapters.senders import ChannelSender
@@ -67,9 +68,7 @@ class Deliverer:
     async def stop(self) -> None:
         """Stop the loop; claimed but unsent deliveries are retried when their lease runs out."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def wake(self) -> None:
         """Look for due deliveries now instead of at the next poll."""

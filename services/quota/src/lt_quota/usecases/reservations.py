@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 
+from leaky_common.tasks import cancel_and_wait
 from lt_quota.adapters import repository as repo
 from lt_quota.adapters.repository.reservations import OpenReservation
 from lt_quota.domain import legs_of_reservation
@@ -131,9 +132,7 @@ class DurableReservations:
     async def stop(self) -> None:
         """Stop the writer, writing what is queued."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         with contextlib.suppress(Exception):
             await self.flush(everything=True)
 
