@@ -313,10 +313,12 @@ def _annotate(inv: Invariants, windows: list[Window], ops: list[Op]) -> None:
         found[:] = [v + where.get(v.split(":", 1)[0], "") for v in found]
 
 
-async def _converge(h: Harness, cut: set[str], answered: dict[str, float]) -> Invariants:
+async def _converge(
+    h: Harness, cut: set[str], answered: dict[str, float], refused: frozenset[str] = frozenset()
+) -> Invariants:
     deadline = time.monotonic() + h.config.converge_s
     while True:
-        inv = await check_all(h.stores(), cut, answered)
+        inv = await check_all(h.stores(), cut, answered, refused)
         if not inv.failed() or time.monotonic() > deadline:
             return inv
         await asyncio.sleep(2)

@@ -296,7 +296,11 @@ async def _invariants(r: Replicas, load: Any, *, all_settled: bool = False) -> A
         )
     cut = {op.rid for op in r.ops if op.kind == "cut" or op.broken}
     started = time.monotonic()
-    inv = await r.chaos._converge(r.h, cut, {op.rid: op.answered for op in r.ops})
+    # Failed closed (an error, or no answer) while an instance died: the reservation the dead quota made, or the
+    # dead gateway held, is charged at expiry (a known gap, shown in the figures); every other charge without
+    # a provider bill still fails the check.
+    refused = frozenset(op.rid for op in r.ops if not op.ok and not op.broken)
+    inv = await r.chaos._converge(r.h, cut, {op.rid: op.answered for op in r.ops}, refused)
     report = "\n".join(inv.lines())
     assert inv.failed() == [], report
     r.figures.append(f"invariants held {time.monotonic() - started:.1f}s after the load stopped:")
