@@ -17,6 +17,7 @@ import asyncpg
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
+from leaky_common.tasks import cancel_and_wait
 from lt_saga.adapters import repository as repo
 from lt_saga.adapters.repository import WAKEUP_CHANNEL, StaleState
 from lt_saga.domain.purchase import Purchase
@@ -154,9 +155,8 @@ class SagaRunner:
         for task in self._background:
             task.cancel()
         tasks = [*self._background, *self._tasks.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # cancel_and_wait: a task whose cancellation a library swallowed is cancelled again, not waited for ever.
+        await asyncio.gather(*(cancel_and_wait(task) for task in tasks), return_exceptions=True)
         if self._listen_conn is not None:
             await self._listen_conn.remove_listener(WAKEUP_CHANNEL, self._on_notify)
             await self._pool.release(self._listen_conn)
