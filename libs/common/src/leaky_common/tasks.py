@@ -1,10 +1,10 @@
 """Stopping background tasks for sure.
 
 `task.cancel(); await task` waits for ever when the task swallows the cancellation and goes on (say into its
-next hour-long sleep). Libraries do that on Python 3.11: `asyncio.wait_for` returns a result that arrived
-together with the cancel, and asyncpg's connect does the same on purpose so as not to leak a connection. A
+next hour-long sleep). Libraries do that: on Python 3.11, `asyncio.wait_for` returns a result that arrived
+together with the cancel, and redis-py wraps every command's write in it once a socket timeout is set. A
 service stopping then never stops (seen in CI: quota's sweeper, cancelled during its first sweep, slept on
-while the lifespan waited for it).
+while the lifespan waited for it; measured: 4 of 40 immediate start-stops of quota).
 """
 
 from __future__ import annotations
