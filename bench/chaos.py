@@ -313,12 +313,17 @@ def _annotate(inv: Invariants, windows: list[Window], ops: list[Op]) -> None:
         found[:] = [v + where.get(v.split(":", 1)[0], "") for v in found]
 
 
+def in_transit(ops: list[Op]) -> frozenset[str]:
+    """Requests whose connection broke before any answer: a gateway died with them (see `check_ledger`)."""
+    return frozenset(op.rid for op in ops if op.status == "conn")
+
+
 async def _converge(
-    h: Harness, cut: set[str], answered: dict[str, float], refused: frozenset[str] = frozenset()
+    h: Harness, cut: set[str], answered: dict[str, float], transit: frozenset[str] = frozenset()
 ) -> Invariants:
     deadline = time.monotonic() + h.config.converge_s
     while True:
-        inv = await check_all(h.stores(), cut, answered, refused)
+        inv = await check_all(h.stores(), cut, answered, transit)
         if not inv.failed() or time.monotonic() > deadline:
             return inv
         await asyncio.sleep(2)
@@ -351,7 +356,7 @@ async def run(config: Config) -> Report:
         rows, outside = _verdicts(windows, load.ops, started)
         # Streams the client never read to the end: cut by the client, or broken by a gateway killed mid-stream.
         cut = {op.rid for op in load.ops if op.kind == "cut" or op.broken}
-        inv = await _converge(h, cut, {op.rid: op.answered for op in load.ops})
+        inv = await _converge(h, cut, {op.rid: op.answered for op in load.ops}, in_transit(load.ops))
     finally:
         if not config.keep:
             h.down()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from leaky_common.auth import Principal
@@ -21,7 +24,25 @@ __all__ = [
     "ReleaseRequest",
     "ReleaseResponse",
     "TokenResponse",
+    "new_reservation_id",
+    "org_tag",
 ]
+
+_TAG_LEN = 8
+# A reservation id: its org's tag, then 32 hex digits.
+RESERVATION_ID_PATTERN = r"^[0-9a-f]{40}$"
+
+
+def org_tag(org_id: str | None) -> str:
+    """The hash tag of an org's Redis keys (8 hex digits of its id's SHA-1, short whatever the id): every key
+    of one admission, its reservation included, lives in the org's hash slot."""
+    return hashlib.sha1((org_id or "").encode()).hexdigest()[:_TAG_LEN]  # noqa: S324 - a slot, not a secret
+
+
+def new_reservation_id(org_id: str | None) -> str:
+    """A fresh reservation id for an org: its tag, then 32 random hex digits. The gateway names the reservation
+    before it asks quota for it, so that it can release a reservation whose admission it never saw answered."""
+    return org_tag(org_id) + uuid.uuid4().hex
 
 
 class AuthenticateRequest(BaseModel):
@@ -110,6 +131,10 @@ class AdmitRequest(BaseModel):
     session_id: str | None = None
     priority: str | None = None
     privacy: str | None = None
+    # The id the reservation is to have (`new_reservation_id` of the key's org), chosen by the gateway and
+    # journalled before it asks: a reservation whose answer never arrived (quota or the gateway died meanwhile)
+    # is released at zero by its id. None, or the tag of another org: quota names it.
+    reservation_id: str | None = Field(default=None, pattern=RESERVATION_ID_PATTERN)
 
 
 class RateLimitState(BaseModel):

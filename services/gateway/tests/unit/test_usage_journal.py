@@ -31,14 +31,19 @@ def event(request_id: str, prompt: int = 12, completion: int = 0) -> UsageRecord
     )  # fmt: skip
 
 
+def admission(request_id: str) -> dict[str, object]:
+    return {"request_id": request_id, "reservation_id": f"res-{request_id}", "org_id": "o1",
+            "session_id": "s-1", "model": "gpt-x", "provider": "openai", "stream": False}  # fmt: skip
+
+
 # A gateway's last moments: two events in memory (one acknowledged), a stream that relayed 7 tokens, a stream
-# that ended and was recorded, then SIGKILL.
+# that ended and was recorded, an admission answered and one still waiting for quota, then SIGKILL.
 _KILLED = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
     sys.path.insert(0, {here!r})
-    from test_usage_journal import SPEC, event
+    from test_usage_journal import SPEC, admission, event
     from lt_gateway.adapters.usage_journal import UsageJournal
     from lt_gateway.domain.usage import Usage
 
@@ -55,6 +60,8 @@ _KILLED = textwrap.dedent(
     journal.stream_progress(done, Usage(12, 3))
     journal.event(event("stream-2", 12, 3))
     journal.stream_closed(done)
+    journal.admitted(journal.admitting(admission("answered-1")))
+    journal.admitting(admission("waiting-1"))
     os.kill(os.getpid(), signal.SIGKILL)
     """
 )
@@ -74,7 +81,7 @@ def test_what_a_killed_gateway_owed_is_taken_over_once(tmp_path: Path) -> None:
     # Unacknowledged events come back as they were (same event id: consumers dedupe them), the acknowledged
     # one does not; the stream that ended comes back once, as recorded; the stream being relayed is charged
     # what was relayed.
-    assert sorted(by_request) == ["plain-1", "stream-1", "stream-2"]
+    assert sorted(by_request) == ["plain-1", "stream-1", "stream-2", "waiting-1"]
     assert by_request["plain-1"].completion_tokens == 5
     assert (by_request["stream-2"].completion_tokens, by_request["stream-2"].error_code) == (3, None)
     interrupted = by_request["stream-1"]
@@ -86,6 +93,10 @@ def test_what_a_killed_gateway_owed_is_taken_over_once(tmp_path: Path) -> None:
         INTERRUPTED,
     )
     assert interrupted.reservation_id == "res-stream-1" and interrupted.pool_id == "p1"
+    # The admission still waiting for quota: nothing went to the provider, the reservation is released at zero.
+    waiting = by_request["waiting-1"]
+    assert (waiting.reservation_id, waiting.org_id, waiting.session_id) == ("res-waiting-1", "o1", "s-1")
+    assert (waiting.total_tokens, waiting.cost_usd_micros, waiting.error_code) == (0, 0, INTERRUPTED)
     heir.forget(segments)
     assert not any(p.exists() for p in segments)
     # Taking over the same records twice names the interrupted stream's event the same: charged once.
@@ -133,6 +144,7 @@ def test_a_clean_stop_with_everything_settled_leaves_no_file(tmp_path: Path) -> 
     journal.open()
     e = event("r1", 10, 2)
     journal.event(e)
+    journal.admitted(journal.admitting(admission("s1")))
     entry = journal.stream_opened(event("s1"), SPEC)
     journal.stream_progress(entry, Usage(12, 1))
     journal.acked([e.event_id])
@@ -167,6 +179,23 @@ def test_torn_lines_are_skipped_and_a_stream_recorded_but_not_closed_is_not_char
     )  # fmt: skip
     found = owed([("w", segment)])
     assert [(e.request_id, e.event_id) for e in found] == [("s1", recorded.event_id)]
+
+
+def test_an_unanswered_admission_is_released_once_unless_its_outcome_was_recorded() -> None:
+    import orjson
+
+    line = b"R 1 " + orjson.dumps(admission("r1")) + b"\n"
+    (first,) = owed([("w", line)])
+    (again,) = owed([("w", line)])
+    assert first.event_id == again.event_id  # a takeover interrupted and redone releases it once
+    assert first.reservation_id == "res-r1" and first.total_tokens == 0
+    # Answered (`D`): nothing owed. Its outcome recorded but not yet acknowledged: that event, not a second one.
+    assert owed([("w", line + b"D 1\n")]) == []
+    failed = event("r1", 0, 0).model_copy(update={"status": "error", "http_status": 503})
+    found = owed([("w", line + b"U " + failed.model_dump_json().encode() + b"\n")])
+    assert [e.event_id for e in found] == [failed.event_id]
+    # Another writer's admission number 1 is another admission.
+    assert len(owed([("w", line + b"D 1\n"), ("x", line.replace(b"r1", b"r2"))])) == 1
 
 
 def test_a_stream_opened_before_any_token_is_charged_its_prompt() -> None:

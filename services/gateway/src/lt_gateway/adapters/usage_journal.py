@@ -1,11 +1,15 @@
 """The gateway's crash journal: what a killed gateway owed quota, settled by the next one to start.
 
-Two things live only in a gateway's memory: usage events waiting (a few milliseconds) for the background
-publisher, and streams being relayed, whose usage is known only at their end. A gateway killed at that moment
-(SIGKILL, OOM) would leave their reservations to be charged in full at expiry, and analytics without a row.
-The journal writes both down as they happen, in an append-only file of this process. Plain writes, no fsync:
-the kernel keeps them when the process dies (not when the machine does). One line per record:
+Three things live only in a gateway's memory: admissions asked of quota and not yet answered, usage events
+waiting (a few milliseconds) for the background publisher, and streams being relayed, whose usage is known only
+at their end. A gateway killed at that moment (SIGKILL, OOM) would leave their reservations to be charged in
+full at expiry, and analytics without a row. The journal writes them down as they happen, in an append-only
+file of this process. Plain writes, no fsync: the kernel keeps them when the process dies (not when the
+machine does). One line per record:
 
+    R <n> <json>                        admission n asked for (the request, its reservation id, its org)
+    D <n>                               admission n answered: its outcome recorded, or the request on its way
+                                        to the provider
     U <event json>                      a usage event queued in memory
     A <event id> <event id> ...         events the broker acknowledged, or the durable spool took over
     O <n> <json>                        stream n opened: its usage event so far, and the serving prices
@@ -14,9 +18,11 @@ the kernel keeps them when the process dies (not when the machine does). One lin
 
 A file is live while its writer holds an exclusive `flock` on it. A gateway starting up takes over every file
 of the journal's folder that no process holds: it records again each usage event without its acknowledgement
-(consumers dedupe on `event_id`), and for each stream opened and never settled, a usage event for what was
-relayed (status `error`, code `gateway_interrupted`, one `event_id` per reservation, so a takeover that is
-itself interrupted does not charge twice), then deletes the files. Segments roll over at `segment_bytes`; a
+(consumers dedupe on `event_id`); for each admission asked for and never answered, a usage event of nothing
+used for its reservation (quota releases it at zero if it was made: nothing went to the provider); and for
+each stream opened and never settled, a usage event for what was relayed. Both have status `error`, code
+`gateway_interrupted`, and one `event_id` per reservation, so a takeover that is itself interrupted does not
+charge twice. Then it deletes the files. Segments roll over at `segment_bytes`; a
 closed segment is deleted once nothing in it is outstanding.
 """
 
@@ -60,8 +66,8 @@ class _Segment:
 
 
 @dataclass(slots=True)
-class StreamEntry:
-    """A stream this process is relaying: its number and the segment its `O` line is in."""
+class JournalEntry:
+    """An admission or a stream of this process: its number and the segment its `R` or `O` line is in."""
 
     number: int
     segment: _Segment
@@ -76,7 +82,7 @@ class UsageJournal:
         self.segment_bytes = segment_bytes
         self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._seq = 0
-        self._streams = 0
+        self._entries = 0
         self._current: _Segment | None = None
         self._pending: dict[str, _Segment] = {}  # event id -> the segment of its `U` line
         self._taken: list[int] = []  # descriptors of segments taken over (locked until `forget`)
@@ -115,10 +121,28 @@ class UsageJournal:
         for event_id in done:
             self._settle(self._pending.pop(event_id))
 
-    def stream_opened(self, event: UsageRecorded, spec: ModelSpec) -> StreamEntry | None:
+    def admitting(self, record: dict[str, Any]) -> JournalEntry | None:
+        """An admission about to be asked of quota: `record` names the request (`request_id`, `reservation_id`,
+        `org_id`, `session_id`, `model`, `provider`, `stream`)."""
+        self._entries += 1
+        number = self._entries
+        seg = self._write(b"R %d " % number + orjson.dumps(record) + b"\n")
+        if seg is None:
+            return None
+        seg.outstanding += 1
+        return JournalEntry(number, seg)
+
+    def admitted(self, entry: JournalEntry | None) -> None:
+        """The admission was answered (or given up on) and its outcome recorded, or the request goes upstream."""
+        if entry is None:
+            return
+        self._write(b"D %d\n" % entry.number)
+        self._settle(entry.segment)
+
+    def stream_opened(self, event: UsageRecorded, spec: ModelSpec) -> JournalEntry | None:
         """A stream starts relaying; `event` is its usage event with the prompt side only."""
-        self._streams += 1
-        number = self._streams
+        self._entries += 1
+        number = self._entries
         prices = {name: getattr(spec, name) for name in _PRICES}
         record = {"event": event.model_dump(mode="json"), "prices": prices, "name": spec.name,
                   "provider": spec.provider, "upstream_model": spec.upstream_model}  # fmt: skip
@@ -126,9 +150,9 @@ class UsageJournal:
         if seg is None:
             return None
         seg.outstanding += 1
-        return StreamEntry(number, seg)
+        return JournalEntry(number, seg)
 
-    def stream_progress(self, entry: StreamEntry | None, usage: Usage) -> None:
+    def stream_progress(self, entry: JournalEntry | None, usage: Usage) -> None:
         """The usage of stream `entry` so far (written only when it changed)."""
         if entry is None:
             return
@@ -137,7 +161,7 @@ class UsageJournal:
             entry.last = now
             self._write(b"P %d %d %d %d %d\n" % (entry.number, *now))
 
-    def stream_closed(self, entry: StreamEntry | None) -> None:
+    def stream_closed(self, entry: JournalEntry | None) -> None:
         """Stream `entry` ended and its usage event was recorded."""
         if entry is None:
             return
@@ -227,10 +251,17 @@ class _Records:
     opened: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     progress: dict[tuple[str, int], tuple[int, ...]] = field(default_factory=dict)
     closed: set[tuple[str, int]] = field(default_factory=set)
+    admitting: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    answered: set[tuple[str, int]] = field(default_factory=set)
 
     def read(self, writer: str, line: bytes) -> None:
         kind, _, rest = line.partition(b" ")
-        if kind == b"U":
+        if kind == b"R":
+            head, _, body = rest.partition(b" ")
+            self.admitting[(writer, int(head))] = orjson.loads(body)
+        elif kind == b"D":
+            self.answered.add((writer, int(rest)))
+        elif kind == b"U":
             event = UsageRecorded.model_validate_json(rest)
             self.events[event.event_id] = event
         elif kind == b"A":
@@ -247,9 +278,9 @@ class _Records:
 
 
 def owed(segments: list[tuple[str, bytes]]) -> list[UsageRecorded]:
-    """What dead segments still owe, given as (writer, contents) in order: unacknowledged events, and one
-    event per stream opened and never settled (streams are numbered per writer; a stream's lines can span
-    its writer's segments). Torn or unreadable lines are skipped (a killed process's last write can be cut
+    """What dead segments still owe, given as (writer, contents) in order: unacknowledged events, one event of
+    nothing used per admission never answered, and one event per stream opened and never settled (admissions
+    and streams are numbered per writer; their lines can span their writer's segments). Torn or unreadable lines are skipped (a killed process's last write can be cut
     short)."""
     records = _Records()
     for writer, data in segments:
@@ -260,6 +291,13 @@ def owed(segments: list[tuple[str, bytes]]) -> list[UsageRecorded]:
                 continue
     out = [e for i, e in records.events.items() if i not in records.acked]
     recorded = {e.request_id for e in records.events.values()}
+    reserved = {e.reservation_id for e in records.events.values() if e.reservation_id}
+    for key, record in records.admitting.items():
+        if key in records.answered:
+            continue
+        lost = _unanswered(record)
+        if lost is not None and lost.reservation_id not in reserved:
+            out.append(lost)
     for key, record in records.opened.items():
         if key in records.closed:
             continue
@@ -267,6 +305,30 @@ def owed(segments: list[tuple[str, bytes]]) -> list[UsageRecorded]:
         if event is not None and event.request_id not in recorded:
             out.append(event)
     return out
+
+
+def _unanswered(record: dict[str, Any]) -> UsageRecorded | None:
+    """The usage event of an admission its gateway never saw answered: nothing went to the provider, so
+    nothing was used; quota releases the reservation at zero if it made it."""
+    try:
+        reservation_id = str(record["reservation_id"])
+        return UsageRecorded(
+            producer="gateway",
+            event_id=uuid.uuid5(_NAMESPACE, "admission:" + reservation_id).hex,
+            correlation_id=str(record["request_id"]),
+            request_id=str(record["request_id"]),
+            reservation_id=reservation_id,
+            org_id=record.get("org_id"),
+            session_id=record.get("session_id"),
+            model=str(record.get("model") or ""),
+            provider=str(record.get("provider") or ""),
+            status="error",
+            http_status=502,
+            error_code=INTERRUPTED,
+            stream=bool(record.get("stream")),
+        )
+    except (KeyError, TypeError, ValidationError):
+        return None
 
 
 def _interrupted(record: dict[str, Any], usage: tuple[int, ...] | None) -> UsageRecorded | None:

@@ -64,7 +64,7 @@ class ChatHandler:
             api_key = governed_key_from(request)
             # Authenticated before the body is read: a request without a key quota accepts costs no parsing,
             # no tokenizing (the body read is bounded while reading by leaky_common.guard.RequestGuard).
-            await self.keys.require(api_key)
+            org_id = await self.keys.require(api_key)
             raw = await request.body()
             body = load_body(raw, self.max_body_bytes, self.max_json_depth)
             model = body.get("model") if isinstance(body.get("model"), str) else None
@@ -75,7 +75,7 @@ class ChatHandler:
             spec = self.flow.resolve(parsed)
         except ServiceError as exc:
             return render(self.flow.reject(request_id, session_id, model, kind, exc, started))
-        return render(await self.flow.run(parsed, spec, gov, api_key, request_id, started))
+        return render(await self.flow.run(parsed, spec, gov, api_key, request_id, started, org_id))
 
 
 def render(reply: Reply) -> Response:

@@ -62,6 +62,7 @@ def admit_request(
     api_key: str,
     request_id: str,
     gov: GovernanceHeaders,
+    reservation_id: str | None = None,
 ) -> AdmitRequest:
     """Quota's one question: authenticate, rate-limit and reserve for this request (embeddings output 1).
 
@@ -92,6 +93,7 @@ def admit_request(
         session_id=gov.session_id,
         priority=gov.priority,
         privacy=gov.privacy,
+        reservation_id=reservation_id,
     )
 
 

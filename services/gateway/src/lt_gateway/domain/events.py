@@ -78,12 +78,16 @@ def rejected_event(
     provider: str,
     exc: ServiceError,
     latency_ms: int,
+    reservation: tuple[str, str] | None = None,
 ) -> UsageRecorded:
-    """A request refused before admission: malformed (error), keyless (blocked), unknown model, quota away."""
+    """A request refused before admission: malformed (error), keyless (blocked), unknown model, quota away.
+    `reservation` (id, org): the reservation asked for whose answer never came, released at zero by quota."""
     return UsageRecorded(
         producer="gateway",
         correlation_id=request_id,
         request_id=request_id,
+        reservation_id=reservation[0] if reservation else None,
+        org_id=reservation[1] if reservation else None,
         session_id=session_id,
         model=(model or "")[:200],
         provider=provider,

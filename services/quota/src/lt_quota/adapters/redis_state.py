@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
@@ -38,15 +37,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from leaky_common.client_spans import name_script
+from leaky_common.contracts import org_tag
 
 __all__ = ["AdmitArgs", "Counter", "PoolState", "RedisState", "org_tag", "reservation_fields"]
 
-_TAG_LEN = 8
-
-
-def org_tag(org_id: str | None) -> str:
-    """The hash tag of an org's keys: 8 hex digits of its id's SHA-1 (short keys whatever the id)."""
-    return hashlib.sha1((org_id or "").encode()).hexdigest()[:_TAG_LEN]  # noqa: S324 - a slot, not a secret
+_TAG_LEN = len(org_tag(None))
 
 
 def _grouped(ids: list[str]) -> dict[str, list[int]]:
@@ -151,10 +146,6 @@ class RedisState:
 
     def _t(self, org_id: str | None) -> str:
         return f"{self._p}{{{org_tag(org_id)}}}:"
-
-    def new_reservation_id(self, org_id: str | None) -> str:
-        """A fresh reservation id: the org's tag, then 32 random hex digits."""
-        return org_tag(org_id) + uuid.uuid4().hex
 
     def pool_key(self, org_id: str | None, pool_id: str, period_key: str = "") -> str:
         return f"{self._t(org_id)}pool:{pool_id}" + (f":{period_key}" if period_key else "")

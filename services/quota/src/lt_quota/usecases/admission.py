@@ -3,12 +3,20 @@ cap with the balancer's alternatives, and reserve, all in one Redis call."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from leaky_common.auth import Principal
-from leaky_common.contracts import AdmitRequest, AdmitResponse, ProbeResponse, RateLimitState
+from leaky_common.contracts import (
+    AdmitRequest,
+    AdmitResponse,
+    ProbeResponse,
+    RateLimitState,
+    new_reservation_id,
+    org_tag,
+)
 from leaky_common.db import ping
-from leaky_common.errors import Forbidden, ServiceUnavailable, Unauthorized
+from leaky_common.errors import Conflict, Forbidden, ServiceUnavailable, Unauthorized
 from lt_quota.adapters import repository as repo
 from lt_quota.adapters.metrics import ADMISSIONS, admission
 from lt_quota.adapters.redis_state import AdmitArgs, Counter, reservation_fields
@@ -32,6 +40,8 @@ from lt_quota.usecases.freezes import Freezes
 from lt_quota.usecases.reservations import DurableReservations
 
 __all__ = ["ADMISSIONS", "Admission", "principal_of"]
+
+logger = logging.getLogger(__name__)
 
 
 def principal_of(record: KeyRecord) -> Principal:
@@ -151,6 +161,9 @@ class Admission:
             raise no_pool_for_model()
         args = self._admit_args(record, req, counters, sources, await self.ctx.buckets_full_at())
         raw = await self.ctx.state.admit(args)
+        if raw[0] == "duplicate":
+            admission("duplicate").inc()
+            raise Conflict("this reservation id was admitted before", code="duplicate_reservation")
         outcome = parse_admit_result(raw)
         if isinstance(outcome, AdmitDenied) and outcome.reason == "no_pool":
             # A counter is missing: a new period or session, or Redis lost its state. Rebuild from Postgres.
@@ -194,7 +207,7 @@ class Admission:
             user_id=record.user_id,
             key_id=record.key_id,
             session_id=session_target(record.org_id, req.session_id) if req.session_id else None,
-            reservation_id=self.ctx.state.new_reservation_id(record.org_id),
+            reservation_id=_reservation_id(record, req),
             request_id=req.request_id,
             expires_ms=now + s.reservation_ttl_s * 1000,
             prompt_tokens=req.prompt_tokens,
@@ -222,3 +235,14 @@ class Admission:
         # them back first, then rebuild the counters from the ledger and the open reservations.
         await self.durable.recover()
         await self.ctx.load_missing(counters)
+
+
+def _reservation_id(record: KeyRecord, req: AdmitRequest) -> str:
+    """The id the gateway chose for the reservation, if it is of the key's org; else a fresh one (the gateway's
+    journal then cannot release it by id: it is charged at expiry if its answer is lost)."""
+    proposed = req.reservation_id
+    if proposed is not None and proposed.startswith(org_tag(record.org_id)):
+        return proposed
+    if proposed is not None:
+        logger.warning("an admission proposed a reservation id of another org; quota named it")
+    return new_reservation_id(record.org_id)

@@ -60,6 +60,11 @@ def _expiry(reservation_id: str, reservation: dict[str, str], *, from_redis: boo
     )
 
 
+def nothing_used(event: UsageRecorded) -> bool:
+    """Whether the event's request used nothing (the gateway releases a reservation it lost track of so)."""
+    return event.total_tokens == 0 and event.cost_usd_micros == 0
+
+
 class Settlement:
     """Charge reservations once, whether their usage arrives or they expire."""
 
@@ -89,7 +94,7 @@ class Settlement:
             legs, source = legs_of_reservation(reservation), reservation.get("src", "personal")
         else:
             legs, source = await self.legs_for_event(event), event.quota_source or "personal"
-            if not legs:
+            if not legs and not nothing_used(event):
                 logger.warning("usage for reservation %s has no known pool; ignored", event.reservation_id)
         charge = Charge(
             event.reservation_id,
@@ -135,8 +140,10 @@ class Settlement:
         return charged
 
     async def legs_for_event(self, event: UsageRecorded) -> list[Leg]:
-        """The legs of a reservation Redis no longer holds, rebuilt from the usage event and the pools."""
-        if not event.user_id:
+        """The legs of a reservation Redis no longer holds, rebuilt from the usage event and the pools. None for
+        an event that used nothing: a reservation released at zero that is held nowhere was never made (its
+        admission was refused or never ran) or was charged already, and there is nothing to charge."""
+        if not event.user_id or nothing_used(event):
             return []
         async with self.ctx.db.acquire() as conn:
             user = await repo.get_user(conn, event.user_id)

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from leaky_common.contracts import new_reservation_id
 from leaky_common.errors import ServiceError
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.providers import Provider
@@ -52,6 +53,14 @@ def error_reply(
     """An OpenAI-shaped error; nothing was charged."""
     hdrs = {"x-request-id": request_id, "x-leaky-tokens-cost-usd": ZERO_COST, **(headers or {})}
     return Reply(status, hdrs, orjson.dumps(body))
+
+
+class ClientGone(ServiceError):
+    """The client closed the connection before its answer (nginx's 499): recorded, never sent."""
+
+    status = 499
+    type = "client_closed_request"
+    default_code = "client_disconnected"
 
 
 class CompletionFlow:
@@ -106,9 +115,10 @@ class CompletionFlow:
         exc: ServiceError,
         started: float,
         provider: str | None = None,
+        reservation: tuple[str, str] | None = None,
     ) -> Reply:
         """A request refused before it was admitted: recorded, and answered with its error."""
-        self.ledger.rejected(request_id, session_id, model, kind, exc, started, provider)
+        self.ledger.rejected(request_id, session_id, model, kind, exc, started, provider, reservation)
         return error_reply(exc.status, exc.body(), request_id, exc.headers)
 
     async def run(
@@ -119,15 +129,38 @@ class CompletionFlow:
         api_key: str,
         request_id: str,
         started: float,
+        org_id: str | None = None,
     ) -> Reply:
-        """Admit with quota, then answer from the provider (a quota refusal is passed on as is)."""
-        admit_req = admit_request(parsed, self.upstream.chain(parsed, spec), api_key, request_id, gov)
+        """Admit with quota, then answer from the provider (a quota refusal is passed on as is). `org_id`: the
+        key's org (from the key check), in which the gateway names the reservation before asking for it."""
+        reservation_id = new_reservation_id(org_id) if org_id is not None else None
+        chain = self.upstream.chain(parsed, spec)
+        admit_req = admit_request(parsed, chain, api_key, request_id, gov, reservation_id)
+        # Journalled until answered: a gateway killed meanwhile has the reservation released by the next one.
+        entry = self.ledger.admitting(admit_req, org_id, parsed.stream)
+        lost = (reservation_id, org_id) if reservation_id is not None and org_id is not None else None
         try:
             admitted = await self.quota.admit(admit_req)
         except ServiceError as exc:
+            # Quota may have made the reservation and then failed to answer: released at zero by the event.
             return self.reject(
-                request_id, gov.session_id, spec.name, parsed.kind, exc, started, spec.provider
+                request_id, gov.session_id, spec.name, parsed.kind, exc, started, spec.provider, lost
             )
+        except BaseException:
+            # The client went away while quota was asked: nothing goes upstream, the reservation is released.
+            self.ledger.rejected(
+                request_id,
+                gov.session_id,
+                spec.name,
+                parsed.kind,
+                ClientGone("the client went away"),
+                started,
+                spec.provider,
+                lost,
+            )
+            raise
+        finally:
+            self.ledger.admitted(entry)
         if isinstance(admitted, Denial):
             self.ledger.blocked(admit_req, parsed, admitted, started)
             headers = {"x-request-id": request_id, "x-leaky-tokens-cost-usd": ZERO_COST, **admitted.headers}

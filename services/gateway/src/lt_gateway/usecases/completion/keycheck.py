@@ -35,15 +35,15 @@ class KeyCheck:
     def __init__(self, quota: QuotaClient, ttl_s: float) -> None:
         self._quota = quota
         self._ttl_s = ttl_s
-        self._accepted: dict[bytes, float] = {}
+        self._accepted: dict[bytes, tuple[float, str]] = {}  # key hash -> (accepted until, the key's org)
 
-    async def require(self, api_key: str) -> None:
-        """Return if quota accepts `api_key`; raise its refusal (401/403/...) otherwise."""
+    async def require(self, api_key: str) -> str:
+        """The org of `api_key` if quota accepts it; raise its refusal (401/403/...) otherwise."""
         digest = hashlib.sha256(api_key.encode()).digest()
         now = time.monotonic()
-        until = self._accepted.get(digest)
-        if until is not None and until > now:
-            return
+        accepted = self._accepted.get(digest)
+        if accepted is not None and accepted[0] > now:
+            return accepted[1]
         answer = await self._quota.authenticate(api_key)
         if isinstance(answer, Denial):
             self._accepted.pop(digest, None)
@@ -51,4 +51,5 @@ class KeyCheck:
         if self._ttl_s > 0:
             if len(self._accepted) >= self._MAX_ENTRIES:
                 self._accepted.clear()
-            self._accepted[digest] = now + self._ttl_s
+            self._accepted[digest] = (now + self._ttl_s, answer.org_id)
+        return answer.org_id

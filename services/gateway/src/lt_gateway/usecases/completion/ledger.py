@@ -16,7 +16,7 @@ from leaky_common.errors import ServiceError, Unauthorized
 from lt_gateway.adapters.metrics import usage_metrics
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.quota_client import Denial
-from lt_gateway.adapters.usage_journal import INTERRUPTED, StreamEntry, UsageJournal
+from lt_gateway.adapters.usage_journal import INTERRUPTED, JournalEntry, UsageJournal
 from lt_gateway.adapters.usage_sink import UsageSink
 from lt_gateway.domain.call import Call
 from lt_gateway.domain.events import blocked_event, rejected_event, settled_event
@@ -98,7 +98,22 @@ class UsageLedger:
         ).emit()  # fmt: skip
         return cost
 
-    def stream_opened(self, call: Call, prompt: Usage) -> StreamEntry | None:
+    def admitting(self, req: AdmitRequest, org_id: str | None, stream: bool) -> JournalEntry | None:
+        """Journal an admission about to be asked for, so that a gateway killed before its answer still has the
+        reservation released at zero (nothing went to the provider); None without a journal."""
+        if self.journal is None:
+            return None
+        return self.journal.admitting(
+            {"request_id": req.request_id, "reservation_id": req.reservation_id, "org_id": org_id,
+             "session_id": req.session_id, "model": req.model, "provider": req.provider, "stream": stream}
+        )  # fmt: skip
+
+    def admitted(self, entry: JournalEntry | None) -> None:
+        """The journalled admission's outcome is recorded, or its request goes to the provider."""
+        if entry is not None and self.journal is not None:
+            self.journal.admitted(entry)
+
+    def stream_opened(self, call: Call, prompt: Usage) -> JournalEntry | None:
         """Journal a stream about to be relayed, so that a gateway killed while relaying it still has it
         charged what was relayed (`UsageJournal`); None without a journal."""
         journal = self.journal
@@ -109,12 +124,12 @@ class UsageLedger:
         event = settled_event(call, prompt, call.cost(prompt), 0, outcome, fingerprint)
         return journal.stream_opened(event, call.spec)
 
-    def stream_progress(self, entry: StreamEntry | None, usage: Usage) -> None:
+    def stream_progress(self, entry: JournalEntry | None, usage: Usage) -> None:
         """The journalled stream's usage so far."""
         if entry is not None and self.journal is not None:
             self.journal.stream_progress(entry, usage)
 
-    def stream_closed(self, entry: StreamEntry | None) -> None:
+    def stream_closed(self, entry: JournalEntry | None) -> None:
         """The journalled stream ended; its usage event was recorded."""
         if entry is not None and self.journal is not None:
             self.journal.stream_closed(entry)
@@ -137,11 +152,16 @@ class UsageLedger:
         exc: ServiceError,
         started: float,
         provider: str | None = None,
+        reservation: tuple[str, str] | None = None,
     ) -> None:
-        """A request refused before admission (malformed, keyless, unknown model, quota unreachable)."""
+        """A request refused before admission (malformed, keyless, unknown model, quota unreachable).
+        `reservation` (its id, the org): an admission asked for whose answer never came (quota unreachable,
+        the client gone). Quota may have made it, and releases it at zero from this event."""
         spec = self.models.get(model) if model else None
         latency_ms = _elapsed_ms(started)
         provider = provider or (spec.provider if spec else "")
-        self.usage.record(rejected_event(request_id, session_id, model, provider, exc, latency_ms))
+        self.usage.record(
+            rejected_event(request_id, session_id, model, provider, exc, latency_ms, reservation)
+        )
         decision = "blocked" if isinstance(exc, Unauthorized) else "rejected"
         RequestLine(request_id, session_id, model, decision, exc.code or kind, exc.status, latency_ms).emit()

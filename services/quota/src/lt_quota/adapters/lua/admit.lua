@@ -1,6 +1,8 @@
 -- One call per admission: freezes, request buckets, every cap (with the balancer's alternatives), token
 -- buckets, then the reservation. Times come from ARGV (the caller's clock): deterministic and testable.
 local now = tonumber(ARGV[1])
+-- The caller names the reservation (the gateway journals the id before asking): never admit one twice.
+if redis.call('EXISTS', KEYS[8]) == 1 then return {'duplicate'} end
 local why = redis.call('GET', KEYS[1])
 if why then return {'frozen', 'user', why} end
 why = redis.call('GET', KEYS[2])
