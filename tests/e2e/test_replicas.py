@@ -58,18 +58,6 @@ def _chaos() -> ModuleType:
     return module
 
 
-def _stack_chaos() -> ModuleType:
-    """deploy/local/stack_chaos.py (kill and restart one process of a stack), loaded in this process."""
-    if "stack_chaos" in sys.modules:
-        return sys.modules["stack_chaos"]
-    spec = importlib.util.spec_from_file_location("stack_chaos", ROOT / "deploy" / "local" / "stack_chaos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["stack_chaos"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _cpu_ticks(pid: int) -> int:
     """User + system CPU ticks of a process so far (/proc; 0 once it is gone)."""
     try:
@@ -372,13 +360,13 @@ async def test_one_of_each_killed_mid_load_the_invariants_still_hold(replicas: R
         await asyncio.sleep(2)  # the load is under way
         killed_at = time.monotonic()
         for victim in victims:
-            await asyncio.to_thread(_stack_chaos().kill, r.h.run_dir, victim)
+            await asyncio.to_thread(r.chaos.stack_chaos().kill, r.h.run_dir, victim)
         dead_after = time.monotonic() - killed_at
         # With one of each down: a runaway loop and a pool spent past its thresholds.
         session, (user_id, reached) = await asyncio.gather(_runaway_loop(r), _spend_past_thresholds(r))
         restart_at = time.monotonic()
         for victim in victims:  # one at a time (each rewrites stack.json), the gateway (its journal) first
-            await asyncio.to_thread(_stack_chaos().restart, r.h.run_dir, victim)
+            await asyncio.to_thread(r.chaos.stack_chaos().restart, r.h.run_dir, victim)
 
         async def back() -> bool:
             listening = all(_listeners(state["ports"][k]) == REPLICAS for k in HTTP_KINDS)
