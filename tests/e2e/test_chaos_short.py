@@ -8,31 +8,20 @@ process and prints which invariants still fail and where (see docs/operations.md
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from .chaos_harness import load_chaos
+
 pytestmark = pytest.mark.e2e
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 SHORT = ("gateway", "quota", "redis", "postgres", "broker")
-
-
-def _chaos() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("chaos_bench", BENCH / "chaos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["chaos_bench"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.timeout(420)  # five outages and the convergence wait; 55-170 s depending on the machine's load
 async def test_short_chaos_run_keeps_the_money_invariants_and_fails_closed(tmp_path: Path) -> None:
-    chaos = _chaos()
+    chaos = load_chaos()
     config = chaos.Config(
         components=SHORT,
         outage_s=2.0,

@@ -11,13 +11,11 @@ same tokens, and every invariant of the chaos run must hold.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
 import time
 import uuid
 import zlib
 from pathlib import Path
-from types import ModuleType
 
 import aiohttp
 import asyncpg
@@ -26,18 +24,9 @@ import pytest
 
 from leaky_common.db import database_url_for
 
+from .chaos_harness import load_chaos
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _chaos() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("chaos_bench", BENCH / "chaos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["chaos_bench"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def long_rid(prefix: str) -> str:
@@ -72,7 +61,7 @@ async def read_rest(resp: aiohttp.ClientResponse) -> tuple[int, bool]:
 
 
 async def test_a_stream_whose_gateway_was_killed_is_charged_what_was_relayed(tmp_path: Path) -> None:
-    chaos = _chaos()
+    chaos = load_chaos()
     # 40 tokens 250 ms apart: a 10 s stream, time enough to start the kill command on a loaded machine.
     config = chaos.Config(components=(), users=1, chunk_delay_ms=250, reservation_ttl_s=300, converge_s=60.0)
     h = chaos.Harness(config, tmp_path / "run")

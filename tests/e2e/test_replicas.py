@@ -12,7 +12,6 @@ to recover) are printed (`-s`) for the closing note.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import sys
 import time
@@ -31,10 +30,11 @@ from aiohttp import web
 
 from leaky_devinfra.testing import eventually
 
+from .chaos_harness import load_chaos
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench"
 REPLICAS = 2
 # Every kind of service process; `<kind>-2` is its second instance.
 KINDS = ("gateway", "quota", "saga", "analytics", "analytics-worker", "notifier")
@@ -45,17 +45,6 @@ TTL_S = 30
 LOOP_COUNT = 4  # analytics' default: the same prompt 4 times in a row is a loop
 THRESHOLDS = (80, 90, 100)  # quota's announcements
 EVENTS = ["QuotaThresholdReached.v1", "AnomalyDetected.v1", "PurchaseCompleted.v1"]
-
-
-def _chaos() -> ModuleType:
-    if "chaos_bench" in sys.modules:
-        return sys.modules["chaos_bench"]
-    spec = importlib.util.spec_from_file_location("chaos_bench", BENCH / "chaos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["chaos_bench"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -123,7 +112,7 @@ async def hooks(fakes_port: int) -> AsyncIterator[Hooks]:
 async def replicas(
     tmp_path_factory: pytest.TempPathFactory, fakes_port: int, hooks: Hooks
 ) -> AsyncIterator[Replicas]:
-    chaos = _chaos()
+    chaos = load_chaos()
     config = chaos.Config(
         workers=4,
         users=2,
