@@ -29,15 +29,18 @@ class JournalledSink(RecordingSink):
 class AwayQuota(FakeQuota):
     """Quota that reserves, then never answers: it fails (`fail`) or hangs until `answer` is set."""
 
-    def __init__(self, *, fail: bool) -> None:
+    def __init__(self, *, fail: bool, garbled: bool = False) -> None:
         super().__init__()
         self.fail = fail
+        self.garbled = garbled
         self.asked = asyncio.Event()
         self.answer = asyncio.Event()
 
     async def admit(self, request: AdmitRequest) -> AdmitResponse | Denial:
         self.requests.append(request)
         self.asked.set()
+        if self.garbled:
+            raise ValueError("an answer that does not parse")
         if self.fail:
             raise ServiceUnavailable("quota service unavailable", code="quota_unavailable")
         await self.answer.wait()
@@ -58,6 +61,14 @@ async def test_the_reservation_is_named_in_the_keys_org_and_released_when_quota_
     # Each admission gets its own reservation id.
     await handler(quota, sink).handle(make_request(CHAT))
     assert len({r.reservation_id for r in quota.requests}) == 2
+
+
+async def test_an_answer_quota_garbled_is_a_503_and_a_release_not_a_500_without_an_event() -> None:
+    quota, sink = AwayQuota(fail=False, garbled=True), RecordingSink()
+    resp = await handler(quota, sink).handle(make_request(CHAT))
+    assert resp.status_code == 503
+    (event,) = sink.events
+    assert (event.reservation_id, event.error_code) == (quota.requests[0].reservation_id, "quota_unavailable")
 
 
 async def test_a_client_gone_while_quota_is_asked_leaves_a_release_not_an_expiry_charge() -> None:

@@ -9,6 +9,7 @@ the reservation from. Every request produces exactly one usage event and one JSO
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from leaky_common.contracts import new_reservation_id
-from leaky_common.errors import ServiceError
+from leaky_common.contracts import AdmitRequest, AdmitResponse, new_reservation_id
+from leaky_common.errors import ServiceError, ServiceUnavailable
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.providers import Provider
 from lt_gateway.adapters.quota_client import Denial, QuotaClient
@@ -34,6 +35,8 @@ from lt_gateway.usecases.completion.stream import relay
 from lt_gateway.usecases.completion.upstream import Upstream
 
 JSON = "application/json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -140,13 +143,13 @@ class CompletionFlow:
         entry = self.ledger.admitting(admit_req, org_id, parsed.stream)
         lost = (reservation_id, org_id) if reservation_id is not None and org_id is not None else None
         try:
-            admitted = await self.quota.admit(admit_req)
+            admitted = await self._admit(admit_req)
         except ServiceError as exc:
             # Quota may have made the reservation and then failed to answer: released at zero by the event.
             return self.reject(
                 request_id, gov.session_id, spec.name, parsed.kind, exc, started, spec.provider, lost
             )
-        except BaseException:
+        except asyncio.CancelledError:
             # The client went away while quota was asked: nothing goes upstream, the reservation is released.
             self.ledger.rejected(
                 request_id,
@@ -171,6 +174,16 @@ class CompletionFlow:
             spec.cost_usd_micros(parsed.estimated_prompt(spec.provider, spec.upstream_model), granted),
         )  # fmt: skip
         return await self._answer(call)
+
+    async def _admit(self, req: AdmitRequest) -> AdmitResponse | Denial:
+        """Quota's answer; anything its client could not make sense of counts as quota failing (503)."""
+        try:
+            return await self.quota.admit(req)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            logger.exception("unexpected answer from quota's admission")
+            raise ServiceUnavailable("quota service error", code="quota_unavailable") from exc
 
     async def _answer(self, call: Call) -> Reply:
         headers = call.headers()
