@@ -15,10 +15,17 @@ from starlette.responses import RedirectResponse, Response
 from lt_console.gateway import ApiError, Gateway, SignedOut
 from lt_console.sessions import COOKIE, Session, SessionStore, same_token
 
+
+def usd(micros: float) -> str:
+    """Micro-dollars as dollars: to the micro-dollar under a cent (a few requests cost that much; 4 decimals
+    would show them as $0.0000), else to a hundredth of a cent."""
+    return f"${micros / 1_000_000:,.6f}" if abs(micros) < 10_000 else f"${micros / 1_000_000:,.4f}"
+
+
 PREFIX = "/console"
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.filters["num"] = lambda v: f"{v:,}" if isinstance(v, int | float) else ("—" if v is None else v)
-templates.env.filters["usd"] = lambda v: f"${v / 1_000_000:,.4f}" if isinstance(v, int | float) else "—"
+templates.env.filters["usd"] = lambda v: usd(v) if isinstance(v, int | float) else "—"
 templates.env.filters["when"] = lambda v: str(v).replace("T", " ")[:19] if v else "—"
 
 

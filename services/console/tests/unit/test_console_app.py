@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from lt_console.main import create_app
 from lt_console.sessions import COOKIE
 from lt_console.settings import ConsoleSettings
+from lt_console.web import usd
 
 ME = {
     "id": "u-1",
@@ -250,3 +251,10 @@ def test_the_callers_address_and_proof_go_back_to_the_gateway_with_that_pages_ca
     fake.relayed.clear()
     client.get("/console/overview")
     assert fake.relayed and {(a, p) for _, a, p in fake.relayed} == {(None, None)}
+
+
+def test_small_spend_is_shown_to_the_micro_dollar_not_as_zero() -> None:
+    assert usd(33) == "$0.000033"  # three mock requests: 4 decimals showed "$0.0000"
+    assert usd(0) == "$0.000000"
+    assert usd(9_999) == "$0.009999"
+    assert usd(1_234_567) == "$1.2346"
