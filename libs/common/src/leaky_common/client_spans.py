@@ -1,4 +1,6 @@
-"""CLIENT spans for Redis commands, PostgreSQL queries and outbound HTTP, after OpenTelemetry's conventions.
+"""CLIENT spans for Redis commands, PostgreSQL queries and outbound HTTP, after OpenTelemetry's conventions
+(the Redis and PostgreSQL clients are in `leaky_common.store_spans`, so that a service without them, the
+gateway, does not import them: redis-py alone costs a process 20 MB).
 
 Hand-written rather than the `opentelemetry-instrumentation-*` packages, for two reasons: they would record
 what this system must never export (the Redis instrumentation puts the command's arguments in
@@ -25,25 +27,14 @@ traces gets them (`LT_TRACE_CLIENT_SPAN_RATIO`); `LT_TRACE_CLIENT_SPANS=false` t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 from aiohttp import ClientRequest, ClientResponse
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from redis.asyncio import Redis
 
-__all__ = [
-    "TracedConnection",
-    "TracedRedis",
-    "configure",
-    "http_client_spans",
-    "name_script",
-    "sampled",
-    "sql_summary",
-]
+__all__ = ["client_span", "configure", "fail", "http_client_spans", "name_script", "sampled", "script_name"]
 
 _tracer = trace.get_tracer("leaky_common.client_spans")
 _enabled = True
@@ -52,8 +43,6 @@ _TRACE_ID_LOW = (1 << 64) - 1
 _bound = 1 << 64
 # EVALSHA's sha1 -> the script's name (`admit`), registered by whoever loads the scripts.
 _SCRIPTS: dict[str, str] = {}
-_SUMMARIES: dict[str, tuple[str, str | None]] = {}
-_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+(?:ONLY\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE)
 
 HttpHandler = Callable[[ClientRequest], Awaitable[ClientResponse]]
 
@@ -83,132 +72,20 @@ def name_script(sha: str, name: str) -> None:
     _SCRIPTS[sha] = name
 
 
-def _fail(span: Span, error_type: str) -> None:
+def script_name(sha: str) -> str | None:
+    """The name `name_script` gave the Lua script of this SHA-1, if any."""
+    return _SCRIPTS.get(sha)
+
+
+def client_span(name: str, attributes: dict[str, Any]) -> Span:
+    """A CLIENT span, started (its caller ends it)."""
+    return _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+
+
+def fail(span: Span, error_type: str) -> None:
+    """Mark a client span failed: `error.type` and status ERROR, never a message."""
     span.set_attribute("error.type", error_type)
     span.set_status(Status(StatusCode.ERROR))
-
-
-# --- Redis ---------------------------------------------------------------------------------------------
-
-
-class TracedRedis(Redis):  # type: ignore[type-arg]
-    """A `redis.asyncio.Redis` whose commands get a CLIENT span in sampled traces (pipelines do not)."""
-
-    _lt_server: dict[str, Any] | None = None
-
-    def _server(self) -> dict[str, Any]:
-        if self._lt_server is None:
-            kwargs = self.connection_pool.connection_kwargs
-            server: dict[str, Any] = {}
-            if kwargs.get("host"):
-                server = {"server.address": str(kwargs["host"]), "server.port": int(kwargs.get("port", 6379))}
-            self._lt_server = server
-        return self._lt_server
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        """The command, in a span when the trace is sampled."""
-        if not sampled():
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        operation = str(args[0]).upper() if args else "UNKNOWN"
-        attributes: dict[str, Any] = {
-            "db.system.name": "redis",
-            "db.operation.name": operation,
-            **self._server(),
-        }
-        name = operation
-        if operation == "EVALSHA" and len(args) > 1:
-            script = _SCRIPTS.get(str(args[1]))
-            if script is not None:
-                attributes["db.stored_procedure.name"] = script
-                name = f"{operation} {script}"
-        span = _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-        try:
-            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        except BaseException as exc:
-            _fail(span, type(exc).__name__)
-            raise
-        finally:
-            span.end()
-
-
-# --- PostgreSQL ------------------------------------------------------------------------------------------
-
-
-def sql_summary(query: str) -> tuple[str, str | None]:
-    """The operation (first keyword) and the first table a query names; cached per query text."""
-    found = _SUMMARIES.get(query)
-    if found is None:
-        words = query.split(None, 1)
-        operation = words[0].upper() if words else "UNKNOWN"
-        table = _TABLE.search(query)
-        found = (operation, table.group(1) if table else None)
-        if len(_SUMMARIES) >= 2048:  # queries are constants; this only bounds a surprise
-            _SUMMARIES.clear()
-        _SUMMARIES[query] = found
-    return found
-
-
-class TracedConnection(asyncpg.Connection):  # type: ignore[misc]
-    """An asyncpg connection whose queries get a CLIENT span in sampled traces (`create_pool` uses it)."""
-
-    _lt_server: dict[str, Any] | None = None
-
-    def _span(self, query: str) -> Span:
-        if self._lt_server is None:
-            addr, params = getattr(self, "_addr", None), getattr(self, "_params", None)
-            server: dict[str, Any] = {}
-            if isinstance(addr, tuple) and len(addr) >= 2:
-                server = {"server.address": str(addr[0]), "server.port": int(addr[1])}
-            if params is not None and getattr(params, "database", None):
-                server["db.namespace"] = str(params.database)
-            self._lt_server = server
-        operation, table = sql_summary(query)
-        attributes: dict[str, Any] = {"db.system.name": "postgresql", "db.operation.name": operation}
-        if table:
-            attributes["db.collection.name"] = table
-        attributes.update(self._lt_server)
-        name = f"{operation} {table}" if table else operation
-        return _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-
-    async def _traced(self, method: Callable[..., Awaitable[Any]], query: str, *args: Any, **kw: Any) -> Any:
-        span = self._span(query)
-        try:
-            return await method(query, *args, **kw)
-        except BaseException as exc:
-            _fail(span, getattr(exc, "sqlstate", None) or type(exc).__name__)
-            raise
-        finally:
-            span.end()
-
-    async def execute(self, query: str, *args: Any, **kw: Any) -> Any:
-        """`Connection.execute`, in a span when sampled."""
-        if not sampled():
-            return await super().execute(query, *args, **kw)
-        return await self._traced(super().execute, query, *args, **kw)
-
-    async def executemany(self, command: str, args: Any, **kw: Any) -> Any:
-        """`Connection.executemany`, in a span when sampled."""
-        if not sampled():
-            return await super().executemany(command, args, **kw)
-        return await self._traced(super().executemany, command, args, **kw)
-
-    async def fetch(self, query: str, *args: Any, **kw: Any) -> Any:
-        """`Connection.fetch`, in a span when sampled."""
-        if not sampled():
-            return await super().fetch(query, *args, **kw)
-        return await self._traced(super().fetch, query, *args, **kw)
-
-    async def fetchval(self, query: str, *args: Any, **kw: Any) -> Any:
-        """`Connection.fetchval`, in a span when sampled."""
-        if not sampled():
-            return await super().fetchval(query, *args, **kw)
-        return await self._traced(super().fetchval, query, *args, **kw)
-
-    async def fetchrow(self, query: str, *args: Any, **kw: Any) -> Any:
-        """`Connection.fetchrow`, in a span when sampled."""
-        if not sampled():
-            return await super().fetchrow(query, *args, **kw)
-        return await self._traced(super().fetchrow, query, *args, **kw)
 
 
 # --- HTTP (aiohttp client middleware) --------------------------------------------------------------------
@@ -244,12 +121,12 @@ def http_client_spans(
         try:
             resp = await handler(req)
         except BaseException as exc:
-            _fail(span, type(exc).__name__)
+            fail(span, type(exc).__name__)
             span.end()
             raise
         span.set_attribute("http.response.status_code", resp.status)
         if resp.status >= 400:
-            _fail(span, str(resp.status))
+            fail(span, str(resp.status))
         span.end()
         return resp
 

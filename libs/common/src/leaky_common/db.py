@@ -9,8 +9,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from leaky_common.client_spans import TracedConnection
+from leaky_common.errors import store_unavailable
 from leaky_common.metrics import track_pool
+from leaky_common.store_spans import TracedConnection
 
 __all__ = ["apply_migrations", "create_database", "create_pool", "database_url_for", "ping"]
 
@@ -49,12 +50,13 @@ async def create_database(server_url: str, database: str) -> str:
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "main") -> asyncpg.Pool:
     """An asyncpg pool; statements are cached per connection. Its size is reported as `lt_db_pool_*{pool=name}`.
 
-    Its connections make a span per query in sampled traces (`leaky_common.client_spans`)."""
+    Its connections make a span per query in sampled traces (`leaky_common.store_spans`)."""
     pool = await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, command_timeout=30, connection_class=TracedConnection
     )
     assert pool is not None
     track_pool(pool, name)
+    store_unavailable()  # the store clients' exceptions imported now, not in a request at the first failure
     return pool
 
 

@@ -17,12 +17,11 @@ Hierarchy:
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, ClassVar
 
-import asyncpg
 import orjson
-import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -44,6 +43,7 @@ __all__ = [
     "error_body",
     "error_response",
     "install_error_handlers",
+    "store_unavailable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -168,25 +168,32 @@ def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | 
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-# A store this service needs is down or restarting (its connection refused, reset or closed mid-transaction):
-# the request may succeed shortly, so it is a 503 with Retry-After, not a 500.
-STORE_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    ConnectionError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    # A pooled connection PostgreSQL dropped while it was still reading the error of its end ("cannot switch
-    # to state 15; another operation (2) is in progress"), seen when PostgreSQL is killed under load.
-    asyncpg.exceptions.InternalClientError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    # Redis Cluster: the slot's primary is down or failing over (a replica takes over shortly).
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.SlotNotCoveredError,
-)
+@functools.cache
+def store_unavailable() -> tuple[type[BaseException], ...]:
+    """A store this service needs is down or restarting (its connection refused, reset or closed
+    mid-transaction): the request may succeed shortly, so it is a 503 with Retry-After, not a 500. Built on first
+    use: the PostgreSQL and Redis clients are imported only by services that have met an error (redis-py costs a
+    process 20 MB; the gateway uses neither)."""
+    import asyncpg
+    import redis.exceptions
+
+    return (
+        ConnectionError,
+        TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.exceptions.CannotConnectNowError,
+        asyncpg.exceptions.TooManyConnectionsError,
+        # A pooled connection PostgreSQL dropped while it was still reading the error of its end ("cannot
+        # switch to state 15; another operation (2) is in progress"), seen when PostgreSQL is killed under load.
+        asyncpg.exceptions.InternalClientError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        # Redis Cluster: the slot's primary is down or failing over (a replica takes over shortly).
+        redis.exceptions.ClusterDownError,
+        redis.exceptions.TryAgainError,
+        redis.exceptions.SlotNotCoveredError,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -215,7 +222,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, STORE_UNAVAILABLE):
+        if isinstance(exc, store_unavailable()):
             logger.warning("store unavailable on %s %s: %r", request.method, request.url.path, exc)
             unavailable = ServiceUnavailable("a store this service needs is unavailable; retry shortly")
             return error_response(503, unavailable.body(), {"Retry-After": "1"})

@@ -3,20 +3,19 @@
 Consumers commit an offset only after its message was handled (at-least-once); handlers must be idempotent
 (record the event id in an inbox in the same transaction as the state change) to make it effectively-once.
 A message that cannot be parsed, or whose handler keeps failing on it, goes to `<topic>.dlq` and is committed;
-infrastructure errors (`TRANSIENT_ERRORS`) are retried until they clear instead.
+infrastructure errors (`transient_errors()`) are retried until they clear instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg
-import redis.exceptions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from opentelemetry import context as otel_context
@@ -24,6 +23,7 @@ from opentelemetry import propagate, trace
 from pydantic import BaseModel, ValidationError
 
 from leaky_common import kafka_uvloop
+from leaky_common.errors import store_unavailable
 from leaky_common.events import AnyMessage, Message, Topics, parse_message
 from leaky_common.kafka_admin import client_options, ensure_topics
 from leaky_common.metrics import CONSUMER_LAG, DEAD_LETTERS
@@ -32,35 +32,26 @@ from leaky_common.tasks import cancel_and_wait
 from leaky_common.tracing import context_headers
 
 __all__ = [
-    "TRANSIENT_ERRORS",
     "EventConsumer",
     "EventPublisher",
     "Handler",
     "broker_reachable",
     "client_options",
     "ensure_topics",
+    "transient_errors",
 ]
 
 logger = logging.getLogger(__name__)
 tracer = trace.get_tracer("leaky_common.kafka")
 kafka_uvloop.install()  # the services run on uvloop (leaky_common.serve)
 
-# Failures of the infrastructure rather than of the message: retried, never dead-lettered.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.InternalClientError,  # a connection PostgreSQL dropped mid-operation
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.SlotNotCoveredError,
-    KafkaError,
-)
+
+@functools.cache
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Failures of the infrastructure rather than of the message: retried, never dead-lettered. A store down
+    (`store_unavailable`, imported on first use), any OS-level failure, or the broker's."""
+    return (OSError, *store_unavailable(), KafkaError)
+
 
 Handler = Callable[[AnyMessage, ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
@@ -191,6 +182,7 @@ class EventConsumer:
         self._lag_gauges = {topic: CONSUMER_LAG.labels(group_id, topic) for topic in self._topics}
         for topic in self._topics:
             DEAD_LETTERS.labels(topic)
+        transient_errors()  # the store clients' exceptions imported now, not in the loop at the first failure
 
     @property
     def running(self) -> bool:
@@ -339,7 +331,7 @@ class EventConsumer:
                 return
             except asyncio.CancelledError:
                 raise
-            except TRANSIENT_ERRORS as exc:
+            except transient_errors() as exc:
                 logger.warning("handler hit %r for %s; retrying in %.1fs", exc, message.event_id, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

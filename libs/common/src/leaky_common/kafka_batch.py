@@ -18,7 +18,7 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from leaky_common.events import AnyMessage, parse_message
-from leaky_common.kafka import TRANSIENT_ERRORS, EventConsumer, EventPublisher, Handler
+from leaky_common.kafka import EventConsumer, EventPublisher, Handler, transient_errors
 from leaky_common.settings import ServiceSettings
 from leaky_common.tracing import batch_span
 
@@ -69,7 +69,7 @@ class BatchEventConsumer(EventConsumer):
                     await self._batch_handler(messages)
             except asyncio.CancelledError:
                 raise
-            except TRANSIENT_ERRORS as exc:
+            except transient_errors() as exc:
                 logger.warning("batch handler hit %r; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -13,7 +13,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from yarl import URL
 
 from leaky_common import client_spans
-from leaky_common.client_spans import http_client_spans, sampled, sql_summary
+from leaky_common.client_spans import http_client_spans, sampled
+from leaky_common.store_spans import sql_summary
 from leaky_devinfra.spans import capture_spans
 
 tracer = trace.get_tracer("test")

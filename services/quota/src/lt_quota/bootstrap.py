@@ -16,12 +16,12 @@ from urllib.parse import urlsplit
 import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
-from leaky_common.client_spans import TracedRedis
 from leaky_common.db import apply_migrations, create_database, create_pool, database_url_for
 from leaky_common.events import Topics
 from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
 from leaky_common.kafka_batch import BatchEventConsumer
 from leaky_common.outbox import ElectedRelay
+from leaky_common.store_spans import TracedRedis
 from leaky_common.tasks import cancel_and_wait
 from lt_quota.adapters.redis_state import RedisState
 from lt_quota.handlers import make_handler, make_usage_batch_handler
