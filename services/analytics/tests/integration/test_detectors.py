@@ -115,6 +115,21 @@ async def test_without_session_the_key_is_watched_and_org_overrides_apply(pool: 
     assert (sent[0][1]["key_id"], sent[0][1]["frozen"], sent[0][1]["session_id"]) == ("key-9", False, None)
 
 
+async def test_a_loop_that_only_alerts_alerts_once_per_window(pool: asyncpg.Pool) -> None:
+    # Freezing off: a loop that keeps running is one alert per loop window, not one every fourth request.
+    h = handler(pool, freeze_on=frozenset(), loop_window_s=60)
+    await feed(h, *(event() for _ in range(12)))
+    sent = await outbox(pool)
+    assert [(t, m["kind"], m["frozen"]) for t, m in sent] == [("alerts", "loop", False)]
+    # Another session's loop is its own alert.
+    await feed(h, *(event(session="s2") for _ in range(4)))
+    assert [m["session_id"] for _, m in await outbox(pool)] == ["s1", "s2"]
+    # Once the window has passed, the same loop alerts again.
+    await pool.execute("UPDATE anomalies SET detected_at = detected_at - interval '61 seconds'")
+    await feed(h, *(event() for _ in range(4)))
+    assert [m["session_id"] for _, m in await outbox(pool)] == ["s1", "s2", "s1"]
+
+
 async def test_loop_within_a_window_even_when_interleaved(pool: asyncpg.Pool) -> None:
     h = handler(pool, loop_window_count=5, loop_window_s=60)
     now = datetime.now(UTC)

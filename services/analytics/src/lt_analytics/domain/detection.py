@@ -38,7 +38,8 @@ class Detection:
     value: float
     threshold: float
     detail: str
-    # False for detections that re-arm by themselves (a consecutive-loop run restarts after firing).
+    # False for detections that must fire every time they are found: a consecutive loop that freezes (after
+    # an unfreeze, the agent's next full run freezes it again). One that only alerts cools down like the rest.
     cools_down: bool = True
 
     @property
@@ -126,8 +127,16 @@ def follow_loops(
         if streak.count >= need:
             within = f" within {lim.loop_window_s}s" if target[0] == "key" else ""
             detail = f"Loop detected: the same prompt {streak.count} times in a row{within}"
+            # Alert only (no freeze): once per loop window per target, not once every `need` requests of a
+            # loop that keeps running (an alert storm on every channel).
+            freezes = "loop" in lim.freeze_on
             found.append(
-                (event, Detection("loop", target[0], target[2], streak.count, need, detail, cools_down=False))
+                (
+                    event,
+                    Detection(
+                        "loop", target[0], target[2], streak.count, need, detail, cools_down=not freezes
+                    ),
+                )
             )
             # Start counting afresh: after an unfreeze the agent gets a full run before the next freeze.
             streak.count, streak.times = 0, []

@@ -85,7 +85,8 @@ class AnomalyDetector:
     async def _cooled(
         self, conn: asyncpg.Connection, d: Detection, org_id: str | None, limits: Thresholds
     ) -> bool:
-        """Consecutive loops always fire (the run restarts after each); the others once per window, per org."""
+        """Consecutive loops that freeze always fire (the run restarts after each); the rest once per window,
+        per org."""
         if not d.cools_down:
             return True
         window = cooldown_s(d.kind, limits)
