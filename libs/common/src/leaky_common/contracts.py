@@ -107,6 +107,22 @@ class JwkSet(BaseModel):
     keys: list[Jwk]
 
 
+class ReleaseRequest(BaseModel):
+    """`POST /internal/release`: the answer is complete; shrink its reservation to what it used.
+
+    On a snug budget (`AdmitResponse.release_wait`) sent before the last bytes reach the client, so the next
+    request sees the unused part free again; otherwise it rides on the gateway's next admission
+    (`AdmitRequest.releases`) or goes out on its own a few milliseconds later. The `UsageRecorded` event stays
+    the durable settlement; a reservation released and never settled is charged at its expiry what it used,
+    not what it reserved."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reservation_id: str = Field(min_length=1, max_length=64)
+    total_tokens: int = Field(ge=0)
+    cost_usd_micros: int = Field(ge=0)
+
+
 class AdmitRequest(BaseModel):
     """`POST /internal/admit`: authenticate, check freezes and buckets, and reserve the estimate atomically."""
 
@@ -135,6 +151,9 @@ class AdmitRequest(BaseModel):
     # journalled before it asks: a reservation whose answer never arrived (quota or the gateway died meanwhile)
     # is released at zero by its id. None, or the tag of another org: quota names it.
     reservation_id: str | None = Field(default=None, pattern=RESERVATION_ID_PATTERN)
+    # Releases of earlier answers that did not need to wait (`AdmitResponse.release_wait` false), applied
+    # before this admission: the gateway sends them with its next admission rather than in calls of their own.
+    releases: list[ReleaseRequest] = Field(default_factory=list, max_length=64)
 
 
 class RateLimitState(BaseModel):
@@ -174,20 +193,6 @@ class ProbeResponse(BaseModel):
 
     postgres: bool
     redis: bool
-
-
-class ReleaseRequest(BaseModel):
-    """`POST /internal/release`: the answer is complete; shrink its reservation to what it used.
-
-    Sent before the last bytes reach the client, so the next request sees the unused part free again. The
-    `UsageRecorded` event stays the durable settlement; a reservation released and never settled is charged
-    at its expiry what it used, not what it reserved."""
-
-    model_config = ConfigDict(frozen=True)
-
-    reservation_id: str = Field(min_length=1, max_length=64)
-    total_tokens: int = Field(ge=0)
-    cost_usd_micros: int = Field(ge=0)
 
 
 class ReleaseResponse(BaseModel):

@@ -110,7 +110,12 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
     _warn_missing_keys(models)
     signer = assertion_signer(settings)
     quota = QuotaClient(
-        settings.quota_url, signer, settings.internal_timeout_s, settings.quota_connection_max_age_s
+        settings.quota_url,
+        signer,
+        settings.internal_timeout_s,
+        settings.quota_connection_max_age_s,
+        release_linger_s=settings.release_linger_s,
+        release_timeout_s=settings.release_timeout_s,
     )
     usage = UsageSink(
         EventPublisher(settings),

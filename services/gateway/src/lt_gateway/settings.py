@@ -33,9 +33,12 @@ class GatewaySettings(ServiceSettings):
     models_file: Path | None = None
     upstream_timeout_s: float = 120.0
     internal_timeout_s: float = 10.0
-    # The release of a reservation's unused part, sent before the last bytes of an answer, waits at most this
-    # long (the answer goes out anyway; the usage event settles the reservation).
+    # A release of a reservation's unused part waits at most this long for quota (the answer goes out anyway;
+    # the usage event settles the reservation).
     release_timeout_s: float = Field(default=0.5, gt=0)
+    # A release the answer does not wait for (quota said twice the reservation stays free) rides on the next
+    # admission to quota; if none comes within this long it is sent on its own (0: always on its own, at once).
+    release_linger_s: float = Field(default=0.01, ge=0, le=1)
     # Off: the unused part of a reservation is freed only when quota settles the usage event, tens of ms after
     # the answer, so a client's next request may find its budget still held (a 402 near the end of a budget).
     # Only for measuring what the release costs (`make bench`); keep it on.

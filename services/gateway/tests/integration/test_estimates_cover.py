@@ -85,6 +85,9 @@ class GrantingQuota:
     ) -> bool:
         return True  # the unused part goes back; settlement is quota's (tested there)
 
+    def release_later(self, reservation_id: str, total_tokens: int, cost_usd_micros: int) -> None:
+        pass  # as release: nothing to check here
+
 
 class Sink:
     def __init__(self) -> None:

@@ -12,7 +12,7 @@ from leaky_common.auth import AssertionVerifier
 from leaky_common.contracts import AdmitRequest
 from leaky_common.errors import ServiceUnavailable
 from leaky_devinfra.infra import free_port
-from leaky_devinfra.testing import TEST_KEYS
+from leaky_devinfra.testing import TEST_KEYS, eventually
 from lt_gateway.adapters.quota_client import Denial, QuotaClient
 
 pytestmark = pytest.mark.integration
@@ -170,3 +170,67 @@ async def test_pool_is_replaced_after_its_max_age_so_new_connections_reach_every
         await aging.close()
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_releases_ride_on_the_next_admission_or_go_out_after_the_linger() -> None:
+    admits: list[dict[str, object]] = []
+    releases: list[dict[str, object]] = []
+
+    async def admit(request: web.Request) -> web.Response:
+        admits.append(await request.json())
+        return web.json_response(
+            {"error": {"message": "no", "type": "x", "param": None, "code": "x"}}, status=429
+        )
+
+    traceparents: list[str | None] = []
+
+    async def release(request: web.Request) -> web.Response:
+        releases.append(await request.json())
+        traceparents.append(request.headers.get("traceparent"))
+        return web.json_response({"released": True})
+
+    app = web.Application()
+    app.router.add_post("/internal/admit", admit)
+    app.router.add_post("/internal/release", release)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    client = QuotaClient(f"http://127.0.0.1:{port}", TEST_KEYS.signer(), 5, release_linger_s=0.5)
+    await client.start()
+    request = AdmitRequest(api_key="k", request_id="r", model="m", provider="mock", prompt_tokens=1)
+    try:
+        client.release_later("res_1", 10, 1)
+        client.release_later("res_2", 20, 2)
+        await client.admit(request)
+        # Both went with the admission, in order; none on its own.
+        assert admits[0]["releases"] == [
+            {"reservation_id": "res_1", "total_tokens": 10, "cost_usd_micros": 1},
+            {"reservation_id": "res_2", "total_tokens": 20, "cost_usd_micros": 2},
+        ]
+        await client.admit(request)
+        assert admits[1]["releases"] == []  # nothing twice
+        # No admission within the linger: it goes out on its own, in the trace of the request it belongs to.
+        with TracerProvider().get_tracer("test").start_as_current_span("chat") as span:
+            client.release_later("res_3", 30, 3)
+        client.release_later("res_4", 40, 4)  # another request's, outside that trace
+        await eventually(lambda: len(releases) == 2)
+        assert releases == [
+            {"reservation_id": "res_3", "total_tokens": 30, "cost_usd_micros": 3},
+            {"reservation_id": "res_4", "total_tokens": 40, "cost_usd_micros": 4},
+        ]
+        assert traceparents[0] is not None
+        assert traceparents[0].split("-")[1] == f"{span.get_span_context().trace_id:032x}"
+        assert traceparents[1] is None
+        # More than an admission carries: the rest ride on the next one.
+        for i in range(QuotaClient.MAX_RELEASES_PER_ADMISSION + 5):
+            client.release_later(f"many_{i}", i, 0)
+        await client.admit(request)
+        await client.admit(request)
+        assert [len(a["releases"]) for a in admits[2:]] == [QuotaClient.MAX_RELEASES_PER_ADMISSION, 5]  # type: ignore[arg-type]
+        # Closing sends what is still waiting.
+        client.release_later("res_last", 1, 0)
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert releases[-1] == {"reservation_id": "res_last", "total_tokens": 1, "cost_usd_micros": 0}

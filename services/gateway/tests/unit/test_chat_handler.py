@@ -38,6 +38,7 @@ class FakeQuota:
         self.requests: list[AdmitRequest] = []
         self.authentications = 0
         self.releases: list[tuple[str, int, int]] = []
+        self._later: set[asyncio.Task[bool]] = set()
 
     async def authenticate(self, api_key: str) -> Principal | Denial:
         self.authentications += 1
@@ -50,6 +51,12 @@ class FakeQuota:
         await self.quota_answers.wait()
         self.releases.append((reservation_id, tokens, cost))
         return False  # as when quota cannot be reached: the answer goes out all the same
+
+    def release_later(self, reservation_id: str, tokens: int, cost: int) -> None:
+        # QuotaClient sends it with the next admission or soon after; here it is on its way at once.
+        task = asyncio.ensure_future(self.release(reservation_id, tokens, cost, 0.5))
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     async def admit(self, request: AdmitRequest) -> AdmitResponse | Denial:
         self.requests.append(request)

@@ -169,6 +169,39 @@ async def test_release_frees_the_unused_part_for_back_to_back_requests(settings:
         assert again.json() == {"released": False}  # idempotent
 
 
+async def test_releases_riding_on_an_admission_are_applied_before_it(settings: QuotaSettings) -> None:
+    """The gateway sends the releases it did not wait for with its next admission (`releases`)."""
+    async with running(settings) as h:
+        user = await h.create_user(quota=3000)
+        first = (await h.admit(user["api_key"], prompt_tokens=40, model_max_output_tokens=4096)).json()
+        assert first["reserved_tokens"] == 3000  # everything: a second admission alone is refused
+        r = await h.admit(user["api_key"], prompt_tokens=40)
+        assert r.status_code == 402, r.text
+        ride = {"reservation_id": first["reservation_id"], "total_tokens": 100, "cost_usd_micros": 0}
+        # Refused calls apply nothing: without the gateway's assertion, or with a malformed release.
+        body = {"api_key": user["api_key"], "request_id": "r", "model": "mock-gpt", "provider": "mock",
+                "prompt_tokens": 40, "releases": [ride]}  # fmt: skip
+        r = await h.client.post("/internal/admit", json=body, headers=TEST_KEYS.headers("analytics"))
+        assert r.status_code == 401
+        bad = {**body, "releases": [{**ride, "total_tokens": -1}]}
+        r = await h.client.post("/internal/admit", json=bad, headers=internal())
+        assert r.status_code == 400 and r.json()["error"]["param"] == "releases.0.total_tokens"
+        r = await h.client.post("/internal/admit", json={**body, "releases": [ride] * 65}, headers=internal())
+        assert r.status_code == 400 and r.json()["error"]["param"] == "releases"
+        assert await h.pool(user["pool_id"]) == (0, 3000)
+        # The release rides on the next admission and is applied first: the admission finds the rest free.
+        second = await h.admit(
+            user["api_key"], prompt_tokens=40, model_max_output_tokens=4096, releases=[ride]
+        )
+        assert second.status_code == 200, second.text
+        assert second.json()["reserved_tokens"] == 2900
+        assert await h.pool(user["pool_id"]) == (0, 3000)  # 100 used by the first, 2,900 held by the second
+        # Applied once: riding again (or on its own) releases nothing more.
+        third = await h.admit(user["api_key"], prompt_tokens=40, releases=[ride])
+        assert third.status_code == 402
+        assert (await h.release(first["reservation_id"], 100)).json() == {"released": False}
+
+
 async def test_the_gateway_waits_for_the_release_only_on_a_snug_budget(settings: QuotaSettings) -> None:
     """`release_wait`: true when some cap keeps less than twice the reservation free (the next request could
     need the unused part at once), false with room to spare (the answer need not wait for the release)."""

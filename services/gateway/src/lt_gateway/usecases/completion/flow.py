@@ -1,9 +1,10 @@
 """The governed hot path of `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
 
 validate -> one call to quota (auth, freezes, buckets, reservation) -> provider (capped at the granted output
-budget; retries and fallbacks inside) -> release the reservation's unused part (before the last bytes of the
-answer reach the client) -> respond with usage and cost -> queue a UsageRecorded event, which quota settles
-the reservation from. Every request produces exactly one usage event and one JSON log line.
+budget; retries and fallbacks inside) -> release the reservation's unused part (on a snug budget before the
+last bytes of the answer reach the client; otherwise with the next admission) -> respond with usage and cost
+-> queue a UsageRecorded event, which quota settles the reservation from. Every request produces exactly one
+usage event and one JSON log line.
 """
 
 from __future__ import annotations
@@ -87,23 +88,19 @@ class CompletionFlow:
         self.ledger = UsageLedger(usage, models, fingerprints or Fingerprinter(os.urandom(32)))
         self.release_timeout_s = release_timeout_s
         self.release_before_end = release_before_end
-        self._releasing: set[asyncio.Future[bool]] = set()  # releases the answer did not wait for
 
     async def release(self, call: Call, usage: Usage) -> None:
-        """Give back the unused part of the reservation before the client has the whole answer, so its next
-        request finds it free (the usage event stays the settlement; a failed release only delays that)."""
+        """Give back the unused part of the reservation, so the client's next request finds it free (the usage
+        event stays the settlement; a failed release only delays that)."""
         if not self.release_before_end:
             return
-        sent = self.quota.release(
-            call.admitted.reservation_id, usage.total_tokens, call.cost(usage), self.release_timeout_s
-        )
+        reservation_id, cost = call.admitted.reservation_id, call.cost(usage)
         if call.admitted.release_wait:  # a snug budget: the next request could need these tokens at once
-            await sent
+            await self.quota.release(reservation_id, usage.total_tokens, cost, self.release_timeout_s)
             return
-        # Twice this reservation stays free everywhere: the release goes out, the answer does not wait for it.
-        task = asyncio.ensure_future(sent)
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
+        # Twice this reservation stays free everywhere: the release rides on the next admission (applied before
+        # it) or goes out on its own within a few milliseconds; the answer does not wait for it.
+        self.quota.release_later(reservation_id, usage.total_tokens, cost)
 
     def resolve(self, parsed: ParsedRequest) -> ModelSpec:
         """The model the request is for (404/400 if it cannot serve it)."""

@@ -36,7 +36,9 @@ async def authenticate(body: AuthenticateRequest, admission: AdmissionDep) -> Pr
 
 
 @router.post("/admit", responses=error_responses(400, 402, 403, 429))
-async def admit(body: AdmitRequest, admission: AdmissionDep) -> AdmitResponse:
+async def admit(body: AdmitRequest, admission: AdmissionDep, settlement: SettlementDep) -> AdmitResponse:
+    """Authenticate, rate-limit and reserve in one call; the releases the call carries are applied first."""
+    await settlement.release_many(body.releases)
     return await admission.admit(body)
 
 
