@@ -57,6 +57,7 @@ from leaky_common.db import create_database, database_url_for
 from leaky_devinfra.infra import (
     free_port,
     pid_alive,
+    start_broker,
     start_postgres,
     start_redis,
     stop_pid,
@@ -249,7 +250,13 @@ def up(run_dir: Path, port_mode: str, timeout: float, replicas: int = 1) -> int:
     try:
         kafka = os.environ.get("LT_EXTERNAL_KAFKA_BOOTSTRAP")
         flavour = os.environ.get("LT_KAFKA_FLAVOUR", "kafka" if kafka else "tansu")
-        if not kafka:
+        if not kafka and os.environ.get("LT_STACK_BROKER_PROXY", "true").lower() in ("0", "false", "no"):
+            # No fault-injecting proxy (a deployment has none; `make bench` measures without it).
+            plain = start_broker(log_path=logs / "broker.log")
+            pids["broker"] = plain.pid
+            kafka = plain.url
+            save()
+        elif not kafka:
             broker, proxy_pid = start_proxied_broker(run_dir, logs)
             pids["broker"] = broker.pid
             pids["broker-proxy"] = proxy_pid
