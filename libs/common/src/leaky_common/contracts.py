@@ -107,6 +107,10 @@ class JwkSet(BaseModel):
     keys: list[Jwk]
 
 
+# At most this many releases ride on one admission (`AdmitRequest.releases`); the gateway keeps the rest.
+MAX_RELEASES_PER_ADMISSION = 64
+
+
 class ReleaseRequest(BaseModel):
     """`POST /internal/release`: the answer is complete; shrink its reservation to what it used.
 
@@ -153,7 +157,7 @@ class AdmitRequest(BaseModel):
     reservation_id: str | None = Field(default=None, pattern=RESERVATION_ID_PATTERN)
     # Releases of earlier answers that did not need to wait (`AdmitResponse.release_wait` false), applied
     # before this admission: the gateway sends them with its next admission rather than in calls of their own.
-    releases: list[ReleaseRequest] = Field(default_factory=list, max_length=64)
+    releases: list[ReleaseRequest] = Field(default_factory=list, max_length=MAX_RELEASES_PER_ADMISSION)
 
 
 class RateLimitState(BaseModel):

@@ -63,6 +63,7 @@ class GrantingQuota:
 
     def __init__(self) -> None:
         self.requests: list[AdmitRequest] = []
+        self.released_later: list[tuple[str, int, int]] = []
 
     async def admit(self, request: AdmitRequest) -> AdmitResponse:
         self.requests.append(request)
@@ -86,7 +87,7 @@ class GrantingQuota:
         return True  # the unused part goes back; settlement is quota's (tested there)
 
     def release_later(self, reservation_id: str, total_tokens: int, cost_usd_micros: int) -> None:
-        pass  # as release: nothing to check here
+        self.released_later.append((reservation_id, total_tokens, cost_usd_micros))
 
 
 class Sink:

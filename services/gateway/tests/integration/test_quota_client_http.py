@@ -9,7 +9,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
 from leaky_common.auth import AssertionVerifier
-from leaky_common.contracts import AdmitRequest
+from leaky_common.contracts import MAX_RELEASES_PER_ADMISSION, AdmitRequest
 from leaky_common.errors import ServiceUnavailable
 from leaky_devinfra.infra import free_port
 from leaky_devinfra.testing import TEST_KEYS, eventually
@@ -223,11 +223,11 @@ async def test_releases_ride_on_the_next_admission_or_go_out_after_the_linger() 
         assert traceparents[0].split("-")[1] == f"{span.get_span_context().trace_id:032x}"
         assert traceparents[1] is None
         # More than an admission carries: the rest ride on the next one.
-        for i in range(QuotaClient.MAX_RELEASES_PER_ADMISSION + 5):
+        for i in range(MAX_RELEASES_PER_ADMISSION + 5):
             client.release_later(f"many_{i}", i, 0)
         await client.admit(request)
         await client.admit(request)
-        assert [len(a["releases"]) for a in admits[2:]] == [QuotaClient.MAX_RELEASES_PER_ADMISSION, 5]  # type: ignore[arg-type]
+        assert [len(a["releases"]) for a in admits[2:]] == [MAX_RELEASES_PER_ADMISSION, 5]  # type: ignore[arg-type]
         # Closing sends what is still waiting.
         client.release_later("res_last", 1, 0)
     finally:

@@ -181,8 +181,17 @@ async def test_releases_riding_on_an_admission_are_applied_before_it(settings: Q
         # Refused calls apply nothing: without the gateway's assertion, or with a malformed release.
         body = {"api_key": user["api_key"], "request_id": "r", "model": "mock-gpt", "provider": "mock",
                 "prompt_tokens": 40, "releases": [ride]}  # fmt: skip
-        r = await h.client.post("/internal/admit", json=body, headers=TEST_KEYS.headers("analytics"))
-        assert r.status_code == 401
+        who = await h.client.post(
+            "/internal/authenticate", json={"api_key": user["api_key"]}, headers=internal()
+        )
+        for refused in (
+            TEST_KEYS.headers("analytics"),
+            internal(who.text),
+            InternalKeys.generate().headers("quota"),
+        ):
+            # another service's assertion, a user's assertion (not the gateway's caller one), a stranger's key
+            r = await h.client.post("/internal/admit", json=body, headers=refused)
+            assert r.status_code == 401, r.text
         bad = {**body, "releases": [{**ride, "total_tokens": -1}]}
         r = await h.client.post("/internal/admit", json=bad, headers=internal())
         assert r.status_code == 400 and r.json()["error"]["param"] == "releases.0.total_tokens"

@@ -15,6 +15,7 @@ from opentelemetry import propagate
 from leaky_common.auth import AssertionSigner, Principal, looks_like_access_token
 from leaky_common.client_spans import http_client_spans
 from leaky_common.contracts import (
+    MAX_RELEASES_PER_ADMISSION,
     AccessTokenRequest,
     AdmitRequest,
     AdmitResponse,
@@ -56,9 +57,6 @@ class QuotaClient:
     Releases that need not be waited for (`release_later`) ride on the next admission, which quota applies
     first; those still here after `release_linger_s` go out on their own. One call to quota per request instead
     of two, whenever requests follow each other within the linger."""
-
-    # At most this many releases ride on one admission (the rest on the next, or on their own).
-    MAX_RELEASES_PER_ADMISSION = 64
 
     def __init__(
         self,
@@ -165,7 +163,7 @@ class QuotaClient:
         """Authenticate, rate-limit and reserve in one call, with the releases waiting here (applied first). If
         the call fails they are not sent again: their usage events settle those reservations."""
         if self._later and not request.releases:
-            riding = self._later[: self.MAX_RELEASES_PER_ADMISSION]
+            riding = self._later[:MAX_RELEASES_PER_ADMISSION]  # the rest on the next, or on their own
             del self._later[: len(riding)]
             request = request.model_copy(update={"releases": [r for r, _ in riding]})
         status, body, headers = await self._post("/internal/admit", request.model_dump_json().encode())

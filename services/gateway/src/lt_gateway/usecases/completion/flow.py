@@ -194,8 +194,13 @@ class CompletionFlow:
             self.ledger.settle(call, Usage(0, 0), "error", exc.status, exc.code)
             headers["x-leaky-tokens-cost-usd"] = ZERO_COST
             return error_reply(exc.status, exc.body(), call.request_id, {**headers, **exc.headers})
-        # The release travels to quota while the answer is prepared; the answer leaves once it is back.
-        release = asyncio.ensure_future(self.release(call, completion.usage))
+        # On a snug budget the release travels to quota while the answer is prepared, and the answer leaves once
+        # it is back; otherwise it is only queued (QuotaClient.release_later), so no task is made for it.
+        release: asyncio.Future[None] | None = None
+        if call.admitted.release_wait:
+            release = asyncio.ensure_future(self.release(call, completion.usage))
+        else:
+            await self.release(call, completion.usage)
         cost = self.ledger.settle(call, completion.usage, "ok", 200, None)
         body = completion.body
         if call.parsed.body.get("encoding_format") == "base64":
@@ -204,7 +209,8 @@ class CompletionFlow:
         body["leaky_tokens"] = call.cost_field(cost)
         headers["x-leaky-tokens-cost-usd"] = format_usd(cost)
         reply = Reply(200, headers, orjson.dumps(body))
-        await release
+        if release is not None:
+            await release
         return reply
 
     async def _start_stream(self, call: Call, headers: dict[str, str]) -> Reply:
