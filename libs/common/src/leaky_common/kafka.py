@@ -258,12 +258,31 @@ class EventConsumer:
                 logger.exception("kafka fetch failed; retrying")
                 await asyncio.sleep(0.5)
                 continue
-            for tp, records in batches.items():
-                await self._process_records(records)
-                self._sample_lag(tp, records[-1].offset + 1)
-                if not await self._commit(tp, records[-1].offset + 1):
-                    await self._reopen()
-                    break
+            try:
+                await self._handle_batches(batches)
+            except Exception:
+                # A bug here must not end consumption for good: the group would go on giving this member its
+                # partitions (the heartbeats run apart) while nothing reads them. Re-open instead: the new
+                # consumer resumes from the committed offsets, so nothing of the batch in hand is skipped.
+                logger.exception("consume loop of %s failed; re-opening", ",".join(self._topics))
+                await asyncio.sleep(self._retry_backoff_s)
+                await self._reopen()
+
+    async def _handle_batches(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """Handle and commit each partition's fetched records. A partition a rebalance took away meanwhile is
+        neither measured nor committed: its new owner resumes from the last commit, and the idempotent
+        handlers absorb what is delivered twice."""
+        for tp, records in batches.items():
+            await self._process_records(records)
+            assert self._consumer is not None
+            if tp not in self._consumer.assignment():
+                continue
+            self._sample_lag(tp, records[-1].offset + 1)
+            if not await self._commit(tp, records[-1].offset + 1):
+                await self._reopen()
+                return
 
     def _sample_lag(self, tp: TopicPartition, position: int) -> None:
         """Lag of `tp` after handling up to `position`, from the high watermark of the last fetch (no I/O)."""

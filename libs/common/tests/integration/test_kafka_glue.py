@@ -2,7 +2,7 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import NodeNotReadyError
 
 from leaky_common.events import AnyMessage, Topics, UsageRecorded
@@ -173,6 +173,48 @@ async def test_a_wedged_consumer_is_reopened_and_consumes_on(kafka_bootstrap: st
         await publisher.publish(topic, UsageRecorded(request_id="after", model="m", provider="p"))
         await wait_until(lambda: "after" in seen, timeout=30)
         assert consumer.running
+    finally:
+        await consumer.stop()
+        await publisher.stop()
+
+
+async def test_a_failure_in_the_loop_itself_reopens_the_consumer(kafka_bootstrap: str) -> None:
+    """Whatever goes wrong between the handler and the commit (a bug; the handler's own errors are retried or
+    dead-lettered) must not end the loop while the group still gives it partitions: the consumer is re-opened
+    from the committed offsets, so the batch in hand comes again and later messages are consumed."""
+    topic = f"test.{uuid.uuid4().hex[:8]}"
+    settings = ServiceSettings(service_name="t", kafka_bootstrap=kafka_bootstrap)
+    await ensure_topics(settings, [topic])
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    seen: list[str] = []
+
+    async def handler(message: AnyMessage, _record: object) -> None:
+        assert isinstance(message, UsageRecorded)
+        seen.append(message.request_id)
+
+    consumer = EventConsumer(
+        settings, group_id=f"g-{topic}", topics=[topic], handler=handler, publisher=publisher
+    )
+    sample = consumer._sample_lag
+    failures: list[object] = []
+
+    def broken_once(tp: TopicPartition, position: int) -> None:
+        if not failures:
+            failures.append(tp)
+            raise RuntimeError("test: a bug after the handler")
+        sample(tp, position)
+
+    consumer._sample_lag = broken_once  # type: ignore[method-assign]
+    await consumer.start()
+    first = consumer._consumer
+    try:
+        await publisher.publish(topic, UsageRecorded(request_id="first", model="m", provider="p"))
+        await wait_until(lambda: seen.count("first") == 2, timeout=30)  # not committed: delivered again
+        assert consumer._consumer is not first
+        await publisher.publish(topic, UsageRecorded(request_id="after", model="m", provider="p"))
+        await wait_until(lambda: "after" in seen, timeout=30)
+        assert consumer.running and seen.count("first") == 2
     finally:
         await consumer.stop()
         await publisher.stop()

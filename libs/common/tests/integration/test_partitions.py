@@ -1,6 +1,7 @@
 """Topics have the configured partitions, and the consumers of one group share them while each agent's usage
 events (keyed by `UsageRecorded.partition_key`) still reach one consumer in the order they were sent."""
 
+import asyncio
 import uuid
 from collections import defaultdict
 
@@ -106,3 +107,59 @@ async def test_two_consumers_share_the_partitions_and_each_agent_stays_in_order(
         assert next(iter(per_consumer.values())) == list(range(10)), agent
     # Both members did work: the group spread the agents over them.
     assert set(seen) == {"a", "b"}
+
+
+async def test_a_partition_taken_away_mid_batch_does_not_stop_the_consumer(kafka_bootstrap: str) -> None:
+    """A rebalance while a batch is being handled takes some of its partitions away (a second instance
+    starts, a killed one comes back). The consumer finishes the batch, commits only what it still owns, and
+    goes on consuming: before, the lag sample of a revoked partition raised and ended the loop for good while
+    the group went on giving the dead loop its partitions (the saga's replies then went unread)."""
+    topic = f"test.rebalance.{uuid.uuid4().hex[:8]}"
+    settings = ServiceSettings(service_name="t", kafka_bootstrap=kafka_bootstrap, kafka_partitions=2)
+    await ensure_topics(settings, [topic])
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    seen: dict[str, set[str]] = defaultdict(set)
+    gate = asyncio.Event()
+
+    def handler_for(name: str) -> Handler:
+        async def handle(message: AnyMessage, _record: ConsumerRecord[bytes, bytes]) -> None:
+            assert isinstance(message, UsageRecorded)
+            if name == "a":
+                await gate.wait()  # "a" is busy with its first batch while the group rebalances
+            seen[name].add(message.request_id)
+
+        return handle
+
+    group = f"g-{topic}"
+    consumers = {
+        name: EventConsumer(
+            settings, group_id=group, topics=[topic], handler=handler_for(name), publisher=publisher
+        )
+        for name in ("a", "b")
+    }
+    # Twenty agents: both partitions hold some (all on one of two: 1 chance in 2^19).
+    before = [_usage("o1", f"s{i}", None, 0) for i in range(20)]
+    for event in before:
+        await publisher.publish(topic, event, key=event.partition_key)
+    a, b = consumers["a"], consumers["b"]
+    try:
+        await a.start()
+        await eventually(lambda: len(a.assignment) == 2, timeout=30)
+        await b.start()
+        # The group moved one of a's partitions to b while a was still in its batch.
+        await eventually(lambda: len(a.assignment) == 1 and len(b.assignment) == 1, timeout=60)
+        gate.set()
+        after = [_usage("o1", f"s{i}", None, 1) for i in range(20)]
+        for event in after:
+            await publisher.publish(topic, event, key=event.partition_key)
+        wanted = {e.request_id for e in before + after}
+        await eventually(lambda: wanted <= seen["a"] | seen["b"], timeout=30)
+        # a still reads the partition it kept: its new messages came to it, not only b's.
+        kept = next(iter(a.assignment)).partition
+        assert a.running and b.running
+        assert any(r.endswith("-1") for r in seen["a"]), (kept, sorted(seen["a"]))
+    finally:
+        for consumer in consumers.values():
+            await consumer.stop()
+        await publisher.stop()
