@@ -92,30 +92,31 @@ class Aggregates:
 
 
 def aggregate(events: Iterable[UsageRecorded]) -> Aggregates:
-    """Sum new events into the daily, per-org-minute and rollup rows they count towards."""
+    """Sum new events into the daily, per-org-minute and rollup rows they count towards. No key holds a None
+    (an event of no user adds no daily row, one of no org nothing else), so keys sort as they are."""
     acc = Aggregates()
-    for e in events:
+    daily, minute, rollup = acc.daily, acc.minute, acc.rollup
+    for e in events:  # the hot loop of a drain: each event's buckets and measures are worked out once
+        p, c, t, x = e.prompt_tokens, e.completion_tokens, e.total_tokens, e.cost_usd_micros
+        buckets = grain_buckets(e.occurred_at)
         if e.user_id is not None:
-            _add(acc.daily, (e.user_id, e.model, day_bucket(e.occurred_at)), e, "pctx")
-        if e.org_id is not None:
-            _add(acc.minute, (e.org_id, minute_bucket(e.occurred_at)), e, "tx")
+            _add(daily, (e.user_id, e.model, buckets[2][1].date()), (p, c, t, x))
+        if e.org_id is None:
+            continue
+        _add(minute, (e.org_id, buckets[0][1]), (t, x))
+        measures = (p, c, t, x, efficiency(p, c))
         for scope_type, scope_id in rollup_scopes(e):
-            for grain, bucket in grain_buckets(e.occurred_at):
-                key = (scope_type, scope_id, grain, bucket, e.model, e.provider, e.org_id)
-                _add(acc.rollup, key, e, "pctxe")
+            for grain, bucket in buckets:
+                _add(rollup, (scope_type, scope_id, grain, bucket, e.model, e.provider, e.org_id), measures)
     return acc
 
 
-def _add(acc: Sums, key: tuple[Any, ...], e: UsageRecorded, what: str) -> None:
-    """Add one request and the listed measures (p/c/t/x/e) of `e` to the sums under `key`."""
-    values = {
-        "p": e.prompt_tokens,
-        "c": e.completion_tokens,
-        "t": e.total_tokens,
-        "x": e.cost_usd_micros,
-        "e": efficiency(e.prompt_tokens, e.completion_tokens),
-    }
-    sums = acc.setdefault(key, [0] * (len(what) + 1))
+def _add(acc: Sums, key: tuple[Any, ...], measures: tuple[int, ...]) -> None:
+    """Add one request and its measures to the sums under `key`."""
+    sums = acc.get(key)
+    if sums is None:
+        acc[key] = [1, *measures]
+        return
     sums[0] += 1
-    for i, measure in enumerate(what, start=1):
-        sums[i] += values[measure]
+    for i, value in enumerate(measures, start=1):
+        sums[i] += value
