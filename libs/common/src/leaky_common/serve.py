@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -40,6 +41,9 @@ def serve(settings: S, create_app: Callable[[S], FastAPI]) -> None:
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
+    if settings.gc_freeze:
+        gc.collect()
+        gc.freeze()
     if not settings.reuse_port:
         server.run()
         return

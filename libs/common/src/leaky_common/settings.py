@@ -31,6 +31,10 @@ class ServiceSettings(BaseSettings):
     # kernel spreads connections across them (`stack.py up --replicas N`; Linux). Off: a second instance on
     # the same port fails to start.
     reuse_port: bool = False
+    # Move every object alive once the app is built (modules, classes, settings: most of the heap) out of the
+    # garbage collector's reach, so its full collections, which otherwise walk all of them in the middle of a
+    # request, only look at what requests made (`gc.freeze`).
+    gc_freeze: bool = True
     log_level: str = "INFO"
     log_json: bool = True
 
