@@ -26,6 +26,7 @@ from leaky_common.events import Topics
 from leaky_common.metrics import CONSUMER_LAG, DEAD_LETTERS
 from leaky_common.metrics_server import MetricsServer
 from leaky_common.observability import setup_logging, setup_tracing
+from leaky_common.serve import freeze_start_up
 from leaky_common.tracing import batch_span
 from lt_analytics.adapters.metrics import BATCH_SIZE, EVENTS
 from lt_analytics.bootstrap import start_worker
@@ -157,6 +158,7 @@ def main() -> None:
     app = build_faust_app(settings, runtime.handler)
     # quiet: no banner or spinner in the JSON log stream.
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, override_logging=False, quiet=True)
+    freeze_start_up(settings)
     try:
         worker.execute_from_commandline()
     finally:
