@@ -4,6 +4,7 @@ events (keyed by `UsageRecorded.partition_key`) still reach one consumer in the 
 import asyncio
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -15,6 +16,18 @@ from leaky_common.settings import ServiceSettings
 from leaky_devinfra.testing import eventually
 
 pytestmark = pytest.mark.integration
+
+
+def one_group(
+    settings: ServiceSettings, topic: str, publisher: EventPublisher, handler_for: Callable[[str], Handler]
+) -> dict[str, EventConsumer]:
+    """Consumers "a" and "b" of one group on `topic`, each with its own handler (not started)."""
+    return {
+        name: EventConsumer(
+            settings, group_id=f"g-{topic}", topics=[topic], handler=handler_for(name), publisher=publisher
+        )
+        for name in ("a", "b")
+    }
 
 
 def _usage(org: str, session: str | None, key: str | None, seq: int) -> UsageRecorded:
@@ -69,13 +82,7 @@ async def test_two_consumers_share_the_partitions_and_each_agent_stays_in_order(
 
         return handle
 
-    group = f"g-{topic}"
-    consumers = {
-        name: EventConsumer(
-            settings, group_id=group, topics=[topic], handler=handler_for(name), publisher=publisher
-        )
-        for name in ("a", "b")
-    }
+    consumers = one_group(settings, topic, publisher, handler_for)
     for consumer in consumers.values():
         await consumer.start()
     try:
@@ -131,13 +138,7 @@ async def test_a_partition_taken_away_mid_batch_does_not_stop_the_consumer(kafka
 
         return handle
 
-    group = f"g-{topic}"
-    consumers = {
-        name: EventConsumer(
-            settings, group_id=group, topics=[topic], handler=handler_for(name), publisher=publisher
-        )
-        for name in ("a", "b")
-    }
+    consumers = one_group(settings, topic, publisher, handler_for)
     # Twenty agents: both partitions hold some (all on one of two: 1 chance in 2^19).
     before = [_usage("o1", f"s{i}", None, 0) for i in range(20)]
     for event in before:
