@@ -32,8 +32,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hotpath import (
     BenchPath,
@@ -41,12 +39,14 @@ from hotpath import (
     create_bench_user,
     measure,
     percentile,
+    start_gateway_like,
     start_stack,
     start_upstream,
+    stop_stack,
     wait_quiet,
 )
 
-from leaky_devinfra.infra import free_port, stop_pid, wait_for_port
+from leaky_devinfra.infra import free_port, stop_pid
 
 FIGURES = ("rps", "p50_c1", "p99_c1", "p50_cN", "cpu_gateway", "cpu_quota", "cpu_all")
 
@@ -60,24 +60,6 @@ def env_pairs(values: list[str]) -> dict[str, str]:
             raise SystemExit(f"expected LT_NAME=value, got {value!r}")
         out[key] = val
     return out
-
-
-def start_side(
-    run_dir: Path, gateway_pid: int, name: str, env: dict[str, str]
-) -> tuple[subprocess.Popen[bytes], str]:
-    """A gateway of the stack, started as its own gateway was, on its own port and spool, with `env` on top."""
-    proc = psutil.Process(gateway_pid)
-    port = free_port()
-    full = {
-        **proc.environ(),
-        "LT_PORT": str(port),
-        "LT_USAGE_SPOOL_PATH": str(run_dir / f"gateway-{name}-spool.sqlite"),
-        **env,
-    }
-    log = (run_dir / "logs" / f"gateway-{name}.log").open("ab")
-    side = subprocess.Popen(proc.cmdline(), env=full, cwd=proc.cwd(), stdout=log, stderr=subprocess.STDOUT)
-    wait_for_port(port, timeout=60, popen=side)
-    return side, f"http://127.0.0.1:{port}"
 
 
 def one_phase(path: BenchPath, watched: dict[str, int], args: argparse.Namespace) -> dict[str, float]:
@@ -127,7 +109,7 @@ def main() -> None:
         user_key = asyncio.run(create_bench_user(gateway, admin_key))
         paths = {}
         for name, env in envs.items():
-            proc, url = start_side(run_dir, stack_pids["gateway"], name, env)
+            proc, url = start_gateway_like(run_dir, stack_pids["gateway"], name, env)
             sides[name] = proc
             paths[name] = BenchPath(
                 f"gateway-{name}", f"{url}/v1/chat/completions", {"Authorization": f"Bearer {user_key}"}
@@ -151,12 +133,7 @@ def main() -> None:
         for proc in sides.values():
             stop_pid(proc.pid, popen=proc)
         if stack_pids:
-            subprocess.run(
-                [sys.executable, str(Path(__file__).resolve().parents[1] / "deploy/local/stack.py"), "down",
-                 "--run-dir", str(run_dir)],
-                check=False,
-                stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            stop_stack(run_dir)
         stop_pid(upstream.pid, popen=upstream)
 
     medians = {

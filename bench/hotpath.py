@@ -315,21 +315,35 @@ def start_stack(run_dir: Path, upstream: str, extra_env: dict[str, str]) -> tupl
     return env["LT_GATEWAY_URL"], env["LT_ADMIN_KEY"], state["pids"]
 
 
-def start_twin_gateway(run_dir: Path, gateway_pid: int) -> tuple[subprocess.Popen[bytes], str]:
-    """A second gateway of the same stack (same quota, broker and models), as the first was started but on
-    its own port and spool, without the release before the end."""
+def start_gateway_like(
+    run_dir: Path, gateway_pid: int, name: str, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Another gateway of the same stack (same quota, broker and models), started as the stack's own was but on
+    its own port and spool, with `env` on top; returns it and its URL."""
     proc = psutil.Process(gateway_pid)
     port = free_port()
-    env = {
+    full = {
         **proc.environ(),
         "LT_PORT": str(port),
-        "LT_RELEASE_BEFORE_END": "false",
-        "LT_USAGE_SPOOL_PATH": str(run_dir / "twin-gateway-spool.sqlite"),
+        "LT_USAGE_SPOOL_PATH": str(run_dir / f"gateway-{name}-spool.sqlite"),
+        **env,
     }
-    log = (run_dir / "logs" / "gateway-twin.log").open("ab")
-    twin = subprocess.Popen(proc.cmdline(), env=env, cwd=proc.cwd(), stdout=log, stderr=subprocess.STDOUT)
-    wait_for_port(port, timeout=60, popen=twin)
-    return twin, f"http://127.0.0.1:{port}"
+    log = (run_dir / "logs" / f"gateway-{name}.log").open("ab")
+    side = subprocess.Popen(proc.cmdline(), env=full, cwd=proc.cwd(), stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port, timeout=60, popen=side)
+    return side, f"http://127.0.0.1:{port}"
+
+
+def start_twin_gateway(run_dir: Path, gateway_pid: int) -> tuple[subprocess.Popen[bytes], str]:
+    """A second gateway of the stack without the release before the end."""
+    return start_gateway_like(run_dir, gateway_pid, "twin", {"LT_RELEASE_BEFORE_END": "false"})
+
+
+def stop_stack(run_dir: Path) -> None:
+    """Stop what `start_stack` started (and only that)."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "deploy/local/stack.py"), "down", "--run-dir", str(run_dir)], check=False
+    )
 
 
 async def create_bench_user(gateway: str, admin_key: str) -> str:
@@ -820,10 +834,7 @@ def main() -> None:
                     child.terminate()
                 stop_pid(peer.pid, popen=peer)
         stop_pid(upstream.pid, popen=upstream)
-        subprocess.run(
-            [sys.executable, str(ROOT / "deploy/local/stack.py"), "down", "--run-dir", str(run_dir)],
-            check=False,
-        )
+        stop_stack(run_dir)
     if len(paths) < 2 or not paths[1].runs:
         sys.exit("no run completed; nothing to report")
     events = event_benches() if args.event_benches else None
