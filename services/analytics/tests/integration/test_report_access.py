@@ -19,6 +19,7 @@ from lt_analytics.main import create_app
 from lt_analytics.settings import AnalyticsSettings
 from lt_analytics.usecases.detect import AnomalyDetector
 from lt_analytics.usecases.ingest import Ingest
+from lt_analytics.usecases.reports import Reports
 
 pytestmark = pytest.mark.integration
 
@@ -252,3 +253,32 @@ async def test_org_admins_set_their_own_thresholds_and_only_platform_admins_the_
         "loop_consecutive"
     ] == 9
     assert_forbidden(await put("/v1/analytics/thresholds?org_id=org-2", {}, PLATFORM_ADMIN()), "other_org")
+
+
+async def test_a_report_counts_the_same_requests_in_its_totals_and_its_top_users(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch the worker commits between the report's two queries (the rollup, then the request log) shows in
+    neither: the report reads one snapshot. Read as two separate statements, the totals said one request while
+    the top users named two people (a CI failure of the team-report end-to-end test)."""
+    h = UsageHandler(Ingest(pool))
+    await h.handle(usage("u1", "team-a").model_dump_json().encode())
+    fetch = asyncpg.connection.Connection.fetch
+    written = False
+
+    async def fetch_then_write(self: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal written
+        rows = await fetch(self, query, *args, **kwargs)
+        if "FROM usage_rollup" in query and not written:
+            written = True  # before the write: the ingest's own reads must not write again
+            await h.handle(usage("u2", "team-a").model_dump_json().encode())
+        return rows
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", fetch_then_write)
+    reports = Reports(pool, Thresholds())
+    manager = Principal(user_id="m1", org_id="org-1", role="user", managed_team_ids=("team-a",))
+    first = await reports.report(manager, "team", "team-a", 1)
+    assert written
+    assert first["totals"]["requests"] == 1 and [u["name"] for u in first["top_users"]] == ["u1"]
+    second = await reports.report(manager, "team", "team-a", 1)
+    assert second["totals"]["requests"] == 2 and [u["requests"] for u in second["top_users"]] == [1, 1]

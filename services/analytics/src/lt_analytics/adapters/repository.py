@@ -3,6 +3,8 @@ reads the reports make."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ __all__ = [
     "list_anomalies",
     "log_requests",
     "scope_rows",
+    "snapshot",
     "team_of_other_org",
     "timeseries",
     "user_of_other_org",
@@ -112,9 +115,17 @@ async def add_aggregates(conn: asyncpg.Connection, sums: Aggregates) -> None:
         await conn.execute(_UPSERT_ROLLUP, *_columns(sums.rollup))
 
 
-async def daily_usage(pool: asyncpg.Pool, user_id: str, since: date) -> list[DailyUsage]:
+@asynccontextmanager
+async def snapshot(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection whose queries all read one snapshot (a read-only REPEATABLE READ transaction): a read made
+    of several queries never mixes the state before a worker's batch with the state after it."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        yield conn
+
+
+async def daily_usage(conn: asyncpg.Connection, user_id: str, since: date) -> list[DailyUsage]:
     """A user's daily aggregate rows from `since` (inclusive)."""
-    rows = await pool.fetch(
+    rows = await conn.fetch(
         """
         SELECT day, model, requests, prompt_tokens, completion_tokens, total_tokens, cost_usd_micros
         FROM usage_daily WHERE user_id = $1 AND day >= $2
@@ -125,9 +136,11 @@ async def daily_usage(pool: asyncpg.Pool, user_id: str, since: date) -> list[Dai
     return [DailyUsage(**dict(r)) for r in rows]
 
 
-async def efficiency_sums(pool: asyncpg.Pool, user_id: str, org_id: str, since: datetime) -> tuple[int, int]:
+async def efficiency_sums(
+    conn: asyncpg.Connection, user_id: str, org_id: str, since: datetime
+) -> tuple[int, int]:
     """(sum of per-request efficiencies, requests) of a user's requests recorded under `org_id` since `since`."""
-    row = await pool.fetchrow(
+    row = await conn.fetchrow(
         "SELECT sum(requests) AS n, sum(efficiency_sum) AS e FROM usage_rollup"
         " WHERE scope_type = 'user' AND scope_id = $1 AND grain = 'day' AND bucket >= $2 AND org_id = $3",
         user_id,
@@ -176,8 +189,16 @@ async def scope_rows(
     pool: asyncpg.Pool, scope: str, scope_id: str, org_id: str, since: datetime
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """An org's or team's daily rollup rows since `since` and its top 10 users by tokens, counting only usage
-    recorded under `org_id` (a caller never sees another org's rows)."""
-    rows = await pool.fetch(
+    recorded under `org_id` (a caller never sees another org's rows). Both read one snapshot, so the totals and
+    the top users always count the same requests."""
+    async with snapshot(pool) as conn:
+        return await _scope_rows(conn, scope, scope_id, org_id, since)
+
+
+async def _scope_rows(
+    conn: asyncpg.Connection, scope: str, scope_id: str, org_id: str, since: datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rows = await conn.fetch(
         """
         SELECT model, provider, bucket, requests, prompt_tokens, completion_tokens, total_tokens, cost_usd_micros
         FROM usage_rollup
@@ -189,7 +210,7 @@ async def scope_rows(
         org_id,
     )
     column = "org_id" if scope == "org" else "team_id"
-    users = await pool.fetch(
+    users = await conn.fetch(
         f"""
         SELECT user_id AS name, count(*) AS requests, sum(prompt_tokens) AS prompt_tokens,
                sum(completion_tokens) AS completion_tokens, sum(total_tokens) AS total_tokens,

@@ -71,10 +71,12 @@ class Reports:
         if target != caller.user_id and await repository.user_of_other_org(self._pool, target, caller.org_id):
             raise NotFound(f"no user {target} in your org", param="user_id", code="user_not_found")
         since = day_window_since(datetime.now(UTC), days)
-        summary = summarise(target, days, await repository.daily_usage(self._pool, target, since.date()))
-        efficiency = mean_efficiency(
-            *await repository.efficiency_sums(self._pool, target, caller.org_id, since)
-        )
+        # One snapshot: the days and the efficiency count the same requests.
+        async with repository.snapshot(self._pool) as conn:
+            summary = summarise(target, days, await repository.daily_usage(conn, target, since.date()))
+            efficiency = mean_efficiency(
+                *await repository.efficiency_sums(conn, target, caller.org_id, since)
+            )
         return summary.model_copy(update={"average_efficiency": efficiency})
 
     async def report(self, caller: Principal, scope: str, scope_id: str, days: int) -> dict[str, Any]:
