@@ -72,13 +72,23 @@ ON CONFLICT (org_id, minute) DO UPDATE SET
     cost_usd_micros = o.cost_usd_micros + EXCLUDED.cost_usd_micros
 """
 
-_UPSERT_ROLLUP = """
-INSERT INTO usage_rollup AS r (
-    scope_type, scope_id, grain, bucket, model, provider, org_id,
-    requests, prompt_tokens, completion_tokens, total_tokens, cost_usd_micros, efficiency_sum
+# The rollup rows of a batch (8 or so per event) are copied into a per-connection temporary table and added
+# from there: binary COPY costs the worker less than half the CPU of encoding 13 arrays of thousands of values,
+# and PostgreSQL less time too. The table empties itself at each commit.
+_ROLLUP_KEY = ("scope_type", "scope_id", "grain", "bucket", "model", "provider", "org_id")
+_ROLLUP_COLUMNS = (
+    *_ROLLUP_KEY,
+    *("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd_micros", "efficiency_sum"),
 )
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
-    $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[])
+_ROLLUP_STAGE = "lt_rollup_batch"
+_CREATE_ROLLUP_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_ROLLUP_STAGE} (LIKE usage_rollup) ON COMMIT DELETE ROWS"
+)
+# ORDER BY: every batch locks the rows it adds to in one order, so two workers' batches cannot deadlock.
+_UPSERT_ROLLUP = f"""
+INSERT INTO usage_rollup AS r ({", ".join(_ROLLUP_COLUMNS)})
+SELECT {", ".join(_ROLLUP_COLUMNS)} FROM {_ROLLUP_STAGE}
+ORDER BY scope_type, scope_id, org_id, grain, bucket, model, provider
 ON CONFLICT (scope_type, scope_id, org_id, grain, bucket, model, provider) DO UPDATE SET
     requests = r.requests + EXCLUDED.requests,
     prompt_tokens = r.prompt_tokens + EXCLUDED.prompt_tokens,
@@ -112,7 +122,12 @@ async def add_aggregates(conn: asyncpg.Connection, sums: Aggregates) -> None:
     if sums.minute:
         await conn.execute(_UPSERT_MINUTE, *_columns(sums.minute))
     if sums.rollup:
-        await conn.execute(_UPSERT_ROLLUP, *_columns(sums.rollup))
+        if not conn.is_in_transaction():  # the staged rows would be gone (ON COMMIT DELETE ROWS) before use
+            raise RuntimeError("add_aggregates runs inside the transaction that logs the batch")
+        await conn.execute(_CREATE_ROLLUP_STAGE)
+        records = [(*key, *measures) for key, measures in sums.rollup.items()]
+        await conn.copy_records_to_table(_ROLLUP_STAGE, records=records, columns=_ROLLUP_COLUMNS)
+        await conn.execute(_UPSERT_ROLLUP)
 
 
 @asynccontextmanager
