@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 
 import asyncpg
@@ -42,11 +42,16 @@ class Ingest:
         *,
         retry_backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,
+        analyze_after: int = 1000,
     ) -> None:
         self._pool = pool
         self._detector = detector
         self._retry_backoff_s = retry_backoff_s
         self._max_backoff_s = max_backoff_s
+        # Events this process recorded per UTC day, until that day's partition has had its statistics checked.
+        self._analyze_after = analyze_after
+        self._day_counts: dict[date, int] = {}
+        self._days_checked: set[date] = set()
 
     async def record(self, events: list[UsageRecorded]) -> dict[str, Outcome]:
         """Outcome per event id. Infrastructure errors are retried until they clear (usage is money: block the
@@ -99,7 +104,30 @@ class Ingest:
             if self._detector is not None:
                 detections = await self._detector.check(conn, new)
         _observe(new, detections)  # after the commit: what is counted happened
+        await self._analyze_new_days(new)
         return new_ids
+
+    async def _analyze_new_days(self, new: list[UsageRecorded]) -> None:
+        """Once this process has recorded `analyze_after` events of a UTC day, make sure that day's partition
+        has statistics (a new day's partition, or a new database's, has none until autovacuum comes by)."""
+        for event in new:
+            day = (
+                event.occurred_at.astimezone(UTC).date()
+                if event.occurred_at.tzinfo
+                else event.occurred_at.date()
+            )
+            if day not in self._days_checked:
+                self._day_counts[day] = self._day_counts.get(day, 0) + 1
+        due = [d for d, n in self._day_counts.items() if n >= self._analyze_after]
+        for day in due:
+            del self._day_counts[day]
+            self._days_checked.add(day)
+            try:
+                if await repository.analyze_if_never_analyzed(self._pool, day):
+                    logger.info("analyzed the request log partition of %s (it had no statistics)", day)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                # The batch is recorded; autovacuum will analyze the partition in the end.
+                logger.warning("could not analyze the request log partition of %s: %r", day, exc)
 
 
 def _observe(new: list[UsageRecorded], detections: list[Detection]) -> None:
