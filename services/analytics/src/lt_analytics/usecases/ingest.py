@@ -17,7 +17,7 @@ from leaky_common.events import UsageRecorded
 from lt_analytics.adapters import repository
 from lt_analytics.adapters.metrics import DETECTIONS, LAG
 from lt_analytics.domain.detection import Detection
-from lt_analytics.domain.rollups import aggregate
+from lt_analytics.domain.rollups import aggregate, day_bucket
 from lt_analytics.usecases.detect import AnomalyDetector
 
 __all__ = ["Ingest", "Outcome"]
@@ -111,11 +111,7 @@ class Ingest:
         """Once this process has recorded `analyze_after` events of a UTC day, make sure that day's partition
         has statistics (a new day's partition, or a new database's, has none until autovacuum comes by)."""
         for event in new:
-            day = (
-                event.occurred_at.astimezone(UTC).date()
-                if event.occurred_at.tzinfo
-                else event.occurred_at.date()
-            )
+            day = day_bucket(event.occurred_at)
             if day not in self._days_checked:
                 self._day_counts[day] = self._day_counts.get(day, 0) + 1
         due = [d for d, n in self._day_counts.items() if n >= self._analyze_after]
