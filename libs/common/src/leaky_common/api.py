@@ -13,8 +13,10 @@ handlers, that OpenAPI document, request metrics, an optional hot route, and `/h
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
@@ -28,7 +30,7 @@ from leaky_common.auth import AssertionVerifier, Principal, refuse_if_blocked
 from leaky_common.errors import install_error_handlers
 from leaky_common.guard import RequestGuard
 from leaky_common.observability import MetricsMiddleware, add_ops_routes
-from leaky_common.serve import HotRoute
+from leaky_common.serve import HotRoute, trim_heap, trim_when_quiet
 from leaky_common.settings import ServiceSettings
 
 __all__ = [
@@ -179,6 +181,26 @@ ReadinessCheck = Callable[[FastAPI], Awaitable[dict[str, bool]]]
 HotEndpoint = Callable[[Request], Awaitable[Response]]
 
 
+def _trimmed(lifespan: Lifespan, interval_s: float) -> Lifespan:
+    """`lifespan`, with the heap trimmed once its start-up is over (`trim_heap`), and after each burst of work
+    while it runs (`trim_when_quiet`, every `interval_s`; 0: only after start-up)."""
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        async with lifespan(app):
+            trim_heap()
+            trimmer = asyncio.create_task(trim_when_quiet(interval_s)) if interval_s > 0 else None
+            try:
+                yield
+            finally:
+                if trimmer is not None:
+                    trimmer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await trimmer
+
+    return run
+
+
 def service_app(
     settings: ServiceSettings,
     *,
@@ -197,7 +219,11 @@ def service_app(
     Request metrics wrap the hot routes too. `middleware` wraps everything but the guard.
     """
     app = FastAPI(
-        title=title, version="0.1.0", description=description, lifespan=lifespan, telemetry=TELEMETRY
+        title=title,
+        version="0.1.0",
+        description=description,
+        lifespan=_trimmed(lifespan, settings.heap_trim_interval_s),
+        telemetry=TELEMETRY,
     )
     app.state.settings = settings
     app.state.verifier = AssertionVerifier(settings.internal_public_keys, settings.audience)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import gc
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -18,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from leaky_common.observability import setup_logging, setup_tracing
 from leaky_common.settings import ServiceSettings
 
-__all__ = ["HotRoute", "freeze_start_up", "listening_socket", "serve"]
+__all__ = ["HotRoute", "freeze_start_up", "listening_socket", "serve", "trim_heap", "trim_when_quiet"]
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -55,6 +58,38 @@ def freeze_start_up(settings: ServiceSettings) -> None:
     if settings.gc_freeze:
         gc.collect()
         gc.freeze()
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's `malloc_trim`); True if any were.
+
+    Start-up frees much of what it only needed while loading (the tokenizer's Python copy of its ranks, parsed
+    files), but glibc keeps those pages mapped until asked: the gateway's idle RSS was 4-5 MB higher without
+    this. Call it once start-up is over; elsewhere than glibc it does nothing."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(trim(0))
+
+
+async def trim_when_quiet(
+    interval_s: float,
+    *,
+    cpu: Callable[[], float] = time.process_time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Forever: after each quiet interval (the process used under 5% of a core), trim the heap (`trim_heap`).
+    What a burst of work freed goes back to the system once the burst is over; under load nothing is trimmed
+    (the pages would only be faulted in again). A trim with nothing to give back costs about 10 µs."""
+    last = cpu()
+    while True:
+        await sleep(interval_s)
+        now = cpu()
+        quiet = now - last < 0.05 * interval_s
+        last = now
+        if quiet:
+            trim_heap()
 
 
 def listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:

@@ -35,6 +35,10 @@ class ServiceSettings(BaseSettings):
     # garbage collector's reach, so its full collections, which otherwise walk all of them in the middle of a
     # request, only look at what requests made (`gc.freeze`).
     gc_freeze: bool = True
+    # Give the heap pages freed by start-up, and by each burst of work, back to the system: once start-up is
+    # over, and whenever a second with work is followed by a quiet one (`leaky_common.serve.trim_when_quiet`;
+    # 0 turns the latter off). Without it a service keeps what a burst freed mapped for as long as it runs.
+    heap_trim_interval_s: float = Field(default=1.0, ge=0, le=3600)
     log_level: str = "INFO"
     log_json: bool = True
 
