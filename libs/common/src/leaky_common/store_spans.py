@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from leaky_common.client_spans import client_span, fail, sampled, script_name
 
-__all__ = ["TracedConnection", "TracedRedis", "sql_summary"]
+__all__ = ["TracedConnection", "TracedRedis", "batch_span", "sql_summary"]
 
 _SUMMARIES: dict[str, tuple[str, str | None]] = {}
 _TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+(?:ONLY\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE)
@@ -61,6 +61,23 @@ class TracedRedis(Redis):  # type: ignore[type-arg]
             raise
         finally:
             span.end()
+
+
+def batch_span(redis: Any, script: str, size: int) -> Span | None:
+    """In a sampled trace, a started CLIENT span for a pipeline of `size` Lua scripts run for `script` (its
+    caller ends it); None otherwise. Named `BATCH EVALSHA <script>` with `db.operation.batch.size`, after
+    OpenTelemetry's batch convention; the same attributes as a single command's, never a key or argument."""
+    if not sampled():
+        return None
+    server = redis._server() if isinstance(redis, TracedRedis) else {}
+    attributes: dict[str, Any] = {
+        "db.system.name": "redis",
+        "db.operation.name": "BATCH EVALSHA",
+        "db.operation.batch.size": size,
+        "db.stored_procedure.name": script,
+        **server,
+    }
+    return client_span(f"BATCH EVALSHA {script}", attributes)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------

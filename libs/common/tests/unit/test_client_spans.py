@@ -14,7 +14,7 @@ from yarl import URL
 
 from leaky_common import client_spans
 from leaky_common.client_spans import http_client_spans, sampled
-from leaky_common.store_spans import sql_summary
+from leaky_common.store_spans import TracedRedis, batch_span, sql_summary
 from leaky_devinfra.spans import capture_spans
 
 tracer = trace.get_tracer("test")
@@ -96,3 +96,22 @@ def test_the_ratio_is_decided_by_the_trace_id_so_every_service_agrees() -> None:
     assert in_trace(low) and in_trace(high)
     client_spans.configure(True, 0.0)
     assert not in_trace(low)
+
+
+def test_a_pipeline_of_scripts_gets_one_batch_span_only_in_a_sampled_trace() -> None:
+    redis = TracedRedis(host="redis.internal", port=6380)
+    assert batch_span(redis, "admit", 3) is None  # no sampled trace: nothing
+    with capture_spans() as exported, tracer.start_as_current_span("request"):
+        span = batch_span(redis, "admit", 3)
+        assert span is not None
+        span.end()
+    (made,) = [s for s in exported.get_finished_spans() if s.name == "BATCH EVALSHA admit"]
+    assert made.kind is trace.SpanKind.CLIENT
+    assert dict(made.attributes or {}) == {
+        "db.system.name": "redis",
+        "db.operation.name": "BATCH EVALSHA",
+        "db.operation.batch.size": 3,
+        "db.stored_procedure.name": "admit",
+        "server.address": "redis.internal",
+        "server.port": 6380,
+    }

@@ -211,6 +211,45 @@ async def test_releases_riding_on_an_admission_are_applied_before_it(settings: Q
         assert (await h.release(first["reservation_id"], 100)).json() == {"released": False}
 
 
+async def test_releases_riding_on_an_admission_apply_whatever_its_answer(settings: QuotaSettings) -> None:
+    """Releases go to Redis in the admission's round trip; an admission refused before Redis (unknown key) or
+    by Redis (the budget) still applies them, and so does one after Redis forgot its scripts (NOSCRIPT)."""
+    async with running(settings) as h:
+        user = await h.create_user(quota=3000)
+        held = []
+        for _ in range(3):
+            r = await h.admit(user["api_key"], prompt_tokens=40, max_output_tokens=960)
+            assert r.status_code == 200, r.text
+            held.append(
+                {"reservation_id": r.json()["reservation_id"], "total_tokens": 100, "cost_usd_micros": 0}
+            )
+        assert await h.pool(user["pool_id"]) == (0, 3000)
+        # Refused before Redis: an unknown key. The release is applied all the same.
+        r = await h.admit("lt-not-a-key-" + uuid.uuid4().hex, releases=[held[0]])
+        assert r.status_code == 401, r.text
+        assert await h.pool(user["pool_id"]) == (0, 3000 - 900)
+        # Refused by Redis: more than is left even after the release, which goes first and stays applied.
+        r = await h.admit(user["api_key"], prompt_tokens=2500, max_output_tokens=10, releases=[held[1]])
+        assert r.status_code == 402, r.text
+        assert await h.pool(user["pool_id"]) == (0, 3000 - 1800)
+        # Redis forgot every script: both are loaded again and run, the release first (the admission needs what
+        # it frees: 1,200 + 900 left).
+        redis: Any = (
+            RedisCluster.from_url(settings.redis_url)
+            if settings.redis_cluster
+            else Redis.from_url(settings.redis_url)
+        )
+        try:
+            await redis.script_flush()
+        finally:
+            await redis.aclose()
+        r = await h.admit(user["api_key"], prompt_tokens=1000, max_output_tokens=1000, releases=[held[2]])
+        assert r.status_code == 200, r.text
+        assert r.json()["reserved_tokens"] == 2000
+        assert await h.pool(user["pool_id"]) == (0, 300 + 2000)
+        assert (await h.release(held[2]["reservation_id"], 100)).json() == {"released": False}  # applied once
+
+
 async def test_the_gateway_waits_for_the_release_only_on_a_snug_budget(settings: QuotaSettings) -> None:
     """`release_wait`: true when some cap keeps less than twice the reservation free (the next request could
     need the unused part at once), false with room to spare (the answer need not wait for the release)."""

@@ -27,21 +27,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from leaky_common.client_spans import name_script
 from leaky_common.contracts import org_tag
+from lt_quota.adapters.admit_args import AdmitArgs, Counter
+from lt_quota.adapters.script_pipeline import ScriptCall, ScriptPipeline
 
 __all__ = ["AdmitArgs", "Counter", "PoolState", "RedisState", "org_tag", "reservation_fields"]
 
 _TAG_LEN = len(org_tag(None))
+
+logger = logging.getLogger(__name__)
 
 
 def _grouped(ids: list[str]) -> dict[str, list[int]]:
@@ -55,54 +61,6 @@ def _grouped(ids: list[str]) -> dict[str, list[int]]:
 def _script(name: str) -> str:
     """The text of one Lua script shipped in `lt_quota/adapters/lua/`."""
     return (resources.files("lt_quota.adapters") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-
-
-@dataclass(frozen=True)
-class Counter:
-    """One cap an admission must fit: a pool's counter for the current period (or a vacation share).
-
-    `group` 0 must always fit; 1.. are the balancer's alternatives. `pct` > 0 makes the limit that share of
-    the previous counter's limit (the vacation share of a team pool). `leg` is `pool_id|period_key|source`,
-    what settlement needs to write the ledger row.
-    """
-
-    key: str
-    label: str
-    unit: str  # 't' tokens, 'u' micro-dollars
-    group: int
-    leg: str
-    pct: int = 0
-
-
-@dataclass(frozen=True)
-class AdmitArgs:
-    """Inputs of one admission."""
-
-    now_ms: int
-    org_id: str
-    user_id: str
-    key_id: str
-    session_id: str | None  # `<org>/<session>`: what a session freeze is kept under
-    reservation_id: str
-    request_id: str
-    expires_ms: int
-    prompt_tokens: int
-    max_output_tokens: int
-    min_output_tokens: int
-    bucket_output_tokens: int
-    input_price: int
-    output_price: int
-    key_requests: int
-    key_tokens: int
-    user_requests: int
-    user_tokens: int
-    period_ms: int
-    strategy: str
-    burst: float
-    sources: tuple[str, ...]
-    counters: tuple[Counter, ...] = field(default_factory=tuple)
-    # When Redis lost recent bucket levels (0: not lately): a bucket it no longer holds counts as full then.
-    buckets_full_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,6 +83,8 @@ class RedisState:
 
     def __init__(self, redis: Redis[str], prefix: str = "lt:") -> None:
         self.redis = redis
+        self._cluster = isinstance(redis, RedisCluster)
+        self._pipeline = ScriptPipeline(redis)
         self._p = prefix
         self._admit_lua = _script("admit")
         self._admit = self._register("admit", self._admit_lua)
@@ -168,6 +128,38 @@ class RedisState:
 
     async def admit(self, a: AdmitArgs) -> list[Any]:
         """Run the admission script once (EVALSHA); returns its raw reply."""
+        keys, args = self._admit_call(a)
+        return cast(list[Any], await self._admit(keys=keys, args=args))
+
+    async def release_then_admit(
+        self, releases: Sequence[tuple[str, int, int]], a: AdmitArgs
+    ) -> tuple[list[dict[str, str] | None], list[Any]]:
+        """Releases (reservation id, tokens, micro-dollars used), then an admission, in one round trip: a pipeline
+        on one connection, which Redis runs in this order (on Redis Cluster, whose pipelines refuse scripts, one
+        call after the other). Returns each release's fields after (None if released or settled before, never
+        existed, or failed: its usage event settles it) and the admission's raw reply."""
+        if self._cluster:  # its pipelines refuse EVALSHA: the releases, then the admission, one call each
+            alone = await asyncio.gather(*(self.release(r, tokens, usd) for r, tokens, usd in releases))
+            return list(alone), await self.admit(a)
+        keys, args = self._admit_call(a)
+        calls: list[ScriptCall] = [
+            (self._release, [self.reservation_key(r)], [tokens, usd]) for r, tokens, usd in releases
+        ]
+        calls.append((self._admit, keys, args))
+        *release_replies, admit_reply = await self._pipeline.run(calls, "admit")
+        if isinstance(admit_reply, Exception):
+            raise admit_reply
+        released: list[dict[str, str] | None] = []
+        for reply in release_replies:
+            if isinstance(reply, Exception):
+                logger.warning(
+                    "a release riding on an admission failed (%s); its usage event settles it", reply
+                )
+            released.append(reservation_fields(reply) if reply and not isinstance(reply, Exception) else None)
+        return released, cast(list[Any], admit_reply)
+
+    def _admit_call(self, a: AdmitArgs) -> tuple[list[str], list[str | int | float]]:
+        """The admission script's keys and arguments."""
         org = a.org_id
         keys = [
             self.freeze_key(org, "user", a.user_id),
@@ -208,7 +200,7 @@ class RedisState:
         ]
         for c in a.counters:
             args.extend((c.label, c.unit, c.group, c.pct, c.leg))
-        return cast(list[Any], await self._admit(keys=keys, args=args))
+        return keys, args
 
     async def admission_script_ready(self) -> bool:
         """Load the admission script (compiled by Redis, no key touched): True when Redis holds it."""

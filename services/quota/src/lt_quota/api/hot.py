@@ -35,10 +35,8 @@ async def admit(request: Request) -> Response:
     """Authenticate, rate-limit and reserve in one call (the caller assertion is checked before anything else)."""
     try:
         body = await _internal_body(request, AdmitRequest)
-        quota = request.app.state.quota
-        if body.releases:  # earlier answers' releases ride on this admission, and are applied first
-            await quota.settlement.release_many(body.releases)
-        admission: Admission = quota.admission
+        # Earlier answers' releases ride on this admission: Redis runs them first, in the same round trip.
+        admission: Admission = request.app.state.quota.admission
         result = await admission.admit(body)
     except ServiceError as exc:
         return error_response(exc.status, exc.body(), exc.headers)

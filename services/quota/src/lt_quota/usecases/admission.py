@@ -3,8 +3,10 @@ cap with the balancer's alternatives, and reserve, all in one Redis call."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
+from typing import Any
 
 from leaky_common.auth import Principal
 from leaky_common.contracts import (
@@ -12,6 +14,7 @@ from leaky_common.contracts import (
     AdmitResponse,
     ProbeResponse,
     RateLimitState,
+    ReleaseRequest,
     new_reservation_id,
     org_tag,
 )
@@ -99,13 +102,43 @@ class Admission:
         )
 
     async def admit(self, req: AdmitRequest) -> AdmitResponse:
-        """Authenticate, check policy, freezes and buckets, and reserve against every cap in one Redis call."""
+        """Authenticate, check policy, freezes and buckets, and reserve against every cap in one Redis call.
+
+        The releases the request carries (earlier answers of the same gateway) go in the same round trip, ahead
+        of the admission; if the admission stops before Redis (401, 403, no pool, an error), they are applied
+        on their own all the same."""
+        riding = list(req.releases)
         try:
-            record = await self.ctx.key_record(req.api_key)
-        except Unauthorized:
-            admission("unauthorized").inc()
-            raise
-        return await self.admit_record(record, req)
+            try:
+                record = await self.ctx.key_record(req.api_key)
+            except Unauthorized:
+                admission("unauthorized").inc()
+                raise
+            return await self.admit_record(record, req, riding)
+        finally:
+            if riding:
+                await self._release_alone(riding)
+
+    async def _release_alone(self, releases: list[ReleaseRequest]) -> None:
+        """Apply releases whose admission did not carry them to Redis (never raises: the usage events settle
+        whatever is not released)."""
+        for r, fields in zip(
+            releases,
+            await asyncio.gather(
+                *(
+                    self.ctx.state.release(r.reservation_id, r.total_tokens, r.cost_usd_micros)
+                    for r in releases
+                ),
+                return_exceptions=True,
+            ),
+            strict=True,
+        ):
+            if isinstance(fields, BaseException):
+                logger.warning(
+                    "a release riding on an admission failed (%r); its usage event settles it", fields
+                )
+            elif fields is not None:
+                self.durable.released(r.reservation_id, fields)
 
     async def probe(self) -> ProbeResponse:
         """A zero-cost check that admission could run now (the start-up probe): Postgres answers and Redis holds
@@ -139,8 +172,11 @@ class Admission:
         check_session(record.org, req.session_id)
         return critical
 
-    async def admit_record(self, record: KeyRecord, req: AdmitRequest) -> AdmitResponse:
-        """Admission for an authenticated key (`req.api_key` is not used)."""
+    async def admit_record(
+        self, record: KeyRecord, req: AdmitRequest, riding: list[ReleaseRequest] | None = None
+    ) -> AdmitResponse:
+        """Admission for an authenticated key (`req.api_key` is not used). `riding`: releases to send ahead of
+        the admission in its round trip; emptied once Redis ran them."""
         critical = self._check_policy(record, req)
         org = record.org
         governing = await self.ctx.governing(record)
@@ -160,7 +196,7 @@ class Admission:
             admission("insufficient_quota").inc()
             raise no_pool_for_model()
         args = self._admit_args(record, req, counters, sources, await self.ctx.buckets_full_at())
-        raw = await self.ctx.state.admit(args)
+        raw = await self._run_admission(args, riding)
         if raw[0] == "duplicate":
             admission("duplicate").inc()
             raise Conflict("this reservation id was admitted before", code="duplicate_reservation")
@@ -192,6 +228,20 @@ class Admission:
             ratelimit=_ratelimit(outcome),
             release_wait=outcome.snug,
         )
+
+    async def _run_admission(self, args: AdmitArgs, riding: list[ReleaseRequest] | None) -> list[Any]:
+        """The admission script's raw reply, the riding releases ahead of it in its round trip (`riding` is
+        emptied once Redis ran them)."""
+        if not riding:
+            return await self.ctx.state.admit(args)
+        released, raw = await self.ctx.state.release_then_admit(
+            [(r.reservation_id, r.total_tokens, r.cost_usd_micros) for r in riding], args
+        )
+        for r, fields in zip(riding, released, strict=True):
+            if fields is not None:
+                self.durable.released(r.reservation_id, fields)
+        riding.clear()
+        return raw
 
     def _admit_args(
         self, record: KeyRecord, req: AdmitRequest, counters: list[Counter], sources: list[str], full_at: int

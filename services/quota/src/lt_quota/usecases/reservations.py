@@ -18,6 +18,7 @@ import logging
 
 from leaky_common.tasks import cancel_and_wait
 from lt_quota.adapters import repository as repo
+from lt_quota.adapters.metrics import RESERVATIONS_RELEASED
 from lt_quota.adapters.repository.reservations import OpenReservation
 from lt_quota.domain import legs_of_reservation
 from lt_quota.usecases.context import QuotaContext
@@ -75,6 +76,11 @@ class DurableReservations:
         if not self._deferred:
             self._wake.set()  # the writer sleeps until the first due update
         self._deferred[reservation_id] = (asyncio.get_running_loop().time() + self.release_delay_s, record)
+
+    def released(self, reservation_id: str, fields: dict[str, str]) -> None:
+        """A reservation was released (shrunk to what its answer used): count it and queue its new fields."""
+        RESERVATIONS_RELEASED.inc()
+        self.record_release(reservation_id, fields)
 
     def forget(self, reservation_ids: list[str]) -> None:
         """The reservations were charged: their deferred release updates need not be written."""

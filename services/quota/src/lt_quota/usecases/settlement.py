@@ -4,19 +4,15 @@ Redis counters change, then the thresholds the charge reached are announced."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from leaky_common.contracts import ReleaseRequest
 from leaky_common.events import UsageRecorded
 from leaky_common.inbox import claim
 from lt_quota.adapters import repository as repo
 from lt_quota.adapters.metrics import (
     RESERVATIONS_EXPIRED_CHARGED,
     RESERVATIONS_OPEN,
-    RESERVATIONS_RELEASED,
     RESERVATIONS_SETTLED,
     observe_settled,
 )
@@ -82,19 +78,8 @@ class Settlement:
         fields = await self.ctx.state.release(reservation_id, tokens, usd_micros)
         if fields is None:
             return False
-        self.durable.record_release(reservation_id, fields)
-        RESERVATIONS_RELEASED.inc()
+        self.durable.released(reservation_id, fields)
         return True
-
-    async def release_many(self, releases: Sequence[ReleaseRequest]) -> None:
-        """The releases an admission carries (earlier answers of the same gateway), applied before it."""
-        if len(releases) == 1:
-            r = releases[0]
-            await self.release(r.reservation_id, r.total_tokens, r.cost_usd_micros)
-        elif releases:
-            await asyncio.gather(
-                *(self.release(r.reservation_id, r.total_tokens, r.cost_usd_micros) for r in releases)
-            )
 
     async def settle_usage(self, event: UsageRecorded) -> None:
         """Charge a reservation at the actual usage, per leg (idempotent on the reservation id)."""

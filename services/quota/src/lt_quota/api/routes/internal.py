@@ -36,9 +36,9 @@ async def authenticate(body: AuthenticateRequest, admission: AdmissionDep) -> Pr
 
 
 @router.post("/admit", responses=error_responses(400, 402, 403, 429))
-async def admit(body: AdmitRequest, admission: AdmissionDep, settlement: SettlementDep) -> AdmitResponse:
-    """Authenticate, rate-limit and reserve in one call; the releases the call carries are applied first."""
-    await settlement.release_many(body.releases)
+async def admit(body: AdmitRequest, admission: AdmissionDep) -> AdmitResponse:
+    """Authenticate, rate-limit and reserve in one call; the releases the call carries are applied first (in
+    the same Redis round trip), whatever the admission's answer."""
     return await admission.admit(body)
 
 

@@ -1,0 +1,68 @@
+"""Lua scripts sent to Redis in one pipeline (one round trip), which Redis runs in order on one connection."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
+
+from leaky_common.client_spans import fail
+from leaky_common.store_spans import batch_span
+
+__all__ = ["ScriptCall", "ScriptPipeline"]
+
+# A Lua script to run, with its keys and arguments.
+ScriptCall = tuple[AsyncScript, list[str], list[Any]]
+
+
+class ScriptPipeline:
+    """Runs scripts in one pipeline, in order (not on Redis Cluster: its pipelines refuse EVALSHA).
+
+    Unlike a single script call, a pipeline's EVALSHA does not load its script: the scripts are loaded before
+    the first pipeline. One Redis does not hold (NOSCRIPT: it restarted or flushed its scripts since, so it
+    holds none of them) did not run: the scripts are loaded again and those run on their own, in order, after
+    the pipeline."""
+
+    def __init__(self, redis: Redis[str]) -> None:
+        self.redis = redis
+        self._loaded = False
+
+    async def run(self, calls: list[ScriptCall], span_name: str) -> list[Any]:
+        """Each call's reply, or the error Redis answered for it; one `BATCH EVALSHA <span_name>` span in a
+        sampled trace."""
+        span = batch_span(self.redis, span_name, len(calls))
+        try:
+            return await self._run(calls)
+        except BaseException as exc:
+            if span is not None:
+                fail(span, type(exc).__name__)
+            raise
+        finally:
+            if span is not None:
+                span.end()
+
+    async def _run(self, calls: list[ScriptCall]) -> list[Any]:
+        if not self._loaded:
+            await self._load(calls)
+        pipe = self.redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(cast(Any, script).sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self._load(calls)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                script, keys, args = calls[i]
+                try:
+                    replies[i] = await script(keys=keys, args=args)
+                except RedisError as exc:
+                    replies[i] = exc
+        return replies
+
+    async def _load(self, calls: list[ScriptCall]) -> None:
+        client: Any = self.redis  # SCRIPT LOAD is untyped in types-redis
+        for script in {id(c[0]): c[0] for c in calls}.values():
+            await client.script_load(cast(Any, script).script)
+        self._loaded = True
