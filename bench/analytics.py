@@ -66,6 +66,7 @@ async def recorded(pool: asyncpg.Pool) -> int:
 
 async def drain(producer: AIOKafkaProducer, pool: asyncpg.Pool, events: int) -> float:
     base = await recorded(pool)
+    t0 = time.monotonic()
     for i in range(events):
         await producer.send(USAGE_TOPIC, usage(i), key=f"user-{i % 200}".encode())
     await producer.flush()
@@ -73,7 +74,17 @@ async def drain(producer: AIOKafkaProducer, pool: asyncpg.Pool, events: int) -> 
     # and poll the count (a scan of the request log) no more than 4 times a second.
     started, at_start = time.monotonic(), await recorded(pool)
     await eventually(lambda: _at_least(pool, base + events), timeout=600, what="drain", interval=0.25)
+    print(
+        f"drain: published in {started - t0:.2f} s; {base + events - at_start:,} still to record then,"
+        f" recorded in {time.monotonic() - started:.2f} s"
+    )
     return (base + events - at_start) / (time.monotonic() - started)
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident set, in MB (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1000
 
 
 async def _at_least(pool: asyncpg.Pool, count: int) -> bool:
@@ -167,6 +178,7 @@ async def run(args: argparse.Namespace) -> None:
 
             rate_eps = await drain(producer, pool, args.events)
             print(f"drain: {args.events} events recorded at {rate_eps:,.0f} events/s")
+            print(f"worker RSS after the drain: {rss_mb(worker.pid):.0f} MB")
 
             for rate in [int(r) for r in args.rates.split(",")]:
                 worst, kept_up = await sustained(producer, pool, rate, args.seconds)

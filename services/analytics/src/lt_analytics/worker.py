@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import uvloop
 from aiokafka.helpers import create_ssl_context
 from faust.exceptions import FaustError
 from opentelemetry import trace
 
+from leaky_common import kafka_uvloop
 from leaky_common.events import Topics
 from leaky_common.metrics import CONSUMER_LAG, DEAD_LETTERS
 from leaky_common.metrics_server import MetricsServer
 from leaky_common.observability import setup_logging, setup_tracing
-from leaky_common.serve import freeze_start_up
+from leaky_common.serve import freeze_start_up, trim_when_quiet
 from leaky_common.tracing import batch_span
 from lt_analytics.adapters.metrics import BATCH_SIZE, EVENTS
 from lt_analytics.bootstrap import start_worker
@@ -73,6 +75,7 @@ def build_faust_app(settings: AnalyticsSettings, handler: UsageHandler) -> faust
         broker_commit_interval=1.0,
         topic_allow_declare=False,
         topic_disable_leader=True,
+        stream_buffer_maxsize=settings.stream_buffer_max,
     )
     usage_topic = app.topic(settings.usage_topic, value_serializer="raw", key_serializer="raw")
     dlq_topic = app.topic(Topics.dlq(settings.usage_topic), value_serializer="raw", key_serializer="raw")
@@ -150,11 +153,18 @@ def main() -> None:
     settings = AnalyticsSettings()
     setup_logging(settings)
     setup_tracing(settings)
+    # uvloop, as the HTTP services run on (leaky_common.serve), for this loop and for the one faust's consumer
+    # thread makes; aiokafka guarded for it (kafka_uvloop).
+    kafka_uvloop.install()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     runtime = loop.run_until_complete(start_worker(settings))
     metrics = _metrics_server(settings)
     loop.run_until_complete(metrics.start())
+    # Freed heap pages back to the system after each quiet second, as the HTTP services do (leaky_common.api).
+    interval = settings.heap_trim_interval_s
+    trimmer = loop.create_task(trim_when_quiet(interval)) if interval > 0 else None
     app = build_faust_app(settings, runtime.handler)
     # quiet: no banner or spinner in the JSON log stream.
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, override_logging=False, quiet=True)
@@ -162,6 +172,8 @@ def main() -> None:
     try:
         worker.execute_from_commandline()
     finally:
+        if trimmer is not None:
+            trimmer.cancel()
         if not loop.is_closed():
             with contextlib.suppress(Exception):
                 loop.run_until_complete(runtime.stop())
