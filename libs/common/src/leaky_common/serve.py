@@ -126,6 +126,7 @@ class HotRoute:
         self.app = app
         self.method = method
         self.path = path
+        self.endpoint = endpoint
         self.route = Route(path, endpoint, methods=[method])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -135,6 +136,10 @@ class HotRoute:
             if span.is_recording():
                 span.update_name(f"{self.method} {self.path}")
                 span.set_attribute("http.route", self.path)
-            await self.route.handle(scope, receive, send)
+            # Straight to the endpoint: Starlette's Route.handle would only add request_response and its
+            # exception wrapper, which has no handlers out here (they are set inside, by ExceptionMiddleware), so
+            # an unexpected error reaches ServerErrorMiddleware either way.
+            response = await self.endpoint(Request(scope, receive, send))
+            await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
