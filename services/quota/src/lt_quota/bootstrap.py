@@ -23,6 +23,7 @@ from leaky_common.kafka_batch import BatchEventConsumer
 from leaky_common.outbox import ElectedRelay
 from leaky_common.store_spans import TracedRedis
 from leaky_common.tasks import cancel_and_wait
+from lt_quota.adapters.redis_packing import pack_with_hiredis
 from lt_quota.adapters.redis_state import RedisState
 from lt_quota.handlers import make_handler, make_usage_batch_handler
 from lt_quota.settings import QuotaSettings
@@ -149,6 +150,7 @@ async def _open_state(settings: QuotaSettings, stack: contextlib.AsyncExitStack)
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
     )
+    pack_with_hiredis(redis_pool)
     stack.push_async_callback(redis_pool.aclose)  # type: ignore[attr-defined]  # stubs predate aclose
     redis: Redis[str] = TracedRedis(connection_pool=redis_pool, decode_responses=True)
     return RedisState(redis, settings.redis_prefix)
