@@ -16,7 +16,8 @@ Starts one mock OpenAI upstream process (bench/mock_upstream.py), then:
   demand into .run/portkey with `npm install --prefix`, started as `node build/start-server.js --port=N
   --headless` with NODE_ENV=production; requests carry `x-portkey-provider: openai` and
   `x-portkey-custom-host: <upstream>/v1`; skipped with a message if node/npm or the install fail. Its streamed
-  path fails on Node 20 (undici `TypeError: immutable`), so its TTFT is reported as failed, not measured;
+  path fails on Node 20 and on Node 22.23 alike (undici `TypeError: immutable`: Portkey's `updateHeaders` appends
+  to the headers of a fetch Response), so its TTFT is reported as failed, not measured;
 - gateway, no release before the end: a second gateway process of the same stack started with
   LT_RELEASE_BEFORE_END=false (the unused part of a reservation is freed only by the usage event), so the
   difference between the two gateways is what releasing before the last bytes costs.
@@ -118,7 +119,7 @@ class BenchPath:
     machine_ms: float | None = None
     breakdown: dict[str, float] = field(default_factory=dict)
     errors: int = 0
-    # Streamed answers that were not 200 (Portkey's streamed path fails on Node 20): TTFT is then not reported.
+    # Streamed answers that were not 200 (Portkey's streamed path fails, on Node 20 and 22): TTFT is then not reported.
     stream_errors: int = 0
     # First few non-200 answers (status and body head), so a broken run says why.
     error_samples: dict[int, str] = field(default_factory=dict)

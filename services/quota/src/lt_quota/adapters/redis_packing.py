@@ -17,7 +17,8 @@ from redis.asyncio.connection import AbstractConnection
 
 __all__ = ["HiredisPacking", "pack_with_hiredis"]
 
-_EXACT = (str, bytes, int)
+_PLAIN = frozenset((str, bytes, int))
+_WITH_FLOAT = _PLAIN | {float}
 
 
 class HiredisPacking:
@@ -26,8 +27,6 @@ class HiredisPacking:
     def pack_command(self, *args: Any) -> list[bytes]:
         connection: Any = self
         encoder = connection.encoder
-        if encoder.encoding.lower().replace("-", "") != "utf8" or encoder.encoding_errors != "strict":
-            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
         first = args[0]
         if (
             isinstance(first, str) and " " in first
@@ -35,16 +34,14 @@ class HiredisPacking:
             args = (*first.split(), *args[1:])
         elif isinstance(first, bytes) and b" " in first:
             args = (*first.split(), *args[1:])
-        parts: list[Any] = []
-        for arg in args:
-            kind = type(arg)
-            if kind in _EXACT:
-                parts.append(arg)
-            elif kind is float:
-                parts.append(repr(arg))  # redis-py's rule (hiredis would print floats its own way)
-            else:
-                return super().pack_command(*args)  # type: ignore[misc, no-any-return]
-        return [hiredis.pack_command(tuple(parts))]
+        kinds = set(map(type, args))
+        utf8 = encoder.encoding.lower().replace("-", "") == "utf8" and encoder.encoding_errors == "strict"
+        pack: Any = hiredis.pack_command  # its stub types the tuple as one item
+        if utf8 and kinds <= _PLAIN:
+            return [pack(args)]
+        if utf8 and kinds <= _WITH_FLOAT:  # by repr, redis-py's rule
+            return [pack(tuple(repr(a) if type(a) is float else a for a in args))]
+        return super().pack_command(*args)  # type: ignore[misc, no-any-return]
 
 
 def pack_with_hiredis(pool: BlockingConnectionPool[Any]) -> None:
