@@ -48,6 +48,12 @@ class QuotaSettings(ServiceSettings):
     # A release's update of the durable record of a reservation waits this long: the usage event usually
     # settles the reservation first, and the update is then never written (0: write at once).
     release_record_delay_s: float = Field(default=1.0, ge=0)
+    # The writer of durable reservation records gathers admissions this long before each write: one statement
+    # for every admission of that time instead of one per admission (0: write at once). A reservation settled
+    # meanwhile is never written. Recovery after Redis lost its data writes what is gathered first; only a quota
+    # process killed together with Redis's data loses the records of that time (their usage events still charge
+    # them).
+    reservation_record_linger_s: float = Field(default=0.02, ge=0, le=1)
 
     # Self-service vacation (`PUT /v1/users/me/status`): it ends at most this many days ahead (the default end).
     vacation_max_days: int = Field(default=30, ge=1, le=366)

@@ -302,6 +302,40 @@ async def test_a_release_settled_soon_costs_postgres_no_second_write(settings: Q
         assert await stored(settled["reservation_id"]) is None
 
 
+async def test_admissions_within_the_linger_are_written_in_one_statement(settings: QuotaSettings) -> None:
+    """The writer gathers `reservation_record_linger_s` after the first record: three admissions made within it
+    cost PostgreSQL one statement, and a reservation settled before the write is not in it."""
+    settings = settings.model_copy(update={"reservation_record_linger_s": 0.5})
+    async with running(settings) as h:
+        durable = h.service.durable
+        user = await h.create_user(quota=10_000)
+
+        async def stored(reservation_id: str) -> bool:
+            async with h.service.db.acquire() as conn:
+                return bool(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM open_reservations WHERE reservation_id = $1", reservation_id
+                    )
+                )
+
+        writes, written = durable.writes, durable.written
+        kept = [(await h.admit(user["api_key"], max_output_tokens=90)).json() for _ in range(3)]
+        settled = (await h.admit(user["api_key"], max_output_tokens=90)).json()
+        await h.service.settlement.settle_usage(usage(settled, 40))  # charged before the writer wrote it
+
+        async def all_stored() -> bool:
+            return all([await stored(r["reservation_id"]) for r in kept])
+
+        async def counted() -> bool:  # the writer counts a batch after its commit (visible a moment earlier)
+            return bool(durable.writes > writes)
+
+        await wait_until(all_stored, what="the gathered admissions' records")
+        await wait_until(counted, what="the write counted")
+        assert durable.writes == writes + 1
+        assert durable.written == written + 3
+        assert not await stored(settled["reservation_id"])
+
+
 async def _eq(value: Any, expected: object) -> bool:
     return bool(await value == expected)
 

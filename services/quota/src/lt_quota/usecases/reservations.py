@@ -2,8 +2,9 @@
 loses its data.
 
 Admission and release only hand the reservation's fields to `record` (no I/O on the hot path); one writer
-task writes whatever accumulated in one statement (group commit: while a write is in flight the next batch
-gathers). The transaction that charges a reservation deletes its record. A release's update waits
+task writes whatever accumulated in one statement (group commit: it gathers `LT_RESERVATION_RECORD_LINGER_S`
+after the first record, and while a write is in flight the next batch gathers; a reservation settled before
+its write is dropped from it). The transaction that charges a reservation deletes its record. A release's update waits
 `LT_RELEASE_RECORD_DELAY_S` first: the usage event usually settles the reservation within that time, and the
 settlement drops the update (`forget`), so most requests cost Postgres one write, not two. Should Redis lose
 its data meanwhile, the record still holds what admission reserved (a larger hold, never a smaller one). When Redis is found empty, `recover`
@@ -51,12 +52,14 @@ class DurableReservations:
         self.ctx = ctx
         self.freezes = freezes
         self.release_delay_s = ctx.settings.release_record_delay_s
+        self.linger_s = ctx.settings.reservation_record_linger_s
         self._pending: dict[str, OpenReservation] = {}
         self._deferred: dict[str, tuple[float, OpenReservation]] = {}  # releases' updates: (due, record)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._recovering = asyncio.Lock()
-        self.written = 0
+        self.written = 0  # records written
+        self.writes = 0  # statements that wrote them
 
     def record(self, reservation_id: str, fields: dict[str, str]) -> None:
         """Queue a reservation's current fields for the next write (the latest fields win)."""
@@ -83,9 +86,11 @@ class DurableReservations:
         self.record_release(reservation_id, fields)
 
     def forget(self, reservation_ids: list[str]) -> None:
-        """The reservations were charged: their deferred release updates need not be written."""
+        """The reservations were charged: their records and deferred release updates need not be written (the
+        write would skip them anyway: their ledger rows exist)."""
         for reservation_id in reservation_ids:
             self._deferred.pop(reservation_id, None)
+            self._pending.pop(reservation_id, None)
 
     def _due(self, everything: bool = False) -> float | None:
         """Move the deferred updates that are due (or all) to the next write; seconds until the next one is due
@@ -114,6 +119,7 @@ class DurableReservations:
                 self._pending.setdefault(reservation_id, record)
             raise
         self.written += len(batch)
+        self.writes += 1
 
     async def _run(self) -> None:
         while True:
@@ -122,6 +128,10 @@ class DurableReservations:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
+            if self._pending and self.linger_s > 0:
+                # Gather: one statement for the admissions of the linger (at one request at a time, one per
+                # admission otherwise); those settled meanwhile drop out (`forget`).
+                await asyncio.sleep(self.linger_s)
             try:
                 await self.flush()
             except asyncio.CancelledError:
