@@ -27,6 +27,9 @@ class AnalyticsSettings(ServiceSettings):
     # a much larger one delays detection (2000: up to 6 s).
     batch_max: int = Field(default=1000, ge=1, le=10_000)
     batch_within_s: float = 0.05
+    # A stopping worker waits this long for the batch it is writing to commit; cut off, the batch rolls back and
+    # its events, never acked, are delivered again to whoever owns the partition next.
+    stop_write_wait_s: float = Field(default=5.0, ge=0, le=60)
     # Events faust's consumer may hold ahead of the worker. Once that many wait, faust stops fetching, and its
     # fetch loop then sleeps up to a second before it asks again: with 4,096 (faust's default) the worker sat
     # idle for 0.4-0.7 s after each 4,096 events of a backlog. It works through 16,384 in about 2.5 s, longer

@@ -78,34 +78,78 @@ def build_faust_app(settings: AnalyticsSettings, handler: UsageHandler) -> faust
         stream_buffer_maxsize=settings.stream_buffer_max,
     )
     usage_topic = app.topic(settings.usage_topic, value_serializer="raw", key_serializer="raw")
-    dlq_topic = app.topic(Topics.dlq(settings.usage_topic), value_serializer="raw", key_serializer="raw")
-    dead_letters = DEAD_LETTERS.labels(settings.usage_topic)
-    sample_lag = _lag_sampler(app, settings.consumer_group, settings.usage_topic)
-
-    async def aggregate_usage(stream: Any) -> None:
-        # Batches (one transaction each) keep up with thousands of events per second; `within` bounds the
-        # wait a lone event has before it is recorded and checked.
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            raws = [e.value if isinstance(e.value, bytes) else str(e.value).encode() for e in events]
-            # One span per batch, linked to each event's request; alerts and freezes it writes to the outbox
-            # carry this span's context onwards.
-            with batch_span(
-                tracer, f"consume {settings.usage_topic} batch", (e.headers for e in events), len(raws)
-            ):
-                outcomes = await handler.handle_batch(raws)
-            for event, raw, outcome in zip(events, raws, outcomes, strict=True):
-                if outcome is Outcome.INVALID:
-                    await dlq_topic.send(
-                        key=event.message.key,
-                        value=raw,
-                        headers={"dlq-reason": b"invalid", "dlq-source": settings.usage_topic.encode()},
-                    )
-                    dead_letters.inc()
-            _observe_batch(outcomes)
-            sample_lag(events)
-
-    app.agent(usage_topic, name="aggregate_usage", concurrency=1)(aggregate_usage)
+    agent = _UsageAgent(app, settings, handler)
+    app.agent(usage_topic, name="aggregate_usage", concurrency=1)(agent.aggregate_usage)
     return app
+
+
+class _UsageAgent:
+    """The usage topic's agent: batches recorded one transaction each, the next taken while one is written."""
+
+    def __init__(self, app: faust.App, settings: AnalyticsSettings, handler: UsageHandler) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.dlq_topic = app.topic(
+            Topics.dlq(settings.usage_topic), value_serializer="raw", key_serializer="raw"
+        )
+        self.dead_letters = DEAD_LETTERS.labels(settings.usage_topic)
+        self.sample_lag = _lag_sampler(app, settings.consumer_group, settings.usage_topic)
+
+    async def record(self, events: list[Any]) -> None:
+        """Record one batch (one transaction), send its invalid events to the DLQ, then ack it."""
+        settings = self.settings
+        raws = [e.value if isinstance(e.value, bytes) else str(e.value).encode() for e in events]
+        # One span per batch, linked to each event's request; alerts and freezes it writes to the outbox
+        # carry this span's context onwards.
+        with batch_span(
+            tracer, f"consume {settings.usage_topic} batch", (e.headers for e in events), len(raws)
+        ):
+            outcomes = await self.handler.handle_batch(raws)
+        for event, raw, outcome in zip(events, raws, outcomes, strict=True):
+            if outcome is Outcome.INVALID:
+                await self.dlq_topic.send(
+                    key=event.message.key,
+                    value=raw,
+                    headers={"dlq-reason": b"invalid", "dlq-source": settings.usage_topic.encode()},
+                )
+                self.dead_letters.inc()
+        _observe_batch(outcomes)
+        self.sample_lag(events)
+        for event in events:
+            event.ack()  # the hold taken in aggregate_usage: now faust may commit past it
+
+    async def aggregate_usage(self, stream: Any) -> None:
+        """Batches (one transaction each) keep up with thousands of events per second; `within` bounds the
+        wait a lone event has before it is recorded and checked. One batch is written while the next one is
+        taken from the stream: the worker's work (fetching, buffering) and PostgreSQL's overlap instead of
+        taking turns. Writes stay one at a time and in order. faust acks a batch's events as soon as this
+        loop moves on, so each event is held (one more reference) until its batch is committed: offsets are
+        committed only past recorded events, and a worker stopped meanwhile has them delivered again (the
+        request log makes that a no-op)."""
+        settings = self.settings
+        writing: asyncio.Task[None] | None = None
+        try:
+            async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+                for event in events:
+                    event.message.incref()
+                if writing is not None:
+                    await writing  # the previous batch first: its failure stops the agent, as it always did
+                writing = asyncio.ensure_future(self.record(list(events)))
+                writing.add_done_callback(_report_failure)
+        finally:
+            if writing is not None and not writing.done():
+                # Stopping: give the batch in hand a moment to commit; cancelled, it rolls back unacked.
+                await asyncio.wait({writing}, timeout=settings.stop_write_wait_s)
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    """Log a batch write that failed while no next batch was there to surface it (its events stay unacked:
+    the next worker to own the partition records them)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("recording a usage batch failed", exc_info=task.exception())
 
 
 def _highwater(app: faust.App, tp: Any) -> int | None:

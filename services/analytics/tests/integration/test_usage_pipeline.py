@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from leaky_common.auth import Principal
 from leaky_common.db import create_database
@@ -274,3 +274,49 @@ async def test_ready_checks_postgres(api: httpx.AsyncClient) -> None:
     resp = await api.get("/ready")
     assert resp.status_code == 200
     assert resp.json()["checks"] == {"postgres": True}
+
+
+async def test_the_worker_commits_its_offsets_once_the_events_are_recorded(
+    settings: AnalyticsSettings,
+) -> None:
+    """The worker holds each event of a batch until the batch's transaction is committed (it takes the next
+    batch meanwhile), then acks it: the group's committed offsets reach the end of the topic, so a restarted
+    worker does not record the same events again."""
+    group = f"analytics-commits-{uuid.uuid4().hex[:6]}"
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    try:
+        events = [usage(f"u{i % 7}", "org-c", "mock-gpt", 10, 5, 3) for i in range(300)]
+        for event in events:
+            await publisher.publish(settings.usage_topic, event, key=event.user_id)
+    finally:
+        await publisher.stop()
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await probe.start()
+    try:
+        tps = [
+            TopicPartition(settings.usage_topic, p)
+            for p in probe.partitions_for_topic(settings.usage_topic) or []
+        ]
+        assert tps
+        ends = await probe.end_offsets(tps)
+        async with worker_process(settings, group=group):
+
+            async def last_logged() -> bool:
+                try:
+                    return await logged(settings, events[-1].event_id)
+                except asyncpg.UndefinedTableError:  # the worker has not created its tables yet
+                    return False
+
+            await wait_for(last_logged, timeout=60)
+
+            async def committed_to_the_end() -> bool:
+                return all([(await probe.committed(tp) or 0) >= ends[tp] for tp in tps])
+
+            await wait_for(committed_to_the_end, timeout=30)
+        for event in events:
+            assert await logged(settings, event.event_id)
+    finally:
+        await probe.stop()

@@ -30,8 +30,8 @@ def _events(rng: random.Random, n: int) -> list[UsageRecorded]:
         events.append(
             UsageRecorded(
                 request_id=f"r{i}",
-                org_id=rng.choice(["o1", "o2", None]),
-                user_id=rng.choice(["u1", "u2", "u3", None]),
+                org_id=rng.choice(["o1", "o2", None, ""]),
+                user_id=rng.choice(["u1", "u2", "u3", None, ""]),
                 team_id=rng.choice(["t1", None]),
                 key_id=rng.choice(["k1", "k2", None]),
                 session_id=rng.choice(["s1", "s2", None]),

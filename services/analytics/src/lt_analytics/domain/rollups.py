@@ -93,30 +93,53 @@ class Aggregates:
 
 def aggregate(events: Iterable[UsageRecorded]) -> Aggregates:
     """Sum new events into the daily, per-org-minute and rollup rows they count towards. No key holds a None
-    (an event of no user adds no daily row, one of no org nothing else), so keys sort as they are."""
+    (an event of no user adds no daily row, one of no org nothing else), so keys sort as they are.
+
+    Two steps: the events are first summed per (user, team, org, key, session, model, provider, minute), one
+    dictionary update each; only those groups are then spread over the up to 15 rollup rows (5 scopes, 3
+    grains) and the daily and minute rows. A batch's events mostly share a few such groups."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for e in events:  # the hot loop of a drain: one key and one update per event
+        p, c = e.prompt_tokens, e.completion_tokens
+        key = (e.user_id, e.team_id, e.org_id, e.key_id, e.session_id, e.model, e.provider,
+               minute_bucket(e.occurred_at))  # fmt: skip
+        sums = groups.get(key)
+        if sums is None:
+            groups[key] = [1, p, c, e.total_tokens, e.cost_usd_micros, efficiency(p, c)]
+        else:
+            sums[0] += 1
+            sums[1] += p
+            sums[2] += c
+            sums[3] += e.total_tokens
+            sums[4] += e.cost_usd_micros
+            sums[5] += efficiency(p, c)
     acc = Aggregates()
-    daily, minute, rollup = acc.daily, acc.minute, acc.rollup
-    for e in events:  # the hot loop of a drain: each event's buckets and measures are worked out once
-        p, c, t, x = e.prompt_tokens, e.completion_tokens, e.total_tokens, e.cost_usd_micros
-        buckets = grain_buckets(e.occurred_at)
-        if e.user_id is not None:
-            _add(daily, (e.user_id, e.model, buckets[2][1].date()), (p, c, t, x))
-        if e.org_id is None:
+    daily, minute_rows, rollup = acc.daily, acc.minute, acc.rollup
+    for (user, team, org, key_id, session, model, provider, minute), (n, p, c, t, x, eff) in groups.items():
+        hour = minute.replace(minute=0)
+        day = hour.replace(hour=0)
+        if user is not None:
+            _add(daily, (user, model, day.date()), n, (p, c, t, x))
+        if org is None:
             continue
-        _add(minute, (e.org_id, buckets[0][1]), (t, x))
-        measures = (p, c, t, x, efficiency(p, c))
-        for scope_type, scope_id in rollup_scopes(e):
-            for grain, bucket in buckets:
-                _add(rollup, (scope_type, scope_id, grain, bucket, e.model, e.provider, e.org_id), measures)
+        _add(minute_rows, (org, minute), n, (t, x))
+        if not org:  # as rollup_scopes: a request of no org is aggregated under no scope
+            continue
+        measures = (p, c, t, x, eff)
+        for scope_type, scope_id in (("user", user), ("team", team), ("org", org), ("key", key_id),
+                                     ("session", session)):  # fmt: skip
+            if scope_id:  # as rollup_scopes: an empty id names no scope
+                for grain, bucket in (("minute", minute), ("hour", hour), ("day", day)):
+                    _add(rollup, (scope_type, scope_id, grain, bucket, model, provider, org), n, measures)
     return acc
 
 
-def _add(acc: Sums, key: tuple[Any, ...], measures: tuple[int, ...]) -> None:
-    """Add one request and its measures to the sums under `key`."""
+def _add(acc: Sums, key: tuple[Any, ...], requests: int, measures: tuple[int, ...]) -> None:
+    """Add `requests` requests and their summed measures to the sums under `key`."""
     sums = acc.get(key)
     if sums is None:
-        acc[key] = [1, *measures]
+        acc[key] = [requests, *measures]
         return
-    sums[0] += 1
+    sums[0] += requests
     for i, value in enumerate(measures, start=1):
         sums[i] += value
