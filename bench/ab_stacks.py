@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 import aiohttp
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab import env_pairs
 from hotpath import create_bench_user, free_port, start_stack, start_upstream, stop_pid, stop_stack
+from settlement import cpu_seconds
 
 BODY = {"model": "bench-gpt", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 16}
 
@@ -52,36 +53,6 @@ async def load(url: str, headers: dict[str, str], concurrency: int, seconds: flo
     return len(latencies), statistics.median(latencies) * 1000
 
 
-def cpu_by_process(pids: dict[str, int]) -> dict[str, float]:
-    """CPU seconds of each named process and its children."""
-    out: dict[str, float] = {}
-    for name, pid in pids.items():
-        try:
-            proc = psutil.Process(pid)
-            procs = [proc, *proc.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        total = 0.0
-        for p in procs:
-            try:
-                times = p.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-        out[name] = total
-    return out
-
-
-def parse_env(pairs: list[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.startswith("LT_"):
-            raise SystemExit(f"expected LT_NAME=value, got {pair!r}")
-        env[key] = value
-    return env
-
-
 def run_stack(env: dict[str, str], args: argparse.Namespace) -> list[dict[str, object]]:
     run_dir = Path(tempfile.mkdtemp(prefix="lt-ab-stacks-"))
     port = free_port()
@@ -94,10 +65,10 @@ def run_stack(env: dict[str, str], args: argparse.Namespace) -> list[dict[str, o
         url, headers = f"{gateway}/v1/chat/completions", {"Authorization": f"Bearer {user_key}"}
         asyncio.run(load(url, headers, 8, 3))  # warm-up
         for concurrency in (1, args.concurrency, 1, args.concurrency):
-            before = cpu_by_process(pids)
+            before = cpu_seconds(pids)
             done, p50 = asyncio.run(load(url, headers, concurrency, args.seconds))
             time.sleep(0.5)  # what the requests set off (settlement, analytics) mostly done
-            after = cpu_by_process(pids)
+            after = cpu_seconds(pids)
             per = {k: 1000 * (after[k] - before[k]) / done for k in after if k in before}
             rows.append({"c": concurrency, "rps": done / args.seconds, "p50": p50, "cpu": per})
     finally:
@@ -131,7 +102,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    envs = {"A": parse_env(args.a), "B": parse_env(args.b)}
+    envs = {"A": env_pairs(args.a), "B": env_pairs(args.b)}
     results: dict[str, list[dict[str, object]]] = {"A": [], "B": []}
     for rep in range(args.reps):
         for name in ("A", "B") if rep % 2 == 0 else ("B", "A"):
