@@ -305,7 +305,7 @@ async def test_a_release_settled_soon_costs_postgres_no_second_write(settings: Q
 async def test_admissions_within_the_linger_are_written_in_one_statement(settings: QuotaSettings) -> None:
     """The writer gathers `reservation_record_linger_s` after the first record: three admissions made within it
     cost PostgreSQL one statement, and a reservation settled before the write is not in it."""
-    settings = settings.model_copy(update={"reservation_record_linger_s": 0.5})
+    settings = settings.model_copy(update={"reservation_record_linger_s": 1.0})
     async with running(settings) as h:
         durable = h.service.durable
         user = await h.create_user(quota=10_000)

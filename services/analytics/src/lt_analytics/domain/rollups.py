@@ -38,7 +38,11 @@ def minute_bucket(at: datetime) -> datetime:
 
 def grain_buckets(at: datetime) -> list[tuple[str, datetime]]:
     """The minute, hour and day buckets (UTC) an event counts towards."""
-    minute = minute_bucket(at)
+    return _grains(minute_bucket(at))
+
+
+def _grains(minute: datetime) -> list[tuple[str, datetime]]:
+    """The minute, hour and day buckets of a UTC minute."""
     hour = minute.replace(minute=0)
     return [("minute", minute), ("hour", hour), ("day", hour.replace(hour=0))]
 
@@ -47,15 +51,16 @@ def rollup_scopes(event: UsageRecorded) -> list[tuple[str, str]]:
     """(scope type, id) pairs an event is aggregated under: user, team, org, key and session when known. Every
     rollup row is its org's (a session id names a session only within its org), so a request of no org (an
     unauthenticated one) is aggregated under none."""
-    if not event.org_id:
+    return _scopes(event.user_id, event.team_id, event.org_id, event.key_id, event.session_id)
+
+
+def _scopes(
+    user: str | None, team: str | None, org: str | None, key: str | None, session: str | None
+) -> list[tuple[str, str]]:
+    """`rollup_scopes` from the ids themselves."""
+    if not org:
         return []
-    pairs = (
-        ("user", event.user_id),
-        ("team", event.team_id),
-        ("org", event.org_id),
-        ("key", event.key_id),
-        ("session", event.session_id),
-    )
+    pairs = (("user", user), ("team", team), ("org", org), ("key", key), ("session", session))
     return [(kind, value) for kind, value in pairs if value]
 
 
@@ -116,21 +121,16 @@ def aggregate(events: Iterable[UsageRecorded]) -> Aggregates:
     acc = Aggregates()
     daily, minute_rows, rollup = acc.daily, acc.minute, acc.rollup
     for (user, team, org, key_id, session, model, provider, minute), (n, p, c, t, x, eff) in groups.items():
-        hour = minute.replace(minute=0)
-        day = hour.replace(hour=0)
+        grains = _grains(minute)
         if user is not None:
-            _add(daily, (user, model, day.date()), n, (p, c, t, x))
+            _add(daily, (user, model, grains[2][1].date()), n, (p, c, t, x))
         if org is None:
             continue
         _add(minute_rows, (org, minute), n, (t, x))
-        if not org:  # as rollup_scopes: a request of no org is aggregated under no scope
-            continue
         measures = (p, c, t, x, eff)
-        for scope_type, scope_id in (("user", user), ("team", team), ("org", org), ("key", key_id),
-                                     ("session", session)):  # fmt: skip
-            if scope_id:  # as rollup_scopes: an empty id names no scope
-                for grain, bucket in (("minute", minute), ("hour", hour), ("day", day)):
-                    _add(rollup, (scope_type, scope_id, grain, bucket, model, provider, org), n, measures)
+        for scope_type, scope_id in _scopes(user, team, org, key_id, session):
+            for grain, bucket in grains:
+                _add(rollup, (scope_type, scope_id, grain, bucket, model, provider, org), n, measures)
     return acc
 
 
