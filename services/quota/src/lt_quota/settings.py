@@ -50,13 +50,11 @@ class QuotaSettings(ServiceSettings):
     release_record_delay_s: float = Field(default=1.0, ge=0)
     # The writer of durable reservation records gathers admissions this long before each write: one statement
     # for every admission of that time instead of one per admission (0: write at once). A reservation settled
-    # meanwhile is never written. Recovery after Redis lost its data writes what is gathered first; only a quota
-    # process killed together with Redis's data loses the records of that time (their usage events still charge
-    # them). Off by default: a write that lands after its reservation's settlement has committed leaves a
-    # stale record (the settlement's delete ran first), and the linger makes that likely (a CI run caught one:
-    # a flushed Redis rebuilt a hold of 500 tokens for a settled request). Enable once records are safe from
-    # that race.
-    reservation_record_linger_s: float = Field(default=0.0, ge=0, le=1)
+    # meanwhile is never written; one written while its settlement commits (the write cannot see that charge)
+    # leaves a record that recovery, the counters' rebuild and the sweep find charged and drop. Recovery after
+    # Redis lost its data writes what is gathered first; only a quota process killed together with Redis's
+    # data loses the records of that time (their usage events still charge them).
+    reservation_record_linger_s: float = Field(default=0.02, ge=0, le=1)
 
     # Self-service vacation (`PUT /v1/users/me/status`): it ends at most this many days ahead (the default end).
     vacation_max_days: int = Field(default=30, ge=1, le=366)

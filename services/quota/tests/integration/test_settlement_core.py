@@ -19,6 +19,7 @@ from leaky_common.events import RequestFreeze, Topics, UsageRecorded
 from leaky_common.kafka import EventPublisher
 from leaky_devinfra.testing import TEST_KEYS, InternalKeys, ManualClock
 from leaky_devinfra.testing import eventually as wait_until
+from lt_quota.adapters import repository as repo
 from lt_quota.adapters.redis_state import org_tag
 from lt_quota.main import create_app
 from lt_quota.settings import QuotaSettings
@@ -498,6 +499,45 @@ async def test_a_quiet_redis_loss_leaves_the_buckets_empty(
         await lose_redis(quiet)
         assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 200
         assert await h.service.state.buckets_full_at() == 0
+
+
+async def test_a_record_written_after_its_charge_holds_nothing_when_redis_is_rebuilt(
+    settings: QuotaSettings,
+) -> None:
+    """The writer's upsert cannot see a settlement's uncommitted charge, so a record can be written while its
+    reservation is being charged and outlive the transaction that deleted it. Such a record must not come back
+    as a hold: neither put back into Redis nor counted when counters are rebuilt, and recovery deletes it."""
+    async with running(settings, ManualClock()) as h:
+        user = await h.create_user(quota=10_000)
+        admitted = (await h.admit(user["api_key"], prompt_tokens=100, max_output_tokens=400)).json()
+        await h.service.durable.flush()
+        async with h.service.db.acquire() as conn:
+            record = await conn.fetchrow(
+                "SELECT * FROM open_reservations WHERE reservation_id = $1", admitted["reservation_id"]
+            )
+        assert record is not None and list(record["amounts"]) == [500]
+        await h.service.settlement.settle_usage(usage(admitted, 321))
+        assert await h.pool(user["pool_id"]) == (321, 0)
+        async with h.service.db.acquire() as conn:  # the race's outcome: the record back after the charge
+            await conn.execute(
+                "INSERT INTO open_reservations (reservation_id, expires_ms, pool_id, keys, amounts, fields)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                *[
+                    record[c]
+                    for c in ("reservation_id", "expires_ms", "pool_id", "keys", "amounts", "fields")
+                ],
+            )
+            assert (
+                await repo.open_reserved(conn, list(record["keys"])) == {}
+            )  # a rebuilt counter holds none of it
+        await lose_redis(settings)
+
+        assert await h.service.durable.recover() == 0  # nothing put back ...
+        assert await h.service.ctx.load_pools([user["pool_id"]]) == 1
+        assert await h.pool(user["pool_id"]) == (321, 0)  # ... and the rebuilt counter holds nothing
+        async with h.service.db.acquire() as conn:
+            left = "SELECT count(*) FROM open_reservations WHERE reservation_id = $1"
+            assert await conn.fetchval(left, admitted["reservation_id"]) == 0
 
 
 async def test_reservation_lost_with_redis_before_a_restart_is_still_charged(settings: QuotaSettings) -> None:

@@ -49,6 +49,12 @@ class LedgerRow:
     source: str
 
 
+# Whether a record's reservation is charged: its first leg's ledger row exists. A LATERAL with LIMIT 1, one
+# index probe per record whatever the planner believes (see below).
+_CHARGED = """LEFT JOIN LATERAL (SELECT true AS charged FROM ledger g
+                      WHERE g.idempotency_key = 'reservation:' || o.reservation_id || ':' || o.pool_id LIMIT 1) c
+       ON true"""
+
 # A reservation whose first leg is already in the ledger is skipped. The look-up is a LATERAL with LIMIT 1 so
 # that it stays one index probe per reservation whatever the planner believes about the ledger: as a NOT
 # EXISTS it became a hash anti-join over a sequential scan of the whole ledger in the generic plan a
@@ -92,8 +98,22 @@ def _open_from_row(row: object) -> OpenReservation:
     )
 
 
+async def _drop_charged(conn: Conn, expired_by_ms: int | None = None) -> None:
+    """Delete the records of reservations already charged (those that expired by `expired_by_ms`, if given)."""
+    await conn.execute(
+        f"""DELETE FROM open_reservations d
+             USING (SELECT o.reservation_id FROM open_reservations o {_CHARGED}
+                     WHERE c.charged AND ($1::bigint IS NULL OR o.expires_ms <= $1)) AS x
+             WHERE d.reservation_id = x.reservation_id""",
+        expired_by_ms,
+    )
+
+
 async def open_reservations(conn: Conn) -> list[OpenReservation]:
-    """Every open reservation (to put back into a Redis that lost them)."""
+    """Every open reservation (to put back into a Redis that lost them). Records of reservations already charged
+    are deleted, not returned: the upsert's ledger check cannot see a settlement's uncommitted charge, so a record
+    written while its reservation was being charged outlives the transaction that deleted it."""
+    await _drop_charged(conn)
     rows = await conn.fetch("SELECT * FROM open_reservations ORDER BY expires_ms")
     return [_open_from_row(r) for r in rows]
 
@@ -118,7 +138,9 @@ async def charged_within(conn: Conn, seconds: float) -> bool:
 
 
 async def expired_open_reservations(conn: Conn, now_ms: int, limit: int = 100) -> list[OpenReservation]:
-    """Open reservations whose TTL ended at or before `now_ms`, oldest first."""
+    """Open reservations whose TTL ended at or before `now_ms`, oldest first (records of those already charged
+    are deleted, not returned: see `open_reservations`)."""
+    await _drop_charged(conn, now_ms)
     rows = await conn.fetch(
         "SELECT * FROM open_reservations WHERE expires_ms <= $1 ORDER BY expires_ms LIMIT $2", now_ms, limit
     )
@@ -133,10 +155,12 @@ async def delete_open_reservations(conn: Conn, reservation_ids: list[str]) -> No
 
 
 async def open_reserved(conn: Conn, keys: list[str]) -> dict[str, int]:
-    """What the open reservations hold on each counter (a counter rebuilt from the ledger starts with it)."""
+    """What the open reservations hold on each counter (a counter rebuilt from the ledger starts with it); a
+    record that outlived its reservation's charge (see `open_reservations`) holds nothing."""
     rows = await conn.fetch(
-        """SELECT l.k, sum(l.a) AS reserved FROM open_reservations o, unnest(o.keys, o.amounts) AS l (k, a)
-            WHERE o.keys && $1::text[] AND l.k = ANY($1::text[]) GROUP BY l.k""",
+        f"""SELECT l.k, sum(l.a) AS reserved FROM open_reservations o {_CHARGED}
+                   CROSS JOIN LATERAL unnest(o.keys, o.amounts) AS l (k, a)
+             WHERE c.charged IS NULL AND o.keys && $1::text[] AND l.k = ANY($1::text[]) GROUP BY l.k""",
         keys,
     )
     return {r["k"]: int(r["reserved"]) for r in rows}
