@@ -70,6 +70,7 @@ REPLICATED = ("quota", "saga", "analytics", "analytics-worker", "notifier", "gat
 DEFAULT_PORTS = {
     "gateway": 8080,
     "quota": 8082,
+    "quota-link": 8092,  # quota's internal link (LT_LINK_PORT): the gateway's admissions and releases
     "analytics": 8083,
     "saga": 8084,
     "notifier": 8085,
@@ -283,6 +284,11 @@ def up(run_dir: Path, port_mode: str, timeout: float, replicas: int = 1) -> int:
         identity = _internal_identity(run_dir)
 
         ports = _choose_ports(port_mode)
+        # Quota's internal link carries the gateway's admissions and releases; LT_STACK_QUOTA_LINK=false keeps
+        # them on HTTP (to compare the two: bench/ab_stacks.py).
+        link = os.environ.get("LT_STACK_QUOTA_LINK", "true").lower() not in ("0", "false", "no")
+        quota_link = {"LT_LINK_PORT": str(ports["quota-link"])} if link else {}
+        gateway_link = {"LT_QUOTA_LINK_URL": f"tcp://127.0.0.1:{ports['quota-link']}"} if link else {}
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         common = {
             **os.environ,
@@ -299,6 +305,7 @@ def up(run_dir: Path, port_mode: str, timeout: float, replicas: int = 1) -> int:
                 ["-m", "lt_quota"],
                 {
                     "LT_PORT": str(ports["quota"]),
+                    **quota_link,
                     "LT_SERVICE_NAME": "quota",
                     "LT_DATABASE_URL": database_url_for(pg_server, DATABASES["quota"]),
                     "LT_BOOTSTRAP_ADMIN_KEY": admin_key,
@@ -364,6 +371,7 @@ def up(run_dir: Path, port_mode: str, timeout: float, replicas: int = 1) -> int:
                     "LT_PORT": str(ports["gateway"]),
                     "LT_SERVICE_NAME": "gateway",
                     "LT_QUOTA_URL": url["quota"],
+                    **gateway_link,
                     "LT_SAGA_URL": url["saga"],
                     "LT_ANALYTICS_URL": url["analytics"],
                     "LT_NOTIFIER_URL": url["notifier"],

@@ -455,8 +455,9 @@ def test_every_process_of_the_stacks_has_a_deployment(rendered: dict[str, list[O
             assert re.search(rf"^FROM runtime AS {target}$", dockerfile, re.MULTILINE), target
             # leaky-tokens-<target>:TAG, or REGISTRY/.../<target>:TAG once an overlay renames it.
             assert re.search(rf"(^|/)(leaky-tokens-)?{target}:[^/]+$", container["image"]), container["image"]
-            assert [p["containerPort"] for p in container["ports"]] == [port]
             env = _env_of(objects, deployment)
+            link = [int(env["LT_LINK_PORT"])] if "LT_LINK_PORT" in env else []  # quota's internal link
+            assert [p["containerPort"] for p in container["ports"]] == [port, *link]
             assert int(env.get("LT_PORT", env.get("LT_WORKER_METRICS_PORT", 0))) == port, name
 
 
@@ -651,7 +652,7 @@ def test_network_policies_allow_exactly_the_calls_the_services_make(
     expected: set[tuple[str, str, int]] = set()
     for name, deployment in _by_kind(objects, "Deployment").items():
         for key, value in _env_of(objects, deployment).items():
-            if not key.endswith("_URL") or not value.startswith("http"):
+            if not key.endswith("_URL") or not value.startswith(("http", "tcp://")):
                 continue
             url = urlsplit(value)
             host = url.hostname or ""
@@ -660,6 +661,7 @@ def test_network_policies_allow_exactly_the_calls_the_services_make(
                 assert port in {p["port"] for p in services[host]["spec"]["ports"]}, (name, key, value)
                 expected.add((name, services[host]["spec"]["selector"]["app.kubernetes.io/name"], port))
     assert ("gateway", "quota", 8082) in expected
+    assert ("gateway", "quota", 8092) in expected  # its internal link (LT_QUOTA_LINK_URL)
     assert _allowed_calls(objects) == expected
 
 

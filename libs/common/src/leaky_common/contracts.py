@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from leaky_common.auth import Principal
 
 __all__ = [
+    "QUOTA_LINK_ADMIT",
+    "QUOTA_LINK_RELEASE",
     "AccessTokenRequest",
     "AdmitRequest",
     "AdmitResponse",
@@ -109,6 +111,9 @@ class JwkSet(BaseModel):
 
 # At most this many releases ride on one admission (`AdmitRequest.releases`); the gateway keeps the rest.
 MAX_RELEASES_PER_ADMISSION = 64
+# Quota's operations on the internal link (leaky_common.link): the same bodies as the HTTP routes.
+QUOTA_LINK_ADMIT = 1  # POST /internal/admit
+QUOTA_LINK_RELEASE = 2  # POST /internal/release
 
 
 class ReleaseRequest(BaseModel):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from leaky_common.auth import AssertionSigner, generate_signing_key
 from leaky_common.kafka import EventPublisher
+from leaky_common.link import LinkClient, parse_link_url
 from lt_gateway.adapters.management_client import ManagementClient
 from lt_gateway.adapters.model_table import ModelTable
 from lt_gateway.adapters.providers import Provider
@@ -104,6 +105,19 @@ def assertion_signer(settings: GatewaySettings) -> AssertionSigner:
     )
 
 
+def quota_link(settings: GatewaySettings) -> LinkClient | None:
+    """The client of quota's internal link, when `LT_QUOTA_LINK_URL` names one."""
+    if not settings.quota_link_url:
+        return None
+    host, port = parse_link_url(settings.quota_link_url)
+    return LinkClient(
+        host,
+        port,
+        connections=settings.quota_link_connections,
+        max_age_s=settings.quota_connection_max_age_s,
+    )
+
+
 def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | None = None) -> Gateway:
     """Build (without connecting) everything the gateway needs; `providers` replaces the real adapters."""
     models = ModelTable.load(settings.models_file)
@@ -116,6 +130,7 @@ def build_gateway(settings: GatewaySettings, providers: dict[str, Provider] | No
         settings.quota_connection_max_age_s,
         release_linger_s=settings.release_linger_s,
         release_timeout_s=settings.release_timeout_s,
+        link=quota_link(settings),
     )
     usage = UsageSink(
         EventPublisher(settings),

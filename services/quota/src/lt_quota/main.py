@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from leaky_common.api import service_app
 from leaky_common.db import ping
+from leaky_common.link import LinkServer
 from lt_quota.api import hot
 from lt_quota.api.routes import internal_router, public_router
 from lt_quota.bootstrap import Quota, run_quota
@@ -25,7 +26,18 @@ def create_app(settings: QuotaSettings, *, clock: Clock | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with run_quota(settings, clock) as quota:
             app.state.quota = quota
-            yield
+            if settings.link_port is None:
+                yield
+                return
+            # The internal link (the gateway's admissions and releases without HTTP), beside the HTTP port.
+            link = LinkServer("quota", hot.link_ops(quota.admission, quota.settlement, app.state.verifier))
+            app.state.link_port = await link.start(
+                settings.host, settings.link_port, reuse_port=settings.reuse_port
+            )
+            try:
+                yield
+            finally:
+                await link.stop()
 
     async def ready(app: FastAPI) -> dict[str, bool]:
         checks = {"postgres": False, "redis": False, "consumer": False}

@@ -16,6 +16,10 @@ class QuotaSettings(ServiceSettings):
 
     service_name: str = "quota"
     port: int = 8082
+    # The internal link's port (leaky_common.link): the gateway's admissions and releases over a few persistent
+    # connections without HTTP (the gateway's `LT_QUOTA_LINK_URL` names it). Unset: no link, the gateway calls
+    # over HTTP; 0: any free port (tests). `make up`, compose and the Kubernetes manifests use 8092.
+    link_port: int | None = Field(default=None, ge=0, le=65535)
 
     # When set, start-up ensures a default org, an admin user holding this key, and a large personal pool.
     bootstrap_admin_key: str | None = None
