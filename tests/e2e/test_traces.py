@@ -116,7 +116,7 @@ async def test_a_chat_requests_trace_spans_the_gateway_quota_the_provider_and_bo
     request = one(spans, "gateway", "POST /v1/chat/completions")
     assert request.kind == "server" and request.parent_id == caller
     assert "publish usage.recorded" in request.events
-    # The gateway's outbound call to quota is a CLIENT span, parent of quota's server span.
+    # The gateway's outbound call to quota (over its internal link) is a CLIENT span, parent of quota's server span.
     to_admit = outbound(spans, "gateway", "/internal/admit")
     assert to_admit.kind == "client" and to_admit.parent_id == request.span_id
     assert to_admit.attributes["http.request.method"] == "POST"

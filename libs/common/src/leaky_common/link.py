@@ -308,6 +308,11 @@ class LinkClient:
         self._ids = itertools.count(1)
         self._retiring: set[_ClientConnection] = set()
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """The server's (host, port)."""
+        return self._host, self._port
+
     async def _connection(self, slot: int) -> _ClientConnection:
         conn = self._slots[slot]
         if conn is not None and not conn.closed:

@@ -1,4 +1,4 @@
-"""The gateway's client for quota: one pooled keep-alive HTTP call per governed request."""
+"""The gateway's client for quota: one call per governed request, over quota's internal link or pooled keep-alive HTTP."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import aiohttp
 import orjson
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 
+from leaky_common import client_spans
 from leaky_common.auth import AssertionSigner, Principal, looks_like_access_token
 from leaky_common.client_spans import http_client_spans
 from leaky_common.contracts import (
@@ -30,6 +31,7 @@ from leaky_common.link import LinkClient
 
 _FORWARDED_DENIAL_HEADERS = ("retry-after",)
 QUOTA_AUDIENCE = "quota"
+_LINK_ROUTES = {QUOTA_LINK_ADMIT: "/internal/admit", QUOTA_LINK_RELEASE: "/internal/release"}
 
 logger = logging.getLogger(__name__)
 
@@ -151,16 +153,40 @@ class QuotaClient:
             raise ServiceUnavailable("quota service unavailable", code="quota_unavailable") from exc
 
     async def _call(self, op: int, payload: bytes, timeout_s: float) -> tuple[int, bytes, dict[str, str]]:
-        """One call over the link, answered as `_post` answers."""
+        """One call over the link, answered as `_post` answers. In a sampled trace it gets a CLIENT span (as an
+        HTTP call does: `leaky_common.client_spans`), whose context quota's span continues."""
         assert self._link is not None
+        span = None
+        if client_spans.sampled():
+            host, port = self._link.address
+            route = _LINK_ROUTES.get(op, "")
+            span = client_spans.client_span(
+                f"link {route}",
+                {
+                    "http.request.method": "POST",  # the HTTP route the call stands for
+                    "url.full": f"tcp://{host}:{port}{route}",
+                    "network.transport": "tcp",
+                    "server.address": host,
+                    "server.port": port,
+                },
+            )
         carrier: dict[str, str] = {}
-        propagate.inject(carrier)  # traceparent when tracing is on; nothing otherwise
+        # traceparent when tracing is on (the client span's in a sampled trace); nothing otherwise
+        propagate.inject(carrier, context=trace.set_span_in_context(span) if span is not None else None)
         try:
             answer = await self._link.call(
                 op, self._signer.caller(QUOTA_AUDIENCE), carrier.get("traceparent", ""), payload, timeout_s
             )
         except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
+            if span is not None:
+                client_spans.fail(span, type(exc).__name__)
+                span.end()
             raise ServiceUnavailable("quota service unavailable", code="quota_unavailable") from exc
+        if span is not None:
+            span.set_attribute("http.response.status_code", answer.status)
+            if answer.status >= 400:
+                client_spans.fail(span, str(answer.status))
+            span.end()
         return answer.status, answer.body, {"retry-after": answer.retry_after} if answer.retry_after else {}
 
     async def reachable(self, timeout_s: float = 2.0) -> bool:
