@@ -171,9 +171,13 @@ def install_openapi(app: FastAPI) -> None:
 # Probes and scrapes are not traced; one request span per request (FastAPI's per-dependency and per-endpoint
 # operation spans would double the cost of every traced request for little insight).
 UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# FastAPI's OpenTelemetry metrics and logs stay off (Prometheus has the metrics, the JSON logs go to stdout): with
+# them on, every request asked the global meter and logger providers whether they were configured.
 TELEMETRY: TelemetryConfig = {
     "exclude": lambda scope: scope.get("path") in UNTRACED_PATHS,
     "operation_spans": False,
+    "metrics": False,
+    "logs": False,
 }
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
