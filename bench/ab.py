@@ -52,12 +52,13 @@ FIGURES = ("rps", "p50_c1", "p99_c1", "p50_cN", "cpu_gateway", "cpu_quota", "cpu
 
 
 def env_pairs(values: list[str]) -> dict[str, str]:
-    """`K=V` arguments as a dict (a clear error for anything else)."""
+    """`K=V` arguments as a dict (a clear error for anything else): LT_ settings, or PYTHONPATH (to run one
+    service from another checkout: `PYTHONPATH=/tmp/old/services/quota/src` compares that commit's quota)."""
     out = {}
     for value in values:
         key, sep, val = value.partition("=")
-        if not sep or not key.startswith("LT_"):
-            raise SystemExit(f"expected LT_NAME=value, got {value!r}")
+        if not sep or not (key.startswith("LT_") or key == "PYTHONPATH"):
+            raise SystemExit(f"expected LT_NAME=value or PYTHONPATH=dir, got {value!r}")
         out[key] = val
     return out
 

@@ -1,6 +1,7 @@
 """Money exact on every path: the release before the answer's end, batched settlement (idempotent per event,
 also inside one batch), commands that never wait behind usage, and reservations that survive Redis loss."""
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -249,6 +250,30 @@ async def test_releases_riding_on_an_admission_apply_whatever_its_answer(setting
         assert r.json()["reserved_tokens"] == 2000
         assert await h.pool(user["pool_id"]) == (0, 300 + 2000)
         assert (await h.release(held[2]["reservation_id"], 100)).json() == {"released": False}  # applied once
+
+
+async def test_concurrent_admissions_share_redis_round_trips_and_each_gets_its_own_answer(
+    settings: QuotaSettings,
+) -> None:
+    """Admissions arriving together go to Redis in one pipeline (not on Redis Cluster, whose pipelines refuse
+    scripts); each still gets its own reservation and verdict, and the pool holds exactly what was granted."""
+    async with running(settings) as h:
+        user = await h.create_user(quota=10_000)
+        first = await h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=490)  # the key now known
+        assert first.status_code == 200, first.text
+        pipeline = h.service.state._pipeline
+        pipelines, calls = pipeline.pipelines, pipeline.calls
+        answers = await asyncio.gather(
+            *(h.admit(user["api_key"], prompt_tokens=10, max_output_tokens=490) for _ in range(25))
+        )
+        granted = [a.json() for a in answers if a.status_code == 200]
+        refused = [a for a in answers if a.status_code != 200]
+        assert len(granted) == 19 and all(r.status_code == 402 for r in refused), [a.text for a in refused]
+        assert len({g["reservation_id"] for g in granted}) == 19
+        assert await h.pool(user["pool_id"]) == (0, 20 * 500)
+        if not settings.redis_cluster:
+            assert pipeline.calls - calls == 25
+            assert pipeline.pipelines - pipelines < 25, "every admission had a round trip of its own"
 
 
 async def test_the_gateway_waits_for_the_release_only_on_a_snug_budget(settings: QuotaSettings) -> None:

@@ -129,7 +129,12 @@ class RedisState:
     async def admit(self, a: AdmitArgs) -> list[Any]:
         """Run the admission script once (EVALSHA); returns its raw reply."""
         keys, args = self._admit_call(a)
-        return cast(list[Any], await self._admit(keys=keys, args=args))
+        if self._cluster:  # its pipelines refuse EVALSHA
+            return cast(list[Any], await self._admit(keys=keys, args=args))
+        (reply,) = await self._pipeline.run_together([(self._admit, keys, args)], "admit")
+        if isinstance(reply, Exception):
+            raise reply
+        return cast(list[Any], reply)
 
     async def release_then_admit(
         self, releases: Sequence[tuple[str, int, int]], a: AdmitArgs
@@ -146,7 +151,7 @@ class RedisState:
             (self._release, [self.reservation_key(r)], [tokens, usd]) for r, tokens, usd in releases
         ]
         calls.append((self._admit, keys, args))
-        *release_replies, admit_reply = await self._pipeline.run(calls, "admit")
+        *release_replies, admit_reply = await self._pipeline.run_together(calls, "admit")
         if isinstance(admit_reply, Exception):
             raise admit_reply
         released: list[dict[str, str] | None] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -28,6 +29,47 @@ class ScriptPipeline:
     def __init__(self, redis: Redis[str]) -> None:
         self.redis = redis
         self._loaded = False
+        self._queued: list[tuple[list[ScriptCall], asyncio.Future[list[Any]]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+        self.pipelines = 0  # pipelines sent by `run_together`
+        self.calls = 0  # the calls they carried
+
+    async def run_together(self, calls: list[ScriptCall], span_name: str) -> list[Any]:
+        """As `run`, but the calls of every caller within one turn of the event loop go in one pipeline (their
+        order kept within each caller's calls): under load, several admissions share a round trip, a write
+        and a read on each side, instead of one each. The replies are each caller's own."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self._flush, span_name)
+        self._queued.append((calls, future))
+        return await future
+
+    def _flush(self, span_name: str) -> None:
+        queued, self._queued = self._queued, []
+        task = asyncio.ensure_future(self._run_queued(queued, span_name))
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _run_queued(
+        self, queued: list[tuple[list[ScriptCall], asyncio.Future[list[Any]]]], span_name: str
+    ) -> None:
+        flat = [call for calls, _ in queued for call in calls]
+        self.pipelines += 1
+        self.calls += len(flat)
+        try:
+            replies = await self.run(flat, span_name)
+        except BaseException as exc:  # the pipeline failed as a whole (connection lost): every caller sees it
+            for _, future in queued:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else RedisError(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for calls, future in queued:
+            if not future.done():  # (a caller cancelled meanwhile: its calls ran all the same)
+                future.set_result(replies[start : start + len(calls)])
+            start += len(calls)
 
     async def run(self, calls: list[ScriptCall], span_name: str) -> list[Any]:
         """Each call's reply, or the error Redis answered for it; one `BATCH EVALSHA <span_name>` span in a
