@@ -77,23 +77,42 @@ def parse_link_url(url: str) -> tuple[str, int]:
 # --- server ------------------------------------------------------------------------------------------------
 
 
-class _ServerConnection(asyncio.Protocol):
-    def __init__(self, server: LinkServer) -> None:
-        self._server = server
-        self._buffer = bytearray()
-        self._transport: asyncio.Transport | None = None
+class _Framed(asyncio.Protocol):
+    """A connection's side: frames sent in one turn of the event loop go out in one write."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
+
+    def send(self, frame: bytes) -> None:
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
+
+
+class _ServerConnection(_Framed):
+    def __init__(self, server: LinkServer) -> None:
+        super().__init__()
+        self._server = server
+        self._buffer = bytearray()
         self._tasks: set[asyncio.Task[None]] = set()
         self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
-        self._transport = None
+        self.transport = None
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -127,15 +146,15 @@ class _ServerConnection(asyncio.Protocol):
             task.add_done_callback(self._done)
             offset = end
         del buffer[:offset]
-        if len(self._tasks) >= _MAX_IN_FLIGHT and self._transport is not None and not self._paused:
+        if len(self._tasks) >= _MAX_IN_FLIGHT and self.transport is not None and not self._paused:
             self._paused = True
-            self._transport.pause_reading()
+            self.transport.pause_reading()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if self._paused and len(self._tasks) < _MAX_IN_FLIGHT // 2 and self._transport is not None:
+        if self._paused and len(self._tasks) < _MAX_IN_FLIGHT // 2 and self.transport is not None:
             self._paused = False
-            self._transport.resume_reading()
+            self.transport.resume_reading()
 
     async def _serve(self, call_id: int, op: LinkOp, assertion: str, traceparent: str, body: bytes) -> None:
         started = time.perf_counter()
@@ -153,7 +172,7 @@ class _ServerConnection(asyncio.Protocol):
         HTTP_REQUESTS.labels(self._server.service, "POST", op.route, str(answer.status)).inc()
         HTTP_LATENCY.labels(self._server.service, op.route).observe(time.perf_counter() - started)
         retry_after = answer.retry_after.encode("ascii")
-        self._send(
+        self.send(
             _ANSWER.pack(len(answer.body), call_id, answer.status, len(retry_after))
             + retry_after
             + answer.body
@@ -171,21 +190,9 @@ class _ServerConnection(asyncio.Protocol):
             logger.exception("unhandled error on %s", op.route)
             return Answer(500, "", orjson.dumps(error_body("internal error", "api_error", "internal_error")))
 
-    def _send(self, frame: bytes) -> None:
-        self._out.append(frame)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out, self._out = self._out, []
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(b"".join(out))
-
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        if self.transport is not None:
+            self.transport.close()
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (at most `timeout_s`) for the calls in flight, send their answers, then close."""
@@ -230,15 +237,13 @@ class LinkClosed(ConnectionError):
     """The connection closed before the call was answered."""
 
 
-class _ClientConnection(asyncio.Protocol):
+class _ClientConnection(_Framed):
     def __init__(self) -> None:
+        super().__init__()
         self.born = time.monotonic()
         self.pending: dict[int, asyncio.Future[Answer]] = {}
-        self.transport: asyncio.Transport | None = None
         self.closed = False
         self._buffer = bytearray()
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -271,18 +276,6 @@ class _ClientConnection(asyncio.Protocol):
                 future.set_result(Answer(status, retry_after, bytes(buffer[start + r_len : end])))
             offset = end
         del buffer[:offset]
-
-    def send(self, frame: bytes) -> None:
-        self._out.append(frame)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out, self._out = self._out, []
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out))
 
     def abort(self) -> None:
         if self.transport is not None:
