@@ -66,18 +66,21 @@ class TracedRedis(Redis):  # type: ignore[type-arg]
 def batch_span(redis: Any, script: str, size: int) -> Span | None:
     """In a sampled trace, a started CLIENT span for a pipeline of `size` Lua scripts run for `script` (its
     caller ends it); None otherwise. Named `BATCH EVALSHA <script>` with `db.operation.batch.size`, after
-    OpenTelemetry's batch convention; the same attributes as a single command's, never a key or argument."""
+    OpenTelemetry's batch convention; the same attributes as a single command's, never a key or argument. A
+    pipeline of one script is no batch (the convention's minimum is two): `EVALSHA <script>`, as if sent alone."""
     if not sampled():
         return None
     server = redis._server() if isinstance(redis, TracedRedis) else {}
+    operation = "BATCH EVALSHA" if size > 1 else "EVALSHA"
     attributes: dict[str, Any] = {
         "db.system.name": "redis",
-        "db.operation.name": "BATCH EVALSHA",
-        "db.operation.batch.size": size,
+        "db.operation.name": operation,
         "db.stored_procedure.name": script,
         **server,
     }
-    return client_span(f"BATCH EVALSHA {script}", attributes)
+    if size > 1:
+        attributes["db.operation.batch.size"] = size
+    return client_span(f"{operation} {script}", attributes)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------

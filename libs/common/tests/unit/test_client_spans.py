@@ -115,3 +115,15 @@ def test_a_pipeline_of_scripts_gets_one_batch_span_only_in_a_sampled_trace() -> 
         "server.address": "redis.internal",
         "server.port": 6380,
     }
+
+
+def test_a_pipeline_of_one_script_is_no_batch() -> None:
+    """OpenTelemetry counts two or more operations as a batch: one script alone is named as if sent alone."""
+    redis = TracedRedis(host="redis.internal", port=6380)
+    with capture_spans() as exported, tracer.start_as_current_span("request"):
+        span = batch_span(redis, "admit", 1)
+        assert span is not None
+        span.end()
+    (made,) = [s for s in exported.get_finished_spans() if s.name == "EVALSHA admit"]
+    attributes = dict(made.attributes or {})
+    assert attributes["db.operation.name"] == "EVALSHA" and "db.operation.batch.size" not in attributes
