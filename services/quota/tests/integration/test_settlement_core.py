@@ -154,6 +154,19 @@ async def lose_redis(settings: QuotaSettings) -> None:
         await redis.aclose()
 
 
+async def forget_scripts(settings: QuotaSettings) -> None:
+    """Redis forgets every Lua script it held (as after a restart without persistence)."""
+    redis: Any = (
+        RedisCluster.from_url(settings.redis_url)
+        if settings.redis_cluster
+        else Redis.from_url(settings.redis_url)
+    )
+    try:
+        await redis.script_flush()
+    finally:
+        await redis.aclose()
+
+
 async def test_release_frees_the_unused_part_for_back_to_back_requests(settings: QuotaSettings) -> None:
     async with running(settings) as h:
         user = await h.create_user(quota=3000)
@@ -175,6 +188,7 @@ async def test_releases_riding_on_an_admission_are_applied_before_it(settings: Q
     """The gateway sends the releases it did not wait for with its next admission (`releases`)."""
     async with running(settings) as h:
         user = await h.create_user(quota=3000)
+        await forget_scripts(settings)  # the release script is first loaded for the pipeline it rides in
         first = (await h.admit(user["api_key"], prompt_tokens=40, model_max_output_tokens=4096)).json()
         assert first["reserved_tokens"] == 3000  # everything: a second admission alone is refused
         r = await h.admit(user["api_key"], prompt_tokens=40)
@@ -236,15 +250,7 @@ async def test_releases_riding_on_an_admission_apply_whatever_its_answer(setting
         assert await h.pool(user["pool_id"]) == (0, 3000 - 1800)
         # Redis forgot every script: both are loaded again and run, the release first (the admission needs what
         # it frees: 1,200 + 900 left).
-        redis: Any = (
-            RedisCluster.from_url(settings.redis_url)
-            if settings.redis_cluster
-            else Redis.from_url(settings.redis_url)
-        )
-        try:
-            await redis.script_flush()
-        finally:
-            await redis.aclose()
+        await forget_scripts(settings)
         r = await h.admit(user["api_key"], prompt_tokens=1000, max_output_tokens=1000, releases=[held[2]])
         assert r.status_code == 200, r.text
         assert r.json()["reserved_tokens"] == 2000

@@ -28,7 +28,7 @@ class ScriptPipeline:
 
     def __init__(self, redis: Redis[str]) -> None:
         self.redis = redis
-        self._loaded = False
+        self._loaded: set[str] = set()  # SHA-1s of the scripts loaded into Redis by this pipeline
         self._queued: list[tuple[list[ScriptCall], asyncio.Future[list[Any]]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
         self.pipelines = 0  # pipelines sent by `run_together`
@@ -86,13 +86,16 @@ class ScriptPipeline:
                 span.end()
 
     async def _run(self, calls: list[ScriptCall]) -> list[Any]:
-        if not self._loaded:
+        if any(cast(Any, c[0]).sha not in self._loaded for c in calls):
+            # Each script is loaded before its first pipeline: one that is not would answer NOSCRIPT and run
+            # only after the pipeline, out of its caller's order (a release after the admission it rides on).
             await self._load(calls)
         pipe = self.redis.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.evalsha(cast(Any, script).sha, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         if any(isinstance(reply, NoScriptError) for reply in replies):
+            self._loaded.clear()  # Redis forgot its scripts (restart, flush): all of them, not only these
             await self._load(calls)
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
@@ -107,4 +110,4 @@ class ScriptPipeline:
         client: Any = self.redis  # SCRIPT LOAD is untyped in types-redis
         for script in {id(c[0]): c[0] for c in calls}.values():
             await client.script_load(cast(Any, script).script)
-        self._loaded = True
+            self._loaded.add(cast(Any, script).sha)
