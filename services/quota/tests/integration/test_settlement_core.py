@@ -517,6 +517,24 @@ async def test_rate_limit_buckets_redis_lost_count_as_full_and_drain_from_then(
             assert (await h.admit(user["api_key"], max_output_tokens=10)).status_code == 200
 
 
+async def test_a_flush_returns_once_a_write_already_in_flight_is_committed(settings: QuotaSettings) -> None:
+    """Recovery flushes, then reads the records: a write the writer had in flight must be committed by then, or
+    recovery misses its reservations (the holds, and the rate-limit buckets counted as full)."""
+    slow = settings.model_copy(update={"reservation_record_linger_s": 5.0})  # the writer stays out of the way
+    async with running(slow, ManualClock()) as h:
+        user = await h.create_user(quota=10_000)
+        admitted = (await h.admit(user["api_key"], max_output_tokens=100)).json()
+        durable = h.service.durable
+        in_flight = asyncio.create_task(durable.flush())  # the writer's write: it has taken the queue
+        await asyncio.sleep(0)
+        assert not in_flight.done()
+        await durable.flush()  # nothing left queued, but it waits for the write in flight
+        assert in_flight.done() and durable.written == 1
+        async with h.service.db.acquire() as conn:
+            left = "SELECT count(*) FROM open_reservations WHERE reservation_id = $1"
+            assert await conn.fetchval(left, admitted["reservation_id"]) == 1
+
+
 async def test_a_quiet_redis_loss_leaves_the_buckets_empty(
     settings: QuotaSettings, postgres_url: str
 ) -> None:

@@ -58,6 +58,9 @@ class DurableReservations:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._recovering = asyncio.Lock()
+        # One write at a time: `flush` returns once what was queued before it is committed, also when the
+        # writer's own write of it was already in flight (recovery must see those records).
+        self._writing = asyncio.Lock()
         self.written = 0  # records written
         self.writes = 0  # statements that wrote them
 
@@ -106,20 +109,22 @@ class DurableReservations:
         return None
 
     async def flush(self, *, everything: bool = False) -> None:
-        """Write what is queued now (with `everything`, the deferred release updates too)."""
-        self._due(everything)
-        batch, self._pending = self._pending, {}
-        if not batch:
-            return
-        try:
-            async with self.ctx.db.acquire() as conn:
-                await repo.upsert_open_reservations(conn, list(batch.values()))
-        except BaseException:
-            for reservation_id, record in batch.items():  # newer fields queued meanwhile win
-                self._pending.setdefault(reservation_id, record)
-            raise
-        self.written += len(batch)
-        self.writes += 1
+        """Write what is queued now (with `everything`, the deferred release updates too); returns once that,
+        and a write in flight when called, is committed."""
+        async with self._writing:
+            self._due(everything)
+            batch, self._pending = self._pending, {}
+            if not batch:
+                return
+            try:
+                async with self.ctx.db.acquire() as conn:
+                    await repo.upsert_open_reservations(conn, list(batch.values()))
+            except BaseException:
+                for reservation_id, record in batch.items():  # newer fields queued meanwhile win
+                    self._pending.setdefault(reservation_id, record)
+                raise
+            self.written += len(batch)
+            self.writes += 1
 
     async def _run(self) -> None:
         while True:
