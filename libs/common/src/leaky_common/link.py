@@ -331,17 +331,15 @@ class LinkClient:
             self._slots[slot] = future.result()
 
     def _retire(self, conn: _ClientConnection) -> None:
-        """No new calls on `conn`; it closes once its calls are answered (or fail)."""
+        """No new calls on `conn`; it closes once its calls are answered (or fail): now, or when the last ends."""
         self._retiring.add(conn)
-        self._close_when_idle(conn)
+        self._close_if_idle(conn)
 
-    def _close_when_idle(self, conn: _ClientConnection) -> None:
+    def _close_if_idle(self, conn: _ClientConnection) -> None:
         if conn.closed or not conn.pending:
             self._retiring.discard(conn)
             if conn.transport is not None:
                 conn.transport.close()
-            return
-        asyncio.get_running_loop().call_later(0.05, self._close_when_idle, conn)
 
     async def call(self, op: int, assertion: str, traceparent: str, body: bytes, timeout_s: float) -> Answer:
         """One call; its answer, or ConnectionError / TimeoutError."""
@@ -359,6 +357,8 @@ class LinkClient:
                 return await future
             finally:
                 conn.pending.pop(call_id, None)
+                if conn in self._retiring:
+                    self._close_if_idle(conn)
 
     async def close(self) -> None:
         """Close every connection (calls still open fail with ConnectionError)."""

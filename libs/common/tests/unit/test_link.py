@@ -231,6 +231,30 @@ async def test_old_connections_are_replaced_after_their_maximum_age(
         await client.close()
 
 
+async def test_an_aged_connection_closes_when_its_last_call_is_answered(
+    served: tuple[Ops, LinkServer, int],
+) -> None:
+    ops, server, port = served
+    client = LinkClient("127.0.0.1", port, connections=1, max_age_s=0.2)
+    try:
+        slow = asyncio.ensure_future(client.call(SLOW, "a", "", b"x", 5))
+        await asyncio.wait_for(ops.slow_started.wait(), 5)
+        first = set(server.connections)
+        await asyncio.sleep(0.3)  # the connection ages past its maximum with the slow call in flight
+        await client.call(ECHO, "a", "", b"", 5)  # on a fresh connection: the old one is retired, not closed
+        assert first <= server.connections and len(server.connections) == 2
+        ops.release_slow.set()
+        assert (await slow).body == b"slow:x"  # answered on the retired connection, which then closes
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while server.connections & first:
+            assert asyncio.get_running_loop().time() < deadline, "the retired connection never closed"
+            await asyncio.sleep(0.01)
+        assert len(server.connections) == 1
+    finally:
+        await client.close()
+
+
 def test_link_urls_name_a_tcp_host_and_port() -> None:
     assert parse_link_url("tcp://quota:8092") == ("quota", 8092)
     for bad in ("http://quota:8092", "tcp://quota", "tcp://:8092", "tcp://quota:8092/x", "quota:8092"):

@@ -109,5 +109,6 @@ class ScriptPipeline:
     async def _load(self, calls: list[ScriptCall]) -> None:
         client: Any = self.redis  # SCRIPT LOAD is untyped in types-redis
         for script in {id(c[0]): c[0] for c in calls}.values():
-            await client.script_load(cast(Any, script).script)
-            self._loaded.add(cast(Any, script).sha)
+            if cast(Any, script).sha not in self._loaded:  # (after NOSCRIPT none is: each is loaded again)
+                await client.script_load(cast(Any, script).script)
+                self._loaded.add(cast(Any, script).sha)

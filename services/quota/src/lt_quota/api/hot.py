@@ -41,25 +41,20 @@ def _refusal(exc: ServiceError) -> Answer:
     return Answer(exc.status, exc.headers.get("Retry-After", ""), orjson.dumps(exc.body()))
 
 
-async def admit_call(
-    admission: Admission, verifier: AssertionVerifier, assertion: str | None, body: bytes
-) -> Answer:
-    """Authenticate, rate-limit and reserve in one call. Earlier answers' releases ride on this admission: Redis
-    runs them first, in the same round trip."""
+async def _admit(admission: Admission, body: bytes) -> Answer:
+    """Authenticate the key, rate-limit and reserve in one call (the caller assertion was checked). Earlier
+    answers' releases ride on this admission: Redis runs them first, in the same round trip."""
     try:
-        verifier.caller(assertion)
         result = await admission.admit(_parse(AdmitRequest, body))
     except ServiceError as exc:
         return _refusal(exc)
     return Answer(200, "", result.model_dump_json().encode())
 
 
-async def release_call(
-    settlement: Settlement, verifier: AssertionVerifier, assertion: str | None, body: bytes
-) -> Answer:
-    """Shrink a reservation to what its answer used, before the client has the whole answer."""
+async def _release(settlement: Settlement, body: bytes) -> Answer:
+    """Shrink a reservation to what its answer used, before the client has the whole answer (the caller
+    assertion was checked)."""
     try:
-        verifier.caller(assertion)
         release = _parse(ReleaseRequest, body)
         released = await settlement.release(
             release.reservation_id, release.total_tokens, release.cost_usd_micros
@@ -69,6 +64,31 @@ async def release_call(
     return Answer(200, "", ReleaseResponse(released=released).model_dump_json().encode())
 
 
+def _caller_refusal(verifier: AssertionVerifier, assertion: str | None) -> Answer | None:
+    """The refusal of a call without a valid caller assertion, else None."""
+    try:
+        verifier.caller(assertion)
+    except ServiceError as exc:
+        return _refusal(exc)
+    return None
+
+
+async def admit_call(
+    admission: Admission, verifier: AssertionVerifier, assertion: str | None, body: bytes
+) -> Answer:
+    """Check the caller assertion, then admit."""
+    refused = _caller_refusal(verifier, assertion)
+    return refused if refused is not None else await _admit(admission, body)
+
+
+async def release_call(
+    settlement: Settlement, verifier: AssertionVerifier, assertion: str | None, body: bytes
+) -> Answer:
+    """Check the caller assertion, then release."""
+    refused = _caller_refusal(verifier, assertion)
+    return refused if refused is not None else await _release(settlement, body)
+
+
 def _response(answer: Answer) -> Response:
     headers = {"Retry-After": answer.retry_after} if answer.retry_after else None
     return Response(answer.body, status_code=answer.status, media_type="application/json", headers=headers)
@@ -76,32 +96,22 @@ def _response(answer: Answer) -> Response:
 
 def _refused(request: Request) -> Response | None:
     """The refusal of a call without a valid caller assertion (checked before the body is read), else None."""
-    verifier: AssertionVerifier = request.app.state.verifier
-    try:
-        verifier.caller(request.headers.get(ASSERTION_HEADER))
-    except ServiceError as exc:
-        return _response(_refusal(exc))
-    return None
+    refused = _caller_refusal(request.app.state.verifier, request.headers.get(ASSERTION_HEADER))
+    return _response(refused) if refused is not None else None
 
 
 async def admit(request: Request) -> Response:
     """`POST /internal/admit` over HTTP."""
     if (refused := _refused(request)) is not None:
         return refused
-    state = request.app.state
-    assertion = request.headers[ASSERTION_HEADER]
-    return _response(await admit_call(state.quota.admission, state.verifier, assertion, await request.body()))
+    return _response(await _admit(request.app.state.quota.admission, await request.body()))
 
 
 async def release(request: Request) -> Response:
     """`POST /internal/release` over HTTP."""
     if (refused := _refused(request)) is not None:
         return refused
-    state = request.app.state
-    assertion = request.headers[ASSERTION_HEADER]
-    return _response(
-        await release_call(state.quota.settlement, state.verifier, assertion, await request.body())
-    )
+    return _response(await _release(request.app.state.quota.settlement, await request.body()))
 
 
 def link_ops(admission: Admission, settlement: Settlement, verifier: AssertionVerifier) -> list[LinkOp]:
