@@ -26,6 +26,7 @@ from leaky_common import kafka_uvloop
 from leaky_common.errors import store_unavailable
 from leaky_common.events import AnyMessage, Message, Topics, parse_message
 from leaky_common.kafka_admin import client_options, ensure_topics
+from leaky_common.kafka_produce import KeyPartitions, RawMessage, send_batches
 from leaky_common.metrics import CONSUMER_LAG, DEAD_LETTERS
 from leaky_common.settings import ServiceSettings
 from leaky_common.tasks import cancel_and_wait
@@ -35,6 +36,7 @@ __all__ = [
     "EventConsumer",
     "EventPublisher",
     "Handler",
+    "RawMessage",
     "broker_reachable",
     "client_options",
     "ensure_topics",
@@ -91,6 +93,7 @@ class EventPublisher:
         self._settings = settings
         # aiokafka binds to the running loop, so the producer is made in start().
         self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[str, KeyPartitions] = {}  # per topic
 
     async def start(self) -> None:
         """Connect to the broker."""
@@ -137,6 +140,15 @@ class EventPublisher:
     ) -> None:
         """Send pre-serialised bytes (used for the DLQ and outbox relays)."""
         await self._ready_producer().send_and_wait(topic, value, key=key, headers=headers)
+
+    async def publish_batch(self, topic: str, messages: Sequence[RawMessage]) -> list[BaseException | None]:
+        """Send pre-serialised messages in one record batch per partition (each key on the partition `send`
+        would choose, in order within it) and wait for the broker: per message, None once acknowledged, else
+        its batch's exception. Far less work per message than one `send` each (leaky_common.kafka_produce)."""
+        producer = self._ready_producer()
+        partitions = sorted(await producer.partitions_for(topic))
+        keys = self._partitions.setdefault(topic, KeyPartitions())
+        return await send_batches(producer, topic, keys, partitions, messages)
 
 
 def _cancel_group_tasks(consumer: AIOKafkaConsumer) -> None:

@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import NodeNotReadyError
 
 from leaky_common.events import AnyMessage, Topics, UsageRecorded
-from leaky_common.kafka import EventConsumer, EventPublisher, ensure_topics
+from leaky_common.kafka import EventConsumer, EventPublisher, RawMessage, ensure_topics
 from leaky_common.settings import ServiceSettings
 from leaky_devinfra.testing import eventually as wait_until
 
@@ -222,3 +222,45 @@ async def test_a_failure_in_the_loop_itself_reopens_the_consumer(kafka_bootstrap
             assert consumer.running and seen.count("first") == 2
         finally:
             await consumer.stop()
+
+
+async def test_a_published_batch_lands_as_single_sends_would(kafka_bootstrap: str) -> None:
+    """publish_batch: each key on the partition `send` puts it on, in order within it, with its headers; a
+    message too large for a record batch fails alone."""
+    async with fresh_topic(kafka_bootstrap) as (topic, _settings, publisher):
+        partitions = sorted(await publisher._ready_producer().partitions_for(topic))
+        assert len(partitions) > 1
+        keys = [f"user-{i % 7}".encode() for i in range(300)]  # more than one record batch per partition
+        messages = [
+            (f"{i}:".encode() + b"x" * 300, key, [("n", str(i).encode())]) for i, key in enumerate(keys)
+        ]
+        huge: RawMessage = (b"x" * 2_000_000, b"user-0", [])
+        errors = await publisher.publish_batch(topic, [*messages[:150], huge, *messages[150:]])
+        assert errors[150] is not None and errors[:150] + errors[151:] == [None] * 300
+        expected = {}  # where one send of each key lands
+        for key in sorted(set(keys)):
+            sent = await publisher._ready_producer().send_and_wait(topic, b"probe", key=key)
+            expected[key] = sent.partition
+
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            got: list[tuple[int, bytes, bytes, dict[str, bytes]]] = []
+            deadline = asyncio.get_running_loop().time() + 20
+            while len(got) < 307 and asyncio.get_running_loop().time() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                got.extend(
+                    (r.partition, r.key or b"", r.value or b"", dict(r.headers))
+                    for rs in batch.values()
+                    for r in rs
+                )
+        finally:
+            await consumer.stop()
+        batched = [g for g in got if g[2] != b"probe"]
+        assert len(batched) == 300 and len(got) == 307
+        for partition, key, value, headers in batched:
+            assert partition == expected[key]
+            assert headers == {"n": value.split(b":")[0]}
+        for key in expected:  # in the order published, per key (and so per partition)
+            order = [int(v.split(b":")[0]) for _, k, v, _ in batched if k == key]
+            assert order == sorted(order) and len(order) == keys.count(key)

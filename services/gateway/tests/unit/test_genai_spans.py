@@ -122,10 +122,11 @@ class Publisher:
     async def stop(self) -> None:
         pass
 
-    async def publish_raw(
-        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> None:
-        self.sent.append((topic, headers))
+    async def publish_batch(
+        self, topic: str, messages: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]
+    ) -> list[BaseException | None]:
+        self.sent.extend((topic, headers) for _, _, headers in messages)
+        return [None] * len(messages)
 
 
 async def test_the_usage_event_carries_the_requests_trace_in_its_kafka_headers(tmp_path: Path) -> None:

@@ -177,26 +177,27 @@ class UsageSink:
                 backoff = min(backoff * 2, 5.0)
 
     async def _publish(self, events: list[Traced]) -> list[bool]:
-        # publish_raw: this background task has no request span; each event carries the trace headers of the
-        # request that recorded it (captured in `record`).
-        sends = asyncio.gather(
-            *(
-                self._publisher.publish_raw(
-                    Topics.USAGE,
-                    e.model_dump_json().encode(),
-                    e.partition_key.encode(),
-                    [*_HEADERS, *((k, v.encode()) for k, v in t.items())] if t else _HEADERS,
-                )
-                for e, t in events
-            ),
-            return_exceptions=True,
-        )
+        # This background task has no request span; each event carries the trace headers of the request that
+        # recorded it (captured in `record`). One record batch per partition, not one send per event.
+        messages = [
+            (
+                e.model_dump_json().encode(),
+                e.partition_key.encode(),
+                [*_HEADERS, *((k, v.encode()) for k, v in t.items())] if t else _HEADERS,
+            )
+            for e, t in events
+        ]
         try:
-            results = await asyncio.wait_for(sends, self._publish_timeout_s)
+            errors = await asyncio.wait_for(
+                self._publisher.publish_batch(Topics.USAGE, messages), self._publish_timeout_s
+            )
         except TimeoutError:
             # Unknown which ones made it: spool them all (a delivered one is then a harmless duplicate).
             return [False] * len(events)
-        return [not isinstance(r, BaseException) for r in results]
+        except Exception as exc:  # no batch went (the broker's metadata, a closed producer): all are spooled
+            logger.warning("publishing usage events failed: %r", exc)
+            return [False] * len(events)
+        return [error is None for error in errors]
 
     def _acked(self, events: list[Traced]) -> None:
         if self.journal is not None:
