@@ -194,7 +194,7 @@ class UsageSink:
         except TimeoutError:
             # Unknown which ones made it: spool them all (a delivered one is then a harmless duplicate).
             return [False] * len(events)
-        except Exception as exc:  # no batch went (the broker's metadata, a closed producer): all are spooled
+        except Exception as exc:  # (metadata, a closed producer) unknown which batches went: all are spooled
             logger.warning("publishing usage events failed: %r", exc)
             return [False] * len(events)
         return [error is None for error in errors]
