@@ -395,7 +395,7 @@ async def test_one_of_each_killed_mid_load_the_invariants_still_hold(replicas: R
         f"restarted instances listening {back_after:.1f}s after the restart order"
     )
     assert bad == []
-    assert [op.status for op in outside if not op.ok] == []
+    assert [f"{op.kind} {op.rid}: {op.status}" for op in outside if not op.ok] == []  # which, if one fails
     # A failure is a request the killed instance held (a gateway's connection, quota's admission), not an outage.
     assert len(failed) <= 0.2 * len(during), (len(failed), len(during))
     await _frozen_once(r, session)
