@@ -175,9 +175,21 @@ async def test_with_room_to_spare_the_answer_does_not_wait_for_the_release() -> 
     resp = await handler(quota, sink).handle(make_request(CHAT))
     assert resp.status_code == 200 and quota.releases == []
     quota.quota_answers.set()
+    await eventually(lambda: len(sink.events) == 1)  # recorded just after the answer left
     await eventually(
         lambda: quota.releases == [("res_1", sink.events[0].total_tokens, sink.events[0].cost_usd_micros)]
     )
+
+
+async def test_an_answered_request_is_recorded_once_its_answer_has_left() -> None:
+    """Its usage event, metrics and log line wait for the next step of the event loop, by which time the server
+    has written the answer; its latency is still taken when the answer was ready."""
+    quota, sink = FakeQuota(release_wait=False), RecordingSink()
+    flow_handler = handler(quota, sink)
+    resp = await flow_handler.handle(make_request(CHAT))
+    assert resp.status_code == 200 and sink.events == []  # not yet: the answer is still to be written
+    await eventually(lambda: len(sink.events) == 1)
+    assert sink.events[0].cost_usd_micros == orjson.loads(resp.body)["leaky_tokens"]["cost_usd_micros"]
 
 
 async def test_on_a_snug_budget_the_answer_waits_for_the_release() -> None:

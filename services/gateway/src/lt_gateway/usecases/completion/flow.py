@@ -201,7 +201,7 @@ class CompletionFlow:
             release = asyncio.ensure_future(self.release(call, completion.usage))
         else:
             await self.release(call, completion.usage)
-        cost = self.ledger.settle(call, completion.usage, "ok", 200, None)
+        cost = self.ledger.settle_after_reply(call, completion.usage)
         body = completion.body
         if call.parsed.body.get("encoding_format") == "base64":
             body = base64_embeddings(body)

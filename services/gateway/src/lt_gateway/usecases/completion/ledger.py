@@ -6,10 +6,12 @@ prompt or completion text.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from leaky_common.contracts import AdmitRequest
 from leaky_common.errors import ServiceError, Unauthorized
@@ -27,6 +29,7 @@ from lt_gateway.domain.usage import Usage
 
 # Exactly one line per request goes to `lt_gateway.requests`.
 request_log = logging.getLogger("lt_gateway.requests")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -84,7 +87,29 @@ class UsageLedger:
     def settle(self, call: Call, usage: Usage, status: str, http_status: int, error_code: str | None) -> int:
         """An admitted request's usage (quota settles the reservation from it); returns its cost."""
         cost = call.cost(usage)
-        latency_ms = _elapsed_ms(call.started)
+        self._settled(call, usage, cost, _elapsed_ms(call.started), status, http_status, error_code)
+        return cost
+
+    def settle_after_reply(self, call: Call, usage: Usage) -> int:
+        """`settle` of a request answered in full (200), its latency taken now and the rest done just after the
+        current step of the event loop, i.e. once the reply that step sends is on its way: the event, metrics
+        and log line are not on the client's wait. Returns the cost."""
+        cost = call.cost(usage)
+        asyncio.get_running_loop().call_soon(
+            self._settled_or_log, call, usage, cost, _elapsed_ms(call.started), "ok", 200, None
+        )
+        return cost
+
+    def _settled_or_log(self, *args: Any) -> None:
+        try:
+            self._settled(*args)
+        except Exception:  # nothing to answer any more: a failure here is a bug, logged with what it hit
+            logger.exception("recording a settled request failed")
+
+    def _settled(
+        self, call: Call, usage: Usage, cost: int, latency_ms: int, status: str, http_status: int,
+        error_code: str | None,
+    ) -> None:  # fmt: skip
         fingerprint = self.fingerprints.fingerprint(call.admitted.principal.org_id, call.parsed.digest)
         outcome = (status, http_status, error_code)
         self.usage.record(settled_event(call, usage, cost, latency_ms, outcome, fingerprint))
@@ -96,7 +121,6 @@ class UsageLedger:
             call.estimated_cost, cost, usage.prompt_tokens, usage.completion_tokens,
             call.admitted.principal.user_id,
         ).emit()  # fmt: skip
-        return cost
 
     def admitting(self, req: AdmitRequest, org_id: str | None, stream: bool) -> JournalEntry | None:
         """Journal an admission about to be asked for, so that a gateway killed before its answer still has the
