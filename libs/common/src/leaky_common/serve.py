@@ -42,6 +42,7 @@ def serve(settings: S, create_app: Callable[[S], FastAPI]) -> None:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.keep_alive_s,
     )
     server = uvicorn.Server(config)
     freeze_start_up(settings)

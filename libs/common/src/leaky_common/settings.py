@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import ClassVar, Literal
+from typing import ClassVar, Final, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -13,7 +13,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["ServiceSettings"]
+__all__ = ["CLIENT_KEEPALIVE_S", "ServiceSettings"]
+
+# The longest our HTTP clients keep an idle connection to one of our servers (the gateway's to quota and the
+# other owners, the console's to the gateway): below every server's `keep_alive_s`, so the client always closes
+# an idle connection first and never sends on one the server is closing that very moment.
+CLIENT_KEEPALIVE_S: Final = 30
 
 
 class ServiceSettings(BaseSettings):
@@ -31,6 +36,10 @@ class ServiceSettings(BaseSettings):
     # kernel spreads connections across them (`stack.py up --replicas N`; Linux). Off: a second instance on
     # the same port fails to start.
     reuse_port: bool = False
+    # Seconds the HTTP server keeps an idle client connection open (uvicorn's default is 5). Above the 30 s our
+    # clients keep one (CLIENT_KEEPALIVE_S): a request sent on a connection the server closes at that moment
+    # fails ("server disconnected") and is not retried. Keep it above the idle timeout of a load balancer too.
+    keep_alive_s: int = Field(default=75, gt=CLIENT_KEEPALIVE_S, le=3600)
     # Move every object alive once the app is built (modules, classes, settings: most of the heap) out of the
     # garbage collector's reach, so its full collections, which otherwise walk all of them in the middle of a
     # request, only look at what requests made (`gc.freeze`).

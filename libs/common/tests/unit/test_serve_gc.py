@@ -1,5 +1,6 @@
 """`serve` moves what start-up made out of the collector's reach before serving (LT_GC_FREEZE, on by default);
-a service gives the heap pages its start-up freed back to the system once start-up is over."""
+a service gives the heap pages its start-up freed back to the system once start-up is over; the server keeps
+idle connections longer than our clients do."""
 
 import asyncio
 import contextlib
@@ -11,11 +12,12 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from leaky_common import api as api_module
 from leaky_common import serve as serve_module
 from leaky_common.api import service_app
-from leaky_common.settings import ServiceSettings
+from leaky_common.settings import CLIENT_KEEPALIVE_S, ServiceSettings
 
 
 def test_start_up_objects_are_frozen_before_the_server_runs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,3 +103,24 @@ async def test_the_heap_is_trimmed_after_each_quiet_interval_and_never_while_bus
         await serve_module.trim_when_quiet(1.0, cpu=lambda: next(readings), sleep=sleep)
     # After the quiet intervals (3rd, 4th, 6th, 7th: under 50 ms of CPU a second), never after a busy one.
     assert trims == [3, 4, 6, 7]
+
+
+def test_the_server_keeps_idle_connections_longer_than_our_clients_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvicorn's own keep-alive (5 s) is shorter than our clients keep an idle connection (the gateway's to
+    quota and the other owners): a request sent just as the server closed that connection failed with "server
+    disconnected". The server now keeps one `keep_alive_s` (75 s), above `CLIENT_KEEPALIVE_S`."""
+    configs: list[uvicorn.Config] = []
+    monkeypatch.setattr(serve_module, "setup_logging", lambda _s: None)
+    monkeypatch.setattr(serve_module, "setup_tracing", lambda _s: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: configs.append(self.config))
+    try:
+        serve_module.serve(ServiceSettings(gc_freeze=False), lambda _s: FastAPI())
+        serve_module.serve(ServiceSettings(gc_freeze=False, keep_alive_s=120), lambda _s: FastAPI())
+    finally:
+        gc.unfreeze()
+    assert [c.timeout_keep_alive for c in configs] == [75, 120]
+    assert CLIENT_KEEPALIVE_S < 75
+    with pytest.raises(ValidationError):  # not at or below what our clients keep
+        ServiceSettings(keep_alive_s=CLIENT_KEEPALIVE_S)

@@ -10,7 +10,12 @@ def main() -> None:
     """Build settings from the environment and serve."""
     settings = ConsoleSettings()
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, access_log=False, log_level="info"
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level="info",
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

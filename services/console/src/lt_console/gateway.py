@@ -70,6 +70,12 @@ def _error_of(resp: httpx.Response) -> ApiError:
     return ApiError(resp.status_code, message, code if isinstance(code, str) else None)
 
 
+# How long an idle connection to the gateway is kept (httpx's default is 5 s, as long as uvicorn's own keep-alive):
+# below the gateway's `keep_alive_s` (over 30 s: leaky_common.settings.CLIENT_KEEPALIVE_S), so this client
+# closes an idle connection first and never sends on one the gateway is closing that very moment.
+GATEWAY_KEEPALIVE_S = 30
+
+
 class Gateway:
     """One pooled HTTP client to the gateway's public address."""
 
@@ -77,7 +83,12 @@ class Gateway:
         self, base_url: str, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport
+            base_url=base_url.rstrip("/"),
+            timeout=timeout_s,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=100, max_keepalive_connections=20, keepalive_expiry=GATEWAY_KEEPALIVE_S
+            ),
         )
 
     async def close(self) -> None:

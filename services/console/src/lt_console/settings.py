@@ -14,6 +14,9 @@ class ConsoleSettings(BaseSettings):
     service_name: str = "console"
     host: str = "127.0.0.1"
     port: int = 8088
+    # Seconds an idle client connection is kept open (uvicorn's default is 5): above the gateway's 30 s for its
+    # connections here (leaky_common.settings.CLIENT_KEEPALIVE_S), so the gateway always closes one first.
+    keep_alive_s: int = Field(default=75, gt=30, le=3600)
     # The gateway's public address as this process reaches it: every page is made from its public API.
     gateway_url: str = "http://127.0.0.1:8080"
     # Timeout of one call to the gateway (seconds).

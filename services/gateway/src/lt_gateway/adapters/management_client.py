@@ -10,6 +10,7 @@ from yarl import URL
 
 from leaky_common.client_spans import http_client_spans
 from leaky_common.errors import ServiceUnavailable
+from leaky_common.settings import CLIENT_KEEPALIVE_S
 from lt_gateway.settings import GatewaySettings
 
 _FORWARD_RESPONSE_HEADERS = ("content-type", "location", "retry-after", "etag")
@@ -47,7 +48,7 @@ class ManagementClient:
     async def start(self) -> None:
         """Open the connection pool."""
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64),
+            connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=CLIENT_KEEPALIVE_S),
             timeout=self._timeout,
             middlewares=(http_client_spans(),),
         )

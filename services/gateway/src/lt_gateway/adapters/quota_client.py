@@ -28,6 +28,7 @@ from leaky_common.contracts import (
 )
 from leaky_common.errors import ServiceUnavailable
 from leaky_common.link import LinkClient
+from leaky_common.settings import CLIENT_KEEPALIVE_S
 
 _FORWARDED_DENIAL_HEADERS = ("retry-after",)
 QUOTA_AUDIENCE = "quota"
@@ -96,7 +97,9 @@ class QuotaClient:
     def _new_session(self) -> aiohttp.ClientSession:
         self._born = time.monotonic()
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(
+                limit=256, keepalive_timeout=CLIENT_KEEPALIVE_S, ttl_dns_cache=300
+            ),
             timeout=self._timeout,
             json_serialize=lambda o: orjson.dumps(o).decode(),
             middlewares=(http_client_spans(),),
