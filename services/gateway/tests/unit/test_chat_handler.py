@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 from starlette.requests import Request
 
 from leaky_common.auth import Principal
@@ -88,6 +90,18 @@ class RecordingSink:
 
     def record(self, event: UsageRecorded) -> None:
         self.events.append(event)
+
+
+class SpanCheckingSink(RecordingSink):
+    """Notes whether the current span was recording when each event was recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recording: list[bool] = []
+
+    def record(self, event: UsageRecorded) -> None:
+        self.recording.append(trace.get_current_span().is_recording())
+        super().record(event)
 
 
 class FailingProvider:
@@ -190,6 +204,15 @@ async def test_an_answered_request_is_recorded_once_its_answer_has_left() -> Non
     assert resp.status_code == 200 and sink.events == []  # not yet: the answer is still to be written
     await eventually(lambda: len(sink.events) == 1)
     assert sink.events[0].cost_usd_micros == orjson.loads(resp.body)["leaky_tokens"]["cost_usd_micros"]
+
+
+async def test_in_a_sampled_trace_the_request_is_recorded_before_its_answer() -> None:
+    """While its span still records: the usage sink adds the event's `publish usage.recorded` span event to it."""
+    provider = TracerProvider()
+    quota, sink = FakeQuota(release_wait=False), SpanCheckingSink()
+    with provider.get_tracer("test").start_as_current_span("POST /v1/chat/completions"):
+        resp = await handler(quota, sink).handle(make_request(CHAT))
+        assert resp.status_code == 200 and sink.recording == [True]  # already, in the live span
 
 
 async def test_on_a_snug_budget_the_answer_waits_for_the_release() -> None:

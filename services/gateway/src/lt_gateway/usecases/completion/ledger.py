@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
+
 from leaky_common.contracts import AdmitRequest
 from leaky_common.errors import ServiceError, Unauthorized
 from lt_gateway.adapters.metrics import usage_metrics
@@ -93,7 +95,12 @@ class UsageLedger:
     def settle_after_reply(self, call: Call, usage: Usage) -> int:
         """`settle` of a request answered in full (200), its latency taken now and the rest done just after the
         current step of the event loop, i.e. once the reply that step sends is on its way: the event, metrics
-        and log line are not on the client's wait. Returns the cost."""
+        and log line are not on the client's wait. Returns the cost.
+
+        In a sampled trace it is `settle` itself: the request's span, over once the answer is written, carries
+        the event's `publish usage.recorded` span event."""
+        if trace.get_current_span().is_recording():
+            return self.settle(call, usage, "ok", 200, None)
         cost = call.cost(usage)
         asyncio.get_running_loop().call_soon(
             self._settled_or_log, call, usage, cost, _elapsed_ms(call.started), "ok", 200, None
