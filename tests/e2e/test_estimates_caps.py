@@ -141,7 +141,8 @@ async def cstack() -> AsyncIterator[CapStack]:
         )  # fmt: skip
         for fake in fakes.values():
             await fake.close()
-        assert not [p for p in pids.values() if pid_alive(int(p))]
+        left = {name: pid for name, pid in pids.items() if pid_alive(int(pid))}
+        assert not left, f"`stack.py down` left processes running: {left}"
 
 
 async def capped(http: httpx.AsyncClient, admin: dict[str, str], cap: str) -> tuple[str, dict[str, str], str]:

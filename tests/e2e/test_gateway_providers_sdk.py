@@ -150,7 +150,8 @@ async def pstack() -> AsyncIterator[ProviderStack]:
         )
         for fake in fakes.values():
             await fake.close()
-        assert not [p for p in pids.values() if pid_alive(int(p))]
+        left = {name: pid for name, pid in pids.items() if pid_alive(int(pid))}
+        assert not left, f"`stack.py down` left processes running: {left}"
 
 
 async def new_user(stack: ProviderStack, quota: int = 1_000_000) -> str:

@@ -140,7 +140,8 @@ async def test_ten_starts_on_one_data_directory(tmp_path: Path) -> None:
         if (run_dir / "stack.json").exists():
             pids = json.loads((run_dir / "stack.json").read_text())["pids"]
             stack("down", run_dir)
-            assert not [p for p in pids.values() if pid_alive(int(p))]
+            left = {name: pid for name, pid in pids.items() if pid_alive(int(pid))}
+            assert not left, f"`stack.py down` left processes running: {left}"
     print(f"\n{STARTS} starts: " + ", ".join(f"{s:.1f}" for s in seconds) + " s")
 
 

@@ -49,7 +49,8 @@ def run_dir() -> Iterator[Path]:
         subprocess.run(
             [sys.executable, str(STACK), "down", "--run-dir", str(path)], check=False, capture_output=True
         )
-        assert not [p for p in pids.values() if pid_alive(int(p))]
+        left = {name: pid for name, pid in pids.items() if pid_alive(int(pid))}
+        assert not left, f"`stack.py down` left processes running: {left}"
 
 
 def status_with(gateway: str, key: str) -> int:

@@ -57,7 +57,7 @@ class Server:
 
 
 def stop_pid(pid: int, timeout: float = 10.0, popen: subprocess.Popen[bytes] | None = None) -> None:
-    """Send SIGTERM to `pid`, wait up to `timeout`, then SIGKILL."""
+    """Send SIGTERM to `pid`, wait up to `timeout`, then SIGKILL and wait (up to 5 s) until it is gone."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -73,6 +73,11 @@ def stop_pid(pid: int, timeout: float = 10.0, popen: subprocess.Popen[bytes] | N
     if popen is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(timeout=5)
+        return
+    # SIGKILL is not instant (the kernel tears the process down): stopped means gone when this returns.
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def pid_alive(pid: int) -> bool:
