@@ -11,24 +11,36 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from leaky_common.events import UsageRecorded, parse_message
+from lt_analytics.domain.rollups import aggregate
 from lt_analytics.usecases.ingest import Ingest, Outcome
 
-__all__ = ["BatchHandler", "Outcome", "UsageHandler", "handler_table"]
+__all__ = ["BatchHandler", "Outcome", "Prepared", "UsageHandler", "handler_table"]
 
 logger = logging.getLogger(__name__)
 
-# Messages of one type (each with its event id) -> outcome per event id.
-BatchHandler = Callable[[list[Any]], Awaitable[dict[str, Outcome]]]
+# Messages of one type (each with its event id), and what `Ahead` made of them -> outcome per event id.
+BatchHandler = Callable[[list[Any], Any], Awaitable[dict[str, Outcome]]]
+# The part of a type's handling that needs no database, done as soon as a batch is taken.
+Ahead = Callable[[list[Any]], Any]
 
 
-def handler_table(ingest: Ingest) -> Mapping[type[Any], BatchHandler]:
-    """Which use case handles each message type the usage topic carries."""
-    return {UsageRecorded: ingest.record}
+def handler_table(ingest: Ingest) -> Mapping[type[Any], tuple[Ahead, BatchHandler]]:
+    """Which use case handles each message type the usage topic carries, and what is done ahead for it."""
+    return {UsageRecorded: (aggregate, ingest.record)}
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch parsed, and its work made ready: (handler, the first copy of each message, what was done ahead)."""
+
+    parsed: list[Any | Outcome]
+    work: list[tuple[BatchHandler, list[Any], Any]]
 
 
 class UsageHandler:
@@ -44,18 +56,31 @@ class UsageHandler:
     async def handle_batch(self, raws: list[bytes]) -> list[Outcome]:
         """An outcome per message, in order; unparseable ones are INVALID, types without a handler IGNORED,
         and a message redelivered within the batch is handled once (its first copy, in stream order)."""
+        return await self.handle_prepared(self.prepare(raws))
+
+    def prepare(self, raws: list[bytes]) -> Prepared:
+        """What a batch's handling needs no database for (parsing; for usage, the sums): the worker does it as
+        soon as it takes a batch, while the one before is still being written."""
         parsed: list[Any | Outcome] = [self._parse(raw) for raw in raws]
-        status: dict[str, Outcome] = {}
-        for kind, handler in self._table.items():
+        work: list[tuple[BatchHandler, list[Any], Any]] = []
+        for kind, (ahead, handler) in self._table.items():
             first_copies: dict[str, Any] = {}
             for m in parsed:
                 if isinstance(m, kind):
                     first_copies.setdefault(m.event_id, m)
             if first_copies:
-                status.update(await handler(list(first_copies.values())))
+                messages = list(first_copies.values())
+                work.append((handler, messages, ahead(messages)))
+        return Prepared(parsed, work)
+
+    async def handle_prepared(self, prepared: Prepared) -> list[Outcome]:
+        """`handle_batch` for a batch `prepare` made ready."""
+        status: dict[str, Outcome] = {}
+        for handler, messages, made in prepared.work:
+            status.update(await handler(messages, made))
         seen: set[str] = set()
         result: list[Outcome] = []
-        for m in parsed:
+        for m in prepared.parsed:
             if isinstance(m, Outcome):
                 result.append(m)
                 continue

@@ -32,7 +32,7 @@ from leaky_common.serve import freeze_start_up, trim_when_quiet
 from leaky_common.tracing import batch_span
 from lt_analytics.adapters.metrics import BATCH_SIZE, EVENTS
 from lt_analytics.bootstrap import start_worker
-from lt_analytics.handlers import Outcome, UsageHandler
+from lt_analytics.handlers import Outcome, Prepared, UsageHandler
 from lt_analytics.settings import AnalyticsSettings
 
 __all__ = ["build_faust_app", "main"]
@@ -95,16 +95,15 @@ class _UsageAgent:
         self.dead_letters = DEAD_LETTERS.labels(settings.usage_topic)
         self.sample_lag = _lag_sampler(app, settings.consumer_group, settings.usage_topic)
 
-    async def record(self, events: list[Any]) -> None:
+    async def record(self, events: list[Any], raws: list[bytes], prepared: Prepared) -> None:
         """Record one batch (one transaction), send its invalid events to the DLQ, then ack it."""
         settings = self.settings
-        raws = [e.value if isinstance(e.value, bytes) else str(e.value).encode() for e in events]
         # One span per batch, linked to each event's request; alerts and freezes it writes to the outbox
         # carry this span's context onwards.
         with batch_span(
             tracer, f"consume {settings.usage_topic} batch", (e.headers for e in events), len(raws)
         ):
-            outcomes = await self.handler.handle_batch(raws)
+            outcomes = await self.handler.handle_prepared(prepared)
         for event, raw, outcome in zip(events, raws, outcomes, strict=True):
             if outcome is Outcome.INVALID:
                 await self.dlq_topic.send(
@@ -121,8 +120,8 @@ class _UsageAgent:
     async def aggregate_usage(self, stream: Any) -> None:
         """Batches (one transaction each) keep up with thousands of events per second; `within` bounds the
         wait a lone event has before it is recorded and checked. One batch is written while the next one is
-        taken from the stream: the worker's work (fetching, buffering) and PostgreSQL's overlap instead of
-        taking turns. Writes stay one at a time and in order. faust acks a batch's events as soon as this
+        taken from the stream, parsed and summed (`UsageHandler.prepare`): the worker's work and PostgreSQL's
+        overlap instead of taking turns. Writes stay one at a time and in order. faust acks a batch's events as soon as this
         loop moves on, so each event is held (one more reference) until its batch is committed: offsets are
         committed only past recorded events, and a worker stopped meanwhile has them delivered again (the
         request log makes that a no-op)."""
@@ -132,9 +131,11 @@ class _UsageAgent:
             async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
                 for event in events:
                     event.message.incref()
+                raws = [e.value if isinstance(e.value, bytes) else str(e.value).encode() for e in events]
+                prepared = self.handler.prepare(raws)  # while the previous batch is being written
                 if writing is not None:
                     await writing  # the previous batch first: its failure stops the agent, as it always did
-                writing = asyncio.ensure_future(self.record(list(events)))
+                writing = asyncio.ensure_future(self.record(list(events), raws, prepared))
                 writing.add_done_callback(_report_failure)
         finally:
             if writing is not None and not writing.done():

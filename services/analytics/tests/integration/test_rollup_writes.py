@@ -12,7 +12,7 @@ from leaky_common.db import create_pool
 from leaky_common.events import UsageRecorded
 from lt_analytics.adapters import repository
 from lt_analytics.domain.rollups import aggregate
-from lt_analytics.usecases.ingest import Ingest
+from lt_analytics.usecases.ingest import Ingest, Outcome
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +82,17 @@ async def test_the_rollup_upsert_runs_only_inside_the_batchs_transaction(pool: a
         with pytest.raises(RuntimeError, match="inside the transaction"):
             await repository.add_aggregates(conn, aggregate([usage(1)]))
     assert await rollup(pool, "org", "day") == {}
+
+
+async def test_sums_made_ahead_are_made_again_when_some_events_were_recorded_already(
+    pool: asyncpg.Pool,
+) -> None:
+    """The worker sums a batch before its transaction; a redelivered event found in the request log must not be
+    counted twice by those sums."""
+    ingest = Ingest(pool)
+    events = [usage(i) for i in range(6)]
+    await ingest.record(events[:2])
+    outcomes = await ingest.record(events, aggregate(events))  # summed ahead over all six
+    assert [outcomes[e.event_id] for e in events] == [Outcome.DUPLICATE] * 2 + [Outcome.RECORDED] * 4
+    assert await rollup(pool, "org", "day") == {"org-1": (6, sum(e.total_tokens for e in events))}
+    assert sum(n for n, _ in (await rollup(pool, "session", "hour")).values()) == 6

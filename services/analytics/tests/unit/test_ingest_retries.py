@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from leaky_common.events import UsageRecorded
+from lt_analytics.domain.rollups import Aggregates
 from lt_analytics.usecases.ingest import Ingest, Outcome
 
 
@@ -18,7 +19,7 @@ class Flaky(Ingest):
         self.failures = failures
         self.calls = 0
 
-    async def record_batch(self, events: list[UsageRecorded]) -> set[str]:
+    async def record_batch(self, events: list[UsageRecorded], sums: Aggregates | None = None) -> set[str]:
         self.calls += 1
         if self.failures:
             raise self.failures.pop(0)

@@ -75,10 +75,15 @@ class _SlowHandler:
     """Each batch's transaction ends only when the test lets it."""
 
     def __init__(self) -> None:
+        self.prepared: list[int] = []
         self.started: list[int] = []
         self.finish: dict[int, asyncio.Event] = {}
 
-    async def handle_batch(self, raws: list[bytes]) -> list[Any]:
+    def prepare(self, raws: list[bytes]) -> list[bytes]:
+        self.prepared.append(len(raws))
+        return raws
+
+    async def handle_prepared(self, raws: list[bytes]) -> list[Any]:
         n = len(self.started)
         self.started.append(len(raws))
         self.finish[n] = asyncio.Event()
@@ -88,7 +93,7 @@ class _SlowHandler:
         return [Outcome.RECORDED] * len(raws)
 
 
-async def test_a_batch_is_acked_only_once_committed_and_batches_are_written_one_at_a_time(
+async def test_a_batch_is_acked_only_once_committed_and_batches_are_written_one_at_a_time_in_order(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No broker here: the lag sampler would build faust's consumer (and its thread's event loop) to ask.
@@ -104,6 +109,8 @@ async def test_a_batch_is_acked_only_once_committed_and_batches_are_written_one_
     # faust's own ack of the first batch came and went (the agent took the second batch meanwhile): still held.
     await eventually(lambda: all(e.message.refcount == 1 for e in first))
     assert not any(e.message.acked for e in first)
+    # The second batch is parsed and summed while the first one is written, but written only after it.
+    await eventually(lambda: handler.prepared == [3, 2])
     assert handler.started == [3]  # the second batch waits for the first one's transaction
     handler.finish[0].set()
     await eventually(lambda: handler.started == [3, 2])

@@ -17,7 +17,7 @@ from leaky_common.events import UsageRecorded
 from lt_analytics.adapters import repository
 from lt_analytics.adapters.metrics import DETECTIONS, LAG
 from lt_analytics.domain.detection import Detection
-from lt_analytics.domain.rollups import aggregate, day_bucket
+from lt_analytics.domain.rollups import Aggregates, aggregate, day_bucket
 from lt_analytics.usecases.detect import AnomalyDetector
 
 __all__ = ["Ingest", "Outcome"]
@@ -53,14 +53,15 @@ class Ingest:
         self._day_counts: dict[date, int] = {}
         self._days_checked: set[date] = set()
 
-    async def record(self, events: list[UsageRecorded]) -> dict[str, Outcome]:
+    async def record(self, events: list[UsageRecorded], sums: Aggregates | None = None) -> dict[str, Outcome]:
         """Outcome per event id. Infrastructure errors are retried until they clear (usage is money: block the
         partition rather than skip an event); an event the database refuses (say a token count beyond 64 bits)
-        is isolated from its batch and reported invalid instead of blocking it."""
+        is isolated from its batch and reported invalid instead of blocking it. `sums`: `aggregate(events)`,
+        made ahead (see `record_batch`)."""
         delay = self._retry_backoff_s
         while True:
             try:
-                new_ids = await self.record_batch(events)
+                new_ids = await self.record_batch(events, sums)
             except (asyncpg.DataError, ClientDataError) as exc:
                 if len(events) == 1:
                     logger.warning("usage event %s refused by the database: %s", events[0].event_id, exc)
@@ -86,10 +87,12 @@ class Ingest:
                 e.event_id: Outcome.RECORDED if e.event_id in new_ids else Outcome.DUPLICATE for e in events
             }
 
-    async def record_batch(self, events: list[UsageRecorded]) -> set[str]:
+    async def record_batch(self, events: list[UsageRecorded], sums: Aggregates | None = None) -> set[str]:
         """Log events, add them to the aggregates and run the detectors, once per event id, in one transaction.
 
-        Returns the ids of the events that were new; already recorded ones change nothing.
+        Returns the ids of the events that were new; already recorded ones change nothing. `sums` is
+        `aggregate(events)` made ahead, while the previous batch was being written (the worker does so): used
+        when every event turns out new, as nearly always; otherwise the new events are summed again here.
         """
         unique: dict[str, UsageRecorded] = {}
         for e in events:  # the first copy of a redelivered event, in stream order (loops depend on it)
@@ -100,7 +103,8 @@ class Ingest:
             new = [e for e in unique.values() if e.event_id in new_ids]
             if not new:
                 return new_ids
-            await repository.add_aggregates(conn, aggregate(new))
+            summed = sums if sums is not None and len(new) == len(events) else aggregate(new)
+            await repository.add_aggregates(conn, summed)
             if self._detector is not None:
                 detections = await self._detector.check(conn, new)
         _observe(new, detections)  # after the commit: what is counted happened
