@@ -206,6 +206,26 @@ async def test_an_answered_request_is_recorded_once_its_answer_has_left() -> Non
     assert sink.events[0].cost_usd_micros == orjson.loads(resp.body)["leaky_tokens"]["cost_usd_micros"]
 
 
+class BrokenSink(RecordingSink):
+    def record(self, event: UsageRecorded) -> None:
+        raise RuntimeError("sink broke")
+
+
+async def test_recording_after_the_answer_left_logs_a_failure_instead_of_losing_it_silently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once the answer has left there is nobody to answer: a failure to record is logged with what it hit."""
+    quota = FakeQuota(release_wait=False)
+    with caplog.at_level(logging.ERROR, logger="lt_gateway.usecases.completion.ledger"):
+        resp = await handler(quota, BrokenSink()).handle(make_request(CHAT))
+        assert resp.status_code == 200
+        await eventually(
+            lambda: any("recording a settled request failed" in r.getMessage() for r in caplog.records)
+        )
+    (record,) = [r for r in caplog.records if "recording a settled request failed" in r.getMessage()]
+    assert record.exc_info is not None and "sink broke" in str(record.exc_info[1])
+
+
 async def test_in_a_sampled_trace_the_request_is_recorded_before_its_answer() -> None:
     """While its span still records: the usage sink adds the event's `publish usage.recorded` span event to it."""
     provider = TracerProvider()

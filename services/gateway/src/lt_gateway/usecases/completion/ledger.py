@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
 
 from opentelemetry import trace
 
@@ -102,16 +103,9 @@ class UsageLedger:
         if trace.get_current_span().is_recording():
             return self.settle(call, usage, "ok", 200, None)
         cost = call.cost(usage)
-        asyncio.get_running_loop().call_soon(
-            self._settled_or_log, call, usage, cost, _elapsed_ms(call.started), "ok", 200, None
-        )
+        settled = partial(self._settled, call, usage, cost, _elapsed_ms(call.started), "ok", 200, None)
+        asyncio.get_running_loop().call_soon(_run_or_log, settled)
         return cost
-
-    def _settled_or_log(self, *args: Any) -> None:
-        try:
-            self._settled(*args)
-        except Exception:  # nothing to answer any more: a failure here is a bug, logged with what it hit
-            logger.exception("recording a settled request failed")
 
     def _settled(
         self, call: Call, usage: Usage, cost: int, latency_ms: int, status: str, http_status: int,
@@ -196,3 +190,12 @@ class UsageLedger:
         )
         decision = "blocked" if isinstance(exc, Unauthorized) else "rejected"
         RequestLine(request_id, session_id, model, decision, exc.code or kind, exc.status, latency_ms).emit()
+
+
+def _run_or_log(settled: Callable[[], None]) -> None:
+    """Record a request settled after its answer left: nothing to answer any more, so a failure here is a bug,
+    logged with what it hit."""
+    try:
+        settled()
+    except Exception:
+        logger.exception("recording a settled request failed")
