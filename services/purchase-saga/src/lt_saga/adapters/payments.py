@@ -10,7 +10,12 @@ import aiohttp
 from leaky_common.client_spans import http_client_spans
 from lt_saga.domain.payment import PaymentOutcome, PaymentResult
 
-__all__ = ["PaymentClient"]
+__all__ = ["PROVIDER_KEEPALIVE_S", "PaymentClient"]
+
+# Seconds an idle connection to the provider is kept. Below the 5 s that common servers keep one (uvicorn, which
+# fakepay runs on, and Node), so the client closes it first: a call sent on a connection the provider is closing
+# that very moment fails ("server disconnected"), comes back UNCERTAIN and waits for the saga's retry.
+PROVIDER_KEEPALIVE_S = 4.0
 
 logger = logging.getLogger(__name__)
 
@@ -18,15 +23,19 @@ logger = logging.getLogger(__name__)
 class PaymentClient:
     """Authorize, capture, cancel and refund; every call carries an Idempotency-Key."""
 
-    def __init__(self, base_url: str, api_key: str, timeout_s: float) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, timeout_s: float, *, keepalive_s: float = PROVIDER_KEEPALIVE_S
+    ) -> None:
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         """Open the connection pool."""
         self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(keepalive_timeout=self._keepalive_s),
             timeout=self._timeout,
             headers={"Authorization": f"Bearer {self._api_key}"},
             middlewares=(http_client_spans(),),
