@@ -106,6 +106,23 @@ def _ephemeral_low() -> int:
         return 49152  # the IANA dynamic range (macOS, BSD)
 
 
+def _port_range(ephemeral_low: int) -> tuple[int, int]:
+    """The ports `free_port` picks from: the 12,000 below the kernel's outgoing range, and under pytest-xdist
+    only this worker's share of them (`PYTEST_XDIST_WORKER` gwN of `PYTEST_XDIST_WORKER_COUNT`), so two workers
+    starting stacks at the same moment never pick the same port before either has bound it. The processes a
+    worker starts (a stack's `stack.py up`) inherit its share with its environment."""
+    first, last = max(1024, ephemeral_low - 12000), ephemeral_low - 1
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    try:
+        index, count = int(worker.removeprefix("gw")), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    except ValueError:
+        return first, last
+    if not 0 <= index < count:
+        return first, last
+    share = (last - first + 1) // count
+    return first + index * share, first + (index + 1) * share - 1
+
+
 def port_bindable(port: int) -> bool:
     """Whether 127.0.0.1:`port` can be bound right now (nothing listens on it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -122,9 +139,9 @@ def free_port() -> int:
     Chosen at random below the kernel's range for outgoing connections: a port the kernel picked (bind to 0)
     comes from that range, where the next outgoing connection of any process may take it as its source port
     before our server binds it ("address already in use" at start-up, seen in CI)."""
-    low = _ephemeral_low()
+    first, last = _port_range(_ephemeral_low())
     for _ in range(200):
-        port = random.randint(max(1024, low - 12000), low - 1)
+        port = random.randint(first, last)
         if port not in _HANDED_OUT and port_bindable(port):
             _HANDED_OUT.add(port)
             return port
