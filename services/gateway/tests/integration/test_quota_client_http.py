@@ -234,3 +234,72 @@ async def test_releases_ride_on_the_next_admission_or_go_out_after_the_linger() 
         await client.close()
         await runner.cleanup()
     assert releases[-1] == {"reservation_id": "res_last", "total_tokens": 1, "cost_usd_micros": 0}
+
+
+async def test_a_release_waits_its_own_linger_and_no_timer_outlives_the_releases() -> None:
+    """Each release goes out on its own only once it has waited the whole linger. A timer armed for an earlier
+    release, which rode on an admission meanwhile, used to send a release made just before it fired (under
+    load, a third of all releases went out as calls of their own instead of riding)."""
+    admits: list[dict[str, object]] = []
+    releases: list[dict[str, object]] = []
+
+    async def admit(request: web.Request) -> web.Response:
+        admits.append(await request.json())
+        return web.json_response(
+            {"error": {"message": "no", "type": "x", "param": None, "code": "x"}}, status=429
+        )
+
+    async def release(request: web.Request) -> web.Response:
+        releases.append(await request.json())
+        return web.json_response({"released": True})
+
+    app = web.Application()
+    app.router.add_post("/internal/admit", admit)
+    app.router.add_post("/internal/release", release)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    linger = 60.0  # nothing goes out on its own by the clock during the test: the timer is driven below
+    client = QuotaClient(f"http://127.0.0.1:{port}", TEST_KEYS.signer(), 5, release_linger_s=linger)
+    await client.start()
+    loop = asyncio.get_running_loop()
+    request = AdmitRequest(api_key="k", request_id="r", model="m", provider="mock", prompt_tokens=1)
+
+    def armed_for() -> float | None:
+        """When the client's release timer fires (None: no timer)."""
+        timer = client._later_timer
+        return None if timer is None else timer.when()
+
+    try:
+        made = loop.time()
+        client.release_later("res_1", 10, 1)
+        timer = client._later_timer
+        assert timer is not None and made + linger <= timer.when() <= loop.time() + linger
+        await client.admit(request)
+        assert [r["reservation_id"] for r in admits[0]["releases"]] == ["res_1"]  # type: ignore[attr-defined]
+        assert timer.cancelled() and armed_for() is None  # nothing waits: no timer left behind
+        client.release_later("res_2", 20, 2)
+        due = armed_for()
+        assert due is not None
+        # A timer firing now, before res_2 has waited its linger (as res_1's did before), sends nothing and is
+        # armed again for res_2's own time.
+        client._send_due()
+        assert not client._sending
+        assert armed_for() == due
+        await client.admit(request)
+        assert [r["reservation_id"] for r in admits[1]["releases"]] == ["res_2"]  # type: ignore[attr-defined]
+        # More than an admission carries: those left keep a timer, for the oldest of them.
+        for i in range(MAX_RELEASES_PER_ADMISSION + 2):
+            client.release_later(f"many_{i}", i, 0)
+        oldest = armed_for()
+        await client.admit(request)
+        assert oldest is not None and armed_for() == oldest
+        assert releases == []  # none went out on its own
+    finally:
+        await client.close()  # sends the two still waiting
+        await runner.cleanup()
+    assert [r["reservation_id"] for r in releases] == [
+        f"many_{MAX_RELEASES_PER_ADMISSION}",
+        f"many_{MAX_RELEASES_PER_ADMISSION + 1}",
+    ]

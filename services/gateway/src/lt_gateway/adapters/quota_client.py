@@ -31,6 +31,8 @@ from leaky_common.link import LinkClient
 from leaky_common.settings import CLIENT_KEEPALIVE_S
 
 _FORWARDED_DENIAL_HEADERS = ("retry-after",)
+# A timer may fire this much before its time (uvloop's run on whole milliseconds): a release due within it is due.
+_TIMER_SLACK_S = 0.001
 QUOTA_AUDIENCE = "quota"
 _LINK_ROUTES = {QUOTA_LINK_ADMIT: "/internal/admit", QUOTA_LINK_RELEASE: "/internal/release"}
 
@@ -61,7 +63,7 @@ class QuotaClient:
     an instance that (re)started after the pool filled up gets its share within that time.
 
     Releases that need not be waited for (`release_later`) ride on the next admission, which quota applies
-    first; those still here after `release_linger_s` go out on their own. One call to quota per request instead
+    first; each one still here `release_linger_s` after it was made goes out on its own. One call to quota per request instead
     of two, whenever requests follow each other within the linger.
 
     With a `link` (quota's internal link, leaky_common.link), admissions and releases go over it instead of
@@ -88,9 +90,10 @@ class QuotaClient:
         self._retiring: dict[asyncio.Task[None], aiohttp.ClientSession] = {}
         self._release_linger_s = release_linger_s
         self._release_timeout_s = release_timeout_s
-        # Releases waiting for an admission to ride on, each with the context it was made in (its request's
-        # trace, for a release that goes out on its own).
-        self._later: list[tuple[ReleaseRequest, contextvars.Context]] = []
+        # Releases waiting for an admission to ride on, oldest first, each with the context it was made in (its
+        # request's trace, for a release that goes out on its own) and when it goes out on its own (loop time).
+        self._later: list[tuple[ReleaseRequest, contextvars.Context, float]] = []
+        # Armed for the oldest waiting release's time while any waits; cancelled once none does.
         self._later_timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Future[bool]] = set()  # releases that went out on their own
 
@@ -131,7 +134,7 @@ class QuotaClient:
             self._later_timer.cancel()
             self._later_timer = None
         if self._pool is not None:
-            self._send_later()
+            self._send_alone(len(self._later))
         if self._sending:
             await asyncio.gather(*self._sending)
         for task, session in list(self._retiring.items()):
@@ -217,7 +220,10 @@ class QuotaClient:
         if self._later and not request.releases:
             riding = self._later[:MAX_RELEASES_PER_ADMISSION]  # the rest on the next, or on their own
             del self._later[: len(riding)]
-            request = request.model_copy(update={"releases": [r for r, _ in riding]})
+            if not self._later and self._later_timer is not None:
+                self._later_timer.cancel()  # none waits now (the rest keep the timer of the oldest)
+                self._later_timer = None
+            request = request.model_copy(update={"releases": [r for r, _, _ in riding]})
         payload = request.model_dump_json().encode()
         if self._link is not None:
             status, body, headers = await self._call(QUOTA_LINK_ADMIT, payload, self._timeout.total or 10.0)
@@ -249,23 +255,38 @@ class QuotaClient:
         return await self._post(path, payload)
 
     def release_later(self, reservation_id: str, total_tokens: int, cost_usd_micros: int) -> None:
-        """A release nobody waits for: it rides on the next admission, or goes out on its own after the linger."""
+        """A release nobody waits for: it rides on the next admission, or goes out on its own once it has waited
+        `release_linger_s` for one."""
         payload = ReleaseRequest(
             reservation_id=reservation_id, total_tokens=total_tokens, cost_usd_micros=cost_usd_micros
         )
-        self._later.append((payload, contextvars.copy_context()))
+        loop = asyncio.get_running_loop()
+        self._later.append((payload, contextvars.copy_context(), loop.time() + self._release_linger_s))
         if self._release_linger_s <= 0:
-            self._send_later()
+            self._send_alone(len(self._later))
         elif self._later_timer is None:
-            self._later_timer = asyncio.get_running_loop().call_later(
-                self._release_linger_s, self._send_later
-            )
+            self._later_timer = loop.call_at(self._later[0][2], self._send_due)
 
-    def _send_later(self) -> None:
-        """Send every release still waiting, each on its own and in its request's context (none raises)."""
+    def _send_due(self) -> None:
+        """The timer: the releases whose linger is over go out on their own; it is armed again for the oldest of
+        the rest. (A timer armed for one release used to send every release waiting when it fired, some of them
+        made just before, which would have ridden on the next admission.)"""
         self._later_timer = None
-        waiting, self._later = self._later, []
-        for r, context in waiting:
+        loop = asyncio.get_running_loop()
+        now = loop.time() + _TIMER_SLACK_S
+        due = 0
+        while due < len(self._later) and self._later[due][2] <= now:
+            due += 1
+        self._send_alone(due)
+        if self._later:
+            self._later_timer = loop.call_at(self._later[0][2], self._send_due)
+
+    def _send_alone(self, count: int) -> None:
+        """Send the `count` oldest waiting releases, each on its own and in its request's context (none
+        raises)."""
+        waiting = self._later[:count]
+        del self._later[:count]
+        for r, context, _ in waiting:
             sent = self.release(r.reservation_id, r.total_tokens, r.cost_usd_micros, self._release_timeout_s)
             task = context.run(asyncio.ensure_future, sent)
             self._sending.add(task)
