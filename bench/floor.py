@@ -17,7 +17,9 @@ mock upstream), and in front of the same upstream, each measured with `--sequent
 The paths take turns in every phase (a different one first each time, so the machine's drift falls on all), and
 every figure is a median over the phases of that path's p50 or p99 minus the direct path's in the same phase.
 The differences between the rows are what the quota hop, the admission's Redis trip, the gateway's own work and
-a Python hop cost on this machine. The stub gateways are for this measurement only: they never run in a stack.
+a Python hop cost on this machine. The stub gateways still publish every request's usage event, which quota
+settles as usual, so quota's background work is there for every gateway path. They are for this measurement
+only: never in a stack.
 """
 
 from __future__ import annotations
