@@ -172,17 +172,17 @@ async def test_pool_is_replaced_after_its_max_age_so_new_connections_reach_every
             await runner.cleanup()
 
 
-async def test_releases_ride_on_the_next_admission_or_go_out_after_the_linger() -> None:
-    admits: list[dict[str, object]] = []
-    releases: list[dict[str, object]] = []
+async def recording_quota(
+    admits: list[dict[str, object]], releases: list[dict[str, object]], traceparents: list[str | None]
+) -> tuple[web.AppRunner, int]:
+    """A quota that refuses every admission (429) and accepts every release, recording the bodies it got (and
+    each release's traceparent); returns its runner and port."""
 
     async def admit(request: web.Request) -> web.Response:
         admits.append(await request.json())
         return web.json_response(
             {"error": {"message": "no", "type": "x", "param": None, "code": "x"}}, status=429
         )
-
-    traceparents: list[str | None] = []
 
     async def release(request: web.Request) -> web.Response:
         releases.append(await request.json())
@@ -196,6 +196,14 @@ async def test_releases_ride_on_the_next_admission_or_go_out_after_the_linger() 
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+async def test_releases_ride_on_the_next_admission_or_go_out_after_the_linger() -> None:
+    admits: list[dict[str, object]] = []
+    releases: list[dict[str, object]] = []
+    traceparents: list[str | None] = []
+    runner, port = await recording_quota(admits, releases, traceparents)
     client = QuotaClient(f"http://127.0.0.1:{port}", TEST_KEYS.signer(), 5, release_linger_s=0.5)
     await client.start()
     request = AdmitRequest(api_key="k", request_id="r", model="m", provider="mock", prompt_tokens=1)
@@ -242,24 +250,7 @@ async def test_a_release_waits_its_own_linger_and_no_timer_outlives_the_releases
     load, a third of all releases went out as calls of their own instead of riding)."""
     admits: list[dict[str, object]] = []
     releases: list[dict[str, object]] = []
-
-    async def admit(request: web.Request) -> web.Response:
-        admits.append(await request.json())
-        return web.json_response(
-            {"error": {"message": "no", "type": "x", "param": None, "code": "x"}}, status=429
-        )
-
-    async def release(request: web.Request) -> web.Response:
-        releases.append(await request.json())
-        return web.json_response({"released": True})
-
-    app = web.Application()
-    app.router.add_post("/internal/admit", admit)
-    app.router.add_post("/internal/release", release)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await recording_quota(admits, releases, [])
     linger = 60.0  # nothing goes out on its own by the clock during the test: the timer is driven below
     client = QuotaClient(f"http://127.0.0.1:{port}", TEST_KEYS.signer(), 5, release_linger_s=linger)
     await client.start()
