@@ -40,12 +40,12 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hotpath import (
-    PORTKEY_VERSION,
     BenchPath,
     create_bench_user,
     ensure_portkey,
     measure,
     percentile,
+    portkey_path,
     start_gateway_like,
     start_portkey,
     start_stack,
@@ -142,17 +142,7 @@ def main() -> None:
         if script is not None:
             portkey, portkey_url = start_portkey(script, run_dir)
             procs.append(portkey)
-            paths.append(
-                BenchPath(
-                    f"Portkey {PORTKEY_VERSION} (gov. off)",
-                    f"{portkey_url}/v1/chat/completions",
-                    {
-                        "Authorization": "Bearer sk-upstream",
-                        "x-portkey-provider": "openai",
-                        "x-portkey-custom-host": f"{upstream_url}/v1",
-                    },
-                )
-            )
+            paths.append(portkey_path(portkey_url, upstream_url, portkey.pid))
         for path in paths:  # warm up (connections, caches, the stubs' first real admission)
             asyncio.run(measure(path, 300, 1))
         figures: dict[str, dict[str, list[float]]] = {p.name: {"p50": [], "p99": []} for p in paths}

@@ -483,6 +483,20 @@ def start_portkey(script: Path, run_dir: Path) -> tuple[subprocess.Popen[bytes],
     return proc, f"http://127.0.0.1:{port}"
 
 
+def portkey_path(url: str, upstream_url: str, pid: int) -> BenchPath:
+    """Portkey at `url` in front of the mock upstream, as an OpenAI provider with a custom host."""
+    return BenchPath(
+        f"Portkey gateway {PORTKEY_VERSION} (gov. off)",
+        f"{url}/v1/chat/completions",
+        {
+            "Authorization": "Bearer sk-upstream",
+            "x-portkey-provider": "openai",
+            "x-portkey-custom-host": f"{upstream_url}/v1",
+        },
+        pids={"portkey": pid},
+    )
+
+
 def fmt(value: float | None, unit: str = "", width: int = 9, digits: int = 2) -> str:
     return (
         f"{'-':>{width}}"
@@ -783,18 +797,7 @@ def main() -> None:
         if script is not None:
             portkey, url = start_portkey(script, run_dir)
             idle_rss_peer = rss_mb(portkey.pid)
-            paths.append(
-                BenchPath(
-                    f"Portkey gateway {PORTKEY_VERSION} (gov. off)",
-                    f"{url}/v1/chat/completions",
-                    {
-                        "Authorization": "Bearer sk-upstream",
-                        "x-portkey-provider": "openai",
-                        "x-portkey-custom-host": f"{upstream_url}/v1",
-                    },
-                    pids={"portkey": portkey.pid},
-                )
-            )
+            paths.append(portkey_path(url, upstream_url, portkey.pid))
             print(f"Portkey gateway idle RSS {idle_rss_peer:.0f} MB")
         exe = None if args.no_litellm else ensure_litellm(not args.no_install)
         if args.no_litellm:

@@ -121,10 +121,10 @@ class _UsageAgent:
         """Batches (one transaction each) keep up with thousands of events per second; `within` bounds the
         wait a lone event has before it is recorded and checked. One batch is written while the next one is
         taken from the stream, parsed and summed (`UsageHandler.prepare`): the worker's work and PostgreSQL's
-        overlap instead of taking turns. Writes stay one at a time and in order. faust acks a batch's events as soon as this
-        loop moves on, so each event is held (one more reference) until its batch is committed: offsets are
-        committed only past recorded events, and a worker stopped meanwhile has them delivered again (the
-        request log makes that a no-op)."""
+        overlap instead of taking turns. Writes stay one at a time and in order. faust acks a batch's events as
+        soon as this loop moves on, so each event is held (one more reference) until its batch is committed:
+        offsets are committed only past recorded events, and a worker stopped meanwhile has them delivered again
+        (the request log makes that a no-op)."""
         settings = self.settings
         writing: asyncio.Task[None] | None = None
         try:

@@ -63,8 +63,8 @@ class QuotaClient:
     an instance that (re)started after the pool filled up gets its share within that time.
 
     Releases that need not be waited for (`release_later`) ride on the next admission, which quota applies
-    first; each one still here `release_linger_s` after it was made goes out on its own. One call to quota per request instead
-    of two, whenever requests follow each other within the linger.
+    first; each one still here `release_linger_s` after it was made goes out on its own. One call to quota per
+    request instead of two, whenever requests follow each other within the linger.
 
     With a `link` (quota's internal link, leaky_common.link), admissions and releases go over it instead of
     HTTP: the same bodies, answers and failures (503 `quota_unavailable` when quota cannot be reached)."""
