@@ -77,6 +77,12 @@ LITELLM_VENV = ROOT / ".run" / "litellm-venv"
 PORTKEY_VERSION = "1.15.2"
 PORTKEY_DIR = ROOT / ".run" / "portkey"
 PORTKEY_SCRIPT = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+# Portkey 1.15.2 asks for @hono/node-server ^1.3.3, and npm picks the newest 1.x. From 1.14 on, a streamed answer
+# fails on Node (500 "Something went wrong", `TypeError: immutable` in its `updateHeaders`: Portkey-AI/gateway
+# issues 1389 and 1550). Pinned to the last 1.13 its streamed path works; its unstreamed path measured the same
+# with either (docs/benchmarks.md, twelfth pass).
+PORTKEY_HONO_NODE_SERVER = "1.13.8"
+PORTKEY_HONO_PACKAGE = PORTKEY_DIR / "node_modules" / "@hono" / "node-server" / "package.json"
 GATEWAY = "gateway (governance on)"
 # Infrastructure the stack starts, not the project's services: outside the RSS targets (PostgreSQL's RSS is
 # summed over its processes, so its shared buffers count once per backend).
@@ -441,33 +447,52 @@ litellm_settings:
     return proc, f"http://127.0.0.1:{port}", key
 
 
+def _portkey_installed() -> bool:
+    """Whether .run/portkey holds Portkey with the pinned @hono/node-server (an older install lacks the pin)."""
+    try:
+        hono = json.loads(PORTKEY_HONO_PACKAGE.read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return PORTKEY_SCRIPT.exists() and hono == PORTKEY_HONO_NODE_SERVER
+
+
 def ensure_portkey(install: bool) -> Path | None:
-    """Portkey's start-server.js under .run/portkey, installing it with npm on first use; None (with a
-    message) if node or npm is missing or the install fails."""
-    if PORTKEY_SCRIPT.exists() and shutil.which("node"):
+    """Portkey's start-server.js under .run/portkey, installing it with npm on first use (again if the install
+    there predates the @hono/node-server pin); None (with a message) if node or npm is missing or the install
+    fails."""
+    if _portkey_installed() and shutil.which("node"):
         return PORTKEY_SCRIPT
     if not shutil.which("node") or not shutil.which("npm"):
         print("Portkey gateway skipped: node and npm are needed (Node 20 or later)")
         return None
     if not install:
-        print(f"Portkey gateway skipped: {PORTKEY_SCRIPT} not found (run without --no-install to install it)")
+        print(
+            f"Portkey gateway skipped: no install with @hono/node-server {PORTKEY_HONO_NODE_SERVER} in {PORTKEY_DIR}"
+            " (run without --no-install to install it)"
+        )
         return None
     print(
-        f"installing @portkey-ai/gateway@{PORTKEY_VERSION} into {PORTKEY_DIR} (first run only) ...",
+        f"installing @portkey-ai/gateway@{PORTKEY_VERSION} (@hono/node-server {PORTKEY_HONO_NODE_SERVER}) into"
+        f" {PORTKEY_DIR} ...",
         flush=True,
     )
     PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "private": True,
+        "dependencies": {"@portkey-ai/gateway": PORTKEY_VERSION},
+        "overrides": {"@hono/node-server": PORTKEY_HONO_NODE_SERVER},
+    }
+    (PORTKEY_DIR / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
     try:
         subprocess.run(
-            ["npm", "install", "--prefix", str(PORTKEY_DIR), "--no-audit", "--no-fund", "--loglevel=error",
-             f"@portkey-ai/gateway@{PORTKEY_VERSION}"],
+            ["npm", "install", "--prefix", str(PORTKEY_DIR), "--no-audit", "--no-fund", "--loglevel=error"],
             check=True, timeout=900, stdout=subprocess.DEVNULL,
         )  # fmt: skip
     except (subprocess.SubprocessError, OSError) as exc:
         print(f"Portkey gateway skipped: could not install @portkey-ai/gateway@{PORTKEY_VERSION} ({exc})")
         return None
-    if not PORTKEY_SCRIPT.exists():
-        print(f"Portkey gateway skipped: {PORTKEY_SCRIPT} not in the installed package")
+    if not _portkey_installed():
+        print(f"Portkey gateway skipped: {PORTKEY_SCRIPT} or the pinned @hono/node-server not installed")
         return None
     return PORTKEY_SCRIPT
 
